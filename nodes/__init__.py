@@ -1,0 +1,26 @@
+"""ComfyUI adapters for the pack. Each module owns one feature area and exports ``NODES``.
+
+A module may also define ``setup()`` (register model folders, server routes); it is called once from
+``comfy_entrypoint``, because ComfyUI v0.8 never calls ``ComfyExtension.on_load``.
+"""
+
+from comfy_api.latest import ComfyExtension, io
+
+from . import hand_mask
+
+NODE_MODULES = [
+    hand_mask,
+]
+
+
+class IPAExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [node for module in NODE_MODULES for node in module.NODES]
+
+
+async def comfy_entrypoint() -> IPAExtension:
+    for module in NODE_MODULES:
+        setup = getattr(module, "setup", None)
+        if setup is not None:
+            setup()
+    return IPAExtension()

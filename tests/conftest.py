@@ -1,0 +1,45 @@
+"""Shared test set-up: the repository root on sys.path (``import ipa_train``) and, when ``COMFYUI_PATH``
+points to a ComfyUI checkout, a way to import the pack the way ComfyUI does."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+PACK_MODULE_NAME = "comfyui_ipa_pack"
+
+
+def comfyui_path() -> Path | None:
+    value = os.environ.get("COMFYUI_PATH")
+    return Path(value) if value else None
+
+
+requires_comfyui = pytest.mark.skipif(
+    not os.environ.get("COMFYUI_PATH"), reason="COMFYUI_PATH is not set: no real ComfyUI checkout to test against"
+)
+
+
+def load_pack():
+    """Imports the repository as a package the way ComfyUI imports a custom-node folder (needs COMFYUI_PATH)."""
+    path = comfyui_path()
+    if path is None:
+        pytest.skip("COMFYUI_PATH is not set")
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+    if PACK_MODULE_NAME in sys.modules:
+        return sys.modules[PACK_MODULE_NAME]
+    spec = importlib.util.spec_from_file_location(
+        PACK_MODULE_NAME, REPO_ROOT / "__init__.py", submodule_search_locations=[str(REPO_ROOT)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_MODULE_NAME] = module
+    spec.loader.exec_module(module)
+    return module
