@@ -342,6 +342,29 @@ def set_status(dataset_dir: os.PathLike | str, sample_ids: Iterable[str], status
     return [by_id[sample_id] for sample_id in wanted]
 
 
+def set_statuses(dataset_dir: os.PathLike | str, statuses: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Marks several samples, each with its own status, in one atomic manifest update (the gallery's undo of a
+    bulk mark restores mixed statuses). Unknown ids raise ``KeyError`` and bad statuses ``DatasetError``;
+    either way nothing changes. Returns the updated entries in the order given."""
+    dataset_dir = Path(dataset_dir)
+    for sample_id, status in statuses.items():
+        validate_sample_id(sample_id)
+        if status not in STATUSES:
+            raise DatasetError(f"unknown status {status!r} for sample {sample_id}; use one of {STATUSES}")
+    with _lock(dataset_dir):
+        entries = read_manifest(dataset_dir)
+        by_id = {entry["id"]: entry for entry in entries}
+        unknown = [sample_id for sample_id in statuses if sample_id not in by_id]
+        if unknown:
+            raise KeyError(f"unknown sample ids in {dataset_dir.name}: {unknown}")
+        now = _now()
+        for sample_id, status in statuses.items():
+            by_id[sample_id]["status"] = status
+            by_id[sample_id]["updated"] = now
+        _write_manifest(dataset_dir, entries)
+    return [by_id[sample_id] for sample_id in statuses]
+
+
 def update_entries(dataset_dir: os.PathLike | str, updates: Mapping[str, Mapping[str, Any]]) -> None:
     """Merges small summary fields (e.g. ``hand_score``) into manifest entries, atomically under the lock."""
     dataset_dir = Path(dataset_dir)

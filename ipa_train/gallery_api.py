@@ -1,0 +1,475 @@
+"""HTTP routes of the curation gallery, as plain aiohttp handlers over one dataset root.
+
+ComfyUI registers them on its server (``nodes/gallery.py``); tests and ``create_app`` run the very same handlers
+on a standalone aiohttp application. Nothing here imports ComfyUI.
+
+Routes (``prefix`` is ``/ipa``)::
+
+    GET  /ipa/datasets                                   datasets with counts per status
+    GET  /ipa/datasets/{name}/samples                    one page of samples: offset, limit, status, sort, order
+    GET  /ipa/datasets/{name}/samples/{id}               manifest entry, meta.json (small fields), preview files
+    GET  /ipa/datasets/{name}/samples/{id}/files/{file}  a preview image or video of the sample
+    GET  /ipa/datasets/{name}/samples/{id}/hands/{n}.webp  looping close-up of hand track n (from meta hand_boxes)
+    POST /ipa/datasets/{name}/marks                      {"ids": [...], "status": s} or {"marks": [{"id", "status"}]}
+
+Listing reads only the manifest (parsed once per manifest version and cached), never tensors or meta files.
+Names from the URL are validated by ``ipa_train.dataset`` (one plain folder name, no traversal, nothing that
+resolves outside the root); files are served only from inside their sample folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+from aiohttp import web
+
+from . import dataset as ds
+from .hand_crops import hand_tracks_from_meta, render_hand_crop
+
+PREVIEW_FILE = "preview.webp"
+HANDS_FILE = "hands.webp"
+SORTS = ("date", "updated", "seed", "hand_score")
+MAX_LIMIT = 500
+DEFAULT_LIMIT = 60
+MAX_MARKS = 10_000
+MAX_META_FIELD_CHARS = 8_000  # larger meta values (keypoint lists, boxes) stay on disk, named in "omitted"
+_FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.(webp|png|jpe?g|gif|mp4|webm)$")
+_CONTENT_TYPES = {
+    "webp": "image/webp",
+    "png": "image/png",
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+    "gif": "image/gif",
+    "mp4": "video/mp4",
+    "webm": "video/webm",
+}
+_LIST_FIELDS_DROPPED = ("content_hash",)
+_PROMPT_CHARS = 300
+
+GALLERY_API_KEY = web.AppKey("gallery_api", object)
+
+RootLike = Union[str, os.PathLike, Callable[[], Union[str, os.PathLike]]]
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@dataclass
+class _CachedManifest:
+    key: tuple
+    entries: list[dict[str, Any]]
+    counts: dict[str, int]
+    views: dict[tuple, list[dict[str, Any]]]
+    by_id: dict[str, dict[str, Any]]
+
+
+class ManifestCache:
+    """Parsed manifests keyed by the file's identity. Every write replaces the manifest atomically (new inode),
+    so (inode, size, mtime) changes with each version and a stale parse is never served."""
+
+    def __init__(self, max_datasets: int = 16):
+        self._lock = threading.Lock()
+        self._items: OrderedDict[str, _CachedManifest] = OrderedDict()
+        self._max = max_datasets
+
+    def get(self, dataset_dir: Path) -> _CachedManifest:
+        path = dataset_dir / ds.MANIFEST
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            raise ds.DatasetError(f"{dataset_dir.name} is not an IPA dataset (no {ds.MANIFEST})") from None
+        key = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        with self._lock:
+            cached = self._items.get(str(dataset_dir))
+            if cached is not None and cached.key == key:
+                self._items.move_to_end(str(dataset_dir))
+                return cached
+        entries = ds.read_manifest(dataset_dir)
+        cached = _CachedManifest(key, entries, ds.count_statuses(entries), {}, {entry.get("id"): entry for entry in entries})
+        with self._lock:
+            self._items[str(dataset_dir)] = cached
+            self._items.move_to_end(str(dataset_dir))
+            while len(self._items) > self._max:
+                self._items.popitem(last=False)
+        return cached
+
+    def view(self, dataset_dir: Path, statuses: Optional[frozenset[str]], sort: str, descending: bool) -> tuple[_CachedManifest, list[dict[str, Any]]]:
+        """The filtered, sorted entry list (cached per manifest version, so paging is a slice)."""
+        cached = self.get(dataset_dir)
+        view_key = (statuses, sort, descending)
+        with self._lock:
+            found = cached.views.get(view_key)
+        if found is not None:
+            return cached, found
+        entries = [entry for entry in cached.entries if statuses is None or entry.get("status", "pending") in statuses]
+        entries = _sorted(entries, sort, descending)
+        with self._lock:
+            cached.views[view_key] = entries
+        return cached, entries
+
+
+def _number(value: Any) -> Optional[float]:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _sorted(entries: list[dict[str, Any]], sort: str, descending: bool) -> list[dict[str, Any]]:
+    """Stable sort; entries without the sort field (no seed, not scored) always come last."""
+    if sort in ("date", "updated"):
+        field = "created" if sort == "date" else "updated"
+        return sorted(entries, key=lambda entry: str(entry.get(field, "")), reverse=descending)
+    field = "seed" if sort == "seed" else "hand_score"
+    present = [entry for entry in entries if _number(entry.get(field)) is not None]
+    missing = [entry for entry in entries if _number(entry.get(field)) is None]
+    present.sort(key=lambda entry: _number(entry.get(field)), reverse=descending)
+    return present + missing
+
+
+def _list_item(entry: dict[str, Any]) -> dict[str, Any]:
+    item = {key: value for key, value in entry.items() if key not in _LIST_FIELDS_DROPPED}
+    prompt = item.get("prompt")
+    if isinstance(prompt, str) and len(prompt) > _PROMPT_CHARS:
+        item["prompt"] = prompt[: _PROMPT_CHARS - 1] + "…"
+    return item
+
+
+def _sample_files(folder: Path) -> list[str]:
+    try:
+        names = sorted(entry.name for entry in os.scandir(folder) if entry.is_file(follow_symlinks=False))
+    except FileNotFoundError:
+        return []
+    return [name for name in names if _FILE_RE.match(name)]
+
+
+def _small_meta(meta: Any) -> tuple[dict[str, Any], list[str]]:
+    if not isinstance(meta, dict):
+        return {}, []
+    small, omitted = {}, []
+    for key, value in meta.items():
+        if len(json.dumps(value, default=str)) > MAX_META_FIELD_CHARS:
+            omitted.append(key)
+        else:
+            small[key] = value
+    return small, omitted
+
+
+class _LRUBytes:
+    def __init__(self, max_items: int = 64):
+        self._lock = threading.Lock()
+        self._items: OrderedDict[tuple, bytes] = OrderedDict()
+        self._max = max_items
+
+    def get(self, key: tuple) -> Optional[bytes]:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: tuple, value: bytes) -> None:
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self._max:
+                self._items.popitem(last=False)
+
+
+class GalleryAPI:
+    """The gallery's handlers over ``root`` (a folder, or a callable giving it, so ComfyUI's output folder is
+    looked up when a request comes rather than when the pack is imported)."""
+
+    def __init__(self, root: RootLike, prefix: str = "/ipa"):
+        self._root = root
+        self.prefix = prefix.rstrip("/")
+        self.manifests = ManifestCache()
+        self._crops = _LRUBytes()
+
+    # ------------------------------------------------------------------------------------------- plumbing
+
+    def root(self) -> Path:
+        value = self._root() if callable(self._root) else self._root
+        return Path(value)
+
+    def route_table(self) -> list[tuple[str, str, Callable]]:
+        p = self.prefix
+        return [
+            ("GET", f"{p}/datasets", self.list_datasets),
+            ("GET", f"{p}/datasets/{{name}}/samples", self.list_samples),
+            ("GET", f"{p}/datasets/{{name}}/samples/{{sample_id}}", self.get_sample),
+            ("GET", f"{p}/datasets/{{name}}/samples/{{sample_id}}/files/{{file_name}}", self.get_file),
+            ("GET", f"{p}/datasets/{{name}}/samples/{{sample_id}}/hands/{{track}}.webp", self.get_hand_crop),
+            ("POST", f"{p}/datasets/{{name}}/marks", self.post_marks),
+        ]
+
+    def add_routes(self, routes: web.RouteTableDef) -> None:
+        """Registers every route on an aiohttp ``RouteTableDef`` (ComfyUI's ``PromptServer.instance.routes``)."""
+        for method, path, handler in self.route_table():
+            routes.route(method, path)(handler)
+
+    def _dataset_dir(self, name: str) -> Path:
+        """Validated dataset folder; raises ``web.HTTPException`` (400 bad name, 404 unknown)."""
+        root = self.root()
+        try:
+            path = ds.dataset_path(root, name)
+        except ds.DatasetError as exc:
+            # Never tell an HTTP client where the root lives on disk.
+            message = str(exc).replace(str(root.resolve()), "<dataset root>").replace(str(root), "<dataset root>")
+            raise web.HTTPBadRequest(text=json.dumps({"error": message}), content_type="application/json") from None
+        if path.is_symlink() or not (path / ds.MANIFEST).is_file():
+            raise web.HTTPNotFound(text=json.dumps({"error": f"no dataset named {name!r}"}), content_type="application/json")
+        return path
+
+    def _sample_dir(self, dataset_dir: Path, sample_id: str) -> Path:
+        try:
+            folder = ds.sample_path(dataset_dir, sample_id)
+        except ds.DatasetError as exc:
+            raise web.HTTPNotFound(text=json.dumps({"error": str(exc)}), content_type="application/json") from None
+        entry = self._entry(dataset_dir, sample_id)
+        if entry is None or folder.is_symlink() or not folder.is_dir():
+            raise web.HTTPNotFound(text=json.dumps({"error": f"no sample {sample_id} in dataset {dataset_dir.name}"}), content_type="application/json")
+        return folder
+
+    def _entry(self, dataset_dir: Path, sample_id: str) -> Optional[dict[str, Any]]:
+        return self.manifests.get(dataset_dir).by_id.get(sample_id)
+
+    # ------------------------------------------------------------------------------------------- handlers
+
+    async def list_datasets(self, request: web.Request) -> web.Response:
+        def work():
+            result = []
+            for name in ds.list_datasets(self.root()):
+                try:
+                    cached = self.manifests.get(ds.dataset_path(self.root(), name))
+                except ds.DatasetError as exc:
+                    result.append({"name": name, "error": str(exc)})
+                    continue
+                result.append({"name": name, "total": len(cached.entries), "counts": cached.counts})
+            return result
+
+        return web.json_response({"datasets": await asyncio.to_thread(work), "statuses": list(ds.STATUSES)})
+
+    async def list_samples(self, request: web.Request) -> web.Response:
+        query = request.rel_url.query
+        try:
+            offset = int(query.get("offset", "0"))
+            limit = int(query.get("limit", str(DEFAULT_LIMIT)))
+        except ValueError:
+            return _error(400, "offset and limit must be whole numbers")
+        if offset < 0 or not 1 <= limit <= MAX_LIMIT:
+            return _error(400, f"offset must be >= 0 and limit between 1 and {MAX_LIMIT}")
+        status = query.get("status", "all")
+        if status == "all":
+            statuses = None
+        else:
+            statuses = frozenset(status.split(","))
+            unknown = sorted(statuses - set(ds.STATUSES))
+            if unknown:
+                return _error(400, f"unknown status {unknown}; use 'all' or any of {list(ds.STATUSES)}, comma-separated")
+        sort = query.get("sort", "date")
+        if sort not in SORTS:
+            return _error(400, f"unknown sort {sort!r}; use one of {list(SORTS)}")
+        order = query.get("order", "desc")
+        if order not in ("asc", "desc"):
+            return _error(400, "order must be 'asc' or 'desc'")
+        dataset_dir = self._dataset_dir(request.match_info["name"])
+
+        def work():
+            cached, view = self.manifests.view(dataset_dir, statuses, sort, order == "desc")
+            page = view[offset : offset + limit]
+            samples = []
+            for entry in page:
+                item = _list_item(entry)
+                item["files"] = _sample_files(dataset_dir / ds.SAMPLES_DIR / entry["id"])
+                samples.append(item)
+            return {
+                "dataset": dataset_dir.name,
+                "total": len(view),
+                "offset": offset,
+                "limit": limit,
+                "status": status,
+                "sort": sort,
+                "order": order,
+                "counts": cached.counts,
+                "samples": samples,
+            }
+
+        return web.json_response(await asyncio.to_thread(work))
+
+    async def get_sample(self, request: web.Request) -> web.Response:
+        dataset_dir = self._dataset_dir(request.match_info["name"])
+        sample_id = request.match_info["sample_id"]
+
+        def work():
+            folder = self._sample_dir(dataset_dir, sample_id)
+            meta_file = folder / ds.META_FILE
+            meta: Any = {}
+            if meta_file.is_file() and not meta_file.is_symlink():
+                try:
+                    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+                except (OSError, json.JSONDecodeError) as exc:
+                    meta = {"error": f"meta.json unreadable: {exc}"}
+            small, omitted = _small_meta(meta)
+            try:
+                tracks = hand_tracks_from_meta(meta) if isinstance(meta, dict) else None
+                hand_boxes_error = None
+            except ValueError as exc:
+                tracks, hand_boxes_error = None, str(exc)
+            files = _sample_files(folder)
+            return {
+                "dataset": dataset_dir.name,
+                "entry": _list_item(self._entry(dataset_dir, sample_id) or {}),
+                "meta": small,
+                "omitted": omitted,
+                "files": files,
+                "hand_tracks": len(tracks) if tracks and PREVIEW_FILE in files else 0,
+                "hand_boxes_error": hand_boxes_error,
+            }
+
+        return web.json_response(await asyncio.to_thread(work))
+
+    async def get_file(self, request: web.Request) -> web.StreamResponse:
+        dataset_dir = self._dataset_dir(request.match_info["name"])
+        file_name = request.match_info["file_name"]
+        if not _FILE_RE.match(file_name):
+            return _error(400, f"{file_name!r} is not a preview file name (letters, digits, '.', '_', '-'; .webp/.png/.jpg/.gif/.mp4/.webm)")
+        folder = await asyncio.to_thread(self._sample_dir, dataset_dir, request.match_info["sample_id"])
+        path = folder / file_name
+        if path.is_symlink() or not path.is_file() or path.resolve().parent != folder.resolve():
+            return _error(404, f"sample {folder.name} has no file {file_name}")
+        extension = file_name.rsplit(".", 1)[1].lower()
+        # Sample folders are content-addressed and previews are written once: let the browser revalidate cheaply.
+        return web.FileResponse(path, headers={"Content-Type": _CONTENT_TYPES[extension], "Cache-Control": "no-cache"})
+
+    async def get_hand_crop(self, request: web.Request) -> web.Response:
+        dataset_dir = self._dataset_dir(request.match_info["name"])
+        try:
+            track_index = int(request.match_info["track"])
+        except ValueError:
+            return _error(400, "hand track must be a small whole number")
+        if not 0 <= track_index < 8:
+            return _error(404, f"no hand track {track_index}")
+
+        def work():
+            folder = self._sample_dir(dataset_dir, request.match_info["sample_id"])
+            preview, meta_file = folder / PREVIEW_FILE, folder / ds.META_FILE
+            if not preview.is_file() or preview.is_symlink() or not meta_file.is_file() or meta_file.is_symlink():
+                return None
+            stats = (os.stat(preview), os.stat(meta_file))
+            key = (str(folder), track_index) + tuple((s.st_ino, s.st_mtime_ns, s.st_size) for s in stats)
+            cached = self._crops.get(key)
+            if cached is not None:
+                return cached
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+            tracks = hand_tracks_from_meta(meta) if isinstance(meta, dict) else None
+            if not tracks or track_index >= len(tracks):
+                return None
+            data = render_hand_crop(preview.read_bytes(), tracks[track_index])
+            self._crops.put(key, data)
+            return data
+
+        try:
+            data = await asyncio.to_thread(work)
+        except ValueError as exc:
+            return _error(422, f"cannot cut hand close-ups for this sample: {exc}")
+        if data is None:
+            return _error(404, f"no hand track {track_index} for this sample (no preview or no hand_boxes in meta.json)")
+        return web.Response(body=data, content_type="image/webp", headers={"Cache-Control": "no-cache"})
+
+    async def post_marks(self, request: web.Request) -> web.Response:
+        dataset_dir = self._dataset_dir(request.match_info["name"])
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+            return _error(400, 'the body must be JSON: {"ids": [...], "status": "preferred"} or {"marks": [{"id": ..., "status": ...}]}')
+        try:
+            statuses = _parse_marks(body)
+        except ValueError as exc:
+            return _error(400, str(exc))
+        try:
+            updated = await asyncio.to_thread(ds.set_statuses, dataset_dir, statuses)
+        except KeyError as exc:
+            return _error(404, str(exc.args[0]) if exc.args else "unknown sample ids")
+        except ds.DatasetError as exc:
+            return _error(400, str(exc))
+        counts = (await asyncio.to_thread(self.manifests.get, dataset_dir)).counts
+        return web.json_response(
+            {"updated": [{"id": e["id"], "status": e["status"], "updated": e["updated"]} for e in updated], "counts": counts}
+        )
+
+
+def _parse_marks(body: Any) -> dict[str, str]:
+    """``{"ids": [...], "status": s}`` or ``{"marks": [{"id": i, "status": s}, ...]}`` -> {id: status}."""
+    usage = 'send {"ids": [...], "status": "preferred"} or {"marks": [{"id": ..., "status": ...}]}'
+    if not isinstance(body, dict):
+        raise ValueError(f"the body must be a JSON object; {usage}")
+    pairs: list[tuple[Any, Any]]
+    if "marks" in body:
+        marks = body["marks"]
+        if not isinstance(marks, list) or not all(isinstance(m, dict) for m in marks):
+            raise ValueError(f"'marks' must be a list of objects; {usage}")
+        pairs = [(mark.get("id"), mark.get("status")) for mark in marks]
+    elif "ids" in body:
+        ids = body["ids"]
+        if not isinstance(ids, list):
+            raise ValueError(f"'ids' must be a list of sample ids; {usage}")
+        pairs = [(sample_id, body.get("status")) for sample_id in ids]
+    else:
+        raise ValueError(f"nothing to mark; {usage}")
+    if not pairs:
+        raise ValueError("no samples given to mark")
+    if len(pairs) > MAX_MARKS:
+        raise ValueError(f"at most {MAX_MARKS} samples per request, got {len(pairs)}")
+    statuses: dict[str, str] = {}
+    for sample_id, status in pairs:
+        if status not in ds.STATUSES:
+            raise ValueError(f"unknown status {status!r}; use one of {list(ds.STATUSES)}")
+        try:
+            ds.validate_sample_id(sample_id)
+        except ds.DatasetError as exc:
+            raise ValueError(str(exc)) from None
+        if statuses.get(sample_id, status) != status:
+            raise ValueError(f"sample {sample_id} is given two different statuses")
+        statuses[sample_id] = status
+    return statuses
+
+
+def create_app(root: RootLike, web_dir: Optional[os.PathLike] = None, prefix: str = "/ipa") -> web.Application:
+    """A standalone aiohttp application with the gallery routes (tests, or curating without ComfyUI running).
+    With ``web_dir`` it also serves the pack's ``web/`` folder under ``/web/`` (the gallery page is
+    ``/web/gallery/index.html``)."""
+    app = web.Application(client_max_size=4 * 1024**2)
+    api = GalleryAPI(root, prefix)
+    routes = web.RouteTableDef()
+    api.add_routes(routes)
+    app.add_routes(routes)
+    if web_dir is not None:
+        app.add_routes([web.static("/web", str(web_dir))])
+    app[GALLERY_API_KEY] = api
+    return app
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """``python -m ipa_train.gallery_api ROOT``: serve the gallery without ComfyUI."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Serve the IPA curation gallery over a dataset root, without ComfyUI.")
+    parser.add_argument("root", help="the dataset root folder (ComfyUI's output/ipa_datasets)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8189)
+    args = parser.parse_args(argv)
+    web_dir = Path(__file__).resolve().parents[1] / "web"
+    print(f"IPA gallery: http://{args.host}:{args.port}/web/gallery/index.html")
+    web.run_app(create_app(args.root, web_dir), host=args.host, port=args.port, print=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""A small real dataset for the gallery tests: samples stored with ``add_sample`` (tiny tensors), animated WebP
+previews drawn with Pillow (two moving "hands"), and hand boxes in meta.json matching the drawn hands."""
+
+from __future__ import annotations
+
+import colorsys
+import io
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+from ipa_train import dataset as ds
+
+PREVIEW_SIZE = (160, 96)
+PREVIEW_FRAMES = 8
+
+
+def tiny_tensors(seed: int) -> ds.SampleTensors:
+    g = torch.Generator().manual_seed(seed)
+    frames, h, w = 2, 2, 2
+    return ds.SampleTensors(
+        latent=torch.randn(16, frames, h, w, generator=g),
+        vace_context=torch.randn(96, frames, h, w, generator=g),
+        text_embedding=torch.randn(4, 8, generator=g),
+        hand_mask=torch.zeros(1, frames - 1, h, w),
+        ref_frames=1,
+    )
+
+
+def hand_boxes(seed: int) -> list[list[list[float]]]:
+    boxes = []
+    for frame in range(PREVIEW_FRAMES):
+        left = [10 + 4 * frame + seed % 5, 30, 34 + 4 * frame + seed % 5, 54]
+        right = [120 - 3 * frame, 50 - frame, 142 - 3 * frame, 72 - frame]
+        boxes.append([left, right])
+    return boxes
+
+
+def preview_webp(seed: int) -> bytes:
+    hue = (seed * 0.137) % 1.0
+    background = tuple(int(255 * v) for v in colorsys.hsv_to_rgb(hue, 0.45, 0.55))
+    frames = []
+    for frame, boxes in enumerate(hand_boxes(seed)):
+        image = Image.new("RGB", PREVIEW_SIZE, background)
+        draw = ImageDraw.Draw(image)
+        draw.ellipse([60, 10 + frame, 100, 90], fill=(230, 200, 170))  # a "body"
+        for box in boxes:
+            draw.rectangle(box, fill=(250, 220, 190), outline=(90, 40, 20), width=2)
+        draw.text((4, 4), f"#{seed}", fill=(255, 255, 255))
+        frames.append(image)
+    out = io.BytesIO()
+    frames[0].save(out, format="WEBP", save_all=True, append_images=frames[1:], duration=120, loop=0, quality=70)
+    return out.getvalue()
+
+
+def make_dataset(
+    root: Path, name: str = "hands_v1", count: int = 6, previews: bool = True, first_seed: int = 100
+) -> tuple[Path, list[str]]:
+    """Creates dataset ``name`` with ``count`` pending samples (seeds first_seed, first_seed + 1, ...); returns its
+    folder and ids."""
+    path = ds.create_dataset(root, name)
+    ids = []
+    for index in range(count):
+        seed = first_seed + index
+        meta = {
+            "seed": seed,
+            "prompt": f"a dancer waving both hands, take {index}",
+            "steps": 20,
+            "cfg": 5.0,
+            "hand_boxes": hand_boxes(seed),
+        }
+        files = {"preview.webp": preview_webp(seed)} if previews else None
+        summary = {"seed": seed, "prompt": meta["prompt"]}
+        ids.append(ds.add_sample(path, tiny_tensors(seed), meta=meta, previews=files, summary=summary).sample_id)
+    return path, ids
