@@ -3,5 +3,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-venv.sh
+# The gallery's browser tests drive Debian's Chromium (never a browser downloaded by a test tool). Install it when
+# it is missing and apt can run (root or password-less sudo); about a minute on a fresh machine. Without it those
+# tests skip and say why.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    as_root=()
+  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    as_root=(sudo -n)
+  else
+    as_root=(false)
+  fi
+  if "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null 2>&1 \
+    && "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; then
+    echo "installed Debian's chromium for the gallery browser tests"
+  else
+    echo "could not install chromium (no root or no apt): the gallery browser tests will skip"
+  fi
+fi
 VENV=${IPA_VENV:-.venv}
 exec "$VENV/bin/python" -m pytest -q "$@"

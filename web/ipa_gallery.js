@@ -78,6 +78,14 @@ function renderLauncher(element) {
     .catch((error) => (list.textContent = `Could not list datasets: ${error.message}`));
 }
 
+// ComfyUI may serve web/ twice (WEB_DIRECTORY under the folder name and pyproject's [tool.comfy] web under the
+// project name), importing this module twice: register once.
+if (!window.__comfyuiIpaGallery) {
+  window.__comfyuiIpaGallery = true;
+  register();
+}
+
+function register() {
 app.registerExtension({
   name: "ComfyUI-IPA.CurationGallery",
   commands: [{ id: COMMAND_ID, label: "Open IPA curation gallery", icon: "pi pi-images", function: () => openGallery() }],
@@ -103,3 +111,4 @@ app.registerExtension({
     }
   },
 });
+}

@@ -88,6 +88,7 @@ export function createGallery(root, options = {}) {
     undo: [],
     detailOpen: false,
     detailToken: 0,
+    pageToken: 0,
     loading: false,
   };
 
@@ -243,10 +244,13 @@ export function createGallery(root, options = {}) {
       sort,
       order,
     });
+    const token = ++state.pageToken;
     state.loading = true;
     panel.classList.add("ipa-loading");
     try {
+      await sendQueue; // a listing must not show statuses older than the marks just made
       const body = await request(dsUrl(`/samples?${query}`));
+      if (token !== state.pageToken) return; // a newer page request (fast paging) wins
       if (body.samples.length === 0 && body.total > 0 && state.offset > 0) {
         // The page emptied (samples left the filter): show the last page that still has some.
         state.offset = Math.max(0, Math.floor((body.total - 1) / state.limit) * state.limit);
@@ -263,13 +267,17 @@ export function createGallery(root, options = {}) {
       const dataset = state.datasets.find((d) => d.name === state.dataset);
       if (dataset) dataset.counts = body.counts;
     } catch (error) {
+      if (token !== state.pageToken) return;
       showToast(`Could not load samples: ${error.message}`, "error");
       state.samples = [];
       state.total = 0;
     } finally {
-      state.loading = false;
-      panel.classList.remove("ipa-loading");
+      if (token === state.pageToken) {
+        state.loading = false;
+        panel.classList.remove("ipa-loading");
+      }
     }
+    if (token !== state.pageToken) return;
     saveState();
     render();
     if (state.detailOpen) openDetail();
@@ -313,7 +321,11 @@ export function createGallery(root, options = {}) {
   }
 
   // ------------------------------------------------------------------------------------------ marking
-  async function mark(status) {
+  // Marks are sent one request at a time, in key order: a quick "P then U" must reach the manifest in that order.
+  // The view updates at once (focus moves on before the server answers) so fast typing never marks twice.
+  let sendQueue = Promise.resolve();
+
+  function mark(status) {
     const targets = state.selected.size
       ? state.samples.filter((s) => state.selected.has(s.id))
       : state.samples[state.focus]
@@ -324,42 +336,49 @@ export function createGallery(root, options = {}) {
     const bulk = state.selected.size > 0;
     targets.forEach((s) => (s.status = status));
     const focusId = state.samples[state.focus]?.id;
-    state.undo.push({ marks: previous, focusId });
+    const entry = { marks: previous, focusId };
+    state.undo.push(entry);
     if (state.undo.length > 200) state.undo.shift();
     if (bulk) state.selected.clear();
-    const ok = await send(targets.map((s) => ({ id: s.id, status })), previous);
-    if (!ok) {
-      state.undo.pop();
-      return;
-    }
-    showToast(bulk ? `${targets.length} marked ${status}` : `Marked ${status}`, status);
+    const message = bulk ? `${targets.length} marked ${status}` : `Marked ${status}`;
+    send(
+      targets.map((s) => ({ id: s.id, status })),
+      previous,
+    ).then((ok) => {
+      if (ok) showToast(message, status);
+      else state.undo = state.undo.filter((e) => e !== entry);
+    });
     if (!bulk) move(1);
     else render();
   }
 
-  async function send(marks, revert) {
+  function send(marks, revert) {
     render();
-    try {
-      const body = await request(dsUrl("/marks"), {
-        method: "POST",
-        headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ marks }),
-      });
-      state.counts = body.counts;
-      const dataset = state.datasets.find((d) => d.name === state.dataset);
-      if (dataset) dataset.counts = body.counts;
-      renderCounts();
-      return true;
-    } catch (error) {
-      const byId = new Map(revert.map((m) => [m.id, m.status]));
-      state.samples.forEach((s) => byId.has(s.id) && (s.status = byId.get(s.id)));
-      render();
-      showToast(`Not saved: ${error.message}`, "error");
-      return false;
-    }
+    const task = sendQueue.then(async () => {
+      try {
+        const body = await request(dsUrl("/marks"), {
+          method: "POST",
+          headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ marks }),
+        });
+        state.counts = body.counts;
+        const dataset = state.datasets.find((d) => d.name === state.dataset);
+        if (dataset) dataset.counts = body.counts;
+        renderCounts();
+        return true;
+      } catch (error) {
+        const byId = new Map(revert.map((m) => [m.id, m.status]));
+        state.samples.forEach((s) => byId.has(s.id) && (s.status = byId.get(s.id)));
+        render();
+        showToast(`Not saved: ${error.message}`, "error");
+        return false;
+      }
+    });
+    sendQueue = task.catch(() => false);
+    return task;
   }
 
-  async function undo() {
+  function undo() {
     const last = state.undo.pop();
     if (!last) {
       showToast("Nothing to undo");
@@ -372,8 +391,10 @@ export function createGallery(root, options = {}) {
     });
     const index = state.samples.findIndex((s) => s.id === last.focusId);
     if (index >= 0) state.focus = index;
-    const ok = await send(last.marks, current.filter((m) => m.status));
-    if (ok) showToast(last.marks.length > 1 ? `Undid ${last.marks.length} marks` : "Undone");
+    send(
+      last.marks,
+      current.filter((m) => m.status),
+    ).then((ok) => ok && showToast(last.marks.length > 1 ? `Undid ${last.marks.length} marks` : "Undone"));
     render();
     if (state.detailOpen) openDetail();
   }
@@ -540,10 +561,15 @@ export function createGallery(root, options = {}) {
     add("negative", meta.negative_prompt);
     add("created", entry.created);
     add("updated", entry.updated);
+    // Settings first; bulky technical fields only in the raw view below.
     const shown = new Set(["seed", "prompt", "negative_prompt", "format_version", "content_hash"]);
-    for (const [key, value] of Object.entries(meta)) if (!shown.has(key)) add(key, value);
+    const raw = new Set(["hand_boxes", "shapes"]);
+    for (const [key, value] of Object.entries(meta)) if (!shown.has(key) && !raw.has(key)) add(key, value);
     if (info.omitted?.length) add("not shown (large)", info.omitted.join(", "));
     metaList.replaceChildren(...rows);
+    metaList.after(
+      el("details", { class: "ipa-raw" }, el("summary", { text: "all fields" }), el("pre", { text: JSON.stringify({ entry, meta }, null, 1) })),
+    );
   }
 
   // ------------------------------------------------------------------------------------------ rendering
@@ -616,7 +642,7 @@ export function createGallery(root, options = {}) {
         el("span", { class: `ipa-badge ipa-${sample.status}`, text: sample.status }),
         sample.seed !== undefined ? el("span", { class: "ipa-muted", text: `seed ${sample.seed}` }) : null,
         el("span", { class: "ipa-spacer" }),
-        el("span", { class: "ipa-score", title: "hand score", text: `✋ ${score(sample.hand_score)}` }),
+        el("span", { class: "ipa-score", title: "hand score (higher: hands agree better with the driving pose)", text: `hand ${score(sample.hand_score)}` }),
       ),
     );
   }

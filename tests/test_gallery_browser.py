@@ -1,0 +1,196 @@
+"""The gallery page in a real headless Chromium (Debian's package, driven by Playwright's Python client) against
+the standalone server: the same route handlers ComfyUI registers, serving ``web/`` and a fixture dataset."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from gallery_fixture import make_dataset
+from ipa_train import dataset as ds
+from ipa_train.gallery_api import create_app
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("IPA_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright's Python package is not installed (requirements-dev.txt)")
+if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)) and shutil.which("chromium") is None:
+    pytest.skip(f"no Chromium at {CHROMIUM}: install Debian's package (apt-get install -y chromium)", allow_module_level=True)
+
+
+class ServerThread:
+    """The standalone gallery app on a free port, in its own event loop thread."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.port = None
+        self._ready = threading.Event()
+        self._loop = None
+        self._runner = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        from aiohttp import web
+
+        self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._loop)
+        self._runner = web.AppRunner(create_app(self.root, REPO_ROOT / "web"))
+        self._loop.run_until_complete(self._runner.setup())
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        self._loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.run_until_complete(self._runner.cleanup())
+        self._loop.close()
+
+    def __enter__(self):
+        self._thread.start()
+        assert self._ready.wait(10), "gallery test server did not start"
+        return self
+
+    def __exit__(self, *exc):
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/web/gallery/index.html"
+
+
+@pytest.fixture()
+def browser():
+    executable = CHROMIUM if os.path.isfile(CHROMIUM) else shutil.which("chromium")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def statuses_on_disk(dataset_dir: Path) -> dict[str, str]:
+    return {entry["id"]: entry["status"] for entry in ds.read_manifest(dataset_dir)}
+
+
+def wait_for_disk(dataset_dir: Path, expected: dict[str, str], timeout: float = 10.0) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        on_disk = statuses_on_disk(dataset_dir)
+        if all(on_disk.get(k) == v for k, v in expected.items()) or time.monotonic() > deadline:
+            return on_disk
+        time.sleep(0.05)
+
+
+def card_statuses(page) -> dict[str, str]:
+    return page.eval_on_selector_all(".ipa-card", "cards => Object.fromEntries(cards.map(c => [c.dataset.id, c.dataset.status]))")
+
+
+def card_ids(page) -> list[str]:
+    return page.eval_on_selector_all(".ipa-card", "cards => cards.map(c => c.dataset.id)")
+
+
+def focused_id(page) -> str:
+    return page.eval_on_selector(".ipa-card.ipa-focus", "c => c.dataset.id")
+
+
+def test_mark_with_the_keyboard_reload_and_find_the_marks_on_disk(tmp_path, browser):
+    root = tmp_path / "ipa_datasets"
+    dataset_dir, _ = make_dataset(root, "hands_v1", count=8)
+    errors = []
+    with ServerThread(root) as server:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(server.url)
+        page.wait_for_selector(".ipa-card")
+        # The panel opens on the pending samples of the first dataset, focus on the first card.
+        assert page.input_value(".ipa-dataset") == "hands_v1"
+        assert page.get_attribute(".ipa-filter.ipa-active", "data-filter") == "pending"
+        assert page.inner_text(".ipa-filter.ipa-pending .ipa-count") == "8"
+        ids = card_ids(page)
+        assert len(ids) == 8 and focused_id(page) == ids[0]
+
+        page.keyboard.press("p")  # 0 preferred, focus moves on
+        page.keyboard.press("r")  # 1 rejected
+        page.keyboard.press("s")  # 2 skipped
+        page.keyboard.press("p")  # 3 preferred ...
+        page.keyboard.press("u")  # ... undone: 3 back to pending, focus back on it
+        page.wait_for_function("() => document.querySelector('.ipa-card.ipa-focus')?.dataset.status === 'pending'")
+        assert focused_id(page) == ids[3]
+        page.keyboard.press("ArrowRight")  # 4
+        page.keyboard.press("x")
+        page.keyboard.press("ArrowRight")  # 5
+        page.keyboard.press("x")
+        assert page.inner_text(".ipa-selection").startswith("2 selected")
+        page.keyboard.press("r")  # bulk: 4 and 5 rejected
+        page.keyboard.press("Control+z")  # undo the bulk mark
+        page.keyboard.press("ArrowRight")  # 6
+        page.keyboard.press("x")
+        page.keyboard.press("ArrowRight")  # 7
+        page.keyboard.press("x")
+        page.keyboard.press("p")  # bulk: 6 and 7 preferred
+        expected = {
+            ids[0]: "preferred",
+            ids[1]: "rejected",
+            ids[2]: "pending",
+            ids[3]: "pending",
+            ids[4]: "pending",
+            ids[5]: "pending",
+            ids[6]: "preferred",
+            ids[7]: "preferred",
+        }
+        page.wait_for_function(
+            "() => document.querySelector('.ipa-filter.ipa-preferred .ipa-count')?.textContent === '3'"
+        )
+        assert wait_for_disk(dataset_dir, expected) == expected
+        assert card_statuses(page) == expected
+
+        # Open the sample large: video, two hand close-ups that loaded, the seed and prompt.
+        page.keyboard.press("k")
+        page.keyboard.press("k")  # back to sample 5
+        assert focused_id(page) == ids[5]
+        page.keyboard.press("Enter")
+        page.wait_for_selector(".ipa-detail:not([hidden]) .ipa-hands figure img")
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.ipa-hands img')].length === 2 &&"
+            " [...document.querySelectorAll('.ipa-hands img')].every(img => img.complete && img.naturalWidth === 192)"
+        )
+        assert "seed" in page.inner_text(".ipa-meta") and "a dancer waving" in page.inner_text(".ipa-meta")
+        page.keyboard.press("r")  # marking works in the large view too, and moves to the next sample
+        expected[ids[5]] = "rejected"
+        page.wait_for_function(f"() => document.querySelector('.ipa-detail-title')?.textContent.includes('{ids[6]}')")
+        page.keyboard.press("Escape")
+        assert page.is_hidden(".ipa-detail")
+        assert wait_for_disk(dataset_dir, expected) == expected
+
+        # A reload shows the marks kept, with the view (filter, sort) kept too.
+        page.reload()
+        page.wait_for_selector(".ipa-card")
+        pending = sorted(k for k, v in expected.items() if v == "pending")
+        assert page.get_attribute(".ipa-filter.ipa-active", "data-filter") == "pending"
+        assert sorted(card_ids(page)) == pending and set(card_statuses(page).values()) == {"pending"}
+        page.keyboard.press("1")  # all
+        page.wait_for_function("() => document.querySelectorAll('.ipa-card').length === 8")
+        assert card_statuses(page) == expected
+        page.keyboard.press("3")  # preferred only
+        page.wait_for_function("() => document.querySelectorAll('.ipa-card').length === 3")
+        assert sorted(card_ids(page)) == sorted(k for k, v in expected.items() if v == "preferred")
+        counts = {f: page.inner_text(f".ipa-filter.ipa-{f} .ipa-count") for f in ("all", "pending", "preferred", "rejected")}
+        assert counts == {"all": "8", "pending": "3", "preferred": "3", "rejected": "2"}
+        assert statuses_on_disk(dataset_dir) == expected
+    assert errors == []
