@@ -248,7 +248,7 @@ export function createGallery(root, options = {}) {
     state.loading = true;
     panel.classList.add("ipa-loading");
     try {
-      await sendQueue; // a listing must not show statuses older than the marks just made
+      await idle; // a listing must not show statuses older than the marks just made
       const body = await request(dsUrl(`/samples?${query}`));
       if (token !== state.pageToken) return; // a newer page request (fast paging) wins
       if (body.samples.length === 0 && body.total > 0 && state.offset > 0) {
@@ -321,9 +321,12 @@ export function createGallery(root, options = {}) {
   }
 
   // ------------------------------------------------------------------------------------------ marking
-  // Marks are sent one request at a time, in key order: a quick "P then U" must reach the manifest in that order.
-  // The view updates at once (focus moves on before the server answers) so fast typing never marks twice.
-  let sendQueue = Promise.resolve();
+  // Marks go out one request at a time, in key order (a quick "P then U" must reach the manifest in that order),
+  // and marks made while a request is in flight are merged into the next one: each request rewrites the manifest,
+  // so fast typing on a large dataset costs a few requests, not one per key. The view updates at once.
+  let outbox = [];
+  let flushing = false;
+  let idle = Promise.resolve();
 
   function mark(status) {
     const targets = state.selected.size
@@ -354,28 +357,41 @@ export function createGallery(root, options = {}) {
 
   function send(marks, revert) {
     render();
-    const task = sendQueue.then(async () => {
+    return new Promise((resolve) => {
+      outbox.push({ marks, revert, resolve });
+      if (!flushing) idle = flush();
+    });
+  }
+
+  async function flush() {
+    flushing = true;
+    while (outbox.length) {
+      const batch = outbox;
+      outbox = [];
+      const merged = new Map();
+      for (const item of batch) for (const m of item.marks) merged.set(m.id, m.status);
       try {
         const body = await request(dsUrl("/marks"), {
           method: "POST",
           headers: { "Content-Type": "application/json" },
-          body: JSON.stringify({ marks }),
+          body: JSON.stringify({ marks: [...merged].map(([id, status]) => ({ id, status })) }),
         });
         state.counts = body.counts;
         const dataset = state.datasets.find((d) => d.name === state.dataset);
         if (dataset) dataset.counts = body.counts;
         renderCounts();
-        return true;
+        batch.forEach((item) => item.resolve(true));
       } catch (error) {
-        const byId = new Map(revert.map((m) => [m.id, m.status]));
+        // Back to what was on disk before this batch: the earliest mark's previous status wins.
+        const byId = new Map();
+        for (const item of [...batch].reverse()) for (const m of item.revert) byId.set(m.id, m.status);
         state.samples.forEach((s) => byId.has(s.id) && (s.status = byId.get(s.id)));
         render();
         showToast(`Not saved: ${error.message}`, "error");
-        return false;
+        batch.forEach((item) => item.resolve(false));
       }
-    });
-    sendQueue = task.catch(() => false);
-    return task;
+    }
+    flushing = false;
   }
 
   function undo() {

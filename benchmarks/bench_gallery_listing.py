@@ -1,0 +1,140 @@
+"""Gallery listing speed at 10,000 samples: `python benchmarks/bench_gallery_listing.py [--samples N]`.
+
+Builds a dataset whose manifest has N entries (the fields add_sample writes plus seed, prompt and some hand
+scores) and one preview per sample, no tensors (listing must never need them), then times through the real
+aiohttp handlers (standalone app, real HTTP on localhost):
+
+- baseline: what a handler without the cache does per request (parse the manifest, count, filter, sort, slice);
+- first page (cold: parses and sorts once), then warm pages at random offsets, per filter and sort;
+- one mark (rewrites the manifest under the lock) and the next page after it (the cache re-parses).
+
+Prints milliseconds and the ratio of a warm page to the baseline measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
+
+from ipa_train import dataset as ds  # noqa: E402
+from ipa_train.gallery_api import _sorted, create_app  # noqa: E402
+
+
+def build(root: Path, count: int) -> Path:
+    path = ds.create_dataset(root, "bench")
+    rng = random.Random(0)
+    lines = []
+    for index in range(count):
+        sample_id = f"{index:016x}"
+        entry = {
+            "id": sample_id,
+            "status": rng.choices(ds.STATUSES, weights=(90, 3, 7))[0],
+            "created": f"2026-01-01T00:{index // 6000 % 60:02d}:{index // 100 % 60:02d}.{index % 1000:03d}+00:00",
+            "updated": "2026-01-01T00:00:00.000+00:00",
+            "content_hash": f"{index:064x}",
+            "frames": 22,
+            "seed": rng.randrange(2**32),
+            "prompt": "a dancer waving both hands in a sunlit studio, full body, 4k, detailed fingers",
+        }
+        if index % 3:
+            entry["hand_score"] = round(rng.random(), 4)
+        lines.append(json.dumps(entry) + "\n")
+        folder = path / ds.SAMPLES_DIR / sample_id
+        folder.mkdir()
+        (folder / "preview.webp").write_bytes(b"RIFF\x00\x00\x00\x00WEBP")
+    (path / ds.MANIFEST).write_text("".join(lines))
+    return path
+
+
+def baseline_page(path: Path, status: str, sort: str, offset: int, limit: int) -> list:
+    entries = ds.read_manifest(path)
+    ds.count_statuses(entries)
+    view = [e for e in entries if status == "all" or e["status"] == status]
+    return _sorted(view, sort, True)[offset : offset + limit]
+
+
+async def run(path: Path, root: Path, repeats: int, limit: int) -> None:
+    count = len(ds.read_manifest(path))
+    rng = random.Random(1)
+
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        baseline_page(path, "pending", "hand_score", rng.randrange(0, count // 2), limit)
+        times.append(time.perf_counter() - start)
+    baseline = statistics.median(times)
+    print(f"samples: {count:,}, page size {limit}")
+    print(f"baseline (parse + count + filter + sort per request, no HTTP): {baseline * 1e3:8.2f} ms median")
+
+    client = TestClient(TestServer(create_app(root)))
+    await client.start_server()
+    try:
+        async def page(status: str, sort: str, offset: int) -> float:
+            start = time.perf_counter()
+            response = await client.get(
+                "/ipa/datasets/bench/samples", params={"status": status, "sort": sort, "offset": str(offset), "limit": str(limit)}
+            )
+            body = await response.json()
+            assert response.status == 200 and len(body["samples"]) <= limit, body
+            return time.perf_counter() - start
+
+        cold = await page("pending", "hand_score", 0)
+        print(f"first page, cold (parse + sort once):                        {cold * 1e3:8.2f} ms")
+        warm_all = []
+        for status, sort in (("all", "date"), ("pending", "hand_score"), ("preferred", "seed"), ("rejected", "date")):
+            await page(status, sort, 0)  # build this view once
+            warm = [await page(status, sort, rng.randrange(0, max(1, count // 10))) for _ in range(repeats)]
+            warm_all += warm
+            print(f"warm page, status={status:<9} sort={sort:<10}                  {statistics.median(warm) * 1e3:8.2f} ms median, "
+                  f"p95 {sorted(warm)[int(0.95 * len(warm)) - 1] * 1e3:.2f} ms")
+        datasets = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            await (await client.get("/ipa/datasets")).json()
+            datasets.append(time.perf_counter() - start)
+        print(f"dataset list with counts (warm):                             {statistics.median(datasets) * 1e3:8.2f} ms median")
+
+        ids = [e["id"] for e in ds.read_manifest(path)]
+        marks, after = [], []
+        for _ in range(max(3, repeats // 5)):
+            start = time.perf_counter()
+            response = await client.post("/ipa/datasets/bench/marks", json={"ids": [rng.choice(ids)], "status": "preferred"})
+            assert response.status == 200
+            marks.append(time.perf_counter() - start)
+            after.append(await page("pending", "hand_score", 0))
+        print(f"one mark (manifest rewritten atomically under the lock):     {statistics.median(marks) * 1e3:8.2f} ms median")
+        print(f"next page after a mark (cache re-parses):                    {statistics.median(after) * 1e3:8.2f} ms median")
+        print(f"warm page vs baseline: {statistics.median(warm_all) / baseline:.3f}x the time "
+              f"({baseline / statistics.median(warm_all):.1f}x faster)")
+    finally:
+        await client.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=10_000)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--limit", type=int, default=60)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        start = time.perf_counter()
+        path = build(root, args.samples)
+        print(f"built a {args.samples:,}-sample dataset in {time.perf_counter() - start:.1f} s (manifest "
+              f"{(path / ds.MANIFEST).stat().st_size / 1e6:.1f} MB, no tensor files)")
+        asyncio.run(run(path, root, args.repeats, args.limit))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""The gallery inside a real ComfyUI (needs COMFYUI_PATH): the pack's routes on ComfyUI's server, and the
+frontend extension's sidebar tab opening the gallery in headless Chromium, marks landing in the dataset under
+ComfyUI's output folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import comfyui_path, requires_comfyui
+from gallery_fixture import make_dataset
+from ipa_train import dataset as ds
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("IPA_CHROMIUM", "/usr/bin/chromium")
+
+pytestmark = requires_comfyui
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get_json(url: str):
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture()
+def comfyui(tmp_path):
+    """ComfyUI v0.8 headless on CPU with this repository as a custom node; yields (base url, base directory)."""
+    base = tmp_path / "comfy"
+    (base / "custom_nodes").mkdir(parents=True)
+    os.symlink(REPO_ROOT, base / "custom_nodes" / "ComfyUI-IPA")
+    # A returning user: no first-run templates dialog over the page.
+    settings = base / "user" / "default" / "comfy.settings.json"
+    settings.parent.mkdir(parents=True)
+    settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))
+    port = free_port()
+    log = open(tmp_path / "comfyui.log", "w")
+    command = [
+        sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
+        "--dont-print-server", "--base-directory", str(base), "--database-url", "sqlite:///:memory:",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, cwd=comfyui_path(), stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"ComfyUI exited with {process.returncode}:\n{(tmp_path / 'comfyui.log').read_text()[-3000:]}")
+            try:
+                get_json(f"{url}/system_stats")
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail("ComfyUI did not start within 120 s")
+                time.sleep(0.5)
+        yield url, base
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def test_routes_and_sidebar_gallery_in_comfyui(comfyui):
+    url, base = comfyui
+    dataset_dir, ids = make_dataset(base / "output" / "ipa_datasets", "hands_v1", count=3)
+
+    # The routes, under /ipa and mirrored under /api/ipa, over <output>/ipa_datasets.
+    for prefix in ("/ipa", "/api/ipa"):
+        body = get_json(f"{url}{prefix}/datasets")
+        assert body["datasets"] == [{"name": "hands_v1", "total": 3, "counts": {"pending": 3, "preferred": 0, "rejected": 0}}]
+    extensions = get_json(f"{url}/extensions")
+    assert any(path.endswith("/ipa_gallery.js") for path in extensions)
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright's Python package is not installed")
+    executable = CHROMIUM if os.path.isfile(CHROMIUM) else shutil.which("chromium")
+    if executable is None:
+        pytest.skip("no Chromium: install Debian's package (apt-get install -y chromium)")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync"]  # fmt: skip
+    errors = []
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=flags)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 850})
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(url)
+            page.wait_for_selector(".ipa-gallery-tab-button", timeout=60_000)
+            assert page.locator(".ipa-gallery-tab-button").count() == 1  # registered once although served twice
+            page.click(".ipa-gallery-tab-button")
+            page.wait_for_selector(".ipa-sidebar .ipa-ds")
+            assert "0 preferred, 0 rejected, 3 pending" in page.inner_text(".ipa-sidebar .ipa-ds")
+            page.click(".ipa-sidebar .ipa-ds")
+            page.wait_for_selector(".ipa-overlay .ipa-card")
+            first = page.eval_on_selector(".ipa-card.ipa-focus", "c => c.dataset.id")
+            second = page.eval_on_selector_all(".ipa-card", "cards => cards.map(c => c.dataset.id)")[1]
+            page.keyboard.press("p")
+            page.keyboard.press("r")  # ComfyUI binds R to "refresh node definitions": the gallery keeps it
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                on_disk = {e["id"]: e["status"] for e in ds.read_manifest(dataset_dir)}
+                if on_disk[first] == "preferred" and on_disk[second] == "rejected":
+                    break
+                time.sleep(0.1)
+            assert on_disk[first] == "preferred" and on_disk[second] == "rejected"
+            page.keyboard.press("Escape")
+            assert page.locator(".ipa-overlay").count() == 0
+        finally:
+            browser.close()
+    assert not [e for e in errors if "ipa" in e.lower() or "gallery" in e.lower()], errors
