@@ -435,9 +435,17 @@ def load_transformer(path: os.PathLike | str, torch_dtype: torch.dtype = torch.f
 
             tensors, _ = load_safetensors(path)
             source = {k[len(prefix):]: v for k, v in tensors.items()}
-        model = WanVACETransformer3DModel.from_single_file(
-            source, config=config_dir, torch_dtype=torch_dtype, local_files_only=True
-        )
+        # from_single_file casts with .to(dtype), which makes diffusers warn about its fp32-preferred modules on
+        # every load, float32 included; the cast itself is what from_single_file always does.
+        cast_logger = logging.getLogger("diffusers.models.modeling_utils")
+        level = cast_logger.level
+        cast_logger.setLevel(logging.ERROR)
+        try:
+            model = WanVACETransformer3DModel.from_single_file(
+                source, config=config_dir, torch_dtype=torch_dtype, local_files_only=True
+            )
+        finally:
+            cast_logger.setLevel(level)
     finally:
         if tmp is not None:
             tmp.cleanup()
