@@ -94,36 +94,35 @@ def find_weights(search_dirs: Sequence[os.PathLike | str], install_dir: os.PathL
 # -------------------------------------------------------------------------------------- image resampling
 
 
-def _bilinear_axis(dst_to_src: np.ndarray, size: int, zero_border: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Source indices and weights for separable bilinear sampling along one axis.
+def _bilinear_axis(dst_to_src: np.ndarray, size: int, zero_border: bool):
+    """Source indices (clipped into the image) and the weights of the two neighbours along one axis.
 
-    With ``zero_border`` the image is thought of as surrounded by zeros (index ``size`` after padding one pixel
-    each side), like OpenCV's warpAffine with BORDER_CONSTANT; otherwise edges are replicated like cv2.resize."""
+    With ``zero_border`` neighbours outside the image weigh 0, i.e. the image is surrounded by black, like
+    OpenCV's warpAffine with BORDER_CONSTANT; otherwise edges are replicated like cv2.resize."""
     low = np.floor(dst_to_src)
     frac = (dst_to_src - low).astype(np.float32)
     low = low.astype(np.int64)
-    if zero_border:  # indices into the image padded by one zero pixel on each side
-        i0 = np.clip(low + 1, 0, size + 1)
-        i1 = np.clip(low + 2, 0, size + 1)
-    else:
-        i0 = np.clip(low, 0, size - 1)
-        i1 = np.clip(low + 1, 0, size - 1)
-        frac = np.where(low < 0, 0.0, frac).astype(np.float32)
-        frac = np.where(low >= size - 1, 0.0, frac).astype(np.float32)
-    return i0, i1, frac
+    high = low + 1
+    w_low, w_high = 1.0 - frac, frac
+    if zero_border:
+        w_low = np.where((low >= 0) & (low < size), w_low, 0.0)
+        w_high = np.where((high >= 0) & (high < size), w_high, 0.0)
+    i_low, i_high = np.clip(low, 0, size - 1), np.clip(high, 0, size - 1)
+    return i_low, i_high, w_low.astype(np.float32), w_high.astype(np.float32)
 
 
 def _sample_separable(image: np.ndarray, src_x: np.ndarray, src_y: np.ndarray, zero_border: bool) -> np.ndarray:
     """Bilinear sampling of an HWC uint8 image where source x depends only on output x and source y only on
-    output y (scalings and translations). Returns uint8, rounded to nearest as OpenCV does."""
+    output y (scalings and translations). Returns uint8, rounded to nearest as OpenCV does. Only the four
+    neighbours of each output pixel are read, so the cost follows the output size, not the frame size."""
     height, width = image.shape[:2]
-    img = image.astype(np.float32)
-    if zero_border:
-        img = np.pad(img, ((1, 1), (1, 1), (0, 0)))
-    x0, x1, fx = _bilinear_axis(src_x, width, zero_border)
-    y0, y1, fy = _bilinear_axis(src_y, height, zero_border)
-    rows = img[y0] * (1.0 - fy)[:, None, None] + img[y1] * fy[:, None, None]
-    out = rows[:, x0] * (1.0 - fx)[None, :, None] + rows[:, x1] * fx[None, :, None]
+    x0, x1, wx0, wx1 = _bilinear_axis(src_x, width, zero_border)
+    y0, y1, wy0, wy1 = _bilinear_axis(src_y, height, zero_border)
+    rows0, rows1 = image[y0], image[y1]  # [Ho, W, C] views of the needed rows only
+    wx0, wx1 = wx0[None, :, None], wx1[None, :, None]
+    top = rows0[:, x0] * wx0 + rows0[:, x1] * wx1
+    bottom = rows1[:, x0] * wx0 + rows1[:, x1] * wx1
+    out = top * wy0[:, None, None] + bottom * wy1[:, None, None]
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ipa_train import dwpose
-from tiny_dwpose_models import build_detector, build_pose, build_weights, cross_frame
+from tiny_dwpose_models import HAND_OFFSETS, build_pose, build_weights, cross_frame
 
 
 # ----------------------------------------------------------------------------------- letterbox and resize
@@ -213,12 +213,16 @@ def test_estimator_maps_keypoints_back_to_frame_pixels(estimator, width, height,
     assert result.keypoints.shape == (1, 133, 2) and result.scores.shape == (1, 133)
     visible = result.scores[0] > 0.3
     assert visible.sum() == 132  # all but the nose
-    # every keypoint sits on the stripes' crossing (4 px wide), up to one model pixel of the crop
-    pixel = result.boxes[0, 2] - result.boxes[0, 0]
-    pixel = max(pixel * 1.25, (result.boxes[0, 3] - result.boxes[0, 1]) * 1.25 * 0.75) / 288
-    pts = result.keypoints[0, visible]
-    assert (pts[:, 0] >= x0 - pixel).all() and (pts[:, 0] <= x0 + 4).all()
-    assert (pts[:, 1] >= y0 - pixel).all() and (pts[:, 1] <= y0 + 4).all()
+    # keypoints sit on the stripes' crossing (4 px wide), up to one model pixel of the crop; hand points are
+    # moved from there by the model's known offsets, in model pixels
+    box_w, box_h = result.boxes[0, 2] - result.boxes[0, 0], result.boxes[0, 3] - result.boxes[0, 1]
+    pixel = max(box_w * 1.25, box_h * 1.25 * 0.75) / 288
+    pts = result.keypoints[0] - HAND_OFFSETS * pixel
+    pts = pts[visible]
+    assert (pts[:, 0] >= x0 - pixel - 1e-3).all() and (pts[:, 0] <= x0 + 4).all()
+    assert (pts[:, 1] >= y0 - pixel - 1e-3).all() and (pts[:, 1] <= y0 + 4).all()
+    hand = result.keypoints[0, 91:112]
+    assert np.ptp(hand[:, 0]) == pytest.approx(20 * pixel, rel=1e-4)  # a hand 20 model pixels across
 
 
 def test_float_frames_and_alpha_are_accepted(estimator):

@@ -5,7 +5,8 @@
 - the detector reports one person (box (80, 80)-(560, 560) in its 640x640 letterbox input) when the letterboxed
   image is bright enough on average, and nobody on a black frame;
 - the pose model puts every keypoint at the brightest column and row (of the red channel) of its crop, scored by
-  a sigmoid with a random per-keypoint bias; the nose (COCO point 0) always scores about 0.
+  a sigmoid with a random per-keypoint bias; the nose (COCO point 0) always scores about 0; hand points are
+  moved from there by ``HAND_OFFSETS`` model pixels (a per-keypoint shift convolution), so hands have a size.
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ OPSET = 17
 PERSON_ANCHOR = 6400 + 1600 + 10 * 20 + 10  # stride-32 grid cell (10, 10): centre (320, 320) in the letterbox
 PERSON_BOX_SIZE = 480.0
 LOW_SCORE_POINTS = (0,)  # COCO-WholeBody nose
+SHIFT_RADIUS = 20  # SimCC bins (10 model pixels)
+# (dx, dy) in model pixels for each COCO-WholeBody point: hands (91..132) spread over a 20 x 20 square.
+HAND_OFFSETS = np.zeros((133, 2), np.int64)
+for _j in range(21):
+    HAND_OFFSETS[91 + _j] = (_j - 10, (_j * 7) % 21 - 10)
+    HAND_OFFSETS[112 + _j] = (10 - _j, (_j * 5) % 21 - 10)
 
 
 def _save(graph, path: Path) -> Path:
@@ -76,6 +83,13 @@ def _duplicate(n: int) -> np.ndarray:
     return up
 
 
+def _shift_kernels(offsets_px: np.ndarray) -> np.ndarray:
+    """Conv weights [133, 1, 2R+1] moving keypoint k's peak by offsets_px[k] model pixels (2 bins each)."""
+    kernels = np.zeros((133, 1, 2 * SHIFT_RADIUS + 1), np.float32)
+    kernels[np.arange(133), 0, SHIFT_RADIUS - 2 * offsets_px] = 1.0  # out[i] = in[i - 2 d]
+    return kernels
+
+
 def build_pose(path: Path, batch: int | str = "batch", seed: int = 1) -> Path:
     rng = np.random.default_rng(seed)
     bias = rng.uniform(0.5, 1.5, (133, 1)).astype(np.float32)
@@ -86,8 +100,15 @@ def build_pose(path: Path, batch: int | str = "batch", seed: int = 1) -> Path:
         helper.make_node("ReduceMean", ["red"], ["rows"], axes=[3], keepdims=0),  # [N,1,384]
         helper.make_node("MatMul", ["cols", "up_x"], ["cols2"]),
         helper.make_node("MatMul", ["rows", "up_y"], ["rows2"]),
-        helper.make_node("Add", ["cols2", "bias"], ["x_logits"]),
-        helper.make_node("Add", ["rows2", "bias"], ["y_logits"]),
+        # lift above the zero padding, shift per keypoint, lower again: [N,1,B] -> [N,133,B]
+        helper.make_node("Add", ["cols2", "lift"], ["cols_up"]),
+        helper.make_node("Add", ["rows2", "lift"], ["rows_up"]),
+        helper.make_node("Conv", ["cols_up", "shift_x"], ["cols_shifted"], pads=[SHIFT_RADIUS, SHIFT_RADIUS]),
+        helper.make_node("Conv", ["rows_up", "shift_y"], ["rows_shifted"], pads=[SHIFT_RADIUS, SHIFT_RADIUS]),
+        helper.make_node("Sub", ["cols_shifted", "lift"], ["cols_k"]),
+        helper.make_node("Sub", ["rows_shifted", "lift"], ["rows_k"]),
+        helper.make_node("Add", ["cols_k", "bias"], ["x_logits"]),
+        helper.make_node("Add", ["rows_k", "bias"], ["y_logits"]),
         helper.make_node("Sigmoid", ["x_logits"], ["simcc_x"]),
         helper.make_node("Sigmoid", ["y_logits"], ["simcc_y"]),
     ]
@@ -98,6 +119,9 @@ def build_pose(path: Path, batch: int | str = "batch", seed: int = 1) -> Path:
         numpy_helper.from_array(_duplicate(288), "up_x"),
         numpy_helper.from_array(_duplicate(384), "up_y"),
         numpy_helper.from_array(bias, "bias"),
+        numpy_helper.from_array(np.array(10.0, np.float32), "lift"),
+        numpy_helper.from_array(_shift_kernels(HAND_OFFSETS[:, 0]), "shift_x"),
+        numpy_helper.from_array(_shift_kernels(HAND_OFFSETS[:, 1]), "shift_y"),
     ]
     graph = helper.make_graph(
         nodes, "tiny_dwpose",
