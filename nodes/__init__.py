@@ -6,10 +6,11 @@ A module may also define ``setup()`` (register model folders, server routes); it
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import hand_mask
+from . import collector, vace_sampler
 
 NODE_MODULES = [
-    hand_mask,
+    vace_sampler,
+    collector,
 ]
 
 
