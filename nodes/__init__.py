@@ -6,11 +6,12 @@ A module may also define ``setup()`` (register model folders, server routes); it
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import collector, vace_sampler
+from . import collector, train_lora, vace_sampler
 
 NODE_MODULES = [
     vace_sampler,
     collector,
+    train_lora,
 ]
 
 
