@@ -6,12 +6,13 @@ A module may also define ``setup()`` (register model folders, server routes); it
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import collector, train_lora, vace_sampler
+from . import collector, lora_loader, train_lora, vace_sampler
 
 NODE_MODULES = [
     vace_sampler,
     collector,
     train_lora,
+    lora_loader,
 ]
 
 
