@@ -212,3 +212,13 @@ def test_parity_native_comfyui_vs_diffusers_on_stored_tensors(comfy, tmp_path):
         print(f"parity sigma {sigma}: relative max error {error:.2e}")
         assert error < 1e-4, f"sigma {sigma}: relative max error {error:.2e}"
         assert (control - expected).abs().max() / scale > 1e-2
+
+
+def test_comfyui_latent_constants_equal_ours(comfy):
+    import comfy.latent_formats  # noqa: F811  (the fixture is only needed to have ComfyUI importable)
+
+    from comfyui_ipa_pack.ipa_train import wan_latents
+
+    wan21 = comfy.latent_formats.Wan21()
+    assert tuple(round(v, 4) for v in wan21.latents_mean.flatten().tolist()) == wan_latents.WAN21_LATENTS_MEAN
+    assert tuple(round(v, 4) for v in wan21.latents_std.flatten().tolist()) == wan_latents.WAN21_LATENTS_STD
