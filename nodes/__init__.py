@@ -6,11 +6,15 @@ A module may also define ``setup()`` (register model folders, server routes); it
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import dwpose, gallery, hand_mask
+from . import collector, dwpose, gallery, hand_mask, lora_loader, train_lora, vace_sampler
 
 NODE_MODULES = [
-    hand_mask,
     dwpose,
+    hand_mask,
+    vace_sampler,
+    collector,
+    train_lora,
+    lora_loader,
     gallery,
 ]
 

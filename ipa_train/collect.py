@@ -1,0 +1,234 @@
+"""Turns sampled (or encoded) candidates into dataset samples in exactly the layout the trainer reads.
+
+A :class:`Candidate` holds what ComfyUI's native VACE graph produced for one seed, in ComfyUI's own terms
+(raw latents, raw VACE conditioning). :func:`candidate_to_sample` converts it once, here, with the same
+constants the trainer and the parity test use (:mod:`.wan_latents`):
+
+- ``latent``: the *untrimmed* sampled latent, normalised: ``(samples - mean) / std``; the reference frames
+  stay in front (``ref_frames``) and get zero loss weight in the trainer, because the model saw them while
+  sampling and dropping them changes the velocity of the video frames.
+- ``vace_context``: ``cat([norm(inactive), norm(reactive), mask])`` (96 channels).
+- ``text_embedding``: ComfyUI's conditioning tensor as is (512 tokens for Wan's UMT5), padded with zero rows to
+  512 only when shorter, never truncated.
+- ``hand_mask``: the latent hand mask of the video frames only (reference frames excluded).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import torch
+
+from .dataset import AddResult, SampleTensors, add_sample, count_statuses, create_dataset, read_manifest
+from .previews import animated_webp, boxes_from_masks, hand_closeup_webp, preview_scale, scale_boxes
+from .wan_latents import TEXT_TOKENS, normalize_latent, pad_text_embedding, text_length, vace_context_from_conditioning
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Candidate:
+    """One generated (or encoded) video, as ComfyUI's native graph had it."""
+
+    latent: torch.Tensor  # [1, 16, F, h, w] raw sampler output, before TrimVideoLatent
+    trim_latent: int  # reference latent frames at the front (WanVaceToVideo's trim_latent)
+    vace_frames: torch.Tensor  # [1, 32, F, h, w] raw inactive + reactive control latents
+    vace_mask: torch.Tensor  # [1, 64, F, h, w]
+    vace_strength: float
+    text_embedding: torch.Tensor  # [1, L, D] positive conditioning tensor
+    frames: Optional[torch.Tensor] = None  # [T, H, W, 3] decoded video frames (after trimming), 0..1
+    seed: Optional[int] = None
+    sigmas: Optional[list[float]] = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    source: str = "ipa_vace_sampler"
+
+    @property
+    def latent_frames(self) -> int:
+        return int(self.latent.shape[2])
+
+    @property
+    def video_latent_frames(self) -> int:
+        return self.latent_frames - int(self.trim_latent)
+
+
+def fit_pixel_masks(masks: torch.Tensor, frames: int, height: int, width: int) -> torch.Tensor:
+    """``[T, H', W']`` masks -> ``[frames, height, width]``: resized to cover and centre-cropped as ComfyUI's
+    ``common_upscale(..., "center")`` does with the control video, cut to ``frames`` or padded with zeros."""
+    if masks.dim() == 2:
+        masks = masks.unsqueeze(0)
+    if masks.dim() != 3:
+        raise ValueError(f"hand masks must be [T, H, W], got {tuple(masks.shape)}")
+    masks = masks.float()
+    _, mask_h, mask_w = masks.shape
+    if (mask_h, mask_w) != (height, width):
+        scale = max(height / mask_h, width / mask_w)
+        new_h, new_w = max(height, round(mask_h * scale)), max(width, round(mask_w * scale))
+        masks = torch.nn.functional.interpolate(masks.unsqueeze(1), size=(new_h, new_w), mode="bilinear", align_corners=False)[:, 0]
+        top, left = (new_h - height) // 2, (new_w - width) // 2
+        masks = masks[:, top : top + height, left : left + width]
+    masks = masks[:frames]
+    if masks.shape[0] < frames:
+        masks = torch.cat([masks, masks.new_zeros((frames - masks.shape[0], height, width))], dim=0)
+    return masks.clamp(0, 1)
+
+
+def pixel_frames_for(latent_frames: int) -> int:
+    return (latent_frames - 1) * 4 + 1
+
+
+def latent_mask_from_pixels(pixel_masks: torch.Tensor, latent_frames: int, latent_h: int, latent_w: int) -> torch.Tensor:
+    """Pixel hand masks of the video frames -> ``[1, latent_frames, h, w]`` via ``hands.latent_hand_mask``."""
+    from .hands import latent_hand_mask
+
+    frames = pixel_frames_for(latent_frames)
+    fitted = fit_pixel_masks(pixel_masks, frames, latent_h * 8, latent_w * 8)
+    mask = latent_hand_mask(fitted)
+    mask = mask.reshape(1, latent_frames, latent_h, latent_w)
+    return mask.float().clamp(0, 1)
+
+
+def candidate_to_sample(
+    candidate: Candidate,
+    pixel_hand_masks: Optional[torch.Tensor] = None,
+    hand_boxes: Optional[Sequence[Sequence[Sequence[float]]]] = None,
+    prompt: str = "",
+    fps: float = 16.0,
+    preview_max_side: int = 512,
+) -> tuple[SampleTensors, dict[str, Any], dict[str, bytes], dict[str, Any]]:
+    """Returns ``(tensors, meta, previews, summary)`` for :func:`ipa_train.dataset.add_sample`.
+
+    ``pixel_hand_masks``: ``[T, H, W]`` masks of the video frames (from DWPose keypoints or a MASK), or ``None``
+    for "no hands". ``hand_boxes``: per video frame, a list of ``[x0, y0, x1, y1]`` in video pixels (from the
+    pose); derived from the masks when ``None``.
+    """
+    latent = candidate.latent
+    if latent.dim() == 4:
+        latent = latent.unsqueeze(0)
+    if latent.dim() != 5 or latent.shape[0] != 1:
+        raise ValueError(f"candidate latent must be [1, 16, F, h, w], got {tuple(latent.shape)}")
+    _, _, frames, latent_h, latent_w = latent.shape
+    ref = int(candidate.trim_latent)
+    video_frames = frames - ref
+    if video_frames < 1:
+        raise ValueError(f"candidate has {frames} latent frames and trim_latent={ref}: no video frames left")
+
+    x0 = normalize_latent(latent[0].float(), channel_dim=0)
+    context = vace_context_from_conditioning(candidate.vace_frames, candidate.vace_mask)
+    if tuple(context.shape[1:]) != (frames, latent_h, latent_w):
+        raise ValueError(
+            f"VACE context {tuple(context.shape)} does not match the latent {tuple(latent.shape)}: the latent must be the "
+            "untrimmed sampler output (before TrimVideoLatent) of the same WanVaceToVideo conditioning"
+        )
+    text = candidate.text_embedding.float()
+    if text.dim() == 3:
+        text = text[0]
+    original_tokens = int(text.shape[0])
+    real_tokens = text_length(text)
+    text = pad_text_embedding(text, TEXT_TOKENS)
+    if original_tokens < TEXT_TOKENS:
+        log.warning(
+            "text conditioning has %d tokens; padded with zero rows to %d as Wan's own text encoder does. "
+            "Sampling saw the unpadded tensor, so the trainer's reference differs slightly for this sample.",
+            original_tokens,
+            TEXT_TOKENS,
+        )
+
+    if pixel_hand_masks is not None:
+        hand_mask = latent_mask_from_pixels(pixel_hand_masks, video_frames, latent_h, latent_w)
+    else:
+        hand_mask = torch.zeros((1, video_frames, latent_h, latent_w), dtype=torch.float32)
+
+    tensors = SampleTensors(
+        latent=x0.contiguous(),
+        vace_context=context.contiguous(),
+        text_embedding=text.contiguous(),
+        hand_mask=hand_mask.contiguous(),
+        ref_frames=ref,
+        vace_strength=float(candidate.vace_strength),
+        text_length=real_tokens,
+    )
+
+    previews: dict[str, bytes] = {}
+    meta: dict[str, Any] = {
+        "source": candidate.source,
+        "seed": candidate.seed,
+        "prompt": prompt,
+        "sigmas": candidate.sigmas,
+        "settings": dict(candidate.settings),
+        "latent_shape": list(latent.shape[1:]),
+        "text_tokens_stored": int(text.shape[0]),
+        "text_tokens_sampled": original_tokens,
+        "hand_mask_source": "none" if pixel_hand_masks is None else "given",
+        "hand_area": float(hand_mask.mean()),
+    }
+    if candidate.frames is not None:
+        video = candidate.frames
+        height, width = int(video.shape[1]), int(video.shape[2])
+        preview, (preview_w, preview_h) = animated_webp(video, fps=fps, max_side=preview_max_side)
+        previews["preview.webp"] = preview
+        meta["preview_size"] = [preview_w, preview_h]
+        meta["video_size"] = [width, height]
+        meta["video_frames"] = int(video.shape[0])
+        if hand_boxes is None and pixel_hand_masks is not None:
+            hand_boxes = boxes_from_masks(fit_pixel_masks(pixel_hand_masks, int(video.shape[0]), height, width))
+        if hand_boxes is not None:
+            scale = preview_scale(width, height, preview_max_side)
+            meta["hand_boxes"] = scale_boxes(hand_boxes, scale, preview_w, preview_h)
+            closeup = hand_closeup_webp(video, hand_boxes, fps=fps)
+            if closeup is not None:
+                previews["hands.webp"] = closeup
+    summary = {
+        "seed": candidate.seed,
+        "prompt": prompt[:200],
+        "source": candidate.source,
+        "hand_area": round(float(hand_mask.mean()), 6),
+        "has_preview": "preview.webp" in previews,
+    }
+    return tensors, meta, previews, summary
+
+
+@dataclass
+class CollectResult:
+    dataset: str
+    results: list[AddResult]
+    counts: dict[str, int]
+
+    @property
+    def added(self) -> int:
+        return sum(1 for result in self.results if result.added)
+
+    @property
+    def duplicates(self) -> int:
+        return sum(1 for result in self.results if not result.added)
+
+    def text(self) -> str:
+        counts = ", ".join(f"{value} {key}" for key, value in self.counts.items())
+        total = sum(self.counts.values())
+        ids = ", ".join(result.sample_id for result in self.results)
+        return (
+            f"dataset {self.dataset}: {total} samples ({counts}); this run added {self.added}, "
+            f"{self.duplicates} already stored [{ids}]"
+        )
+
+
+def store_candidates(
+    root,
+    dataset: str,
+    candidates: Sequence[Candidate],
+    status: str = "pending",
+    pixel_hand_masks: Optional[torch.Tensor] = None,
+    hand_boxes=None,
+    prompt: str = "",
+    fps: float = 16.0,
+    extra_meta: Optional[dict[str, Any]] = None,
+) -> CollectResult:
+    """Creates ``dataset`` under ``root`` if needed and adds every candidate (atomic, locked, de-duplicated)."""
+    dataset_dir = create_dataset(root, dataset)
+    results = []
+    for candidate in candidates:
+        tensors, meta, previews, summary = candidate_to_sample(candidate, pixel_hand_masks, hand_boxes, prompt=prompt, fps=fps)
+        meta.update(extra_meta or {})
+        results.append(add_sample(dataset_dir, tensors, meta=meta, previews=previews, status=status, summary=summary))
+    return CollectResult(dataset, results, count_statuses(read_manifest(dataset_dir)))

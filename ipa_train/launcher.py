@@ -1,0 +1,357 @@
+"""Launching the trainer in its own process (group), reading its JSON events, stopping it gracefully, and
+drawing the loss curve. Host-independent: the ComfyUI train node is a thin layer over this.
+
+The trainer contract (``python -m ipa_train.train --config run.json``): rank 0 prints one JSON object per line
+on stdout with an ``event`` key (started, step, checkpoint, finished, stopped, error); SIGINT/SIGTERM finish the
+current step, write a checkpoint, emit ``stopped`` and exit with status 3; errors exit with 1.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional, Sequence
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_STOPPED = 3
+EVENTS = ("started", "step", "checkpoint", "finished", "stopped", "error")
+PACKAGE_PARENT = str(Path(__file__).resolve().parents[1])  # the folder holding ``ipa_train``
+
+# Inherited settings that would surprise the trainer: the host's allocator choice (ComfyUI sets cudaMallocAsync),
+# its device selection, and its import path (ComfyUI folders, import-only torchvision stand-ins).
+DROPPED_ENV = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "CUDA_VISIBLE_DEVICES", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")
+
+
+class LaunchError(ValueError):
+    """Bad launch settings, with a message that says how to fix them."""
+
+
+# ----------------------------------------------------------------------------------------------- settings
+
+
+def parse_gpus(spec: str | int | None, available: Optional[int] = None) -> list[int]:
+    """``"cpu"``/``"0"``/``""`` -> ``[]`` (CPU); ``"2"`` -> the first two GPUs; ``"0,2"`` or ``"[1]"`` -> those ids;
+    ``"all"`` -> every available GPU. Raises :class:`LaunchError` for anything else or ids that do not exist."""
+    text = str(spec if spec is not None else "").strip().lower()
+    if text in ("", "cpu", "none", "0"):
+        return []
+    if text == "all":
+        if not available:
+            raise LaunchError("gpus='all' but no GPU is available; use 'cpu'")
+        return list(range(available))
+    try:
+        if text.startswith("[") or "," in text:
+            ids = [int(part) for part in text.strip("[]").split(",") if part.strip()]
+        else:
+            count = int(text)
+            if count < 0:
+                raise ValueError
+            ids = list(range(count))
+    except ValueError:
+        raise LaunchError(f"gpus={spec!r}: write a count ('2'), a list of device ids ('0,2' or '[1]'), 'all' or 'cpu'") from None
+    if not ids or len(set(ids)) != len(ids) or min(ids) < 0:
+        raise LaunchError(f"gpus={spec!r}: device ids must be distinct and >= 0")
+    if available is not None and max(ids) >= available:
+        raise LaunchError(f"gpus={spec!r} asks for device {max(ids)} but only {available} GPU(s) are visible (ids 0..{available - 1})")
+    return ids
+
+
+def build_command(
+    config_path: os.PathLike | str,
+    processes: int = 1,
+    module: str = "ipa_train.train",
+    python: str = sys.executable,
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """``python -m MODULE --config run.json`` for one process, ``python -m torch.distributed.run --standalone
+    --nproc_per_node=N -m MODULE ...`` (torchrun with the same interpreter) for several."""
+    if processes < 1:
+        raise LaunchError(f"processes must be >= 1, got {processes}")
+    tail = ["-m", module, "--config", str(config_path), *extra_args]
+    if processes == 1:
+        return [python, *tail]
+    return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *tail]
+
+
+def build_env(
+    base: Optional[Mapping[str, str]] = None,
+    gpus: Sequence[int] = (),
+    pythonpath: Sequence[str] = (),
+) -> dict[str, str]:
+    """The trainer's environment: the host's minus :data:`DROPPED_ENV`, ``CUDA_VISIBLE_DEVICES`` set from ``gpus``
+    (empty string = no GPU), ``PYTHONPATH`` = the folder holding ``ipa_train`` (+ ``pythonpath``)."""
+    env = {key: value for key, value in (os.environ if base is None else base).items() if key not in DROPPED_ENV}
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(gpu) for gpu in gpus)
+    env["PYTHONPATH"] = os.pathsep.join([PACKAGE_PARENT, *pythonpath])
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONNOUSERSITE"] = "1"
+    return env
+
+
+def parse_event(line: str) -> Optional[dict[str, Any]]:
+    """A trainer event from one stdout line, or ``None`` for anything that is not one (e.g. a library's print)."""
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        event = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(event, dict) or event.get("event") not in EVENTS:
+        return None
+    return event
+
+
+# ----------------------------------------------------------------------------------------------- the job
+
+
+@dataclass
+class JobOutcome:
+    status: str  # "finished" | "stopped" | "failed"
+    returncode: Optional[int]
+    events: list[dict[str, Any]] = field(default_factory=list)
+    final: Optional[dict[str, Any]] = None  # the finished / stopped / error event
+    stderr_tail: list[str] = field(default_factory=list)
+
+    def error_text(self, lines: int = 30) -> str:
+        """The failing rank's message and traceback tail (from its error event), else the last stderr lines."""
+        parts = []
+        if self.final and self.final.get("event") == "error":
+            rank = self.final.get("rank", "?")
+            parts.append(f"rank {rank}: {self.final.get('message', 'error')}")
+            tail = self.final.get("traceback") or self.final.get("traceback_tail") or ""
+            if isinstance(tail, list):
+                tail = "\n".join(tail)
+            if tail:
+                parts.append(str(tail).rstrip())
+        if self.stderr_tail:
+            parts.append("last lines on stderr:\n" + "\n".join(self.stderr_tail[-lines:]))
+        if not parts:
+            parts.append(f"the trainer exited with status {self.returncode} without an error event")
+        return "\n".join(parts)
+
+
+class TrainingJob:
+    """The trainer subprocess in its own session (process group): events from stdout, a tail of stderr, and a
+    graceful stop (SIGINT to the whole group, wait, then SIGKILL) that never leaves workers behind."""
+
+    def __init__(self, command: Sequence[str], env: Mapping[str, str], cwd: os.PathLike | str, stderr_lines: int = 200,
+                 log_path: Optional[os.PathLike | str] = None):
+        self.command = list(command)
+        self._log = open(log_path, "a", encoding="utf-8") if log_path else None
+        self.process = subprocess.Popen(
+            self.command, cwd=str(cwd), env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, bufsize=1, start_new_session=True,
+        )
+        self.pgid = self.process.pid  # start_new_session: the child leads its own group
+        self.events: "queue.Queue[dict[str, Any]]" = queue.Queue()
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=stderr_lines)
+        self.history: list[dict[str, Any]] = []
+        self.stop_requested = False
+        self._readers = [
+            threading.Thread(target=self._read_stdout, daemon=True),
+            threading.Thread(target=self._read_stderr, daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _write_log(self, stream: str, line: str) -> None:
+        if self._log is not None:
+            try:
+                self._log.write(f"[{stream}] {line}\n")
+                self._log.flush()
+            except ValueError:  # closed
+                pass
+
+    def _read_stdout(self) -> None:
+        for line in self.process.stdout:
+            line = line.rstrip("\n")
+            self._write_log("stdout", line)
+            event = parse_event(line)
+            if event is not None:
+                self.events.put(event)
+
+    def _read_stderr(self) -> None:
+        for line in self.process.stderr:
+            line = line.rstrip("\n")
+            self._write_log("stderr", line)
+            self.stderr_tail.append(line)
+
+    def poll(self, timeout: float = 0.5) -> Iterator[dict[str, Any]]:
+        """Events that arrived within ``timeout`` seconds (at least one wait, then whatever is queued)."""
+        try:
+            event = self.events.get(timeout=timeout)
+        except queue.Empty:
+            return
+        self.history.append(event)
+        yield event
+        while True:
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                return
+            self.history.append(event)
+            yield event
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def _signal_group(self, sig: int) -> bool:
+        try:
+            os.killpg(self.pgid, sig)
+            return True
+        except ProcessLookupError:
+            return False
+
+    def group_alive(self) -> bool:
+        return self._signal_group(0)
+
+    def stop(self, grace_s: float = 600.0) -> None:
+        """SIGINT to every process of the job (torchrun forwards it; each rank finishes its step and rank 0 writes a
+        checkpoint), wait up to ``grace_s`` seconds, then SIGKILL whatever is left of the group."""
+        self.stop_requested = True
+        self._signal_group(signal.SIGINT)
+        try:
+            self.process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+        self.kill()
+
+    def kill(self) -> None:
+        self._signal_group(signal.SIGKILL)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        deadline = time.monotonic() + 10
+        while self.group_alive() and time.monotonic() < deadline:  # orphaned workers of the group
+            self._signal_group(signal.SIGKILL)
+            time.sleep(0.05)
+
+    def finish(self) -> JobOutcome:
+        """Waits for the process, drains the readers and events, and classifies the outcome."""
+        self.process.wait()
+        for reader in self._readers:
+            reader.join(timeout=10)
+        while True:
+            try:
+                self.history.append(self.events.get_nowait())
+            except queue.Empty:
+                break
+        if self.group_alive():  # a rank outlived its launcher: never leave it holding the GPU
+            self.kill()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        final = next((event for event in reversed(self.history) if event["event"] in ("finished", "stopped", "error")), None)
+        code = self.process.returncode
+        if code == EXIT_OK and final is not None and final["event"] == "finished":
+            status = "finished"
+        elif final is not None and final["event"] == "stopped":
+            status = "stopped"
+        else:
+            status = "failed"
+            if final is not None and final["event"] != "error":
+                final = None
+        return JobOutcome(status, code, list(self.history), final, list(self.stderr_tail))
+
+
+# ----------------------------------------------------------------------------------------------- run folders
+
+
+def latest_checkpoint(run_dir: os.PathLike | str) -> Optional[Path]:
+    """``<run_dir>/checkpoints/step-<N>`` with the largest N, or ``None``."""
+    folder = Path(run_dir) / "checkpoints"
+    best, best_step = None, -1
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            if entry.is_dir() and entry.name.startswith("step-") and entry.name[5:].isdigit() and int(entry.name[5:]) > best_step:
+                best, best_step = entry, int(entry.name[5:])
+    return best
+
+
+def unique_path(folder: os.PathLike | str, stem: str, suffix: str) -> Path:
+    """``folder/stem+suffix``, or ``stem_00002+suffix``, ... when taken: nothing is ever overwritten."""
+    folder = Path(folder)
+    candidate = folder / f"{stem}{suffix}"
+    counter = 2
+    while candidate.exists():
+        candidate = folder / f"{stem}_{counter:05d}{suffix}"
+        counter += 1
+    return candidate
+
+
+# ----------------------------------------------------------------------------------------------- loss plot
+
+
+def loss_plot(history: Sequence[Mapping[str, Any]], width: int = 640, height: int = 360, title: str = "IPA training"):
+    """A PIL image of the loss (and the IPA gap when present) over steps, drawn with Pillow only."""
+    from PIL import Image, ImageDraw
+
+    steps = [event for event in history if event.get("event") == "step" and isinstance(event.get("loss"), (int, float))]
+    image = Image.new("RGB", (width, height), (250, 250, 250))
+    draw = ImageDraw.Draw(image)
+    left, right, top, bottom = 56, 16, 28, 36
+    draw.text((left, 8), title, fill=(20, 20, 20))
+    draw.rectangle([left, top, width - right, height - bottom], outline=(120, 120, 120))
+    if not steps:
+        draw.text((left + 10, height // 2), "waiting for the first step...", fill=(90, 90, 90))
+        return image
+    xs = [float(event.get("step", index + 1)) for index, event in enumerate(steps)]
+    series = [("loss", (30, 90, 200))]
+    if any(isinstance(event.get("ipa_gap"), (int, float)) for event in steps):
+        series.append(("ipa_gap", (220, 110, 30)))
+    values = [float(event[name]) for name, _ in series for event in steps if isinstance(event.get(name), (int, float))]
+    low, high = min(values), max(values)
+    if high - low < 1e-12:
+        low, high = low - 0.5, high + 0.5
+    x_low, x_high = min(xs), max(max(xs), min(xs) + 1)
+    total = steps[-1].get("total")
+    if isinstance(total, (int, float)) and total > x_high:
+        x_high = float(total)
+
+    def point(x: float, y: float) -> tuple[float, float]:
+        px = left + (x - x_low) / (x_high - x_low) * (width - left - right)
+        py = height - bottom - (y - low) / (high - low) * (height - top - bottom)
+        return px, py
+
+    for name, colour in series:
+        points = [point(x, float(event[name])) for x, event in zip(xs, steps) if isinstance(event.get(name), (int, float))]
+        if len(points) == 1:
+            x, y = points[0]
+            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
+        elif points:
+            draw.line(points, fill=colour, width=2)
+    for index, (name, colour) in enumerate(series):
+        last = next(float(event[name]) for event in reversed(steps) if isinstance(event.get(name), (int, float)))
+        draw.text((width - right - 170, top + 6 + 14 * index), f"{name} {last:.4g}", fill=colour)
+    draw.text((4, top), f"{high:.3g}", fill=(60, 60, 60))
+    draw.text((4, height - bottom - 10), f"{low:.3g}", fill=(60, 60, 60))
+    draw.text((left, height - bottom + 6), f"step {int(x_low)}", fill=(60, 60, 60))
+    draw.text((width - right - 90, height - bottom + 6), f"step {int(xs[-1])}/{int(x_high)}", fill=(60, 60, 60))
+    return image
+
+
+def format_metrics(outcome: JobOutcome) -> str:
+    """The finished event's metrics (or the last step's) as ``key: value`` lines."""
+    lines = []
+    final = outcome.final or {}
+    if final.get("lora_path"):
+        lines.append(f"lora: {final['lora_path']}")
+    metrics = final.get("metrics") if isinstance(final.get("metrics"), dict) else None
+    if metrics is None:
+        last = next((event for event in reversed(outcome.events) if event.get("event") == "step"), None)
+        metrics = {key: value for key, value in (last or {}).items() if key != "event"}
+    for key, value in metrics.items():
+        lines.append(f"{key}: {value:.6g}" if isinstance(value, float) else f"{key}: {value}")
+    return "\n".join(lines)

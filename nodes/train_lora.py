@@ -1,0 +1,253 @@
+"""IPA Train LoRA: runs ``ipa_train.train`` in its own process (group) and shows its progress in the graph.
+
+ComfyUI's models are unloaded first, so the trainer gets the GPUs. Launch, environment, event parsing, graceful
+stop and the loss plot live in ``ipa_train.launcher``; this node maps them onto ComfyUI's progress bar (whose
+preview image is the live loss plot), its cancel button and its error display.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from comfy_api.latest import io, ui
+
+from ..ipa_train import launcher
+from ..ipa_train.dataset import DatasetError, count_statuses, dataset_path, read_manifest
+from ..ipa_train.fileio import atomic_write_json
+from .paths import dataset_root
+
+log = logging.getLogger(__name__)
+
+OBJECTIVES = ["ipa", "dpo", "sft"]
+PRECISIONS = ["auto", "bf16", "fp32"]
+LORA_SUBFOLDER = "ipa"
+
+
+class TrainingStopped(RuntimeError):
+    """Raised after a cancelled run stopped cleanly: the message says where the checkpoint is and how to resume."""
+
+
+def runs_root() -> Path:
+    import folder_paths
+
+    return Path(folder_paths.get_output_directory()) / "ipa_runs"
+
+
+def lora_folder() -> Path:
+    import folder_paths
+
+    return Path(folder_paths.get_folder_paths("loras")[0]) / LORA_SUBFOLDER
+
+
+def _resolve_resume(resume: str, lora_name: str) -> Path | None:
+    resume = (resume or "").strip()
+    if not resume:
+        return None
+    root = runs_root().resolve()
+    if resume == "latest":
+        runs = sorted((p for p in root.glob(f"{lora_name}-*") if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+        for run in runs:
+            checkpoint = launcher.latest_checkpoint(run)
+            if checkpoint is not None:
+                return checkpoint
+        raise ValueError(f"resume='latest': no checkpoint of a run named {lora_name!r} under {root}; clear resume to start fresh")
+    path = Path(resume)
+    path = (path if path.is_absolute() else root / path).resolve()
+    if root not in path.parents or not path.is_dir():
+        raise ValueError(f"resume={resume!r} is not a checkpoint folder under {root}; use 'latest' or a path the node reported")
+    return path
+
+
+def _free_host_memory() -> None:
+    import comfy.model_management
+
+    comfy.model_management.unload_all_models()
+    comfy.model_management.soft_empty_cache()
+
+
+def _send(event: str, data: dict) -> None:
+    try:
+        from server import PromptServer
+
+        if PromptServer.instance is not None:
+            PromptServer.instance.send_sync(event, data, PromptServer.instance.client_id)
+    except Exception:  # no server (tests, scripts): the progress bar is enough
+        pass
+
+
+def _to_image(pil_image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(pil_image.convert("RGB"), dtype=np.float32) / 255.0).unsqueeze(0)
+
+
+class IPATrainLoRA(io.ComfyNode):
+    # The trainer module and extra import paths: tests point these at a stand-in that follows the same contract.
+    trainer_module = "ipa_train.train"
+    extra_pythonpath: list[str] = []
+    stop_grace_s = 900.0
+    poll_s = 0.5
+
+    @classmethod
+    def define_schema(cls):
+        import folder_paths
+
+        return io.Schema(
+            node_id="IPATrainLoRA",
+            display_name="IPA Train LoRA",
+            category="IPA",
+            description=(
+                "Trains a Flow-IPA (or DPO/SFT) LoRA on the preferred samples of a dataset, in a separate process (torchrun for "
+                "several GPUs). Frees ComfyUI's models first. Cancel stops after the current step and writes a checkpoint."
+            ),
+            is_output_node=True,
+            inputs=[
+                io.String.Input("dataset", default="hands", tooltip="Dataset name (written by IPA Mark Preferred)."),
+                io.Combo.Input("base_model", options=folder_paths.get_filename_list("diffusion_models"),
+                               tooltip="The Wan2.1-VACE file the candidates were sampled with (models/diffusion_models)."),
+                io.String.Input("lora_name", default="ipa_hands", tooltip="Saved as models/loras/ipa/<name>.safetensors."),
+                io.Combo.Input("objective", options=OBJECTIVES, default="ipa"),
+                io.Float.Input("beta", default=600.0, min=0.0, max=100000.0, step=1.0),
+                io.Float.Input("hand_weight", default=10.0, min=1.0, max=1000.0, step=0.5),
+                io.Int.Input("rank", default=128, min=1, max=1024),
+                io.Float.Input("alpha", default=128.0, min=0.01, max=4096.0, step=1.0),
+                io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1.0, step=1e-6, round=False),
+                io.Int.Input("steps", default=1000, min=1, max=1000000),
+                io.Int.Input("batch_size", default=1, min=1, max=64),
+                io.Int.Input("grad_accum", default=1, min=1, max=1024),
+                io.String.Input("gpus", default="1", tooltip="A count ('2'), device ids ('0,2' or '[1]'), 'all', or 'cpu'."),
+                io.Combo.Input("precision", options=PRECISIONS, default="auto"),
+                io.Boolean.Input("gradient_checkpointing", default=True),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF),
+                io.Int.Input("checkpoint_every", default=100, min=1, max=1000000),
+                io.String.Input("resume", default="", optional=True,
+                                tooltip="Empty: new run. 'latest': newest checkpoint of this LoRA name. Or a checkpoint folder."),
+            ],
+            outputs=[
+                io.String.Output(display_name="lora_name"),
+                io.Image.Output(display_name="loss_curve"),
+                io.String.Output(display_name="metrics"),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def build_config(cls, dataset_dir: Path, base_model_path: str, run_dir: Path, **settings) -> dict:
+        return {
+            "dataset": str(dataset_dir),
+            "base_model": base_model_path,
+            "output_dir": str(run_dir),
+            "lora_name": settings["lora_name"],
+            "objective": settings["objective"],
+            "beta": settings["beta"],
+            "hand_weight": settings["hand_weight"],
+            "rank": settings["rank"],
+            "alpha": settings["alpha"],
+            "learning_rate": settings["learning_rate"],
+            "steps": settings["steps"],
+            "batch_size": settings["batch_size"],
+            "grad_accum": settings["grad_accum"],
+            "precision": settings["precision"],
+            "gradient_checkpointing": settings["gradient_checkpointing"],
+            "seed": settings["seed"],
+            "checkpoint_every": settings["checkpoint_every"],
+        }
+
+    @classmethod
+    def execute(cls, dataset, base_model, lora_name, objective, beta, hand_weight, rank, alpha, learning_rate, steps, batch_size,
+                grad_accum, gpus, precision, gradient_checkpointing, seed, checkpoint_every, resume="") -> io.NodeOutput:
+        import comfy.model_management
+        import comfy.utils
+        import folder_paths
+
+        try:
+            dataset_dir = dataset_path(dataset_root(), dataset)
+            counts = count_statuses(read_manifest(dataset_dir))
+        except DatasetError as exc:
+            raise ValueError(str(exc)) from None
+        if counts["preferred"] == 0:
+            raise ValueError(f"dataset {dataset} has no preferred samples ({counts}); mark some in the IPA gallery or with IPA Mark Preferred")
+        if objective == "dpo" and counts["rejected"] == 0:
+            raise ValueError(f"objective 'dpo' needs rejected samples too; dataset {dataset} has none. Use 'ipa' (preferred only)")
+        if not lora_name or any(c in lora_name for c in "/\\") or lora_name.startswith("."):
+            raise ValueError(f"lora_name {lora_name!r} must be a plain file name (no folders)")
+        base_model_path = folder_paths.get_full_path_or_raise("diffusion_models", base_model)
+        visible = None if os.environ.get("CUDA_VISIBLE_DEVICES") is not None else (torch.cuda.device_count() if torch.cuda.is_available() else 0)
+        try:
+            gpu_ids = launcher.parse_gpus(gpus, available=visible)
+        except launcher.LaunchError as exc:
+            raise ValueError(str(exc)) from None
+        checkpoint = _resolve_resume(resume, lora_name)
+        run_dir = checkpoint.parents[1] if checkpoint is not None else runs_root() / f"{lora_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config = cls.build_config(dataset_dir, base_model_path, run_dir, lora_name=lora_name, objective=objective, beta=beta,
+                                  hand_weight=hand_weight, rank=rank, alpha=alpha, learning_rate=learning_rate, steps=steps,
+                                  batch_size=batch_size, grad_accum=grad_accum, precision=precision,
+                                  gradient_checkpointing=gradient_checkpointing, seed=seed, checkpoint_every=checkpoint_every)
+        config_path = atomic_write_json(run_dir / "run.json", config)
+        extra = ["--resume", str(checkpoint)] if checkpoint is not None else []
+        command = launcher.build_command(config_path, max(1, len(gpu_ids)), module=cls.trainer_module, extra_args=extra)
+        env = launcher.build_env(gpus=gpu_ids, pythonpath=cls.extra_pythonpath)
+
+        _free_host_memory()
+        log.info("IPA Train LoRA: %s (run folder %s, GPUs %s)", " ".join(command), run_dir, gpu_ids or "cpu")
+        job = launcher.TrainingJob(command, env, cwd=launcher.PACKAGE_PARENT, log_path=run_dir / "train.log")
+        pbar = comfy.utils.ProgressBar(steps)
+        cancelled = False
+        try:
+            while job.running() or not job.events.empty():
+                for event in job.poll(cls.poll_s):
+                    if event["event"] == "step":
+                        plot = launcher.loss_plot(job.history, title=f"{objective.upper()} {lora_name}")
+                        try:
+                            pbar.update_absolute(int(event.get("step", 0)), int(event.get("total", steps)), ("PNG", plot, 640))
+                        except comfy.model_management.InterruptProcessingException:
+                            cancelled = True
+                        _send("ipa.train.step", {k: v for k, v in event.items() if isinstance(v, (int, float, str))})
+                    elif event["event"] == "checkpoint":
+                        log.info("IPA Train LoRA: checkpoint at step %s: %s", event.get("step"), event.get("path"))
+                if cancelled or comfy.model_management.processing_interrupted():
+                    cancelled = True
+                    log.info("IPA Train LoRA: cancel requested; stopping after the current step (up to %.0f s)", cls.stop_grace_s)
+                    job.stop(cls.stop_grace_s)
+                    break
+        except BaseException:
+            job.stop(cls.stop_grace_s)  # never leave the trainer running when the node dies
+            raise
+        outcome = job.finish()
+        if cancelled:
+            comfy.model_management.interrupt_current_processing(False)
+        loss_image = launcher.loss_plot(outcome.events, title=f"{objective.upper()} {lora_name}")
+
+        if outcome.status == "stopped":
+            final = outcome.final
+            message = (
+                f"IPA training stopped at step {final.get('step')} (cancelled). Checkpoint: {final.get('checkpoint')}. "
+                f"To resume, queue this node again with resume='latest' (or resume='{final.get('checkpoint')}')."
+            )
+            _send("ipa.train.stopped", {"step": final.get("step"), "checkpoint": str(final.get("checkpoint"))})
+            raise TrainingStopped(message)
+        if outcome.status != "finished":
+            if cancelled:
+                raise TrainingStopped(f"IPA training was cancelled and did not write a checkpoint in time:\n{outcome.error_text()}")
+            raise RuntimeError(f"IPA training failed (exit status {outcome.returncode}); log: {run_dir / 'train.log'}\n{outcome.error_text()}")
+
+        trained = Path(outcome.final["lora_path"])
+        if not trained.is_file():
+            raise RuntimeError(f"the trainer reported {trained} but the file does not exist")
+        target_dir = lora_folder()
+        target_dir.mkdir(parents=True, exist_ok=True)
+        target = launcher.unique_path(target_dir, trained.stem, ".safetensors")
+        temporary = target.with_name(f".{target.name}.tmp")
+        shutil.copyfile(trained, temporary)
+        os.replace(temporary, target)
+        name = f"{LORA_SUBFOLDER}/{target.name}"
+        metrics = launcher.format_metrics(outcome) + f"\nsaved as: loras/{name}\nrun folder: {run_dir}"
+        return io.NodeOutput(name, _to_image(loss_image), metrics, ui=ui.PreviewText(metrics))
+
+
+NODES = [IPATrainLoRA]

@@ -1,0 +1,189 @@
+"""Building and checking ComfyUI UI-format workflows (LiteGraph JSON, version 0.4) from node schemas.
+
+``node_infos()`` reads the schemas of ComfyUI's core nodes and this pack's nodes in-process (what GET /object_info
+returns); ``Graph`` lays nodes out and links them by socket name; ``check_workflow`` verifies a workflow file against
+the schemas: every node type exists, every link joins an existing output to an input of the same type, and every
+node has exactly as many widget values as its schema has widgets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, Optional
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+
+
+def node_infos(pack_module) -> dict[str, dict[str, Any]]:
+    """object_info for ComfyUI's built-in nodes (comfy_extras included) and the pack's nodes."""
+    import nodes
+
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False))
+    infos = {name: _info(cls, name) for name, cls in nodes.NODE_CLASS_MAPPINGS.items()}
+    extension = asyncio.run(pack_module.comfy_entrypoint())
+    for cls in asyncio.run(extension.get_node_list()):
+        info = cls.GET_NODE_INFO_V1()
+        infos[info["name"]] = _normalise(info)
+    return infos
+
+
+def _info(cls, name: str) -> dict[str, Any]:
+    if hasattr(cls, "GET_NODE_INFO_V1"):
+        return _normalise(cls.GET_NODE_INFO_V1())
+    inputs = cls.INPUT_TYPES()
+    return _normalise({
+        "name": name,
+        "input": {"required": inputs.get("required", {}), "optional": inputs.get("optional", {})},
+        "input_order": {key: list(inputs.get(key, {})) for key in ("required", "optional")},
+        "output": list(cls.RETURN_TYPES),
+        "output_name": list(getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES),
+    })
+
+
+def _normalise(info: dict[str, Any]) -> dict[str, Any]:
+    inputs = []
+    for section in ("required", "optional"):
+        specs = info["input"].get(section, {}) or {}
+        for name in info.get("input_order", {}).get(section, list(specs)):
+            spec = specs[name]
+            kind = spec[0]
+            options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            kind = "COMBO" if isinstance(kind, (list, tuple)) else str(kind)
+            inputs.append({"name": name, "type": kind, "options": options, "optional": section == "optional"})
+    return {"name": info["name"], "inputs": inputs, "outputs": [str(o) for o in info["output"]],
+            "output_names": [str(n) for n in info.get("output_name", info["output"])]}
+
+
+def widget_names(info: dict[str, Any]) -> list[str]:
+    """Widget value slots in the order the frontend stores them (a seed's control_after_generate adds one,
+    an upload button adds one)."""
+    names = []
+    for spec in info["inputs"]:
+        if spec["type"] in WIDGET_TYPES:
+            names.append(spec["name"])
+            options = spec["options"]
+            if options.get("control_after_generate"):
+                names.append(f"{spec['name']}:control_after_generate")
+            if options.get("image_upload") or options.get("video_upload"):
+                names.append(f"{spec['name']}:upload")
+    return names
+
+
+class Graph:
+    def __init__(self, infos: dict[str, dict[str, Any]]):
+        self.infos = infos
+        self.nodes: list[dict[str, Any]] = []
+        self.links: list[list[Any]] = []
+
+    def add(self, node_type: str, pos: tuple[int, int], widgets: Optional[dict[str, Any]] = None, title: Optional[str] = None,
+            size: tuple[int, int] = (320, 200)) -> int:
+        node_id = len(self.nodes) + 1
+        if node_type in FRONTEND_ONLY:
+            node = {"id": node_id, "type": node_type, "pos": list(pos), "size": list(size), "flags": {}, "order": node_id - 1,
+                    "mode": 0, "inputs": [], "outputs": [], "properties": {}, "widgets_values": [widgets["text"]],
+                    "color": "#432", "bgcolor": "#653"}
+            self.nodes.append(node)
+            return node_id
+        info = self.infos[node_type]
+        widgets = dict(widgets or {})
+        values = []
+        for name in widget_names(info):
+            if name.endswith(":control_after_generate"):
+                values.append(widgets.pop(name, "fixed"))
+            elif name.endswith(":upload"):
+                values.append(widgets.pop(name, "image"))
+            else:
+                spec = next(s for s in info["inputs"] if s["name"] == name)
+                if name in widgets:
+                    values.append(widgets.pop(name))
+                elif "default" in spec["options"]:
+                    values.append(spec["options"]["default"])
+                else:
+                    raise ValueError(f"{node_type}.{name}: give a value (no default)")
+        if widgets:
+            raise ValueError(f"{node_type}: unknown widgets {sorted(widgets)}")
+        inputs = []
+        for spec in info["inputs"]:
+            entry = {"name": spec["name"], "type": spec["type"], "link": None}
+            if spec["type"] in WIDGET_TYPES:
+                entry["widget"] = {"name": spec["name"]}
+            elif spec["optional"]:
+                entry["shape"] = 7
+            inputs.append(entry)
+        outputs = [{"name": name, "type": kind, "links": [], "slot_index": index}
+                   for index, (name, kind) in enumerate(zip(info["output_names"], info["outputs"]))]
+        node = {"id": node_id, "type": node_type, "pos": list(pos), "size": list(size), "flags": {}, "order": node_id - 1, "mode": 0,
+                "inputs": inputs, "outputs": outputs, "properties": {"Node name for S&R": node_type}, "widgets_values": values}
+        if title:
+            node["title"] = title
+        self.nodes.append(node)
+        return node_id
+
+    def link(self, source: int, output: str, target: int, input_name: str) -> None:
+        src, dst = self.nodes[source - 1], self.nodes[target - 1]
+        slot = next(i for i, o in enumerate(src["outputs"]) if o["name"] == output)
+        in_slot = next(i for i, n in enumerate(dst["inputs"]) if n["name"] == input_name)
+        kind = src["outputs"][slot]["type"]
+        if dst["inputs"][in_slot]["type"] not in (kind, "*"):
+            raise ValueError(f"{src['type']}.{output} ({kind}) cannot feed {dst['type']}.{input_name} ({dst['inputs'][in_slot]['type']})")
+        link_id = len(self.links) + 1
+        self.links.append([link_id, source, slot, target, in_slot, kind])
+        src["outputs"][slot]["links"].append(link_id)
+        dst["inputs"][in_slot]["link"] = link_id
+
+    def to_json(self, notes: str) -> dict[str, Any]:
+        return {
+            "id": "00000000-0000-4000-8000-000000000000",
+            "revision": 0,
+            "last_node_id": len(self.nodes),
+            "last_link_id": len(self.links),
+            "nodes": self.nodes,
+            "links": self.links,
+            "groups": [],
+            "config": {},
+            "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}, "ipa_notes": notes},
+            "version": 0.4,
+        }
+
+
+def check_workflow(workflow: dict[str, Any], infos: dict[str, dict[str, Any]]) -> list[str]:
+    """Problems found (empty when the workflow matches the schemas)."""
+    problems = []
+    nodes_by_id = {node["id"]: node for node in workflow["nodes"]}
+    for node in workflow["nodes"]:
+        if node["type"] in FRONTEND_ONLY:
+            continue
+        info = infos.get(node["type"])
+        if info is None:
+            problems.append(f"node {node['id']}: unknown node type {node['type']} (missing node)")
+            continue
+        expected = widget_names(info)
+        if len(node.get("widgets_values", [])) != len(expected):
+            problems.append(f"node {node['id']} {node['type']}: {len(node.get('widgets_values', []))} widget values, schema has {len(expected)} {expected}")
+        input_names = {spec["name"]: spec for spec in info["inputs"]}
+        for entry in node.get("inputs", []):
+            if entry["name"] not in input_names:
+                problems.append(f"node {node['id']} {node['type']}: no input named {entry['name']}")
+        for spec in info["inputs"]:
+            if not spec["optional"] and spec["type"] not in WIDGET_TYPES:
+                linked = any(entry["name"] == spec["name"] and entry.get("link") for entry in node.get("inputs", []))
+                if not linked:
+                    problems.append(f"node {node['id']} {node['type']}: required input {spec['name']} is not connected")
+        if [o["type"] for o in node.get("outputs", [])] != info["outputs"]:
+            problems.append(f"node {node['id']} {node['type']}: outputs {[o['type'] for o in node.get('outputs', [])]} != {info['outputs']}")
+    for link_id, source, slot, target, in_slot, kind in workflow["links"]:
+        src, dst = nodes_by_id.get(source), nodes_by_id.get(target)
+        if src is None or dst is None:
+            problems.append(f"link {link_id}: missing node")
+            continue
+        if src["outputs"][slot]["type"] != kind or dst["inputs"][in_slot]["type"] not in (kind, "*"):
+            problems.append(f"link {link_id}: type {kind} does not match {src['type']}[{slot}] -> {dst['type']}[{in_slot}]")
+        if dst["inputs"][in_slot].get("link") != link_id or link_id not in src["outputs"][slot]["links"]:
+            problems.append(f"link {link_id}: not recorded on both ends")
+    return problems
+
+
+def dumps(workflow: dict[str, Any]) -> str:
+    return json.dumps(workflow, indent=2) + "\n"

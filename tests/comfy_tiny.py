@@ -1,0 +1,160 @@
+"""Tiny random-weight Wan2.1-VACE and Wan VAE files in ComfyUI's own layout, and a ComfyUI set-up in a temporary
+folder, for tests that run the pack inside a real ComfyUI checkout (``COMFYUI_PATH``). Nothing is downloaded."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+TINY_DIT = dict(dim=128, ffn_dim=256, num_heads=1, num_layers=2, vace_layers=1, vace_in_dim=96, in_dim=16, out_dim=16)
+TEXT_DIM = 4096  # ComfyUI does not detect text_dim from the weights: it assumes Wan's 4096
+TINY_VAE_DIM = 8
+
+# diffusers config for the same weights (vace_layers as the list ComfyUI's count implies).
+TINY_DIFFUSERS_CONFIG = {
+    "_class_name": "WanVACETransformer3DModel",
+    "patch_size": [1, 2, 2],
+    "num_attention_heads": 1,
+    "attention_head_dim": 128,
+    "in_channels": 16,
+    "out_channels": 16,
+    "text_dim": TEXT_DIM,
+    "freq_dim": 256,
+    "ffn_dim": 256,
+    "num_layers": 2,
+    "cross_attn_norm": True,
+    "qk_norm": "rms_norm_across_heads",
+    "eps": 1e-6,
+    "image_dim": None,
+    "added_kv_proj_dim": None,
+    "rope_max_seq_len": 1024,
+    "pos_embed_seq_len": None,
+    "vace_layers": [0],
+    "vace_in_channels": 96,
+}
+
+
+def _randomize(module: torch.nn.Module, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if name.endswith("gamma") or "norm" in name and name.endswith("weight"):
+                param.copy_(1.0 + 0.1 * torch.randn(param.shape, generator=generator))
+            else:
+                fan_in = param[0].numel() if param.dim() > 1 else param.numel()
+                param.copy_(torch.randn(param.shape, generator=generator) / max(fan_in, 1) ** 0.5)
+
+
+def write_tiny_vace(path: Path, seed: int = 0) -> Path:
+    """A VaceWanModel state dict with ``model.diffusion_model.`` keys, as ComfyUI's repackaged files have them."""
+    import comfy.ldm.wan.model
+    import comfy.ops
+    from safetensors.torch import save_file
+
+    with torch.inference_mode(False):
+        model = comfy.ldm.wan.model.VaceWanModel(text_dim=TEXT_DIM, operations=comfy.ops.disable_weight_init, **TINY_DIT)
+        _randomize(model, seed)
+        state = {f"model.diffusion_model.{key}": value.detach().float().contiguous() for key, value in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return path
+
+
+def write_tiny_vae(path: Path, seed: int = 1) -> Path:
+    import comfy.ldm.wan.vae
+    from safetensors.torch import save_file
+
+    with torch.inference_mode(False):
+        vae = comfy.ldm.wan.vae.WanVAE(dim=TINY_VAE_DIM, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                                       temperal_downsample=[False, True, True], dropout=0.0)
+        _randomize(vae, seed)
+        state = {key: value.detach().float().contiguous() for key, value in vae.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return path
+
+
+def write_diffusers_config(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(TINY_DIFFUSERS_CONFIG))
+    return folder
+
+
+class TinyComfy:
+    """ComfyUI's folders pointed at ``base``, tiny model files in place, helpers to load them like the graph does."""
+
+    def __init__(self, base: Path):
+        import folder_paths
+
+        self.base = Path(base)
+        self.output = self.base / "output"
+        self.output.mkdir(parents=True, exist_ok=True)
+        folder_paths.set_output_directory(str(self.output))
+        folder_paths.set_temp_directory(str(self.base / "temp"))
+        self.diffusion_models = self.base / "models" / "diffusion_models"
+        self.vae_dir = self.base / "models" / "vae"
+        self.loras = self.base / "models" / "loras"
+        for kind, folder in (("diffusion_models", self.diffusion_models), ("vae", self.vae_dir), ("loras", self.loras)):
+            folder.mkdir(parents=True, exist_ok=True)
+            folder_paths.add_model_folder_path(kind, str(folder), is_default=True)
+        self.unet_name = "tiny_wan21_vace.safetensors"
+        self.vae_name = "tiny_wan21_vae.safetensors"
+        if not (self.diffusion_models / self.unet_name).exists():
+            write_tiny_vace(self.diffusion_models / self.unet_name)
+        if not (self.vae_dir / self.vae_name).exists():
+            write_tiny_vae(self.vae_dir / self.vae_name)
+
+    @property
+    def unet_path(self) -> Path:
+        return self.diffusion_models / self.unet_name
+
+    def load_model(self):
+        import nodes
+
+        return nodes.UNETLoader().load_unet(self.unet_name, "default")[0]
+
+    def load_vae(self):
+        import nodes
+
+        return nodes.VAELoader().load_vae(self.vae_name)[0]
+
+
+def text_conditioning(tokens: int = 512, real: int = 7, seed: int = 3) -> list:
+    """A positive conditioning like CLIPTextEncode's for Wan: [1, tokens, 4096] with zero rows after ``real``."""
+    generator = torch.Generator().manual_seed(seed)
+    tensor = torch.zeros(1, tokens, TEXT_DIM)
+    tensor[:, :real] = torch.randn(1, real, TEXT_DIM, generator=generator) * 0.2
+    return [[tensor, {}]]
+
+
+def pose_video(frames: int, height: int, width: int, seed: int = 4) -> torch.Tensor:
+    """A control video: moving white blocks on black, IMAGE layout ``[T, H, W, 3]``."""
+    video = torch.zeros(frames, height, width, 3)
+    for t in range(frames):
+        x = (4 + 3 * t) % max(width - 8, 1)
+        video[t, height // 4 : height // 4 + 8, x : x + 8] = 1.0
+    return video
+
+
+def reference_image(height: int, width: int, seed: int = 5) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(1, height, width, 3, generator=generator)
+
+
+def load_pack_cpu():
+    """``conftest.load_pack()`` with ComfyUI told to run on the CPU when there is no GPU (what ``--cpu`` does)."""
+    import sys
+
+    from conftest import comfyui_path, load_pack
+
+    path = comfyui_path()
+    if path is not None and str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+    if not torch.cuda.is_available():
+        import comfy.cli_args
+
+        comfy.cli_args.args.cpu = True
+    return load_pack()

@@ -1,0 +1,73 @@
+"""A stand-in for ``python -m ipa_train.train`` that follows the run contract (CONTRACTS.md) without a model: JSON
+events on stdout, SIGINT -> finish the step, checkpoint, ``stopped``, exit 3; errors -> ``error`` event, exit 1.
+run.json key ``fake_mode`` (or env IPA_FAKE_TRAINER_MODE): "ok" (default), "fail" (fails at step 2), "slow" (steps take 0.3 s and a worker child
+process is started in the same process group, like torchrun's ranks)."""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def emit(**event):
+    print(json.dumps(event), flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--resume", default=None)
+    args = parser.parse_args()
+    config = json.loads(Path(args.config).read_text())
+    mode = config.get("fake_mode") or os.environ.get("IPA_FAKE_TRAINER_MODE", "ok")
+    out = Path(config["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    stop = {"requested": False}
+    signal.signal(signal.SIGINT, lambda *_: stop.update(requested=True))
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+    worker = None
+    if mode == "slow":
+        worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # a 'rank' in our group
+        Path(out / "worker.pid").write_text(str(worker.pid))
+    start = int(Path(args.resume).name.split("-")[1]) if args.resume else 0
+    total = int(config.get("steps", 5))
+    emit(event="started", total=total, resume_step=start, env_cuda=os.environ.get("CUDA_VISIBLE_DEVICES"),
+         alloc=os.environ.get("PYTORCH_CUDA_ALLOC_CONF"), pythonpath=os.environ.get("PYTHONPATH"))
+    print("human log line on stderr", file=sys.stderr, flush=True)
+    print("some library print on stdout", flush=True)
+    for step in range(start + 1, total + 1):
+        time.sleep(0.3 if mode == "slow" else 0.01)
+        if mode == "fail" and step == 2:
+            print("Traceback (most recent call last):\n  ValueError: the dataset has no preferred samples", file=sys.stderr, flush=True)
+            emit(event="error", rank=1, message="ValueError: the dataset has no preferred samples",
+                 traceback="Traceback (most recent call last):\n  File \"train.py\", line 1\nValueError: the dataset has no preferred samples")
+            sys.exit(1)
+        loss = 0.7 / step
+        emit(event="step", step=step, total=total, loss=loss, ipa_gap=0.01 * step, model_error=0.5, reference_error=0.5 + 0.01 * step,
+             lr=1e-4, sec_per_step=0.01, eta_s=(total - step) * 0.01, peak_mem_gb=0.0)
+        if stop["requested"]:
+            checkpoint = out / "checkpoints" / f"step-{step}"
+            checkpoint.mkdir(parents=True, exist_ok=True)
+            (checkpoint / "state.json").write_text(json.dumps({"step": step}))
+            emit(event="checkpoint", step=step, path=str(checkpoint))
+            emit(event="stopped", step=step, checkpoint=str(checkpoint), resume=f"--resume {checkpoint}")
+            if worker is not None:
+                worker.terminate()
+            sys.exit(3)
+    lora = out / f"{config.get('lora_name', 'lora')}.safetensors"
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    save_file({"diffusion_model.blocks.0.self_attn.q.lora_A.weight": np.zeros((2, 4), np.float32),
+               "diffusion_model.blocks.0.self_attn.q.lora_B.weight": np.zeros((4, 2), np.float32)}, str(lora), metadata={"objective": "ipa"})
+    emit(event="finished", lora_path=str(lora), metrics={"loss": 0.7 / total, "ipa_gap": 0.01 * total, "steps": total})
+    if worker is not None:
+        worker.terminate()
+
+
+if __name__ == "__main__":
+    main()

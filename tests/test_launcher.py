@@ -1,0 +1,173 @@
+"""ipa_train.launcher without ComfyUI: settings, environment, event parsing, a real subprocess following the
+trainer contract (fake trainer), graceful cancel that leaves no process group behind, failure reporting."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ipa_train import launcher
+from ipa_train.launcher import LaunchError, TrainingJob, build_command, build_env, parse_event, parse_gpus
+
+FAKE = str(Path(__file__).parent / "fake_trainer_pkg")
+
+
+def test_parse_gpus():
+    assert parse_gpus("cpu") == [] and parse_gpus("") == [] and parse_gpus("0") == []
+    assert parse_gpus("2", available=4) == [0, 1]
+    assert parse_gpus("0,2", available=4) == [0, 2]
+    assert parse_gpus("[1]", available=2) == [1]
+    assert parse_gpus("all", available=3) == [0, 1, 2]
+    for bad in ("two", "0,0", "-1"):
+        with pytest.raises(LaunchError):
+            parse_gpus(bad, available=4)
+    with pytest.raises(LaunchError, match="only 2 GPU"):
+        parse_gpus("0,3", available=2)
+
+
+def test_build_command():
+    assert build_command("run.json", 1, python="py") == ["py", "-m", "ipa_train.train", "--config", "run.json"]
+    assert build_command("run.json", 2, python="py", extra_args=["--resume", "c"]) == [
+        "py", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "ipa_train.train", "--config", "run.json", "--resume", "c",
+    ]
+
+
+def test_build_env_is_explicit():
+    host = {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "3", "PYTORCH_CUDA_ALLOC_CONF": "backend:cudaMallocAsync",
+            "PYTHONPATH": "/comfy-stubs:/ComfyUI", "HOME": "/h"}
+    env = build_env(host, gpus=[0, 2])
+    assert env["CUDA_VISIBLE_DEVICES"] == "0,2"
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in env
+    assert env["PYTHONPATH"] == launcher.PACKAGE_PARENT
+    assert (Path(launcher.PACKAGE_PARENT) / "ipa_train" / "launcher.py").is_file()
+    assert env["PATH"] == "/bin" and env["HOME"] == "/h"
+    assert build_env(host, gpus=[])["CUDA_VISIBLE_DEVICES"] == ""  # CPU: hide every GPU, never inherit
+
+
+def test_parse_event():
+    assert parse_event('{"event": "step", "step": 3, "loss": 0.5}') == {"event": "step", "step": 3, "loss": 0.5}
+    assert parse_event("Loading model...") is None
+    assert parse_event('{"not": "an event"}') is None
+    assert parse_event('{"event": "step"') is None
+
+
+def _job(tmp_path, mode, steps=5):
+    config = {"dataset": "x", "base_model": "tiny", "output_dir": str(tmp_path / "run"), "steps": steps, "fake_mode": mode, "lora_name": "l"}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(config))
+    host = dict(os.environ, PYTORCH_CUDA_ALLOC_CONF="backend:cudaMallocAsync", CUDA_VISIBLE_DEVICES="7")
+    env = build_env(host, gpus=[], pythonpath=[FAKE])
+    return TrainingJob(build_command(path, 1, module="fake_trainer"), env, cwd=tmp_path, log_path=tmp_path / "train.log")
+
+
+def _drain(job, until=None, timeout=60):
+    events, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for event in job.poll(0.2):
+            events.append(event)
+            if until and until(event):
+                return events
+        if not job.running() and job.events.empty():
+            break
+    return events
+
+
+def test_successful_run_reports_progress(tmp_path):
+    job = _job(tmp_path, "ok")
+    events = _drain(job)
+    outcome = job.finish()
+    assert outcome.status == "finished" and outcome.returncode == 0
+    started = events[0]
+    assert started["event"] == "started"
+    assert started["env_cuda"] == "" and started["alloc"] is None  # not inherited
+    assert [event["step"] for event in events if event["event"] == "step"] == [1, 2, 3, 4, 5]
+    assert Path(outcome.final["lora_path"]).is_file()
+    assert "loss: 0.14" in launcher.format_metrics(outcome)
+    assert "human log line" in (tmp_path / "train.log").read_text()
+    image = launcher.loss_plot(outcome.events)
+    assert image.size == (640, 360)
+    import numpy as np
+
+    blue = int((np.asarray(image) == np.array([30, 90, 200], dtype=np.uint8)).all(axis=-1).sum())
+    assert blue > 50  # the loss curve was drawn
+
+
+def test_failure_shows_the_failing_rank(tmp_path):
+    job = _job(tmp_path, "fail")
+    _drain(job)
+    outcome = job.finish()
+    assert outcome.status == "failed" and outcome.returncode == 1
+    text = outcome.error_text()
+    assert "rank 1: ValueError: the dataset has no preferred samples" in text
+    assert "Traceback" in text
+
+
+def test_cancel_stops_gracefully_and_leaves_no_process_group(tmp_path):
+    job = _job(tmp_path, "slow", steps=100)
+    events = _drain(job, until=lambda event: event["event"] == "step")
+    assert events[-1]["event"] == "step"
+    worker_pid = int((tmp_path / "run" / "worker.pid").read_text())
+    job.stop(grace_s=30)
+    outcome = job.finish()
+    assert outcome.status == "stopped" and outcome.returncode == 3
+    assert Path(outcome.final["checkpoint"]).is_dir()
+    assert launcher.latest_checkpoint(tmp_path / "run") == Path(outcome.final["checkpoint"])
+    with pytest.raises(ProcessLookupError):
+        os.killpg(job.pgid, 0)
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker_pid, 0)
+
+
+def test_kill_after_grace_when_the_trainer_ignores_sigint(tmp_path):
+    script = tmp_path / "stubborn.py"
+    script.write_text("import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nprint('{\"event\": \"started\"}', flush=True)\ntime.sleep(600)\n")
+    job = TrainingJob([sys.executable, str(script)], build_env(gpus=[]), cwd=tmp_path)
+    _drain(job, until=lambda event: event["event"] == "started")
+    started = time.monotonic()
+    job.stop(grace_s=1)
+    outcome = job.finish()
+    assert time.monotonic() - started < 20
+    assert outcome.status == "failed" and outcome.returncode == -signal.SIGKILL
+    with pytest.raises(ProcessLookupError):
+        os.killpg(job.pgid, 0)
+
+
+def test_unique_path_never_overwrites(tmp_path):
+    assert launcher.unique_path(tmp_path, "a", ".safetensors").name == "a.safetensors"
+    (tmp_path / "a.safetensors").write_text("x")
+    assert launcher.unique_path(tmp_path, "a", ".safetensors").name == "a_00002.safetensors"
+
+
+@pytest.mark.skipif(not (Path(launcher.PACKAGE_PARENT) / "ipa_train" / "train.py").is_file(), reason="ipa_train.train (branch trainer-loop) not merged yet")
+def test_real_trainer_tiny_run(tmp_path):
+    """The real trainer under the launcher on a tiny dataset (enabled once trainer-loop is merged)."""
+    import torch
+
+    from ipa_train.dataset import SampleTensors, add_sample, create_dataset, set_status
+
+    folder = create_dataset(tmp_path, "tiny")
+    generator = torch.Generator().manual_seed(0)
+    ids = []
+    for index in range(2):
+        tensors = SampleTensors(
+            latent=torch.randn(16, 3, 4, 4, generator=generator), vace_context=torch.randn(96, 3, 4, 4, generator=generator),
+            text_embedding=torch.randn(8, 32, generator=generator), hand_mask=torch.zeros(1, 2, 4, 4), ref_frames=1,
+        )
+        ids.append(add_sample(folder, tensors).sample_id)
+    set_status(folder, ids, "preferred")
+    config = {"dataset": str(folder), "base_model": "tiny", "output_dir": str(tmp_path / "run"), "lora_name": "t", "steps": 2,
+              "rank": 4, "alpha": 4, "precision": "fp32", "checkpoint_every": 1}
+    (tmp_path / "run.json").write_text(json.dumps(config))
+    job = TrainingJob(build_command(tmp_path / "run.json", 1), build_env(gpus=[]), cwd=launcher.PACKAGE_PARENT)
+    _drain(job, timeout=300)
+    outcome = job.finish()
+    assert outcome.status == "finished", outcome.error_text()
+    assert [event["step"] for event in outcome.events if event["event"] == "step"][-1] == 2
+    assert Path(outcome.final["lora_path"]).is_file()

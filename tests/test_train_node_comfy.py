@@ -1,0 +1,139 @@
+"""IPA Train LoRA inside a real ComfyUI (COMFYUI_PATH), driving a stand-in trainer that follows the run contract:
+progress bar with the live loss plot, outputs, LoRA saved under loras/ipa without overwriting, failure report,
+cancel -> graceful stop with resume hint and no process group left, resume='latest'."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import requires_comfyui
+
+pytestmark = requires_comfyui
+
+FAKE = str(Path(__file__).parent / "fake_trainer_pkg")
+
+
+@pytest.fixture()
+def host(tmp_path, monkeypatch):
+    from comfy_tiny import load_pack_cpu
+
+    load_pack_cpu()
+    import folder_paths
+
+    from comfyui_ipa_pack.ipa_train.dataset import SampleTensors, add_sample, create_dataset
+    from comfyui_ipa_pack.nodes.paths import dataset_root
+    from comfyui_ipa_pack.nodes.train_lora import IPATrainLoRA
+
+    folder_paths.set_output_directory(str(tmp_path / "output"))
+    for kind in ("diffusion_models", "loras"):
+        folder = tmp_path / "models" / kind
+        folder.mkdir(parents=True)
+        monkeypatch.setitem(folder_paths.folder_names_and_paths, kind, ([str(folder)], folder_paths.supported_pt_extensions))
+    (tmp_path / "models" / "diffusion_models" / "base.safetensors").write_bytes(b"not used by the stand-in trainer")
+    folder_paths.filename_list_cache.clear()
+    dataset_dir = create_dataset(dataset_root(), "hands")
+    tensors = SampleTensors(latent=torch.zeros(16, 2, 2, 2), vace_context=torch.zeros(96, 2, 2, 2),
+                            text_embedding=torch.ones(4, 8), hand_mask=torch.zeros(1, 1, 2, 2), ref_frames=1)
+    add_sample(dataset_dir, tensors, status="preferred")
+    monkeypatch.setattr(IPATrainLoRA, "trainer_module", "fake_trainer")
+    monkeypatch.setattr(IPATrainLoRA, "extra_pythonpath", [FAKE])
+    monkeypatch.setattr(IPATrainLoRA, "stop_grace_s", 30.0)
+    return tmp_path
+
+
+def _run(**overrides):
+    from comfyui_ipa_pack.nodes.train_lora import IPATrainLoRA
+
+    settings = dict(dataset="hands", base_model="base.safetensors", lora_name="hands_lora", objective="ipa", beta=600.0,
+                    hand_weight=10.0, rank=4, alpha=4.0, learning_rate=1e-4, steps=5, batch_size=1, grad_accum=1, gpus="cpu",
+                    precision="fp32", gradient_checkpointing=False, seed=0, checkpoint_every=2)
+    settings.update(overrides)
+    return IPATrainLoRA.execute(**settings)
+
+
+def test_train_node_runs_reports_progress_and_saves(host, monkeypatch):
+    import comfy.utils
+
+    updates = []
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda value, total, preview, node_id=None: updates.append((value, total, preview)))
+    out = _run()
+    name, image, metrics = out.args
+    assert name == "ipa/hands_lora.safetensors"
+    assert (host / "models" / "loras" / "ipa" / "hands_lora.safetensors").is_file()
+    assert image.shape == (1, 360, 640, 3) and float(image.min()) < 0.5
+    assert "loss: 0.14" in metrics and "saved as: loras/ipa/hands_lora.safetensors" in metrics
+    assert [value for value, _, _ in updates] == [1, 2, 3, 4, 5] and updates[-1][1] == 5
+    kind, plot, size = updates[-1][2]
+    assert kind == "PNG" and plot.size == (640, 360)
+    run_dirs = list((host / "output" / "ipa_runs").iterdir())
+    config = json.loads((run_dirs[0] / "run.json").read_text())
+    assert config["objective"] == "ipa" and config["dataset"].endswith("hands") and config["base_model"].endswith("base.safetensors")
+    log = (run_dirs[0] / "train.log").read_text()
+    started = json.loads(next(line[9:] for line in log.splitlines() if '"started"' in line))
+    assert started["env_cuda"] == "" and started["alloc"] is None 
+    from comfyui_ipa_pack.ipa_train.launcher import PACKAGE_PARENT
+
+    assert started["pythonpath"] == os.pathsep.join([PACKAGE_PARENT, FAKE])  # nothing of ComfyUI's path inherited
+    # a second run never overwrites the first LoRA
+    assert _run().args[0] == "ipa/hands_lora_00002.safetensors"
+
+
+def test_train_node_reports_the_failing_rank(host, monkeypatch):
+    monkeypatch.setenv("IPA_FAKE_TRAINER_MODE", "fail")
+    with pytest.raises(RuntimeError, match="rank 1: ValueError: the dataset has no preferred samples"):
+        _run()
+
+
+def test_train_node_refuses_bad_settings(host):
+    with pytest.raises(ValueError, match="gpus="):
+        _run(gpus="two")
+    with pytest.raises(ValueError, match="not an IPA dataset|invalid dataset name"):
+        _run(dataset="nothing_here")
+    with pytest.raises(ValueError, match="needs rejected samples"):
+        _run(objective="dpo")
+    with pytest.raises(ValueError, match="no checkpoint"):
+        _run(resume="latest")
+
+
+def test_cancel_stops_gracefully_then_resume(host, monkeypatch):
+    import comfy.model_management
+
+    from comfyui_ipa_pack.nodes.train_lora import TrainingStopped
+
+    monkeypatch.setenv("IPA_FAKE_TRAINER_MODE", "slow")
+
+    def cancel_after_first_step():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            logs = list((host / "output" / "ipa_runs").glob("*/train.log"))
+            if logs and '"event": "step"' in logs[0].read_text():
+                comfy.model_management.interrupt_current_processing(True)
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=cancel_after_first_step)
+    thread.start()
+    with pytest.raises(TrainingStopped, match=r"stopped at step \d+ \(cancelled\).*resume='latest'") as info:
+        _run(steps=100)
+    thread.join()
+    assert not comfy.model_management.processing_interrupted()
+    run_dir = next((host / "output" / "ipa_runs").iterdir())
+    worker_pid = int((run_dir / "worker.pid").read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker_pid, 0)
+    checkpoint = next((run_dir / "checkpoints").iterdir())
+    assert str(checkpoint) in str(info.value)
+    stopped_step = int(checkpoint.name.split("-")[1])
+
+    monkeypatch.setenv("IPA_FAKE_TRAINER_MODE", "ok")
+    name = _run(steps=stopped_step + 2, resume="latest").args[0]
+    assert name == "ipa/hands_lora.safetensors"
+    log = (run_dir / "train.log").read_text()
+    assert f'"resume_step": {stopped_step}' in log
