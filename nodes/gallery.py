@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 
 from ..ipa_train.gallery_api import GalleryAPI
+from .host import prompt_server
 from .paths import dataset_root
 
 NODES = []
@@ -20,9 +21,7 @@ def setup() -> None:
     global _registered
     if _registered:
         return
-    from server import PromptServer
-
-    instance = getattr(PromptServer, "instance", None)
+    instance = prompt_server()
     if instance is None:  # imported without a running server (scripts, tests of other modules)
         logging.info("ComfyUI-IPA: no PromptServer instance; gallery routes not registered")
         return

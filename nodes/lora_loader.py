@@ -89,6 +89,9 @@ class IPALoRALoader(io.ComfyNode):
             patched, matched, unmatched = model, 0, []
         else:
             patched, matched, unmatched = apply_native_lora(model, native, strength)
+            # Count source keys only: an .alpha the converter wrote for a file without one is not the file's key.
+            written_alphas = {f"{module}.alpha" for module, source in conversion.alpha_from.items() if source != "file"}
+            unmatched = [key for key in unmatched if key not in written_alphas]
             if matched == 0:
                 raise ValueError(
                     f"no key of {lora_name} matches this model ({len(state_dict)} keys, e.g. {sorted(state_dict)[:3]}). "

@@ -20,6 +20,7 @@ from comfy_api.latest import io, ui
 from ..ipa_train import launcher
 from ..ipa_train.dataset import DatasetError, count_statuses, dataset_path, read_manifest
 from ..ipa_train.fileio import atomic_write_json
+from .host import prompt_server
 from .paths import dataset_root
 
 log = logging.getLogger(__name__)
@@ -72,13 +73,9 @@ def _free_host_memory() -> None:
 
 
 def _send(event: str, data: dict) -> None:
-    try:
-        from server import PromptServer
-
-        if PromptServer.instance is not None:
-            PromptServer.instance.send_sync(event, data, PromptServer.instance.client_id)
-    except Exception:  # no server (tests, scripts): the progress bar is enough
-        pass
+    instance = prompt_server()
+    if instance is not None:  # no server (tests, scripts): the progress bar is enough
+        instance.send_sync(event, data, instance.client_id)
 
 
 def _to_image(pil_image) -> torch.Tensor:
