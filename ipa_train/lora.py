@@ -14,6 +14,7 @@ to a copy taken at initialisation (tested) and saves one full copy of the base w
 from __future__ import annotations
 
 import re
+import warnings
 from collections import Counter
 from contextlib import contextmanager
 from typing import Iterable, Iterator, Mapping, Optional
@@ -64,7 +65,9 @@ def add_trained_lora(model, rank: int, alpha: Optional[float] = None, dropout: f
     )
     model.requires_grad_(False)
     try:
-        model.add_adapter(config, adapter_name=TRAINED_ADAPTER)
+        with warnings.catch_warnings():  # a second adapter next to "reference" is intended
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            model.add_adapter(config, adapter_name=TRAINED_ADAPTER)
     except ValueError as exc:
         raise ValueError(f"LoRA targets {list(targets)} (regex {regex}) match no layer of this model: {exc}") from exc
     if REFERENCE_ADAPTER in getattr(model, "peft_config", {}):

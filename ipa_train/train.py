@@ -95,9 +95,7 @@ def setup_distributed() -> Dist:
         device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     else:
-        device = torch.device("cpu")
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+        device = torch.device("cpu")  # threads: torch's default, or OMP_NUM_THREADS (torchrun sets 1 per rank)
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":
             dist.init_process_group(backend="nccl", device_id=device)
@@ -512,6 +510,10 @@ class Trainer:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        import warnings
+
+        # The loss never modifies the model output in place, so FSDP2's warning about returning a view is moot.
+        warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
         mesh = init_device_mesh(self.dist.device.type, (self.dist.world,))
         policy = MixedPrecisionPolicy(param_dtype=self.autocast_dtype, reduce_dtype=torch.float32) if self.autocast_dtype and self.dist.device.type == "cuda" else MixedPrecisionPolicy()
         for block in list(model.vace_blocks) + list(model.blocks):
@@ -777,7 +779,7 @@ class Trainer:
             objective=c.objective,
             samples=len(self.data.preferred),
             rejected=len(self.data.rejected),
-            trainable_parameters=sum(p.numel() for p in self.params) * (1 if c.distributed == "ddp" or not self.dist.active else self.dist.world),
+            trainable_parameters=sum(p.numel() for p in self.params),
             resumed_from=str(self.resume_dir) if self.resume_dir else None,
             output_dir=str(self.output_dir),
         )
@@ -786,8 +788,11 @@ class Trainer:
         started = time.perf_counter()
         last_checkpoint: Optional[Path] = None
         stop = False
+        fault = _injected_fault(self.dist.rank)
         while step < c.steps:
             t0 = time.perf_counter()
+            if fault is not None and step + 1 == fault:
+                raise RuntimeError(f"injected fault on rank {self.dist.rank} at step {step + 1} (IPA_TRAIN_FAULT)")
             metrics = self.train_step(step)
             step += 1
             metrics, stop = self._reduce(metrics, self.stop_requested())
@@ -830,6 +835,15 @@ class Trainer:
         final = {k: history[-1][k] for k in ("loss", "ipa_gap", "model_error", "reference_error")} if history else {}
         self.events.emit("finished", step=step, lora_path=str(lora_path), checkpoint=str(last_checkpoint), metrics=final)
         return TrainResult("finished", step, str(lora_path), str(last_checkpoint), history, self.bare)
+
+
+def _injected_fault(rank: int) -> Optional[int]:
+    """Test hook: ``IPA_TRAIN_FAULT="rank=1,step=3"`` makes that rank fail at the start of that step."""
+    value = os.environ.get("IPA_TRAIN_FAULT")
+    if not value:
+        return None
+    fields = dict(part.split("=", 1) for part in value.split(",") if "=" in part)
+    return int(fields.get("step", 1)) if int(fields.get("rank", 0)) == rank else None
 
 
 def train(
@@ -900,6 +914,7 @@ class StopFlag:
     def __init__(self):
         self.requested = False
         self.signal_name = None
+        self.first_signal = 0.0
 
     def __call__(self) -> bool:
         return self.requested
@@ -909,9 +924,14 @@ class StopFlag:
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:  # a second signal: the user insists
+        # torchrun forwards a terminal's Ctrl-C as SIGTERM, so one stop request often arrives twice: only a
+        # signal more than 5 s after the first means "stop now, without a checkpoint".
+        if self.requested and time.monotonic() - self.first_signal > 5.0:
             raise KeyboardInterrupt
+        if self.requested:
+            return
         self.requested = True
+        self.first_signal = time.monotonic()
         self.signal_name = signal.Signals(signum).name
         log.warning("%s received: finishing the current step, then writing a checkpoint", self.signal_name)
 
