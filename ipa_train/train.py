@@ -440,7 +440,10 @@ class Trainer:
         resume: Optional[str] = None,
         stop_requested: Callable[[], bool] = lambda: False,
         dump_replicas: Optional[str] = None,
+        model=None,
     ):
+        """``model``: an already built base transformer to train instead of loading ``config.base_model``
+        (benchmarks, the demo); ``config.base_model`` then only names it in the metadata."""
         self.config = config
         self.dist = dist_info
         self.events = events
@@ -463,7 +466,7 @@ class Trainer:
         # 2. model + adapters. Base weights bf16 on GPU with DDP (the adapters stay fp32); FSDP2 shards fp32
         # weights and gathers them in bf16 (its mixed-precision policy).
         base_dtype = torch.bfloat16 if (self.autocast_dtype is not None and device.type == "cuda" and config.distributed == "ddp") else torch.float32
-        model = build_model(config, base_dtype)
+        model = build_model(config, base_dtype) if model is None else model
         check_data_fits_model(self.data, model)
         self.base_fingerprint = model_fingerprint(config.base_model, model)
         torch.manual_seed(config.seed)  # identical LoRA initialisation on every rank
