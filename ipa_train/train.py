@@ -626,7 +626,7 @@ class Trainer:
             else:
                 n = len(winners)
                 loss, metrics = flow_dpo_loss(
-                    pred[:n], ref[:n], target[:n], pred[n:], ref[n:], target[n:], t,
+                    pred[:n], ref[:n], target[:n], pred[n:], ref[n:], target[n:], t_full[:n],
                     batch.hand_mask[:n], batch.hand_mask[n:], beta=c.beta, time_weighting=c.dpo_time_weighting, **common,
                 )
         (loss / c.grad_accum).backward()

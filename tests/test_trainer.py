@@ -183,7 +183,7 @@ def test_dpo_and_sft_objectives_run(tmp_path):
     _, events = run(tiny_config(data, tmp_path / "dpo", objective="dpo", steps=2))
     steps = [e for e in events if e["event"] == "step"]
     assert steps[0]["loss"] == pytest.approx(LOG2, abs=1e-6) and "dpo_margin" in steps[0] and events[-1]["event"] == "finished"
-    _, events = run(tiny_config(data, tmp_path / "sft", objective="sft", steps=2))
+    _, events = run(tiny_config(data, tmp_path / "sft", objective="sft", steps=2, gradient_checkpointing=True))
     steps = [e for e in events if e["event"] == "step"]
     assert steps[0]["loss"] == pytest.approx(steps[0]["model_error"]) and steps[0]["ipa_gap"] is None
 
