@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections import Counter
 from contextlib import contextmanager
 from typing import Iterable, Iterator, Mapping, Optional
 
@@ -81,23 +80,14 @@ def add_reference_lora(model, state_dict: Mapping[str, torch.Tensor], alphas: Op
     ``reference`` adapter; returns the module names it covers. Call before ``add_trained_lora``."""
     from peft import LoraConfig, set_peft_model_state_dict
 
-    ranks: dict[str, int] = {}
-    for key, value in state_dict.items():
-        if key.endswith(".lora_A.weight"):
-            ranks[key[: -len(".lora_A.weight")]] = int(value.shape[0])
-    if not ranks:
-        raise ValueError("the initial LoRA holds no lora_A/lora_B weights that fit this model")
-    modules = sorted(ranks)
-    alphas = {name: float(alphas[name]) for name in modules if alphas and name in alphas}
-    rank = Counter(ranks.values()).most_common(1)[0][0]
-    alpha = Counter(alphas.get(name, ranks[name]) for name in modules).most_common(1)[0][0]
-    config = LoraConfig(
-        r=rank,
-        lora_alpha=alpha,
-        target_modules="(?:" + "|".join(re.escape(name) for name in modules) + ")",
-        rank_pattern={f"^{re.escape(n)}$": r for n, r in ranks.items() if r != rank},
-        alpha_pattern={f"^{re.escape(n)}$": alphas.get(n, ranks[n]) for n in modules if alphas.get(n, ranks[n]) != alpha},
-    )
+    from .lora_io import peft_config_kwargs
+
+    try:
+        kwargs = peft_config_kwargs(state_dict, alphas or {})
+    except ValueError as exc:
+        raise ValueError("the initial LoRA holds no lora_A/lora_B weights that fit this model") from exc
+    modules = list(kwargs["target_modules"])
+    config = LoraConfig(**kwargs)
     model.requires_grad_(False)
     model.add_adapter(config, adapter_name=REFERENCE_ADAPTER)
     result = set_peft_model_state_dict(model, dict(state_dict), adapter_name=REFERENCE_ADAPTER)

@@ -1,8 +1,26 @@
-"""Wan2.1-VACE transformer construction and loading (diffusers' ``WanVACETransformer3DModel``)."""
+"""Wan2.1-VACE transformer construction and loading (diffusers' ``WanVACETransformer3DModel``).
+
+ComfyUI users keep single-file checkpoints in the original Wan key layout (``blocks.0.self_attn.q.weight``,
+bare or prefixed ``model.diffusion_model.``). diffusers converts those with ``from_single_file``; given a local
+``config=`` folder it never asks the hub. The configs of the two released sizes ship in ``configs/``; any other
+size (the tiny test models) gets a config derived from the weights, written to a temporary folder.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
 import torch
+
+log = logging.getLogger(__name__)
 
 # diffusers' own tiny test configuration of the VACE transformer: same classes and module layout as the real
 # models, random weights, fast on CPU. Used by tests, the demo and benchmarks; never downloads anything.
@@ -23,6 +41,47 @@ TINY_VACE_CONFIG = dict(
     vace_in_channels=96,
 )
 
+# A tiny model that ComfyUI's loader reads back as the same network: ComfyUI derives the head count as
+# width // 128, the text width is fixed at 4096 and VACE blocks sit at range(0, layers, layers // count).
+TINY_COMFY_VACE_CONFIG = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=1,
+    attention_head_dim=128,
+    in_channels=16,
+    out_channels=16,
+    text_dim=4096,
+    freq_dim=256,
+    ffn_dim=256,
+    num_layers=4,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    rope_max_seq_len=1024,
+    vace_layers=[0, 2],
+    vace_in_channels=96,
+)
+
+CONFIG_ROOT = Path(__file__).resolve().parent / "configs"
+# Released sizes, keyed by model width (patch_embedding output channels).
+SHIPPED_CONFIGS = {1536: "wan2.1-vace-1.3b", 5120: "wan2.1-vace-14b"}
+FP16_FILE_NAMES = {1536: "wan2.1_vace_1.3B_fp16.safetensors", 5120: "wan2.1_vace_14B_fp16.safetensors"}
+
+ORIGINAL_PREFIX = "model.diffusion_model."
+# Written by save_original_wan_single_file so that sizes the weights cannot fully describe (head count of a
+# model whose width is not a multiple of 128, explicit VACE layer positions) load back exactly.
+CONFIG_METADATA_KEY = "ipa_diffusers_config"
+# Quantised checkpoints whose weights need a per-tensor scale: diffusers ignores the scales and loads wrong
+# numbers (ComfyUI "fp8_scaled" files and its newer mixed-precision format).
+_SCALED_SUFFIXES = ("scale_weight", "scale_input", "scaled_fp8", "weight_scale", "input_scale", "comfy_quant")
+_CONFIG_FIELDS = (
+    "patch_size", "num_attention_heads", "attention_head_dim", "in_channels", "out_channels", "text_dim",
+    "freq_dim", "ffn_dim", "num_layers", "cross_attn_norm", "qk_norm", "eps", "image_dim", "added_kv_proj_dim",
+    "rope_max_seq_len", "pos_embed_seq_len", "vace_layers", "vace_in_channels",
+)
+
+
+class ModelLoadError(ValueError):
+    """A checkpoint that cannot be loaded as a Wan2.1-VACE transformer; the message says what to do."""
+
 
 def build_tiny_transformer(seed: int = 0, **overrides):
     """A tiny random-weight ``WanVACETransformer3DModel`` (float32, eval mode)."""
@@ -31,4 +90,365 @@ def build_tiny_transformer(seed: int = 0, **overrides):
     config = {**TINY_VACE_CONFIG, **overrides}
     torch.manual_seed(seed)
     model = WanVACETransformer3DModel(**config)
+    return model.eval()
+
+
+def build_tiny_comfy_transformer(seed: int = 0, **overrides):
+    """A tiny random-weight VACE transformer whose single-file form ComfyUI's UNETLoader reads exactly."""
+    return build_tiny_transformer(seed, **{**TINY_COMFY_VACE_CONFIG, **overrides})
+
+
+def shipped_config(name: str) -> dict:
+    with open(CONFIG_ROOT / name / "config.json", "r", encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading a checkpoint's header and recognising its layout
+
+def read_checkpoint_header(path: os.PathLike | str) -> tuple[dict[str, tuple[int, ...]], dict[str, str], dict[str, str]]:
+    """Shapes, dtypes and header metadata of a safetensors file, without reading the tensors."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    dtypes: dict[str, str] = {}
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = dict(handle.metadata() or {})
+            for key in handle.keys():
+                part = handle.get_slice(key)
+                shapes[key] = tuple(int(n) for n in part.get_shape())
+                dtypes[key] = str(part.get_dtype())
+    except Exception as error:  # safetensors raises its own error types for a corrupt header
+        raise ModelLoadError(f"{path} is not a readable safetensors file ({error}).") from error
+    return shapes, dtypes, metadata
+
+
+def _strip_wan_prefix(shapes: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    for prefix in (ORIGINAL_PREFIX, "diffusion_model.", ""):
+        if f"{prefix}head.modulation" in shapes or f"{prefix}patch_embedding.weight" in shapes:
+            return prefix, {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
+    return "", dict(shapes)
+
+
+def _scaled_keys(keys) -> list[str]:
+    return [k for k in keys if k.endswith(_SCALED_SUFFIXES)]
+
+
+def _count_blocks(keys, prefix: str) -> int:
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    indices = {int(m.group(1)) for k in keys if (m := pattern.match(k))}
+    return max(indices) + 1 if indices else 0
+
+
+def detect_config(state_dict_keys_and_shapes: Mapping[str, Any], metadata: Optional[Mapping[str, str]] = None) -> dict:
+    """The diffusers ``WanVACETransformer3DModel`` config for original-layout Wan2.1-VACE weights.
+
+    ``state_dict_keys_and_shapes`` maps key -> shape (a tuple, ``torch.Size`` or a tensor); keys bare or
+    prefixed ``model.diffusion_model.``. The released 1.3B and 14B sizes return the shipped configs. Other
+    sizes are derived from the shapes; the head count follows Wan's (and ComfyUI's) 128-wide heads unless the
+    file's metadata (written by :func:`save_original_wan_single_file`) records the exact config.
+    """
+    shapes = {k: tuple(v.shape) if hasattr(v, "shape") else tuple(v) for k, v in state_dict_keys_and_shapes.items()}
+    _, shapes = _strip_wan_prefix(shapes)
+    _check_is_wan_vace(shapes, "these weights")
+    dim, in_channels, *patch = shapes["patch_embedding.weight"]
+    num_layers = _count_blocks(shapes, "blocks.")
+    num_vace = _count_blocks(shapes, "vace_blocks.")
+    if num_layers == 0 or num_vace == 0:
+        raise ModelLoadError("The weights have no transformer blocks or no VACE blocks: not a Wan2.1-VACE model.")
+
+    recorded: dict = {}
+    if metadata and CONFIG_METADATA_KEY in metadata:
+        try:
+            recorded = json.loads(metadata[CONFIG_METADATA_KEY])
+        except json.JSONDecodeError:
+            recorded = {}
+
+    if dim in SHIPPED_CONFIGS and not recorded:
+        config = shipped_config(SHIPPED_CONFIGS[dim])
+    else:
+        if recorded.get("num_attention_heads"):
+            heads = int(recorded["num_attention_heads"])
+        elif dim % 128 == 0:
+            heads = dim // 128
+        else:
+            raise ModelLoadError(
+                f"Cannot tell the attention head count of a Wan model {dim} wide (Wan uses 128-wide heads and "
+                "this width is not a multiple of 128). Use a released Wan2.1-VACE checkpoint (1.3B or 14B)."
+            )
+        patch_volume = math.prod(patch)
+        config = {
+            "_class_name": "WanVACETransformer3DModel",
+            "added_kv_proj_dim": None,
+            "attention_head_dim": dim // heads,
+            "cross_attn_norm": "blocks.0.norm3.weight" in shapes,
+            "eps": 1e-06,
+            "ffn_dim": shapes["blocks.0.ffn.0.weight"][0],
+            "freq_dim": shapes["time_embedding.0.weight"][1],
+            "image_dim": None,
+            "in_channels": in_channels,
+            "num_attention_heads": heads,
+            "num_layers": num_layers,
+            "out_channels": shapes["head.head.weight"][0] // patch_volume,
+            "patch_size": list(patch),
+            "pos_embed_seq_len": None,
+            "qk_norm": "rms_norm_across_heads" if "blocks.0.self_attn.norm_q.weight" in shapes else None,
+            "rope_max_seq_len": int(recorded.get("rope_max_seq_len", 1024)),
+            "text_dim": shapes["text_embedding.0.weight"][1],
+            "vace_in_channels": shapes["vace_patch_embedding.weight"][1],
+            # ComfyUI stores only the count; the released models place VACE blocks evenly from layer 0.
+            "vace_layers": recorded.get("vace_layers") or list(range(0, num_layers, num_layers // num_vace))[:num_vace],
+        }
+    if len(config["vace_layers"]) != num_vace or config["num_layers"] != num_layers:
+        raise ModelLoadError(
+            f"The weights have {num_layers} blocks and {num_vace} VACE blocks, which does not match the Wan2.1-VACE "
+            f"{SHIPPED_CONFIGS.get(dim, 'config')} layout ({config['num_layers']} blocks, {len(config['vace_layers'])} "
+            "VACE blocks). The file may be truncated or a different model."
+        )
+    return config
+
+
+def _check_is_wan_vace(shapes: Mapping[str, Any], what: str) -> None:
+    if "blocks.0.attn1.to_q.weight" in shapes or "condition_embedder.time_embedder.linear_1.weight" in shapes:
+        raise ModelLoadError(
+            f"{what} use diffusers' key layout in a single file. Pass the diffusers model folder (with its "
+            "config.json) instead, or the original-layout file ComfyUI uses (e.g. wan2.1_vace_1.3B_fp16.safetensors)."
+        )
+    if "head.modulation" not in shapes or "patch_embedding.weight" not in shapes:
+        raise ModelLoadError(
+            f"{what} are not a Wan2.1 transformer (no head.modulation / patch_embedding weights). Choose a "
+            "Wan2.1-VACE diffusion model such as wan2.1_vace_1.3B_fp16.safetensors or wan2.1_vace_14B_fp16.safetensors."
+        )
+    if "vace_patch_embedding.weight" not in shapes:
+        kind = "image-to-video" if "img_emb.proj.0.weight" in shapes else "text-to-video or other"
+        raise ModelLoadError(
+            f"{what} are a Wan2.1 {kind} model without VACE blocks. IPA trains on Wan2.1-VACE: choose "
+            "wan2.1_vace_1.3B_fp16.safetensors or wan2.1_vace_14B_fp16.safetensors."
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Key names: original Wan <-> diffusers (the inverse of diffusers' convert_wan_transformer_to_diffusers)
+
+_TO_ORIGINAL_RULES = [
+    (r"^condition_embedder\.time_embedder\.linear_1\.", "time_embedding.0."),
+    (r"^condition_embedder\.time_embedder\.linear_2\.", "time_embedding.2."),
+    (r"^condition_embedder\.text_embedder\.linear_1\.", "text_embedding.0."),
+    (r"^condition_embedder\.text_embedder\.linear_2\.", "text_embedding.2."),
+    (r"^condition_embedder\.time_proj\.", "time_projection.1."),
+    (r"^condition_embedder\.image_embedder\.norm1\.", "img_emb.proj.0."),
+    (r"^condition_embedder\.image_embedder\.ff\.net\.0\.proj\.", "img_emb.proj.1."),
+    (r"^condition_embedder\.image_embedder\.ff\.net\.2\.", "img_emb.proj.3."),
+    (r"^condition_embedder\.image_embedder\.norm2\.", "img_emb.proj.4."),
+    (r"^scale_shift_table$", "head.modulation"),
+    (r"^proj_out\.", "head.head."),
+    (r"^((?:vace_)?blocks\.\d+)\.scale_shift_table$", r"\1.modulation"),
+    (r"^(vace_blocks\.\d+)\.proj_in\.", r"\1.before_proj."),
+    (r"^(vace_blocks\.\d+)\.proj_out\.", r"\1.after_proj."),
+    (r"\.attn1\.", ".self_attn."),
+    (r"\.attn2\.", ".cross_attn."),
+    (r"\.to_out\.0\.", ".o."),
+    (r"\.to_q\.", ".q."),
+    (r"\.to_k\.", ".k."),
+    (r"\.to_v\.", ".v."),
+    (r"\.add_k_proj\.", ".k_img."),
+    (r"\.add_v_proj\.", ".v_img."),
+    (r"\.norm_added_k\.", ".norm_k_img."),
+    (r"\.ffn\.net\.0\.proj\.", ".ffn.0."),
+    (r"\.ffn\.net\.2\.", ".ffn.2."),
+    # diffusers swapped the names of the cross-attention norm (original norm3) and the FFN norm (norm2).
+    (r"\.norm2\.", ".__norm3__."),
+    (r"\.norm3\.", ".norm2."),
+    (r"\.__norm3__\.", ".norm3."),
+]
+_TO_ORIGINAL = [(re.compile(p), r) for p, r in _TO_ORIGINAL_RULES]
+
+
+def diffusers_key_to_original(key: str) -> str:
+    for pattern, replacement in _TO_ORIGINAL:
+        key = pattern.sub(replacement, key)
+    return key
+
+
+def original_keys_to_diffusers(keys) -> list[str]:
+    """diffusers' own conversion applied to key names only (meta tensors: no memory, no copies)."""
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+    fake = {k: torch.empty(0, device="meta") for k in keys}
+    return list(convert_wan_transformer_to_diffusers(fake).keys())
+
+
+def save_original_wan_single_file(
+    model,
+    path: os.PathLike | str,
+    prefix: str = ORIGINAL_PREFIX,
+    dtype: Optional[torch.dtype] = None,
+    record_config: bool = True,
+) -> Path:
+    """Writes a diffusers ``WanVACETransformer3DModel`` as one safetensors file in the original Wan layout
+    (what ComfyUI's UNETLoader and ``load_transformer`` read). Atomic.
+
+    ``record_config`` stores the diffusers config in the header so sizes the weights cannot describe load back
+    exactly; ComfyUI ignores it (it needs 128-wide heads and evenly spaced VACE layers, warned about below).
+    """
+    from .fileio import atomic_save_safetensors
+
+    state = model.state_dict()
+    renamed = {diffusers_key_to_original(k): k for k in state}
+    # Our inverse must be exact: run diffusers' forward conversion on the names and compare.
+    back = dict(zip(original_keys_to_diffusers(list(renamed)), renamed.values()))
+    wrong = [k for k, v in back.items() if k != v]
+    if wrong or len(back) != len(state):
+        raise RuntimeError(f"Key conversion to the original Wan layout is not invertible for: {wrong[:5]}")
+
+    config = {k: model.config[k] for k in _CONFIG_FIELDS if k in model.config}
+    problems = comfy_incompatibilities(config)
+    if problems:
+        warnings.warn("ComfyUI will not rebuild this model exactly: " + "; ".join(problems), stacklevel=2)
+    tensors = {}
+    for original, key in renamed.items():
+        value = state[key].detach()
+        tensors[prefix + original] = value.to(dtype) if dtype is not None and value.is_floating_point() else value
+    metadata = {"format": "pt"}
+    if record_config:
+        metadata[CONFIG_METADATA_KEY] = json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in config.items()})
+    return atomic_save_safetensors(path, tensors, metadata)
+
+
+def comfy_incompatibilities(config: Mapping[str, Any]) -> list[str]:
+    """Why ComfyUI's Wan model detection would build a different network from this diffusers config."""
+    problems = []
+    if config.get("attention_head_dim") != 128:
+        problems.append(f"attention_head_dim is {config.get('attention_head_dim')} (ComfyUI assumes 128)")
+    if config.get("text_dim") != 4096:
+        problems.append(f"text_dim is {config.get('text_dim')} (ComfyUI assumes 4096)")
+    layers, vace = config.get("num_layers", 0), list(config.get("vace_layers", []))
+    if vace and list(range(0, layers, layers // len(vace))) != vace:
+        problems.append(f"vace_layers {vace} are not range(0, {layers}, {layers // len(vace)}) as ComfyUI assumes")
+    if tuple(config.get("patch_size", (1, 2, 2))) != (1, 2, 2) or config.get("freq_dim") != 256:
+        problems.append("patch size or frequency width differs from Wan's (1, 2, 2) / 256")
+    return problems
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading
+
+def _config_dir(config: dict) -> tuple[str, Optional[tempfile.TemporaryDirectory]]:
+    for name in SHIPPED_CONFIGS.values():
+        if shipped_config(name) == config:
+            return str(CONFIG_ROOT / name), None
+    tmp = tempfile.TemporaryDirectory(prefix="ipa-wan-config-")
+    with open(Path(tmp.name) / "config.json", "w", encoding="utf-8") as handle:
+        json.dump(config, handle, indent=2)
+    return tmp.name, tmp
+
+
+def _expected_shapes(config: dict) -> dict[str, tuple[int, ...]]:
+    from diffusers import WanVACETransformer3DModel
+
+    init = {k: v for k, v in config.items() if not k.startswith("_")}
+    with torch.device("meta"):
+        model = WanVACETransformer3DModel(**init)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _load_diffusers_folder(path: Path, torch_dtype):
+    from diffusers import WanVACETransformer3DModel
+
+    folder = path / "transformer" if not (path / "config.json").exists() and (path / "transformer" / "config.json").exists() else path
+    config_file = folder / "config.json"
+    if not config_file.exists():
+        raise ModelLoadError(
+            f"{path} is a folder without config.json: give a diffusers WanVACETransformer3DModel folder (or its "
+            "pipeline folder with transformer/), or a single .safetensors file."
+        )
+    with open(config_file, "r", encoding="utf-8") as handle:
+        class_name = json.load(handle).get("_class_name")
+    if class_name != "WanVACETransformer3DModel":
+        raise ModelLoadError(f"{config_file} describes a {class_name}, not a WanVACETransformer3DModel.")
+    if not any(folder.glob("*.safetensors")):
+        raise ModelLoadError(f"{folder} holds no .safetensors weights (only safetensors are loaded, never pickle files).")
+    return WanVACETransformer3DModel.from_pretrained(
+        str(folder), torch_dtype=torch_dtype, local_files_only=True, use_safetensors=True
+    )
+
+
+def load_transformer(path: os.PathLike | str, torch_dtype: torch.dtype = torch.float32):
+    """Loads a Wan2.1-VACE transformer as diffusers' ``WanVACETransformer3DModel`` (eval mode), offline.
+
+    ``path``: a single safetensors file in the original Wan layout (keys bare or ``model.diffusion_model.``),
+    as ComfyUI keeps in ``models/diffusion_models``, or a diffusers model folder. Raises ``ModelLoadError``
+    for missing files, other models, quantised (fp8-scaled) checkpoints and incomplete weights.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ModelLoadError(f"Model file not found: {path}")
+    if path.is_dir():
+        return _load_diffusers_folder(path, torch_dtype)
+    if path.suffix.lower() == ".gguf":
+        raise ModelLoadError(
+            f"{path.name} is a GGUF (quantised) file; the trainer needs full-precision weights: use "
+            "wan2.1_vace_1.3B_fp16.safetensors or wan2.1_vace_14B_fp16.safetensors."
+        )
+    if path.suffix.lower() != ".safetensors":
+        raise ModelLoadError(f"{path.name}: only .safetensors checkpoints are loaded (no pickle files).")
+
+    shapes, dtypes, metadata = read_checkpoint_header(path)
+    prefix, bare = _strip_wan_prefix(shapes)
+    scaled = _scaled_keys(shapes)
+    if scaled:
+        width = bare.get("patch_embedding.weight", (0,))[0]
+        suggestion = FP16_FILE_NAMES.get(width, "the fp16 or bf16 release of the same model")
+        raise ModelLoadError(
+            f"{path.name} is an fp8-scaled checkpoint ({len(scaled)} scale tensors such as {scaled[0]}); diffusers "
+            f"would ignore the scales and load wrong weights. Use {suggestion} (fp16 or bf16) for training instead; "
+            "the fp8 file stays fine for sampling in ComfyUI."
+        )
+    _check_is_wan_vace(bare, f"The weights in {path.name}")
+    config = detect_config(bare, metadata)
+    if any(d.startswith("F8") for d in dtypes.values()):
+        log.warning("%s stores fp8 weights; they are upcast to %s (precision is that of the fp8 file).", path.name, torch_dtype)
+
+    # Check names and shapes against the model before loading: diffusers would leave missing weights
+    # uninitialised and only warn about unexpected ones.
+    expected = _expected_shapes(config)
+    converted = dict(zip(original_keys_to_diffusers(bare), bare.values()))
+    missing = sorted(set(expected) - set(converted))
+    unexpected = sorted(set(converted) - set(expected))
+    mismatched = [k for k in expected if k in converted and tuple(converted[k]) != expected[k]]
+    if missing or unexpected or mismatched:
+        raise ModelLoadError(
+            f"{path.name} does not match the Wan2.1-VACE layout it appears to be: {len(missing)} weights missing "
+            f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, {len(mismatched)} of the wrong shape "
+            f"{mismatched[:3]}. The file may be truncated, merged or a different model."
+        )
+
+    from diffusers import WanVACETransformer3DModel
+
+    config_dir, tmp = _config_dir(config)
+    try:
+        if prefix in ("", ORIGINAL_PREFIX):
+            source: Any = str(path)
+        else:  # diffusers' converter only strips "model.diffusion_model."
+            from .fileio import load_safetensors
+
+            tensors, _ = load_safetensors(path)
+            source = {k[len(prefix):]: v for k, v in tensors.items()}
+        # from_single_file casts with .to(dtype), which makes diffusers warn about its fp32-preferred modules on
+        # every load, float32 included; the cast itself is what from_single_file always does.
+        cast_logger = logging.getLogger("diffusers.models.modeling_utils")
+        level = cast_logger.level
+        cast_logger.setLevel(logging.ERROR)
+        try:
+            model = WanVACETransformer3DModel.from_single_file(
+                source, config=config_dir, torch_dtype=torch_dtype, local_files_only=True
+            )
+        finally:
+            cast_logger.setLevel(level)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    if any(p.is_meta for p in model.parameters()):
+        raise ModelLoadError(f"{path.name}: some weights were not loaded (still on the meta device).")
     return model.eval()

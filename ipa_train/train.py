@@ -297,58 +297,17 @@ def build_model(config: RunConfig, dtype: torch.dtype):
 def _load_init_lora(path: str):
     """(diffusers-named state dict, alphas per module) of an existing LoRA in any supported layout."""
     if not Path(path).is_file():
-        raise ConfigError(f"init_lora {path} does not exist")
-    try:
-        from .lora_io import load_lora_for_peft
-    except ImportError:  # TEMPORARY until trainer-core's lora_io lands: native layout only
-        return _fallback_load_native_lora(path)
+        raise ConfigError(f"init_lora {path} does not exist; give a LoRA .safetensors file")
+    from .lora_io import load_lora_for_peft
+
     state_dict, alphas, _ = load_lora_for_peft(path)
     return state_dict, alphas
 
 
 def _save_comfy_lora(path: Path, peft_state_dict: dict, alpha: float, metadata: dict) -> None:
-    try:
-        from .lora_io import save_comfy_lora
-    except ImportError:  # TEMPORARY until trainer-core's lora_io lands
-        _fallback_save_comfy_lora(path, peft_state_dict, alpha, metadata)
-        return
-    save_comfy_lora(str(path), peft_state_dict, alpha=alpha, metadata=metadata)
+    from .lora_io import save_comfy_lora
 
-
-# --- TEMPORARY minimal native-layout LoRA I/O, replaced by ipa_train.lora_io (trainer-core) after merging ---
-_FALLBACK_NAMES = [("attn1.to_out.0", "self_attn.o"), ("attn2.to_out.0", "cross_attn.o"), ("attn1.to_", "self_attn."),
-                   ("attn2.to_", "cross_attn."), ("ffn.net.0.proj", "ffn.0"), ("ffn.net.2", "ffn.2")]
-
-
-def _fallback_save_comfy_lora(path: Path, peft_state_dict: dict, alpha: float, metadata: dict) -> None:
-    native: dict[str, torch.Tensor] = {}
-    for key, value in peft_state_dict.items():
-        module, _, suffix = key.rpartition(".lora_")
-        for old, new in _FALLBACK_NAMES:
-            module = module.replace(old, new)
-        native[f"diffusion_model.{module}.lora_{suffix}"] = value
-        native[f"diffusion_model.{module}.alpha"] = torch.tensor(float(alpha))
-    atomic_save_safetensors(path, native, metadata)
-
-
-def _fallback_load_native_lora(path: str):
-    tensors, _ = load_safetensors(path)
-    state_dict, alphas = {}, {}
-    for key, value in tensors.items():
-        module = key.removeprefix("diffusion_model.")
-        module, _, suffix = module.rpartition(".")
-        if suffix == "alpha":
-            pass
-        else:
-            module, _, suffix = key.removeprefix("diffusion_model.").rpartition(".lora_")
-        for old, new in _FALLBACK_NAMES:
-            module = module.replace(new, old)
-        if key.endswith(".alpha"):
-            alphas[module] = float(value)
-        else:
-            state_dict[f"{module}.lora_{suffix}"] = value.float()
-    return state_dict, alphas
-# --- end TEMPORARY ---
+    save_comfy_lora(path, peft_state_dict, alpha=alpha, metadata=metadata)
 
 
 def lr_factor(config: RunConfig, step: int) -> float:
@@ -472,7 +431,10 @@ class Trainer:
         torch.manual_seed(config.seed)  # identical LoRA initialisation on every rank
         if config.init_lora:
             state_dict, alphas = _load_init_lora(config.init_lora)
-            lora_setup.add_reference_lora(model, state_dict, alphas)
+            try:
+                lora_setup.add_reference_lora(model, state_dict, alphas)
+            except (ValueError, RuntimeError) as exc:
+                raise ConfigError(f"init_lora {config.init_lora} does not fit the base model {config.base_model}: {exc}") from exc
         lora_setup.add_trained_lora(model, config.rank, config.alpha, config.dropout, config.targets)
         for _, parameter in lora_setup.trained_parameters(model):
             parameter.data = parameter.data.float()

@@ -6,10 +6,11 @@ A module may also define ``setup()`` (register model folders, server routes); it
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import hand_mask
+from . import dwpose, hand_mask
 
 NODE_MODULES = [
     hand_mask,
+    dwpose,
 ]
 
 

@@ -43,3 +43,31 @@ def load_pack():
     sys.modules[PACK_MODULE_NAME] = module
     spec.loader.exec_module(module)
     return module
+
+
+def _hide_torchvision_stand_in_from_diffusers() -> None:
+    """With the import-only torchvision stand-in on PYTHONPATH (CPU set-up for ComfyUI), transformers and
+    diffusers believe torchvision exists and fail to import. They decide once, at first import: make that
+    decision with the stand-in hidden, then put it back for ComfyUI."""
+    import importlib.util
+
+    if "torchvision" in sys.modules:
+        return
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or spec.origin is None:
+        return
+    stub_root = Path(spec.origin).resolve().parents[1]
+    if not (stub_root / "_stubbase.py").exists():
+        return  # a real torchvision
+    saved = list(sys.path)
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != stub_root]
+    try:
+        import diffusers.utils.import_utils  # noqa: F401  (caches "no torchvision")
+        from transformers.utils import import_utils
+
+        import_utils.is_torchvision_available()
+    finally:
+        sys.path[:] = saved
+
+
+_hide_torchvision_stand_in_from_diffusers()

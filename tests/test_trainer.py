@@ -157,11 +157,35 @@ def test_saved_lora_layout_metadata_and_reload(tmp_path):
         assert f"ipa.{key}" in meta, key
     assert meta["ipa.steps"] == "3" and meta["ipa.dataset_size"] == "2" and json.loads(meta["ipa.targets"]) == config.targets
     # a fresh model with the saved LoRA reproduces the trained prediction
-    state, alphas = trainer._load_init_lora(result.lora_path)
+    from ipa_train.lora_io import load_lora_for_peft, peft_config_kwargs
+    from peft import LoraConfig, set_peft_model_state_dict
+
+    state, alphas, header = load_lora_for_peft(result.lora_path)
+    assert header["ipa.objective"] == "ipa"
     fresh = build_tiny_transformer(0)
-    lora.add_reference_lora(fresh, state, alphas)
+    fresh.add_adapter(LoraConfig(**peft_config_kwargs(state, alphas)))
+    set_peft_model_state_dict(fresh, state)
     inputs = fixed_inputs(2)
-    assert torch.allclose(predict(fresh, inputs), predict(result.model.eval(), inputs), atol=1e-6, rtol=0)
+    trained = predict(result.model.eval(), inputs)
+    assert not torch.allclose(trained, predict(build_tiny_transformer(0), inputs))
+    assert torch.allclose(predict(fresh, inputs), trained, atol=1e-6, rtol=0)
+
+
+def test_training_from_an_initial_lora_keeps_it_in_the_reference(tmp_path):
+    data = make_dataset(tmp_path / "ds", preferred=2)
+    first, _ = run(tiny_config(data, tmp_path / "first", steps=3, learning_rate=1e-2))
+    inputs = fixed_inputs(3)
+    with_init = predict(first.model.eval(), inputs)
+    second, events = run(tiny_config(data, tmp_path / "second", steps=2, rank=2, init_lora=first.lora_path))
+    steps = [e for e in events if e["event"] == "step"]
+    assert steps[0]["loss"] == pytest.approx(LOG2, abs=1e-6)
+    with lora.reference_mode(second.model):
+        assert torch.allclose(predict(second.model, inputs), with_init, atol=1e-6, rtol=0)
+    from ipa_train.fileio import read_safetensors_metadata as header
+
+    assert header(second.lora_path)["ipa.init_lora"] == "ipa_lora.safetensors"
+    with pytest.raises(ConfigError, match="init_lora .* does not exist"):
+        trainer.train(tiny_config(data, tmp_path / "third", init_lora=str(tmp_path / "missing.safetensors")))
 
 
 def test_resume_gives_bit_identical_weights(tmp_path):

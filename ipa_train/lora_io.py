@@ -1,0 +1,171 @@
+"""Saving trained LoRAs in ComfyUI's native Wan layout and loading any supported LoRA file for peft.
+
+Only safetensors are read or written. See ``lora_keys`` for the layouts and the alpha/scale rule.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import torch
+
+from .fileio import atomic_save_safetensors, load_safetensors
+from .lora_keys import ConversionReport, diffusers_module_to_native, native_to_diffusers_module, to_comfy_native
+
+LAYOUT_METADATA_KEY = "ipa_lora_layout"
+LAYOUT_NAME = "comfyui-native-wan"
+
+_PEFT_KEY = re.compile(r"^(?:base_model\.model\.)?(.+)\.lora_([AB])(?:\.[A-Za-z0-9_\-]+)?\.weight$")
+
+
+class LoraFileError(ValueError):
+    """A LoRA file that cannot be used; the message says what was wrong."""
+
+
+def _metadata_strings(metadata: Optional[Mapping[str, Any]]) -> dict[str, str]:
+    out = {}
+    for key, value in (metadata or {}).items():
+        out[str(key)] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return out
+
+
+def native_lora_from_peft(
+    peft_state_dict: Mapping[str, torch.Tensor],
+    alpha: Union[float, Mapping[str, float]],
+    dtype: Optional[torch.dtype] = None,
+) -> dict[str, torch.Tensor]:
+    """peft's LoRA state dict (``blocks.0.attn1.to_q.lora_A.weight``, as ``get_peft_model_state_dict``
+    returns, with or without ``base_model.model.``) -> native tensors with ``.alpha`` per module.
+
+    ``alpha``: peft's ``lora_alpha`` (one value, or per diffusers module name); peft and ComfyUI then both
+    scale by ``alpha / rank``.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in peft_state_dict.items():
+        match = _PEFT_KEY.match(key)
+        if match is None:
+            raise ValueError(
+                f"Unexpected key {key!r} in the peft state dict: only LoRA A/B weights of Linear layers are saved "
+                "(no lora bias, DoRA magnitudes or embeddings)."
+            )
+        module, role = match.group(1), match.group(2)
+        native = diffusers_module_to_native(module)
+        out_key = f"{native}.lora_{role}.weight"
+        if out_key in tensors:
+            raise ValueError(f"Two peft keys give {out_key} (several adapters in one state dict?)")
+        tensor = value.detach().to("cpu")
+        tensors[out_key] = (tensor.to(dtype) if dtype is not None else tensor).contiguous().clone()
+        if role == "A":
+            module_alpha = alpha[module] if isinstance(alpha, Mapping) else alpha
+            tensors[f"{native}.alpha"] = torch.tensor(float(module_alpha), dtype=torch.float32)
+    for key in [k for k in tensors if k.endswith(".alpha")]:
+        base = key[: -len(".alpha")]
+        if f"{base}.lora_B.weight" not in tensors:
+            raise ValueError(f"peft state dict has lora_A but no lora_B for {base}")
+    return tensors
+
+
+def save_comfy_lora(
+    path: os.PathLike | str,
+    peft_state_dict: Mapping[str, torch.Tensor],
+    alpha: Union[float, Mapping[str, float]],
+    metadata: Optional[Mapping[str, Any]] = None,
+    dtype: Optional[torch.dtype] = None,
+) -> Path:
+    """Writes a peft LoRA as ``path`` (safetensors, ComfyUI native Wan layout), atomically.
+
+    ``metadata`` values that are not strings are stored as JSON. Returns the path written.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        raise ValueError(f"LoRA files are written as .safetensors, got {path.name}")
+    tensors = native_lora_from_peft(peft_state_dict, alpha, dtype)
+    if not tensors:
+        raise ValueError("The peft state dict holds no LoRA weights: nothing to save.")
+    header = {"format": "pt", LAYOUT_METADATA_KEY: LAYOUT_NAME}
+    header.update(_metadata_strings(metadata))
+    return atomic_save_safetensors(path, tensors, header)
+
+
+def read_lora_file(path: os.PathLike | str) -> tuple[dict[str, torch.Tensor], ConversionReport, dict[str, str]]:
+    """Any supported LoRA file -> (native state dict, conversion report, header metadata)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise LoraFileError(f"LoRA file not found: {path}")
+    if path.suffix.lower() != ".safetensors":
+        raise LoraFileError(f"{path.name}: only .safetensors LoRA files are loaded (no pickle files).")
+    try:
+        tensors, metadata = load_safetensors(path)
+    except Exception as error:
+        raise LoraFileError(f"{path.name} is not a readable safetensors file ({error}).") from error
+    native, report = to_comfy_native(tensors, metadata)
+    if not report.ok:
+        shown = ", ".join(list(tensors)[:5])
+        raise LoraFileError(
+            f"{path.name}: no key is a Wan2.1 LoRA weight in any supported layout (ComfyUI native, diffusers, "
+            f"DiffSynth/peft, kohya/musubi). First keys: {shown or '(none)'}"
+        )
+    return native, report, metadata
+
+
+def native_to_peft(native: Mapping[str, torch.Tensor], prefix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Native LoRA tensors -> (peft state dict with diffusers module names, alpha per diffusers module)."""
+    state: dict[str, torch.Tensor] = {}
+    alphas: dict[str, float] = {}
+    for key, value in native.items():
+        for role in ("lora_A", "lora_B"):
+            suffix = f".{role}.weight"
+            if key.endswith(suffix):
+                module = native_to_diffusers_module(key[: -len(suffix)])
+                state[f"{prefix}{module}.{role}.weight"] = value
+        if key.endswith(".alpha"):
+            alphas[native_to_diffusers_module(key[: -len(".alpha")])] = float(value.item())
+    return state, alphas
+
+
+def load_lora_for_peft(
+    path: os.PathLike | str, prefix: str = ""
+) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, str]]:
+    """Any supported LoRA file -> (state dict named like ``peft.get_peft_model_state_dict`` returns for a
+    diffusers ``WanVACETransformer3DModel``, ``{diffusers module: alpha}``, header metadata).
+
+    Scale per module is ``alpha / rank`` with ``rank = lora_A.shape[0]``: build the peft config with
+    :func:`peft_config_kwargs`. ``prefix``: ``"base_model.model."`` for a ``PeftModel`` wrapper.
+    Full-weight differences (``.diff``/``.diff_b``) cannot be a peft LoRA and raise ``LoraFileError``.
+    """
+    native, report, metadata = read_lora_file(path)
+    if report.diff_modules:
+        raise LoraFileError(
+            f"{Path(path).name} also changes full weights ({len(report.diff_modules)} .diff/.diff_b entries, e.g. "
+            f"{report.diff_modules[0]}); that part cannot be trained or loaded as a peft LoRA."
+        )
+    state, alphas = native_to_peft(native, prefix)
+    return state, alphas, metadata
+
+
+def peft_config_kwargs(state_dict: Mapping[str, torch.Tensor], alphas: Mapping[str, float]) -> dict:
+    """``LoraConfig`` arguments that reproduce a loaded LoRA exactly: ``r``, ``lora_alpha``, exact
+    ``target_modules`` and, where modules differ, ``rank_pattern``/``alpha_pattern`` keyed by full name."""
+    ranks: dict[str, int] = {}
+    for key, value in state_dict.items():
+        match = _PEFT_KEY.match(key)
+        if match and match.group(2) == "A":
+            ranks[match.group(1)] = int(value.shape[0])
+    if not ranks:
+        raise ValueError("No lora_A weights in the state dict.")
+    modules = sorted(ranks)
+    rank_values = [ranks[m] for m in modules]
+    alpha_values = [float(alphas.get(m, ranks[m])) for m in modules]
+    r = max(set(rank_values), key=rank_values.count)
+    lora_alpha = max(set(alpha_values), key=alpha_values.count)
+    return {
+        "r": r,
+        "lora_alpha": lora_alpha,
+        "target_modules": modules,
+        "rank_pattern": {re.escape(m): ranks[m] for m in modules if ranks[m] != r},
+        "alpha_pattern": {re.escape(m): a for m, a in zip(modules, alpha_values) if a != lora_alpha},
+    }
