@@ -77,7 +77,7 @@ class RunConfig:
     def load(cls, path: os.PathLike | str) -> "RunConfig":
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"run config {path} does not exist; write one (see README, Training) or pass --config")
+            raise ConfigError(f"run config {path} does not exist; check the --config path (the keys are listed in README, Training)")
         try:
             values = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:

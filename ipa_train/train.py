@@ -928,7 +928,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         tail = traceback.format_exc().strip().splitlines()[-12:]
         message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, KeyboardInterrupt) else "interrupted twice: stopped without a checkpoint"
         events.emit("error", rank=dist_info.rank, message=message, traceback="\n".join(tail))
-        log.error("%s", traceback.format_exc())
+        if isinstance(exc, (ConfigError, DatasetError, TrainingError)):
+            log.error("%s", exc)  # bad input: the message says what to change; no traceback needed
+        else:
+            log.error("%s", traceback.format_exc())
         code = EXIT_ERROR
     finally:
         if dist.is_available() and dist.is_initialized():

@@ -93,7 +93,7 @@ def test_two_ranks_ddp_hold_equal_weights_and_a_crash_ends_the_job(tmp_path):
         assert any(float(v.abs().max()) > 0 for k, v in rank0.items() if "lora_B" in k)
 
 
-def test_two_ranks_fsdp2_finish_and_match_one_process_ddp_math(tmp_path):
+def test_two_ranks_fsdp2_finish_and_write_a_native_lora(tmp_path):
     data = make_dataset(tmp_path / "ds", preferred=3)
     config = tiny_config(data, tmp_path / "fsdp", steps=2, distributed="fsdp2", checkpoint_every=1)
     config.save(tmp_path / "run.json")
