@@ -9,6 +9,7 @@ import importlib
 import sys
 
 COMMANDS = {
+    "train": ("train", "Flow-IPA LoRA trainer: --config run.json [--resume DIR] (same as python -m ipa_train.train)"),
     "demo": ("demo", "showcase on synthetic poses: hand masks -> latent masks -> Flow-IPA loss, writes a preview PNG"),
 }
 

@@ -1,0 +1,58 @@
+"""Tiny synthetic datasets and run configs for the trainer tests (written with the real dataset module)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from ipa_train import dataset as ds
+from ipa_train.config import RunConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_sample(seed: int, frames: int = 3, h: int = 4, w: int = 6, text_dim: int = 32, ref_frames: int = 1) -> ds.SampleTensors:
+    g = torch.Generator().manual_seed(1000 + seed)
+    return ds.SampleTensors(
+        latent=torch.randn(16, frames, h, w, generator=g),
+        vace_context=torch.randn(96, frames, h, w, generator=g),
+        text_embedding=torch.randn(8, text_dim, generator=g),
+        hand_mask=(torch.rand(1, frames - ref_frames, h, w, generator=g) > 0.6).float(),
+        ref_frames=ref_frames,
+        vace_strength=1.0,
+        text_length=6,
+    )
+
+
+def make_dataset(root: Path, preferred: int = 3, rejected: int = 0, pending: int = 0, name: str = "hands", **sample_kwargs) -> Path:
+    path = ds.create_dataset(root, name)
+    seed = 0
+    for status, count in (("preferred", preferred), ("rejected", rejected), ("pending", pending)):
+        for _ in range(count):
+            ds.add_sample(path, make_sample(seed, **sample_kwargs), meta={"seed": seed, "prompt": "a dancer"}, status=status)
+            seed += 1
+    return path
+
+
+def tiny_config(dataset: Path, output: Path, **overrides) -> RunConfig:
+    values = dict(
+        dataset=str(dataset), base_model="tiny", output_dir=str(output), rank=4, steps=4, learning_rate=1e-3,
+        checkpoint_every=0, seed=0,
+    )
+    values.update(overrides)
+    return RunConfig.from_dict(values)
+
+
+def subprocess_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT)  # never a torchvision stand-in: diffusers would fail to import
+    env.pop("IPA_TRAIN_FAULT", None)
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def python() -> str:
+    return sys.executable
