@@ -19,6 +19,7 @@ PRECISIONS = ("auto", "bf16", "fp32")
 TIMESTEP_SAMPLINGS = ("uniform", "logit_normal", "shifted")
 DISTRIBUTED = ("ddp", "fsdp2")
 REQUIRED = ("dataset", "base_model", "output_dir")
+STOP_FILE_NAME = "STOP"
 
 
 class ConfigError(ValueError):
@@ -58,6 +59,7 @@ class RunConfig:
     dpo_time_weighting: bool = False
     init_lora: Optional[str] = None
     distributed: str = "ddp"
+    stop_file: Optional[str] = None  # None: <output_dir>/STOP. Its appearance asks for a graceful stop (no signal needed)
 
     # ------------------------------------------------------------------------------------------- construction
 
@@ -102,6 +104,11 @@ class RunConfig:
         return RunConfig.from_dict(values, source=source)
 
     # ------------------------------------------------------------------------------------------- validation
+
+    @property
+    def stop_path(self) -> Path:
+        """The file whose existence asks the run to stop after the current step (see README, Training)."""
+        return Path(self.stop_file) if self.stop_file else Path(self.output_dir) / STOP_FILE_NAME
 
     @property
     def effective_alpha(self) -> float:
@@ -179,3 +186,5 @@ class RunConfig:
             raise ConfigError(f"{source}: {exc}") from exc
         if self.init_lora is not None and (not isinstance(self.init_lora, str) or not self.init_lora):
             fail("init_lora", "must be a LoRA file path or null")
+        if self.stop_file is not None and (not isinstance(self.stop_file, str) or not self.stop_file.strip()):
+            fail("stop_file", "must be a file path or null (null: <output_dir>/STOP)")

@@ -2,8 +2,13 @@
 drawing the loss curve. Host-independent: the ComfyUI train node is a thin layer over this.
 
 The trainer contract (``python -m ipa_train.train --config run.json``): rank 0 prints one JSON object per line
-on stdout with an ``event`` key (started, step, checkpoint, finished, stopped, error); SIGINT/SIGTERM finish the
-current step, write a checkpoint, emit ``stopped`` and exit with status 3; errors exit with 1.
+on stdout with an ``event`` key (started, step, checkpoint, finished, stopped, error); a stop file
+(``<output_dir>/STOP``) or SIGINT/SIGTERM make it finish the current step, write a checkpoint, emit ``stopped``
+and exit with status 3; errors exit with 1.
+
+Stopping uses the stop file first, because signals are a poor fit for long steps under torchrun: torchrun forwards
+a signal to the ranks and SIGKILLs them 30 s later, while one 14B step takes about 45 s. Signals (then SIGKILL)
+remain the fallback when the file is not acted on within the grace period (a hung rank, a job still loading).
 """
 
 from __future__ import annotations
@@ -143,11 +148,17 @@ class JobOutcome:
 
 class TrainingJob:
     """The trainer subprocess in its own session (process group): events from stdout, a tail of stderr, and a
-    graceful stop (SIGINT to the whole group, wait, then SIGKILL) that never leaves workers behind."""
+    graceful stop (the stop file, then SIGINT to the whole group, then SIGKILL) that never leaves workers behind.
+
+    ``stop_file``: the run's stop file (``RunConfig.stop_path``); without one, :meth:`stop` starts with SIGINT."""
 
     def __init__(self, command: Sequence[str], env: Mapping[str, str], cwd: os.PathLike | str, stderr_lines: int = 200,
-                 log_path: Optional[os.PathLike | str] = None):
+                 log_path: Optional[os.PathLike | str] = None, stop_file: Optional[os.PathLike | str] = None):
         self.command = list(command)
+        self.stop_file = Path(stop_file) if stop_file else None
+        self.signalled: list[str] = []  # signals :meth:`stop` had to send (empty when the stop file sufficed)
+        if self.stop_file is not None:
+            _remove(self.stop_file)  # a stale request from an earlier run must not stop this one
         self._log = open(log_path, "a", encoding="utf-8") if log_path else None
         self.process = subprocess.Popen(
             self.command, cwd=str(cwd), env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -216,16 +227,41 @@ class TrainingJob:
     def group_alive(self) -> bool:
         return self._signal_group(0)
 
-    def stop(self, grace_s: float = 600.0) -> None:
-        """SIGINT to every process of the job (torchrun forwards it; each rank finishes its step and rank 0 writes a
-        checkpoint), wait up to ``grace_s`` seconds, then SIGKILL whatever is left of the group."""
+    def request_stop(self) -> None:
+        """Asks for a graceful stop without waiting: writes the stop file (every rank checks it after each step and
+        they agree to stop after the same one), or sends SIGINT to the group when the job has no stop file."""
         self.stop_requested = True
+        if self.stop_file is not None:
+            from .fileio import atomic_write_json
+
+            self.stop_file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.stop_file, {"requested_at": time.time(), "by": "ipa_train.launcher"})
+        else:
+            self._send_stop_signal()
+
+    def _send_stop_signal(self) -> None:
+        self.signalled.append("SIGINT")
         self._signal_group(signal.SIGINT)
-        try:
-            self.process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
+
+    def stop(self, grace_s: float = 600.0, signal_grace_s: float = 60.0) -> None:
+        """Graceful stop: :meth:`request_stop`, then wait up to ``grace_s`` seconds for the current step and the
+        checkpoint. Only if the job is still running then: SIGINT to every process of the group (torchrun forwards
+        it), ``signal_grace_s`` more seconds, and SIGKILL for whatever is left."""
+        self.request_stop()
+        if not self._wait(grace_s) and self.stop_file is not None:
+            log_line = f"the trainer did not stop within {grace_s:.0f} s of the stop file; sending SIGINT"
+            self.stderr_tail.append(f"[launcher] {log_line}")
+            self._write_log("launcher", log_line)
+            self._send_stop_signal()
+            self._wait(signal_grace_s)
         self.kill()
+
+    def _wait(self, timeout: float) -> bool:
+        try:
+            self.process.wait(timeout=timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
 
     def kill(self) -> None:
         self._signal_group(signal.SIGKILL)
@@ -250,6 +286,8 @@ class TrainingJob:
                 break
         if self.group_alive():  # a rank outlived its launcher: never leave it holding the GPU
             self.kill()
+        if self.stop_file is not None:
+            _remove(self.stop_file)  # unanswered (the job ended first) or already consumed
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -267,6 +305,13 @@ class TrainingJob:
 
 
 # ----------------------------------------------------------------------------------------------- run folders
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def latest_checkpoint(run_dir: os.PathLike | str) -> Optional[Path]:

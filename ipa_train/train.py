@@ -6,7 +6,9 @@ One process: ``python -m ipa_train.train --config run.json``. Several (GPUs, nod
 
 Run contract (see README, Training): rank 0 writes one JSON object per line on stdout (events ``started``,
 ``step``, ``checkpoint``, ``finished``, ``stopped``, ``error``; a failing rank writes its own ``error``), human
-logs go to stderr. Exit status 0 finished, 1 error, 3 stopped by SIGINT/SIGTERM after writing a checkpoint.
+logs go to stderr. Exit status 0 finished, 1 error, 3 stopped after writing a checkpoint. A stop is asked for
+by creating the stop file (``<output_dir>/STOP`` or ``stop_file``; what the ComfyUI node does: no signal has to
+reach the ranks, so torchrun's 30 s kill deadline cannot cut a long step short) or by SIGINT/SIGTERM.
 
 Per step and micro-batch: ``t`` from the configured schedule, ``x_t = (1 - t) x0 + t noise``, model timestep
 ``1000 t`` (float), target ``v = noise - x0``; the reference prediction comes from the same module with the
@@ -407,6 +409,8 @@ class Trainer:
         self.dist = dist_info
         self.events = events
         self.stop_requested = stop_requested
+        self.stop_path = config.stop_path
+        self.stop_reason: Optional[str] = None
         self.dump_replicas = Path(dump_replicas) if dump_replicas else None
         self.output_dir = Path(config.output_dir)
         self.resume_dir = find_checkpoint(resume) if resume else None
@@ -417,6 +421,9 @@ class Trainer:
             self.autocast_dtype = None
         if self.dump_replicas and config.distributed != "ddp":
             raise ConfigError("--dump-replicas compares full replicas and needs distributed 'ddp'")
+
+        if dist_info.main and self.stop_path.exists():
+            log.warning("stop file %s already exists: the run will stop after its first step; delete it to train", self.stop_path)
 
         # 1. data (all validation before any model is built)
         self.data = load_training_data(config)
@@ -623,6 +630,23 @@ class Trainer:
             metrics["grad_norm"] = grad_norm
         return metrics
 
+    def _stop_asked(self) -> bool:
+        """This rank's view: a signal (``stop_requested``) or the stop file. ``_reduce`` makes every rank agree."""
+        if self.stop_reason is None:
+            if self.stop_requested():
+                self.stop_reason = "signal"
+            elif self.stop_path.exists():
+                self.stop_reason = "stop file"
+                log.warning("stop file %s found: writing a checkpoint after this step", self.stop_path)
+        return self.stop_reason is not None
+
+    def _consume_stop_file(self) -> None:
+        if self.dist.main:
+            try:
+                self.stop_path.unlink()
+            except FileNotFoundError:
+                pass
+
     def _reduce(self, metrics: dict[str, float], stop: bool) -> tuple[dict[str, float], bool]:
         """Averages metrics over ranks and agrees on stopping (any rank signalled -> all stop after this step)."""
         if not self.dist.active:
@@ -760,7 +784,7 @@ class Trainer:
                 raise RuntimeError(f"injected fault on rank {self.dist.rank} at step {step + 1} (IPA_TRAIN_FAULT)")
             metrics = self.train_step(step)
             step += 1
-            metrics, stop = self._reduce(metrics, self.stop_requested())
+            metrics, stop = self._reduce(metrics, self._stop_asked())
             elapsed = time.perf_counter() - started
             sec_per_step = elapsed / (step - self.start_step)
             record = {
@@ -792,11 +816,14 @@ class Trainer:
             last_checkpoint = self.save_checkpoint(step)
             self.events.emit("checkpoint", step=step, path=str(last_checkpoint))
             hint = f"python -m ipa_train.train --resume {last_checkpoint}"
-            self.events.emit("stopped", step=step, total=c.steps, checkpoint=str(last_checkpoint), resume=hint)
+            self._consume_stop_file()
+            self.events.emit("stopped", step=step, total=c.steps, checkpoint=str(last_checkpoint), resume=hint,
+                             reason=self.stop_reason or "another rank")
             return TrainResult("stopped", step, None, str(last_checkpoint), history, self.bare)
         last_checkpoint = self.save_checkpoint(step)
         self.events.emit("checkpoint", step=step, path=str(last_checkpoint))
         lora_path = self.save_lora(step)
+        self._consume_stop_file()  # a stop asked for during the last step: the run is over anyway
         final = {k: history[-1][k] for k in ("loss", "ipa_gap", "model_error", "reference_error")} if history else {}
         self.events.emit("finished", step=step, lora_path=str(lora_path), checkpoint=str(last_checkpoint), metrics=final)
         return TrainResult("finished", step, str(lora_path), str(last_checkpoint), history, self.bare)
@@ -832,14 +859,17 @@ OVERRIDE_FLAGS = {
     "dataset": str, "base_model": str, "output_dir": str, "lora_name": str, "objective": str, "beta": float,
     "hand_weight": float, "rank": int, "alpha": float, "learning_rate": float, "lr_scheduler": str, "warmup_steps": int,
     "steps": int, "batch_size": int, "grad_accum": int, "max_grad_norm": float, "precision": str, "seed": int,
-    "checkpoint_every": int, "timestep_sampling": str, "init_lora": str, "distributed": str,
+    "checkpoint_every": int, "timestep_sampling": str, "init_lora": str, "distributed": str, "stop_file": str,
 }
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m ipa_train.train",
-        description="Flow-IPA LoRA trainer for Wan2.1-VACE. Exit status: 0 finished, 1 error, 3 stopped by a signal (checkpoint written).",
+        description=(
+            "Flow-IPA LoRA trainer for Wan2.1-VACE. Exit status: 0 finished, 1 error, 3 stopped (checkpoint written). "
+            "Stop gracefully by creating <output_dir>/STOP (or the config's stop_file), or with SIGINT/SIGTERM."
+        ),
     )
     parser.add_argument("--config", help="run.json (see README, Training); optional with --resume (the checkpoint's config is used)")
     parser.add_argument("--resume", metavar="DIR", help="checkpoint folder (checkpoints/step-N), or an output folder: continue from its newest checkpoint")

@@ -18,6 +18,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..ipa_train import launcher
+from ..ipa_train.config import ConfigError, RunConfig
 from ..ipa_train.dataset import DatasetError, count_statuses, dataset_path, read_manifest
 from ..ipa_train.fileio import atomic_write_json
 from .host import prompt_server
@@ -120,7 +121,8 @@ class IPATrainLoRA(io.ComfyNode):
                 io.Combo.Input("precision", options=PRECISIONS, default="auto"),
                 io.Boolean.Input("gradient_checkpointing", default=True),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF),
-                io.Int.Input("checkpoint_every", default=100, min=1, max=1000000),
+                io.Int.Input("checkpoint_every", default=100, min=0, max=1000000,
+                             tooltip="Write a resumable checkpoint every N steps (0: only at the end and when cancelled)."),
                 io.String.Input("resume", default="", optional=True,
                                 tooltip="Empty: new run. 'latest': newest checkpoint of this LoRA name. Or a checkpoint folder."),
             ],
@@ -185,6 +187,10 @@ class IPATrainLoRA(io.ComfyNode):
                                   hand_weight=hand_weight, rank=rank, alpha=alpha, learning_rate=learning_rate, steps=steps,
                                   batch_size=batch_size, grad_accum=grad_accum, precision=precision,
                                   gradient_checkpointing=gradient_checkpointing, seed=seed, checkpoint_every=checkpoint_every)
+        try:
+            stop_file = RunConfig.from_dict(config, source="IPA Train LoRA settings").stop_path  # bad values fail here, not in the job
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         config_path = atomic_write_json(run_dir / "run.json", config)
         extra = ["--resume", str(checkpoint)] if checkpoint is not None else []
         command = launcher.build_command(config_path, max(1, len(gpu_ids)), module=cls.trainer_module, extra_args=extra)
@@ -192,7 +198,7 @@ class IPATrainLoRA(io.ComfyNode):
 
         _free_host_memory()
         log.info("IPA Train LoRA: %s (run folder %s, GPUs %s)", " ".join(command), run_dir, gpu_ids or "cpu")
-        job = launcher.TrainingJob(command, env, cwd=launcher.PACKAGE_PARENT, log_path=run_dir / "train.log")
+        job = launcher.TrainingJob(command, env, cwd=launcher.PACKAGE_PARENT, log_path=run_dir / "train.log", stop_file=stop_file)
         pbar = comfy.utils.ProgressBar(steps)
         cancelled = False
         try:
@@ -209,7 +215,8 @@ class IPATrainLoRA(io.ComfyNode):
                         log.info("IPA Train LoRA: checkpoint at step %s: %s", event.get("step"), event.get("path"))
                 if cancelled or comfy.model_management.processing_interrupted():
                     cancelled = True
-                    log.info("IPA Train LoRA: cancel requested; stopping after the current step (up to %.0f s)", cls.stop_grace_s)
+                    log.info("IPA Train LoRA: cancel requested; stop file %s written, stopping after the current step "
+                             "(signals only after %.0f s)", stop_file, cls.stop_grace_s)
                     job.stop(cls.stop_grace_s)
                     break
         except BaseException:

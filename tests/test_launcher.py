@@ -58,13 +58,14 @@ def test_parse_event():
     assert parse_event('{"event": "step"') is None
 
 
-def _job(tmp_path, mode, steps=5):
+def _job(tmp_path, mode, steps=5, stop_file=True):
     config = {"dataset": "x", "base_model": "tiny", "output_dir": str(tmp_path / "run"), "steps": steps, "fake_mode": mode, "lora_name": "l"}
     path = tmp_path / "run.json"
     path.write_text(json.dumps(config))
     host = dict(os.environ, PYTORCH_CUDA_ALLOC_CONF="backend:cudaMallocAsync", CUDA_VISIBLE_DEVICES="7")
     env = build_env(host, gpus=[], pythonpath=[FAKE])
-    return TrainingJob(build_command(path, 1, module="fake_trainer"), env, cwd=tmp_path, log_path=tmp_path / "train.log")
+    return TrainingJob(build_command(path, 1, module="fake_trainer"), env, cwd=tmp_path, log_path=tmp_path / "train.log",
+                       stop_file=tmp_path / "run" / "STOP" if stop_file else None)
 
 
 def _drain(job, until=None, timeout=60):
@@ -109,20 +110,40 @@ def test_failure_shows_the_failing_rank(tmp_path):
     assert "Traceback" in text
 
 
-def test_cancel_stops_gracefully_and_leaves_no_process_group(tmp_path):
-    job = _job(tmp_path, "slow", steps=100)
+@pytest.mark.parametrize("stop_file", [True, False], ids=["stop-file", "sigint"])
+def test_cancel_stops_gracefully_and_leaves_no_process_group(tmp_path, stop_file):
+    if stop_file:
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "STOP").write_text("{}")  # stale, from an earlier run: must not stop this one
+    job = _job(tmp_path, "slow", steps=100, stop_file=stop_file)
     events = _drain(job, until=lambda event: event["event"] == "step")
     assert events[-1]["event"] == "step"
     worker_pid = int((tmp_path / "run" / "worker.pid").read_text())
     job.stop(grace_s=30)
     outcome = job.finish()
     assert outcome.status == "stopped" and outcome.returncode == 3
+    assert outcome.final["reason"] == ("stop file" if stop_file else "signal")
+    assert job.signalled == ([] if stop_file else ["SIGINT"])
+    assert [event["step"] for event in outcome.events if event["event"] == "step"][-1] == outcome.final["step"] >= 1
+    assert not (tmp_path / "run" / "STOP").exists()
     assert Path(outcome.final["checkpoint"]).is_dir()
     assert launcher.latest_checkpoint(tmp_path / "run") == Path(outcome.final["checkpoint"])
     with pytest.raises(ProcessLookupError):
         os.killpg(job.pgid, 0)
     with pytest.raises(ProcessLookupError):
         os.kill(worker_pid, 0)
+
+
+def test_signals_only_after_the_stop_file_grace(tmp_path):
+    job = _job(tmp_path, "deaf", steps=1000)
+    _drain(job, until=lambda event: event["event"] == "step")
+    started = time.monotonic()
+    job.stop(grace_s=1.5, signal_grace_s=30)
+    outcome = job.finish()
+    assert time.monotonic() - started >= 1.5  # the file had its grace period before any signal
+    assert job.signalled == ["SIGINT"] and outcome.status == "stopped" and outcome.final["reason"] == "signal"
+    assert "did not stop within 2 s of the stop file" in (tmp_path / "train.log").read_text()
+    assert not (tmp_path / "run" / "STOP").exists()  # the unanswered request is cleaned up
 
 
 def test_kill_after_grace_when_the_trainer_ignores_sigint(tmp_path):

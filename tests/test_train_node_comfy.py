@@ -131,6 +131,8 @@ def test_cancel_stops_gracefully_then_resume(host, monkeypatch):
     checkpoint = next((run_dir / "checkpoints").iterdir())
     assert str(checkpoint) in str(info.value)
     stopped_step = int(checkpoint.name.split("-")[1])
+    assert '"reason": "stop file"' in (run_dir / "train.log").read_text()  # the node asked through the file, no signal
+    assert not (run_dir / "STOP").exists()
 
     monkeypatch.setenv("IPA_FAKE_TRAINER_MODE", "ok")
     name = _run(steps=stopped_step + 2, resume="latest").args[0]

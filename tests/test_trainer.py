@@ -221,6 +221,27 @@ def test_stop_request_writes_a_checkpoint(tmp_path):
     assert events[-1]["event"] == "stopped" and events[-1]["checkpoint"].endswith("step-2") and "--resume" in events[-1]["resume"]
     assert (tmp_path / "out" / "checkpoints" / "step-2" / "state.json").is_file()
     assert not (tmp_path / "out" / "ipa_lora.safetensors").exists()
+    assert events[-1]["reason"] == "signal"
+
+
+def test_stop_file_writes_a_checkpoint_and_is_consumed(tmp_path):
+    data = make_dataset(tmp_path / "ds", preferred=2)
+    stop_file = tmp_path / "requests" / "stop-now"
+    config = tiny_config(data, tmp_path / "out", steps=50, stop_file=str(stop_file))
+    assert tiny_config(data, tmp_path / "o2").stop_path == tmp_path / "o2" / "STOP"  # the default
+
+    def on_event(event):
+        if event["event"] == "step" and event["step"] == 2:
+            stop_file.parent.mkdir(exist_ok=True)
+            stop_file.write_text("{}")
+
+    events = []
+    result = trainer.train(config, callback=lambda e: (events.append(e), on_event(e)))
+    # the file appears when step 2 is reported, after that step was checked: the run stops after step 3
+    assert result.status == "stopped" and result.step == 3
+    assert events[-1]["event"] == "stopped" and events[-1]["reason"] == "stop file"
+    assert (tmp_path / "out" / "checkpoints" / f"step-{result.step}" / "state.json").is_file()
+    assert not stop_file.exists()
 
 
 # ------------------------------------------------------------------------------------------------- bad input

@@ -105,3 +105,41 @@ def test_two_ranks_fsdp2_finish_and_write_a_native_lora(tmp_path):
     lora, _ = load_safetensors(events[-1]["lora_path"])
     assert "diffusion_model.blocks.0.self_attn.q.lora_B.weight" in lora
     assert (tmp_path / "fsdp" / "checkpoints" / "step-1" / "rng-rank1.safetensors").is_file()
+
+
+def test_stop_file_under_torchrun_checkpoints_exits_3_and_resumes(tmp_path):
+    """The launcher's stop request (the stop file, no signal) on two gloo ranks: both stop after the same step,
+    rank 0 writes the checkpoint, each rank exits 3 (torchrun itself then reports 1), and the run resumes."""
+    from ipa_train import launcher
+
+    data = make_dataset(tmp_path / "ds", preferred=3)
+    config = tiny_config(data, tmp_path / "out", steps=10_000)
+    config.save(tmp_path / "run.json")
+    job = launcher.TrainingJob(launcher.build_command(tmp_path / "run.json", 2), subprocess_env(), cwd=REPO_ROOT,
+                               log_path=tmp_path / "train.log", stop_file=config.stop_path)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and job.running():
+            if any(event["event"] == "step" and event["step"] >= 2 for event in job.poll(0.2)):
+                break
+        job.stop(grace_s=120)
+    finally:
+        job.kill()
+    outcome = job.finish()
+    log = (tmp_path / "train.log").read_text()
+    assert outcome.status == "stopped", outcome.error_text()
+    assert job.signalled == [] and outcome.final["reason"] == "stop file"
+    assert "SIGINT received" not in log and "SIGTERM received" not in log
+    # Rank 0 exits 3; torchrun counts any non-zero rank status as a failure, exits 1 and lists the ranks' codes.
+    assert outcome.returncode == 1 and "exitcode  : 3" in log
+    step = outcome.final["step"]
+    assert step >= 2 and [e["step"] for e in outcome.events if e["event"] == "step"][-1] == step
+    checkpoint = tmp_path / "out" / "checkpoints" / f"step-{step}"
+    assert outcome.final["checkpoint"] == str(checkpoint)
+    assert (checkpoint / "state.json").is_file() and (checkpoint / "rng-rank1.safetensors").is_file()
+    assert not config.stop_path.exists()  # consumed: the resumed run is not stopped by it
+    # it resumes (here in one process, which a checkpoint of two ranks allows) and the run finishes
+    events = []
+    result = trainer.train(tiny_config(data, tmp_path / "out", steps=step + 2), resume=str(tmp_path / "out"), callback=events.append)
+    assert result.status == "finished" and events[0]["start_step"] == step and events[-1]["event"] == "finished"
+    assert [e["step"] for e in events if e["event"] == "step"] == [step + 1, step + 2]

@@ -1,7 +1,8 @@
 """A stand-in for ``python -m ipa_train.train`` that follows the run contract (CONTRACTS.md) without a model: JSON
-events on stdout, SIGINT -> finish the step, checkpoint, ``stopped``, exit 3; errors -> ``error`` event, exit 1.
+events on stdout, the stop file (``<output_dir>/STOP`` or ``stop_file``) or SIGINT -> finish the step, checkpoint,
+``stopped``, exit 3; errors -> ``error`` event, exit 1.
 run.json key ``fake_mode`` (or env IPA_FAKE_TRAINER_MODE): "ok" (default), "fail" (fails at step 2), "slow" (steps take 0.3 s and a worker child
-process is started in the same process group, like torchrun's ranks)."""
+process is started in the same process group, like torchrun's ranks), "deaf" (slow, and never looks at the stop file)."""
 
 import argparse
 import json
@@ -30,6 +31,9 @@ def main():
     signal.signal(signal.SIGINT, lambda *_: stop.update(requested=True))
     signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
     worker = None
+    stop_file = Path(config.get("stop_file") or out / "STOP")
+    if mode == "deaf":
+        mode, stop_file = "slow", None
     if mode == "slow":
         worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # a 'rank' in our group
         Path(out / "worker.pid").write_text(str(worker.pid))
@@ -49,12 +53,15 @@ def main():
         loss = 0.7 / step
         emit(event="step", step=step, total=total, loss=loss, ipa_gap=0.01 * step, model_error=0.5, reference_error=0.5 + 0.01 * step,
              lr=1e-4, sec_per_step=0.01, eta_s=(total - step) * 0.01, peak_mem_gb=0.0)
+        if stop_file is not None and stop_file.exists():
+            stop_file.unlink()
+            stop.update(requested=True, reason="stop file")
         if stop["requested"]:
             checkpoint = out / "checkpoints" / f"step-{step}"
             checkpoint.mkdir(parents=True, exist_ok=True)
             (checkpoint / "state.json").write_text(json.dumps({"step": step}))
             emit(event="checkpoint", step=step, path=str(checkpoint))
-            emit(event="stopped", step=step, checkpoint=str(checkpoint), resume=f"--resume {checkpoint}")
+            emit(event="stopped", step=step, checkpoint=str(checkpoint), resume=f"--resume {checkpoint}", reason=stop.get("reason", "signal"))
             if worker is not None:
                 worker.terminate()
             sys.exit(3)
