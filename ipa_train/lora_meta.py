@@ -1,10 +1,16 @@
-"""Reading a LoRA's metadata for people: a short summary and a check that it was trained on the same base model."""
+"""Reading a LoRA's metadata for people: a short summary and a check that it was trained on the same base model.
+
+The trainer writes its settings as ``ipa.<key>`` (``ipa.objective``, ``ipa.beta``, ``ipa.base_model``, ...; see
+``train.Trainer.lora_metadata``); other tools write bare keys or kohya's ``ss_*``. Both are read here: an
+``ipa.`` key wins over the bare key of the same name and is shown without its prefix."""
 
 from __future__ import annotations
 
 import json
 import re
 from typing import Mapping, Optional
+
+IPA_PREFIX = "ipa."
 
 # Shown first, in this order; every other metadata key follows alphabetically.
 KEY_ORDER = ("objective", "beta", "hand_weight", "steps", "rank", "alpha", "learning_rate", "targets", "base_model",
@@ -16,8 +22,16 @@ WAN_SIZES = {1536: "1.3B", 5120: "14B"}
 _SIZE_RE = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)\s*b(?![a-z])", re.IGNORECASE)
 
 
+def training_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    """The header with the trainer's ``ipa.`` prefix removed (an ``ipa.`` key wins over a bare one of that name)."""
+    merged = {key: value for key, value in metadata.items() if not key.startswith(IPA_PREFIX)}
+    merged.update({key[len(IPA_PREFIX):]: value for key, value in metadata.items() if key.startswith(IPA_PREFIX)})
+    return merged
+
+
 def summarize_metadata(metadata: Mapping[str, str], max_value: int = 120) -> str:
     """``key: value`` lines, the training settings first. Long values (e.g. JSON blobs) are shortened."""
+    metadata = training_metadata(metadata)
     keys = [key for key in KEY_ORDER if key in metadata] + sorted(key for key in metadata if key not in KEY_ORDER)
     lines = []
     for key in keys:
@@ -38,6 +52,7 @@ def size_tag_from_name(name: str) -> Optional[str]:
 
 def base_model_mismatch(metadata: Mapping[str, str], model_width: Optional[int]) -> Optional[str]:
     """A warning when the LoRA's metadata names a base model of another size than the model it is applied to."""
+    metadata = training_metadata(metadata)
     base = metadata.get("base_model") or ""
     if not base and "ss_base_model_version" in metadata:
         base = metadata["ss_base_model_version"]

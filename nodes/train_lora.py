@@ -18,7 +18,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..ipa_train import launcher
-from ..ipa_train.config import ConfigError, RunConfig
+from ..ipa_train.config import OBJECTIVES as RUN_OBJECTIVES, PRECISIONS as RUN_PRECISIONS, ConfigError, RunConfig
 from ..ipa_train.dataset import DatasetError, count_statuses, dataset_path, read_manifest
 from ..ipa_train.fileio import atomic_write_json
 from .host import prompt_server
@@ -26,8 +26,8 @@ from .paths import dataset_root
 
 log = logging.getLogger(__name__)
 
-OBJECTIVES = ["ipa", "dpo", "sft"]
-PRECISIONS = ["auto", "bf16", "fp32"]
+OBJECTIVES = list(RUN_OBJECTIVES)  # the trainer's own lists, so the node never offers a value it refuses
+PRECISIONS = list(RUN_PRECISIONS)
 LORA_SUBFOLDER = "ipa"
 
 

@@ -109,7 +109,7 @@ def test_unmatched_keys_are_reported_and_nothing_matching_is_an_error(tiny):
     state, _ = _layout("native", 4.0)
     state["diffusion_model.blocks.9.self_attn.q.lora_A.weight"] = torch.zeros(RANK, DIM)
     state["diffusion_model.blocks.9.self_attn.q.lora_B.weight"] = torch.zeros(DIM, RANK)
-    name = _write(tiny, "partial.safetensors", state, {"objective": "ipa", "beta": "600", "steps": "1000", "base_model": "wan2.1_vace_1.3B_fp16.safetensors"})
+    name = _write(tiny, "partial.safetensors", state, {"ipa.objective": "ipa", "ipa.beta": "600", "ipa.steps": "1000", "ipa.base_model": "wan2.1_vace_1.3B_fp16.safetensors"})
     _, report = IPALoRALoader.execute(tiny.model, name, 1.0).args
     assert "2 weights patched, 2 keys unmatched" in report and "blocks.9.self_attn.q.lora_A.weight" in report
     assert "objective: ipa\nbeta: 600\nsteps: 1000" in report
@@ -123,7 +123,8 @@ def test_metadata_of_another_base_model_warns(tiny, monkeypatch):
     from comfyui_ipa_pack.nodes import lora_loader
 
     state, _ = _layout("native", None)
-    name = _write(tiny, "other_base.safetensors", state, {"base_model": "wan2.1_vace_14B_fp16.safetensors"})
     monkeypatch.setattr(lora_loader, "model_width", lambda model: 1536)  # pretend the tiny model is the 1.3B
-    _, report = lora_loader.IPALoRALoader.execute(tiny.model, name, 1.0).args
-    assert "WARNING: this LoRA was trained on wan2.1_vace_14B_fp16.safetensors (14B) but the model is Wan2.1 1.3B" in report
+    for key in ("ipa.base_model", "base_model"):  # the trainer's header, and other tools' bare key
+        name = _write(tiny, f"other_base_{key}.safetensors", state, {key: "wan2.1_vace_14B_fp16.safetensors"})
+        _, report = lora_loader.IPALoRALoader.execute(tiny.model, name, 1.0).args
+        assert "WARNING: this LoRA was trained on wan2.1_vace_14B_fp16.safetensors (14B) but the model is Wan2.1 1.3B" in report

@@ -19,3 +19,29 @@ def test_summary_order():
     assert text.splitlines()[:2] == ["objective: ipa", "steps: 10"]
     assert text.splitlines()[2].endswith("...") and len(text.splitlines()[2]) < 130
     assert summarize_metadata({}) == "(no metadata in this LoRA)"
+
+
+def test_reads_what_the_real_trainer_writes(tmp_path):
+    """A LoRA from the real trainer: its ``ipa.*`` header is what the loader summarises and checks."""
+    import torch
+
+    from ipa_train import train as trainer
+    from ipa_train.fileio import read_safetensors_metadata
+    from ipa_train.model import build_tiny_transformer
+
+    from trainer_helpers import make_dataset, tiny_config
+
+    torch.set_num_threads(1)
+    data = make_dataset(tmp_path / "ds", preferred=1)
+    # the base model is named like the 14B file; the weights are the tiny model (the name only goes into the metadata)
+    config = tiny_config(data, tmp_path / "out", steps=1, base_model=str(tmp_path / "wan2.1_vace_14B_fp16.safetensors"), beta=300.0)
+    events = trainer.Events(trainer.Dist(), stdout=False)
+    result = trainer.Trainer(config, trainer.Dist(), events, model=build_tiny_transformer(0)).run()
+    metadata = read_safetensors_metadata(result.lora_path)
+    assert metadata["ipa.base_model"] == "wan2.1_vace_14B_fp16.safetensors" and "base_model" not in metadata
+    lines = summarize_metadata(metadata).splitlines()
+    assert lines[:5] == ["objective: ipa", "beta: 300.0", "hand_weight: 10.0", "steps: 1", "rank: 4"]
+    assert "base_model: wan2.1_vace_14B_fp16.safetensors" in lines and not any(line.startswith("ipa.") for line in lines)
+    warning = base_model_mismatch(metadata, 1536)  # applied to a 1.3B model
+    assert warning and "wan2.1_vace_14B_fp16.safetensors (14B)" in warning and "1.3B" in warning
+    assert base_model_mismatch(metadata, 5120) is None

@@ -139,3 +139,24 @@ def test_cancel_stops_gracefully_then_resume(host, monkeypatch):
     assert name == "ipa/hands_lora.safetensors"
     log = (run_dir / "train.log").read_text()
     assert f'"resume_step": {stopped_step}' in log
+
+
+def test_node_inputs_are_trainer_config_keys(host):
+    """Every training setting of the node is a trainer config key of the same name, with the same choices, and the
+    config the node writes is one the trainer accepts (stop file included)."""
+    import dataclasses
+
+    from comfyui_ipa_pack.ipa_train import config as run_config
+    from comfyui_ipa_pack.nodes.train_lora import IPATrainLoRA
+
+    schema = IPATrainLoRA.define_schema()
+    inputs = {spec.id: spec for spec in schema.inputs}
+    launch_only = {"gpus", "resume"}  # how to run, not what to train: torchrun's process count and --resume
+    fields = {field.name for field in dataclasses.fields(run_config.RunConfig)}
+    assert set(inputs) - launch_only <= fields
+    assert inputs["objective"].options == list(run_config.OBJECTIVES) and inputs["precision"].options == list(run_config.PRECISIONS)
+    settings = {name: spec.default for name, spec in inputs.items() if name not in launch_only | {"dataset", "base_model"}}
+    written = IPATrainLoRA.build_config(host / "ds", str(host / "base.safetensors"), host / "run", **settings)
+    assert set(written) == set(inputs) - launch_only | {"output_dir"}
+    config = run_config.RunConfig.from_dict(written)
+    assert config.stop_path == host / "run" / "STOP" and config.effective_alpha == settings["alpha"]
