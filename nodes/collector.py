@@ -45,6 +45,8 @@ def _parse_selection(selection: str, count: int) -> list[int]:
 
 
 def _hands_from_pose(pose_keypoint, width: int, height: int, frames: int):
+    """(pixel hand masks, hand boxes, driving pose) of the video frames from POSE_KEYPOINT frames."""
+    from ..ipa_train.collect import fit_pose_to_video
     from ..ipa_train.hands import hand_boxes, pose_to_hand_masks
 
     if isinstance(pose_keypoint, dict):
@@ -53,7 +55,8 @@ def _hands_from_pose(pose_keypoint, width: int, height: int, frames: int):
     # The control video is fitted with a centre crop by WanVaceToVideo; fit the keypoints the same way.
     masks = pose_to_hand_masks(pose_keypoint, width, height, resize="crop")
     boxes = hand_boxes(pose_keypoint, width, height, resize="crop")
-    return masks, [[list(box) for box in frame] for frame in boxes]
+    driving = fit_pose_to_video(pose_keypoint, width, height, frames, resize="crop")
+    return masks, [[list(box) for box in frame] for frame in boxes], driving
 
 
 class IPAMarkPreferred(io.ComfyNode):
@@ -102,14 +105,14 @@ class IPAMarkPreferred(io.ComfyNode):
         latent_h, latent_w = int(first.latent.shape[-2]), int(first.latent.shape[-1])
         height, width = (int(frames.shape[1]), int(frames.shape[2])) if frames is not None else (latent_h * 8, latent_w * 8)
         video_frames = (first.video_latent_frames - 1) * 4 + 1
-        pixel_masks, boxes = None, None
+        pixel_masks, boxes, driving = None, None, None
         if pose_keypoint is not None:
-            pixel_masks, boxes = _hands_from_pose(pose_keypoint, width, height, video_frames)
+            pixel_masks, boxes, driving = _hands_from_pose(pose_keypoint, width, height, video_frames)
         elif hand_mask is not None:
             pixel_masks = hand_mask
         result = store_candidates(
             dataset_root(), dataset, chosen, status=mark, pixel_hand_masks=pixel_masks, hand_boxes=boxes,
-            prompt=prompt_text or "", fps=fps,
+            prompt=prompt_text or "", fps=fps, driving_pose=driving,
         )
         text = result.text()
         log.info("IPA Mark Preferred: %s", text)

@@ -127,6 +127,16 @@ def test_collector_node_stores_candidates(comfy):
         IPAMarkPreferred.execute(candidates, "../evil", "pending")
     with pytest.raises(ValueError, match="either pose_keypoint or hand_mask"):
         IPAMarkPreferred.execute(candidates, "node_ds", "pending", pose_keypoint=[{}], hand_mask=mask)
+    # hands from POSE_KEYPOINT: the latent mask, the preview boxes and the driving pose (in video pixels) for the gallery
+    from comfyui_ipa_pack.ipa_train.synthetic import synthetic_pose_sequence
+
+    pose = synthetic_pose_sequence(LENGTH + 4, 2 * W, 2 * H, seed=1)
+    IPAMarkPreferred.execute(candidates, "posed_ds", "pending", select="0", pose_keypoint=pose)
+    posed = dataset.dataset_path(dataset_root(), "posed_ds")
+    (entry,) = dataset.read_manifest(posed)
+    meta = json.loads((posed / "samples" / entry["id"] / "meta.json").read_text())
+    assert len(meta["driving_pose"]) == LENGTH and meta["driving_pose"][0]["canvas_width"] == W
+    assert meta["hand_mask_source"] == "pose" and len(meta["hand_boxes"]) == LENGTH and entry["hand_area"] > 0
 
 
 def test_encode_good_video_matches_native_conditioning(comfy):
