@@ -22,7 +22,10 @@ From Comfy-Org/Wan_2.1_ComfyUI_repackaged on Hugging Face (split_files/...):
 - models/diffusion_models/{UNET} (or wan2.1_vace_14B_fp16.safetensors: then pick it in every loader)
 - models/text_encoders/{CLIP}
 - models/vae/{VAE}
-Sizes: width/height multiples of 16, length 4k+1 (81 frames at 16 fps in the paper)."""
+From yzd-v/DWPose on Hugging Face (for IPA DWPose Estimator; comfyui_controlnet_aux's copies are found too):
+- models/dwpose/yolox_l.onnx and models/dwpose/dw-ll_ucoco_384.onnx
+Sizes: width/height multiples of 16, length 4k+1 (81 frames at 16 fps in the paper): give a driving video of
+`length` frames (a longer one is estimated in full and cut by the sampler)."""
 
 POSITIVE = "a person waves both hands at the camera, natural hands with five fingers, studio light"
 NEGATIVE = "deformed hands, extra fingers, fused fingers, blurry, low quality"
@@ -40,35 +43,49 @@ def loaders(g, x=0, y=0):
 
 
 def control_inputs(g, x=0, y=420):
+    """Reference image, and the driving video turned into DWPose keypoints and a pose video (the VACE control)."""
     ref = g.add("LoadImage", (x, y), {"image": "reference.png"}, title="Reference image", size=(320, 320))
-    video = g.add("LoadVideo", (x, y + 360), {"file": "pose.mp4"}, title="Pose video (rendered DWPose skeleton)", size=(320, 320))
+    video = g.add("LoadVideo", (x, y + 360), {"file": "driving.mp4"}, title="Driving video (a person moving)", size=(320, 320))
     frames = g.add("GetVideoComponents", (x + 360, y + 360), size=(260, 66))
     g.link(video, "VIDEO", frames, "video")
-    return ref, frames
+    pose = g.add("IPADWPoseEstimator", (x + 360, y + 460), {"detection_threshold": 0.3, "keypoint_threshold": 0.3, "draw_body": True,
+                                                          "draw_hands": True, "draw_face": True, "resolution": 0}, size=(320, 246))
+    g.link(frames, "images", pose, "frames")
+    return ref, frames, pose
 
 
 def curate(g):
     unet, vae, pos, neg = loaders(g)
-    ref, frames = control_inputs(g)
+    ref, frames, pose = control_inputs(g)
     sampler = g.add("IPAVaceSampler", (820, 0), {"width": 832, "height": 480, "length": 81, "steps": 20, "cfg": 6.0, "shift": 8.0,
                                                  "sampler_name": "uni_pc", "scheduler": "simple", "candidates": 4, "seed": 0,
                                                  "seed:control_after_generate": "increment", "strength": 1.0}, size=(340, 470))
     for source, output, name in ((unet, "MODEL", "model"), (pos, "CONDITIONING", "positive"), (neg, "CONDITIONING", "negative"),
-                                 (vae, "VAE", "vae"), (ref, "IMAGE", "reference_image"), (frames, "images", "control_video")):
+                                 (vae, "VAE", "vae"), (ref, "IMAGE", "reference_image"), (pose, "pose_video", "control_video")):
         g.link(source, output, sampler, name)
-    preview = g.add("PreviewImage", (1200, 0), size=(420, 420))
+    preview = g.add("PreviewImage", (1200, 0), title="Candidates", size=(420, 420))
     g.link(sampler, "images", preview, "images")
     mark = g.add("IPAMarkPreferred", (1200, 460), {"dataset": "hands", "mark": "pending", "select": "", "prompt_text": POSITIVE, "fps": 16.0},
                  size=(420, 300))
     g.link(sampler, "candidates", mark, "candidates")
+    g.link(pose, "pose_keypoints", mark, "pose_keypoint")
+    hands = g.add("IPAHandMaskFromPose", (820, 520), {"width": 832, "height": 480, "threshold": 0.3, "margin": 0.25, "shape": "box",
+                                                    "resize": "crop", "min_points": 3}, title="Hand mask (what the loss weights)",
+                  size=(340, 270))
+    g.link(pose, "pose_keypoints", hands, "pose_keypoint")
+    g.link(frames, "images", hands, "frames")
+    hand_preview = g.add("PreviewImage", (820, 830), title="Hand mask preview", size=(340, 300))
+    g.link(hands, "preview", hand_preview, "images")
     g.add("MarkdownNote", (0, 1180), {"text": MODEL_NOTES + """
 
 ## Curate
-Samples N candidates with the native VACE graph (candidate i = seed + i) and stores them, pending, in the dataset
-`hands` (output/ipa_datasets/hands). Open the IPA gallery to mark the good ones preferred, or set `mark` to
-`preferred` to accept everything. For the HALO hand mask, connect DWPose keypoints (POSE_KEYPOINT) of the same
-video to `pose_keypoint` (or a hand MASK to `hand_mask`). Outside good videos: IPA Encode Good Video -> this node."""},
-          size=(760, 300))
+IPA DWPose Estimator turns the driving video into pose keypoints and a pose video; the pose video is the VACE
+control. IPA VACE Sampler samples N candidates with the native VACE graph (candidate i = seed + i); IPA Mark
+Preferred stores them, pending, in the dataset `hands` (output/ipa_datasets/hands) with the hand mask made from the
+keypoints (HALO hand weighting; the preview shows it) and the driving pose for the gallery's hand score. Open the
+IPA gallery to mark the good ones preferred, or set `mark` to `preferred` to accept everything. Keep width and
+height of the hand mask node equal to the sampler's. Outside good videos: IPA Encode Good Video -> this node."""},
+          size=(760, 320))
 
 
 def align(g):
@@ -93,14 +110,14 @@ with `resume` = `latest` to continue. The LoRA is saved as models/loras/ipa/<lor
 
 def animate(g):
     unet, vae, pos, neg = loaders(g)
-    ref, frames = control_inputs(g)
+    ref, frames, pose = control_inputs(g)
     lora = g.add("IPALoRALoader", (820, 0), {"lora_name": "ipa/ipa_hands.safetensors", "strength": 1.0}, size=(340, 106))
     g.link(unet, "MODEL", lora, "model")
     sampling = g.add("ModelSamplingSD3", (820, 150), {"shift": 8.0}, size=(340, 58))
     g.link(lora, "model", sampling, "model")
     vace = g.add("WanVaceToVideo", (820, 250), {"width": 832, "height": 480, "length": 81, "batch_size": 1, "strength": 1.0}, size=(340, 254))
     for source, output, name in ((pos, "CONDITIONING", "positive"), (neg, "CONDITIONING", "negative"), (vae, "VAE", "vae"),
-                                 (frames, "images", "control_video"), (ref, "IMAGE", "reference_image")):
+                                 (pose, "pose_video", "control_video"), (ref, "IMAGE", "reference_image")):
         g.link(source, output, vace, name)
     sampler = g.add("KSampler", (1200, 0), {"seed": 0, "seed:control_after_generate": "randomize", "steps": 20, "cfg": 6.0,
                                             "sampler_name": "uni_pc", "scheduler": "simple", "denoise": 1.0}, size=(320, 262))
@@ -124,8 +141,9 @@ def animate(g):
 - models/loras/ipa/ipa_hands.safetensors: written by the align workflow (IPA Train LoRA).
 
 ## Animate
-The native Wan2.1-VACE graph with the aligned LoRA applied by IPA LoRA Loader (which also reads LoRAs in diffusers,
-DiffSynth/peft and kohya/musubi layouts and reports how many keys matched)."""}, size=(760, 260))
+The native Wan2.1-VACE graph, driven by the DWPose pose video of the driving video, with the aligned LoRA applied
+by IPA LoRA Loader (which also reads LoRAs in diffusers, DiffSynth/peft and kohya/musubi layouts, reports how many
+keys matched and shows the LoRA's training settings)."""}, size=(760, 280))
 
 
 BUILDERS = {"ipa_curate": curate, "ipa_align": align, "ipa_animate": animate}

@@ -187,3 +187,25 @@ def check_workflow(workflow: dict[str, Any], infos: dict[str, dict[str, Any]]) -
 
 def dumps(workflow: dict[str, Any]) -> str:
     return json.dumps(workflow, indent=2) + "\n"
+
+
+def to_api_prompt(workflow: dict[str, Any], infos: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The API-format prompt (what the frontend POSTs to /prompt) for a UI-format workflow: frontend-only nodes
+    dropped, widget values by input name (without the frontend's control_after_generate / upload slots), links as
+    ``[source id, output slot]``."""
+    prompt: dict[str, dict[str, Any]] = {}
+    links = {link[0]: link for link in workflow["links"]}
+    for node in workflow["nodes"]:
+        if node["type"] in FRONTEND_ONLY or node.get("mode", 0) != 0:
+            continue
+        info = infos[node["type"]]
+        inputs: dict[str, Any] = {}
+        for name, value in zip(widget_names(info), node.get("widgets_values", [])):
+            if ":" not in name:
+                inputs[name] = value
+        for entry in node.get("inputs", []):
+            if entry.get("link") is not None:
+                _, source, slot, _, _, _ = links[entry["link"]]
+                inputs[entry["name"]] = [str(source), slot]
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs, "_meta": {"title": node.get("title", node["type"])}}
+    return prompt
