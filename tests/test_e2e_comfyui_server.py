@@ -1,0 +1,265 @@
+"""End to end through ComfyUI's own HTTP server (needs COMFYUI_PATH): the pack installed in custom_nodes, the three
+example workflows converted to API format as the frontend would queue them, on tiny random-weight models written
+in ComfyUI's layouts. Curate (DWPose -> sample 2 candidates -> store pending; mark one preferred through the
+gallery route), align (the real trainer in a subprocess), animate (the new LoRA through IPA LoRA Loader, native
+VACE sampling, saved video), then POST /interrupt during training: a graceful stop (through the stop file) with a
+checkpoint and a resume hint in the node's error, and the hint (resume='latest') continuing the run to its end.
+
+One substitution, and why: the workflows encode prompts with CLIPLoader (UMT5-XXL) + CLIPTextEncode. ComfyUI
+builds that encoder from a fixed UMT5-XXL config (24 layers, width 4096, 256k vocabulary: 5.7 B parameters)
+whatever the file holds, so no tiny text-encoder file can exist. The test installs a one-node custom pack whose
+node turns the prompt text into a conditioning of exactly CLIPTextEncode's Wan form ([1, 512, 4096], zero rows
+after the real tokens, seeded by the text) and puts it in place of each CLIPTextEncode (CLIPLoader dropped).
+Everything else runs the real nodes and files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT, requires_comfyui
+
+pytestmark = requires_comfyui
+
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+
+W, H, LENGTH = 48, 32, 5  # video size and frames: latent 6 x 4, 2 video latent frames + 1 reference frame
+DATASET = "e2e_hands"
+LORA_NAME = "ipa_e2e"
+
+TEXT_NODE = '''"""Test-only stand-in for CLIPLoader + CLIPTextEncode (Wan/UMT5): see tests/test_e2e_comfyui_server.py."""
+import hashlib
+
+import torch
+
+
+class E2ETinyWanTextEncode:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"text": ("STRING", {"multiline": True})}}
+
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "encode"
+    CATEGORY = "testing"
+
+    def encode(self, text):
+        seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+        tokens = min(len(text.split()) + 1, 512)  # words + end token, as a tokenizer would roughly give
+        cond = torch.zeros(1, 512, 4096)  # Wan's UMT5 output: 512 rows, zero after the real tokens
+        cond[:, :tokens] = torch.randn(1, tokens, 4096, generator=torch.Generator().manual_seed(seed)) * 0.2
+        return ([[cond, {}]],)
+
+
+NODE_CLASS_MAPPINGS = {"E2ETinyWanTextEncode": E2ETinyWanTextEncode}
+'''
+
+
+def _driving_video(path: Path, frames: int, width: int, height: int) -> None:
+    """A short H.264 video of a moving bright cross on grey: the tiny DWPose models find a person in it."""
+    import av
+
+    from tiny_dwpose_models import cross_frame
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=16)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for index in range(frames):
+            image = cross_frame(width, height, 20 + 6 * index, 16 + 3 * index)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.fixture(scope="module")
+def comfy(tmp_path_factory):
+    """The server with the pack, the text stand-in, tiny Wan2.1-VACE / Wan VAE / DWPose files and the inputs."""
+    from comfy_server import ComfyServer
+    from comfy_tiny import load_pack_cpu, write_tiny_vace, write_tiny_vae
+    from PIL import Image
+
+    from tiny_dwpose_models import build_weights
+
+    base = tmp_path_factory.mktemp("e2e")
+    (base / "custom_nodes" / "e2e_tiny_text").mkdir(parents=True)
+    os.symlink(REPO_ROOT, base / "custom_nodes" / "ComfyUI-IPA")
+    (base / "custom_nodes" / "e2e_tiny_text" / "__init__.py").write_text(TEXT_NODE)
+    started = time.monotonic()
+    load_pack_cpu()  # ComfyUI's modules in this process (told to use the CPU), to write the files in its layouts
+    write_tiny_vace(base / "models" / "diffusion_models" / "tiny_wan21_vace.safetensors")
+    write_tiny_vae(base / "models" / "vae" / "tiny_wan21_vae.safetensors")
+    build_weights(base / "models" / "dwpose")
+    (base / "input").mkdir()
+    Image.fromarray((np.random.default_rng(0).random((2 * H, 2 * W, 3)) * 255).astype(np.uint8)).save(base / "input" / "reference.png")
+    _driving_video(base / "input" / "driving.mp4", LENGTH, 2 * W, 2 * H)
+    server = ComfyServer(base, tmp_path_factory.getbasetemp() / "e2e_comfyui.log")
+    server.timings = {"set-up and server start": time.monotonic() - started}
+    try:
+        yield server
+    finally:
+        server.stop()
+        print("\nend-to-end timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in server.timings.items()))
+
+
+def _infos(server) -> dict:
+    from workflow_graph import _normalise
+
+    return {name: _normalise(info) for name, info in server.get("/object_info").items()}
+
+
+def _api(server, name: str, **widgets) -> dict:
+    """The committed example workflow ``name`` as an API prompt, with tiny-model settings: ``widgets`` maps a node
+    type to the inputs to override. CLIPTextEncode becomes the text stand-in (see the module docstring)."""
+    from workflow_graph import to_api_prompt
+
+    workflow = json.loads((REPO_ROOT / "example_workflows" / f"{name}.json").read_text())
+    prompt = to_api_prompt(workflow, _infos(server))
+    for node_id, node in list(prompt.items()):
+        kind = node["class_type"]
+        if kind == "CLIPLoader":
+            del prompt[node_id]
+        elif kind == "CLIPTextEncode":
+            node["class_type"] = "E2ETinyWanTextEncode"
+            node["inputs"] = {"text": node["inputs"]["text"]}
+        elif kind == "UNETLoader":
+            node["inputs"]["unet_name"] = "tiny_wan21_vace.safetensors"
+        elif kind == "VAELoader":
+            node["inputs"]["vae_name"] = "tiny_wan21_vae.safetensors"
+        if kind in widgets:
+            unknown = set(widgets[kind]) - set(node["inputs"])
+            assert not unknown, f"{kind} has no inputs {unknown}"
+            node["inputs"].update(widgets[kind])
+    return prompt
+
+
+def align_settings() -> dict:
+    return {"dataset": DATASET, "base_model": "tiny_wan21_vace.safetensors", "lora_name": LORA_NAME, "rank": 4, "alpha": 4.0,
+            "gpus": "cpu", "precision": "fp32", "checkpoint_every": 0}
+
+
+def _node_output(entry: dict, prompt: dict, kind: str) -> dict:
+    node_id = next(key for key, node in prompt.items() if node["class_type"] == kind)
+    return entry["outputs"].get(node_id, {})
+
+
+def test_curate_align_animate_through_the_server(comfy):
+    from ipa_train import dataset as ds
+    from ipa_train.fileio import read_safetensors_metadata
+
+    from comfy_server import run_prompt
+
+    base = comfy.base
+    size = {"width": W, "height": H}
+
+    # ---- curate: driving video -> DWPose -> 2 candidates -> stored pending with hand masks and driving pose
+    started = time.monotonic()
+    curate = _api(comfy, "ipa_curate",
+                  IPAVaceSampler={**size, "length": LENGTH, "steps": 2, "candidates": 2, "seed": 7, "sampler_name": "euler"},
+                  IPAHandMaskFromPose=size, IPAMarkPreferred={"dataset": DATASET})
+    entry = run_prompt(comfy, curate)
+    comfy.timings["curate"] = time.monotonic() - started
+    previews = [out for key, out in entry["outputs"].items() if curate[key]["class_type"] == "PreviewImage"]
+    assert sorted(len(out["images"]) for out in previews) == [LENGTH, 2 * LENGTH]  # hand-mask frames, 2 candidates' frames
+    folder = ds.dataset_path(base / "output" / "ipa_datasets", DATASET)
+    entries = ds.read_manifest(folder)
+    assert sorted(e["seed"] for e in entries) == [7, 8] and {e["status"] for e in entries} == {"pending"}
+    first = entries[0]
+    meta = json.loads((folder / "samples" / first["id"] / "meta.json").read_text())
+    assert meta["hand_mask_source"] == "pose" and len(meta["driving_pose"]) == LENGTH
+    assert meta["driving_pose"][0]["canvas_width"] == W and meta["prompt"].startswith("a person waves")
+    assert all(frame["people"] for frame in meta["driving_pose"])  # DWPose found the person in every frame
+    assert first["hand_area"] > 0 and len(meta["hand_boxes"]) == LENGTH  # its hands became the loss weighting
+    tensors, _ = ds.load_sample(folder, first["id"])
+    assert tuple(tensors.latent.shape) == (16, 3, H // 8, W // 8) and tuple(tensors.vace_context.shape) == (96, 3, H // 8, W // 8)
+    assert tuple(tensors.text_embedding.shape) == (512, 4096) and tensors.ref_frames == 1
+
+    # ---- mark one preferred through the gallery's route, as the gallery panel does
+    chosen = next(e["id"] for e in entries if e["seed"] == 8)
+    comfy.post(f"/ipa/datasets/{DATASET}/marks", {"ids": [chosen], "status": "preferred"})
+    assert ds.count_statuses(ds.read_manifest(folder))["preferred"] == 1
+
+    # ---- align: the real trainer in a subprocess, the LoRA copied to models/loras/ipa
+    started = time.monotonic()
+    align = _api(comfy, "ipa_align", IPATrainLoRA={**align_settings(), "learning_rate": 1e-3, "steps": 3})
+    entry = run_prompt(comfy, align)
+    comfy.timings["align"] = time.monotonic() - started
+    lora = base / "models" / "loras" / "ipa" / f"{LORA_NAME}.safetensors"
+    assert lora.is_file()
+    metadata = read_safetensors_metadata(lora)
+    assert metadata["ipa.objective"] == "ipa" and metadata["ipa.steps"] == "3" and metadata["ipa.dataset_size"] == "1"
+    assert metadata["ipa.base_model"] == "tiny_wan21_vace.safetensors"
+    shown = _node_output(entry, align, "PreviewAny")["text"][0]
+    assert "saved as: loras/ipa/ipa_e2e.safetensors" in shown and "loss:" in shown
+    assert len(_node_output(entry, align, "PreviewImage")["images"]) == 1  # the loss curve
+
+    # ---- animate: the LoRA through IPA LoRA Loader on the native VACE graph; the video is saved
+    started = time.monotonic()
+    animate = _api(comfy, "ipa_animate", IPALoRALoader={"lora_name": f"ipa/{LORA_NAME}.safetensors"},
+                   WanVaceToVideo={**size, "length": LENGTH}, KSampler={"steps": 2, "sampler_name": "euler", "seed": 3},
+                   SaveVideo={"filename_prefix": "video/ipa_e2e"})
+    entry = run_prompt(comfy, animate)
+    comfy.timings["animate"] = time.monotonic() - started
+    report = _node_output(entry, animate, "PreviewAny")["text"][0]
+    # tiny model: 2 blocks x q, k, v; the loader shows the trainer's own settings
+    assert "6 weights patched, 0 keys unmatched" in report and "objective: ipa" in report and "steps: 3" in report
+    assert "WARNING" not in report
+    saved = _node_output(entry, animate, "SaveVideo")["images"][0]
+    video_path = base / "output" / saved["subfolder"] / saved["filename"]
+    import av
+
+    with av.open(str(video_path)) as container:
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    assert len(frames) == LENGTH and frames[0].shape == (H, W, 3)
+    assert float(np.std(np.stack(frames))) > 1.0  # decoded content, not a blank video
+
+
+def test_interrupt_stops_training_with_a_checkpoint_and_a_resume_hint(comfy):
+    from ipa_train import dataset as ds
+
+    from comfy_server import execution_error
+
+    folder = comfy.base / "output" / "ipa_datasets" / DATASET
+    if not folder.is_dir() or ds.count_statuses(ds.read_manifest(folder))["preferred"] == 0:
+        pytest.skip("needs the dataset made by test_curate_align_animate_through_the_server")
+    started = time.monotonic()
+    align = _api(comfy, "ipa_align", IPATrainLoRA={**align_settings(), "lora_name": "ipa_cancel", "steps": 100000})
+    prompt_id = comfy.queue(align)
+    runs = comfy.base / "output" / "ipa_runs"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        logs = list(runs.glob("ipa_cancel-*/train.log"))
+        if logs and '"event": "step"' in logs[0].read_text():
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the trainer never reported a step:\n" + comfy.log_tail())
+    comfy.post("/interrupt")
+    entry = comfy.wait(prompt_id, timeout=180)
+    error = execution_error(entry)
+    assert error is not None and error["exception_type"].endswith("TrainingStopped"), entry["status"]
+    message = error["exception_message"]
+    assert "stopped at step" in message and "resume='latest'" in message
+    run_dir = logs[0].parent
+    checkpoint = Path(message.split("Checkpoint: ")[1].split(". To resume")[0])
+    assert checkpoint.parent == run_dir / "checkpoints" and (checkpoint / "state.json").is_file()
+    log = logs[0].read_text()
+    assert '"reason": "stop file"' in log and "SIGINT" not in log  # stopped through the stop file, no signal
+    assert not (run_dir / "STOP").exists()
+    assert not (comfy.base / "models" / "loras" / "ipa" / "ipa_cancel.safetensors").exists()
+    # the hint works: queued again with resume='latest', the run continues from that step and finishes
+    from comfy_server import run_prompt
+
+    step = int(checkpoint.name.split("-")[1])
+    resumed = _api(comfy, "ipa_align", IPATrainLoRA={**align_settings(), "lora_name": "ipa_cancel", "steps": step + 1, "resume": "latest"})
+    run_prompt(comfy, resumed)
+    log = logs[0].read_text()
+    assert f'"start_step": {step}' in log and f'"event": "finished", "step": {step + 1}' in log
+    assert (comfy.base / "models" / "loras" / "ipa" / "ipa_cancel.safetensors").is_file()
+    comfy.timings["cancel and resume"] = time.monotonic() - started
