@@ -191,6 +191,29 @@ def load_training_data(config: RunConfig) -> TrainingData:
     return TrainingData(preferred, rejected, candidates, dataset_fingerprint(hashes))
 
 
+def sampling_patch_warning(data: TrainingData, config: RunConfig) -> Optional[str]:
+    """A warning when samples were made by a patched model (a LoRA, other model patches: the IPA VACE Sampler records
+    them in ``meta["settings"]["patches"]``) that this run's reference (base model + ``init_lora``) does not match."""
+    patched = [(sid, meta["settings"]["patches"]) for sid, _, meta in data.preferred + data.rejected
+               if isinstance(meta.get("settings"), dict) and meta["settings"].get("patches")]
+    if not patched:
+        return None
+    loras = sorted({str(lora.get("name")) for _, patches in patched for lora in patches.get("ipa_loras", []) if isinstance(lora, dict)})
+    init = Path(config.init_lora).name if config.init_lora else None
+    if init and loras and all(Path(name).name == init for name in loras) and all(
+        set(patches) <= {"ipa_loras", "weight_patches"} for _, patches in patched
+    ):
+        return None  # sampled with exactly the LoRA the reference starts from
+    what = f"LoRA(s) {loras}" if loras else "patches"
+    return (
+        f"{len(patched)} of {len(data.preferred) + len(data.rejected)} samples were sampled with a patched model ({what}; e.g. "
+        f"sample {patched[0][0]}: {patched[0][1]}), but this run's reference is the base model"
+        + (f" + init_lora {init}" if init else "")
+        + ". The alignment then targets another model than the one that made the samples: set init_lora to the LoRA they "
+        "were sampled with, or sample without it."
+    )
+
+
 def check_data_fits_model(data: TrainingData, model) -> None:
     cfg = model.config
     p_t, p_h, p_w = cfg.patch_size
@@ -428,6 +451,9 @@ class Trainer:
         # 1. data (all validation before any model is built)
         self.data = load_training_data(config)
         self.sampler = Sampler(config, self.data, dist_info)
+        self.patch_warning = sampling_patch_warning(self.data, config)
+        if self.patch_warning and dist_info.main:
+            log.warning("%s", self.patch_warning)
 
         # 2. model + adapters. Base weights bf16 on GPU with DDP (the adapters stay fp32); FSDP2 shards fp32
         # weights and gathers them in bf16 (its mixed-precision policy).
@@ -771,6 +797,7 @@ class Trainer:
             trainable_parameters=sum(p.numel() for p in self.params),
             resumed_from=str(self.resume_dir) if self.resume_dir else None,
             output_dir=str(self.output_dir),
+            warnings=[self.patch_warning] if self.patch_warning else [],
         )
         history = []
         step = self.start_step

@@ -7,8 +7,10 @@ preview image is the live loss plot), its cancel button and its error display.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -53,7 +55,10 @@ def _resolve_resume(resume: str, lora_name: str) -> Path | None:
         return None
     root = runs_root().resolve()
     if resume == "latest":
-        runs = sorted((p for p in root.glob(f"{lora_name}-*") if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+        # Run folders are "<lora_name>-YYYYmmdd-HHMMSS[-N]": match the whole pattern, so "hands" never picks "hands-v2-...".
+        own = re.compile(re.escape(lora_name) + r"-\d{8}-\d{6}(?:-\d+)?")
+        runs = sorted((p for p in root.glob(f"{glob.escape(lora_name)}-*") if p.is_dir() and own.fullmatch(p.name)),
+                      key=lambda p: p.stat().st_mtime, reverse=True)
         for run in runs:
             checkpoint = launcher.latest_checkpoint(run)
             if checkpoint is not None:
@@ -64,6 +69,16 @@ def _resolve_resume(resume: str, lora_name: str) -> Path | None:
     if root not in path.parents or not path.is_dir():
         raise ValueError(f"resume={resume!r} is not a checkpoint folder under {root}; use 'latest' or a path the node reported")
     return path
+
+
+def _new_run_dir(lora_name: str) -> Path:
+    """``<runs>/<lora_name>-YYYYmmdd-HHMMSS``, with ``-2``, ``-3``, ... when two runs start in the same second."""
+    stem = runs_root() / f"{lora_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate, counter = stem, 2
+    while candidate.exists():
+        candidate = stem.with_name(f"{stem.name}-{counter}")
+        counter += 1
+    return candidate
 
 
 def _free_host_memory() -> None:
@@ -181,7 +196,7 @@ class IPATrainLoRA(io.ComfyNode):
         except launcher.LaunchError as exc:
             raise ValueError(str(exc)) from None
         checkpoint = _resolve_resume(resume, lora_name)
-        run_dir = checkpoint.parents[1] if checkpoint is not None else runs_root() / f"{lora_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = checkpoint.parents[1] if checkpoint is not None else _new_run_dir(lora_name)
         run_dir.mkdir(parents=True, exist_ok=True)
         config = cls.build_config(dataset_dir, base_model_path, run_dir, lora_name=lora_name, objective=objective, beta=beta,
                                   hand_weight=hand_weight, rank=rank, alpha=alpha, learning_rate=learning_rate, steps=steps,
@@ -211,6 +226,9 @@ class IPATrainLoRA(io.ComfyNode):
                         except comfy.model_management.InterruptProcessingException:
                             cancelled = True
                         _send("ipa.train.step", {k: v for k, v in event.items() if isinstance(v, (int, float, str))})
+                    elif event["event"] == "started":
+                        for warning in event.get("warnings") or []:
+                            log.warning("IPA Train LoRA: %s", warning)
                     elif event["event"] == "checkpoint":
                         log.info("IPA Train LoRA: checkpoint at step %s: %s", event.get("step"), event.get("path"))
                 if cancelled or comfy.model_management.processing_interrupted():
@@ -251,6 +269,9 @@ class IPATrainLoRA(io.ComfyNode):
         os.replace(temporary, target)
         name = f"{LORA_SUBFOLDER}/{target.name}"
         metrics = launcher.format_metrics(outcome) + f"\nsaved as: loras/{name}\nrun folder: {run_dir}"
+        warnings = [w for event in outcome.events if event.get("event") == "started" for w in event.get("warnings") or []]
+        if warnings:
+            metrics += "\n" + "\n".join(f"WARNING: {warning}" for warning in warnings)
         return io.NodeOutput(name, _to_image(loss_image), metrics, ui=ui.PreviewText(metrics))
 
 

@@ -160,3 +160,19 @@ def test_node_inputs_are_trainer_config_keys(host):
     assert set(written) == set(inputs) - launch_only | {"output_dir"}
     config = run_config.RunConfig.from_dict(written)
     assert config.stop_path == host / "run" / "STOP" and config.effective_alpha == settings["alpha"]
+
+
+def test_resume_latest_picks_only_this_lora_names_runs(host, monkeypatch):
+    from comfyui_ipa_pack.nodes import train_lora
+
+    runs = host / "output" / "ipa_runs"
+    for name in ("hands-v2-20260101-000000", "hands-20250101-000000", "hands-20250101-000000-2"):
+        (runs / name / "checkpoints" / "step-4").mkdir(parents=True)
+    os.utime(runs / "hands-v2-20260101-000000", (2e9, 2e9))  # the newest folder, but another LoRA's run
+    os.utime(runs / "hands-20250101-000000", (1e9, 1e9))
+    os.utime(runs / "hands-20250101-000000-2", (1.5e9, 1.5e9))
+    assert train_lora._resolve_resume("latest", "hands") == (runs / "hands-20250101-000000-2" / "checkpoints" / "step-4").resolve()
+    monkeypatch.setattr(train_lora.time, "strftime", lambda fmt: "20260102-030405")  # two runs in the same second
+    first = train_lora._new_run_dir("x")
+    first.mkdir(parents=True)
+    assert first.name == "x-20260102-030405" and train_lora._new_run_dir("x").name == "x-20260102-030405-2"

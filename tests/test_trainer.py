@@ -271,3 +271,23 @@ def test_resume_from_a_missing_checkpoint_is_a_clear_error(tmp_path):
     data = make_dataset(tmp_path / "ds", preferred=1)
     with pytest.raises(trainer.TrainingError, match="no checkpoint there"):
         trainer.train(tiny_config(data, tmp_path / "out"), resume=str(tmp_path / "nothing"))
+
+
+def test_samples_from_a_patched_model_are_warned_about(tmp_path):
+    """The sampler records a LoRA it sampled with (meta settings.patches); the trainer says when its reference lacks it."""
+    from ipa_train import dataset as ds
+
+    data = tmp_path / "ds"
+    folder = ds.create_dataset(tmp_path, "ds")
+    patches = {"weight_patches": {"weights": 6, "strengths": [1.0]}, "ipa_loras": [{"name": "ipa/hands_v1.safetensors", "strength": 1.0, "weights": 6}]}
+    ds.add_sample(folder, make_sample(0), meta={"settings": {"patches": patches}}, status="preferred")
+    ds.add_sample(folder, make_sample(1), meta={"settings": {}}, status="preferred")
+    config = tiny_config(data, tmp_path / "out", steps=1)
+    loaded = trainer.load_training_data(config)
+    warning = trainer.sampling_patch_warning(loaded, config)
+    assert warning.startswith("1 of 2 samples were sampled with a patched model (LoRA(s) ['ipa/hands_v1.safetensors']")
+    assert "set init_lora" in warning
+    with_init = tiny_config(data, tmp_path / "out", steps=1, init_lora=str(tmp_path / "hands_v1.safetensors"))
+    assert trainer.sampling_patch_warning(loaded, with_init) is None  # the reference starts from that LoRA
+    _, events = run(config)
+    assert events[0]["event"] == "started" and events[0]["warnings"] == [warning]
