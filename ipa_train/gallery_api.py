@@ -61,7 +61,8 @@ _PROMPT_CHARS = 300
 GALLERY_API_KEY = web.AppKey("gallery_api", object)
 NO_DETECTOR_MESSAGE = (
     "Hand scoring needs DWPose's weights (yolox_l.onnx and dw-ll_ucoco_384.onnx, published at "
-    "https://huggingface.co/yzd-v/DWPose), and this server was started without a place to find them."
+    "https://huggingface.co/yzd-v/DWPose), and this server was started without a place to find them: "
+    "start it with --dwpose-dir FOLDER (in ComfyUI they are looked up in models/dwpose)."
 )
 
 RootLike = Union[str, os.PathLike, Callable[[], Union[str, os.PathLike]]]

@@ -625,13 +625,14 @@ export function createGallery(root, options = {}) {
       scoreButton.textContent = "Score hands";
       scoreButton.title = `Unavailable: ${u.message || "no pose detector"} (click for details)`;
       const files = u.missing_files?.length ? u.missing_files : [];
-      scoreInfo.replaceChildren(
+      const parts = [
         el("h3", { text: "Hand scoring needs DWPose" }),
         el("p", { text: "The gallery works without it; samples simply have no hand score." }),
         files.length ? el("p", {}, "Missing: ", ...files.map((f, i) => [i ? ", " : "", el("code", { text: f })])) : null,
         u.install_dir ? el("p", {}, "Put them in ", el("code", { text: u.install_dir }), ", then click Score hands again.") : null,
         el("pre", { class: "ipa-score-message", text: u.message || "" }),
-      );
+      ];
+      scoreInfo.replaceChildren(...parts.filter(Boolean));
       return;
     }
     scoreInfo.hidden = true;
