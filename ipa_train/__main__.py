@@ -10,7 +10,7 @@ import sys
 
 COMMANDS = {
     "train": ("train", "Flow-IPA LoRA trainer: --config run.json [--resume DIR] (same as python -m ipa_train.train)"),
-    "demo": ("demo", "showcase on synthetic poses: hand masks -> latent masks -> Flow-IPA loss, writes a preview PNG"),
+    "demo": ("demo", "the whole loop on a tiny random VACE model: sample, prefer, train (torchrun), sample again, report"),
 }
 
 

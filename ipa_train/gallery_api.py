@@ -11,6 +11,9 @@ Routes (``prefix`` is ``/ipa``)::
     GET  /ipa/datasets/{name}/samples/{id}/files/{file}  a preview image or video of the sample
     GET  /ipa/datasets/{name}/samples/{id}/hands/{n}.webp  looping close-up of hand track n (from meta hand_boxes)
     POST /ipa/datasets/{name}/marks                      {"ids": [...], "status": s} or {"marks": [{"id", "status"}]}
+    GET  /ipa/datasets/{name}/hand_scores                whether hands can be scored here; the last job's progress
+    POST /ipa/datasets/{name}/hand_scores                start scoring in the background: {"rescore", "gpu"} (or {"cancel": true})
+    DELETE /ipa/datasets/{name}/hand_scores              cancel the running job
 
 Listing reads only the manifest (parsed once per manifest version and cached), never tensors or meta files.
 Names from the URL are validated by ``ipa_train.dataset`` (one plain folder name, no traversal, nothing that
@@ -33,6 +36,7 @@ from aiohttp import web
 
 from . import dataset as ds
 from .hand_crops import hand_tracks_from_meta, render_hand_crop
+from .hand_score_jobs import DetectorSource, DetectorUnavailable, HandScoreJobs, JobRunning
 
 PREVIEW_FILE = "preview.webp"
 HANDS_FILE = "hands.webp"
@@ -55,6 +59,11 @@ _LIST_FIELDS_DROPPED = ("content_hash",)
 _PROMPT_CHARS = 300
 
 GALLERY_API_KEY = web.AppKey("gallery_api", object)
+NO_DETECTOR_MESSAGE = (
+    "Hand scoring needs DWPose's weights (yolox_l.onnx and dw-ll_ucoco_384.onnx, published at "
+    "https://huggingface.co/yzd-v/DWPose), and this server was started without a place to find them: "
+    "start it with --dwpose-dir FOLDER (in ComfyUI they are looked up in models/dwpose)."
+)
 
 RootLike = Union[str, os.PathLike, Callable[[], Union[str, os.PathLike]]]
 
@@ -185,13 +194,16 @@ class _LRUBytes:
 
 class GalleryAPI:
     """The gallery's handlers over ``root`` (a folder, or a callable giving it, so ComfyUI's output folder is
-    looked up when a request comes rather than when the pack is imported)."""
+    looked up when a request comes rather than when the pack is imported). ``hand_scoring`` provides the pose
+    detector for the hand score; without it the hand score routes say what is missing and nothing is scored."""
 
-    def __init__(self, root: RootLike, prefix: str = "/ipa"):
+    def __init__(self, root: RootLike, prefix: str = "/ipa", hand_scoring: Optional[DetectorSource] = None):
         self._root = root
         self.prefix = prefix.rstrip("/")
         self.manifests = ManifestCache()
         self._crops = _LRUBytes()
+        self.hand_scoring = hand_scoring
+        self.hand_jobs = HandScoreJobs()
 
     # ------------------------------------------------------------------------------------------- plumbing
 
@@ -208,6 +220,9 @@ class GalleryAPI:
             ("GET", f"{p}/datasets/{{name}}/samples/{{sample_id}}/files/{{file_name}}", self.get_file),
             ("GET", f"{p}/datasets/{{name}}/samples/{{sample_id}}/hands/{{track}}.webp", self.get_hand_crop),
             ("POST", f"{p}/datasets/{{name}}/marks", self.post_marks),
+            ("GET", f"{p}/datasets/{{name}}/hand_scores", self.get_hand_scores),
+            ("POST", f"{p}/datasets/{{name}}/hand_scores", self.post_hand_scores),
+            ("DELETE", f"{p}/datasets/{{name}}/hand_scores", self.delete_hand_scores),
         ]
 
     def add_routes(self, routes: web.RouteTableDef) -> None:
@@ -405,6 +420,91 @@ class GalleryAPI:
             {"updated": [{"id": e["id"], "status": e["status"], "updated": e["updated"]} for e in updated], "counts": counts}
         )
 
+    # --------------------------------------------------------------------------------------- hand scores
+
+    def _detector_problem(self) -> Optional[dict[str, Any]]:
+        """``None`` when the detector can be built, else what is missing and where to put it."""
+        if self.hand_scoring is None:
+            return {"message": NO_DETECTOR_MESSAGE, "missing_files": [], "install_dir": None}
+        try:
+            self.hand_scoring.check()
+        except DetectorUnavailable as exc:
+            return exc.to_dict()
+        return None
+
+    def _hand_score_status(self, dataset_dir: Path) -> dict[str, Any]:
+        problem = self._detector_problem()
+        entries = self.manifests.get(dataset_dir).entries
+        scored = sum(1 for entry in entries if _number(entry.get("hand_score")) is not None)
+        job = self.hand_jobs.get(dataset_dir)
+        return {
+            "dataset": dataset_dir.name,
+            "available": problem is None,
+            "unavailable": problem,
+            "scored": scored,
+            "total": len(entries),
+            "job": job.to_dict() if job is not None else None,
+        }
+
+    async def get_hand_scores(self, request: web.Request) -> web.Response:
+        dataset_dir = self._dataset_dir(request.match_info["name"])
+        return web.json_response(await asyncio.to_thread(self._hand_score_status, dataset_dir))
+
+    async def post_hand_scores(self, request: web.Request) -> web.Response:
+        dataset_dir = self._dataset_dir(request.match_info["name"])
+        body: Any = None
+        if request.can_read_body:
+            try:
+                body = await request.json()
+            except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+                return _error(400, f"the body must be JSON; {HAND_SCORE_USAGE}")
+        try:
+            body = _parse_hand_score_options(body)
+        except ValueError as exc:
+            return _error(400, str(exc))
+        if body.get("cancel"):
+            return await self.delete_hand_scores(request)
+        problem = await asyncio.to_thread(self._detector_problem)
+        if problem is not None:
+            # 503: this server cannot score until the files are put in place; the message says which and where.
+            return web.json_response({"error": problem["message"], **problem}, status=503)
+        try:
+            job = self.hand_jobs.start(dataset_dir, self.hand_scoring.load, rescore=body["rescore"], use_gpu=body["gpu"])
+        except JobRunning as exc:
+            return web.json_response({"error": str(exc), "job": exc.job.to_dict()}, status=409)
+        return web.json_response({"job": job.to_dict()}, status=202)
+
+    async def delete_hand_scores(self, request: web.Request) -> web.Response:
+        dataset_dir = self._dataset_dir(request.match_info["name"])
+        job = self.hand_jobs.cancel(dataset_dir)
+        if job is None:
+            last = self.hand_jobs.get(dataset_dir)
+            return web.json_response({"cancelled": False, "message": f"no hand scoring is running for {dataset_dir.name}", "job": last.to_dict() if last else None})
+        return web.json_response({"cancelled": True, "job": job.to_dict()})
+
+
+HAND_SCORE_OPTIONS = ("rescore", "gpu", "cancel")
+HAND_SCORE_USAGE = (
+    'send no body to score the unscored samples, {"rescore": true} to score all again, '
+    '{"gpu": true} to run DWPose on the GPU, {"cancel": true} to stop a running job'
+)
+
+
+def _parse_hand_score_options(body: Any) -> dict[str, bool]:
+    """No body (``None``), ``{}`` or ``{"rescore": bool, "gpu": bool, "cancel": bool}``."""
+    usage = HAND_SCORE_USAGE
+    if body is None:
+        body = {}
+    if not isinstance(body, dict):
+        raise ValueError(f"the body must be a JSON object; {usage}")
+    unknown = sorted(set(body) - set(HAND_SCORE_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown fields {unknown}; {usage}")
+    options = {key: body.get(key, False) for key in HAND_SCORE_OPTIONS}
+    if not all(isinstance(value, bool) for value in options.values()):
+        raise ValueError(f"rescore, gpu and cancel must be true or false; {usage}")
+    return options
+
 
 def _parse_marks(body: Any) -> dict[str, str]:
     """``{"ids": [...], "status": s}`` or ``{"marks": [{"id": i, "status": s}, ...]}`` -> {id: status}."""
@@ -442,12 +542,14 @@ def _parse_marks(body: Any) -> dict[str, str]:
     return statuses
 
 
-def create_app(root: RootLike, web_dir: Optional[os.PathLike] = None, prefix: str = "/ipa") -> web.Application:
+def create_app(
+    root: RootLike, web_dir: Optional[os.PathLike] = None, prefix: str = "/ipa", hand_scoring: Optional[DetectorSource] = None
+) -> web.Application:
     """A standalone aiohttp application with the gallery routes (tests, or curating without ComfyUI running).
     With ``web_dir`` it also serves the pack's ``web/`` folder under ``/web/`` (the gallery page is
-    ``/web/gallery/index.html``)."""
+    ``/web/gallery/index.html``); ``hand_scoring`` enables the hand score routes."""
     app = web.Application(client_max_size=4 * 1024**2)
-    api = GalleryAPI(root, prefix)
+    api = GalleryAPI(root, prefix, hand_scoring)
     routes = web.RouteTableDef()
     api.add_routes(routes)
     app.add_routes(routes)
@@ -465,10 +567,16 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("root", help="the dataset root folder (ComfyUI's output/ipa_datasets)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8189)
+    parser.add_argument("--dwpose-dir", help="folder with yolox_l.onnx and dw-ll_ucoco_384.onnx, to score hands (e.g. ComfyUI/models/dwpose)")
     args = parser.parse_args(argv)
     web_dir = Path(__file__).resolve().parents[1] / "web"
+    hand_scoring = None
+    if args.dwpose_dir:
+        from .hand_score_jobs import dwpose_source
+
+        hand_scoring = dwpose_source(lambda: [args.dwpose_dir], lambda: args.dwpose_dir)
     print(f"IPA gallery: http://{args.host}:{args.port}/web/gallery/index.html")
-    web.run_app(create_app(args.root, web_dir), host=args.host, port=args.port, print=None)
+    web.run_app(create_app(args.root, web_dir, hand_scoring=hand_scoring), host=args.host, port=args.port, print=None)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,16 @@
 The pose detector is passed in (a callable from RGB frames to POSE_KEYPOINT frames), so this module works with
 any detector and is tested with a synthetic one; ``nodes/`` hands it DWPose when its weights are present.
 The generated frames are the sample's looping preview (``preview.webp``); the driving pose is read from
-``meta.json`` (``DRIVING_POSE_KEYS``: a list of POSE_KEYPOINT frames, as the collector stores them).
+``meta.json`` (``DRIVING_POSE_KEYS``: a list of POSE_KEYPOINT frames). The collector (IPA Mark Preferred) does not
+write it yet; it should store its ``pose_keypoint`` input there as given (the frames of the video, in the pose's
+own canvas): ``fit_driving_pose`` maps it onto the video the way ``WanVaceToVideo`` fitted the control video
+(centre crop), using ``meta["video_size"]``.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
@@ -16,11 +20,13 @@ import numpy as np
 
 from . import dataset as ds
 from .fileio import read_json
-from .hand_score import hand_score
+from .hand_score import HAND_KEYS, frame_hands, hand_score
+from .hands import RESIZE_MODES, canvas_mapping, frame_canvas_size
 
 DRIVING_POSE_KEYS = ("driving_pose", "pose_keypoints")
 PREVIEW_FILE = "preview.webp"
 
+DRIVING_RESIZE_KEY = "driving_pose_resize"  # how the pose canvas was fitted to the video; WanVaceToVideo crops
 PoseDetector = Callable[[Sequence[np.ndarray]], Sequence[dict]]  # RGB uint8 [H, W, 3] frames -> POSE_KEYPOINT frames
 
 
@@ -42,9 +48,62 @@ def driving_pose(meta: dict[str, Any]) -> Optional[list[dict]]:
     return None
 
 
-def score_sample(dataset_dir: os.PathLike | str, sample_id: str, detector: PoseDetector) -> Optional[dict[str, Any]]:
+class ScoringCancelled(Exception):
+    """Raised by a detector (between frames) to stop scoring; ``score_dataset`` keeps the work done so far."""
+
+
+def fit_driving_pose(frames: Sequence[Any], width: int, height: int, resize: str = "crop") -> list[dict]:
+    """The driving pose's hands in video pixels: each frame's canvas mapped onto ``width`` x ``height`` the way
+    the control video was resized (``resize``, see ``ipa_train.hands``), so both sides of the comparison share
+    one frame. Points cropped out of the video become ``[0, 0, 0]``: nothing there can be found in it."""
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"{DRIVING_RESIZE_KEY}={resize!r} is not one of {RESIZE_MODES}")
+    fitted = []
+    for index, frame in enumerate(frames):
+        if frame is None:
+            fitted.append({"people": [], "canvas_width": width, "canvas_height": height})
+            continue
+        if not isinstance(frame, dict):
+            raise ValueError(f"driving pose frame {index} is a {type(frame).__name__}, expected a POSE_KEYPOINT dict")
+        canvas_w, canvas_h = frame_canvas_size(frame, width, height)
+        sx, sy, ox, oy = canvas_mapping(canvas_w, canvas_h, width, height, resize)
+        people = []
+        for person in frame.get("people") or []:
+            if not isinstance(person, dict):
+                continue
+            hands = {}
+            for key in HAND_KEYS:
+                flat = person.get(key)
+                if not flat:
+                    continue
+                points = np.asarray(flat, dtype=np.float64)
+                if points.size % 3:
+                    raise ValueError(f"driving pose frame {index}: {key} must hold [x, y, c] triples, got {points.size} numbers")
+                points = points.reshape(-1, 3).copy()
+                visible = (points[:, 2] > 0) & np.isfinite(points).all(axis=1)
+                if visible.any() and points[visible, :2].max() <= 1.5 and points[visible, :2].min() >= -0.5:
+                    points[:, 0] *= canvas_w  # normalised producers: to canvas pixels first
+                    points[:, 1] *= canvas_h
+                points[:, 0] = points[:, 0] * sx + ox
+                points[:, 1] = points[:, 1] * sy + oy
+                inside = (points[:, 0] >= 0) & (points[:, 0] <= width) & (points[:, 1] >= 0) & (points[:, 1] <= height)
+                points[~(visible & inside)] = 0.0
+                hands[key] = points.reshape(-1).tolist()
+            if hands:
+                people.append(hands)
+        fitted.append({"people": people, "canvas_width": int(width), "canvas_height": int(height)})
+    return fitted
+
+
+def _shows_a_hand(frames: Sequence[dict], min_confidence: float = 0.3) -> bool:
+    return any(frame_hands(frame, min_confidence) for frame in frames)
+
+
+def score_sample(
+    dataset_dir: os.PathLike | str, sample_id: str, detector: PoseDetector, max_frames: int = 32
+) -> Optional[dict[str, Any]]:
     """The manifest summary (``hand_score``, ``hand_score_detail``) for one sample, or ``None`` when it has no
-    preview or no driving pose to compare with."""
+    preview, no driving pose, or a driving pose that never shows a hand."""
     folder = ds.sample_path(dataset_dir, sample_id)
     preview, meta_file = folder / PREVIEW_FILE, folder / ds.META_FILE
     if not preview.is_file() or not meta_file.is_file():
@@ -53,7 +112,15 @@ def score_sample(dataset_dir: os.PathLike | str, sample_id: str, detector: PoseD
     driving = driving_pose(meta) if isinstance(meta, dict) else None
     if driving is None:
         return None
-    frames = preview_frames(preview)
+    frames = preview_frames(preview, max_frames)
+    video_size = meta.get("video_size")
+    if isinstance(video_size, list) and len(video_size) == 2 and all(isinstance(v, int) and v > 0 for v in video_size):
+        width, height = video_size
+    else:  # no record of the video's size: the preview has its aspect
+        height, width = frames[0].shape[:2]
+    driving = fit_driving_pose(driving, width, height, meta.get(DRIVING_RESIZE_KEY, "crop"))
+    if not _shows_a_hand(driving):
+        return None  # nothing to judge: skip the (costly) detection
     detected = list(detector(frames))
     if len(detected) != len(frames):
         raise ValueError(f"the pose detector returned {len(detected)} frames for {len(frames)} input frames")
@@ -68,10 +135,16 @@ def score_dataset(
     progress: Optional[Callable[[int, int], None]] = None,
     cancelled: Optional[Callable[[], bool]] = None,
     batch: int = 16,
+    flush_seconds: float = 5.0,
+    max_frames: int = 32,
 ) -> dict[str, int]:
     """Scores samples (all, or ``sample_ids``; already scored ones only with ``rescore``) and merges the scores
-    into the manifest every ``batch`` samples, so work done before a cancel or crash is kept.
-    Returns counts: scored, skipped (no preview or driving pose), failed."""
+    into the manifest every ``batch`` samples or ``flush_seconds``, whichever comes first, so the gallery sees
+    scores while a long run goes on and work done before a cancel or crash is kept.
+
+    ``progress(done, total)`` is called once before the first sample (done 0) and after each. Scoring stops
+    between samples when ``cancelled()`` is true, or within one when the detector raises ``ScoringCancelled``
+    (that sample is left unscored). Returns counts: scored, skipped (no preview or no driving hand), failed."""
     dataset_dir = Path(dataset_dir)
     entries = ds.read_manifest(dataset_dir)
     wanted = set(sample_ids) if sample_ids is not None else None
@@ -81,26 +154,32 @@ def score_dataset(
     ]  # fmt: skip
     counts = {"scored": 0, "skipped": 0, "failed": 0}
     pending: dict[str, dict[str, Any]] = {}
-    for index, sample_id in enumerate(todo):
-        if cancelled is not None and cancelled():
-            break
-        try:
-            summary = score_sample(dataset_dir, sample_id, detector)
-        except (ValueError, OSError) as exc:
-            pending[sample_id] = {"hand_score": None, "hand_score_error": str(exc)[:300]}
-            counts["failed"] += 1
-        else:
-            if summary is None:
-                counts["skipped"] += 1
+    last_flush = time.monotonic()
+    if progress is not None:
+        progress(0, len(todo))
+    try:
+        for index, sample_id in enumerate(todo):
+            if cancelled is not None and cancelled():
+                break
+            try:
+                summary = score_sample(dataset_dir, sample_id, detector, max_frames)
+            except ScoringCancelled:
+                break
+            except (ValueError, OSError) as exc:
+                pending[sample_id] = {"hand_score": None, "hand_score_error": str(exc)[:300]}
+                counts["failed"] += 1
             else:
-                pending[sample_id] = {**summary, "hand_score_error": None}
-                counts["scored"] += 1
-        if len(pending) >= batch:
+                if summary is None:
+                    counts["skipped"] += 1
+                else:
+                    pending[sample_id] = {**summary, "hand_score_error": None}
+                    counts["scored"] += 1
+            if pending and (len(pending) >= batch or time.monotonic() - last_flush >= flush_seconds):
+                ds.update_entries(dataset_dir, pending)
+                pending, last_flush = {}, time.monotonic()
+            if progress is not None:
+                progress(index + 1, len(todo))
+    finally:
+        if pending:
             ds.update_entries(dataset_dir, pending)
-            pending = {}
-        if progress is not None:
-            progress(index + 1, len(todo))
-    if pending:
-        ds.update_entries(dataset_dir, pending)
     return counts
-

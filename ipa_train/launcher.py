@@ -339,11 +339,17 @@ def unique_path(folder: os.PathLike | str, stem: str, suffix: str) -> Path:
 # ----------------------------------------------------------------------------------------------- loss plot
 
 
-def loss_plot(history: Sequence[Mapping[str, Any]], width: int = 640, height: int = 360, title: str = "IPA training"):
-    """A PIL image of the loss (and the IPA gap when present) over steps, drawn with Pillow only."""
+def loss_plot(history: Sequence[Mapping[str, Any]], width: int = 640, height: int = 360, title: str = "IPA training",
+              keys: Optional[Sequence[str]] = None, zero_line: bool = False):
+    """A PIL image of the loss (and the IPA gap when present) over steps, drawn with Pillow only.
+
+    ``keys``: the step-event fields to draw (default: loss, plus ipa_gap when present); the first one must be
+    present. ``zero_line``: a grey line at y = 0 when 0 is in range (for the gap)."""
+    keys = list(keys) if keys else ["loss", "ipa_gap"]
+    palette = [(30, 90, 200), (220, 110, 30), (40, 150, 60), (150, 60, 160)]
     from PIL import Image, ImageDraw
 
-    steps = [event for event in history if event.get("event") == "step" and isinstance(event.get("loss"), (int, float))]
+    steps = [event for event in history if event.get("event") == "step" and isinstance(event.get(keys[0]), (int, float))]
     image = Image.new("RGB", (width, height), (250, 250, 250))
     draw = ImageDraw.Draw(image)
     left, right, top, bottom = 56, 16, 28, 36
@@ -353,9 +359,10 @@ def loss_plot(history: Sequence[Mapping[str, Any]], width: int = 640, height: in
         draw.text((left + 10, height // 2), "waiting for the first step...", fill=(90, 90, 90))
         return image
     xs = [float(event.get("step", index + 1)) for index, event in enumerate(steps)]
-    series = [("loss", (30, 90, 200))]
-    if any(isinstance(event.get("ipa_gap"), (int, float)) for event in steps):
-        series.append(("ipa_gap", (220, 110, 30)))
+    series = [(keys[0], palette[0])]
+    for index, name in enumerate(keys[1:], start=1):
+        if any(isinstance(event.get(name), (int, float)) for event in steps):
+            series.append((name, palette[index % len(palette)]))
     values = [float(event[name]) for name, _ in series for event in steps if isinstance(event.get(name), (int, float))]
     low, high = min(values), max(values)
     if high - low < 1e-12:
@@ -370,6 +377,9 @@ def loss_plot(history: Sequence[Mapping[str, Any]], width: int = 640, height: in
         py = height - bottom - (y - low) / (high - low) * (height - top - bottom)
         return px, py
 
+    if zero_line and low < 0 < high:
+        _, zero_y = point(x_low, 0.0)
+        draw.line([(left, zero_y), (width - right, zero_y)], fill=(170, 170, 170), width=1)
     for name, colour in series:
         points = [point(x, float(event[name])) for x, event in zip(xs, steps) if isinstance(event.get(name), (int, float))]
         if len(points) == 1:

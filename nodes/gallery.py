@@ -1,18 +1,32 @@
 """The curation gallery's server side inside ComfyUI: registers the ``/ipa/...`` routes of
-``ipa_train.gallery_api`` on ComfyUI's server (mirrored under ``/api/ipa/...``). The page itself is the
-frontend extension in ``web/``. No nodes here."""
+``ipa_train.gallery_api`` on ComfyUI's server (mirrored under ``/api/ipa/...``), with DWPose found where
+``nodes/dwpose.py`` finds it for the hand score. The page itself is the frontend extension in ``web/``. No nodes here."""
 
 from __future__ import annotations
 
 import logging
+import os
 
 from ..ipa_train.gallery_api import GalleryAPI
+from ..ipa_train.hand_score_jobs import DetectorSource, dwpose_source
+from . import dwpose as dwpose_nodes
 from .host import prompt_server
 from .paths import dataset_root
 
 NODES = []
 
 _registered = False
+
+
+def hand_score_detector() -> DetectorSource:
+    """DWPose from models/dwpose (and extra_model_paths.yaml entries) or comfyui_controlnet_aux's ckpts folder,
+    looked up on every request, so files put in place while ComfyUI runs are found without a restart."""
+    import folder_paths
+
+    return dwpose_source(
+        dwpose_nodes.weight_search_dirs,
+        lambda: os.path.join(folder_paths.models_dir, dwpose_nodes.WEIGHTS_FOLDER),
+    )
 
 
 def setup() -> None:
@@ -25,5 +39,5 @@ def setup() -> None:
     if instance is None:  # imported without a running server (scripts, tests of other modules)
         logging.info("ComfyUI-IPA: no PromptServer instance; gallery routes not registered")
         return
-    GalleryAPI(dataset_root).add_routes(instance.routes)
+    GalleryAPI(dataset_root, hand_scoring=hand_score_detector()).add_routes(instance.routes)
     _registered = True

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import colorsys
 import io
+import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
@@ -74,3 +76,49 @@ def make_dataset(
         summary = {"seed": seed, "prompt": meta["prompt"]}
         ids.append(ds.add_sample(path, tiny_tensors(seed), meta=meta, previews=files, summary=summary).sample_id)
     return path, ids
+
+
+# ------------------------------------------------------------------------------ hand scoring stand-ins
+
+GRID = [(fx, fy) for fy in (0.1, 0.3, 0.5, 0.7, 0.9) for fx in (0.1, 0.3, 0.5, 0.7, 0.9)][:21]
+
+
+def hand_from_box(box, confidence=1.0):
+    x0, y0, x1, y1 = box
+    return [v for fx, fy in GRID for v in (x0 + fx * (x1 - x0), y0 + fy * (y1 - y0), confidence)]
+
+
+def pose_frame(boxes):
+    people = [{"hand_left_keypoints_2d": hand_from_box(boxes[0]), "hand_right_keypoints_2d": hand_from_box(boxes[1]) if len(boxes) > 1 else None}]
+    return {"people": people, "canvas_width": PREVIEW_SIZE[0], "canvas_height": PREVIEW_SIZE[1]}
+
+
+def skin_detector(frames):
+    """Finds the fixture's hands: the pixels of the hand colour, left and right of the body (a stand-in for
+    DWPose with the same interface: RGB frames -> POSE_KEYPOINT frames)."""
+    result = []
+    for frame in frames:
+        rgb = frame.astype(int)
+        mask = (abs(rgb[..., 0] - 250) < 12) & (abs(rgb[..., 1] - 220) < 12) & (abs(rgb[..., 2] - 190) < 12)
+        boxes = []
+        for columns in (slice(0, 60), slice(100, frame.shape[1])):
+            ys, xs = np.nonzero(mask[:, columns])
+            if len(xs):
+                offset = columns.start
+                boxes.append((xs.min() + offset, ys.min(), xs.max() + offset + 1, ys.max() + 1))
+        result.append(pose_frame(boxes) if boxes else {"people": [], "canvas_width": frame.shape[1], "canvas_height": frame.shape[0]})
+    return result
+
+
+def add_driving_poses(path: Path, ids: list[str], wrong=(1,), missing=(3,)) -> None:
+    """Writes ``meta["driving_pose"]`` for the samples: the drawn hands' boxes as keypoints, shifted away from the
+    drawn hands for the ``wrong`` positions (bad candidates), none for the ``missing`` ones (nothing to score)."""
+    for index, sample_id in enumerate(ids):
+        meta_file = path / "samples" / sample_id / "meta.json"
+        meta = json.loads(meta_file.read_text())
+        boxes = hand_boxes(meta["seed"])
+        if index in wrong:
+            boxes = [[[x0 + 40, y0 + 20, x1 + 40, y1 + 20] for x0, y0, x1, y1 in frame] for frame in boxes]
+        if index not in missing:
+            meta["driving_pose"] = [pose_frame(frame) for frame in boxes]
+        meta_file.write_text(json.dumps(meta))

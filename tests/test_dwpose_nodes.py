@@ -26,6 +26,7 @@ def _comfy_on_cpu() -> None:
     if path not in sys.path:
         sys.path.insert(0, path)
     import comfy.cli_args
+    import utils.extra_config  # noqa: F401  (as main.py: ComfyUI's utils package before nodes.py puts comfy/ first on sys.path, where server's "utils" would resolve to comfy/utils.py)
 
     if "comfy.model_management" not in sys.modules and not torch.cuda.is_available():
         comfy.cli_args.args.cpu = True  # as `main.py --cpu`: otherwise ComfyUI asks CUDA for a device at import

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gallery_fixture import make_dataset
+from gallery_fixture import add_driving_poses, make_dataset, skin_detector
 from ipa_train import dataset as ds
 from ipa_train.gallery_api import create_app
 
@@ -36,9 +36,10 @@ if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)) and shutil.wh
 class ServerThread:
     """The standalone gallery app on a free port, in its own event loop thread."""
 
-    def __init__(self, root: Path, middlewares=()):
+    def __init__(self, root: Path, middlewares=(), hand_scoring=None):
         self.root = root
         self.middlewares = list(middlewares)
+        self.hand_scoring = hand_scoring
         self.port = None
         self._ready = threading.Event()
         self._loop = None
@@ -50,7 +51,7 @@ class ServerThread:
 
         self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self._loop)
-        app = create_app(self.root, REPO_ROOT / "web")
+        app = create_app(self.root, REPO_ROOT / "web", hand_scoring=self.hand_scoring)
         app.middlewares.extend(self.middlewares)
         self._runner = web.AppRunner(app)
         self._loop.run_until_complete(self._runner.setup())
@@ -229,3 +230,59 @@ def test_fast_typing_against_a_slow_server_keeps_order_and_merges_requests(tmp_p
         page.wait_for_timeout(500)
         assert statuses_on_disk(dataset_dir) == expected
     assert 2 <= len(posts) <= 3, posts
+
+
+def test_score_hands_button_shows_progress_scores_tiles_and_explains_missing_weights(tmp_path, browser):
+    from ipa_train.hand_score_jobs import DetectorSource
+
+    root = tmp_path / "ipa_datasets"
+    dataset_dir, ids = make_dataset(root, "hands_v1", count=4)
+    add_driving_poses(dataset_dir, ids, wrong=(1,), missing=(3,))
+    go = threading.Event()
+
+    def detector(frames):
+        assert go.wait(20), "the test never let the detector run"
+        return skin_detector(frames)
+
+    errors = []
+    with ServerThread(root, hand_scoring=DetectorSource(check=lambda: None, load=lambda gpu: detector)) as server:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(server.url)
+        page.wait_for_selector(".ipa-card")
+        assert page.inner_text(".ipa-score-btn") == "Score hands"
+        assert set(page.eval_on_selector_all(".ipa-score", "s => s.map(e => e.textContent)")) == {"hand –"}
+        page.click(".ipa-score-btn")
+        page.wait_for_function("() => document.querySelector('.ipa-score-btn').textContent.includes('Cancel')")
+        assert page.is_visible(".ipa-score-progress")
+        go.set()
+        page.wait_for_function("() => document.querySelector('.ipa-score-btn').textContent === 'Score hands'")
+        page.wait_for_function("() => [...document.querySelectorAll('.ipa-score')].filter(e => e.textContent !== 'hand –').length === 3")
+        on_disk = {e["id"]: e.get("hand_score") for e in ds.read_manifest(dataset_dir)}
+        assert on_disk[ids[0]] > 0.9 and on_disk[ids[1]] < 0.2 and on_disk[ids[3]] is None
+        shown = page.eval_on_selector_all(".ipa-card", "cards => Object.fromEntries(cards.map(c => [c.dataset.id, c.querySelector('.ipa-score').textContent]))")
+        assert shown[ids[0]] == f"hand {on_disk[ids[0]]:.2f}" and shown[ids[3]] == "hand –"
+        assert not page.is_visible(".ipa-score-progress")
+        # Sorted by the score: best first, the unscored sample last.
+        page.select_option(".ipa-sort", "hand_score:desc")
+        page.wait_for_function(f"() => document.querySelector('.ipa-card')?.dataset.id === '{max((v, k) for k, v in on_disk.items() if v is not None)[1]}'")
+        assert card_ids(page)[-2:] == [ids[1], ids[3]]
+
+    # Without weights: the button is shown as unavailable and explains which files go where; marking still works.
+    with ServerThread(root) as server:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(server.url)
+        page.wait_for_selector(".ipa-card")
+        page.wait_for_selector(".ipa-score-btn.ipa-unavailable")
+        assert page.get_attribute(".ipa-score-btn", "aria-disabled") == "true"
+        page.click(".ipa-score-btn", force=True)  # aria-disabled: Playwright would wait for it to be enabled
+        info = page.inner_text(".ipa-score-info")
+        assert "Hand scoring needs DWPose" in info and "yolox_l.onnx" in info and "dw-ll_ucoco_384.onnx" in info
+        assert "null" not in info
+        page.keyboard.press("Escape")
+        assert page.is_hidden(".ipa-score-info")
+        page.keyboard.press("p")
+        first = page.eval_on_selector(".ipa-card", "c => c.dataset.id")
+        assert wait_for_disk(dataset_dir, {first: "preferred"})[first] == "preferred"
+    assert errors == []

@@ -11,13 +11,15 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from conftest import comfyui_path, requires_comfyui
-from gallery_fixture import make_dataset
+from gallery_fixture import add_driving_poses, make_dataset
+from tiny_dwpose_models import build_weights
 from ipa_train import dataset as ds
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -88,6 +90,30 @@ def test_routes_and_sidebar_gallery_in_comfyui(comfyui):
     extensions = get_json(f"{url}/extensions")
     assert any(path.endswith("/ipa_gallery.js") for path in extensions)
 
+    # Hand scores: without weights the route names the files and ComfyUI's models/dwpose; once the files are put
+    # there (no restart) a background job scores the dataset with DWPose.
+    add_driving_poses(dataset_dir, ids, wrong=(1,), missing=())
+    status = get_json(f"{url}/api/ipa/datasets/hands_v1/hand_scores")
+    assert status["available"] is False
+    assert status["unavailable"]["missing_files"] == ["yolox_l.onnx", "dw-ll_ucoco_384.onnx"]
+    assert Path(status["unavailable"]["install_dir"]) == base / "models" / "dwpose"
+    try:
+        urllib.request.urlopen(urllib.request.Request(f"{url}/ipa/datasets/hands_v1/hand_scores", data=b"", method="POST"), timeout=5)
+        raise AssertionError("POST without weights must fail")
+    except urllib.error.HTTPError as error:
+        assert error.code == 503 and "yolox_l.onnx" in json.loads(error.read())["error"]
+    build_weights(base / "models" / "dwpose")
+    assert get_json(f"{url}/ipa/datasets/hands_v1/hand_scores")["available"] is True
+    request = urllib.request.Request(f"{url}/ipa/datasets/hands_v1/hand_scores", data=b"{}", method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 202 and json.loads(response.read())["job"]["device"] == "cpu"
+    deadline = time.monotonic() + 60
+    while (status := get_json(f"{url}/ipa/datasets/hands_v1/hand_scores"))["job"]["state"] in ("starting", "running"):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    assert status["job"]["state"] == "done" and status["job"]["counts"]["failed"] == 0, status
+    assert status["job"]["done"] == status["job"]["total"] == 3
+
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright's Python package is not installed")
     executable = CHROMIUM if os.path.isfile(CHROMIUM) else shutil.which("chromium")
     if executable is None:
@@ -108,6 +134,9 @@ def test_routes_and_sidebar_gallery_in_comfyui(comfyui):
             assert "0 preferred, 0 rejected, 3 pending" in page.inner_text(".ipa-sidebar .ipa-ds")
             page.click(".ipa-sidebar .ipa-ds")
             page.wait_for_selector(".ipa-overlay .ipa-card")
+            # The hand score button (weights are in place now) and the GPU setting, off by default.
+            page.wait_for_selector(".ipa-overlay .ipa-score-btn[aria-disabled='false']")
+            assert page.evaluate("() => window.app.extensionManager.setting.get('IPA.Gallery.HandScoreOnGPU')") is False
             first = page.eval_on_selector(".ipa-card.ipa-focus", "c => c.dataset.id")
             second = page.eval_on_selector_all(".ipa-card", "cards => cards.map(c => c.dataset.id)")[1]
             page.keyboard.press("p")

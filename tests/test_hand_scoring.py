@@ -7,56 +7,18 @@ from __future__ import annotations
 import asyncio
 import json
 
-import numpy as np
 import pytest
 
-from gallery_fixture import PREVIEW_SIZE, hand_boxes
-from gallery_fixture import make_dataset
+from gallery_fixture import PREVIEW_SIZE, add_driving_poses, hand_boxes, hand_from_box, make_dataset, skin_detector
 from ipa_train import dataset as ds
 from ipa_train.gallery_api import create_app
-from ipa_train.hand_scoring import score_dataset, score_sample
-
-GRID = [(fx, fy) for fy in (0.1, 0.3, 0.5, 0.7, 0.9) for fx in (0.1, 0.3, 0.5, 0.7, 0.9)][:21]
-
-
-def hand_from_box(box, confidence=1.0):
-    x0, y0, x1, y1 = box
-    return [v for fx, fy in GRID for v in (x0 + fx * (x1 - x0), y0 + fy * (y1 - y0), confidence)]
-
-
-def pose_frame(boxes):
-    people = [{"hand_left_keypoints_2d": hand_from_box(boxes[0]), "hand_right_keypoints_2d": hand_from_box(boxes[1]) if len(boxes) > 1 else None}]
-    return {"people": people, "canvas_width": PREVIEW_SIZE[0], "canvas_height": PREVIEW_SIZE[1]}
-
-
-def skin_detector(frames):
-    """Finds the fixture's hands: the pixels of the hand colour, left and right of the body."""
-    result = []
-    for frame in frames:
-        rgb = frame.astype(int)
-        mask = (abs(rgb[..., 0] - 250) < 12) & (abs(rgb[..., 1] - 220) < 12) & (abs(rgb[..., 2] - 190) < 12)
-        boxes = []
-        for columns in (slice(0, 60), slice(100, frame.shape[1])):
-            ys, xs = np.nonzero(mask[:, columns])
-            if len(xs):
-                offset = columns.start
-                boxes.append((xs.min() + offset, ys.min(), xs.max() + offset + 1, ys.max() + 1))
-        result.append(pose_frame(boxes) if boxes else {"people": [], "canvas_width": frame.shape[1], "canvas_height": frame.shape[0]})
-    return result
+from ipa_train.hand_scoring import ScoringCancelled, fit_driving_pose, score_dataset, score_sample
 
 
 @pytest.fixture()
 def dataset(tmp_path):
     path, ids = make_dataset(tmp_path / "root", "hands_v1", count=4)
-    for index, sample_id in enumerate(ids):
-        meta_file = path / "samples" / sample_id / "meta.json"
-        meta = json.loads(meta_file.read_text())
-        boxes = hand_boxes(meta["seed"])
-        if index == 1:  # the driving pose put the hands elsewhere: this candidate's hands are wrong
-            boxes = [[[x0 + 40, y0 + 20, x1 + 40, y1 + 20] for x0, y0, x1, y1 in frame] for frame in boxes]
-        if index != 3:  # sample 3 has no driving pose: nothing to score
-            meta["driving_pose"] = [pose_frame(frame) for frame in boxes]
-        meta_file.write_text(json.dumps(meta))
+    add_driving_poses(path, ids, wrong=(1,), missing=(3,))  # 1: the driving pose put the hands elsewhere
     return path, ids
 
 
@@ -97,7 +59,7 @@ def test_score_dataset_stores_scores_and_the_gallery_sorts_by_them(dataset):
 def test_cancel_keeps_the_work_done(dataset):
     path, ids = dataset
     calls = []
-    counts = score_dataset(path, skin_detector, cancelled=lambda: len(calls) >= 1, progress=lambda d, t: calls.append(d), batch=10)
+    counts = score_dataset(path, skin_detector, cancelled=lambda: len(calls) >= 2, progress=lambda d, t: calls.append(d), batch=10)
     assert counts["scored"] == 1
     assert sum(1 for e in ds.read_manifest(path) if e.get("hand_score") is not None) == 1
 
@@ -108,3 +70,72 @@ def test_a_broken_detector_is_recorded_not_fatal(dataset):
     assert counts == {"scored": 0, "skipped": 0, "failed": 1}
     entry = {e["id"]: e for e in ds.read_manifest(path)}[ids[0]]
     assert "returned 0 frames" in entry["hand_score_error"]
+
+
+def test_driving_pose_from_a_larger_canvas_is_centre_cropped_onto_the_video(dataset):
+    """The collector stores the pose as given (its own canvas); WanVaceToVideo centre-crops the control video to
+    the video's aspect, so the pose is mapped the same way before comparing."""
+    path, ids = dataset
+    meta_file = path / "samples" / ids[0] / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    # The same hands on a 2:1 canvas (384x192) of which the 160x96 video (5:3) shows the middle 320 columns at half size.
+    width, height = PREVIEW_SIZE
+    crop_x = 32
+    canvas_w, canvas_h = width * 2 + 2 * crop_x, height * 2
+
+    def on_canvas(box):
+        x0, y0, x1, y1 = box
+        return [2 * x0 + crop_x, 2 * y0, 2 * x1 + crop_x, 2 * y1]
+
+    meta["driving_pose"] = [
+        {"people": [{"hand_left_keypoints_2d": hand_from_box(on_canvas(frame[0])), "hand_right_keypoints_2d": hand_from_box(on_canvas(frame[1]))}],
+         "canvas_width": canvas_w, "canvas_height": canvas_h}
+        for frame in hand_boxes(meta["seed"])
+    ]  # fmt: skip
+    meta["video_size"] = [width, height]
+    meta_file.write_text(json.dumps(meta))
+    assert score_sample(path, ids[0], skin_detector)["hand_score"] > 0.9
+    # Stretched instead (the wrong fit) the hands land elsewhere and the score drops.
+    meta["driving_pose_resize"] = "stretch"
+    meta_file.write_text(json.dumps(meta))
+    assert score_sample(path, ids[0], skin_detector)["hand_score"] < 0.5
+
+
+def test_fit_driving_pose_drops_points_cropped_away_and_reads_normalised_values():
+    left = [0.05, 0.5, 1.0] + [0.5, 0.5, 1.0] * 20  # first point in the strip cropped off a 2:1 canvas fitted to 1:1
+    frames = fit_driving_pose([{"people": [{"hand_left_keypoints_2d": left}], "canvas_width": 200, "canvas_height": 100}, None], 50, 50, "crop")
+    points = frames[0]["people"][0]["hand_left_keypoints_2d"]
+    assert points[:3] == [0.0, 0.0, 0.0]
+    assert points[3:6] == pytest.approx([25.0, 25.0, 1.0])
+    assert frames[1] == {"people": [], "canvas_width": 50, "canvas_height": 50}
+    with pytest.raises(ValueError, match="driving_pose_resize"):
+        fit_driving_pose([], 50, 50, "squash")
+
+
+def test_no_driving_hand_skips_without_running_the_detector(dataset):
+    path, ids = dataset
+    meta_file = path / "samples" / ids[0] / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta["driving_pose"] = [{"people": [{"hand_left_keypoints_2d": None}], "canvas_width": 10, "canvas_height": 10}]
+    meta_file.write_text(json.dumps(meta))
+
+    def detector(frames):
+        raise AssertionError("the detector must not run when the driving pose shows no hand")
+
+    assert score_sample(path, ids[0], detector) is None
+
+
+def test_a_cancel_inside_a_sample_keeps_the_samples_before(dataset):
+    path, ids = dataset
+    calls = []
+
+    def detector(frames):
+        calls.append(len(frames))
+        if len(calls) == 2:
+            raise ScoringCancelled()
+        return skin_detector(frames)
+
+    counts = score_dataset(path, detector, batch=10)
+    assert counts == {"scored": 1, "skipped": 0, "failed": 0}
+    scored = [e["id"] for e in ds.read_manifest(path) if e.get("hand_score") is not None]
+    assert len(scored) == 1

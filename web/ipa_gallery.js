@@ -5,6 +5,7 @@ import { api } from "../../scripts/api.js";
 import { createGallery, injectCss } from "./gallery/gallery.js";
 
 const COMMAND_ID = "IPA.OpenCurationGallery";
+const GPU_SETTING_ID = "IPA.Gallery.HandScoreOnGPU";
 let overlay = null;
 let gallery = null;
 
@@ -34,7 +35,13 @@ function openGallery(dataset) {
   overlay.append(inner);
   overlay.addEventListener("mousedown", (event) => event.target === overlay && closeGallery());
   document.body.append(overlay);
-  gallery = createGallery(inner, { apiBase: apiBase(), dataset, onClose: closeGallery });
+  gallery = createGallery(inner, { apiBase: apiBase(), dataset, onClose: closeGallery, handScoreGpu });
+}
+
+function handScoreGpu() {
+  const setting = app.extensionManager?.setting;
+  if (setting?.get) return !!setting.get(GPU_SETTING_ID);
+  return !!app.ui?.settings?.getSettingValue?.(GPU_SETTING_ID);
 }
 
 function renderLauncher(element) {
@@ -90,6 +97,18 @@ app.registerExtension({
   name: "ComfyUI-IPA.CurationGallery",
   commands: [{ id: COMMAND_ID, label: "Open IPA curation gallery", icon: "pi pi-images", function: () => openGallery() }],
   menuCommands: [{ path: ["View"], commands: [COMMAND_ID] }],
+  settings: [
+    {
+      id: GPU_SETTING_ID,
+      category: ["IPA", "Gallery", "Hand score on GPU"],
+      name: "Score hands on the GPU",
+      tooltip:
+        "Off (default): the gallery's Score hands job runs DWPose on the CPU, so it never takes VRAM or GPU time " +
+        "from a running prompt. On: use the GPU when onnxruntime has CUDA (faster; best when no graph is running).",
+      type: "boolean",
+      defaultValue: false,
+    },
+  ],
   setup() {
     const manager = app.extensionManager;
     if (manager?.registerSidebarTab) {

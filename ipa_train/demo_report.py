@@ -1,0 +1,112 @@
+"""Pictures for the demo's report folder, drawn with Pillow only: the training curves (loss and ipa_gap in their
+own panels, reusing ``launcher.loss_plot``), a before/after contact sheet of the sampled videos, and the hand
+masks over the control video with the latent cells they mark."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .hands import hand_mask_preview
+from .launcher import loss_plot
+
+LABEL_WIDTH = 150
+PREFERRED_COLOUR = (40, 190, 80)
+REJECTED_COLOUR = (200, 60, 60)
+
+
+def curves_image(history: Sequence[dict], title: str, log2: float, width: int = 640):
+    """Loss (with the log 2 start marked in the title) above ipa_gap (with a zero line), one PNG."""
+    from PIL import Image
+
+    loss = loss_plot(history, width=width, height=260, title=f"{title}: loss (starts at log 2 = {log2:.4f})", keys=["loss"])
+    gap = loss_plot(history, width=width, height=260, title="ipa_gap = err_ref - err_model (> 0: the LoRA fits the preferred flow better)",
+                    keys=["ipa_gap"], zero_line=True)
+    sheet = Image.new("RGB", (width, loss.height + gap.height), (250, 250, 250))
+    sheet.paste(loss, (0, 0))
+    sheet.paste(gap, (0, loss.height))
+    return sheet
+
+
+def _tile(frames: torch.Tensor, picks: Sequence[int], scale: int) -> np.ndarray:
+    row = np.concatenate([(frames[i].clamp(0, 1).numpy() * 255).round().astype(np.uint8) for i in picks], axis=1)
+    return row.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
+def frames_sheet(
+    control_overlay: torch.Tensor,
+    before: Sequence[torch.Tensor],
+    after: Sequence[torch.Tensor],
+    labels: Sequence[str],
+    preferred: Sequence[bool],
+    picks: Sequence[int],
+    boxes=None,
+    scale: int = 2,
+    gain: float = 10.0,
+):
+    """One row per candidate: its video before training, after (same seed, with the LoRA), and the change
+    ``|after - before| * gain``; the first row shows the control video with its hand masks. ``picks``: the frame
+    indices shown, blown up ``scale`` x (nearest); ``boxes``: per-frame hand boxes outlined on the videos."""
+    from PIL import Image, ImageDraw
+
+    def with_boxes(frames: torch.Tensor) -> torch.Tensor:
+        if boxes is None:
+            return frames
+        return hand_mask_preview(torch.zeros(frames.shape[:3]), frames, boxes, box_color=(1.0, 0.85, 0.1))
+
+    groups = ["before", "after (with LoRA)", f"|after - before| x {gain:g}"]
+    gap = 8
+    header = 20
+    frame_w, frame_h = control_overlay.shape[2] * scale, control_overlay.shape[1] * scale
+    group_w = frame_w * len(picks)
+    rows = [("control video\n+ hand masks", [_tile(control_overlay, picks, scale)], None)]
+    for label, first, second, good in zip(labels, before, after, preferred):
+        change = ((second - first).abs() * gain).clamp(0, 1)
+        rows.append((f"{label}\n{'preferred' if good else 'rejected'}", [_tile(with_boxes(first), picks, scale), _tile(with_boxes(second), picks, scale),
+                                                                          _tile(change, picks, scale)], PREFERRED_COLOUR if good else REJECTED_COLOUR))
+    width = LABEL_WIDTH + len(groups) * (group_w + gap)
+    sheet = Image.new("RGB", (width, header + len(rows) * (frame_h + 4)), (245, 245, 245))
+    draw = ImageDraw.Draw(sheet)
+    for g, name in enumerate(groups):
+        draw.text((LABEL_WIDTH + g * (group_w + gap) + 2, 2), f"{name}: frames {', '.join(map(str, picks))}", fill=(40, 40, 40))
+    for row_index, (label, tiles, colour) in enumerate(rows):
+        top = header + row_index * (frame_h + 4)
+        for g, pixels in enumerate(tiles):
+            sheet.paste(Image.fromarray(pixels), (LABEL_WIDTH + g * (group_w + gap), top))
+        draw.multiline_text((6, top + 6), label, fill=(20, 20, 20) if colour is None else colour, spacing=3)
+        if colour is not None:
+            draw.rectangle([LABEL_WIDTH - 6, top, LABEL_WIDTH - 2, top + frame_h - 1], fill=colour)
+    return sheet
+
+
+def hand_masks_sheet(control: torch.Tensor, pixel_masks: torch.Tensor, latent_mask: torch.Tensor, boxes, picks: Sequence[int], scale: int = 2):
+    """Top: pixel hand masks and boxes over the control frames. Bottom: the latent cells each frame falls into
+    (latent frame ``(i + 3) // 4``), blown up to pixels: what the loss weights ``hand_weight`` x."""
+    from PIL import Image
+
+    from PIL import ImageDraw
+
+    top = hand_mask_preview(pixel_masks, control, boxes)
+    cells = latent_mask[0, 0].float()
+    cells = cells.repeat_interleave(8, dim=1).repeat_interleave(8, dim=2)
+    cells = cells[[(i + 3) // 4 for i in range(control.shape[0])]]
+    bottom = hand_mask_preview(cells, control, color=(1.0, 0.25, 0.85))
+    rows = [("pixel hand masks\nand boxes", _tile(top, picks, scale)), ("latent hand cells\n(8x8 px, frames\n4j-3..4j): weighted\nhand_weight x", _tile(bottom, picks, scale))]
+    header = 20
+    height = rows[0][1].shape[0]
+    sheet = Image.new("RGB", (LABEL_WIDTH + rows[0][1].shape[1], header + len(rows) * (height + 4)), (245, 245, 245))
+    draw = ImageDraw.Draw(sheet)
+    frame_w = rows[0][1].shape[1] // len(picks)
+    for column, index in enumerate(picks):
+        draw.text((LABEL_WIDTH + column * frame_w + 2, 3), f"frame {index}", fill=(40, 40, 40))
+    for row_index, (label, pixels) in enumerate(rows):
+        top_y = header + row_index * (height + 4)
+        sheet.paste(Image.fromarray(pixels), (LABEL_WIDTH, top_y))
+        draw.multiline_text((6, top_y + 6), label, fill=(20, 20, 20), spacing=3)
+    return sheet
+
+
+def overlay(control: torch.Tensor, pixel_masks: torch.Tensor, boxes=None) -> torch.Tensor:
+    return hand_mask_preview(pixel_masks, control, boxes)
