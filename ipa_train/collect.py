@@ -13,9 +13,9 @@ constants the trainer and the parity test use (:mod:`.wan_latents`):
 - ``hand_mask``: the latent hand mask of the video frames only (reference frames excluded).
 
 ``meta.json`` also keeps, for the gallery: ``hand_boxes`` (per preview frame, ``[x0, y0, x1, y1]`` in preview
-pixels) and, when the hands came from a pose, ``driving_pose``: the POSE_KEYPOINT frames that drove the video,
-one per video frame, mapped onto the video's own pixels the way ``WanVaceToVideo`` fitted the control video
-(centre crop), so the gallery's hand score compares them with the generated frames directly.
+pixels) and, when the hands came from a pose, ``driving_pose``: the POSE_KEYPOINT frames that drove the video, one
+per video frame, in their own canvas, with ``driving_pose_resize`` (``crop``: how ``WanVaceToVideo`` fitted the
+control video, and so how the gallery's hand score maps the pose onto the generated frames).
 """
 
 from __future__ import annotations
@@ -80,51 +80,32 @@ def fit_pixel_masks(masks: torch.Tensor, frames: int, height: int, width: int) -
 
 
 POSE_PARTS = ("pose_keypoints_2d", "hand_left_keypoints_2d", "hand_right_keypoints_2d")  # face points are not kept
+DRIVING_POSE_RESIZE = "crop"  # how WanVaceToVideo fits the control video (and so the pose) to width x height
 
 
-def fit_pose_to_video(pose_keypoint: Any, width: int, height: int, frames: int, resize: str = "crop") -> list[dict]:
-    """POSE_KEYPOINT frames -> the first ``frames`` of them on a ``width`` x ``height`` canvas (video pixels).
-
-    Coordinates are mapped with ``hands.canvas_mapping`` (``crop``: what ``WanVaceToVideo`` does to the control
-    video), normalised input is scaled to its canvas first, undetected points stay ``[0, 0, 0]``; body and hands
-    are kept (face points are dropped: nothing reads them and they are half the size). Values are rounded to
-    0.01 px / 0.001 confidence to keep ``meta.json`` small."""
-    import numpy as np
-
-    from .hands import canvas_mapping, frame_canvas_size
-
+def driving_pose_frames(pose_keypoint: Any, frames: int) -> list[dict]:
+    """The POSE_KEYPOINT frames that drove the first ``frames`` video frames, as given: their own canvas and
+    coordinates (the gallery's ``hand_scoring.fit_driving_pose`` maps them onto the video with
+    ``meta["driving_pose_resize"]``). Body and hand points are kept; face points are dropped (nothing reads them and
+    they are more than half the size)."""
     if isinstance(pose_keypoint, dict):
         pose_keypoint = [pose_keypoint]
     if not isinstance(pose_keypoint, (list, tuple)) or not pose_keypoint:
         raise ValueError("pose keypoints must be a non-empty list with one POSE_KEYPOINT dict per frame")
-    fitted = []
+    kept = []
     for index, frame in enumerate(list(pose_keypoint)[:frames]):
         if not isinstance(frame, dict):
             raise ValueError(f"pose keypoint frame {index} is a {type(frame).__name__}, expected a dict with 'people'")
-        canvas = frame_canvas_size(frame, width, height)
-        sx, sy, ox, oy = canvas_mapping(canvas[0], canvas[1], width, height, resize)
-        people = []
-        for person in frame.get("people") or []:
-            if not isinstance(person, dict):
-                continue
-            out = {}
-            for part in POSE_PARTS:
-                values = person.get(part)
-                if not values:
-                    out[part] = None if values is None else []
-                    continue
-                points = np.asarray(values, dtype=np.float64).reshape(-1, 3).copy()
-                seen = points[:, 2] > 0
-                xy = points[seen, :2]
-                if xy.size and xy.min() >= -0.5 and xy.max() <= 1.5:  # normalised (same rule as ipa_train.hands)
-                    xy = xy * np.array(canvas, dtype=np.float64)
-                points[seen, 0] = xy[:, 0] * sx + ox
-                points[seen, 1] = xy[:, 1] * sy + oy
-                points[~seen] = 0.0
-                out[part] = [round(float(v), 3 if i % 3 == 2 else 2) for i, v in enumerate(points.reshape(-1))]
-            people.append(out)
-        fitted.append({"people": people, "canvas_width": int(width), "canvas_height": int(height)})
-    return fitted
+        people = [
+            {part: [float(v) for v in person[part]] if person.get(part) is not None else None for part in POSE_PARTS}
+            for person in frame.get("people") or [] if isinstance(person, dict)
+        ]  # fmt: skip
+        out = {"people": people}
+        for key in ("canvas_width", "canvas_height"):
+            if frame.get(key) is not None:
+                out[key] = frame[key]
+        kept.append(out)
+    return kept
 
 
 def pixel_frames_for(latent_frames: int) -> int:
@@ -155,8 +136,8 @@ def candidate_to_sample(
 
     ``pixel_hand_masks``: ``[T, H, W]`` masks of the video frames (from DWPose keypoints or a MASK), or ``None``
     for "no hands". ``hand_boxes``: per video frame, a list of ``[x0, y0, x1, y1]`` in video pixels (from the
-    pose); derived from the masks when ``None``. ``driving_pose``: the POSE_KEYPOINT frames in video pixels
-    (:func:`fit_pose_to_video`), stored as ``meta["driving_pose"]``.
+    pose); derived from the masks when ``None``. ``driving_pose``: the POSE_KEYPOINT frames of the video
+    (:func:`driving_pose_frames`), stored as ``meta["driving_pose"]``.
     """
     latent = candidate.latent
     if latent.dim() == 4:
@@ -220,6 +201,7 @@ def candidate_to_sample(
     }
     if driving_pose is not None:
         meta["driving_pose"] = driving_pose
+        meta["driving_pose_resize"] = DRIVING_POSE_RESIZE
     if candidate.frames is not None:
         video = candidate.frames
         height, width = int(video.shape[1]), int(video.shape[2])

@@ -46,7 +46,7 @@ def _parse_selection(selection: str, count: int) -> list[int]:
 
 def _hands_from_pose(pose_keypoint, width: int, height: int, frames: int):
     """(pixel hand masks, hand boxes, driving pose) of the video frames from POSE_KEYPOINT frames."""
-    from ..ipa_train.collect import fit_pose_to_video
+    from ..ipa_train.collect import driving_pose_frames
     from ..ipa_train.hands import hand_boxes, pose_to_hand_masks
 
     if isinstance(pose_keypoint, dict):
@@ -55,7 +55,7 @@ def _hands_from_pose(pose_keypoint, width: int, height: int, frames: int):
     # The control video is fitted with a centre crop by WanVaceToVideo; fit the keypoints the same way.
     masks = pose_to_hand_masks(pose_keypoint, width, height, resize="crop")
     boxes = hand_boxes(pose_keypoint, width, height, resize="crop")
-    driving = fit_pose_to_video(pose_keypoint, width, height, frames, resize="crop")
+    driving = driving_pose_frames(pose_keypoint, frames)
     return masks, [[list(box) for box in frame] for frame in boxes], driving
 
 

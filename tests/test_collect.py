@@ -125,38 +125,36 @@ def test_mask_hand_boxes_and_closeup_go_into_meta(tmp_path):
     assert float(tensors.hand_mask.sum()) > 0
 
 
-def test_driving_pose_is_fitted_to_the_video_and_read_by_the_gallery(tmp_path):
-    """The collector's pose-derived meta (driving_pose, hand_boxes) is what the gallery's hand score and hand
-    close-ups read: scoring the stored driving pose against itself gives 1, and the boxes parse into tracks."""
+def test_driving_pose_goes_into_meta_as_the_gallery_reads_it(tmp_path):
+    """The collector's pose-derived meta (driving_pose + driving_pose_resize, hand_boxes) is what the gallery's hand
+    score and close-ups read: its fit of the stored pose lands where the collector's hand boxes are, scoring that
+    pose against itself gives 1, and the boxes parse into hand tracks."""
     from ipa_train import hand_crops, hand_scoring
-    from ipa_train.hands import canvas_mapping, hand_boxes, pose_to_hand_masks
+    from ipa_train.hands import hand_boxes, pose_to_hand_masks
     from ipa_train.synthetic import synthetic_pose_sequence
 
     candidate = make_candidate(h=4, w=8)  # video 64 x 32, 9 frames
-    pose = synthetic_pose_sequence(12, 96, 64, seed=3)  # a wider canvas and more frames than the video
-    driving = collect.fit_pose_to_video(pose, 64, 32, 9)
-    assert len(driving) == 9 and {(f["canvas_width"], f["canvas_height"]) for f in driving} == {(64, 32)}
-    sx, sy, ox, oy = canvas_mapping(96, 64, 64, 32, "crop")
-    source = pose[4]["people"][0]["hand_left_keypoints_2d"]
-    fitted = driving[4]["people"][0]["hand_left_keypoints_2d"]
-    assert fitted[0] == pytest.approx(source[0] * sx + ox, abs=0.01) and fitted[1] == pytest.approx(source[1] * sy + oy, abs=0.01)
-    assert "face_keypoints_2d" not in driving[0]["people"][0]
-    # the fitted pose gives the same hand boxes on its own canvas as the original pose with the crop mapping
-    assert hand_boxes(driving, 64, 32) == hand_boxes(pose[:9], 64, 32, resize="crop")
+    pose = synthetic_pose_sequence(12, 96, 64, seed=3)  # another aspect and more frames than the video
+    driving = collect.driving_pose_frames(pose, 9)
+    assert len(driving) == 9 and driving[4]["canvas_width"] == 96
+    assert driving[4]["people"][0]["hand_left_keypoints_2d"] == pose[4]["people"][0]["hand_left_keypoints_2d"]  # as given
+    assert set(driving[0]["people"][0]) == {"pose_keypoints_2d", "hand_left_keypoints_2d", "hand_right_keypoints_2d"}
     masks = pose_to_hand_masks(pose[:9], 64, 32, resize="crop")
     boxes = [[list(box) for box in frame] for frame in hand_boxes(pose[:9], 64, 32, resize="crop")]
     result = store_candidates(tmp_path, "posed", [candidate], status="pending", pixel_hand_masks=masks, hand_boxes=boxes,
                               driving_pose=driving)
     sample_id = result.results[0].sample_id
-    folder = dataset.sample_path(tmp_path / "posed", sample_id)
-    meta = json.loads((folder / "meta.json").read_text())
-    assert meta["driving_pose"] == driving and meta["hand_mask_source"] == "pose"
+    meta = json.loads((dataset.sample_path(tmp_path / "posed", sample_id) / "meta.json").read_text())
+    assert meta["driving_pose"] == driving and meta["driving_pose_resize"] == "crop" and meta["hand_mask_source"] == "pose"
+    assert meta["video_size"] == [64, 32]
     assert hand_crops.hand_tracks_from_meta(meta)  # the gallery's close-ups find the hands
-    assert hand_scoring.driving_pose(meta) == driving
+    # the gallery's fit of the stored pose gives the very boxes the collector computed for the loss mask
+    fitted = hand_scoring.fit_driving_pose(hand_scoring.driving_pose(meta), *meta["video_size"], meta["driving_pose_resize"])
+    assert hand_boxes(fitted, 64, 32) == hand_boxes(pose[:9], 64, 32, resize="crop")
 
-    def perfect_detector(frames):  # sees exactly the driving pose at each preview frame's time
+    def perfect_detector(frames):  # sees exactly the driving hands at each preview frame's time
         n = len(frames)
-        return [driving[round(i * (len(driving) - 1) / max(n - 1, 1))] for i in range(n)]
+        return [fitted[round(i * (len(fitted) - 1) / max(n - 1, 1))] for i in range(n)]
 
     summary = hand_scoring.score_sample(tmp_path / "posed", sample_id, perfect_detector)
     assert summary["hand_score"] == pytest.approx(1.0)

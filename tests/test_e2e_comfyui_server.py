@@ -173,7 +173,8 @@ def test_curate_align_animate_through_the_server(comfy):
     first = entries[0]
     meta = json.loads((folder / "samples" / first["id"] / "meta.json").read_text())
     assert meta["hand_mask_source"] == "pose" and len(meta["driving_pose"]) == LENGTH
-    assert meta["driving_pose"][0]["canvas_width"] == W and meta["prompt"].startswith("a person waves")
+    assert meta["driving_pose"][0]["canvas_width"] == 2 * W and meta["driving_pose_resize"] == "crop"  # as DWPose gave it
+    assert meta["prompt"].startswith("a person waves")
     assert all(frame["people"] for frame in meta["driving_pose"])  # DWPose found the person in every frame
     assert first["hand_area"] > 0 and len(meta["hand_boxes"]) == LENGTH  # its hands became the loss weighting
     tensors, _ = ds.load_sample(folder, first["id"])

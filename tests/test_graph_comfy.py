@@ -135,7 +135,8 @@ def test_collector_node_stores_candidates(comfy):
     posed = dataset.dataset_path(dataset_root(), "posed_ds")
     (entry,) = dataset.read_manifest(posed)
     meta = json.loads((posed / "samples" / entry["id"] / "meta.json").read_text())
-    assert len(meta["driving_pose"]) == LENGTH and meta["driving_pose"][0]["canvas_width"] == W
+    assert len(meta["driving_pose"]) == LENGTH and meta["driving_pose"][0]["canvas_width"] == 2 * W
+    assert meta["driving_pose_resize"] == "crop" and meta["video_size"] == [W, H]
     assert meta["hand_mask_source"] == "pose" and len(meta["hand_boxes"]) == LENGTH and entry["hand_area"] > 0
 
 
