@@ -208,9 +208,7 @@ def train_with_torchrun(run_json: Path, output_dir: Path, nproc: int) -> tuple[l
                         f"(continue with: {final.get('resume')})")
     if outcome.status != "finished":
         # The first rank to fail is the cause; the others then fail in a collective ("connection closed by peer").
-        errors = [f"rank {e.get('rank')}: {e.get('message')}" for e in outcome.events if e["event"] == "error"]
-        first = f"first error: {errors[0]}\n" if errors else ""
-        raise DemoError(f"training failed (exit status {outcome.returncode}; full log {output_dir / 'train.log'}):\n{first}{outcome.error_text()}")
+        raise DemoError(f"training failed (exit status {outcome.returncode}; full log {output_dir / 'train.log'}):\n{outcome.error_text()}")
     steps = [event for event in outcome.events if event["event"] == "step"]
     return steps, outcome.final, seconds
 

@@ -3,10 +3,10 @@
 The pose detector is passed in (a callable from RGB frames to POSE_KEYPOINT frames), so this module works with
 any detector and is tested with a synthetic one; ``nodes/`` hands it DWPose when its weights are present.
 The generated frames are the sample's looping preview (``preview.webp``); the driving pose is read from
-``meta.json`` (``DRIVING_POSE_KEYS``: a list of POSE_KEYPOINT frames). The collector (IPA Mark Preferred) does not
-write it yet; it should store its ``pose_keypoint`` input there as given (the frames of the video, in the pose's
-own canvas): ``fit_driving_pose`` maps it onto the video the way ``WanVaceToVideo`` fitted the control video
-(centre crop), using ``meta["video_size"]``.
+``meta.json`` (``DRIVING_POSE_KEYS``: a list of POSE_KEYPOINT frames), where the collector (IPA Mark Preferred)
+stores its ``pose_keypoint`` input as given (the frames of the video, in the pose's own canvas):
+``fit_driving_pose`` maps it onto the video the way ``WanVaceToVideo`` fitted the control video (centre crop, or
+``meta["driving_pose_resize"]``), using ``meta["video_size"]``.
 """
 
 from __future__ import annotations

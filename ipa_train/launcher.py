@@ -139,6 +139,9 @@ class JobOutcome:
                 tail = "\n".join(tail)
             if tail:
                 parts.append(str(tail).rstrip())
+            for other in self.events:
+                if other.get("event") == "error" and other is not self.final:
+                    parts.append(f"then rank {other.get('rank', '?')}: {other.get('message', 'error')}")
         if self.stderr_tail:
             parts.append("last lines on stderr:\n" + "\n".join(self.stderr_tail[-lines:]))
         if not parts:
@@ -299,8 +302,8 @@ class TrainingJob:
             status = "stopped"
         else:
             status = "failed"
-            if final is not None and final["event"] != "error":
-                final = None
+            # The first error is the rank that failed; the others usually report only the lost peer afterwards.
+            final = next((event for event in self.history if event["event"] == "error"), None)
         return JobOutcome(status, code, list(self.history), final, list(self.stderr_tail))
 
 

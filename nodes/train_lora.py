@@ -20,7 +20,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..ipa_train import launcher
-from ..ipa_train.config import OBJECTIVES as RUN_OBJECTIVES, PRECISIONS as RUN_PRECISIONS, ConfigError, RunConfig
+from ..ipa_train.config import DISTRIBUTED as RUN_DISTRIBUTED, OBJECTIVES as RUN_OBJECTIVES, PRECISIONS as RUN_PRECISIONS, ConfigError, RunConfig
 from ..ipa_train.dataset import DatasetError, count_statuses, dataset_path, read_manifest
 from ..ipa_train.fileio import atomic_write_json
 from .host import prompt_server
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 OBJECTIVES = list(RUN_OBJECTIVES)  # the trainer's own lists, so the node never offers a value it refuses
 PRECISIONS = list(RUN_PRECISIONS)
+DISTRIBUTED = list(RUN_DISTRIBUTED)
 LORA_SUBFOLDER = "ipa"
 
 
@@ -140,6 +141,9 @@ class IPATrainLoRA(io.ComfyNode):
                              tooltip="Write a resumable checkpoint every N steps (0: only at the end and when cancelled)."),
                 io.String.Input("resume", default="", optional=True,
                                 tooltip="Empty: new run. 'latest': newest checkpoint of this LoRA name. Or a checkpoint folder."),
+                io.Combo.Input("distributed", options=DISTRIBUTED, default="ddp", optional=True,
+                               tooltip="ddp: every GPU holds the whole model (1.3B). fsdp2: the base weights are sharded "
+                                       "across GPUs, for 14B on GPUs that cannot hold it whole."),
             ],
             outputs=[
                 io.String.Output(display_name="lora_name"),
@@ -169,11 +173,13 @@ class IPATrainLoRA(io.ComfyNode):
             "gradient_checkpointing": settings["gradient_checkpointing"],
             "seed": settings["seed"],
             "checkpoint_every": settings["checkpoint_every"],
+            "distributed": settings.get("distributed", "ddp"),
         }
 
     @classmethod
     def execute(cls, dataset, base_model, lora_name, objective, beta, hand_weight, rank, alpha, learning_rate, steps, batch_size,
-                grad_accum, gpus, precision, gradient_checkpointing, seed, checkpoint_every, resume="") -> io.NodeOutput:
+                grad_accum, gpus, precision, gradient_checkpointing, seed, checkpoint_every, resume="",
+                distributed="ddp") -> io.NodeOutput:
         import comfy.model_management
         import comfy.utils
         import folder_paths
@@ -201,7 +207,8 @@ class IPATrainLoRA(io.ComfyNode):
         config = cls.build_config(dataset_dir, base_model_path, run_dir, lora_name=lora_name, objective=objective, beta=beta,
                                   hand_weight=hand_weight, rank=rank, alpha=alpha, learning_rate=learning_rate, steps=steps,
                                   batch_size=batch_size, grad_accum=grad_accum, precision=precision,
-                                  gradient_checkpointing=gradient_checkpointing, seed=seed, checkpoint_every=checkpoint_every)
+                                  gradient_checkpointing=gradient_checkpointing, seed=seed, checkpoint_every=checkpoint_every,
+                                  distributed=distributed)
         try:
             stop_file = RunConfig.from_dict(config, source="IPA Train LoRA settings").stop_path  # bad values fail here, not in the job
         except ConfigError as exc:

@@ -106,7 +106,10 @@ def test_failure_shows_the_failing_rank(tmp_path):
     outcome = job.finish()
     assert outcome.status == "failed" and outcome.returncode == 1
     text = outcome.error_text()
-    assert "rank 1: ValueError: the dataset has no preferred samples" in text
+    # the rank that failed first heads the report; the surviving rank's lost-peer error comes after it
+    assert text.startswith("rank 1: ValueError: the dataset has no preferred samples")
+    assert outcome.final["rank"] == 1
+    assert "then rank 0: RuntimeError: Connection closed by peer" in text
     assert "Traceback" in text
 
 

@@ -49,6 +49,8 @@ def main():
             print("Traceback (most recent call last):\n  ValueError: the dataset has no preferred samples", file=sys.stderr, flush=True)
             emit(event="error", rank=1, message="ValueError: the dataset has no preferred samples",
                  traceback="Traceback (most recent call last):\n  File \"train.py\", line 1\nValueError: the dataset has no preferred samples")
+            # what the surviving rank reports afterwards, as gloo/NCCL do when a peer dies
+            emit(event="error", rank=0, message="RuntimeError: Connection closed by peer")
             sys.exit(1)
         loss = 0.7 / step
         emit(event="step", step=step, total=total, loss=loss, ipa_gap=0.01 * step, model_error=0.5, reference_error=0.5 + 0.01 * step,
