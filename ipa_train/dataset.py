@@ -324,22 +324,11 @@ def add_sample(
 
 def set_status(dataset_dir: os.PathLike | str, sample_ids: Iterable[str], status: str) -> list[dict[str, Any]]:
     """Marks samples; returns their updated entries. Unknown ids raise ``KeyError`` and change nothing."""
-    dataset_dir = Path(dataset_dir)
     if status not in STATUSES:
         raise DatasetError(f"unknown status {status!r}; use one of {STATUSES}")
-    wanted = [validate_sample_id(sample_id) for sample_id in sample_ids]
-    with _lock(dataset_dir):
-        entries = read_manifest(dataset_dir)
-        by_id = {entry["id"]: entry for entry in entries}
-        unknown = [sample_id for sample_id in wanted if sample_id not in by_id]
-        if unknown:
-            raise KeyError(f"unknown sample ids in {dataset_dir.name}: {unknown}")
-        now = _now()
-        for sample_id in wanted:
-            by_id[sample_id]["status"] = status
-            by_id[sample_id]["updated"] = now
-        _write_manifest(dataset_dir, entries)
-    return [by_id[sample_id] for sample_id in wanted]
+    wanted = list(sample_ids)
+    updated = {entry["id"]: entry for entry in set_statuses(dataset_dir, {sample_id: status for sample_id in wanted})}
+    return [updated[sample_id] for sample_id in wanted]
 
 
 def set_statuses(dataset_dir: os.PathLike | str, statuses: Mapping[str, str]) -> list[dict[str, Any]]:
