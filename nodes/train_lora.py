@@ -67,8 +67,14 @@ def _resolve_resume(resume: str, lora_name: str) -> Path | None:
         raise ValueError(f"resume='latest': no checkpoint of a run named {lora_name!r} under {root}; clear resume to start fresh")
     path = Path(resume)
     path = (path if path.is_absolute() else root / path).resolve()
-    if root not in path.parents or not path.is_dir():
-        raise ValueError(f"resume={resume!r} is not a checkpoint folder under {root}; use 'latest' or a path the node reported")
+    if path.parent == root and path.is_dir():  # a run folder: its newest checkpoint
+        path = launcher.latest_checkpoint(path) or path
+    # Only <runs>/<run>/checkpoints/step-N: the run folder (where run.json and the new checkpoints go) is taken
+    # from it, so anything shallower or elsewhere would put the run outside the runs folder.
+    if (path.parent.name != "checkpoints" or path.parents[2] != root or not path.name.startswith("step-")
+            or not (path / "state.json").is_file()):
+        raise ValueError(f"resume={resume!r} is not a checkpoint folder (<run>/checkpoints/step-N) under {root}; "
+                         "use 'latest' or a path the node reported")
     return path
 
 

@@ -176,3 +176,20 @@ def test_resume_latest_picks_only_this_lora_names_runs(host, monkeypatch):
     first = train_lora._new_run_dir("x")
     first.mkdir(parents=True)
     assert first.name == "x-20260102-030405" and train_lora._new_run_dir("x").name == "x-20260102-030405-2"
+
+
+def test_resume_path_must_be_a_checkpoint_inside_the_runs_folder(host):
+    from comfyui_ipa_pack.nodes import train_lora
+
+    runs = host / "output" / "ipa_runs"
+    checkpoint = runs / "hands-20250101-000000" / "checkpoints" / "step-4"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "state.json").write_text('{"step": 4}')
+    (runs / "hands-20250101-000000" / "checkpoints" / "step-2").mkdir()
+    assert train_lora._resolve_resume(str(checkpoint), "hands") == checkpoint.resolve()
+    # a run folder means its newest checkpoint; the run folder (parents[1]) then stays inside the runs folder
+    assert train_lora._resolve_resume("hands-20250101-000000", "hands") == checkpoint.resolve()
+    (runs / "other").mkdir()
+    for bad in ("other", "hands-20250101-000000/checkpoints", "hands-20250101-000000/checkpoints/step-2", "..", str(host)):
+        with pytest.raises(ValueError, match="not a checkpoint folder"):
+            train_lora._resolve_resume(bad, "hands")
