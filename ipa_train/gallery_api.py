@@ -249,7 +249,10 @@ class GalleryAPI:
         except ds.DatasetError as exc:
             raise web.HTTPNotFound(text=json.dumps({"error": str(exc)}), content_type="application/json") from None
         entry = self._entry(dataset_dir, sample_id)
-        if entry is None or folder.is_symlink() or not folder.is_dir():
+        # The resolved folder must be <dataset>/samples/<id> itself: a symlinked ``samples`` folder leading out of the
+        # root passes ``sample_path`` (which compares against the resolved ``samples``), so check the whole chain here.
+        inside = folder.resolve() == dataset_dir.resolve() / ds.SAMPLES_DIR / sample_id
+        if entry is None or folder.is_symlink() or not folder.is_dir() or not inside:
             raise web.HTTPNotFound(text=json.dumps({"error": f"no sample {sample_id} in dataset {dataset_dir.name}"}), content_type="application/json")
         return folder
 

@@ -362,3 +362,23 @@ def test_unknown_dataset_and_sample_are_404(root):
         ]
 
     assert serve(root, scenario) == [404, 404, 404, 404]
+
+
+def test_samples_folder_symlinked_out_of_the_root_is_refused(root, tmp_path):
+    """A dataset inside the root whose ``samples`` folder is a symlink to another dataset's samples outside it."""
+    secret_path, secret_ids = make_dataset(tmp_path / "elsewhere", "secret", count=1, first_seed=7000)
+    inside = ds.create_dataset(root, "decoy")
+    os.rmdir(inside / ds.SAMPLES_DIR)
+    os.symlink(secret_path / ds.SAMPLES_DIR, inside / ds.SAMPLES_DIR)
+    (inside / "manifest.jsonl").write_text((secret_path / "manifest.jsonl").read_text())
+
+    async def scenario(client):
+        out = []
+        for suffix in ("", "/files/preview.webp", "/hands/0.webp"):
+            response = await client.get(f"/ipa/datasets/decoy/samples/{secret_ids[0]}{suffix}")
+            out.append((suffix, response.status, await response.read()))
+        return out
+
+    for suffix, status, body in serve(root, scenario):
+        assert status == 404, (suffix, status)
+        assert b"RIFF" not in body and b"7000" not in body, suffix
