@@ -202,11 +202,16 @@ class IPATrainLoRA(io.ComfyNode):
         if not lora_name or any(c in lora_name for c in "/\\") or lora_name.startswith("."):
             raise ValueError(f"lora_name {lora_name!r} must be a plain file name (no folders)")
         base_model_path = folder_paths.get_full_path_or_raise("diffusion_models", base_model)
-        visible = None if os.environ.get("CUDA_VISIBLE_DEVICES") is not None else (torch.cuda.device_count() if torch.cuda.is_available() else 0)
+        # Device ids are the ones ComfyUI sees. When ComfyUI runs restricted (--cuda-device N sets CUDA_VISIBLE_DEVICES),
+        # id i is the host's i-th visible device: the trainer must get that device, not physical GPU i.
+        host_visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        host_devices = [d.strip() for d in host_visible.split(",") if d.strip()] if host_visible is not None else None
+        visible = len(host_devices) if host_devices is not None else (torch.cuda.device_count() if torch.cuda.is_available() else 0)
         try:
             gpu_ids = launcher.parse_gpus(gpus, available=visible)
         except launcher.LaunchError as exc:
             raise ValueError(str(exc)) from None
+        devices = [host_devices[i] for i in gpu_ids] if host_devices is not None else gpu_ids
         checkpoint = _resolve_resume(resume, lora_name)
         run_dir = checkpoint.parents[1] if checkpoint is not None else _new_run_dir(lora_name)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -222,7 +227,7 @@ class IPATrainLoRA(io.ComfyNode):
         config_path = atomic_write_json(run_dir / "run.json", config)
         extra = ["--resume", str(checkpoint)] if checkpoint is not None else []
         command = launcher.build_command(config_path, max(1, len(gpu_ids)), module=cls.trainer_module, extra_args=extra)
-        env = launcher.build_env(gpus=gpu_ids, pythonpath=cls.extra_pythonpath)
+        env = launcher.build_env(gpus=devices, pythonpath=cls.extra_pythonpath)
 
         _free_host_memory()
         log.info("IPA Train LoRA: %s (run folder %s, GPUs %s)", " ".join(command), run_dir, gpu_ids or "cpu")

@@ -193,3 +193,15 @@ def test_resume_path_must_be_a_checkpoint_inside_the_runs_folder(host):
     for bad in ("other", "hands-20250101-000000/checkpoints", "hands-20250101-000000/checkpoints/step-2", "..", str(host)):
         with pytest.raises(ValueError, match="not a checkpoint folder"):
             train_lora._resolve_resume(bad, "hands")
+
+
+def test_gpu_ids_are_the_hosts_visible_devices(host, monkeypatch):
+    """ComfyUI started with --cuda-device (CUDA_VISIBLE_DEVICES=3,5): gpu 1 is the host's second device, physical 5."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    _run(gpus="[1]", steps=1)
+    run_dir = next((host / "output" / "ipa_runs").iterdir())
+    log = (run_dir / "train.log").read_text()
+    started = json.loads(next(line[9:] for line in log.splitlines() if '"started"' in line))
+    assert started["env_cuda"] == "5"
+    with pytest.raises(ValueError, match="only 2 GPU"):
+        _run(gpus="[2]")
