@@ -33,8 +33,10 @@ EVENTS = ("started", "step", "checkpoint", "finished", "stopped", "error")
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[1])  # the folder holding ``ipa_train``
 
 # Inherited settings that would surprise the trainer: the host's allocator choice (ComfyUI sets cudaMallocAsync),
-# its device selection, and its import path (ComfyUI folders, import-only torchvision stand-ins).
-DROPPED_ENV = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "CUDA_VISIBLE_DEVICES", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")
+# its device selection (ComfyUI's --cuda-device sets HIP_VISIBLE_DEVICES too, which ROCm applies before
+# CUDA_VISIBLE_DEVICES), and its import path (ComfyUI folders, import-only torchvision stand-ins).
+DROPPED_ENV = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "PYTHONPATH",
+               "PYTHONHOME", "PYTHONSTARTUP")
 
 
 class LaunchError(ValueError):

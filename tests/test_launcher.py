@@ -40,10 +40,11 @@ def test_build_command():
 
 
 def test_build_env_is_explicit():
-    host = {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "3", "PYTORCH_CUDA_ALLOC_CONF": "backend:cudaMallocAsync",
+    host = {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "3", "HIP_VISIBLE_DEVICES": "3", "PYTORCH_CUDA_ALLOC_CONF": "backend:cudaMallocAsync",
             "PYTHONPATH": "/comfy-stubs:/ComfyUI", "HOME": "/h"}
     env = build_env(host, gpus=[0, 2])
     assert env["CUDA_VISIBLE_DEVICES"] == "0,2"
+    assert "HIP_VISIBLE_DEVICES" not in env  # ComfyUI's --cuda-device sets it; ROCm would apply it before ours
     assert "PYTORCH_CUDA_ALLOC_CONF" not in env
     assert env["PYTHONPATH"] == launcher.PACKAGE_PARENT
     assert (Path(launcher.PACKAGE_PARENT) / "ipa_train" / "launcher.py").is_file()
