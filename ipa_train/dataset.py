@@ -64,7 +64,7 @@ class DatasetError(ValueError):
 
 def validate_dataset_name(name: str) -> str:
     """A dataset name is one plain folder name: letters, digits, '.', '_' and '-', not starting with '.'."""
-    if not isinstance(name, str) or not _NAME_RE.match(name) or name in (".", ".."):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or name in (".", ".."):
         raise DatasetError(
             f"invalid dataset name {name!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit "
             "(no slashes, no '..', no absolute paths)"
@@ -73,7 +73,7 @@ def validate_dataset_name(name: str) -> str:
 
 
 def validate_sample_id(sample_id: str) -> str:
-    if not isinstance(sample_id, str) or not _SAMPLE_ID_RE.match(sample_id):
+    if not isinstance(sample_id, str) or not _SAMPLE_ID_RE.fullmatch(sample_id):
         raise DatasetError(f"invalid sample id {sample_id!r}: sample ids are 16 lowercase hexadecimal characters")
     return sample_id
 
@@ -104,7 +104,7 @@ def list_datasets(root: os.PathLike | str) -> list[str]:
         return []
     names = []
     for entry in sorted(root_path.iterdir()):
-        if entry.is_dir() and not entry.is_symlink() and _NAME_RE.match(entry.name) and (entry / MANIFEST).is_file():
+        if entry.is_dir() and not entry.is_symlink() and _NAME_RE.fullmatch(entry.name) and (entry / MANIFEST).is_file():
             names.append(entry.name)
     return names
 

@@ -157,7 +157,7 @@ def _sample_files(folder: Path) -> list[str]:
         names = sorted(entry.name for entry in os.scandir(folder) if entry.is_file(follow_symlinks=False))
     except FileNotFoundError:
         return []
-    return [name for name in names if _FILE_RE.match(name)]
+    return [name for name in names if _FILE_RE.fullmatch(name)]
 
 
 def _small_meta(meta: Any) -> tuple[dict[str, Any], list[str]]:
@@ -357,7 +357,7 @@ class GalleryAPI:
     async def get_file(self, request: web.Request) -> web.StreamResponse:
         dataset_dir = self._dataset_dir(request.match_info["name"])
         file_name = request.match_info["file_name"]
-        if not _FILE_RE.match(file_name):
+        if not _FILE_RE.fullmatch(file_name):
             return _error(400, f"{file_name!r} is not a preview file name (letters, digits, '.', '_', '-'; .webp/.png/.jpg/.gif/.mp4/.webm)")
         folder = await asyncio.to_thread(self._sample_dir, dataset_dir, request.match_info["sample_id"])
         path = folder / file_name

@@ -73,7 +73,7 @@ def test_bad_tensors_are_refused_with_the_sample_named(change, message):
         ds.validate_sample_tensors(tensors, "abc")
 
 
-@pytest.mark.parametrize("name", ["..", "../x", "/abs", "a/b", ".hidden", "", "a\\b", "x" * 200])
+@pytest.mark.parametrize("name", ["..", "../x", "/abs", "a/b", ".hidden", "", "a\\b", "x" * 200, "hands\n"])
 def test_dataset_names_are_validated(tmp_path, name):
     with pytest.raises(ds.DatasetError):
         ds.dataset_path(tmp_path, name)
