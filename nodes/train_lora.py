@@ -71,7 +71,7 @@ def _resolve_resume(resume: str, lora_name: str) -> Path | None:
         path = launcher.latest_checkpoint(path) or path
     # Only <runs>/<run>/checkpoints/step-N: the run folder (where run.json and the new checkpoints go) is taken
     # from it, so anything shallower or elsewhere would put the run outside the runs folder.
-    if (path.parent.name != "checkpoints" or path.parents[2] != root or not path.name.startswith("step-")
+    if (path.parent.name != "checkpoints" or len(path.parents) < 3 or path.parents[2] != root or not path.name.startswith("step-")
             or not (path / "state.json").is_file()):
         raise ValueError(f"resume={resume!r} is not a checkpoint folder (<run>/checkpoints/step-N) under {root}; "
                          "use 'latest' or a path the node reported")

@@ -190,7 +190,8 @@ def test_resume_path_must_be_a_checkpoint_inside_the_runs_folder(host):
     # a run folder means its newest checkpoint; the run folder (parents[1]) then stays inside the runs folder
     assert train_lora._resolve_resume("hands-20250101-000000", "hands") == checkpoint.resolve()
     (runs / "other").mkdir()
-    for bad in ("other", "hands-20250101-000000/checkpoints", "hands-20250101-000000/checkpoints/step-2", "..", str(host)):
+    for bad in ("other", "hands-20250101-000000/checkpoints", "hands-20250101-000000/checkpoints/step-2", "..", str(host),
+                "/checkpoints/step-1"):
         with pytest.raises(ValueError, match="not a checkpoint folder"):
             train_lora._resolve_resume(bad, "hands")
 
