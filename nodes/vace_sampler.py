@@ -178,7 +178,7 @@ class IPAVaceSampler(io.ComfyNode):
 
         frames_out, results = [], []
         for index in range(candidates):
-            candidate_seed = seed + index
+            candidate_seed = (seed + index) % 2**64  # wraps like the seed widget's range (torch seeds are 64-bit)
 
             def callback(step, x0, x, total_steps, _offset=index * steps):
                 comfy.model_management.throw_exception_if_processing_interrupted()

@@ -77,6 +77,13 @@ def test_candidates_equal_the_native_graph(comfy):
     assert not torch.equal(candidates[0].latent, candidates[1].latent)
 
 
+def test_candidate_seeds_wrap_at_the_widget_maximum(comfy):
+    _, wrapped = _sample(comfy, candidates=2, seed=2**64 - 1, steps=1)
+    _, from_zero = _sample(comfy, candidates=1, seed=0, steps=1)
+    assert [c.seed for c in wrapped] == [2**64 - 1, 0]
+    assert torch.equal(wrapped[1].latent, from_zero[0].latent)
+
+
 def test_chained_vace_and_wrong_models_are_refused(comfy):
     from comfy_extras.nodes_wan import WanVaceToVideo
 
