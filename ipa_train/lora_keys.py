@@ -25,6 +25,8 @@ from typing import Mapping, Optional
 
 import torch
 
+from .model import diffusers_key_to_original
+
 NATIVE_PREFIX = "diffusion_model."
 
 # Native (original Wan) module names that can carry a LoRA, as regexes over the dotted name.
@@ -61,30 +63,7 @@ _NATIVE_TO_DIFFUSERS = [
     (r"^img_emb\.proj\.1$", "condition_embedder.image_embedder.ff.net.0.proj"),
     (r"^img_emb\.proj\.3$", "condition_embedder.image_embedder.ff.net.2"),
 ]
-_DIFFUSERS_TO_NATIVE = [
-    (r"^((?:vace_)?blocks\.\d+)\.attn1\.", r"\1.self_attn."),
-    (r"^((?:vace_)?blocks\.\d+)\.attn2\.", r"\1.cross_attn."),
-    (r"\.(self_attn|cross_attn)\.to_q$", r".\1.q"),
-    (r"\.(self_attn|cross_attn)\.to_k$", r".\1.k"),
-    (r"\.(self_attn|cross_attn)\.to_v$", r".\1.v"),
-    (r"\.(self_attn|cross_attn)\.to_out\.0$", r".\1.o"),
-    (r"\.(self_attn|cross_attn)\.add_k_proj$", r".\1.k_img"),
-    (r"\.(self_attn|cross_attn)\.add_v_proj$", r".\1.v_img"),
-    (r"\.ffn\.net\.0\.proj$", ".ffn.0"),
-    (r"\.ffn\.net\.2$", ".ffn.2"),
-    (r"^(vace_blocks\.\d+)\.proj_in$", r"\1.before_proj"),
-    (r"^(vace_blocks\.\d+)\.proj_out$", r"\1.after_proj"),
-    (r"^condition_embedder\.text_embedder\.linear_1$", "text_embedding.0"),
-    (r"^condition_embedder\.text_embedder\.linear_2$", "text_embedding.2"),
-    (r"^condition_embedder\.time_embedder\.linear_1$", "time_embedding.0"),
-    (r"^condition_embedder\.time_embedder\.linear_2$", "time_embedding.2"),
-    (r"^condition_embedder\.time_proj$", "time_projection.1"),
-    (r"^proj_out$", "head.head"),
-    (r"^condition_embedder\.image_embedder\.ff\.net\.0\.proj$", "img_emb.proj.1"),
-    (r"^condition_embedder\.image_embedder\.ff\.net\.2$", "img_emb.proj.3"),
-]
 _N2D = [(re.compile(p), r) for p, r in _NATIVE_TO_DIFFUSERS]
-_D2N = [(re.compile(p), r) for p, r in _DIFFUSERS_TO_NATIVE]
 
 # Underscore forms (kohya / musubi ``lora_unet_``, OneTrainer / SimpleTuner ``lora_transformer_``) cannot be
 # split on "_" blindly: these patterns know where the dots were.
@@ -139,7 +118,7 @@ _PREFIXES = [
 
 def diffusers_module_to_native(name: str) -> str:
     """``blocks.0.attn1.to_q`` -> ``diffusion_model.blocks.0.self_attn.q`` (raises ValueError if unknown)."""
-    native = _rename(name, _D2N)
+    native = _to_native(name)
     if not _NATIVE_MODULE.match(native):
         raise ValueError(f"{name!r} is not a LoRA-capable module of the Wan2.1-VACE transformer")
     return NATIVE_PREFIX + native
@@ -159,6 +138,11 @@ def _rename(name: str, rules) -> str:
     return name
 
 
+def _to_native(name: str) -> str:
+    # diffusers -> original Wan names have one source of truth: the single-file writer's key rules.
+    return diffusers_key_to_original(name + ".")[:-1]
+
+
 def _native_module(body: str, kind: str) -> Optional[str]:
     """The bare native module name for a key body (prefix and role suffix removed), or None."""
     if kind == "kohya":
@@ -167,12 +151,12 @@ def _native_module(body: str, kind: str) -> Optional[str]:
                 return pattern.sub(replacement, body)
         for pattern, replacement in _KOHYA_DIFFUSERS:
             if pattern.match(body):
-                return _rename(pattern.sub(replacement, body), _D2N)
+                return _to_native(pattern.sub(replacement, body))
         return None
     if _NATIVE_MODULE.match(body):
         return body
     if kind in ("auto", "diffusers"):
-        native = _rename(body, _D2N)
+        native = _to_native(body)
         if native != body and _NATIVE_MODULE.match(native):
             return native
     return None
