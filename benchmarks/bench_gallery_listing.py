@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 
-from ipa_train import dataset as ds  # noqa: E402
-from ipa_train.gallery_api import _sorted, create_app  # noqa: E402
+from ipa_train.data import dataset as ds  # noqa: E402
+from ipa_train.gallery.api import _sorted, create_app  # noqa: E402
 
 
 def build(root: Path, count: int) -> Path:

@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ipa_train.hands import hand_boxes, latent_hand_mask, pose_to_hand_masks  # noqa: E402
-from ipa_train.synthetic import synthetic_pose_sequence  # noqa: E402
+from ipa_train.pose.hands import hand_boxes, latent_hand_mask, pose_to_hand_masks  # noqa: E402
+from ipa_train.pose.synthetic import synthetic_pose_sequence  # noqa: E402
 
 
 class Timing(float):

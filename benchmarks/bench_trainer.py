@@ -1,6 +1,6 @@
 """Seconds per step and peak memory of one Flow-IPA training step, for the same model, batch and LoRA:
 
-    (a) this trainer: ``ipa_train.train.Trainer.train_step`` (reference = same module, adapter switched off)
+    (a) this trainer: ``ipa_train.training.loop.Trainer.train_step`` (reference = same module, adapter switched off)
     (b) the official recipe: a deep-copied frozen reference model next to the policy
     (c) a plain LoRA flow-matching SFT step (no reference forward): the floor
 
@@ -60,12 +60,14 @@ def held_bytes(*modules) -> int:
 def run_variant(variant: str, size: str, steps: int, warmup: int) -> dict:
     import torch
 
-    from ipa_train import dataset as ds
-    from ipa_train import lora as lora_setup
-    from ipa_train.config import RunConfig
-    from ipa_train.loss import flow_ipa_loss, flow_sft_loss
-    from ipa_train.model import build_tiny_transformer
-    from ipa_train.train import Dist, Events, Trainer, collate, setup_distributed
+    from ipa_train.data import dataset as ds
+    from ipa_train.training import lora as lora_setup
+    from ipa_train.training.config import RunConfig
+    from ipa_train.training.loss import flow_ipa_loss, flow_sft_loss
+    from ipa_train.wan.model import build_tiny_transformer
+    from ipa_train.training.batching import collate
+    from ipa_train.training.distributed import Dist, Events, setup_distributed
+    from ipa_train.training.loop import Trainer
 
     spec = SIZES[size]
     device = setup_distributed().device
@@ -102,7 +104,7 @@ def run_variant(variant: str, size: str, steps: int, warmup: int) -> dict:
         params = [p for _, p in lora_setup.trained_parameters(base)]
         optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
         helper = Trainer.__new__(Trainer)  # reuse the trainer's sampler and collation for identical batches
-        from ipa_train.train import Sampler, load_training_data
+        from ipa_train.training.batching import Sampler, load_training_data
 
         training_data = load_training_data(config)
         sampler = Sampler(config, training_data, Dist(device=device))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ipa_train import dwpose  # noqa: E402
+from ipa_train.pose import dwpose  # noqa: E402
 
 try:
     import cv2

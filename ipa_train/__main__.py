@@ -10,7 +10,7 @@ import sys
 
 COMMANDS = {
     "train": ("train", "Flow-IPA LoRA trainer: --config run.json [--resume DIR] (same as python -m ipa_train.train)"),
-    "demo": ("demo", "the whole loop on a tiny random VACE model: sample, prefer, train (torchrun), sample again, report"),
+    "demo": ("demo.run", "the whole loop on a tiny random VACE model: sample, prefer, train (torchrun), sample again, report"),
 }
 
 

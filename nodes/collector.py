@@ -11,8 +11,8 @@ import logging
 import torch
 from comfy_api.latest import io, ui
 
-from ..ipa_train.collect import Candidate, store_candidates
-from ..ipa_train.dataset import DatasetError, validate_dataset_name
+from ..ipa_train.data.collect import Candidate, store_candidates
+from ..ipa_train.data.dataset import DatasetError, validate_dataset_name
 from .paths import dataset_root
 from .vace_sampler import CANDIDATES, vace_condition
 
@@ -46,8 +46,8 @@ def _parse_selection(selection: str, count: int) -> list[int]:
 
 def _hands_from_pose(pose_keypoint, width: int, height: int, frames: int):
     """(pixel hand masks, hand boxes, driving pose) of the video frames from POSE_KEYPOINT frames."""
-    from ..ipa_train.collect import driving_pose_frames
-    from ..ipa_train.hands import hand_boxes, pose_to_hand_masks
+    from ..ipa_train.data.collect import driving_pose_frames
+    from ..ipa_train.pose.hands import hand_boxes, pose_to_hand_masks
 
     if isinstance(pose_keypoint, dict):
         pose_keypoint = [pose_keypoint]

@@ -13,7 +13,9 @@ import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
-from ..ipa_train import dwpose, pose_render
+from ..ipa_train.pose import dwpose
+
+from ..ipa_train.pose import render as pose_render
 
 WEIGHTS_FOLDER = "dwpose"
 CONTROLNET_AUX_FOLDER = "comfyui_controlnet_aux"

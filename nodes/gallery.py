@@ -7,8 +7,8 @@ from __future__ import annotations
 import logging
 import os
 
-from ..ipa_train.gallery_api import GalleryAPI
-from ..ipa_train.hand_score_jobs import DetectorSource, dwpose_source
+from ..ipa_train.gallery.api import GalleryAPI
+from ..ipa_train.gallery.hand_score_jobs import DetectorSource, dwpose_source
 from . import dwpose as dwpose_nodes
 from .host import prompt_server
 from .paths import dataset_root

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..ipa_train.hands import RESIZE_MODES, SHAPES, hand_boxes, hand_mask_preview, pose_to_hand_masks, resize_frames
+from ..ipa_train.pose.hands import RESIZE_MODES, SHAPES, hand_boxes, hand_mask_preview, pose_to_hand_masks, resize_frames
 
 PoseKeypoint = io.Custom("POSE_KEYPOINT")
 

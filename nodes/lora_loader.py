@@ -12,7 +12,7 @@ import logging
 from comfy_api.latest import io, ui
 
 from ..ipa_train.fileio import load_safetensors
-from ..ipa_train.lora_meta import base_model_mismatch, summarize_metadata
+from ..ipa_train.wan.lora_meta import base_model_mismatch, summarize_metadata
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class IPALoRALoader(io.ComfyNode):
     def execute(cls, model, lora_name, strength) -> io.NodeOutput:
         import folder_paths
 
-        from ..ipa_train.lora_keys import to_comfy_native
+        from ..ipa_train.wan.lora_keys import to_comfy_native
 
         path = folder_paths.get_full_path_or_raise("loras", lora_name)
         state_dict, metadata = load_safetensors(path)

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from comfy_api.latest import io, ui
 
-from ..ipa_train import launcher
-from ..ipa_train.config import DISTRIBUTED as RUN_DISTRIBUTED, OBJECTIVES as RUN_OBJECTIVES, PRECISIONS as RUN_PRECISIONS, ConfigError, RunConfig
-from ..ipa_train.dataset import DatasetError, count_statuses, dataset_path, read_manifest
+from ..ipa_train.training import launcher
+from ..ipa_train.training.config import DISTRIBUTED as RUN_DISTRIBUTED, OBJECTIVES as RUN_OBJECTIVES, PRECISIONS as RUN_PRECISIONS, ConfigError, RunConfig
+from ..ipa_train.data.dataset import DatasetError, count_statuses, dataset_path, read_manifest
 from ..ipa_train.fileio import atomic_write_json
 from .host import prompt_server
 from .paths import dataset_root

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from comfy_api.latest import io
 
-from ..ipa_train.collect import Candidate
+from ..ipa_train.data.collect import Candidate
 
 log = logging.getLogger(__name__)
 

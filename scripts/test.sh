@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # Installs the development set-up and runs the whole test suite (the README's test command).
+# With COMFYUI_PATH pointing to a ComfyUI checkout (v0.8), the host tests run too: ComfyUI's requirements are
+# installed into the venv first (scripts/comfyui-test-env.sh); without it they skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-venv.sh
+VENV=${IPA_VENV:-.venv}
+if [ -n "${COMFYUI_PATH:-}" ]; then
+  # shellcheck source=scripts/comfyui-test-env.sh
+  source scripts/comfyui-test-env.sh
+fi
 # The gallery's browser tests drive Debian's Chromium (never a browser downloaded by a test tool). Install it when
 # it is missing and apt can run (root or password-less sudo); about a minute on a fresh machine. Without it those
 # tests skip and say why.
@@ -21,5 +28,4 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; 
     echo "could not install chromium (no root or no apt): the gallery browser tests will skip"
   fi
 fi
-VENV=${IPA_VENV:-.venv}
 exec "$VENV/bin/python" -m pytest -q "$@"

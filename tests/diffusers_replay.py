@@ -5,7 +5,7 @@ import-only torchvision stand-in on its path, with which diffusers cannot import
 
 INPUTS holds x_t [N,16,F,h,w], sigmas [N], text [L,D], context [96,F,h,w], strength []; OUTPUT gets ``velocity`` (and
 ``velocity_control`` when INPUTS has ``context_control``).
-Uses trainer-core's ``ipa_train.model.load_transformer`` when present, else ``from_single_file(config=CONFIG_DIR)``.
+Uses trainer-core's ``ipa_train.wan.model.load_transformer`` when present, else ``from_single_file(config=CONFIG_DIR)``.
 """
 
 import sys
@@ -20,7 +20,7 @@ def main(model_file: str, inputs_file: str, output_file: str, config_dir: str = 
     from safetensors.torch import load_file, save_file
 
     try:
-        from ipa_train.model import load_transformer
+        from ipa_train.wan.model import load_transformer
     except ImportError:
         load_transformer = None
     if load_transformer is not None:

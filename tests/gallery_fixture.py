@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ipa_train import dataset as ds
+from ipa_train.data import dataset as ds
 
 PREVIEW_SIZE = (160, 96)
 PREVIEW_FRAMES = 8

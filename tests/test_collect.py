@@ -1,4 +1,4 @@
-"""The collector's core (ipa_train.collect, wan_latents, previews) without ComfyUI: layout, normalisation, previews,
+"""The collector's core (ipa_train.data.collect, wan_latents, previews) without ComfyUI: layout, normalisation, previews,
 concurrency, killed writes, de-duplication."""
 
 from __future__ import annotations
@@ -13,9 +13,13 @@ import time
 import pytest
 import torch
 
-from ipa_train import collect, dataset, wan_latents
-from ipa_train.collect import Candidate, candidate_to_sample, store_candidates
-from ipa_train.previews import animated_webp, boxes_from_masks
+from ipa_train.data import collect
+
+from ipa_train.data import dataset
+
+from ipa_train.wan import latents as wan_latents
+from ipa_train.data.collect import Candidate, candidate_to_sample, store_candidates
+from ipa_train.data.previews import animated_webp, boxes_from_masks
 
 
 def make_candidate(seed: int = 0, frames: int = 3, ref: int = 1, h: int = 4, w: int = 6, tokens: int = 512, with_frames: bool = True) -> Candidate:
@@ -118,7 +122,6 @@ def test_mask_hand_boxes_and_closeup_go_into_meta(tmp_path):
     candidate = make_candidate(h=4, w=8)
     masks = torch.zeros(9, 32, 64)
     masks[:, 8:16, 40:56] = 1
-    pytest.importorskip("ipa_train.hands", reason="ipa_train.hands (branch hands) not merged yet")
     tensors, meta, previews, _ = candidate_to_sample(candidate, pixel_hand_masks=masks)
     assert "hands.webp" in previews
     assert meta["hand_boxes"][0] == [[40, 8, 56, 16]]
@@ -129,9 +132,10 @@ def test_driving_pose_goes_into_meta_as_the_gallery_reads_it(tmp_path):
     """The collector's pose-derived meta (driving_pose + driving_pose_resize, hand_boxes) is what the gallery's hand
     score and close-ups read: its fit of the stored pose lands where the collector's hand boxes are, scoring that
     pose against itself gives 1, and the boxes parse into hand tracks."""
-    from ipa_train import hand_crops, hand_scoring
-    from ipa_train.hands import hand_boxes, pose_to_hand_masks
-    from ipa_train.synthetic import synthetic_pose_sequence
+    from ipa_train.pose import hand_crops
+    from ipa_train.gallery import hand_scoring
+    from ipa_train.pose.hands import hand_boxes, pose_to_hand_masks
+    from ipa_train.pose.synthetic import synthetic_pose_sequence
 
     candidate = make_candidate(h=4, w=8)  # video 64 x 32, 9 frames
     pose = synthetic_pose_sequence(12, 96, 64, seed=3)  # another aspect and more frames than the video
@@ -192,7 +196,7 @@ def test_two_writers_at_once_lose_nothing(tmp_path):
 
 
 def _slow_writer(root, ready):
-    import ipa_train.dataset as ds
+    import ipa_train.data.dataset as ds
 
     real = ds.atomic_write_bytes
 

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from ipa_train import dataset as ds
+from ipa_train.data import dataset as ds
 
 
 def sample(seed=0, frames=3, h=4, w=6, ref_frames=1):

@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from conftest import REPO_ROOT
-from ipa_train import demo
+from ipa_train.demo import run as demo
 from ipa_train.__main__ import main
-from ipa_train.dataset import load_sample, read_manifest
+from ipa_train.data.dataset import load_sample, read_manifest
 from ipa_train.fileio import load_safetensors
 
 LOG2 = math.log(2)
@@ -57,7 +57,7 @@ def test_stored_context_is_what_the_pipeline_helpers_build_from_the_control_vide
     """The VACE context recorded from the transformer's input equals diffusers' own helpers on the same inputs
     (control video, all-ones mask, reference image), with the reference latent in front and a zero mask there."""
     out, _, metrics = demo_run
-    from ipa_train.demo_pipeline import build_tiny_pipeline, to_pil_frames
+    from ipa_train.demo.pipeline import build_tiny_pipeline, to_pil_frames
 
     frames, _ = load_safetensors(out / "report" / "frames.safetensors")
     control = frames["control"]

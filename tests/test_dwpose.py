@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ipa_train import dwpose
+from ipa_train.pose import dwpose
 from tiny_dwpose_models import HAND_OFFSETS, build_pose, build_weights, cross_frame
 
 

@@ -18,7 +18,6 @@ from tiny_dwpose_models import build_weights, cross_frame
 pytestmark = requires_comfyui
 
 HAS_HAND_MASK_NODE = (REPO_ROOT / "nodes" / "hand_mask.py").exists()
-HAS_HANDS_CORE = (REPO_ROOT / "ipa_train" / "hands.py").exists()
 
 
 def _comfy_on_cpu() -> None:
@@ -251,9 +250,8 @@ def test_comfyui_loader_registers_the_dwpose_nodes():
     assert ".onnx" in folder_paths.folder_names_and_paths["dwpose"][1]  # setup() ran from comfy_entrypoint
 
 
-@pytest.mark.skipif(not HAS_HANDS_CORE, reason="pending: needs the hands branch (ipa_train/hands.py) merged into main")
 def test_hand_masks_accept_the_estimator_keypoints(dw, comfy_dirs, tiny_files):
-    from ipa_train.hands import pose_to_hand_masks
+    from ipa_train.pose.hands import pose_to_hand_masks
 
     _install(tiny_files, comfy_dirs.dwpose)
     keypoints, _ = _run_estimator(dw, _frames())

@@ -150,7 +150,7 @@ def _node_output(entry: dict, prompt: dict, kind: str) -> dict:
 
 
 def test_curate_align_animate_through_the_server(comfy):
-    from ipa_train import dataset as ds
+    from ipa_train.data import dataset as ds
     from ipa_train.fileio import read_safetensors_metadata
 
     from comfy_server import run_prompt
@@ -222,7 +222,7 @@ def test_curate_align_animate_through_the_server(comfy):
 
 
 def test_interrupt_stops_training_with_a_checkpoint_and_a_resume_hint(comfy):
-    from ipa_train import dataset as ds
+    from ipa_train.data import dataset as ds
 
     from comfy_server import execution_error
 

@@ -14,8 +14,8 @@ from PIL import Image
 from yarl import URL
 
 from gallery_fixture import make_dataset, tiny_tensors
-from ipa_train import dataset as ds
-from ipa_train.gallery_api import create_app
+from ipa_train.data import dataset as ds
+from ipa_train.gallery.api import create_app
 
 
 def serve(root, scenario):

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from gallery_fixture import add_driving_poses, make_dataset, skin_detector
-from ipa_train import dataset as ds
-from ipa_train.gallery_api import create_app
+from ipa_train.data import dataset as ds
+from ipa_train.gallery.api import create_app
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("IPA_CHROMIUM", "/usr/bin/chromium")
@@ -233,7 +233,7 @@ def test_fast_typing_against_a_slow_server_keeps_order_and_merges_requests(tmp_p
 
 
 def test_score_hands_button_shows_progress_scores_tiles_and_explains_missing_weights(tmp_path, browser):
-    from ipa_train.hand_score_jobs import DetectorSource
+    from ipa_train.gallery.hand_score_jobs import DetectorSource
 
     root = tmp_path / "ipa_datasets"
     dataset_dir, ids = make_dataset(root, "hands_v1", count=4)

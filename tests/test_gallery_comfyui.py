@@ -20,7 +20,7 @@ import pytest
 from conftest import comfyui_path, requires_comfyui
 from gallery_fixture import add_driving_poses, make_dataset
 from tiny_dwpose_models import build_weights
-from ipa_train import dataset as ds
+from ipa_train.data import dataset as ds
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("IPA_CHROMIUM", "/usr/bin/chromium")

@@ -112,7 +112,7 @@ def test_patched_model_is_recorded(comfy):
 def test_collector_node_stores_candidates(comfy):
     import json
 
-    from comfyui_ipa_pack.ipa_train import dataset
+    from comfyui_ipa_pack.ipa_train.data import dataset
     from comfyui_ipa_pack.nodes.collector import IPAMarkPreferred
     from comfyui_ipa_pack.nodes.paths import dataset_root
 
@@ -135,7 +135,7 @@ def test_collector_node_stores_candidates(comfy):
     with pytest.raises(ValueError, match="either pose_keypoint or hand_mask"):
         IPAMarkPreferred.execute(candidates, "node_ds", "pending", pose_keypoint=[{}], hand_mask=mask)
     # hands from POSE_KEYPOINT: the latent mask, the preview boxes and the driving pose (in video pixels) for the gallery
-    from comfyui_ipa_pack.ipa_train.synthetic import synthetic_pose_sequence
+    from comfyui_ipa_pack.ipa_train.pose.synthetic import synthetic_pose_sequence
 
     pose = synthetic_pose_sequence(LENGTH + 4, 2 * W, 2 * H, seed=1)
     IPAMarkPreferred.execute(candidates, "posed_ds", "pending", select="0", pose_keypoint=pose)
@@ -149,7 +149,7 @@ def test_collector_node_stores_candidates(comfy):
 
 def test_encode_good_video_matches_native_conditioning(comfy):
     from comfy_extras.nodes_wan import WanVaceToVideo
-    from comfyui_ipa_pack.ipa_train.collect import candidate_to_sample
+    from comfyui_ipa_pack.ipa_train.data.collect import candidate_to_sample
     from comfyui_ipa_pack.nodes.collector import IPAEncodeGoodVideo
 
     inputs = _inputs()
@@ -193,7 +193,7 @@ def _comfy_velocities(tiny, candidate, x_t_list, sigmas):
 
 def test_parity_native_comfyui_vs_diffusers_on_stored_tensors(comfy, tmp_path):
     from comfy_tiny import write_diffusers_config
-    from comfyui_ipa_pack.ipa_train import dataset
+    from comfyui_ipa_pack.ipa_train.data import dataset
     from comfyui_ipa_pack.nodes.collector import IPAMarkPreferred
     from comfyui_ipa_pack.nodes.paths import dataset_root
 
@@ -235,7 +235,7 @@ def test_parity_native_comfyui_vs_diffusers_on_stored_tensors(comfy, tmp_path):
 def test_comfyui_latent_constants_equal_ours(comfy):
     import comfy.latent_formats  # noqa: F811  (the fixture is only needed to have ComfyUI importable)
 
-    from comfyui_ipa_pack.ipa_train import wan_latents
+    from comfyui_ipa_pack.ipa_train.wan import latents as wan_latents
 
     wan21 = comfy.latent_formats.Wan21()
     assert tuple(round(v, 4) for v in wan21.latents_mean.flatten().tolist()) == wan_latents.WAN21_LATENTS_MEAN

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from ipa_train.hand_score import frame_hands, hand_score
+from ipa_train.pose.hand_score import frame_hands, hand_score
 
 
 def hand_points(cx: float, cy: float, size: float, confidence: float = 1.0, seed: int = 0) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Hand scoring end to end with DWPose itself (ipa_train.dwpose on onnxruntime, tiny ONNX files with the real
+"""Hand scoring end to end with DWPose itself (ipa_train.pose.dwpose on onnxruntime, tiny ONNX files with the real
 files' names and signatures): POST starts the job, the previews go through the person detector and the pose
 model, the scores land in the manifest and the listing sorts by them."""
 
@@ -13,10 +13,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
 from gallery_fixture import tiny_tensors
-from ipa_train import dataset as ds
-from ipa_train import dwpose
-from ipa_train.gallery_api import create_app
-from ipa_train.hand_score_jobs import dwpose_source
+from ipa_train.data import dataset as ds
+from ipa_train.pose import dwpose
+from ipa_train.gallery.api import create_app
+from ipa_train.gallery.hand_score_jobs import dwpose_source
 
 pytest.importorskip("onnxruntime")
 tiny = pytest.importorskip("tiny_dwpose_models")

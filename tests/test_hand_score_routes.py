@@ -12,9 +12,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from gallery_fixture import add_driving_poses, make_dataset, skin_detector
-from ipa_train import dataset as ds
-from ipa_train.gallery_api import GALLERY_API_KEY, create_app
-from ipa_train.hand_score_jobs import DetectorSource, DetectorUnavailable, dwpose_source
+from ipa_train.data import dataset as ds
+from ipa_train.gallery.api import GALLERY_API_KEY, create_app
+from ipa_train.gallery.hand_score_jobs import DetectorSource, DetectorUnavailable, dwpose_source
 
 URL = "/ipa/datasets/hands_v1/hand_scores"
 

@@ -10,9 +10,9 @@ import json
 import pytest
 
 from gallery_fixture import PREVIEW_SIZE, add_driving_poses, hand_boxes, hand_from_box, make_dataset, skin_detector
-from ipa_train import dataset as ds
-from ipa_train.gallery_api import create_app
-from ipa_train.hand_scoring import ScoringCancelled, fit_driving_pose, score_dataset, score_sample
+from ipa_train.data import dataset as ds
+from ipa_train.gallery.api import create_app
+from ipa_train.gallery.hand_scoring import ScoringCancelled, fit_driving_pose, score_dataset, score_sample
 
 
 @pytest.fixture()

@@ -1,4 +1,4 @@
-"""Hand masks from pose keypoints (ipa_train/hands.py) and the synthetic pose sequences (ipa_train/synthetic.py)."""
+"""Hand masks from pose keypoints (ipa_train/pose/hands.py) and the synthetic pose sequences (ipa_train/pose/synthetic.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ipa_train.hands import (
+from ipa_train.pose.hands import (
     _convex_hull,
     canvas_mapping,
     hand_boxes,
@@ -17,7 +17,7 @@ from ipa_train.hands import (
     pose_to_hand_masks,
     resize_frames,
 )
-from ipa_train.synthetic import render_pose_frames, synthetic_pose_sequence
+from ipa_train.pose.synthetic import render_pose_frames, synthetic_pose_sequence
 
 W, H = 832, 480
 

@@ -1,4 +1,4 @@
-"""ipa_train.launcher without ComfyUI: settings, environment, event parsing, a real subprocess following the
+"""ipa_train.training.launcher without ComfyUI: settings, environment, event parsing, a real subprocess following the
 trainer contract (fake trainer), graceful cancel that leaves no process group behind, failure reporting."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ipa_train import launcher
-from ipa_train.launcher import LaunchError, TrainingJob, build_command, build_env, parse_event, parse_gpus
+from ipa_train.training import launcher
+from ipa_train.training.launcher import LaunchError, TrainingJob, build_command, build_env, parse_event, parse_gpus
 
 FAKE = str(Path(__file__).parent / "fake_trainer_pkg")
 
@@ -47,7 +47,7 @@ def test_build_env_is_explicit():
     assert "HIP_VISIBLE_DEVICES" not in env  # ComfyUI's --cuda-device sets it; ROCm would apply it before ours
     assert "PYTORCH_CUDA_ALLOC_CONF" not in env
     assert env["PYTHONPATH"] == launcher.PACKAGE_PARENT
-    assert (Path(launcher.PACKAGE_PARENT) / "ipa_train" / "launcher.py").is_file()
+    assert (Path(launcher.PACKAGE_PARENT) / "ipa_train" / "training" / "launcher.py").is_file()
     assert env["PATH"] == "/bin" and env["HOME"] == "/h"
     assert build_env(host, gpus=[])["CUDA_VISIBLE_DEVICES"] == ""  # CPU: hide every GPU, never inherit
 
@@ -170,12 +170,11 @@ def test_unique_path_never_overwrites(tmp_path):
     assert launcher.unique_path(tmp_path, "a", ".safetensors").name == "a_00002.safetensors"
 
 
-@pytest.mark.skipif(not (Path(launcher.PACKAGE_PARENT) / "ipa_train" / "train.py").is_file(), reason="ipa_train.train (branch trainer-loop) not merged yet")
 def test_real_trainer_tiny_run(tmp_path):
     """The real trainer under the launcher on a tiny dataset (enabled once trainer-loop is merged)."""
     import torch
 
-    from ipa_train.dataset import SampleTensors, add_sample, create_dataset, set_status
+    from ipa_train.data.dataset import SampleTensors, add_sample, create_dataset, set_status
 
     folder = create_dataset(tmp_path, "tiny")
     generator = torch.Generator().manual_seed(0)

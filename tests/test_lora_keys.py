@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from ipa_train.fileio import atomic_save_safetensors, load_safetensors
-from ipa_train.lora_io import (
+from ipa_train.wan.lora_io import (
     LoraFileError,
     load_lora_for_peft,
     peft_config_kwargs,
     read_lora_file,
     save_comfy_lora,
 )
-from ipa_train.lora_keys import diffusers_module_to_native, native_to_diffusers_module, to_comfy_native
-from ipa_train.model import build_tiny_transformer, diffusers_key_to_original
+from ipa_train.wan.lora_keys import diffusers_module_to_native, native_to_diffusers_module, to_comfy_native
+from ipa_train.wan.model import build_tiny_transformer, diffusers_key_to_original
 
 # (native module, diffusers module, kohya name) written out by hand, independent of the code under test.
 MODULES = [

@@ -1,24 +1,21 @@
 """IPA LoRA Loader inside a real ComfyUI (COMFYUI_PATH) on the tiny Wan2.1-VACE file: every key layout, exact
 matched counts, applied weights equal W + strength * scale * B @ A, errors and metadata warnings.
 
-The layout conversion is trainer-core's ``ipa_train.lora_keys.to_comfy_native``; until that branch is merged the
+The layout conversion is trainer-core's ``ipa_train.wan.lora_keys.to_comfy_native``; until that branch is merged the
 layouts ComfyUI reads natively are tested through an identity stand-in and the others are skipped."""
 
 from __future__ import annotations
 
 import importlib.util
-import sys
-import types
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import REPO_ROOT, requires_comfyui
+from conftest import requires_comfyui
 
 pytestmark = requires_comfyui
 
-HAVE_LORA_KEYS = (REPO_ROOT / "ipa_train" / "lora_keys.py").is_file()
 RANK, DIM = 4, 128
 
 
@@ -27,10 +24,6 @@ def tiny(tmp_path_factory):
     from comfy_tiny import TinyComfy, load_pack_cpu
 
     load_pack_cpu()
-    if not HAVE_LORA_KEYS:  # identity stand-in for formats ComfyUI reads natively
-        stub = types.ModuleType("comfyui_ipa_pack.ipa_train.lora_keys")
-        stub.to_comfy_native = lambda state_dict, metadata=None: (dict(state_dict), {"matched": list(state_dict), "unmatched": []})
-        sys.modules[stub.__name__] = stub
     host = TinyComfy(tmp_path_factory.mktemp("lora"))
     host.model = host.load_model()
     return host
@@ -74,13 +67,12 @@ NATIVE_LAYOUTS = ["native", "native_down_up", "kohya"]
 CONVERTED_LAYOUTS = ["diffusers", "diffsynth", "peft"]
 
 
-@pytest.mark.parametrize("layout", NATIVE_LAYOUTS + CONVERTED_LAYOUTS)
-@pytest.mark.parametrize("alpha", [None, 2.0])
+# every layout with and without alpha keys, except diffusers with alpha: diffusers keeps alpha in metadata, not as keys
+LAYOUT_ALPHAS = [(layout, alpha) for layout in NATIVE_LAYOUTS + CONVERTED_LAYOUTS for alpha in (None, 2.0) if not (layout == "diffusers" and alpha)]
+
+
+@pytest.mark.parametrize("layout, alpha", LAYOUT_ALPHAS)
 def test_every_layout_applies_exactly(tiny, layout, alpha):
-    if layout in CONVERTED_LAYOUTS and not HAVE_LORA_KEYS:
-        pytest.skip("ipa_train.lora_keys (branch trainer-core) not merged yet")
-    if layout in ("diffusers",) and alpha is not None:
-        pytest.skip("diffusers keeps alpha in metadata, not as keys")
     from comfyui_ipa_pack.nodes.lora_loader import IPALoRALoader
 
     state, expected = _layout(layout, alpha)

@@ -1,4 +1,4 @@
-from ipa_train.lora_meta import base_model_mismatch, size_tag_from_name, summarize_metadata
+from ipa_train.wan.lora_meta import base_model_mismatch, size_tag_from_name, summarize_metadata
 
 
 def test_size_tags():
@@ -27,7 +27,7 @@ def test_reads_what_the_real_trainer_writes(tmp_path):
 
     from ipa_train import train as trainer
     from ipa_train.fileio import read_safetensors_metadata
-    from ipa_train.model import build_tiny_transformer
+    from ipa_train.wan.model import build_tiny_transformer
 
     from trainer_helpers import make_dataset, tiny_config
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from ipa_train.loss import flow_dpo_loss, flow_ipa_loss, flow_sft_loss, weighted_error
+from ipa_train.training.loss import flow_dpo_loss, flow_ipa_loss, flow_sft_loss, weighted_error
 
 
 def reference_error_f64(pred, target, mask, hand_weight, ref_frames):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ipa_train.fileio import atomic_save_safetensors, load_safetensors
-from ipa_train.model import (
+from ipa_train.wan.model import (
     CONFIG_METADATA_KEY,
     ModelLoadError,
     SHIPPED_CONFIGS,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT, load_pack, requires_comfyui
-from ipa_train.synthetic import render_pose_frames, synthetic_pose_sequence
+from ipa_train.pose.synthetic import render_pose_frames, synthetic_pose_sequence
 
 pytestmark = requires_comfyui
 
@@ -56,7 +56,7 @@ def test_comfyui_loader_registers_the_node():
 
 
 def test_execute_on_synthetic_pose_keypoints(node):
-    from ipa_train.hands import pose_to_hand_masks
+    from ipa_train.pose.hands import pose_to_hand_masks
 
     poses = synthetic_pose_sequence(5, 320, 192, people=2, seed=3)
     mask, preview = run(node, poses)
@@ -88,7 +88,7 @@ def test_frame_resizing_matches_comfyui_common_upscale(resize, crop):
     load_pack()
     import comfy.utils
 
-    from ipa_train.hands import resize_frames
+    from ipa_train.pose.hands import resize_frames
 
     for size in ((300, 200), (200, 300), (333, 177)):
         frames = torch.rand(2, size[1], size[0], 3)

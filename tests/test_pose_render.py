@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ipa_train import pose_render as pr
+from ipa_train.pose import render as pr
 
 
 def _body(points: dict[int, tuple[float, float]], score: float = 1.0) -> list[float]:

@@ -27,7 +27,7 @@ def host(tmp_path, monkeypatch):
     load_pack_cpu()
     import folder_paths
 
-    from comfyui_ipa_pack.ipa_train.dataset import SampleTensors, add_sample, create_dataset
+    from comfyui_ipa_pack.ipa_train.data.dataset import SampleTensors, add_sample, create_dataset
     from comfyui_ipa_pack.nodes.paths import dataset_root
     from comfyui_ipa_pack.nodes.train_lora import IPATrainLoRA
 
@@ -78,7 +78,7 @@ def test_train_node_runs_reports_progress_and_saves(host, monkeypatch):
     log = (run_dirs[0] / "train.log").read_text()
     started = json.loads(next(line[9:] for line in log.splitlines() if '"started"' in line))
     assert started["env_cuda"] == "" and started["alloc"] is None 
-    from comfyui_ipa_pack.ipa_train.launcher import PACKAGE_PARENT
+    from comfyui_ipa_pack.ipa_train.training.launcher import PACKAGE_PARENT
 
     assert started["pythonpath"] == os.pathsep.join([PACKAGE_PARENT, FAKE])  # nothing of ComfyUI's path inherited
     # a second run never overwrites the first LoRA
@@ -146,7 +146,7 @@ def test_node_inputs_are_trainer_config_keys(host):
     config the node writes is one the trainer accepts (stop file included)."""
     import dataclasses
 
-    from comfyui_ipa_pack.ipa_train import config as run_config
+    from comfyui_ipa_pack.ipa_train.training import config as run_config
     from comfyui_ipa_pack.nodes.train_lora import IPATrainLoRA
 
     schema = IPATrainLoRA.define_schema()

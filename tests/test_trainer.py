@@ -9,12 +9,12 @@ import math
 import pytest
 import torch
 
-from ipa_train import lora
+from ipa_train.training import lora
 from ipa_train import train as trainer
-from ipa_train.config import ConfigError, RunConfig
-from ipa_train.dataset import DatasetError
+from ipa_train.training.config import ConfigError, RunConfig
+from ipa_train.data.dataset import DatasetError
 from ipa_train.fileio import load_safetensors, read_safetensors_metadata
-from ipa_train.model import build_tiny_transformer
+from ipa_train.wan.model import build_tiny_transformer
 
 from trainer_helpers import make_dataset, make_sample, tiny_config
 
@@ -157,7 +157,7 @@ def test_saved_lora_layout_metadata_and_reload(tmp_path):
         assert f"ipa.{key}" in meta, key
     assert meta["ipa.steps"] == "3" and meta["ipa.dataset_size"] == "2" and json.loads(meta["ipa.targets"]) == config.targets
     # a fresh model with the saved LoRA reproduces the trained prediction
-    from ipa_train.lora_io import load_lora_for_peft, peft_config_kwargs
+    from ipa_train.wan.lora_io import load_lora_for_peft, peft_config_kwargs
     from peft import LoraConfig, set_peft_model_state_dict
 
     state, alphas, header = load_lora_for_peft(result.lora_path)
@@ -260,7 +260,7 @@ def test_bad_input_is_refused_before_training(tmp_path):
     _bad(tmp_path, "needs rejected samples", dataset=make_dataset(tmp_path / "d", preferred=2), objective="dpo")
     _bad(tmp_path, "text_embedding width 24 differs from the model's text_dim 32", dataset=make_dataset(tmp_path / "t", preferred=1, text_dim=24))
     mixed = make_dataset(tmp_path / "m", preferred=1)
-    from ipa_train import dataset as ds
+    from ipa_train.data import dataset as ds
 
     ds.add_sample(mixed, make_sample(7, frames=5), status="preferred")
     _bad(tmp_path, "batch_size=2 needs samples of one size", dataset=mixed, batch_size=2)
@@ -275,7 +275,7 @@ def test_resume_from_a_missing_checkpoint_is_a_clear_error(tmp_path):
 
 def test_samples_from_a_patched_model_are_warned_about(tmp_path):
     """The sampler records a LoRA it sampled with (meta settings.patches); the trainer says when its reference lacks it."""
-    from ipa_train import dataset as ds
+    from ipa_train.data import dataset as ds
 
     data = tmp_path / "ds"
     folder = ds.create_dataset(tmp_path, "ds")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from ipa_train import dataset as ds
-from ipa_train.config import RunConfig
+from ipa_train.data import dataset as ds
+from ipa_train.training.config import RunConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -141,9 +141,9 @@ def choose_preferred(errors: list[float], count: int) -> list[bool]:
 
 def store_sample(dataset_dir: Path, sampled, pixel_masks, boxes, poses, status: str, hand_err: float, settings: dict):
     """One sampled video -> one dataset sample, with the latent and VACE context the transformer saw (bit for bit)."""
-    from .collect import Candidate, candidate_to_sample
-    from .dataset import add_sample
-    from .wan_latents import LATENT_CHANNELS, denormalize_latent
+    from ..data.collect import Candidate, candidate_to_sample
+    from ..data.dataset import add_sample
+    from ..wan.latents import LATENT_CHANNELS, denormalize_latent
 
     context = sampled.vace_context
     raw_frames = torch.cat(
@@ -167,7 +167,7 @@ def store_sample(dataset_dir: Path, sampled, pixel_masks, boxes, poses, status: 
     # they are (the round trip through raw space would move them by float rounding).
     tensors.latent = sampled.latent[0].contiguous()
     tensors.vace_context = context[0].contiguous()
-    meta.update({"driving_pose": poses, "hand_error": hand_err, "preference_rule": "lowest hand error (see ipa_train/demo.py)"})
+    meta.update({"driving_pose": poses, "hand_error": hand_err, "preference_rule": "lowest hand error (see ipa_train/demo/run.py)"})
     summary["hand_error"] = round(hand_err, 6)
     return add_sample(dataset_dir, tensors, meta=meta, previews=previews, status=status, summary=summary)
 
@@ -175,7 +175,7 @@ def store_sample(dataset_dir: Path, sampled, pixel_masks, boxes, poses, status: 
 def train_with_torchrun(run_json: Path, output_dir: Path, nproc: int) -> tuple[list[dict], dict, float]:
     """Runs ``python -m ipa_train.train --config run_json`` (under torchrun when ``nproc`` > 1) and relays its
     step events. Returns (step events, finished event, wall seconds)."""
-    from . import launcher
+    from ..training import launcher
 
     command = launcher.build_command(run_json, processes=nproc)
     env = launcher.build_env(gpus=())  # CPU: the demo's model is tiny; gloo between the ranks
@@ -217,7 +217,7 @@ def train_with_torchrun(run_json: Path, output_dir: Path, nproc: int) -> tuple[l
 def evaluation_gaps(transformer, samples, hand_weight: float, load_adapter) -> dict[str, Any]:
     """Mean ``err_ref - err_model`` (the loss's weighted error) per status over fixed noise levels ``EVAL_T`` and
     fixed noise: the reference is the base model, the model the base with the trained LoRA (``load_adapter``)."""
-    from .loss import weighted_error
+    from ..training.loss import weighted_error
 
     def predictions(tensors, seed):
         x0 = tensors.latent[None].float()
@@ -254,14 +254,14 @@ def evaluation_gaps(transformer, samples, hand_weight: float, load_adapter) -> d
 
 
 def run(args) -> dict[str, Any]:
-    from .dataset import create_dataset, load_sample, read_manifest
-    from .demo_pipeline import build_tiny_pipeline, load_lora, random_text_embedding, sample, to_pil_frames
-    from .demo_report import curves_image, frames_sheet, hand_masks_sheet, overlay
-    from .fileio import atomic_save_safetensors, atomic_write_json, read_safetensors_metadata
-    from .hands import hand_boxes, latent_hand_mask, pose_to_hand_masks
-    from .model import build_tiny_transformer, save_original_wan_single_file
-    from .pose_render import render_pose_video
-    from .synthetic import synthetic_pose_sequence
+    from ..data.dataset import create_dataset, load_sample, read_manifest
+    from .pipeline import build_tiny_pipeline, load_lora, random_text_embedding, sample, to_pil_frames
+    from .report import curves_image, frames_sheet, hand_masks_sheet, overlay
+    from ..fileio import atomic_save_safetensors, atomic_write_json, read_safetensors_metadata
+    from ..pose.hands import hand_boxes, latent_hand_mask, pose_to_hand_masks
+    from ..wan.model import build_tiny_transformer, save_original_wan_single_file
+    from ..pose.render import render_pose_video
+    from ..pose.synthetic import synthetic_pose_sequence
 
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -398,7 +398,7 @@ def run(args) -> dict[str, Any]:
 def _save_png(path: Path, image) -> Path:
     import io
 
-    from .fileio import atomic_write_bytes
+    from ..fileio import atomic_write_bytes
 
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Optional, Union
 
 import torch
 
-from .fileio import atomic_save_safetensors, load_safetensors
+from ..fileio import atomic_save_safetensors, load_safetensors
 from .lora_keys import ConversionReport, diffusers_module_to_native, native_to_diffusers_module, to_comfy_native
 
 LAYOUT_METADATA_KEY = "ipa_lora_layout"

@@ -30,7 +30,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_STOPPED = 3
 EVENTS = ("started", "step", "checkpoint", "finished", "stopped", "error")
-PACKAGE_PARENT = str(Path(__file__).resolve().parents[1])  # the folder holding ``ipa_train``
+PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # the folder holding ``ipa_train``
 
 # Inherited settings that would surprise the trainer: the host's allocator choice (ComfyUI sets cudaMallocAsync),
 # its device selection (ComfyUI's --cuda-device sets HIP_VISIBLE_DEVICES too, which ROCm applies before
@@ -237,10 +237,10 @@ class TrainingJob:
         they agree to stop after the same one), or sends SIGINT to the group when the job has no stop file."""
         self.stop_requested = True
         if self.stop_file is not None:
-            from .fileio import atomic_write_json
+            from ..fileio import atomic_write_json
 
             self.stop_file.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.stop_file, {"requested_at": time.time(), "by": "ipa_train.launcher"})
+            atomic_write_json(self.stop_file, {"requested_at": time.time(), "by": "ipa_train.training.launcher"})
         else:
             self._send_stop_signal()
 

@@ -292,7 +292,7 @@ def save_original_wan_single_file(
     ``record_config`` stores the diffusers config in the header so sizes the weights cannot describe load back
     exactly; ComfyUI ignores it (it needs 128-wide heads and evenly spaced VACE layers, warned about below).
     """
-    from .fileio import atomic_save_safetensors
+    from ..fileio import atomic_save_safetensors
 
     state = model.state_dict()
     renamed = {diffusers_key_to_original(k): k for k in state}
@@ -431,7 +431,7 @@ def load_transformer(path: os.PathLike | str, torch_dtype: torch.dtype = torch.f
         if prefix in ("", ORIGINAL_PREFIX):
             source: Any = str(path)
         else:  # diffusers' converter only strips "model.diffusion_model."
-            from .fileio import load_safetensors
+            from ..fileio import load_safetensors
 
             tensors, _ = load_safetensors(path)
             source = {k[len(prefix):]: v for k, v in tensors.items()}

@@ -28,7 +28,7 @@ import torch
 
 from .dataset import AddResult, SampleTensors, add_sample, count_statuses, create_dataset, read_manifest
 from .previews import animated_webp, boxes_from_masks, hand_closeup_webp, preview_scale, scale_boxes
-from .wan_latents import TEXT_TOKENS, normalize_latent, pad_text_embedding, text_length, vace_context_from_conditioning
+from ..wan.latents import TEXT_TOKENS, normalize_latent, pad_text_embedding, text_length, vace_context_from_conditioning
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def pixel_frames_for(latent_frames: int) -> int:
 
 def latent_mask_from_pixels(pixel_masks: torch.Tensor, latent_frames: int, latent_h: int, latent_w: int) -> torch.Tensor:
     """Pixel hand masks of the video frames -> ``[1, latent_frames, h, w]`` via ``hands.latent_hand_mask``."""
-    from .hands import latent_hand_mask
+    from ..pose.hands import latent_hand_mask
 
     frames = pixel_frames_for(latent_frames)
     fitted = fit_pixel_masks(pixel_masks, frames, latent_h * 8, latent_w * 8)
@@ -132,7 +132,7 @@ def candidate_to_sample(
     preview_max_side: int = 512,
     driving_pose: Optional[list[dict]] = None,
 ) -> tuple[SampleTensors, dict[str, Any], dict[str, bytes], dict[str, Any]]:
-    """Returns ``(tensors, meta, previews, summary)`` for :func:`ipa_train.dataset.add_sample`.
+    """Returns ``(tensors, meta, previews, summary)`` for :func:`ipa_train.data.dataset.add_sample`.
 
     ``pixel_hand_masks``: ``[T, H, W]`` masks of the video frames (from DWPose keypoints or a MASK), or ``None``
     for "no hands". ``hand_boxes``: per video frame, a list of ``[x0, y0, x1, y1]`` in video pixels (from the

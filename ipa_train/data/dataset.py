@@ -40,7 +40,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 import torch
 
-from .fileio import atomic_save_safetensors, atomic_write_bytes, atomic_write_json, atomic_write_text, load_safetensors, read_json
+from ..fileio import atomic_save_safetensors, atomic_write_bytes, atomic_write_json, atomic_write_text, load_safetensors, read_json
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.jsonl"

@@ -16,7 +16,7 @@ Routes (``prefix`` is ``/ipa``)::
     DELETE /ipa/datasets/{name}/hand_scores              cancel the running job
 
 Listing reads only the manifest (parsed once per manifest version and cached), never tensors or meta files.
-Names from the URL are validated by ``ipa_train.dataset`` (one plain folder name, no traversal, nothing that
+Names from the URL are validated by ``ipa_train.data.dataset`` (one plain folder name, no traversal, nothing that
 resolves outside the root); files are served only from inside their sample folder.
 """
 
@@ -34,8 +34,8 @@ from typing import Any, Callable, Optional, Union
 
 from aiohttp import web
 
-from . import dataset as ds
-from .hand_crops import hand_tracks_from_meta, render_hand_crop
+from ..data import dataset as ds
+from ..pose.hand_crops import hand_tracks_from_meta, render_hand_crop
 from .hand_score_jobs import DetectorSource, DetectorUnavailable, HandScoreJobs, JobRunning
 
 PREVIEW_FILE = "preview.webp"
@@ -563,7 +563,7 @@ def create_app(
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """``python -m ipa_train.gallery_api ROOT``: serve the gallery without ComfyUI."""
+    """``python -m ipa_train.gallery.api ROOT``: serve the gallery without ComfyUI."""
     import argparse
 
     parser = argparse.ArgumentParser(description="Serve the IPA curation gallery over a dataset root, without ComfyUI.")
@@ -572,7 +572,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--port", type=int, default=8189)
     parser.add_argument("--dwpose-dir", help="folder with yolox_l.onnx and dw-ll_ucoco_384.onnx, to score hands (e.g. ComfyUI/models/dwpose)")
     args = parser.parse_args(argv)
-    web_dir = Path(__file__).resolve().parents[1] / "web"
+    web_dir = Path(__file__).resolve().parents[2] / "web"
     hand_scoring = None
     if args.dwpose_dir:
         from .hand_score_jobs import dwpose_source

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from .fileio import atomic_write_json
+from ..fileio import atomic_write_json
 
 OBJECTIVES = ("ipa", "dpo", "sft")
 LR_SCHEDULERS = ("constant", "cosine")

@@ -27,7 +27,7 @@ def build_tiny_pipeline(seed: int = 0, transformer=None):
     unless given), a flow-matching Euler scheduler and no tokenizer or text encoder."""
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanVACEPipeline
 
-    from .model import build_tiny_transformer
+    from ..wan.model import build_tiny_transformer
 
     if transformer is None:
         transformer = build_tiny_transformer(seed)
@@ -136,7 +136,7 @@ def load_lora(transformer, path, adapter_name: str = "ipa") -> dict[str, str]:
     (``alpha / rank`` per module); returns the file's metadata."""
     from peft import LoraConfig, set_peft_model_state_dict
 
-    from .lora_io import load_lora_for_peft, peft_config_kwargs
+    from ..wan.lora_io import load_lora_for_peft, peft_config_kwargs
 
     state, alphas, metadata = load_lora_for_peft(path)
     transformer.add_adapter(LoraConfig(**peft_config_kwargs(state, alphas)), adapter_name=adapter_name)

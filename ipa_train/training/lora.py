@@ -80,7 +80,7 @@ def add_reference_lora(model, state_dict: Mapping[str, torch.Tensor], alphas: Op
     ``reference`` adapter; returns the module names it covers. Call before ``add_trained_lora``."""
     from peft import LoraConfig, set_peft_model_state_dict
 
-    from .lora_io import peft_config_kwargs
+    from ..wan.lora_io import peft_config_kwargs
 
     try:
         kwargs = peft_config_kwargs(state_dict, alphas or {})

@@ -46,9 +46,9 @@ class DetectorSource:
 
 
 def dwpose_source(search_dirs: Callable[[], Sequence[os.PathLike | str]], install_dir: Callable[[], os.PathLike | str]) -> DetectorSource:
-    """DWPose (``ipa_train.dwpose``) on the first ``yolox_l.onnx`` / ``dw-ll_ucoco_384.onnx`` found in
+    """DWPose (``ipa_train.pose.dwpose``) on the first ``yolox_l.onnx`` / ``dw-ll_ucoco_384.onnx`` found in
     ``search_dirs()``. Sessions are kept while the files and the provider choice stay the same."""
-    from . import dwpose
+    from ..pose import dwpose
 
     cache: dict[str, Any] = {}
     lock = threading.Lock()

@@ -9,8 +9,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .hands import hand_mask_preview
-from .launcher import loss_plot
+from ..pose.hands import hand_mask_preview
+from ..training.launcher import loss_plot
 
 LABEL_WIDTH = 150
 PREFERRED_COLOUR = (40, 190, 80)

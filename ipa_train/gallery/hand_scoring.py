@@ -18,10 +18,10 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
-from . import dataset as ds
-from .fileio import read_json
-from .hand_score import HAND_KEYS, frame_hands, hand_score
-from .hands import RESIZE_MODES, canvas_mapping, frame_canvas_size
+from ..data import dataset as ds
+from ..fileio import read_json
+from ..pose.hand_score import HAND_KEYS, frame_hands, hand_score
+from ..pose.hands import RESIZE_MODES, canvas_mapping, frame_canvas_size
 
 DRIVING_POSE_KEYS = ("driving_pose", "pose_keypoints")
 PREVIEW_FILE = "preview.webp"
@@ -54,7 +54,7 @@ class ScoringCancelled(Exception):
 
 def fit_driving_pose(frames: Sequence[Any], width: int, height: int, resize: str = "crop") -> list[dict]:
     """The driving pose's hands in video pixels: each frame's canvas mapped onto ``width`` x ``height`` the way
-    the control video was resized (``resize``, see ``ipa_train.hands``), so both sides of the comparison share
+    the control video was resized (``resize``, see ``ipa_train.pose.hands``), so both sides of the comparison share
     one frame. Points cropped out of the video become ``[0, 0, 0]``: nothing there can be found in it."""
     if resize not in RESIZE_MODES:
         raise ValueError(f"{DRIVING_RESIZE_KEY}={resize!r} is not one of {RESIZE_MODES}")

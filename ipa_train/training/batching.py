@@ -1,0 +1,183 @@
+"""Training data and batching: which samples a run trains on (validated before any model is built), how a
+micro-batch is put together, and which samples, noise and flow time a (step, micro-batch, rank) gets. Data
+order, noise and ``t`` derive from (seed, step, micro-batch, rank) alone, so a resumed run draws exactly what
+the uninterrupted run would."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..data.dataset import DatasetError, SampleTensors, dataset_fingerprint, load_preferred, load_sample, read_manifest, validate_sample_tensors
+from .config import RunConfig
+from .distributed import Dist
+
+
+@dataclass
+class TrainingData:
+    preferred: list[tuple[str, SampleTensors, dict]]
+    rejected: list[tuple[str, SampleTensors, dict]]
+    loser_candidates: list[list[int]]  # per preferred sample: indices into ``rejected`` usable as its loser
+    fingerprint: str
+
+
+def shape_key(tensors: SampleTensors) -> tuple:
+    return (tuple(tensors.latent.shape), int(tensors.ref_frames))
+
+
+def load_training_data(config: RunConfig) -> TrainingData:
+    """Loads and validates the preferred (and for DPO the rejected) samples before any model is built."""
+    dataset_dir = Path(config.dataset)
+    if not dataset_dir.is_dir():
+        raise DatasetError(f"dataset folder {dataset_dir} does not exist; set 'dataset' to a folder made by the IPA collector")
+    preferred = load_preferred(dataset_dir)
+    entries = read_manifest(dataset_dir)
+    rejected: list[tuple[str, SampleTensors, dict]] = []
+    if config.objective == "dpo":
+        for entry in entries:
+            if entry.get("status") == "rejected":
+                tensors, meta = load_sample(dataset_dir, entry["id"])
+                validate_sample_tensors(tensors, entry["id"])
+                rejected.append((entry["id"], tensors, meta))
+        if not rejected:
+            raise DatasetError(
+                f"objective 'dpo' needs rejected samples to pair with the preferred ones, but dataset {dataset_dir.name} has none; "
+                "mark some samples as rejected, or use objective 'ipa' (good samples only)"
+            )
+    if config.batch_size > 1:
+        shapes = {shape_key(tensors) for _, tensors, _ in preferred + rejected}
+        if len(shapes) > 1:
+            raise DatasetError(
+                f"batch_size={config.batch_size} needs samples of one size, but the dataset mixes latent shapes / reference "
+                f"frame counts {sorted(shapes)}; use batch_size 1 (with grad_accum for a larger effective batch)"
+            )
+    candidates: list[list[int]] = []
+    if config.objective == "dpo":
+        for sample_id, tensors, meta in preferred:
+            same_shape = [j for j, (_, other, _) in enumerate(rejected) if shape_key(other) == shape_key(tensors)]
+            same_prompt = [j for j in same_shape if meta.get("prompt") is not None and rejected[j][2].get("prompt") == meta.get("prompt")]
+            if not same_shape:
+                raise DatasetError(
+                    f"objective 'dpo': preferred sample {sample_id} (latent {tuple(tensors.latent.shape)}) has no rejected sample "
+                    "of the same size to pair with; reject a sample of that size or drop this one"
+                )
+            candidates.append(same_prompt or same_shape)
+    hashes = [(sid, meta.get("content_hash", "")) for sid, _, meta in preferred + rejected]
+    return TrainingData(preferred, rejected, candidates, dataset_fingerprint(hashes))
+
+
+def sampling_patch_warning(data: TrainingData, config: RunConfig) -> Optional[str]:
+    """A warning when samples were made by a patched model (a LoRA, other model patches: the IPA VACE Sampler records
+    them in ``meta["settings"]["patches"]``) that this run's reference (base model + ``init_lora``) does not match."""
+    patched = [(sid, meta["settings"]["patches"]) for sid, _, meta in data.preferred + data.rejected
+               if isinstance(meta.get("settings"), dict) and meta["settings"].get("patches")]
+    if not patched:
+        return None
+    loras = sorted({str(lora.get("name")) for _, patches in patched for lora in patches.get("ipa_loras", []) if isinstance(lora, dict)})
+    init = Path(config.init_lora).name if config.init_lora else None
+    if init and loras and all(Path(name).name == init for name in loras) and all(
+        set(patches) <= {"ipa_loras", "weight_patches"} for _, patches in patched
+    ):
+        return None  # sampled with exactly the LoRA the reference starts from
+    what = f"LoRA(s) {loras}" if loras else "patches"
+    return (
+        f"{len(patched)} of {len(data.preferred) + len(data.rejected)} samples were sampled with a patched model ({what}; e.g. "
+        f"sample {patched[0][0]}: {patched[0][1]}), but this run's reference is the base model"
+        + (f" + init_lora {init}" if init else "")
+        + ". The alignment then targets another model than the one that made the samples: set init_lora to the LoRA they "
+        "were sampled with, or sample without it."
+    )
+
+
+def check_data_fits_model(data: TrainingData, model) -> None:
+    cfg = model.config
+    p_t, p_h, p_w = cfg.patch_size
+    for sample_id, tensors, _ in data.preferred + data.rejected:
+        channels, frames, height, width = tensors.latent.shape
+        problems = []
+        if channels != cfg.in_channels:
+            problems.append(f"latent has {channels} channels, the model takes {cfg.in_channels}")
+        if tensors.vace_context.shape[0] != cfg.vace_in_channels:
+            problems.append(f"vace_context has {tensors.vace_context.shape[0]} channels, the model takes {cfg.vace_in_channels}")
+        if tensors.text_embedding.shape[1] != cfg.text_dim:
+            problems.append(f"text_embedding width {tensors.text_embedding.shape[1]} differs from the model's text_dim {cfg.text_dim}")
+        if frames % p_t or height % p_h or width % p_w:
+            problems.append(f"latent size {(frames, height, width)} is not divisible by the patch size {tuple(cfg.patch_size)}")
+        if problems:
+            raise DatasetError(f"sample {sample_id} does not fit the base model: " + "; ".join(problems) + ". Was it collected with another model?")
+
+
+def seed_for(*parts: int) -> int:
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little") & (2**63 - 1)
+
+
+@dataclass
+class Batch:
+    x0: torch.Tensor
+    context: torch.Tensor
+    text: torch.Tensor
+    hand_mask: torch.Tensor
+    scale: torch.Tensor
+    ref_frames: int
+
+
+def collate(samples: list[SampleTensors], n_vace_layers: int, device: torch.device, dtype: torch.dtype) -> Batch:
+    tokens = max(s.text_embedding.shape[0] for s in samples)
+    text = torch.zeros(len(samples), tokens, samples[0].text_embedding.shape[1])
+    for i, s in enumerate(samples):
+        text[i, : s.text_embedding.shape[0]] = s.text_embedding.float()  # zero rows after the end, as Wan pads
+    strengths = torch.tensor([float(s.vace_strength) for s in samples])
+    if bool((strengths == strengths[0]).all()):
+        scale = strengths[0] * torch.ones(n_vace_layers)
+    else:  # one strength per sample: [layers, B, 1, 1] broadcasts against the [B, tokens, dim] control hints
+        scale = strengths.view(1, -1, 1, 1).expand(n_vace_layers, -1, 1, 1).contiguous()
+    return Batch(
+        x0=torch.stack([s.latent.float() for s in samples]).to(device),
+        context=torch.stack([s.vace_context.float() for s in samples]).to(device, dtype),
+        text=text.to(device, dtype),
+        hand_mask=torch.stack([s.hand_mask.float() for s in samples]).to(device),
+        scale=scale.to(device, dtype),
+        ref_frames=int(samples[0].ref_frames),
+    )
+
+
+def sample_t(config: RunConfig, n: int, generator: torch.Generator) -> torch.Tensor:
+    """Flow time in [0, 1] (1 = noise): uniform (Wan's default), logit-normal, or uniform pushed by ``shift``."""
+    if config.timestep_sampling == "logit_normal":
+        t = torch.sigmoid(config.logit_mean + config.logit_std * torch.randn(n, generator=generator))
+    else:
+        t = torch.rand(n, generator=generator)
+        if config.timestep_sampling == "shifted":
+            t = config.shift * t / (1 + (config.shift - 1) * t)
+    return t.clamp(0.0, 1.0)
+
+
+class Sampler:
+    """Which samples, noise and ``t`` a (step, micro-batch, rank) gets; a pure function of those and the seed."""
+
+    def __init__(self, config: RunConfig, data: TrainingData, dist_info: Dist):
+        self.config = config
+        self.data = data
+        self.dist = dist_info
+        self._perms: dict[int, list[int]] = {}
+
+    def _permutation(self, epoch: int) -> list[int]:
+        if epoch not in self._perms:
+            generator = torch.Generator().manual_seed(seed_for(self.config.seed, "epoch", epoch))
+            self._perms = {epoch: torch.randperm(len(self.data.preferred), generator=generator).tolist()}
+        return self._perms[epoch]
+
+    def indices(self, step: int, micro: int) -> list[int]:
+        n = len(self.data.preferred)
+        c = self.config
+        first = ((step * c.grad_accum + micro) * self.dist.world + self.dist.rank) * c.batch_size
+        return [self._permutation(k // n)[k % n] for k in range(first, first + c.batch_size)]
+
+    def generator(self, step: int, micro: int) -> torch.Generator:
+        return torch.Generator().manual_seed(seed_for(self.config.seed, step, micro, self.dist.rank))
+
+

@@ -1,0 +1,160 @@
+"""``python -m ipa_train.train``: the trainer's command line (arguments, config resolution, signals, exit status).
+
+One process: ``python -m ipa_train.train --config run.json``. Several (GPUs, nodes):
+``torchrun --nproc_per_node=N --standalone -m ipa_train.train --config run.json`` (DDP, or FSDP2 with
+``"distributed": "fsdp2"``; NCCL on GPU, gloo on CPU).
+
+Run contract (see README, Training): rank 0 writes one JSON object per line on stdout (events ``started``,
+``step``, ``checkpoint``, ``finished``, ``stopped``, ``error``; a failing rank writes its own ``error``), human
+logs go to stderr. Exit status 0 finished, 1 error, 3 stopped after writing a checkpoint. A stop is asked for
+by creating the stop file (``<output_dir>/STOP`` or ``stop_file``; what the ComfyUI node does: no signal has to
+reach the ranks, so torchrun's 30 s kill deadline cannot cut a long step short) or by SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from typing import Optional
+
+import torch.distributed as dist
+
+from ..data.dataset import DatasetError
+from ..fileio import read_json
+from . import lora as lora_setup
+from .checkpoints import STATE_FILE, TrainingError, find_checkpoint
+from .config import ConfigError, RunConfig
+from .distributed import Dist, Events, setup_distributed
+from .loop import Trainer
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_STOPPED = 3
+
+log = logging.getLogger("ipa_train.train")
+
+
+OVERRIDE_FLAGS = {
+    "dataset": str, "base_model": str, "output_dir": str, "lora_name": str, "objective": str, "beta": float,
+    "hand_weight": float, "rank": int, "alpha": float, "learning_rate": float, "lr_scheduler": str, "warmup_steps": int,
+    "steps": int, "batch_size": int, "grad_accum": int, "max_grad_norm": float, "precision": str, "seed": int,
+    "checkpoint_every": int, "timestep_sampling": str, "init_lora": str, "distributed": str, "stop_file": str,
+}
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m ipa_train.train",
+        description=(
+            "Flow-IPA LoRA trainer for Wan2.1-VACE. Exit status: 0 finished, 1 error, 3 stopped (checkpoint written). "
+            "Stop gracefully by creating <output_dir>/STOP (or the config's stop_file), or with SIGINT/SIGTERM."
+        ),
+    )
+    parser.add_argument("--config", help="run.json (see README, Training); optional with --resume (the checkpoint's config is used)")
+    parser.add_argument("--resume", metavar="DIR", help="checkpoint folder (checkpoints/step-N), or an output folder: continue from its newest checkpoint")
+    for key, kind in OVERRIDE_FLAGS.items():
+        flag = "--output" if key == "output_dir" else "--" + key.replace("_", "-")
+        parser.add_argument(flag, dest=key, type=kind, default=None, help=f"override '{key}'")
+    parser.add_argument("--gradient-checkpointing", dest="gradient_checkpointing", action="store_true", default=None)
+    parser.add_argument("--targets", nargs="+", default=None, help="LoRA targets: " + " ".join(lora_setup.TARGET_NAMES))
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=JSON", help="override any config key, value as JSON")
+    parser.add_argument("--dump-replicas", metavar="DIR", help="debugging: every rank writes its LoRA weights after every step to DIR")
+    return parser.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace) -> RunConfig:
+    if args.config:
+        config = RunConfig.load(args.config)
+    elif args.resume:
+        checkpoint = find_checkpoint(args.resume)
+        config = RunConfig.from_dict(read_json(checkpoint / STATE_FILE)["config"], source=f"{checkpoint}/{STATE_FILE}")
+    else:
+        raise ConfigError("give --config run.json (or --resume DIR to continue a run with its own config)")
+    overrides = {key: getattr(args, key) for key in list(OVERRIDE_FLAGS) + ["gradient_checkpointing", "targets"]}
+    for item in args.sets:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: write KEY=VALUE, e.g. --set beta=300")
+        try:
+            overrides[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = raw
+    return config.with_overrides(overrides)
+
+
+class StopFlag:
+    """SIGINT/SIGTERM set the flag; the loop finishes the current step, checkpoints and exits with status 3."""
+
+    def __init__(self):
+        self.requested = False
+        self.signal_name = None
+        self.first_signal = 0.0
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        # torchrun forwards a terminal's Ctrl-C as SIGTERM, so one stop request often arrives twice: only a
+        # signal more than 5 s after the first means "stop now, without a checkpoint".
+        if self.requested and time.monotonic() - self.first_signal > 5.0:
+            raise KeyboardInterrupt
+        if self.requested:
+            return
+        self.requested = True
+        self.first_signal = time.monotonic()
+        self.signal_name = signal.Signals(signum).name
+        log.warning("%s received: finishing the current step, then writing a checkpoint", self.signal_name)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s [ipa-train rank {rank}] %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    stop = StopFlag()
+    stop.install()
+    code = EXIT_ERROR
+    dist_info = Dist(rank=rank)
+    events = Events(dist_info)
+    try:
+        args = parse_args(argv)
+        config = resolve_config(args)
+        dist_info = setup_distributed()
+        events = Events(dist_info)
+        log.info("run config: %s", json.dumps(config.to_dict()))
+        trainer = Trainer(config, dist_info, events, resume=args.resume, stop_requested=stop, dump_replicas=args.dump_replicas)
+        result = trainer.run()
+        code = EXIT_STOPPED if result.status == "stopped" else EXIT_OK
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes an error event and status 1
+        tail = traceback.format_exc().strip().splitlines()[-12:]
+        message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, KeyboardInterrupt) else "interrupted twice: stopped without a checkpoint"
+        events.emit("error", rank=dist_info.rank, message=message, traceback="\n".join(tail))
+        if isinstance(exc, (ConfigError, DatasetError, TrainingError)):
+            log.error("%s", exc)  # bad input: the message says what to change; no traceback needed
+        else:
+            log.error("%s", traceback.format_exc())
+        code = EXIT_ERROR
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            try:
+                if code == EXIT_ERROR:
+                    pass  # peers may be stuck in a collective; torchrun ends them when this rank exits non-zero
+                else:
+                    dist.destroy_process_group()
+            except Exception:  # noqa: BLE001
+                pass
+    return code

@@ -1,0 +1,87 @@
+"""Distributed set-up and the run's event stream: what torchrun's environment says about this process, and the
+JSON-lines events rank 0 writes on stdout (the run contract the launcher and the node read)."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+
+def setup_distributed() -> Dist:
+    """Reads torchrun's environment; one process without it. NCCL on GPU, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")  # threads: torch's default, or OMP_NUM_THREADS (torchrun sets 1 per rank)
+    if world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            dist.init_process_group(backend="nccl", device_id=device)
+        else:
+            dist.init_process_group(backend="gloo")
+    return Dist(rank=rank, world=world, local_rank=local_rank, device=device)
+
+
+def is_dtensor(value) -> bool:
+    return type(value).__name__ == "DTensor"
+
+
+def full_tensor(value: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of an FSDP2 shard (a collective: every rank calls it), or the tensor itself."""
+    return value.full_tensor() if is_dtensor(value) else value
+
+
+class Events:
+    """JSON lines on stdout (rank 0 only, except ``error`` which any rank writes) and an optional callback."""
+
+    def __init__(self, dist_info: Dist, callback: Optional[Callable[[dict], None]] = None, stdout: bool = True):
+        self.dist = dist_info
+        self.callback = callback
+        self.stdout = stdout
+
+    def emit(self, event: str, **fields: Any) -> dict:
+        record = {"event": event, **fields}
+        if self.dist.main or event == "error":
+            if self.stdout:
+                sys.stdout.write(json.dumps(record) + "\n")
+                sys.stdout.flush()
+            if self.callback is not None:
+                self.callback(record)
+        return record
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """GPU: peak memory allocated by torch. CPU: the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux

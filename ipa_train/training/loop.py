@@ -1,0 +1,323 @@
+"""The run loop: builds a run from its config (data, model, adapters, distributed wrapping, optimizer), then
+trains step by step, emitting events, writing checkpoints, honouring a stop request, and saving the LoRA.
+
+The parts live beside it: ``distributed`` (torchrun set-up, events), ``batching`` (data, micro-batches, the
+deterministic draw), ``objective`` (predictions and loss), ``checkpoints`` (files), ``model_setup`` (base and
+adapters) and ``cli`` (``python -m ipa_train.train``)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+import torch.distributed as dist
+
+from ..fileio import atomic_save_safetensors
+from ..wan.fingerprint import model_fingerprint
+from . import lora as lora_setup
+from .batching import Sampler, check_data_fits_model, load_training_data, sampling_patch_warning, seed_for
+from .checkpoints import (
+    find_checkpoint, load_adapter, load_training_state, lora_metadata, optimizer_state_api, write_checkpoint,
+)
+from .config import ConfigError, RunConfig
+from .distributed import Dist, Events, full_tensor, peak_memory_gb, setup_distributed
+from .model_setup import add_adapters, build_model, save_comfy_lora, shard_fsdp2
+from .objective import Objective
+
+log = logging.getLogger("ipa_train.train")
+
+
+def lr_factor(config: RunConfig, step: int) -> float:
+    """Learning-rate multiplier for optimizer step ``step`` (0-based): linear warm-up, then constant or cosine."""
+    if config.warmup_steps and step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.lr_scheduler == "cosine":
+        span = max(1, config.steps - config.warmup_steps)
+        progress = min(1.0, (step - config.warmup_steps) / span)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0
+
+
+@dataclass
+class TrainResult:
+    status: str  # "finished" | "stopped"
+    step: int
+    lora_path: Optional[str] = None
+    checkpoint_path: Optional[str] = None
+    history: list = field(default_factory=list)
+    model: Any = None  # the bare transformer with its adapters (tests inspect it)
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: RunConfig,
+        dist_info: Dist,
+        events: Events,
+        resume: Optional[str] = None,
+        stop_requested: Callable[[], bool] = lambda: False,
+        dump_replicas: Optional[str] = None,
+        model=None,
+    ):
+        """``model``: an already built base transformer to train instead of loading ``config.base_model``
+        (benchmarks, the demo); ``config.base_model`` then only names it in the metadata."""
+        self.config = config
+        self.dist = dist_info
+        self.events = events
+        self.stop_requested = stop_requested
+        self.stop_path = config.stop_path
+        self.stop_reason: Optional[str] = None
+        self.dump_replicas = Path(dump_replicas) if dump_replicas else None
+        self.output_dir = Path(config.output_dir)
+        self.resume_dir = find_checkpoint(resume) if resume else None
+        device = dist_info.device
+        if config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda"):
+            self.autocast_dtype: Optional[torch.dtype] = torch.bfloat16
+        else:
+            self.autocast_dtype = None
+        if self.dump_replicas and config.distributed != "ddp":
+            raise ConfigError("--dump-replicas compares full replicas and needs distributed 'ddp'")
+
+        if dist_info.main and self.stop_path.exists():
+            log.warning("stop file %s already exists: the run will stop after its first step; delete it to train", self.stop_path)
+
+        # 1. data (all validation before any model is built)
+        self.data = load_training_data(config)
+        self.sampler = Sampler(config, self.data, dist_info)
+        self.patch_warning = sampling_patch_warning(self.data, config)
+        if self.patch_warning and dist_info.main:
+            log.warning("%s", self.patch_warning)
+
+        # 2. model + adapters. Base weights bf16 on GPU with DDP (the adapters stay fp32); FSDP2 shards fp32
+        # weights and gathers them in bf16 (its mixed-precision policy).
+        base_dtype = torch.bfloat16 if (self.autocast_dtype is not None and device.type == "cuda" and config.distributed == "ddp") else torch.float32
+        model = build_model(config, base_dtype) if model is None else model
+        check_data_fits_model(self.data, model)
+        self.base_fingerprint = model_fingerprint(config.base_model, model)
+        add_adapters(model, config)
+        self.start_step = 0
+        if self.resume_dir is not None:
+            self.start_step = load_adapter(self.resume_dir, model, config)
+        model.to(device)
+        model.train()
+        self.bare = model
+        self.trained_names = [name for name, _ in lora_setup.trained_parameters(model)]
+        if not self.trained_names:
+            raise ConfigError(f"LoRA targets {config.targets} give no trainable parameters")
+
+        # 3. distributed wrapping
+        self.ddp = None
+        if dist_info.active and config.distributed == "ddp":
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        elif config.distributed == "fsdp2" and dist_info.active:
+            shard_fsdp2(model, dist_info, self.autocast_dtype)
+        self.forward_module = self.ddp if self.ddp is not None else model
+        self.objective = Objective(config, self.data, self.sampler, dist_info, model, self.forward_module, self.autocast_dtype, self.ddp)
+
+        # 4. optimizer and schedule
+        self.params = [parameter for _, parameter in lora_setup.trained_parameters(model)]
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(config, step))
+        if self.resume_dir is not None:
+            load_training_state(self.resume_dir, self.bare, self.optimizer, self.scheduler, dist_info,
+                                reseed=lambda: torch.manual_seed(seed_for(config.seed, "resume", self.start_step, dist_info.rank)))
+
+    # ------------------------------------------------------------------------------------------- one step
+
+    def train_step(self, step: int) -> dict[str, float]:
+        c = self.config
+        metrics = self.objective.accumulate(step)
+        grad_norm = None
+        if c.max_grad_norm > 0:
+            grad_norm = float(full_tensor(torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)))
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics["lr"] = lr
+        if grad_norm is not None:
+            metrics["grad_norm"] = grad_norm
+        return metrics
+
+    def _stop_asked(self) -> bool:
+        """This rank's view: a signal (``stop_requested``) or the stop file. ``_reduce`` makes every rank agree."""
+        if self.stop_reason is None:
+            if self.stop_requested():
+                self.stop_reason = "signal"
+            elif self.stop_path.exists():
+                self.stop_reason = "stop file"
+                log.warning("stop file %s found: writing a checkpoint after this step", self.stop_path)
+        return self.stop_reason is not None
+
+    def _consume_stop_file(self) -> None:
+        if self.dist.main:
+            try:
+                self.stop_path.unlink()
+            except FileNotFoundError:
+                pass
+
+    def _reduce(self, metrics: dict[str, float], stop: bool) -> tuple[dict[str, float], bool]:
+        """Averages metrics over ranks and agrees on stopping (any rank signalled -> all stop after this step)."""
+        if not self.dist.active:
+            return metrics, stop
+        keys = sorted(k for k in metrics if k not in ("lr", "grad_norm"))
+        values = torch.tensor([metrics[k] for k in keys] + [1.0 if stop else 0.0], dtype=torch.float64)
+        if self.dist.device.type == "cuda":
+            values = values.to(self.dist.device)
+        dist.all_reduce(values)
+        values = values.cpu()
+        reduced = dict(metrics)
+        for i, key in enumerate(keys):
+            reduced[key] = float(values[i]) / self.dist.world
+        return reduced, bool(values[-1] > 0)
+
+    # ------------------------------------------------------------------------------------------- saving
+
+    def gathered_adapter(self) -> dict[str, torch.Tensor]:
+        """The trained adapter (peft names, full tensors on CPU). A collective under FSDP2: all ranks call it."""
+        from peft import get_peft_model_state_dict
+
+        state = get_peft_model_state_dict(self.bare, adapter_name=lora_setup.TRAINED_ADAPTER)
+        return {key: full_tensor(value).detach().to("cpu").float().clone() for key, value in state.items()}
+
+    def lora_metadata(self, step: int) -> dict[str, str]:
+        return lora_metadata(self.config, step, self.base_fingerprint, len(self.data.preferred), len(self.data.rejected), self.data.fingerprint)
+
+    def _write_lora(self, path: Path, adapter: dict, step: int) -> None:
+        save_comfy_lora(path, adapter, self.config.effective_alpha, self.lora_metadata(step))
+
+    def save_checkpoint(self, step: int) -> Path:
+        """Writes ``checkpoints/step-<step>/`` atomically: a temporary folder, renamed when complete."""
+        StateDictOptions, get_optimizer_state_dict, _ = optimizer_state_api()
+        adapter = self.gathered_adapter()
+        optimizer_state = get_optimizer_state_dict(self.bare, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return write_checkpoint(self.output_dir, step, self.dist, self.config, adapter, optimizer_state, self.scheduler.state_dict(),
+                                write_lora=lambda path: self._write_lora(path, adapter, step))
+
+    def save_lora(self, step: int) -> Path:
+        adapter = self.gathered_adapter()
+        path = self.output_dir / f"{self.config.lora_name}.safetensors"
+        if self.dist.main:
+            self._write_lora(path, adapter, step)
+        self.dist.barrier()
+        return path
+
+    def _dump_replica(self, step: int) -> None:
+        state = {name: parameter.detach().cpu().clone() for name, parameter in lora_setup.trained_parameters(self.bare)}
+        atomic_save_safetensors(self.dump_replicas / f"rank{self.dist.rank}-step{step}.safetensors", state)
+
+    # ------------------------------------------------------------------------------------------- loop
+
+    def _started(self) -> None:
+        c = self.config
+        self.events.emit(
+            "started",
+            total=c.steps,
+            start_step=self.start_step,
+            world_size=self.dist.world,
+            device=str(self.dist.device),
+            distributed=c.distributed if self.dist.active else "none",
+            objective=c.objective,
+            samples=len(self.data.preferred),
+            rejected=len(self.data.rejected),
+            trainable_parameters=sum(p.numel() for p in self.params),
+            resumed_from=str(self.resume_dir) if self.resume_dir else None,
+            output_dir=str(self.output_dir),
+            warnings=[self.patch_warning] if self.patch_warning else [],
+        )
+
+    def _checkpoint(self, step: int) -> Path:
+        path = self.save_checkpoint(step)
+        self.events.emit("checkpoint", step=step, path=str(path))
+        return path
+
+    def run(self) -> TrainResult:
+        c = self.config
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if self.dist.main:
+            c.save(self.output_dir / "run.json")
+        self._started()
+        history = []
+        step = self.start_step
+        started = time.perf_counter()
+        last_checkpoint: Optional[Path] = None
+        stop = False
+        fault = _injected_fault(self.dist.rank)
+        while step < c.steps:
+            t0 = time.perf_counter()
+            if fault is not None and step + 1 == fault:
+                raise RuntimeError(f"injected fault on rank {self.dist.rank} at step {step + 1} (IPA_TRAIN_FAULT)")
+            metrics = self.train_step(step)
+            step += 1
+            metrics, stop = self._reduce(metrics, self._stop_asked())
+            elapsed = time.perf_counter() - started
+            sec_per_step = elapsed / (step - self.start_step)
+            record = {
+                "step": step,
+                "total": c.steps,
+                "loss": metrics["loss"],
+                "ipa_gap": metrics.get("ipa_gap"),
+                "model_error": metrics.get("model_error"),
+                "reference_error": metrics.get("reference_error"),
+                "lr": metrics["lr"],
+                "sec_per_step": sec_per_step,
+                "step_time_s": time.perf_counter() - t0,
+                "eta_s": sec_per_step * (c.steps - step),
+                "peak_mem_gb": peak_memory_gb(self.dist.device),
+            }
+            for key in ("grad_norm", "dpo_margin", "implicit_accuracy"):
+                if key in metrics:
+                    record[key] = metrics[key]
+            history.append(record)
+            self.events.emit("step", **record)
+            if self.dump_replicas is not None:
+                self._dump_replica(step)
+            if stop:
+                break
+            if c.checkpoint_every and step % c.checkpoint_every == 0 and step < c.steps:
+                last_checkpoint = self._checkpoint(step)
+        if stop and step < c.steps:
+            last_checkpoint = self._checkpoint(step)
+            hint = f"python -m ipa_train.train --resume {last_checkpoint}"
+            self._consume_stop_file()
+            self.events.emit("stopped", step=step, total=c.steps, checkpoint=str(last_checkpoint), resume=hint,
+                             reason=self.stop_reason or "another rank")
+            return TrainResult("stopped", step, None, str(last_checkpoint), history, self.bare)
+        last_checkpoint = self._checkpoint(step)
+        lora_path = self.save_lora(step)
+        self._consume_stop_file()  # a stop asked for during the last step: the run is over anyway
+        final = {k: history[-1][k] for k in ("loss", "ipa_gap", "model_error", "reference_error")} if history else {}
+        self.events.emit("finished", step=step, lora_path=str(lora_path), checkpoint=str(last_checkpoint), metrics=final)
+        return TrainResult("finished", step, str(lora_path), str(last_checkpoint), history, self.bare)
+
+
+def _injected_fault(rank: int) -> Optional[int]:
+    """Test hook: ``IPA_TRAIN_FAULT="rank=1,step=3"`` makes that rank fail at the start of that step."""
+    value = os.environ.get("IPA_TRAIN_FAULT")
+    if not value:
+        return None
+    fields = dict(part.split("=", 1) for part in value.split(",") if "=" in part)
+    return int(fields.get("step", 1)) if int(fields.get("rank", 0)) == rank else None
+
+
+def train(
+    config: RunConfig,
+    resume: Optional[str] = None,
+    callback: Optional[Callable[[dict], None]] = None,
+    stop_requested: Callable[[], bool] = lambda: False,
+    stdout: bool = False,
+    dump_replicas: Optional[str] = None,
+) -> TrainResult:
+    """In-process entry point (one process unless torchrun's environment is set)."""
+    dist_info = setup_distributed()
+    events = Events(dist_info, callback, stdout=stdout)
+    trainer = Trainer(config, dist_info, events, resume=resume, stop_requested=stop_requested, dump_replicas=dump_replicas)
+    return trainer.run()
