@@ -32,7 +32,7 @@ if ! "$PY" -c 'import torchvision' >/dev/null 2>&1; then
       "uninstall it: $PY -m pip uninstall -y torchvision" >&2
     exit 1
   fi
-  stubs="$VENV/torchvision-stand-ins"
+  stubs="$(cd "$VENV" && pwd)/torchvision-stand-ins"  # absolute: the tests start ComfyUI from its own folder
   if [ ! -f "$stubs/_stubbase.py" ]; then
     "$PY" - "$stubs" <<'PY'
 import sys
