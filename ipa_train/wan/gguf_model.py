@@ -11,21 +11,14 @@ its weights dequantised up front, bit for bit in fp32 on CPU (tests/test_gguf_mo
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
-
-import torch
-
-log = logging.getLogger(__name__)
 
 # city96's loader reshapes tensors with this metadata; diffusers' GGUF reader ignores it.
 _ORIG_SHAPE_FIELD = "comfy.gguf.orig_shape."
 
 
-def _gguf_error(message: str):
-    from .model import ModelLoadError
-
-    return ModelLoadError(message)
+class GGUFFileError(ValueError):
+    """A GGUF file the trainer cannot read as a Wan model; the message says what to use instead."""
 
 
 def read_gguf_state_dict(path: Path) -> dict:
@@ -33,7 +26,7 @@ def read_gguf_state_dict(path: Path) -> dict:
     try:
         import gguf
     except ImportError:
-        raise _gguf_error(
+        raise GGUFFileError(
             f"{path.name} is a GGUF file: reading it needs the 'gguf' package (pip install gguf, the same one ComfyUI-GGUF "
             "uses) in the Python environment that runs the trainer. Or train from the safetensors release "
             "(wan2.1_vace_1.3B_fp16.safetensors / wan2.1_vace_14B_fp16.safetensors)."
@@ -44,10 +37,10 @@ def read_gguf_state_dict(path: Path) -> dict:
     field = reader.get_field("general.architecture")
     arch = str(field.parts[field.data[-1]], encoding="utf-8") if field is not None else None
     if arch not in (None, "wan"):
-        raise _gguf_error(f"{path.name} is a GGUF file of architecture {arch!r}, not Wan ('wan'): choose a Wan2.1-VACE GGUF.")
+        raise GGUFFileError(f"{path.name} is a GGUF file of architecture {arch!r}, not Wan ('wan'): choose a Wan2.1-VACE GGUF.")
     reshaped = [name[len(_ORIG_SHAPE_FIELD):] for name in reader.fields if name.startswith(_ORIG_SHAPE_FIELD)]
     if reshaped:
-        raise _gguf_error(
+        raise GGUFFileError(
             f"{path.name} stores {len(reshaped)} tensors reshaped (comfy.gguf.orig_shape, e.g. {reshaped[0]}), which city96's "
             "Wan files never do and diffusers cannot undo; use a Wan GGUF made by city96's convert.py, or the safetensors file."
         )
@@ -55,7 +48,7 @@ def read_gguf_state_dict(path: Path) -> dict:
     try:
         tensors = load_gguf_checkpoint(str(path))
     except ValueError as exc:  # an unsupported quantisation type: diffusers names it and lists the supported ones
-        raise _gguf_error(f"{path.name}: {exc}") from None
+        raise GGUFFileError(f"{path.name}: {exc}") from None
     from .vace_module import strip_prefix
 
     return strip_prefix(tensors)
@@ -65,24 +58,13 @@ def logical_shapes(tensors: dict) -> dict[str, tuple[int, ...]]:
     return {key: tuple(int(n) for n in getattr(value, "quant_shape", value.shape)) for key, value in tensors.items()}
 
 
-def load_gguf_transformer(path: Path, torch_dtype: torch.dtype):
-    """``WanVACETransformer3DModel`` with diffusers' GGUF quantiser: the weights as stored, computed in ``torch_dtype``."""
-    from diffusers import GGUFQuantizationConfig
-
-    from .model import _check_is_wan_vace, _check_layout, _from_single_file, detect_config
-
-    tensors = read_gguf_state_dict(path)
-    shapes = logical_shapes(tensors)
-    _check_is_wan_vace(shapes, f"The weights in {path.name}")
-    config = detect_config(shapes)
-    _check_layout(path.name, config, shapes)
+def tensor_kinds(tensors: dict) -> dict[str, int]:
+    """How many tensors of each GGUF type (Q8_0, Q4_K, ...) or torch dtype the file holds."""
     kinds: dict[str, int] = {}
     for value in tensors.values():
-        kind = getattr(getattr(value, "quant_type", None), "name", str(value.dtype).replace("torch.", ""))
+        kind = getattr(getattr(value, "quant_type", None), "name", None) or str(value.dtype).replace("torch.", "")
         kinds[kind] = kinds.get(kind, 0) + 1
-    log.info("%s: GGUF tensor types %s; quantised weights stay quantised, computed in %s", path.name, kinds, torch_dtype)
-    model = _from_single_file(tensors, config, torch_dtype, quantization_config=GGUFQuantizationConfig(compute_dtype=torch_dtype))
-    return model.eval()
+    return kinds
 
 
 def is_gguf_model(model) -> bool:

@@ -438,6 +438,26 @@ def _read_vace_module(path: Path, vace_module) -> tuple[Path, dict, dict]:
     return module_path, shapes, dtypes
 
 
+def _load_gguf(path: Path, torch_dtype):
+    """``WanVACETransformer3DModel`` with diffusers' GGUF quantiser: the weights as stored, computed in ``torch_dtype``
+    (see :mod:`.gguf_model`)."""
+    from diffusers import GGUFQuantizationConfig
+
+    from .gguf_model import GGUFFileError, logical_shapes, read_gguf_state_dict, tensor_kinds
+
+    try:
+        tensors = read_gguf_state_dict(path)
+    except GGUFFileError as exc:
+        raise ModelLoadError(str(exc)) from None
+    shapes = logical_shapes(tensors)
+    _check_is_wan_vace(shapes, f"The weights in {path.name}")
+    config = detect_config(shapes)
+    _check_layout(path.name, config, shapes)
+    log.info("%s: GGUF tensor types %s; quantised weights stay quantised, computed in %s", path.name, tensor_kinds(tensors), torch_dtype)
+    model = _from_single_file(tensors, config, torch_dtype, quantization_config=GGUFQuantizationConfig(compute_dtype=torch_dtype))
+    return model.eval()
+
+
 def load_transformer(path: os.PathLike | str, torch_dtype: torch.dtype = torch.float32, vace_module: Optional[os.PathLike | str] = None):
     """Loads a Wan2.1-VACE transformer as diffusers' ``WanVACETransformer3DModel`` (eval mode), offline.
 
@@ -463,13 +483,11 @@ def load_transformer(path: os.PathLike | str, torch_dtype: torch.dtype = torch.f
                 f"vace_module with a GGUF base ({path.name}) is not supported: use a GGUF that includes VACE (a Wan2.1-VACE GGUF), "
                 "or the safetensors text-to-video base with the safetensors VACE module."
             )
-        from .gguf_model import load_gguf_transformer
-
-        return load_gguf_transformer(path, torch_dtype)
+        return _load_gguf(path, torch_dtype)
     if path.suffix.lower() != ".safetensors":
         raise ModelLoadError(
-            f"{path.name}: the trainer reads .safetensors (original Wan or ComfyUI layout), .gguf (city96's layout) or a "
-            "diffusers folder; pickle files (.ckpt, .pt, .bin) are never loaded."
+            f"{path.name}: only .safetensors checkpoints (original Wan or ComfyUI layout), .gguf files (city96's layout) or "
+            "a diffusers folder are loaded; never pickle files (.ckpt, .pt, .bin)."
         )
 
     shapes, dtypes, metadata = read_checkpoint_header(path)
