@@ -23,11 +23,25 @@ _cache: dict[Any, dict] = {}  # lora_patches per patches_uuid: digesting a 14B L
 
 
 def base_weights_fingerprint(model) -> str:
-    """:func:`weights_fingerprint` of the ModelPatcher's base weights, without its LoRAs: ComfyUI's own
-    ``get_key_patches`` gives each weight as it was before patching (from the backup while a LoRA is patched in)."""
-    prefix = "diffusion_model."
-    patches = model.get_key_patches(prefix)
-    return weights_fingerprint(lambda name: patches[prefix + name][0][0] if prefix + name in patches else None)
+    """:func:`weights_fingerprint` of the ModelPatcher's base weights, without its LoRAs: each weight as it was before
+    patching (from the patcher's backup while a LoRA is patched in, as ``get_key_patches`` does), read by attribute:
+    ComfyUI-GGUF's modules report a fake state dict (meta tensors and extra ``temp.weight`` entries)."""
+    import comfy.utils
+
+    def weight(name: str):
+        key = "diffusion_model." + name
+        backup = model.backup.get(key)
+        if backup is not None:
+            return backup.weight
+        hooked = getattr(model, "hook_backup", {}).get(key)
+        if hooked is not None:
+            return hooked[0]
+        try:
+            return comfy.utils.get_attr(model.model, key)
+        except AttributeError:
+            return None
+
+    return weights_fingerprint(weight)
 
 
 def _lora_weights(patch) -> Any:
