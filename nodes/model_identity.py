@@ -17,6 +17,7 @@ from ..ipa_train.wan.fingerprint import lora_group_digest, lora_patch_digest, we
 _SAMPLING_ONLY_OPTIONS = {"sampler_cfg_function", "sampler_post_cfg_function", "sampler_pre_cfg_function", "disable_cfg1_optimization",
                           "denoise_mask_function"}
 _IGNORED_OPTION_KEYS = {"ipa_loras", "transformer_options"}
+_COMPILE_KEY = "torch.compile"  # TorchCompileModel's wrapper: the same function, compiled (informational, not refused)
 _IGNORED_OBJECT_PATCHES = {"model_sampling"}  # the shift: the trainer works on the stored sigmas, not on a schedule
 
 _cache: dict[Any, dict] = {}  # lora_patches per patches_uuid: digesting a 14B LoRA takes about a second
@@ -114,9 +115,12 @@ def describe_patches(model) -> dict[str, Any]:
         report["transformer_options"] = transformer_keys
     if "rope_options" in transformer_keys:
         report["rope_options"] = {k: float(v) for k, v in transformer_options["rope_options"].items() if isinstance(v, (int, float))}
-    wrappers = sorted(kind for kind, keyed in (getattr(model, "wrappers", None) or {}).items() if any(keyed.values()))
+    wrappers = sorted({f"{kind}:{key}" for kind, keyed in (getattr(model, "wrappers", None) or {}).items()
+                       for key, functions in keyed.items() if functions and key != _COMPILE_KEY})
     if wrappers:
         report["model_wrappers"] = wrappers
+    if any(functions for keyed in (getattr(model, "wrappers", None) or {}).values() for key, functions in keyed.items() if key == _COMPILE_KEY):
+        report["sampling_options"] = report.get("sampling_options", []) + ["torch.compile"]
     injections = sorted(key for key, value in (getattr(model, "injections", None) or {}).items() if value)
     if injections:
         report["injections"] = injections

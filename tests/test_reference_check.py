@@ -145,7 +145,7 @@ def test_lora_and_strength_are_reproduced_or_refused(tmp_path):
     assert result.status == "finished" and events[0]["warnings"] == []
     with pytest.raises(ReferenceMismatch, match=r"hands_v1.safetensors at strength 0.5, 6 weights, but init_lora gives hands_v1.safetensors at strength 1"):
         _run(tiny_config(data, tmp_path / "s1", steps=1, init_lora=str(lora)))
-    with pytest.raises(ReferenceMismatch, match=r"'strength': 0.5"):  # the message says what to set
+    with pytest.raises(ReferenceMismatch, match=r'"strength": 0.5'):  # the message says what to set
         _run(tiny_config(data, tmp_path / "none", steps=1))
     other = _lora_file(tmp_path / "other.safetensors", seed=9)
     with pytest.raises(ReferenceMismatch, match="the same strengths but other LoRA weights"):

@@ -211,3 +211,17 @@ def test_vace_module_beside_a_t2v_base(comfy, prefix):
     _assert_same_velocity(comfy, trainer, model, candidate)
     with pytest.raises(ValueError, match="is a VACE module, not a base model"):
         IPALoadWanVaceModule.execute(module_name, module_name)
+
+
+def test_wrappers_are_recorded_except_torch_compile(comfy):
+    from comfyui_ipa_pack.nodes.model_identity import describe_patches
+
+    def passthrough(executor, *args, **kwargs):
+        return executor(*args, **kwargs)
+
+    compiled = comfy.model.clone()
+    compiled.add_wrapper_with_key("apply_model", "torch.compile", passthrough)  # TorchCompileModel: the same function
+    assert describe_patches(compiled) == {"sampling_options": ["torch.compile"]}
+    wrapped = comfy.model.clone()
+    wrapped.add_wrapper_with_key("apply_model", "some_pack", passthrough)
+    assert describe_patches(wrapped) == {"model_wrappers": ["apply_model:some_pack"]}

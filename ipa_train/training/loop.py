@@ -20,7 +20,6 @@ import torch.distributed as dist
 
 from ..fileio import atomic_save_safetensors
 from ..wan.fingerprint import diffusers_model_fingerprint, model_fingerprint
-from ..wan.gguf_model import is_gguf_model
 from . import lora as lora_setup
 from .batching import Sampler, check_data_fits_model, load_training_data, seed_for
 from .checkpoints import (
@@ -97,6 +96,9 @@ class Trainer:
 
         # 2. model + adapters. Base weights bf16 on GPU with DDP (the adapters stay fp32); FSDP2 shards fp32
         # weights and gathers them in bf16 (its mixed-precision policy).
+        if config.distributed == "fsdp2" and dist_info.active and str(config.base_model).lower().endswith(".gguf"):
+            raise ConfigError("distributed 'fsdp2' cannot shard a GGUF base (its weights are packed quantised blocks); use 'ddp' "
+                              "or a safetensors base_model")
         base_dtype = torch.bfloat16 if (self.autocast_dtype is not None and device.type == "cuda" and config.distributed == "ddp") else torch.float32
         model = build_model(config, base_dtype) if model is None else model
         check_data_fits_model(self.data, model)
@@ -104,9 +106,6 @@ class Trainer:
         if dist_info.main:
             for warning in self.reference_warnings:
                 log.warning("%s", warning)
-        if config.distributed == "fsdp2" and dist_info.active and is_gguf_model(model):
-            raise ConfigError("distributed 'fsdp2' cannot shard a GGUF base (its weights are packed quantised blocks); use 'ddp' "
-                              "or a safetensors base_model")
         self.base_fingerprint = model_fingerprint(config.base_model, model)
         add_adapters(model, config)
         self.start_step = 0

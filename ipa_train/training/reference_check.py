@@ -18,6 +18,7 @@ The LoRA check needs only the files, so it runs before the model is loaded; the 
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Optional
@@ -111,7 +112,7 @@ def _lora_problem(patches: dict, expected: dict[float, str], init_loras: list[In
     suggestion = ""
     if recorded and all(names.get(s) for s in recorded):
         forms = [{"path": f"<loras>/{name}", "strength": s} for s, group in sorted(names.items()) for name in group]
-        suggestion = f' Set init_lora to {forms} (paths under ComfyUI\'s models/loras).'
+        suggestion = f" Set init_lora to {json.dumps(forms)} (paths under ComfyUI's models/loras)."
     elif recorded:
         suggestion = " Set init_lora to the LoRA file(s) the sampler used, each with the strength it had there."
     else:
@@ -128,7 +129,7 @@ def _other_problems(patches: dict) -> list[str]:
         if key == "transformer_options" and patches.get("rope_options") and list(value) == ["rope_options"]:
             continue  # already named by rope_options
         detail = value if not isinstance(value, dict) else {k: v for k, v in value.items()}
-        problems.append(f"{label}: {detail}")
+        problems.append(f"{label}: {detail}. The trainer cannot reproduce this: sample without it.")
     return problems
 
 
