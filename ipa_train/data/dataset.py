@@ -244,8 +244,8 @@ def _parse_manifest(path: Path) -> tuple[list[dict[str, Any]], tuple]:
     return entries, key
 
 
-def apply_marks(by_id: Mapping[str, dict[str, Any]], records: Iterable[tuple[str, Mapping[str, str]]]) -> list[tuple[dict[str, Any], str]]:
-    """Applies journal records in order to entries (in place); returns (entry, previous status) per change.
+def apply_marks(by_id: Mapping[str, dict[str, Any]], records: Iterable[tuple[str, Mapping[str, str]]]) -> list[tuple[str, str]]:
+    """Applies journal records in order to entries (in place); returns (previous status, new status) per mark.
     Marks of ids the manifest does not list, or with an unknown status, are skipped (hand edits)."""
     changed = []
     for updated, marks in records:
@@ -253,7 +253,7 @@ def apply_marks(by_id: Mapping[str, dict[str, Any]], records: Iterable[tuple[str
             entry = by_id.get(sample_id)
             if entry is None or status not in STATUSES:
                 continue
-            changed.append((entry, entry.get("status", "pending")))
+            changed.append((entry.get("status", "pending"), status))
             entry["status"] = status
             entry["updated"] = updated
     return changed
@@ -477,7 +477,10 @@ def append_statuses(dataset_dir: os.PathLike | str, statuses: Mapping[str, str])
         if not journal.journal_path(dataset_dir).exists():
             _upgrade_format(dataset_dir)
         updated = _now()
-        journal.append_record(dataset_dir, statuses, updated)
+        try:
+            journal.append_record(dataset_dir, statuses, updated)
+        except journal.JournalError as exc:
+            raise DatasetError(str(exc)) from None
     return updated
 
 

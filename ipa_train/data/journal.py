@@ -51,7 +51,14 @@ def journal_path(dataset_dir: os.PathLike | str) -> Path:
 
 def _open_no_follow(path: Path, flags: int) -> int:
     # A journal is a plain file written by this pack: a symlink in its place is refused (O_NOFOLLOW), not followed.
-    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if path.is_symlink():
+            raise JournalError(f"{path} is a symbolic link; the status journal must be a plain file: remove the link") from None
+        raise
 
 
 def _parse(line: bytes, path: Path, offset: int) -> tuple[str, dict[str, str]]:

@@ -139,9 +139,9 @@ class ManifestCache:
             return True
         cached.journal, cached.journal_end = tail.identity, tail.end
         changed = ds.apply_marks(cached.by_id, tail.records)
-        for entry, previous in changed:
+        for previous, status in changed:
             cached.counts[previous] = cached.counts.get(previous, 0) - 1
-            cached.counts[entry["status"]] = cached.counts.get(entry["status"], 0) + 1
+            cached.counts[status] = cached.counts.get(status, 0) + 1
         if changed:
             # Unfiltered views keep their order (statuses are not a sort key, the live entries show the new
             # status); filtered views and the "updated" order change.
