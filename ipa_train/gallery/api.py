@@ -111,7 +111,10 @@ class ManifestCache:
                 return cached
         state = None
         if journal.journal_path(dataset_dir).exists():
-            state = ds.compact(dataset_dir, timeout=0)  # None while a collector holds the lock: compact next time
+            try:
+                state = ds.compact(dataset_dir, timeout=0)  # None while a collector holds the lock: compact next time
+            except OSError:
+                state = None  # a folder this server cannot write: the journal stays, reads apply it
         if state is None:
             state = ds.read_manifest_state(dataset_dir)
         entries = state.entries
