@@ -205,22 +205,24 @@ def _add_and_compact(path, seeds):
 
 
 def test_concurrent_markers_collectors_and_compactions_lose_no_mark(tmp_path):
+    """Another process marks (the ComfyUI server), a thread marks, and this thread adds samples and compacts (a
+    collector): every writer takes the same file lock, and each marker's last round wins for its samples."""
     path, ids = make(tmp_path, count=6)
-    ctx = mp.get_context("spawn")
     rounds = 7
-    procs = [
-        ctx.Process(target=_mark_sequence, args=(path, ids[:3], rounds)),
-        ctx.Process(target=_mark_sequence, args=(path, ids[3:], rounds)),
-        ctx.Process(target=_add_and_compact, args=(path, range(100, 106))),
-    ]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join(120)
-        assert proc.exitcode == 0
+    process = mp.get_context("spawn").Process(target=_mark_sequence, args=(path, ids[:3], rounds))
+    process.start()
+    thread = threading.Thread(target=_mark_sequence, args=(path, ids[3:], rounds))
+    thread.start()
+    added = 0
+    while process.is_alive() or thread.is_alive() or added < 3:  # collect (and compact) for as long as they mark
+        _add_and_compact(path, [100 + added])
+        added += 1
+        assert added < 500, "the markers did not finish"
+    thread.join(60)
+    process.join(60)
+    assert process.exitcode == 0 and not thread.is_alive()
     final = statuses(path)
-    assert len(final) == 12
-    # Each marker's last round decides its samples: nothing lost to the other writers or the compactions.
+    assert len(final) == 6 + added
     for index, sample_id in enumerate(ids):
         assert final[sample_id] == ("preferred", "rejected", "pending")[(rounds - 1 + index % 3) % 3], (index, final)
 
