@@ -114,6 +114,8 @@ def test_mouse_curation_on_tiles_selection_and_the_large_view(tmp_path, browser)
         expected[ids[3]] = "pending"
         assert wait_for_disk(dataset_dir, expected) == expected
         page.keyboard.press("Escape")
+        # The counts come with the server's answer, which may land just after the write is on disk.
+        page.wait_for_function("() => document.querySelector('.ipa-filter.ipa-pending .ipa-count').textContent === '3'")
         counts = {f: page.inner_text(f".ipa-filter.ipa-{f} .ipa-count") for f in ("all", "pending", "preferred", "rejected")}
         assert counts == {"all": "6", "pending": "3", "preferred": "2", "rejected": "1"}
     assert errors == []
