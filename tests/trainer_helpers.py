@@ -56,3 +56,13 @@ def subprocess_env() -> dict:
 
 def python() -> str:
     return sys.executable
+
+
+def process_gone(pid: int) -> bool:
+    """No such process, or only its zombie (dead, holding nothing, waiting for its new parent to reap it)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

@@ -18,6 +18,18 @@ def emit(**event):
     print(json.dumps(event), flush=True)
 
 
+def write_checkpoint(out, step):
+    """A checkpoint the real picker accepts: the files resume needs, listed with their sizes in state.json."""
+    checkpoint = out / "checkpoints" / f"step-{step}"
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name in ("adapter.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json"):
+        (checkpoint / name).write_text("{}")
+        files[name] = 2
+    (checkpoint / "state.json").write_text(json.dumps({"step": step, "files": files}))
+    return checkpoint
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", required=True)
@@ -59,9 +71,7 @@ def main():
             stop_file.unlink()
             stop.update(requested=True, reason="stop file")
         if stop["requested"]:
-            checkpoint = out / "checkpoints" / f"step-{step}"
-            checkpoint.mkdir(parents=True, exist_ok=True)
-            (checkpoint / "state.json").write_text(json.dumps({"step": step}))
+            checkpoint = write_checkpoint(out, step)
             emit(event="checkpoint", step=step, path=str(checkpoint))
             emit(event="stopped", step=step, checkpoint=str(checkpoint), resume=f"--resume {checkpoint}", reason=stop.get("reason", "signal"))
             if worker is not None:
