@@ -215,6 +215,8 @@ class IPATrainLoRA(io.ComfyNode):
         visible = len(host_devices) if host_devices is not None else (torch.cuda.device_count() if torch.cuda.is_available() else 0)
         try:
             gpu_ids = launcher.parse_gpus(gpus, available=visible)
+            processes = max(1, len(gpu_ids))  # one GPU or the CPU: a plain process, never torchrun
+            launcher.check_launch(processes, gpu_ids)  # several GPUs on Windows: refused before anything loads
         except launcher.LaunchError as exc:
             raise ValueError(str(exc)) from None
         devices = [host_devices[i] for i in gpu_ids] if host_devices is not None else gpu_ids
@@ -232,8 +234,8 @@ class IPATrainLoRA(io.ComfyNode):
         run_dir.mkdir(parents=True, exist_ok=True)
         config_path = atomic_write_json(run_dir / "run.json", config)
         extra = ["--resume", str(checkpoint)] if checkpoint is not None else []
-        command = launcher.build_command(config_path, max(1, len(gpu_ids)), module=cls.trainer_module, extra_args=extra)
-        env = launcher.build_env(gpus=devices, pythonpath=cls.extra_pythonpath)
+        command = launcher.build_command(config_path, processes, module=cls.trainer_module, extra_args=extra)
+        env = launcher.build_env(gpus=devices, pythonpath=cls.extra_pythonpath, processes=processes)
 
         _free_host_memory()
         log.info("IPA Train LoRA: %s (run folder %s, GPUs %s)", " ".join(command), run_dir, gpu_ids or "cpu")
@@ -280,7 +282,9 @@ class IPATrainLoRA(io.ComfyNode):
         if outcome.status != "finished":
             if cancelled:
                 raise TrainingStopped(f"IPA training was cancelled and did not write a checkpoint in time:\n{outcome.error_text()}")
-            raise RuntimeError(f"IPA training failed (exit status {outcome.returncode}); log: {run_dir / 'train.log'}\n{outcome.error_text()}")
+            # The cause first (the root of an import failure, the rank that died and how), then where the full log is.
+            raise RuntimeError(f"IPA training failed: {outcome.headline()}\nFull log: {run_dir / 'train.log'} "
+                               f"(exit status {outcome.returncode})\n\n{outcome.error_text()}")
 
         trained = Path(outcome.final["lora_path"])
         if not trained.is_file():

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import requires_comfyui
-from trainer_helpers import process_gone
+from trainer_helpers import fake_checkpoint, process_gone
 
 pytestmark = requires_comfyui
 
@@ -167,7 +167,10 @@ def test_resume_latest_picks_only_this_lora_names_runs(host, monkeypatch):
 
     runs = host / "output" / "ipa_runs"
     for name in ("hands-v2-20260101-000000", "hands-20250101-000000", "hands-20250101-000000-2"):
-        (runs / name / "checkpoints" / "step-4").mkdir(parents=True)
+        fake_checkpoint(runs / name / "checkpoints" / "step-4", 4)
+    # newer, but half written (a killed writer) or empty: never picked
+    fake_checkpoint(runs / "hands-20250101-000000-2" / "checkpoints" / "step-6", 6, complete=False)
+    (runs / "hands-20250101-000000-2" / "checkpoints" / "step-8").mkdir()
     os.utime(runs / "hands-v2-20260101-000000", (2e9, 2e9))  # the newest folder, but another LoRA's run
     os.utime(runs / "hands-20250101-000000", (1e9, 1e9))
     os.utime(runs / "hands-20250101-000000-2", (1.5e9, 1.5e9))
@@ -182,10 +185,11 @@ def test_resume_path_must_be_a_checkpoint_inside_the_runs_folder(host):
     from comfyui_ipa_pack.nodes import train_lora
 
     runs = host / "output" / "ipa_runs"
-    checkpoint = runs / "hands-20250101-000000" / "checkpoints" / "step-4"
-    checkpoint.mkdir(parents=True)
-    (checkpoint / "state.json").write_text('{"step": 4}')
+    checkpoint = fake_checkpoint(runs / "hands-20250101-000000" / "checkpoints" / "step-4", 4)
     (runs / "hands-20250101-000000" / "checkpoints" / "step-2").mkdir()
+    half = fake_checkpoint(runs / "hands-20250101-000000" / "checkpoints" / "step-6", 6, complete=False)
+    with pytest.raises(ValueError, match="incomplete .*adapter.safetensors is missing"):
+        train_lora._resolve_resume(str(half), "hands")
     assert train_lora._resolve_resume(str(checkpoint), "hands") == checkpoint.resolve()
     # a run folder means its newest checkpoint; the run folder (parents[1]) then stays inside the runs folder
     assert train_lora._resolve_resume("hands-20250101-000000", "hands") == checkpoint.resolve()

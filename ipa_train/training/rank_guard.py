@@ -38,6 +38,8 @@ class _Watched:
     def alive(self) -> bool:
         if self.created is not None:
             return _create_time(self.pid) == self.created
+        if os.name == "nt":  # no psutil: Windows has no harmless probe (os.kill(pid, 0) would terminate it)
+            return True
         try:  # no psutil: POSIX existence check
             os.kill(self.pid, 0)
             return True

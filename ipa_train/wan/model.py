@@ -428,8 +428,14 @@ def load_transformer(path: os.PathLike | str, torch_dtype: torch.dtype = torch.f
 
     config_dir, tmp = _config_dir(config)
     try:
-        if prefix in ("", ORIGINAL_PREFIX):
+        # diffusers reads a path with safetensors only when it ends in ".safetensors" exactly (else torch.load,
+        # which fails on "*.SAFETENSORS"): other spellings of the suffix are read here and passed as tensors.
+        if prefix in ("", ORIGINAL_PREFIX) and path.name.endswith(".safetensors"):
             source: Any = str(path)
+        elif prefix in ("", ORIGINAL_PREFIX):
+            from ..fileio import load_safetensors
+
+            source, _ = load_safetensors(path)
         else:  # diffusers' converter only strips "model.diffusion_model."
             from ..fileio import load_safetensors
 
