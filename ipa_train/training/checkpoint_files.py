@@ -1,6 +1,6 @@
 """Which checkpoint folders are complete, which one to resume from, and how one replaces another without a
-moment where a half checkpoint could be taken for a whole one. No torch here: the launcher and the ComfyUI node
-pick checkpoints with the very function the trainer uses.
+moment where a half checkpoint could be taken for a whole one. Only file names, sizes and JSON: the launcher and
+the ComfyUI node pick checkpoints with the very function the trainer uses, without loading anything.
 
 A checkpoint ``checkpoints/step-N/`` is complete when its ``state.json`` (always written last) lists every other
 file with its size and each is there with that size. Folders written by pack versions before the listing count
@@ -18,6 +18,8 @@ import json
 import logging
 import os
 import shutil
+import sys
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -36,14 +38,20 @@ ASIDE_PREFIX = ".old-step-"
 
 log = logging.getLogger("ipa_train.train")
 
-# Test hook: called with the name of each phase of a replacement ("aside", "in", "deleted"), so a test can slow
-# the writer down and kill it in between. None in normal use.
+# Test hooks, so a test can slow the writer down and kill it between the phases of a replacement ("aside", "in",
+# "deleted"): a function called with each phase name, or in a trainer process IPA_TRAIN_SLOW_CHECKPOINT=<seconds>
+# (prints each phase on stderr, then sleeps). Neither is set in normal use.
 replacement_hook: Optional[Callable[[str], None]] = None
+SLOW_ENV = "IPA_TRAIN_SLOW_CHECKPOINT"
 
 
 def _phase(name: str) -> None:
     if replacement_hook is not None:
         replacement_hook(name)
+    delay = os.environ.get(SLOW_ENV)
+    if delay:
+        print(f"checkpoint replacement: {name}", file=sys.stderr, flush=True)
+        time.sleep(float(delay))
 
 
 def step_of(path: Path, prefix: str = STEP_PREFIX) -> Optional[int]:

@@ -55,7 +55,10 @@ def _create_time(pid: int) -> Optional[float]:
     except ImportError:
         return None
     try:
-        return psutil.Process(pid).create_time()
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:  # dead, not yet reaped by its own parent
+            return -1.0
+        return process.create_time()
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return -1.0  # already gone: never equal to a live process's time
     except psutil.AccessDenied:
