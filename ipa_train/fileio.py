@@ -69,8 +69,11 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary_beside(path)
+    mode = os.stat(tmp).st_mode & 0o777  # what the umask gave a plain open()
     try:
         write(tmp)
+        if os.stat(tmp).st_mode & 0o777 != mode:  # safetensors' save_file recreates the file with 0600
+            os.chmod(tmp, mode)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)

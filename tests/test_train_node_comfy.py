@@ -210,3 +210,52 @@ def test_gpu_ids_are_the_hosts_visible_devices(host, monkeypatch):
     assert started["env_cuda"] == "5"
     with pytest.raises(ValueError, match="only 2 GPU"):
         _run(gpus="[2]")
+
+
+def test_train_node_shows_the_root_cause_and_the_log(host, monkeypatch):
+    """A trainer that cannot import its libraries: the dialog names the first error and where the full log is."""
+    monkeypatch.setenv("IPA_FAKE_TRAINER_MODE", "broken_import")
+    with pytest.raises(RuntimeError) as info:
+        _run()
+    message = str(info.value)
+    run_dir = next((host / "output" / "ipa_runs").iterdir())
+    assert message.startswith("IPA training failed: rank 0: RuntimeError: operator torchvision::nms does not exist"), message
+    assert f"Full log: {run_dir / 'train.log'}" in message.splitlines()[2]
+    assert "(it surfaced as ModuleNotFoundError: Could not import module 'BloomPreTrainedModel')" in message
+    assert "what to do: torchvision in the trainer's Python" in message
+
+
+def test_train_node_refuses_the_impossible_before_anything(host, monkeypatch):
+    """Non-finite numbers, bad LoRA names and several GPUs on Windows: refused before ComfyUI's models are unloaded
+    and before a run folder exists."""
+    from comfyui_ipa_pack.ipa_train.training import launcher
+    from comfyui_ipa_pack.ipa_train.training.process_tree import Platform
+    from comfyui_ipa_pack.nodes import train_lora
+
+    unloaded = []
+    monkeypatch.setattr(train_lora, "_free_host_memory", lambda: unloaded.append(True))
+    for settings, message in (
+        (dict(beta=float("nan")), "beta=nan must be a finite number"),
+        (dict(learning_rate=float("inf")), "learning_rate=inf must be a finite number"),
+        (dict(hand_weight=float("-inf")), "hand_weight=-inf must be a finite number"),
+        (dict(lora_name="a" * 300), "invalid lora_name 'aaaa.*300 characters"),
+        (dict(lora_name="bad\x00name"), "invalid lora_name"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            _run(**settings)
+    monkeypatch.setattr(launcher, "current_platform", lambda os_name=None: Platform(windows=True))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    with pytest.raises(ValueError, match="training on 2 GPUs needs NCCL, which PyTorch does not provide on Windows"):
+        _run(gpus="2")
+    assert unloaded == [] and not (host / "output" / "ipa_runs").exists()
+
+
+def test_node_widgets_stay_inside_the_trainers_ranges(host):
+    """The node can never offer a number the trainer refuses."""
+    from comfyui_ipa_pack.ipa_train.training.config import NUMBER_RANGES
+    from comfyui_ipa_pack.nodes.train_lora import IPATrainLoRA
+
+    for spec in IPATrainLoRA.define_schema().inputs:
+        if spec.id in NUMBER_RANGES:
+            low, high, exclusive = NUMBER_RANGES[spec.id]
+            assert (spec.min > low if exclusive else spec.min >= low) and spec.max <= high, spec.id

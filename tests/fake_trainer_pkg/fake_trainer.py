@@ -2,7 +2,8 @@
 events on stdout, the stop file (``<output_dir>/STOP`` or ``stop_file``) or SIGINT -> finish the step, checkpoint,
 ``stopped``, exit 3; errors -> ``error`` event, exit 1.
 run.json key ``fake_mode`` (or env IPA_FAKE_TRAINER_MODE): "ok" (default), "fail" (fails at step 2), "slow" (steps take 0.3 s and a worker child
-process is started in the same process group, like torchrun's ranks), "deaf" (slow, and never looks at the stop file)."""
+process is started in the same process group, like torchrun's ranks), "deaf" (slow, and never looks at the stop file), "broken_import" (an import failure with a root cause, reported
+by the real ``failures.report_startup_failure``)."""
 
 import argparse
 import json
@@ -37,6 +38,16 @@ def main():
     args = parser.parse_args()
     config = json.loads(Path(args.config).read_text())
     mode = config.get("fake_mode") or os.environ.get("IPA_FAKE_TRAINER_MODE", "ok")
+    if mode == "broken_import":  # what the real trainer reports when torchvision breaks diffusers' imports
+        from ipa_train.training.failures import report_startup_failure
+
+        try:
+            try:
+                raise RuntimeError("operator torchvision::nms does not exist")
+            except RuntimeError as cause:
+                raise ModuleNotFoundError("Could not import module 'BloomPreTrainedModel'") from cause
+        except ModuleNotFoundError as exc:
+            sys.exit(report_startup_failure(exc))
     out = Path(config["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     stop = {"requested": False}
