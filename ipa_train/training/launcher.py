@@ -197,8 +197,7 @@ class TrainingJob:
         if self.stop_file is not None:
             _remove(self.stop_file)  # a stale request from an earlier run must not stop this one
         self.job_id = uuid.uuid4().hex
-        failures_dir = Path(log_path).parent if log_path else Path(tempfile.gettempdir())
-        self.failures_file = failures_dir / f".ipa-failures-{self.job_id}.json"
+        self.failures_file = Path(tempfile.gettempdir()) / f"ipa-train-failures-{self.job_id}.json"  # read and removed by finish()
         env = {**env, JOB_ENV: self.job_id, LAUNCHER_PID_ENV: str(os.getpid()), FAILURES_ENV: str(self.failures_file)}
         self._log = open(log_path, "a", encoding="utf-8") if log_path else None
         self.process = subprocess.Popen(
