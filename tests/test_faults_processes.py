@@ -121,7 +121,7 @@ def test_failure_report_blames_the_cause_not_the_survivor():
     assert failures.failure_report([], [failures.RankFailure(0, 3), failures.RankFailure(1, -11)], 1)[0].startswith(
         "rank 1 was killed by SIGSEGV")
     assert failures.failure_report([], [], -9) == [
-        "the trainer was killed by SIGKILL (exit code -9): " + failures.SIGNAL_CAUSES["SIGKILL"] + " without reporting an error"]
+        "the trainer was killed by SIGKILL (exit code -9): " + failures.SIGNAL_CAUSES["SIGKILL"] + "; it wrote no error message"]
     assert failures.describe_exit(137).startswith("was killed by SIGKILL")  # 128 + 9, as a shell reports it
     assert failures.stopped_exit_status([failures.RankFailure(0, -15), failures.RankFailure(1, 3)])
     assert not failures.stopped_exit_status([failures.RankFailure(0, 3), failures.RankFailure(1, -9)])

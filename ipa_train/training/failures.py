@@ -184,7 +184,7 @@ def failure_report(errors: Sequence[Mapping[str, Any]], failures: Sequence[RankF
         cause_event = errors[0]
         lines.append(_event_text(cause_event))
     elif returncode not in (None, 0):
-        lines.append(f"the trainer {describe_exit(returncode)} without reporting an error")
+        lines.append(f"the trainer {describe_exit(returncode)}; it wrote no error message")
     if cause_event is not None and cause_event.get("hint"):
         lines.append(f"what to do: {cause_event['hint']}")
     for event in errors:
