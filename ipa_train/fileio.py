@@ -138,7 +138,7 @@ def remove_stale_temp_files(folder: os.PathLike | str, older_than_s: float = 0.0
 # ----------------------------------------------------------------------------------------------- reading
 
 
-def _describe_unreadable(path: Path, error: Exception) -> str:
+def describe_unreadable(path: Path, error: Exception) -> str:
     """What an unreadable safetensors file looks like, from its first bytes and its size."""
     try:
         size = path.stat().st_size
@@ -176,7 +176,7 @@ def load_safetensors(path: os.PathLike | str, device: str = "cpu") -> tuple[dict
     except Exception as error:  # safetensors raises its own error type (SafetensorError) for every bad file
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist") from None
-        raise FileReadError(f"{path} {_describe_unreadable(path, error)}") from error
+        raise FileReadError(f"{path} {describe_unreadable(path, error)}") from error
     return tensors, metadata
 
 
@@ -190,7 +190,7 @@ def read_safetensors_metadata(path: os.PathLike | str) -> dict[str, str]:
     except FileNotFoundError:
         raise
     except Exception as error:
-        raise FileReadError(f"{path} {_describe_unreadable(path, error)}") from error
+        raise FileReadError(f"{path} {describe_unreadable(path, error)}") from error
 
 
 def read_json(path: os.PathLike | str) -> Any:

@@ -120,7 +120,10 @@ def read_checkpoint_header(path: os.PathLike | str) -> tuple[dict[str, tuple[int
                 shapes[key] = tuple(int(n) for n in part.get_shape())
                 dtypes[key] = str(part.get_dtype())
     except Exception as error:  # safetensors raises its own error types for a corrupt header
-        raise ModelLoadError(f"{path} is not a readable safetensors file ({error}).") from error
+        from ..fileio import describe_unreadable
+
+        raise ModelLoadError(f"{path} {describe_unreadable(Path(path), error)}; copy or download the model file again "
+                             "(an interrupted download is the usual cause)") from error
     return shapes, dtypes, metadata
 
 
