@@ -325,6 +325,8 @@ class TrainingJob:
     def finish(self) -> JobOutcome:
         """Waits for the process, drains the readers and events, and classifies the outcome."""
         self.process.wait()
+        if self.group_alive():  # a rank outlived torchrun: never leave it holding the GPU (nor our pipes open)
+            self.kill()
         for reader in self._readers:
             reader.join(timeout=10)
         while True:
@@ -332,8 +334,6 @@ class TrainingJob:
                 self.history.append(self.events.get_nowait())
             except queue.Empty:
                 break
-        if self.group_alive():  # a rank outlived torchrun: never leave it holding the GPU
-            self.kill()
         self.tree.close()
         if self.stop_file is not None:
             _remove(self.stop_file)  # unanswered (the job ended first) or already consumed
