@@ -33,16 +33,17 @@ def _drain(job, until, timeout=240):
 
 
 def _ranks(job, count, timeout=60):
-    """{rank: psutil.Process} of the job's rank processes (found by the job marker, as the launcher finds them)."""
+    """{rank: psutil.Process} of the job's rank processes (found by the job marker, as the launcher finds them):
+    torchrun's direct children (whatever a rank starts inherits RANK too)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         ranks = {}
         for process in job.processes():
             try:
-                env = process.environ()
+                env, parent = process.environ(), process.ppid()
             except psutil.Error:
                 continue
-            if "RANK" in env and "LOCAL_RANK" in env:
+            if "RANK" in env and "LOCAL_RANK" in env and parent == job.process.pid:
                 ranks[int(env["RANK"])] = process
         if len(ranks) == count:
             return ranks

@@ -79,7 +79,7 @@ class ProcessTree:
     """Every process of one job: the launched root, its descendants as seen while it runs, and anything that
     carries the job's marker (ranks re-parented after torchrun died)."""
 
-    def __init__(self, root_pid: int, job_id: str, platform: Optional[Platform] = None, watch_s: float = 0.25):
+    def __init__(self, root_pid: int, job_id: str, platform: Optional[Platform] = None, watch_s: float = 1.0):
         self.root_pid = root_pid
         self.job_id = job_id
         self.platform = platform or current_platform()
@@ -88,36 +88,36 @@ class ProcessTree:
         self._stop = threading.Event()
         psutil = _psutil()
         try:
-            self._known[root_pid] = psutil.Process(root_pid)
+            self._root = psutil.Process(root_pid)
+            self._known[root_pid] = self._root
         except psutil.NoSuchProcess:
-            pass
+            self._root = None
         self._watcher = threading.Thread(target=self._watch, args=(watch_s,), name="ipa-process-tree", daemon=True)
         self._watcher.start()
 
     def _watch(self, period: float) -> None:
+        """Records the tree while the root lives (one scan a second); afterwards the job marker finds the rest."""
         while not self._stop.wait(period):
-            self.refresh()
-            if not self.alive(scan=False):
+            if not self.refresh():
                 return
 
     def close(self) -> None:
         self._stop.set()
 
-    def refresh(self) -> None:
-        """Records the root's current descendants (while torchrun lives, its ranks are its children)."""
+    def refresh(self) -> bool:
+        """Records the root's current descendants (while torchrun lives, its ranks are its children); returns
+        whether the root still runs."""
         psutil = _psutil()
+        if self._root is None:
+            return False
+        try:
+            children = self._root.children(recursive=True)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return False
         with self._lock:
-            roots = list(self._known.values())
-        found = {}
-        for process in roots:
-            try:
-                for child in process.children(recursive=True):
-                    found[child.pid] = child
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-        with self._lock:
-            for pid, child in found.items():
-                self._known.setdefault(pid, child)
+            for child in children:
+                self._known.setdefault(child.pid, child)
+        return True
 
     def _marked(self) -> list:
         """Processes whose environment carries this job's marker (the ranks, wherever they were re-parented)."""
