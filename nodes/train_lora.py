@@ -22,7 +22,8 @@ from comfy_api.latest import io, ui
 from ..ipa_train.training import launcher
 from ..ipa_train.training.config import DISTRIBUTED as RUN_DISTRIBUTED, OBJECTIVES as RUN_OBJECTIVES, PRECISIONS as RUN_PRECISIONS, ConfigError, RunConfig
 from ..ipa_train.data.dataset import DatasetError, count_statuses, dataset_path, read_manifest
-from ..ipa_train.fileio import atomic_write_json
+from ..ipa_train.fileio import InvalidNameError, atomic_write_json, validate_name
+from ..ipa_train.training.checkpoint_files import checkpoint_problem
 from .host import prompt_server
 from .paths import dataset_root
 
@@ -89,7 +90,7 @@ def _resolve_resume(resume: str, lora_name: str) -> Path | None:
         raise ValueError(f"resume='latest': no checkpoint of a run named {lora_name!r} under {root}; clear resume to start fresh")
     path = Path(resume)
     path = (path if path.is_absolute() else root / path).resolve()
-    if path.parent == root and path.is_dir():  # a run folder: its newest checkpoint
+    if path.parent == root and path.is_dir():  # a run folder: its newest complete checkpoint
         path = launcher.latest_checkpoint(path) or path
     # Only <runs>/<run>/checkpoints/step-N: the run folder (where run.json and the new checkpoints go) is taken
     # from it, so anything shallower or elsewhere would put the run outside the runs folder.
@@ -97,6 +98,9 @@ def _resolve_resume(resume: str, lora_name: str) -> Path | None:
             or not (path / "state.json").is_file()):
         raise ValueError(f"resume={resume!r} is not a checkpoint folder (<run>/checkpoints/step-N) under {root}; "
                          "use 'latest' or a path the node reported")
+    problem = checkpoint_problem(path)
+    if problem:
+        raise ValueError(f"resume={resume!r}: the checkpoint is incomplete ({problem}); use 'latest' (the newest complete one)")
     return path
 
 
@@ -241,8 +245,10 @@ class IPATrainLoRA(io.ComfyNode):
             raise ValueError(f"dataset {dataset} has no preferred samples ({counts}); mark some in the IPA gallery or with IPA Mark Preferred")
         if objective == "dpo" and counts["rejected"] == 0:
             raise ValueError(f"objective 'dpo' needs rejected samples too; dataset {dataset} has none. Use 'ipa' (preferred only)")
-        if not lora_name or any(c in lora_name for c in "/\\") or lora_name.startswith("."):
-            raise ValueError(f"lora_name {lora_name!r} must be a plain file name (no folders)")
+        try:
+            validate_name(lora_name, "lora_name")  # the same rule as dataset names, before anything is written
+        except InvalidNameError as exc:
+            raise ValueError(str(exc)) from None
         base_model_path = folder_paths.get_full_path_or_raise("diffusion_models", base_model)
         # Device ids are the ones ComfyUI sees. When ComfyUI runs restricted (--cuda-device N sets CUDA_VISIBLE_DEVICES),
         # id i is the host's i-th visible device: the trainer must get that device, not physical GPU i.
@@ -251,12 +257,13 @@ class IPATrainLoRA(io.ComfyNode):
         visible = len(host_devices) if host_devices is not None else (torch.cuda.device_count() if torch.cuda.is_available() else 0)
         try:
             gpu_ids = launcher.parse_gpus(gpus, available=visible)
+            processes = max(1, len(gpu_ids))  # one GPU or the CPU: a plain process, never torchrun
+            launcher.check_launch(processes, gpu_ids)  # several GPUs on Windows: refused before anything loads
         except launcher.LaunchError as exc:
             raise ValueError(str(exc)) from None
         devices = [host_devices[i] for i in gpu_ids] if host_devices is not None else gpu_ids
         checkpoint = _resolve_resume(resume, lora_name)
         run_dir = checkpoint.parents[1] if checkpoint is not None else _new_run_dir(lora_name)
-        run_dir.mkdir(parents=True, exist_ok=True)
         config = cls.build_config(dataset_dir, base_model_path, run_dir, lora_name=lora_name, objective=objective, beta=beta,
                                   hand_weight=hand_weight, rank=rank, alpha=alpha, learning_rate=learning_rate, steps=steps,
                                   batch_size=batch_size, grad_accum=grad_accum, precision=precision,
@@ -267,10 +274,11 @@ class IPATrainLoRA(io.ComfyNode):
             stop_file = RunConfig.from_dict(config, source="IPA Train LoRA settings").stop_path  # bad values fail here, not in the job
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
+        run_dir.mkdir(parents=True, exist_ok=True)
         config_path = atomic_write_json(run_dir / "run.json", config)
         extra = ["--resume", str(checkpoint)] if checkpoint is not None else []
-        command = launcher.build_command(config_path, max(1, len(gpu_ids)), module=cls.trainer_module, extra_args=extra)
-        env = launcher.build_env(gpus=devices, pythonpath=cls.extra_pythonpath)
+        command = launcher.build_command(config_path, processes, module=cls.trainer_module, extra_args=extra)
+        env = launcher.build_env(gpus=devices, pythonpath=cls.extra_pythonpath, processes=processes)
 
         _free_host_memory()
         log.info("IPA Train LoRA: %s (run folder %s, GPUs %s)", " ".join(command), run_dir, gpu_ids or "cpu")
@@ -317,7 +325,9 @@ class IPATrainLoRA(io.ComfyNode):
         if outcome.status != "finished":
             if cancelled:
                 raise TrainingStopped(f"IPA training was cancelled and did not write a checkpoint in time:\n{outcome.error_text()}")
-            raise RuntimeError(f"IPA training failed (exit status {outcome.returncode}); log: {run_dir / 'train.log'}\n{outcome.error_text()}")
+            # The cause first (the root of an import failure, the rank that died and how), then where the full log is.
+            raise RuntimeError(f"IPA training failed: {outcome.headline()}\nFull log: {run_dir / 'train.log'} "
+                               f"(exit status {outcome.returncode})\n\n{outcome.error_text()}")
 
         trained = Path(outcome.final["lora_path"])
         if not trained.is_file():

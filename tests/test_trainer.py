@@ -268,7 +268,7 @@ def test_bad_input_is_refused_before_training(tmp_path):
 
 def test_resume_from_a_missing_checkpoint_is_a_clear_error(tmp_path):
     data = make_dataset(tmp_path / "ds", preferred=1)
-    with pytest.raises(trainer.TrainingError, match="no checkpoint there"):
+    with pytest.raises(trainer.TrainingError, match="no complete checkpoint there"):
         trainer.train(tiny_config(data, tmp_path / "out"), resume=str(tmp_path / "nothing"))
 
 

@@ -46,7 +46,10 @@ from typing import Any, Iterable, Mapping, Optional
 
 import torch
 
-from ..fileio import atomic_save_safetensors, atomic_write_bytes, atomic_write_json, atomic_write_text, load_safetensors, read_json
+from ..fileio import (
+    FileReadError, InvalidNameError, atomic_save_safetensors, atomic_write_bytes, atomic_write_json, atomic_write_text,
+    load_safetensors, read_json, remove_stale_temp_files, validate_name,
+)
 from . import journal
 
 # 2: marks go to the status journal (marks.jsonl); a pack that only knows format 1 would not see them.
@@ -72,13 +75,11 @@ class DatasetError(ValueError):
 
 
 def validate_dataset_name(name: str) -> str:
-    """A dataset name is one plain folder name: letters, digits, '.', '_' and '-', not starting with '.'."""
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or name in (".", ".."):
-        raise DatasetError(
-            f"invalid dataset name {name!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit "
-            "(no slashes, no '..', no absolute paths)"
-        )
-    return name
+    """A dataset name is one plain folder name (``fileio.validate_name``, the rule LoRA names follow too)."""
+    try:
+        return validate_name(name, "dataset name")
+    except InvalidNameError as exc:
+        raise DatasetError(str(exc)) from None
 
 
 def validate_sample_id(sample_id: str) -> str:
@@ -344,6 +345,7 @@ def create_dataset(root: os.PathLike | str, name: str) -> Path:
         if not (path / MANIFEST).exists():
             atomic_write_text(path / MANIFEST, "")
             atomic_write_json(path / DATASET_FILE, {"format_version": FORMAT_VERSION, "created": _now(), "name": name})
+        remove_stale_garbage(path)  # opened for writing: what killed writers left behind goes
     return path
 
 
@@ -515,10 +517,17 @@ def load_sample(dataset_dir: os.PathLike | str, sample_id: str) -> tuple[SampleT
     tensor_file = folder / TENSORS_FILE
     if not tensor_file.is_file():
         raise DatasetError(f"sample {sample_id}: {tensor_file} is missing; the dataset folder was edited by hand?")
-    raw, _ = load_safetensors(tensor_file)
+    advice = "delete this sample's folder (and its manifest line) or collect it again"
+    try:
+        raw, _ = load_safetensors(tensor_file)
+    except FileReadError as exc:
+        raise DatasetError(f"sample {sample_id}: {exc}; {advice}") from None
     tensors = SampleTensors.from_dict(raw, sample_id)
     meta_file = folder / META_FILE
-    meta = read_json(meta_file) if meta_file.is_file() else {}
+    try:
+        meta = read_json(meta_file) if meta_file.is_file() else {}
+    except FileReadError as exc:
+        raise DatasetError(f"sample {sample_id}: {exc}; {advice}") from None
     return tensors, meta
 
 
@@ -559,4 +568,46 @@ def remove_stale_staging(dataset_dir: os.PathLike | str, older_than_s: float = 3
         if entry.is_dir() and entry.stat().st_mtime < cutoff:
             shutil.rmtree(entry, ignore_errors=True)
             removed += 1
+    return removed
+
+
+GARBAGE_GRACE_S = 3600.0  # a writer renames its sample folder and lists it within seconds; an hour is never a live one
+
+
+def remove_stale_garbage(dataset_dir: os.PathLike | str, grace_s: float = GARBAGE_GRACE_S) -> dict[str, list[str]]:
+    """Deletes what killed writers leave in a dataset, older than ``grace_s`` seconds: staging folders
+    (``samples/.tmp-*``), orphan sample folders (complete, but never listed in the manifest because the writer died
+    before the manifest update) and temporary files of atomic writes. A sample the manifest lists is never touched,
+    nor anything that is not a plain folder or file of those patterns (symlinks included). Call it under the
+    manifest lock. Returns the names removed, by kind."""
+    dataset_dir = Path(dataset_dir)
+    samples = dataset_dir / SAMPLES_DIR
+    cutoff = time.time() - grace_s
+    removed: dict[str, list[str]] = {"staging": [], "orphans": [], "temp_files": []}
+    try:
+        listed = {entry.get("id") for entry in read_manifest(dataset_dir)}
+    except DatasetError:
+        return removed  # no readable manifest: nothing can be told to be an orphan
+    try:
+        entries = list(os.scandir(samples))
+    except FileNotFoundError:
+        entries = []
+    for entry in entries:
+        if not entry.is_dir(follow_symlinks=False):
+            continue
+        if entry.name.startswith(".tmp-"):
+            kind = "staging"
+        elif _SAMPLE_ID_RE.fullmatch(entry.name) and entry.name not in listed:
+            kind = "orphans"
+        else:
+            continue
+        try:
+            if entry.stat(follow_symlinks=False).st_mtime > cutoff:
+                continue
+        except FileNotFoundError:
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed[kind].append(entry.name)
+    for folder in (dataset_dir, samples):
+        removed["temp_files"] += [path.name for path in remove_stale_temp_files(folder, grace_s)]
     return removed

@@ -178,7 +178,7 @@ def train_with_torchrun(run_json: Path, output_dir: Path, nproc: int) -> tuple[l
     from ..training import launcher
 
     command = launcher.build_command(run_json, processes=nproc)
-    env = launcher.build_env(gpus=())  # CPU: the demo's model is tiny; gloo between the ranks
+    env = launcher.build_env(gpus=(), processes=nproc)  # CPU: the demo's model is tiny; gloo between the ranks
     env["OMP_NUM_THREADS"] = "1" if nproc > 1 else env.get("OMP_NUM_THREADS", str(max(1, os.cpu_count() or 1)))
     output_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

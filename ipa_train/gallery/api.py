@@ -25,10 +25,13 @@ resolves outside the root); files are served only from inside their sample folde
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 import re
+import stat
 import threading
+import urllib.parse
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +78,40 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+def _plain_path(root: Path, *parts: str, last_is_file: bool = False) -> bool:
+    """Whether ``root/part/...`` exists with no symlink in any component below ``root`` (checked with ``lstat``,
+    one component at a time: ``is_file()`` and ``resolve()`` follow links, a symlinked manifest would pass them)."""
+    path = root
+    for index, part in enumerate(parts):
+        path = path / part
+        try:
+            mode = os.lstat(path).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        if stat.S_ISLNK(mode):
+            return False
+        last = index == len(parts) - 1
+        if not (stat.S_ISREG(mode) if last and last_is_file else stat.S_ISDIR(mode)):
+            return False
+    return True
+
+
+JSON_BODY_ERRORS = (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError)
+
+
+async def _json_body(request: web.Request, usage: str) -> tuple[Any, Optional[web.Response]]:
+    """The request's JSON body, or a 400/415 answer: bodies must be ``application/json`` (a cross-site form or
+    ``text/plain`` POST then needs a CORS preflight, which is never granted), and bad JSON of any depth is a 400,
+    never a 500 (deeply nested arrays make the parser raise RecursionError)."""
+    if request.content_type != "application/json":
+        return None, _error(415, f"send the body as Content-Type: application/json; {usage}")
+    try:
+        return await request.json(), None
+    except JSON_BODY_ERRORS as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else "not valid JSON"
+        return None, _error(400, f"the body must be JSON ({reason}); {usage}")
+
+
 @dataclass
 class _CachedManifest:
     key: tuple  # the manifest file's (inode, size, mtime): every rewrite replaces the file
@@ -100,10 +137,12 @@ class ManifestCache:
     def get(self, dataset_dir: Path) -> _CachedManifest:
         path = dataset_dir / ds.MANIFEST
         try:
-            stat = os.stat(path)
+            info = os.lstat(path)
         except FileNotFoundError:
             raise ds.DatasetError(f"{dataset_dir.name} is not an IPA dataset (no {ds.MANIFEST})") from None
-        key = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if not stat.S_ISREG(info.st_mode):  # a symlink (or anything else) is never followed out of the dataset
+            raise ds.DatasetError(f"{dataset_dir.name}/{ds.MANIFEST} is not a plain file (a symlink?); refusing it")
+        key = (info.st_ino, info.st_size, info.st_mtime_ns)
         with self._lock:
             cached = self._items.get(str(dataset_dir))
             if cached is not None and cached.key == key and self._apply_journal_tail(dataset_dir, cached):
@@ -294,7 +333,7 @@ class GalleryAPI:
             # Never tell an HTTP client where the root lives on disk.
             message = str(exc).replace(str(root.resolve()), "<dataset root>").replace(str(root), "<dataset root>")
             raise web.HTTPBadRequest(text=json.dumps({"error": message}), content_type="application/json") from None
-        if path.is_symlink() or not (path / ds.MANIFEST).is_file():
+        if not _plain_path(Path(root), name, ds.MANIFEST, last_is_file=True):  # no symlink anywhere, manifest included
             raise web.HTTPNotFound(text=json.dumps({"error": f"no dataset named {name!r}"}), content_type="application/json")
         return path
 
@@ -307,7 +346,8 @@ class GalleryAPI:
         # The resolved folder must be <dataset>/samples/<id> itself: a symlinked ``samples`` folder leading out of the
         # root passes ``sample_path`` (which compares against the resolved ``samples``), so check the whole chain here.
         inside = folder.resolve() == dataset_dir.resolve() / ds.SAMPLES_DIR / sample_id
-        if entry is None or folder.is_symlink() or not folder.is_dir() or not inside:
+        plain = _plain_path(dataset_dir, ds.SAMPLES_DIR, sample_id)
+        if entry is None or not plain or not inside:
             raise web.HTTPNotFound(text=json.dumps({"error": f"no sample {sample_id} in dataset {dataset_dir.name}"}), content_type="application/json")
         return folder
 
@@ -458,10 +498,9 @@ class GalleryAPI:
 
     async def post_marks(self, request: web.Request) -> web.Response:
         dataset_dir = self._dataset_dir(request.match_info["name"])
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
-            return _error(400, 'the body must be JSON: {"ids": [...], "status": "preferred"} or {"marks": [{"id": ..., "status": ...}]}')
+        body, refused = await _json_body(request, MARKS_USAGE)
+        if refused is not None:
+            return refused
         try:
             statuses = _parse_marks(body)
         except ValueError as exc:
@@ -520,10 +559,9 @@ class GalleryAPI:
         dataset_dir = self._dataset_dir(request.match_info["name"])
         body: Any = None
         if request.can_read_body:
-            try:
-                body = await request.json()
-            except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
-                return _error(400, f"the body must be JSON; {HAND_SCORE_USAGE}")
+            body, refused = await _json_body(request, HAND_SCORE_USAGE)
+            if refused is not None:
+                return refused
         try:
             body = _parse_hand_score_options(body)
         except ValueError as exc:
@@ -572,9 +610,12 @@ def _parse_hand_score_options(body: Any) -> dict[str, bool]:
     return options
 
 
+MARKS_USAGE = 'send {"ids": [...], "status": "preferred"} or {"marks": [{"id": ..., "status": ...}]}'
+
+
 def _parse_marks(body: Any) -> dict[str, str]:
     """``{"ids": [...], "status": s}`` or ``{"marks": [{"id": i, "status": s}, ...]}`` -> {id: status}."""
-    usage = 'send {"ids": [...], "status": "preferred"} or {"marks": [{"id": ..., "status": ...}]}'
+    usage = MARKS_USAGE
     if not isinstance(body, dict):
         raise ValueError(f"the body must be a JSON object; {usage}")
     pairs: list[tuple[Any, Any]]
@@ -608,13 +649,63 @@ def _parse_marks(body: Any) -> dict[str, str]:
     return statuses
 
 
+def _is_loopback(hostname: Optional[str]) -> bool:
+    if not hostname:
+        return False
+    if hostname.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def host_origin_problem(host: Optional[str], origin: Optional[str], bind_host: str = "127.0.0.1") -> Optional[str]:
+    """Why a request to the standalone server is refused, or ``None``. Like ComfyUI's origin middleware: a browser
+    ``Origin`` must name the server itself (so no other web page can change a manifest). Stricter where ComfyUI is
+    lenient: the check applies to every ``Host``, ``Origin: null`` (sandboxed pages) is refused, and on a loopback
+    server the ``Host`` must be a loopback name (a DNS-rebinding page names its own host there)."""
+    if host is None:
+        return "the request has no Host header"
+    parsed_host = urllib.parse.urlsplit("//" + host.lower())
+    wildcard = bind_host in ("0.0.0.0", "::", "")
+    if not wildcard and not _is_loopback(parsed_host.hostname) and parsed_host.hostname != bind_host.lower():
+        return f"Host {host!r} is not this server ({bind_host})"
+    if origin is None:
+        return None
+    parsed_origin = urllib.parse.urlsplit(origin.lower())
+    if not parsed_origin.hostname:
+        return f"Origin {origin!r} is not a web address"
+    host_part, origin_part = parsed_host.netloc, parsed_origin.netloc
+    if parsed_origin.port is None:  # ComfyUI's rule: a port on one side only is ignored
+        host_part = parsed_host.hostname
+    if parsed_host.port is None:
+        origin_part = parsed_origin.hostname
+    if host_part != origin_part:
+        return f"Origin {origin!r} does not match Host {host!r} (a request from another web page)"
+    return None
+
+
+def origin_middleware(bind_host: str):
+    @web.middleware
+    async def check_host_and_origin(request: web.Request, handler):
+        problem = host_origin_problem(request.headers.get("Host"), request.headers.get("Origin"), bind_host)
+        if problem is not None:
+            return _error(403, problem)
+        return await handler(request)
+
+    return check_host_and_origin
+
+
 def create_app(
-    root: RootLike, web_dir: Optional[os.PathLike] = None, prefix: str = "/ipa", hand_scoring: Optional[DetectorSource] = None
+    root: RootLike, web_dir: Optional[os.PathLike] = None, prefix: str = "/ipa", hand_scoring: Optional[DetectorSource] = None,
+    bind_host: str = "127.0.0.1",
 ) -> web.Application:
     """A standalone aiohttp application with the gallery routes (tests, or curating without ComfyUI running).
     With ``web_dir`` it also serves the pack's ``web/`` folder under ``/web/`` (the gallery page is
-    ``/web/gallery/index.html``); ``hand_scoring`` enables the hand score routes."""
-    app = web.Application(client_max_size=4 * 1024**2)
+    ``/web/gallery/index.html``); ``hand_scoring`` enables the hand score routes. Requests whose ``Origin`` or
+    ``Host`` is not this server (``bind_host``) get 403 (``host_origin_problem``), as ComfyUI's own server does."""
+    app = web.Application(client_max_size=4 * 1024**2, middlewares=[origin_middleware(bind_host)])
     api = GalleryAPI(root, prefix, hand_scoring)
     routes = web.RouteTableDef()
     api.add_routes(routes)
@@ -642,7 +733,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
         hand_scoring = dwpose_source(lambda: [args.dwpose_dir], lambda: args.dwpose_dir)
     print(f"IPA gallery: http://{args.host}:{args.port}/web/gallery/index.html")
-    web.run_app(create_app(args.root, web_dir, hand_scoring=hand_scoring), host=args.host, port=args.port, print=None)
+    web.run_app(create_app(args.root, web_dir, hand_scoring=hand_scoring, bind_host=args.host), host=args.host, port=args.port, print=None)
 
 
 if __name__ == "__main__":

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from ..fileio import atomic_write_json
+from ..fileio import InvalidNameError, atomic_write_json, validate_name
 
 OBJECTIVES = ("ipa", "dpo", "sft")
 LR_SCHEDULERS = ("constant", "cosine")
@@ -20,6 +21,37 @@ TIMESTEP_SAMPLINGS = ("uniform", "logit_normal", "shifted")
 DISTRIBUTED = ("ddp", "fsdp2")
 REQUIRED = ("dataset", "base_model", "output_dir")
 STOP_FILE_NAME = "STOP"
+
+# Allowed range of every number: (minimum, maximum, minimum excluded). Values must also be finite: JSON allows
+# NaN and Infinity, and a beta of Infinity trains NaN weights. The ComfyUI node's widgets stay inside these.
+NUMBER_RANGES: dict[str, tuple[float, float, bool]] = {
+    "beta": (0, 1e6, False),
+    "hand_weight": (1, 1e4, False),
+    "rank": (0, 4096, True),
+    "alpha": (0, 1e5, True),
+    "dropout": (0, 0.999, False),
+    "learning_rate": (0, 1.0, True),
+    "weight_decay": (0, 10.0, False),
+    "warmup_steps": (0, 10**9, False),
+    "steps": (0, 10**9, True),
+    "batch_size": (0, 4096, True),
+    "grad_accum": (0, 65536, True),
+    "max_grad_norm": (0, 1e6, False),
+    "seed": (0, 2**63 - 1, False),
+    "checkpoint_every": (0, 10**9, False),
+    "keep_checkpoints": (0, 10**6, False),
+    "shift": (0, 1e3, True),
+    "logit_mean": (-100, 100, False),
+    "logit_std": (0, 100, True),
+}
+INTEGER_KEYS = ("rank", "warmup_steps", "steps", "batch_size", "grad_accum", "seed", "checkpoint_every", "keep_checkpoints")
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 class ConfigError(ValueError):
@@ -133,15 +165,19 @@ class RunConfig:
                 hint = ' or "tiny"' if key == "base_model" else ""
                 raise ConfigError(f"{source}: {key} is required (a path{hint})")
 
-        def number(key: str, integer: bool = False, minimum: float | None = None, exclusive: bool = False) -> None:
+        def number(key: str) -> None:
             value = getattr(self, key)
+            integer = key in INTEGER_KEYS
+            low, high, exclusive = NUMBER_RANGES[key]
             ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
             if isinstance(value, bool) or not ok_type:
                 fail(key, f"must be {'an integer' if integer else 'a number'}")
+            if not integer and not _finite(value):
+                fail(key, f"must be a finite number between {low} and {high}")
             if not integer:
                 setattr(self, key, float(value))
-            if minimum is not None and (value <= minimum if exclusive else value < minimum):
-                fail(key, f"must be {'>' if exclusive else '>='} {minimum}")
+            if (value <= low if exclusive else value < low) or value > high:
+                fail(key, f"must be {'>' if exclusive else '>='} {low} and <= {high}")
 
         def choice(key: str, allowed: tuple[str, ...]) -> None:
             if getattr(self, key) not in allowed:
@@ -156,33 +192,17 @@ class RunConfig:
         choice("precision", PRECISIONS)
         choice("timestep_sampling", TIMESTEP_SAMPLINGS)
         choice("distributed", DISTRIBUTED)
-        number("beta", minimum=0)
-        number("hand_weight", minimum=1)
-        number("rank", integer=True, minimum=0, exclusive=True)
-        if self.alpha is not None:
-            number("alpha", minimum=0, exclusive=True)
-        number("dropout", minimum=0)
-        if self.dropout >= 1:
-            fail("dropout", "must be below 1")
-        number("learning_rate", minimum=0, exclusive=True)
-        number("weight_decay", minimum=0)
-        number("warmup_steps", integer=True, minimum=0)
-        number("steps", integer=True, minimum=0, exclusive=True)
-        number("batch_size", integer=True, minimum=0, exclusive=True)
-        number("grad_accum", integer=True, minimum=0, exclusive=True)
-        number("max_grad_norm", minimum=0)
-        number("seed", integer=True, minimum=0)
-        number("checkpoint_every", integer=True, minimum=0)
-        number("keep_checkpoints", integer=True, minimum=0)
-        number("shift", minimum=0, exclusive=True)
-        number("logit_mean")
-        number("logit_std", minimum=0, exclusive=True)
+        for key in NUMBER_RANGES:
+            if key != "alpha" or self.alpha is not None:
+                number(key)
         flag("gradient_checkpointing")
         flag("dpo_time_weighting")
-        if not isinstance(self.lora_name, str) or not self.lora_name or "/" in self.lora_name or "\\" in self.lora_name or self.lora_name.startswith("."):
-            fail("lora_name", "must be a plain file name without folders (the LoRA is written to output_dir/<lora_name>.safetensors)")
-        if self.lora_name.endswith(".safetensors"):
+        if isinstance(self.lora_name, str) and self.lora_name.lower().endswith(".safetensors"):
             self.lora_name = self.lora_name[: -len(".safetensors")]
+        try:
+            validate_name(self.lora_name, "lora_name")  # the dataset names' rule: checked here, not at the first checkpoint
+        except InvalidNameError as exc:
+            raise ConfigError(f"{source}: {exc} (the LoRA is written to output_dir/<lora_name>.safetensors)") from None
         if isinstance(self.targets, str):
             self.targets = [self.targets]
         if not isinstance(self.targets, list) or not self.targets or not all(isinstance(t, str) for t in self.targets):

@@ -120,7 +120,10 @@ def read_checkpoint_header(path: os.PathLike | str) -> tuple[dict[str, tuple[int
                 shapes[key] = tuple(int(n) for n in part.get_shape())
                 dtypes[key] = str(part.get_dtype())
     except Exception as error:  # safetensors raises its own error types for a corrupt header
-        raise ModelLoadError(f"{path} is not a readable safetensors file ({error}).") from error
+        from ..fileio import describe_unreadable
+
+        raise ModelLoadError(f"{path} {describe_unreadable(Path(path), error)}; copy or download the model file again "
+                             "(an interrupted download is the usual cause)") from error
     return shapes, dtypes, metadata
 
 
@@ -513,7 +516,9 @@ def load_transformer(path: os.PathLike | str, torch_dtype: torch.dtype = torch.f
         log.warning("%s stores fp8 weights; they are upcast to %s (precision is that of the fp8 file).", name, torch_dtype)
     _check_layout(name, config, bare)
 
-    if module_path is None and prefix in ("", ORIGINAL_PREFIX):
+    # diffusers reads a path with safetensors only when it ends in ".safetensors" exactly (else torch.load, which
+    # fails on "*.SAFETENSORS"): other spellings of the suffix are read here and passed as tensors.
+    if module_path is None and prefix in ("", ORIGINAL_PREFIX) and path.name.endswith(".safetensors"):
         source: Any = str(path)
     else:  # diffusers' converter only strips "model.diffusion_model."; a VACE module is merged in first
         from ..fileio import load_safetensors
