@@ -83,3 +83,45 @@ def read_safetensors_metadata(path: os.PathLike | str) -> dict[str, str]:
 def read_json(path: os.PathLike | str) -> Any:
     with open(path, "r", encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def install_keeping_previous(source: os.PathLike | str, target: os.PathLike | str) -> Optional[Path]:
+    """Copies ``source`` to ``target`` atomically, so ``target`` always names the newest file (what a workflow that
+    loads it by name expects). A file already at ``target`` is kept first under the next free ``<stem>_NNNNN<suffix>``
+    (00001 = the oldest), so nothing saved is lost; returns that path, or ``None`` when there was nothing to keep."""
+    import shutil
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    kept = None
+    try:
+        shutil.copyfile(source, tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        if target.exists():
+            counter = 1
+            while True:
+                candidate = target.with_name(f"{target.stem}_{counter:05d}{target.suffix}")
+                try:
+                    os.link(target, candidate)  # fails if taken: no race overwrites a kept file
+                    kept = candidate
+                    break
+                except FileExistsError:
+                    counter += 1
+                except OSError:  # no hard links on this file system: copy (atomically) instead
+                    if candidate.exists():
+                        counter += 1
+                        continue
+                    _atomic_write(candidate, lambda path: shutil.copyfile(target, path))
+                    kept = candidate
+                    break
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return kept

@@ -56,16 +56,36 @@ def _normalise(info: dict[str, Any]) -> dict[str, Any]:
             "output_names": [str(n) for n in info.get("output_name", info["output"])]}
 
 
+# The frontend (comfyui-frontend-package 1.35.9) adds a "control after generate" combo after an INT widget declared with
+# control_after_generate, or named seed / noise_seed unless it is declared False; after a FLOAT or COMBO only when
+# declared. A COMBO's control also brings a filter-list text widget. Each of them is a slot in widgets_values.
+SEED_NAMES = ("seed", "noise_seed")
+
+
+def control_slots(spec: dict[str, Any]) -> list[str]:
+    """The extra widget slots the frontend puts after widget ``spec`` for its control_after_generate."""
+    declared = spec["options"].get("control_after_generate")
+    if spec["type"] == "INT":
+        has_control = bool(declared) if declared is not None else spec["name"] in SEED_NAMES
+    else:
+        has_control = spec["type"] in ("FLOAT", "COMBO") and bool(declared)
+    if not has_control:
+        return []
+    slots = [f"{spec['name']}:control_after_generate"]
+    if spec["type"] == "COMBO":
+        slots.append(f"{spec['name']}:control_filter_list")
+    return slots
+
+
 def widget_names(info: dict[str, Any]) -> list[str]:
-    """Widget value slots in the order the frontend stores them (a seed's control_after_generate adds one,
-    an upload button adds one)."""
+    """Widget value slots in the order the frontend stores them: each widget, then its control slots
+    (:func:`control_slots`) and an upload button's slot."""
     names = []
     for spec in info["inputs"]:
         if spec["type"] in WIDGET_TYPES:
             names.append(spec["name"])
+            names.extend(control_slots(spec))
             options = spec["options"]
-            if options.get("control_after_generate"):
-                names.append(f"{spec['name']}:control_after_generate")
             if options.get("image_upload") or options.get("video_upload"):
                 names.append(f"{spec['name']}:upload")
     return names
@@ -92,6 +112,8 @@ class Graph:
         for name in widget_names(info):
             if name.endswith(":control_after_generate"):
                 values.append(widgets.pop(name, "fixed"))
+            elif name.endswith(":control_filter_list"):
+                values.append(widgets.pop(name, ""))
             elif name.endswith(":upload"):
                 values.append(widgets.pop(name, "image"))
             else:
