@@ -363,7 +363,13 @@ class IPATrainLoRA(io.ComfyNode):
         warnings = [w for event in outcome.events if event.get("event") == "started" for w in event.get("warnings") or []]
         if warnings:
             metrics += "\n" + "\n".join(f"WARNING: {warning}" for warning in warnings)
-        _show_on_node(metrics, node_id)
+        final_metrics = (outcome.final or {}).get("metrics") or {}
+        summary = [f"saved as: loras/{name}" + (f" (previous kept as {kept.name})" if kept is not None else "")]
+        if isinstance(final_metrics.get("loss"), (int, float)):
+            summary.append(f"loss {final_metrics['loss']:.4g}, ipa_gap {final_metrics.get('ipa_gap', float('nan')):.3g} "
+                           f"after {outcome.final.get('step')} steps")
+        summary += [f"WARNING: {warning}" for warning in warnings]
+        _show_on_node("\n".join(summary), node_id)
         return io.NodeOutput(name, _to_image(loss_image), metrics, ui=ui.PreviewText(metrics))
 
     @staticmethod

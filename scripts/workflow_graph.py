@@ -92,7 +92,7 @@ def widget_names(info: dict[str, Any]) -> list[str]:
 
 
 NODE_TITLE_HEIGHT = 30  # LiteGraph draws a node's title bar above its pos
-GROUP_TITLE_HEIGHT = 44
+GROUP_TITLE_HEIGHT = 58
 GROUP_COLOUR = "#3f789e"
 
 
@@ -114,7 +114,7 @@ class Graph:
         x0, y0 = min(b[0] for b in boxes) - padding, min(b[1] for b in boxes) - GROUP_TITLE_HEIGHT
         x1, y1 = max(b[2] for b in boxes) + padding, max(b[3] for b in boxes) + padding
         self.groups.append({"id": len(self.groups) + 1, "title": title, "bounding": [x0, y0, x1 - x0, y1 - y0],
-                            "color": GROUP_COLOUR, "font_size": 24, "flags": {}})
+                            "color": GROUP_COLOUR, "font_size": 34, "flags": {}})
 
     def add(self, node_type: str, pos: tuple[int, int], widgets: Optional[dict[str, Any]] = None, title: Optional[str] = None,
             size: tuple[int, int] = (320, 200), models: Optional[list[str]] = None) -> int:
