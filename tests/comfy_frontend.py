@@ -78,6 +78,7 @@ class Frontend:
         self.url = url
         self.console: list[tuple[str, str]] = []
         self.page_errors: list[str] = []
+        self.responses: list[tuple[int, str, str]] = []  # (status, url, content type) of every response
         self._playwright = sync_playwright().start()
         try:
             self.browser = self._playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
@@ -85,6 +86,7 @@ class Frontend:
             self.page.route("**/*", self._local_only)
             self.page.on("console", lambda message: self.console.append((message.type, message.text)))
             self.page.on("pageerror", lambda error: self.page_errors.append(str(error)))
+            self.page.on("response", lambda r: self.responses.append((r.status, r.url, r.headers.get("content-type", ""))))
             self.page.goto(url)
             self.page.wait_for_function("() => window.app?.graph && window.app.extensionManager?.command && window.LiteGraph",
                                         timeout=120_000)
@@ -146,9 +148,18 @@ class Frontend:
     def close_dialogs(self) -> list[str]:
         """Texts of the open dialogs, then closes them (Escape)."""
         texts = self.js("() => [...document.querySelectorAll('.p-dialog')].map((d) => d.innerText)")
-        for _ in texts:
+        deadline = time.monotonic() + 15
+        while self.js("() => !!document.querySelector('.p-dialog')"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"dialogs did not close: {texts}")
             self.page.keyboard.press("Escape")
-        self.page.wait_for_function("() => !document.querySelector('.p-dialog')", timeout=10_000)
+            self.page.wait_for_timeout(200)
+            # dialogs that ignore Escape: their own close (x) button, the last one opened first
+            self.js("""() => { const dialogs = document.querySelectorAll('.p-dialog');
+                const last = dialogs[dialogs.length - 1];
+                const close = last?.querySelector('.p-dialog-close-button, button[aria-label="Close"], button:has(.pi-times), button:has([class*="lucide--x"])');
+                close?.click(); }""")
+            self.page.wait_for_timeout(200)
         return texts
 
     def graph_widgets(self) -> dict[int, list]:

@@ -122,8 +122,9 @@ def test_workflows_match_the_live_schemas():
     assert "MarkdownNote" not in {node["class_type"] for node in prompt.values()}
     # and the check can fail: a missing node type and a wrong widget count are reported
     broken = _load("ipa_align")
-    broken["nodes"][0]["widgets_values"].pop()
-    broken["nodes"][1]["type"] = "NoSuchNode"
+    train, preview = (next(n for n in broken["nodes"] if n["type"] == kind) for kind in ("IPATrainLoRA", "PreviewImage"))
+    train["widgets_values"].pop()
+    preview["type"] = "NoSuchNode"
     problems = check_workflow(broken, infos)
     assert any("widget values" in p for p in problems) and any("NoSuchNode" in p for p in problems)
     # the frontend's control_after_generate slot after an INT named seed (the trainer's, undeclared) and after a
@@ -136,3 +137,27 @@ def test_workflows_match_the_live_schemas():
     train = next(n for n in _load("ipa_align")["nodes"] if n["type"] == "IPATrainLoRA")
     values = dict(zip(widget_names(infos["IPATrainLoRA"]), train["widgets_values"]))
     assert values["seed:control_after_generate"] == "fixed" and values["checkpoint_every"] == 100 and values["gpus"] == "auto"
+
+
+def test_pack_metadata_icon_and_node_count():
+    """[tool.comfy] Icon names the committed icon (the registry shows it), and the README counts the nodes there are."""
+    import ast
+    import re
+
+    from PIL import Image
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    icon = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["comfy"]["Icon"]
+    repository = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+    prefix = repository.replace("https://github.com/", "https://raw.githubusercontent.com/") + "/main/"
+    assert icon.startswith(prefix), icon
+    with Image.open(REPO_ROOT / icon[len(prefix):]) as image:
+        assert image.format == "PNG" and image.width == image.height >= 128
+    nodes = 0
+    for path in (REPO_ROOT / "nodes").glob("*.py"):
+        for statement in ast.parse(path.read_text()).body:
+            if isinstance(statement, ast.Assign) and any(getattr(t, "id", None) == "NODES" for t in statement.targets):
+                nodes += len(statement.value.elts)
+    words = {5: "Five", 6: "Six", 7: "Seven", 8: "Eight", 9: "Nine", 10: "Ten"}
+    assert re.search(rf"\b{words[nodes]} nodes\b", (REPO_ROOT / "README.md").read_text()), f"README: say {words[nodes]} nodes"
