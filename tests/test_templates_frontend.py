@@ -190,6 +190,17 @@ def test_align_runs_as_shipped_on_a_cpu_machine_and_cancels_cleanly(ui, comfy, t
         ui.page.wait_for_function("() => (window.__ipa.nodeText('IPATrainLoRA') || '').includes('saved as: loras/ipa/ipa_hands.safetensors')",
                                   timeout=10_000)
         ui.screenshot(tmp_path / "align-finished.png")
+        # the live plot fits the node: the picture is no wider than the node and its preview area ends inside it
+        layout = ui.js("""() => { const n = window.__ipa.byType('IPATrainLoRA')[0];
+            const area = n.widgets.find((w) => w.name === '$$canvas-image-preview');
+            return {node: n.size, image: (n.imgs || []).map((i) => [i.naturalWidth, i.naturalHeight]), area: area && [area.y, area.computedHeight]}; }""")
+        assert layout["image"] and layout["image"][-1][0] <= layout["node"][0], layout
+        assert layout["area"] and layout["area"][0] + layout["area"][1] <= layout["node"][1], layout
+        # (the plot has its own opaque dark panel; a screenshot in the light theme is kept with the test's files)
+        ui.js("() => app.extensionManager.setting.set('Comfy.ColorPalette', 'light')")
+        ui.page.wait_for_timeout(500)
+        ui.screenshot(tmp_path / "align-finished-light.png")
+        ui.js("() => app.extensionManager.setting.set('Comfy.ColorPalette', 'dark')")
 
         # Cancel during a long run: reported as cancelled (no error dialog, no failed job), how to resume on screen
         ui.js("() => window.__ipa.setWidgets('IPATrainLoRA', {lora_name: 'fe_cancel', steps: 100000})")
