@@ -207,7 +207,7 @@ class IPATrainLoRA(io.ComfyNode):
                 io.Combo.Input("precision", options=PRECISIONS, default="auto",
                                tooltip="auto: bf16 on GPU, fp32 on CPU. bf16 or fp32 to force one."),
                 io.Boolean.Input("gradient_checkpointing", default=True,
-                                 tooltip="Recompute activations in the backward pass: much less memory, about a third slower."),
+                                 tooltip="Recompute block activations in the backward pass: less memory, slower steps."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF,
                              tooltip="Seed of the LoRA initialisation, data order, noise and timesteps (same seed, same run)."),
                 io.Int.Input("checkpoint_every", default=100, min=0, max=1000000,
@@ -339,12 +339,15 @@ class IPATrainLoRA(io.ComfyNode):
                 f"IPA training stopped at step {final.get('step')} (cancelled). Checkpoint: {final.get('checkpoint')}. "
                 f"To resume, queue this node again with resume='latest' (or resume='{final.get('checkpoint')}')."
             )
-            cls._report_stop(message, node_id, step=final.get("step"), checkpoint=str(final.get("checkpoint")))
+            checkpoint_path = Path(str(final.get("checkpoint")))
+            short = (f"IPA training stopped at step {final.get('step')} (cancelled); checkpoint written: "
+                     f"{checkpoint_path.parent.parent.name}/{checkpoint_path.name}. To continue, queue again with resume='latest'.")
+            cls._report_stop(message, short, node_id, step=final.get("step"), checkpoint=str(checkpoint_path))
             raise TrainingStopped(message)
         if outcome.status != "finished":
             if cancelled:
                 message = f"IPA training was cancelled and did not write a checkpoint in time:\n{outcome.error_text()}"
-                cls._report_stop(message, node_id, step=None, checkpoint=None)
+                cls._report_stop(message, message.splitlines()[0], node_id, step=None, checkpoint=None)
                 raise TrainingStopped(message)
             raise RuntimeError(f"IPA training failed (exit status {outcome.returncode}); log: {run_dir / 'train.log'}\n{outcome.error_text()}")
 
@@ -373,10 +376,11 @@ class IPATrainLoRA(io.ComfyNode):
         return io.NodeOutput(name, _to_image(loss_image), metrics, ui=ui.PreviewText(metrics))
 
     @staticmethod
-    def _report_stop(message: str, node_id, step, checkpoint) -> None:
+    def _report_stop(message: str, short: str, node_id, step, checkpoint) -> None:
+        """The full message to the log, a short one under the node and in the frontend's toast."""
         log.info("IPA Train LoRA: %s", message)
-        _show_on_node(message, node_id)
-        _send("ipa.train.stopped", {"step": step, "checkpoint": checkpoint, "message": message})
+        _show_on_node(short, node_id)
+        _send("ipa.train.stopped", {"step": step, "checkpoint": checkpoint, "message": short})
 
 
 NODES = [IPATrainLoRA]
