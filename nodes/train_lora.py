@@ -35,6 +35,28 @@ DISTRIBUTED = list(RUN_DISTRIBUTED)
 LORA_SUBFOLDER = "ipa"
 
 
+NONE = "none"
+
+
+def reference_settings(settings: dict) -> dict:
+    """run.json keys for the reference (init_lora with its strength, vace_module, allow_other_base) and the LoRA targets,
+    only those set; model names resolved to paths in ComfyUI's model folders."""
+    import folder_paths
+
+    out: dict = {}
+    if settings.get("init_lora", NONE) not in (None, "", NONE):
+        out["init_lora"] = [{"path": folder_paths.get_full_path_or_raise("loras", settings["init_lora"]),
+                             "strength": float(settings.get("init_lora_strength", 1.0))}]
+    if settings.get("vace_module", NONE) not in (None, "", NONE):
+        out["vace_module"] = folder_paths.get_full_path_or_raise("diffusion_models", settings["vace_module"])
+    targets = [name.strip() for name in str(settings.get("targets") or "").replace(";", ",").split(",") if name.strip()]
+    if targets and targets != ["self_attn_qkv"]:
+        out["targets"] = targets
+    if settings.get("allow_other_base"):
+        out["allow_other_base"] = True
+    return out
+
+
 class TrainingStopped(comfy.model_management.InterruptProcessingException):
     """Raised after the user cancelled a run: the message says where the checkpoint is and how to resume.
 
@@ -217,6 +239,24 @@ class IPATrainLoRA(io.ComfyNode):
                 io.Combo.Input("distributed", options=DISTRIBUTED, default="ddp", optional=True,
                                tooltip="ddp: every GPU holds the whole model (1.3B). fsdp2: the base weights are sharded "
                                        "across GPUs, for 14B on GPUs that cannot hold it whole."),
+                io.Combo.Input("init_lora", options=[NONE] + folder_paths.get_filename_list("loras"), default=NONE, optional=True,
+                               tooltip="The LoRA the candidates were sampled with (IPA LoRA Loader or LoraLoaderModelOnly): it "
+                                       "becomes part of the frozen reference, and the new LoRA trains on top. Several LoRAs: "
+                                       "run.json's init_lora list."),
+                io.Float.Input("init_lora_strength", default=1.0, min=-100.0, max=100.0, step=0.01, optional=True,
+                               tooltip="The strength init_lora had when sampling. The trainer refuses a strength or LoRA that "
+                                       "differs from what the samples record."),
+                io.String.Input("targets", default="self_attn_qkv", optional=True,
+                                tooltip="Layers the new LoRA trains, comma-separated: self_attn_qkv (paper), self_attn_out, "
+                                        "cross_attn, ffn, plus vace_blocks to put them on the VACE blocks too."),
+                io.Combo.Input("vace_module", options=[NONE] + folder_paths.get_filename_list("diffusion_models"), default=NONE,
+                               optional=True,
+                               tooltip="With a Wan2.1 text-to-video base_model: kijai's VACE module of the same size "
+                                       "(as IPA Load Wan + VACE Module loads it for sampling)."),
+                io.Boolean.Input("allow_other_base", default=False, optional=True,
+                                 tooltip="Train even when the samples were made by another base model, LoRA or patch than "
+                                         "this run's reference (a warning instead of a refusal). The alignment then targets "
+                                         "another model than the one that made the samples."),
             ],
             outputs=[
                 io.String.Output(display_name="lora_name", tooltip="The saved LoRA as IPA LoRA Loader names it (ipa/<name>.safetensors)."),
@@ -259,12 +299,14 @@ class IPATrainLoRA(io.ComfyNode):
             "seed": settings["seed"],
             "checkpoint_every": settings["checkpoint_every"],
             "distributed": settings.get("distributed", "ddp"),
+            **reference_settings(settings),
         }
 
     @classmethod
     def execute(cls, dataset, base_model, lora_name, objective, beta, hand_weight, rank, alpha, learning_rate, steps, batch_size,
                 grad_accum, gpus, precision, gradient_checkpointing, seed, checkpoint_every, resume="",
-                distributed="ddp") -> io.NodeOutput:
+                distributed="ddp", init_lora=NONE, init_lora_strength=1.0, targets="self_attn_qkv", vace_module=NONE,
+                allow_other_base=False) -> io.NodeOutput:
         import comfy.utils
         import folder_paths
 
@@ -289,7 +331,8 @@ class IPATrainLoRA(io.ComfyNode):
                                   hand_weight=hand_weight, rank=rank, alpha=alpha, learning_rate=learning_rate, steps=steps,
                                   batch_size=batch_size, grad_accum=grad_accum, precision=precision,
                                   gradient_checkpointing=gradient_checkpointing, seed=seed, checkpoint_every=checkpoint_every,
-                                  distributed=distributed)
+                                  distributed=distributed, init_lora=init_lora, init_lora_strength=init_lora_strength,
+                                  targets=targets, vace_module=vace_module, allow_other_base=allow_other_base)
         try:
             stop_file = RunConfig.from_dict(config, source="IPA Train LoRA settings").stop_path  # bad values fail here, not in the job
         except ConfigError as exc:

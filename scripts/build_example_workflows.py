@@ -132,7 +132,7 @@ replaces is kept as `<lora_name>_00001`, ...), so *IPA 3 Animate with the hand L
                                                "beta": 600.0, "hand_weight": 10.0, "rank": 128, "alpha": 128.0, "learning_rate": 1e-4,
                                                "steps": 1000, "batch_size": 1, "grad_accum": 1, "gpus": "auto", "precision": "auto",
                                                "gradient_checkpointing": True, "seed": 0, "seed:control_after_generate": "fixed",
-                                               "checkpoint_every": 100, "resume": ""}, size=(480, 900), models=[UNET])
+                                               "checkpoint_every": 100, "resume": ""}, size=(480, 1040), models=[UNET])
     plot = g.add("PreviewImage", (left + 530, 60), title="Loss curve", size=(500, 360))
     g.link(train, "loss_curve", plot, "images")
     metrics = g.add("PreviewAny", (left + 530, 480), title="Final metrics", size=(500, 300))

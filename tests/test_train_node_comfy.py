@@ -183,12 +183,14 @@ def test_node_inputs_are_trainer_config_keys(host):
     schema = IPATrainLoRA.define_schema()
     inputs = {spec.id: spec for spec in schema.inputs}
     launch_only = {"gpus", "resume"}  # how to run, not what to train: torchrun's process count and --resume
+    folded = {"init_lora_strength"}  # the strength inside init_lora's {"path", "strength"}
     fields = {field.name for field in dataclasses.fields(run_config.RunConfig)}
-    assert set(inputs) - launch_only <= fields
+    assert set(inputs) - launch_only - folded <= fields
     assert inputs["objective"].options == list(run_config.OBJECTIVES) and inputs["precision"].options == list(run_config.PRECISIONS)
     settings = {name: spec.default for name, spec in inputs.items() if name not in launch_only | {"dataset", "base_model"}}
     written = IPATrainLoRA.build_config(host / "ds", str(host / "base.safetensors"), host / "run", **settings)
-    assert set(written) == set(inputs) - launch_only | {"output_dir"}
+    at_default = {"init_lora", "targets", "vace_module", "allow_other_base"}  # written only when set (the trainer's defaults)
+    assert set(written) == set(inputs) - launch_only - folded - at_default | {"output_dir"}
     config = run_config.RunConfig.from_dict(written)
     assert config.stop_path == host / "run" / "STOP" and config.effective_alpha == settings["alpha"]
 
@@ -237,3 +239,27 @@ def test_gpu_ids_are_the_hosts_visible_devices(host, monkeypatch):
     assert started["env_cuda"] == "5"
     with pytest.raises(ValueError, match="only 2 GPU"):
         _run(gpus="[2]")
+
+
+def test_case6_init_lora_with_strength_and_targets_reach_run_json(host):
+    """Issue case 6: the node has init_lora (with strength) and targets inputs, with tooltips, and they reach the
+    trainer's run.json in the form the trainer reads (the LoRA's full path and the sampling strength)."""
+    import folder_paths
+
+    from comfyui_ipa_pack.nodes.train_lora import IPATrainLoRA
+
+    inputs = {spec.id: spec for spec in IPATrainLoRA.define_schema().inputs}
+    for name in ("init_lora", "init_lora_strength", "targets", "vace_module", "allow_other_base"):
+        assert inputs[name].optional and len(inputs[name].tooltip) > 40, name
+    (host / "models" / "loras" / "hands_v1.safetensors").write_bytes(b"not read by the stand-in trainer")
+    (host / "models" / "diffusion_models" / "vace_module.safetensors").write_bytes(b"not read either")
+    folder_paths.filename_list_cache.clear()
+    _run(init_lora="hands_v1.safetensors", init_lora_strength=0.5, targets="self_attn_qkv, ffn", vace_module="vace_module.safetensors",
+         allow_other_base=True, steps=1)
+    run_dir = max((host / "output" / "ipa_runs").iterdir(), key=lambda p: p.stat().st_mtime)
+    config = json.loads((run_dir / "run.json").read_text())
+    assert config["init_lora"] == [{"path": str(host / "models" / "loras" / "hands_v1.safetensors"), "strength": 0.5}]
+    assert config["targets"] == ["self_attn_qkv", "ffn"] and config["allow_other_base"] is True
+    assert config["vace_module"] == str(host / "models" / "diffusion_models" / "vace_module.safetensors")
+    with pytest.raises(ValueError, match="unknown LoRA target"):
+        _run(targets="self_attn_qkv, attention", steps=1)

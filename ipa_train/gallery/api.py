@@ -15,7 +15,9 @@ Routes (``prefix`` is ``/ipa``)::
     POST /ipa/datasets/{name}/hand_scores                start scoring in the background: {"rescore", "gpu"} (or {"cancel": true})
     DELETE /ipa/datasets/{name}/hand_scores              cancel the running job
 
-Listing reads only the manifest (parsed once per manifest version and cached), never tensors or meta files.
+Listing reads only the manifest (parsed once per manifest version and cached, with the status journal's new lines
+applied as they come), never tensors or meta files. A mark appends one journal line: its cost does not grow with
+the dataset.
 Names from the URL are validated by ``ipa_train.data.dataset`` (one plain folder name, no traversal, nothing that
 resolves outside the root); files are served only from inside their sample folder.
 """
@@ -35,6 +37,7 @@ from typing import Any, Callable, Optional, Union
 from aiohttp import web
 
 from ..data import dataset as ds
+from ..data import journal
 from ..pose.hand_crops import hand_tracks_from_meta, render_hand_crop
 from .hand_score_jobs import DetectorSource, DetectorUnavailable, HandScoreJobs, JobRunning
 
@@ -74,7 +77,9 @@ def _error(status: int, message: str) -> web.Response:
 
 @dataclass
 class _CachedManifest:
-    key: tuple
+    key: tuple  # the manifest file's (inode, size, mtime): every rewrite replaces the file
+    journal: Optional[tuple[int, int]]  # the status journal applied, and up to which byte
+    journal_end: int
     entries: list[dict[str, Any]]
     counts: dict[str, int]
     views: dict[tuple, list[dict[str, Any]]]
@@ -82,8 +87,10 @@ class _CachedManifest:
 
 
 class ManifestCache:
-    """Parsed manifests keyed by the file's identity. Every write replaces the manifest atomically (new inode),
-    so (inode, size, mtime) changes with each version and a stale parse is never served."""
+    """Parsed manifests with their status journal applied, per dataset. A manifest rewrite (new inode) means a full
+    parse; marks only append to the journal, so a mark costs reading the new journal lines, not the manifest.
+    Entries are updated in place under the lock: callers take copies (``page``, ``entry``), never the live dicts.
+    A full parse that finds a journal folds it into the manifest ("compacted on open") when the lock is free."""
 
     def __init__(self, max_datasets: int = 16):
         self._lock = threading.Lock()
@@ -99,11 +106,22 @@ class ManifestCache:
         key = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
         with self._lock:
             cached = self._items.get(str(dataset_dir))
-            if cached is not None and cached.key == key:
+            if cached is not None and cached.key == key and self._apply_journal_tail(dataset_dir, cached):
                 self._items.move_to_end(str(dataset_dir))
                 return cached
-        entries = ds.read_manifest(dataset_dir)
-        cached = _CachedManifest(key, entries, ds.count_statuses(entries), {}, {entry.get("id"): entry for entry in entries})
+        state = None
+        if journal.journal_path(dataset_dir).exists():
+            try:
+                state = ds.compact(dataset_dir, timeout=0)  # None while a collector holds the lock: compact next time
+            except OSError:
+                state = None  # a folder this server cannot write: the journal stays, reads apply it
+        if state is None:
+            state = ds.read_manifest_state(dataset_dir)
+        entries = state.entries
+        cached = _CachedManifest(
+            state.manifest_key, state.journal_identity, state.journal_end, entries, ds.count_statuses(entries), {},
+            {entry.get("id"): entry for entry in entries},
+        )  # fmt: skip
         with self._lock:
             self._items[str(dataset_dir)] = cached
             self._items.move_to_end(str(dataset_dir))
@@ -111,19 +129,56 @@ class ManifestCache:
                 self._items.popitem(last=False)
         return cached
 
-    def view(self, dataset_dir: Path, statuses: Optional[frozenset[str]], sort: str, descending: bool) -> tuple[_CachedManifest, list[dict[str, Any]]]:
-        """The filtered, sorted entry list (cached per manifest version, so paging is a slice)."""
+    def _apply_journal_tail(self, dataset_dir: Path, cached: _CachedManifest) -> bool:
+        """Applies journal lines appended since the last look (caller holds the lock); False when the journal is not
+        the one applied before (folded into a manifest this cache has not seen): then parse again."""
+        try:
+            tail = journal.read_journal(dataset_dir, cached.journal, cached.journal_end)
+        except journal.JournalError as exc:
+            raise ds.DatasetError(str(exc)) from None
+        if tail.replaced:
+            return False
+        if tail.identity is None or not tail.records:
+            return True
+        cached.journal, cached.journal_end = tail.identity, tail.end
+        changed = ds.apply_marks(cached.by_id, tail.records)
+        for previous, status in changed:
+            cached.counts[previous] = cached.counts.get(previous, 0) - 1
+            cached.counts[status] = cached.counts.get(status, 0) + 1
+        if changed:
+            # Unfiltered views keep their order (statuses are not a sort key, the live entries show the new
+            # status); filtered views and the "updated" order change.
+            cached.views = {k: v for k, v in cached.views.items() if k[0] is None and k[1] != "updated"}
+        return True
+
+    def page(self, dataset_dir: Path, statuses: Optional[frozenset[str]], sort: str, descending: bool, offset: int, limit: int) -> tuple[dict[str, int], int, list[dict[str, Any]]]:
+        """Counts, the size of the filtered view and copies of one page of it (views are cached per manifest
+        version and journal position, so paging is a slice)."""
         cached = self.get(dataset_dir)
         view_key = (statuses, sort, descending)
         with self._lock:
             found = cached.views.get(view_key)
-        if found is not None:
-            return cached, found
-        entries = [entry for entry in cached.entries if statuses is None or entry.get("status", "pending") in statuses]
-        entries = _sorted(entries, sort, descending)
+            if found is None:
+                found = [entry for entry in cached.entries if statuses is None or entry.get("status", "pending") in statuses]
+                found = _sorted(found, sort, descending)
+                cached.views[view_key] = found
+            return dict(cached.counts), len(found), [dict(entry) for entry in found[offset : offset + limit]]
+
+    def entry(self, dataset_dir: Path, sample_id: str) -> Optional[dict[str, Any]]:
+        cached = self.get(dataset_dir)
         with self._lock:
-            cached.views[view_key] = entries
-        return cached, entries
+            found = cached.by_id.get(sample_id)
+            return dict(found) if found is not None else None
+
+    def counts(self, dataset_dir: Path) -> tuple[int, dict[str, int]]:
+        cached = self.get(dataset_dir)
+        with self._lock:
+            return len(cached.entries), dict(cached.counts)
+
+    def unknown_ids(self, dataset_dir: Path, sample_ids: list[str]) -> list[str]:
+        cached = self.get(dataset_dir)
+        with self._lock:
+            return [sample_id for sample_id in sample_ids if sample_id not in cached.by_id]
 
 
 def _number(value: Any) -> Optional[float]:
@@ -257,7 +312,7 @@ class GalleryAPI:
         return folder
 
     def _entry(self, dataset_dir: Path, sample_id: str) -> Optional[dict[str, Any]]:
-        return self.manifests.get(dataset_dir).by_id.get(sample_id)
+        return self.manifests.entry(dataset_dir, sample_id)
 
     # ------------------------------------------------------------------------------------------- handlers
 
@@ -266,11 +321,11 @@ class GalleryAPI:
             result = []
             for name in ds.list_datasets(self.root()):
                 try:
-                    cached = self.manifests.get(ds.dataset_path(self.root(), name))
+                    total, counts = self.manifests.counts(ds.dataset_path(self.root(), name))
                 except ds.DatasetError as exc:
                     result.append({"name": name, "error": str(exc)})
                     continue
-                result.append({"name": name, "total": len(cached.entries), "counts": cached.counts})
+                result.append({"name": name, "total": total, "counts": counts})
             return result
 
         return web.json_response({"datasets": await asyncio.to_thread(work), "statuses": list(ds.STATUSES)})
@@ -301,8 +356,7 @@ class GalleryAPI:
         dataset_dir = self._dataset_dir(request.match_info["name"])
 
         def work():
-            cached, view = self.manifests.view(dataset_dir, statuses, sort, order == "desc")
-            page = view[offset : offset + limit]
+            counts, total, page = self.manifests.page(dataset_dir, statuses, sort, order == "desc", offset, limit)
             samples = []
             for entry in page:
                 item = _list_item(entry)
@@ -310,13 +364,13 @@ class GalleryAPI:
                 samples.append(item)
             return {
                 "dataset": dataset_dir.name,
-                "total": len(view),
+                "total": total,
                 "offset": offset,
                 "limit": limit,
                 "status": status,
                 "sort": sort,
                 "order": order,
-                "counts": cached.counts,
+                "counts": counts,
                 "samples": samples,
             }
 
@@ -412,15 +466,24 @@ class GalleryAPI:
             statuses = _parse_marks(body)
         except ValueError as exc:
             return _error(400, str(exc))
+
+        def work():
+            # The ids are checked against the cached manifest (a fresh parse only when the manifest changed: samples
+            # are added, never removed), then one journal record is appended: no step grows with the dataset.
+            unknown = self.manifests.unknown_ids(dataset_dir, list(statuses))
+            if unknown:
+                raise KeyError(f"unknown sample ids in {dataset_dir.name}: {unknown}")
+            updated = ds.append_statuses(dataset_dir, statuses)
+            return updated, self.manifests.counts(dataset_dir)[1]
+
         try:
-            updated = await asyncio.to_thread(ds.set_statuses, dataset_dir, statuses)
+            updated, counts = await asyncio.to_thread(work)
         except KeyError as exc:
             return _error(404, str(exc.args[0]) if exc.args else "unknown sample ids")
         except ds.DatasetError as exc:
             return _error(400, str(exc))
-        counts = (await asyncio.to_thread(self.manifests.get, dataset_dir)).counts
         return web.json_response(
-            {"updated": [{"id": e["id"], "status": e["status"], "updated": e["updated"]} for e in updated], "counts": counts}
+            {"updated": [{"id": sample_id, "status": status, "updated": updated} for sample_id, status in statuses.items()], "counts": counts}
         )
 
     # --------------------------------------------------------------------------------------- hand scores
@@ -437,7 +500,7 @@ class GalleryAPI:
 
     def _hand_score_status(self, dataset_dir: Path) -> dict[str, Any]:
         problem = self._detector_problem()
-        entries = self.manifests.get(dataset_dir).entries
+        entries = self.manifests.get(dataset_dir).entries  # read-only; marks never add or remove entries
         scored = sum(1 for entry in entries if _number(entry.get("hand_score")) is not None)
         job = self.hand_jobs.get(dataset_dir)
         return {

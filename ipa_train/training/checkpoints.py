@@ -215,7 +215,8 @@ def lora_metadata(config: RunConfig, step: int, base_fingerprint: str, dataset_s
         "ipa.dataset_size": str(dataset_size),
         "ipa.dataset_rejected": str(dataset_rejected),
         "ipa.dataset_hash": dataset_hash,
-        "ipa.init_lora": Path(c.init_lora).name if c.init_lora else "",
+        "ipa.init_lora": ", ".join(Path(i.path).name + ("" if i.strength == 1.0 else f" @ {i.strength:g}") for i in c.init_loras),
+        "ipa.vace_module": Path(c.vace_module).name if c.vace_module else "",
         "ipa.pack_version": __version__,
         "ipa.seed": str(c.seed),
     }

@@ -57,7 +57,11 @@ class RunConfig:
     logit_mean: float = 0.0  # for "logit_normal": t = sigmoid(N(logit_mean, logit_std))
     logit_std: float = 1.0
     dpo_time_weighting: bool = False
-    init_lora: Optional[str] = None
+    # A LoRA file, {"path": ..., "strength": s}, or a list of these: the LoRAs the samples were made with (their
+    # strengths as sampled); frozen, part of the reference. A plain string means strength 1.
+    init_lora: Any = None
+    vace_module: Optional[str] = None  # kijai's VACE module file, with a Wan2.1 text-to-video base_model
+    allow_other_base: bool = False  # train even when the samples were made by another base model or patches
     distributed: str = "ddp"
     stop_file: Optional[str] = None  # None: <output_dir>/STOP. Its appearance asks for a graceful stop (no signal needed)
 
@@ -109,6 +113,11 @@ class RunConfig:
     def stop_path(self) -> Path:
         """The file whose existence asks the run to stop after the current step (see README, Training)."""
         return Path(self.stop_file) if self.stop_file else Path(self.output_dir) / STOP_FILE_NAME
+
+    @property
+    def init_loras(self) -> list["InitLora"]:
+        """``init_lora`` in its one normalised form: a list of (path, strength), in the order given."""
+        return parse_init_lora(self.init_lora)
 
     @property
     def effective_alpha(self) -> float:
@@ -184,7 +193,43 @@ class RunConfig:
             target_regex(self.targets)
         except ValueError as exc:
             raise ConfigError(f"{source}: {exc}") from exc
-        if self.init_lora is not None and (not isinstance(self.init_lora, str) or not self.init_lora):
-            fail("init_lora", "must be a LoRA file path or null")
+        try:
+            parse_init_lora(self.init_lora)
+        except ValueError as exc:
+            fail("init_lora", str(exc))
+        if self.vace_module is not None and (not isinstance(self.vace_module, str) or not self.vace_module.strip()):
+            fail("vace_module", "must be a VACE module file path or null")
+        if self.vace_module is not None and self.base_model == "tiny":
+            fail("vace_module", "goes with a Wan2.1 text-to-video base_model file, not with the embedded \"tiny\" model")
+        flag("allow_other_base")
         if self.stop_file is not None and (not isinstance(self.stop_file, str) or not self.stop_file.strip()):
             fail("stop_file", "must be a file path or null (null: <output_dir>/STOP)")
+
+
+@dataclass(frozen=True)
+class InitLora:
+    path: str
+    strength: float = 1.0
+
+
+_INIT_LORA_FORMS = 'a LoRA file path, {"path": "...", "strength": 0.5}, or a list of these (or null)'
+
+
+def parse_init_lora(value: Any) -> list[InitLora]:
+    """``init_lora`` as given in run.json (a path, one ``{"path", "strength"}`` object, or a list of either) -> a
+    list of :class:`InitLora`. Raises ValueError saying which forms are accepted."""
+    if value is None or value == []:
+        return []
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for item in items:
+        if isinstance(item, str) and item.strip():
+            out.append(InitLora(item))
+        elif isinstance(item, Mapping) and isinstance(item.get("path"), str) and item["path"].strip() and set(item) <= {"path", "strength"}:
+            strength = item.get("strength", 1.0)
+            if isinstance(strength, bool) or not isinstance(strength, (int, float)) or strength == 0:
+                raise ValueError(f"strength {strength!r} of {item['path']} must be a non-zero number (the strength it was sampled with)")
+            out.append(InitLora(item["path"], float(strength)))
+        else:
+            raise ValueError(f"must be {_INIT_LORA_FORMS}; got {item!r}")
+    return out

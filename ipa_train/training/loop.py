@@ -19,9 +19,9 @@ import torch
 import torch.distributed as dist
 
 from ..fileio import atomic_save_safetensors
-from ..wan.fingerprint import model_fingerprint
+from ..wan.fingerprint import diffusers_model_fingerprint, model_fingerprint
 from . import lora as lora_setup
-from .batching import Sampler, check_data_fits_model, load_training_data, sampling_patch_warning, seed_for
+from .batching import Sampler, check_data_fits_model, load_training_data, seed_for
 from .checkpoints import (
     find_checkpoint, load_adapter, load_training_state, lora_metadata, optimizer_state_api, write_checkpoint,
 )
@@ -29,6 +29,7 @@ from .config import ConfigError, RunConfig
 from .distributed import Dist, Events, full_tensor, peak_memory_gb, setup_distributed
 from .model_setup import add_adapters, build_model, save_comfy_lora, shard_fsdp2
 from .objective import Objective
+from .reference_check import check_base_fingerprint, check_recorded_patches
 
 log = logging.getLogger("ipa_train.train")
 
@@ -90,15 +91,21 @@ class Trainer:
         # 1. data (all validation before any model is built)
         self.data = load_training_data(config)
         self.sampler = Sampler(config, self.data, dist_info)
-        self.patch_warning = sampling_patch_warning(self.data, config)
-        if self.patch_warning and dist_info.main:
-            log.warning("%s", self.patch_warning)
+        # the samples' sampler against this run's reference: LoRAs and other patches now, the base weights once loaded
+        self.reference_warnings = check_recorded_patches(self.data, config)
 
         # 2. model + adapters. Base weights bf16 on GPU with DDP (the adapters stay fp32); FSDP2 shards fp32
         # weights and gathers them in bf16 (its mixed-precision policy).
+        if config.distributed == "fsdp2" and dist_info.active and str(config.base_model).lower().endswith(".gguf"):
+            raise ConfigError("distributed 'fsdp2' cannot shard a GGUF base (its weights are packed quantised blocks); use 'ddp' "
+                              "or a safetensors base_model")
         base_dtype = torch.bfloat16 if (self.autocast_dtype is not None and device.type == "cuda" and config.distributed == "ddp") else torch.float32
         model = build_model(config, base_dtype) if model is None else model
         check_data_fits_model(self.data, model)
+        self.reference_warnings += check_base_fingerprint(self.data, config, diffusers_model_fingerprint(model))
+        if dist_info.main:
+            for warning in self.reference_warnings:
+                log.warning("%s", warning)
         self.base_fingerprint = model_fingerprint(config.base_model, model)
         add_adapters(model, config)
         self.start_step = 0
@@ -231,7 +238,7 @@ class Trainer:
             trainable_parameters=sum(p.numel() for p in self.params),
             resumed_from=str(self.resume_dir) if self.resume_dir else None,
             output_dir=str(self.output_dir),
-            warnings=[self.patch_warning] if self.patch_warning else [],
+            warnings=list(self.reference_warnings),
         )
 
     def _checkpoint(self, step: int) -> Path:

@@ -25,7 +25,7 @@ def build_model(config: RunConfig, dtype: torch.dtype):
         raise ConfigError(f"base_model {path} does not exist; give a Wan2.1-VACE .safetensors file, a diffusers folder, or \"tiny\"")
     from ..wan.model import load_transformer  # single-file and diffusers-folder loading
 
-    return load_transformer(str(path), torch_dtype=dtype)
+    return load_transformer(str(path), torch_dtype=dtype, vace_module=config.vace_module)
 
 
 def load_init_lora(path: str):
@@ -45,14 +45,15 @@ def save_comfy_lora(path: Path, peft_state_dict: dict, alpha: float, metadata: d
 
 
 def add_adapters(model, config: RunConfig) -> None:
-    """``init_lora`` (frozen, part of the reference) and the trained LoRA in fp32; seeded so every rank agrees."""
+    """Each ``init_lora`` at its strength (frozen, part of the reference) and the trained LoRA in fp32; seeded so
+    every rank agrees."""
     torch.manual_seed(config.seed)  # identical LoRA initialisation on every rank
-    if config.init_lora:
-        state_dict, alphas = load_init_lora(config.init_lora)
+    for index, init in enumerate(config.init_loras):
+        state_dict, alphas = load_init_lora(init.path)
         try:
-            lora_setup.add_reference_lora(model, state_dict, alphas)
+            lora_setup.add_reference_lora(model, state_dict, alphas, strength=init.strength, index=index)
         except (ValueError, RuntimeError) as exc:
-            raise ConfigError(f"init_lora {config.init_lora} does not fit the base model {config.base_model}: {exc}") from exc
+            raise ConfigError(f"init_lora {init.path} does not fit the base model {config.base_model}: {exc}") from exc
     lora_setup.add_trained_lora(model, config.rank, config.alpha, config.dropout, config.targets)
     for _, parameter in lora_setup.trained_parameters(model):
         parameter.data = parameter.data.float()

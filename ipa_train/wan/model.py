@@ -222,9 +222,13 @@ def _check_is_wan_vace(shapes: Mapping[str, Any], what: str) -> None:
         )
     if "vace_patch_embedding.weight" not in shapes:
         kind = "image-to-video" if "img_emb.proj.0.weight" in shapes else "text-to-video or other"
+        hint = (
+            " or keep this text-to-video file as the base and add its VACE module as vace_module "
+            "(kijai's Wan2_1-VACE_module_*.safetensors of the same size)"
+        ) if kind.startswith("text") else ""
         raise ModelLoadError(
             f"{what} are a Wan2.1 {kind} model without VACE blocks. IPA trains on Wan2.1-VACE: choose "
-            "wan2.1_vace_1.3B_fp16.safetensors or wan2.1_vace_14B_fp16.safetensors."
+            f"wan2.1_vace_1.3B_fp16.safetensors or wan2.1_vace_14B_fp16.safetensors{hint}."
         )
 
 
@@ -374,81 +378,152 @@ def _load_diffusers_folder(path: Path, torch_dtype):
     )
 
 
-def load_transformer(path: os.PathLike | str, torch_dtype: torch.dtype = torch.float32):
-    """Loads a Wan2.1-VACE transformer as diffusers' ``WanVACETransformer3DModel`` (eval mode), offline.
-
-    ``path``: a single safetensors file in the original Wan layout (keys bare or ``model.diffusion_model.``),
-    as ComfyUI keeps in ``models/diffusion_models``, or a diffusers model folder. Raises ``ModelLoadError``
-    for missing files, other models, quantised (fp8-scaled) checkpoints and incomplete weights.
-    """
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise ModelLoadError(f"Model file not found: {path}")
-    if path.is_dir():
-        return _load_diffusers_folder(path, torch_dtype)
-    if path.suffix.lower() == ".gguf":
-        raise ModelLoadError(
-            f"{path.name} is a GGUF (quantised) file; the trainer needs full-precision weights: use "
-            "wan2.1_vace_1.3B_fp16.safetensors or wan2.1_vace_14B_fp16.safetensors."
-        )
-    if path.suffix.lower() != ".safetensors":
-        raise ModelLoadError(f"{path.name}: only .safetensors checkpoints are loaded (no pickle files).")
-
-    shapes, dtypes, metadata = read_checkpoint_header(path)
-    prefix, bare = _strip_wan_prefix(shapes)
+def _refuse_scaled(path: Path, shapes: Mapping[str, Any], bare: Mapping[str, Any]) -> None:
     scaled = _scaled_keys(shapes)
     if scaled:
-        width = bare.get("patch_embedding.weight", (0,))[0]
+        width = bare.get("patch_embedding.weight", bare.get("vace_patch_embedding.weight", (0,)))[0]
         suggestion = FP16_FILE_NAMES.get(width, "the fp16 or bf16 release of the same model")
         raise ModelLoadError(
             f"{path.name} is an fp8-scaled checkpoint ({len(scaled)} scale tensors such as {scaled[0]}); diffusers "
             f"would ignore the scales and load wrong weights. Use {suggestion} (fp16 or bf16) for training instead; "
             "the fp8 file stays fine for sampling in ComfyUI."
         )
-    _check_is_wan_vace(bare, f"The weights in {path.name}")
-    config = detect_config(bare, metadata)
-    if any(d.startswith("F8") for d in dtypes.values()):
-        log.warning("%s stores fp8 weights; they are upcast to %s (precision is that of the fp8 file).", path.name, torch_dtype)
 
-    # Check names and shapes against the model before loading: diffusers would leave missing weights
-    # uninitialised and only warn about unexpected ones.
+
+def _check_layout(name: str, config: dict, shapes: Mapping[str, Any]) -> None:
+    """Names and shapes against the model before loading: diffusers would leave missing weights uninitialised and
+    only warn about unexpected ones."""
     expected = _expected_shapes(config)
-    converted = dict(zip(original_keys_to_diffusers(bare), bare.values()))
+    converted = dict(zip(original_keys_to_diffusers(shapes), shapes.values()))
     missing = sorted(set(expected) - set(converted))
     unexpected = sorted(set(converted) - set(expected))
     mismatched = [k for k in expected if k in converted and tuple(converted[k]) != expected[k]]
     if missing or unexpected or mismatched:
         raise ModelLoadError(
-            f"{path.name} does not match the Wan2.1-VACE layout it appears to be: {len(missing)} weights missing "
+            f"{name} does not match the Wan2.1-VACE layout it appears to be: {len(missing)} weights missing "
             f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, {len(mismatched)} of the wrong shape "
             f"{mismatched[:3]}. The file may be truncated, merged or a different model."
         )
 
+
+def _from_single_file(source: Any, config: dict, torch_dtype, **kwargs):
     from diffusers import WanVACETransformer3DModel
 
     config_dir, tmp = _config_dir(config)
     try:
-        if prefix in ("", ORIGINAL_PREFIX):
-            source: Any = str(path)
-        else:  # diffusers' converter only strips "model.diffusion_model."
-            from ..fileio import load_safetensors
-
-            tensors, _ = load_safetensors(path)
-            source = {k[len(prefix):]: v for k, v in tensors.items()}
         # from_single_file casts with .to(dtype), which makes diffusers warn about its fp32-preferred modules on
         # every load, float32 included; the cast itself is what from_single_file always does.
         cast_logger = logging.getLogger("diffusers.models.modeling_utils")
         level = cast_logger.level
         cast_logger.setLevel(logging.ERROR)
         try:
-            model = WanVACETransformer3DModel.from_single_file(
-                source, config=config_dir, torch_dtype=torch_dtype, local_files_only=True
+            return WanVACETransformer3DModel.from_single_file(
+                source, config=config_dir, torch_dtype=torch_dtype, local_files_only=True, **kwargs
             )
         finally:
             cast_logger.setLevel(level)
     finally:
         if tmp is not None:
             tmp.cleanup()
+
+
+def _read_vace_module(path: Path, vace_module) -> tuple[Path, dict, dict]:
+    module_path = Path(vace_module).expanduser()
+    if not module_path.is_file():
+        raise ModelLoadError(f"vace_module file not found: {module_path}")
+    if module_path.suffix.lower() != ".safetensors":
+        raise ModelLoadError(f"vace_module {module_path.name}: only .safetensors VACE modules are loaded.")
+    shapes, dtypes, _ = read_checkpoint_header(module_path)
+    _refuse_scaled(module_path, shapes, _strip_wan_prefix(shapes)[1])
+    return module_path, shapes, dtypes
+
+
+def _load_gguf(path: Path, torch_dtype):
+    """``WanVACETransformer3DModel`` with diffusers' GGUF quantiser: the weights as stored, computed in ``torch_dtype``
+    (see :mod:`.gguf_model`)."""
+    from diffusers import GGUFQuantizationConfig
+
+    from .gguf_model import GGUFFileError, logical_shapes, read_gguf_state_dict, tensor_kinds
+
+    try:
+        tensors = read_gguf_state_dict(path)
+    except GGUFFileError as exc:
+        raise ModelLoadError(str(exc)) from None
+    shapes = logical_shapes(tensors)
+    _check_is_wan_vace(shapes, f"The weights in {path.name}")
+    config = detect_config(shapes)
+    _check_layout(path.name, config, shapes)
+    log.info("%s: GGUF tensor types %s; quantised weights stay quantised, computed in %s", path.name, tensor_kinds(tensors), torch_dtype)
+    model = _from_single_file(tensors, config, torch_dtype, quantization_config=GGUFQuantizationConfig(compute_dtype=torch_dtype))
+    return model.eval()
+
+
+def load_transformer(path: os.PathLike | str, torch_dtype: torch.dtype = torch.float32, vace_module: Optional[os.PathLike | str] = None):
+    """Loads a Wan2.1-VACE transformer as diffusers' ``WanVACETransformer3DModel`` (eval mode), offline.
+
+    ``path``: a single safetensors file in the original Wan layout (keys bare or ``model.diffusion_model.``),
+    as ComfyUI keeps in ``models/diffusion_models``; a GGUF file in city96's Wan layout (needs the ``gguf``
+    package; the weights stay quantised and are dequantised per layer in every forward, like ComfyUI-GGUF does);
+    or a diffusers model folder. ``vace_module``: with a Wan2.1 text-to-video ``path``, kijai's VACE module file
+    (VACE blocks only) of the same size, merged into it (:mod:`.vace_module`). Raises ``ModelLoadError`` for
+    missing files, other models, fp8-scaled checkpoints and incomplete weights.
+    """
+    from .vace_module import VaceModuleError, is_vace_module, merge_vace_module, strip_prefix
+
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ModelLoadError(f"Model file not found: {path}")
+    if path.is_dir():
+        if vace_module:
+            raise ModelLoadError(f"vace_module goes with a single-file text-to-video base, not with the diffusers folder {path}.")
+        return _load_diffusers_folder(path, torch_dtype)
+    if path.suffix.lower() == ".gguf":
+        if vace_module:
+            raise ModelLoadError(
+                f"vace_module with a GGUF base ({path.name}) is not supported: use a GGUF that includes VACE (a Wan2.1-VACE GGUF), "
+                "or the safetensors text-to-video base with the safetensors VACE module."
+            )
+        return _load_gguf(path, torch_dtype)
+    if path.suffix.lower() != ".safetensors":
+        raise ModelLoadError(
+            f"{path.name}: only .safetensors checkpoints (original Wan or ComfyUI layout), .gguf files (city96's layout) or "
+            "a diffusers folder are loaded; never pickle files (.ckpt, .pt, .bin)."
+        )
+
+    shapes, dtypes, metadata = read_checkpoint_header(path)
+    prefix, bare = _strip_wan_prefix(shapes)
+    _refuse_scaled(path, shapes, bare)
+    module_path = None
+    if vace_module:
+        module_path, module_shapes, module_dtypes = _read_vace_module(path, vace_module)
+        try:
+            bare = merge_vace_module(shapes, module_shapes, base_name=path.name, module_name=module_path.name)
+        except VaceModuleError as exc:
+            raise ModelLoadError(str(exc)) from None
+        dtypes = {**dtypes, **module_dtypes}
+    elif is_vace_module(shapes):
+        raise ModelLoadError(
+            f"{path.name} is a VACE module (VACE blocks only, kijai's layout): choose the Wan2.1 text-to-video file of the "
+            f"same size as base_model and {path.name} as vace_module."
+        )
+    name = path.name + (f" + {module_path.name}" if module_path else "")
+    _check_is_wan_vace(bare, f"The weights in {name}")
+    config = detect_config(bare, metadata)
+    if any(d.startswith("F8") for d in dtypes.values()):
+        log.warning("%s stores fp8 weights; they are upcast to %s (precision is that of the fp8 file).", name, torch_dtype)
+    _check_layout(name, config, bare)
+
+    if module_path is None and prefix in ("", ORIGINAL_PREFIX):
+        source: Any = str(path)
+    else:  # diffusers' converter only strips "model.diffusion_model."; a VACE module is merged in first
+        from ..fileio import load_safetensors
+
+        tensors, _ = load_safetensors(path)
+        source = strip_prefix(tensors)
+        if module_path is not None:
+            module_tensors, _ = load_safetensors(module_path)
+            source = merge_vace_module(source, module_tensors)
+    model = _from_single_file(source, config, torch_dtype)
     if any(p.is_meta for p in model.parameters()):
-        raise ModelLoadError(f"{path.name}: some weights were not loaded (still on the meta device).")
+        raise ModelLoadError(f"{name}: some weights were not loaded (still on the meta device).")
     return model.eval()
