@@ -124,7 +124,7 @@ def test_bad_names_fail_at_queue_time(host):
     assert "invalid dataset name" in IPATrainLoRA.validate_inputs(dataset="../up", lora_name="x", gpus="auto")
     create_dataset(dataset_root(), "empty")
     assert "no preferred samples" in IPATrainLoRA.validate_inputs(dataset="empty", lora_name="x", gpus="auto")
-    assert "plain file name" in IPATrainLoRA.validate_inputs(dataset="hands", lora_name="a/b", gpus="auto")
+    assert "invalid lora_name" in IPATrainLoRA.validate_inputs(dataset="hands", lora_name="a/b", gpus="auto")  # the shared name rule
     assert "gpus=" in IPATrainLoRA.validate_inputs(dataset="hands", lora_name="x", gpus="two")
     # the combo lists existing datasets; the default gpus works on this (GPU-less) machine as shipped
     inputs = {spec.id: spec for spec in IPATrainLoRA.define_schema().inputs}
