@@ -234,3 +234,46 @@ def test_an_import_failure_reports_its_root_cause(tmp_path):
     text = outcome.error_text()
     assert "(it surfaced as RuntimeError: Failed to import" in text
     assert "what to do: torchvision in the trainer's Python" in text and "uninstall torchvision" in text
+
+
+def test_a_stop_signal_reaches_each_process_once(tmp_path):
+    """signal_all signals the root's group and the ranks in their own sessions; a process of the group must not get it
+    twice (a late second SIGINT, after Python restored the default handler while exiting, killed it with -2)."""
+    import signal as signals
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    from ipa_train.training.process_tree import ProcessTree
+
+    counts = tmp_path / "counts"
+    code = (
+        "import os, signal, sys, time\n"
+        f"path = {str(counts)!r} + '-' + str(os.getpid())\n"
+        "signal.signal(signal.SIGINT, lambda *_: open(path, 'a').write('x'))\n"
+        "child = None\n"
+        "if len(sys.argv) > 1:\n"
+        "    import subprocess\n"
+        "    child = subprocess.Popen([sys.executable, '-c', open(sys.argv[1]).read()])\n"
+        "open(path + '.ready', 'w').close()\n"
+        "time.sleep(3)\n"
+        "if child: child.wait()\n"
+    )
+    script = tmp_path / "child.py"
+    script.write_text(code)
+    root = subprocess.Popen([sys.executable, "-c", code, str(script)], start_new_session=True)
+    tree = ProcessTree(root.pid, uuid.uuid4().hex)
+    try:
+        deadline = time.monotonic() + 20
+        while len(list(tmp_path.glob("counts-*.ready"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        tree.refresh()
+        tree.signal_all(signals.SIGINT)
+        assert root.wait(timeout=20) == 0
+        received = {path.name: path.read_text() for path in tmp_path.glob("counts-*") if not path.name.endswith(".ready")}
+        assert len(received) == 2 and set(received.values()) == {"x"}, received  # both processes, once each
+    finally:
+        tree.close()
+        if root.poll() is None:
+            root.kill()

@@ -153,13 +153,19 @@ class ProcessTree:
 
     def signal_all(self, sig: int) -> None:
         """``sig`` to the root's group and to every process of the job (each rank leads its own session)."""
+        group_signalled = False
         if not self.platform.windows:
             try:
                 os.killpg(self.root_pid, sig)
+                group_signalled = True
             except (ProcessLookupError, PermissionError):
                 pass
         for process in self.alive():
             try:
+                # Once each: a second SIGINT can land while a process is already exiting, after Python restored the
+                # default handler, and kill it (exit -2) instead of letting it finish its graceful stop.
+                if group_signalled and os.getpgid(process.pid) == self.root_pid:
+                    continue
                 process.send_signal(sig)
             except Exception:  # noqa: BLE001 - gone meanwhile, or not ours
                 continue
