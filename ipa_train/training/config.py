@@ -18,6 +18,7 @@ LR_SCHEDULERS = ("constant", "cosine")
 PRECISIONS = ("auto", "bf16", "fp32")
 TIMESTEP_SAMPLINGS = ("uniform", "logit_normal", "shifted")
 DISTRIBUTED = ("ddp", "fsdp2")
+BASE_PRECISIONS = ("bf16", "fp8")
 REQUIRED = ("dataset", "base_model", "output_dir")
 STOP_FILE_NAME = "STOP"
 
@@ -60,6 +61,11 @@ class RunConfig:
     init_lora: Optional[str] = None
     distributed: str = "ddp"
     stop_file: Optional[str] = None  # None: <output_dir>/STOP. Its appearance asks for a graceful stop (no signal needed)
+    # Memory modes (README, Memory): how the frozen base is stored and where it and the checkpoints live.
+    base_precision: str = "bf16"  # "fp8": block linears in float8_e4m3fn + per-channel scale, computed in bf16
+    blocks_to_swap: int = 0  # blocks (VACE blocks count) whose weights stay in host memory, fetched per call
+    activation_offload: bool = False  # checkpointed block inputs in host memory between forward and backward
+    vram_budget_gb: Optional[float] = None  # the planner picks the cheapest settings that fit, or refuses
 
     # ------------------------------------------------------------------------------------------- construction
 
@@ -170,6 +176,18 @@ class RunConfig:
         number("logit_std", minimum=0, exclusive=True)
         flag("gradient_checkpointing")
         flag("dpo_time_weighting")
+        choice("base_precision", BASE_PRECISIONS)
+        number("blocks_to_swap", integer=True, minimum=0)
+        flag("activation_offload")
+        if self.vram_budget_gb is not None:
+            number("vram_budget_gb", minimum=0, exclusive=True)
+        if self.blocks_to_swap and self.distributed == "fsdp2":
+            fail("blocks_to_swap", "cannot be combined with distributed 'fsdp2' (FSDP2 already shards the weights across "
+                 "GPUs); use distributed 'ddp' with block swap, or fsdp2 without it")
+        if (self.blocks_to_swap or self.activation_offload) and not self.gradient_checkpointing:
+            key = "blocks_to_swap" if self.blocks_to_swap else "activation_offload"
+            fail(key, "needs gradient_checkpointing: true (swapped weights and offloaded inputs are fetched again in the "
+                 "checkpoint's recompute; without checkpointing the backward pass would keep them all on the GPU)")
         if not isinstance(self.lora_name, str) or not self.lora_name or "/" in self.lora_name or "\\" in self.lora_name or self.lora_name.startswith("."):
             fail("lora_name", "must be a plain file name without folders (the LoRA is written to output_dir/<lora_name>.safetensors)")
         if self.lora_name.endswith(".safetensors"):

@@ -14,18 +14,24 @@ from .config import ConfigError, RunConfig
 from .distributed import Dist
 
 
-def build_model(config: RunConfig, dtype: torch.dtype):
+def build_model(config: RunConfig, dtype: torch.dtype, compute_dtype: Optional[torch.dtype] = None):
+    """The frozen base: ``dtype`` storage, block linears in fp8 with ``base_precision: "fp8"`` (and fp8 files as
+    stored), dequantised to ``compute_dtype`` outside autocast."""
     if config.base_model == "tiny":
+        from ..wan.frozen_linear import quantize_block_linears
         from ..wan.model import build_tiny_transformer
 
         model = build_tiny_transformer(seed=0)
-        return model if dtype == torch.float32 else model.to(dtype)
+        model = model if dtype == torch.float32 else model.to(dtype)
+        if config.base_precision == "fp8":
+            quantize_block_linears(model, compute_dtype or dtype)
+        return model
     path = Path(config.base_model)
     if not path.exists():
         raise ConfigError(f"base_model {path} does not exist; give a Wan2.1-VACE .safetensors file, a diffusers folder, or \"tiny\"")
     from ..wan.model import load_transformer  # single-file and diffusers-folder loading
 
-    return load_transformer(str(path), torch_dtype=dtype)
+    return load_transformer(str(path), torch_dtype=dtype, base_precision=config.base_precision, compute_dtype=compute_dtype)
 
 
 def load_init_lora(path: str):
@@ -44,7 +50,7 @@ def save_comfy_lora(path: Path, peft_state_dict: dict, alpha: float, metadata: d
     save(path, peft_state_dict, alpha=alpha, metadata=metadata)
 
 
-def add_adapters(model, config: RunConfig) -> None:
+def add_adapters(model, config: RunConfig, checkpointing_function=None) -> None:
     """``init_lora`` (frozen, part of the reference) and the trained LoRA in fp32; seeded so every rank agrees."""
     torch.manual_seed(config.seed)  # identical LoRA initialisation on every rank
     if config.init_lora:
@@ -57,7 +63,7 @@ def add_adapters(model, config: RunConfig) -> None:
     for _, parameter in lora_setup.trained_parameters(model):
         parameter.data = parameter.data.float()
     if config.gradient_checkpointing:
-        model.enable_gradient_checkpointing()
+        model.enable_gradient_checkpointing(checkpointing_function)  # None: torch's non-reentrant checkpoint
 
 
 def shard_fsdp2(model, dist_info: Dist, autocast_dtype: Optional[torch.dtype]) -> None:

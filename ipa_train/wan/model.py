@@ -69,9 +69,8 @@ ORIGINAL_PREFIX = "model.diffusion_model."
 # Written by save_original_wan_single_file so that sizes the weights cannot fully describe (head count of a
 # model whose width is not a multiple of 128, explicit VACE layer positions) load back exactly.
 CONFIG_METADATA_KEY = "ipa_diffusers_config"
-# Quantised checkpoints whose weights need a per-tensor scale: diffusers ignores the scales and loads wrong
-# numbers (ComfyUI "fp8_scaled" files and its newer mixed-precision format).
-_SCALED_SUFFIXES = ("scale_weight", "scale_input", "scaled_fp8", "weight_scale", "input_scale", "comfy_quant")
+# How the frozen base's block linears are stored: "bf16" as the run's precision, "fp8" float8_e4m3fn + scale.
+BASE_PRECISIONS = ("bf16", "fp8")
 _CONFIG_FIELDS = (
     "patch_size", "num_attention_heads", "attention_head_dim", "in_channels", "out_channels", "text_dim",
     "freq_dim", "ffn_dim", "num_layers", "cross_attn_norm", "qk_norm", "eps", "image_dim", "added_kv_proj_dim",
@@ -129,10 +128,6 @@ def _strip_wan_prefix(shapes: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         if f"{prefix}head.modulation" in shapes or f"{prefix}patch_embedding.weight" in shapes:
             return prefix, {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
     return "", dict(shapes)
-
-
-def _scaled_keys(keys) -> list[str]:
-    return [k for k in keys if k.endswith(_SCALED_SUFFIXES)]
 
 
 def _count_blocks(keys, prefix: str) -> int:
@@ -374,46 +369,56 @@ def _load_diffusers_folder(path: Path, torch_dtype):
     )
 
 
-def load_transformer(path: os.PathLike | str, torch_dtype: torch.dtype = torch.float32):
+def load_transformer(path: os.PathLike | str, torch_dtype: torch.dtype = torch.float32, base_precision: str = "bf16",
+                     compute_dtype: Optional[torch.dtype] = None):
     """Loads a Wan2.1-VACE transformer as diffusers' ``WanVACETransformer3DModel`` (eval mode), offline.
 
     ``path``: a single safetensors file in the original Wan layout (keys bare or ``model.diffusion_model.``),
-    as ComfyUI keeps in ``models/diffusion_models``, or a diffusers model folder. Raises ``ModelLoadError``
-    for missing files, other models, quantised (fp8-scaled) checkpoints and incomplete weights.
+    as ComfyUI keeps in ``models/diffusion_models``, or a diffusers model folder. fp8 files (kijai's plain fp8,
+    ComfyUI's ``fp8_scaled`` and ``comfy_quant`` layouts) load as stored: their fp8 linear layers become
+    ``FrozenLinear`` layers dequantised as ComfyUI does. ``base_precision="fp8"`` stores the block linears of a
+    full-precision file in fp8 too (per output channel scale), quantised tensor by tensor while the file streams
+    in, so a 14B bf16 file is never held whole in memory. ``compute_dtype`` is what fp8 layers dequantise to
+    outside autocast (default ``torch_dtype``). Raises ``ModelLoadError`` for missing files, other models,
+    unreadable quantisations and incomplete weights.
     """
+    from .fp8_files import Fp8LayoutError, detect_fp8_layout, read_quant_formats
+
+    if base_precision not in BASE_PRECISIONS:
+        raise ModelLoadError(f"base_precision {base_precision!r} is not one of {list(BASE_PRECISIONS)}")
     path = Path(path).expanduser()
     if not path.exists():
         raise ModelLoadError(f"Model file not found: {path}")
     if path.is_dir():
-        return _load_diffusers_folder(path, torch_dtype)
+        model = _load_diffusers_folder(path, torch_dtype)
+        if base_precision == "fp8":
+            from .frozen_linear import quantize_block_linears
+
+            quantize_block_linears(model, compute_dtype or torch_dtype)
+        return model
     if path.suffix.lower() == ".gguf":
         raise ModelLoadError(
-            f"{path.name} is a GGUF (quantised) file; the trainer needs full-precision weights: use "
-            "wan2.1_vace_1.3B_fp16.safetensors or wan2.1_vace_14B_fp16.safetensors."
+            f"{path.name} is a GGUF (quantised) file; the trainer reads safetensors files: use "
+            "wan2.1_vace_1.3B_fp16.safetensors / wan2.1_vace_14B_fp16.safetensors, or their fp8 (e4m3fn, scaled) releases."
         )
     if path.suffix.lower() != ".safetensors":
         raise ModelLoadError(f"{path.name}: only .safetensors checkpoints are loaded (no pickle files).")
 
     shapes, dtypes, metadata = read_checkpoint_header(path)
     prefix, bare = _strip_wan_prefix(shapes)
-    scaled = _scaled_keys(shapes)
-    if scaled:
-        width = bare.get("patch_embedding.weight", (0,))[0]
-        suggestion = FP16_FILE_NAMES.get(width, "the fp16 or bf16 release of the same model")
-        raise ModelLoadError(
-            f"{path.name} is an fp8-scaled checkpoint ({len(scaled)} scale tensors such as {scaled[0]}); diffusers "
-            f"would ignore the scales and load wrong weights. Use {suggestion} (fp16 or bf16) for training instead; "
-            "the fp8 file stays fine for sampling in ComfyUI."
-        )
-    _check_is_wan_vace(bare, f"The weights in {path.name}")
-    config = detect_config(bare, metadata)
-    if any(d.startswith("F8") for d in dtypes.values()):
-        log.warning("%s stores fp8 weights; they are upcast to %s (precision is that of the fp8 file).", path.name, torch_dtype)
+    layout = detect_fp8_layout(shapes, dtypes, metadata, prefix)
+    weights = {k: v for k, v in bare.items() if prefix + k not in layout.extra_keys}
+    _check_is_wan_vace(weights, f"The weights in {path.name}")
+    config = detect_config(weights, metadata)
+    try:
+        read_quant_formats(path, layout, metadata, prefix)
+    except Fp8LayoutError as exc:
+        raise ModelLoadError(str(exc)) from exc
 
     # Check names and shapes against the model before loading: diffusers would leave missing weights
     # uninitialised and only warn about unexpected ones.
     expected = _expected_shapes(config)
-    converted = dict(zip(original_keys_to_diffusers(bare), bare.values()))
+    converted = dict(zip(original_keys_to_diffusers(weights), weights.values()))
     missing = sorted(set(expected) - set(converted))
     unexpected = sorted(set(converted) - set(expected))
     mismatched = [k for k in expected if k in converted and tuple(converted[k]) != expected[k]]
@@ -423,6 +428,9 @@ def load_transformer(path: os.PathLike | str, torch_dtype: torch.dtype = torch.f
             f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, {len(mismatched)} of the wrong shape "
             f"{mismatched[:3]}. The file may be truncated, merged or a different model."
         )
+    if layout.quantised or base_precision == "fp8":
+        return _load_streamed(path, prefix, layout, config, torch_dtype, compute_dtype or torch_dtype,
+                              quantize=base_precision == "fp8").eval()
 
     from diffusers import WanVACETransformer3DModel
 
@@ -452,3 +460,91 @@ def load_transformer(path: os.PathLike | str, torch_dtype: torch.dtype = torch.f
     if any(p.is_meta for p in model.parameters()):
         raise ModelLoadError(f"{path.name}: some weights were not loaded (still on the meta device).")
     return model.eval()
+
+
+def empty_transformer(config: Mapping[str, Any]):
+    """A ``WanVACETransformer3DModel`` with its weights on the meta device (no memory) and its computed rotary
+    tables real: the skeleton streaming loads fill, and what the memory planner counts."""
+    from diffusers import WanVACETransformer3DModel
+
+    init = {k: v for k, v in config.items() if not k.startswith("_")}
+    with torch.device("meta"):
+        model = WanVACETransformer3DModel(**init)
+    rope = model.rope  # its cos/sin tables are computed in __init__, not stored in files
+    model.rope = type(rope)(rope.attention_head_dim, rope.patch_size, rope.max_seq_len)
+    return model
+
+
+def _load_streamed(path: Path, prefix: str, layout, config: dict, torch_dtype: torch.dtype, compute_dtype: torch.dtype,
+                   quantize: bool):
+    """Fills an empty model tensor by tensor from ``path``: fp8 linear weights stay fp8 (with the file's scale),
+    with ``quantize`` the block linears of a full-precision file become fp8 (per channel), everything else is
+    cast to ``torch_dtype`` as ``from_single_file`` does. Host memory peaks near the stored model's size."""
+    from torch import nn
+
+    from ..fileio import iter_safetensors
+    from .fp8_files import read_weight_scales
+    from .frozen_linear import FrozenLinear, block_linear_names, is_fp8, quantize_fp8, replace_linear
+
+    model = empty_transformer(config)
+    to_diffusers = {diffusers_key_to_original(k): k for k in model.state_dict()}
+    scales = read_weight_scales(path, layout, prefix)
+    quantizable = set(block_linear_names(model)) if quantize else set()
+    frozen: set[str] = set()
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, nn.Linear):
+            continue
+        original = diffusers_key_to_original(f"{name}.weight")
+        if original in layout.fp8_weights or name in quantizable:
+            stored = torch.empty(module.weight.shape, dtype=torch.float8_e4m3fn, device="meta")
+            bias = None if module.bias is None else torch.empty(module.bias.shape, device="meta")
+            replace_linear(model, name, FrozenLinear(module.in_features, module.out_features, stored, bias, None, compute_dtype))
+            frozen.add(name)
+    stale = [layer for layer in layout.weight_scales if layer + ".weight" not in layout.fp8_weights]
+    if stale:
+        log.warning("%s: %d scales belong to weights that are not fp8 (e.g. %s); they are ignored, as ComfyUI does for "
+                    "unquantised layers", path.name, len(stale), stale[0])
+
+    keys = [k for k in read_checkpoint_header(path)[0] if k.startswith(prefix) and k not in layout.extra_keys]
+    for key, tensor in iter_safetensors(path, keys):
+        original = key[len(prefix):]
+        name = to_diffusers.get(original)
+        if name is None:  # e.g. norm_added_q, which diffusers' own converter drops as well
+            continue
+        module_name, _, attr = name.rpartition(".")
+        module = model.get_submodule(module_name) if module_name else model
+        if module_name in frozen and attr == "weight":
+            layer = original[: -len(".weight")]
+            if is_fp8(tensor.dtype):
+                module.weight = nn.Parameter(tensor, requires_grad=False)
+                module.weight_scale = scales.get(layer)
+            else:
+                q, scale = quantize_fp8(tensor)
+                module.weight = nn.Parameter(q, requires_grad=False)
+                module.weight_scale = scale
+            continue
+        value = tensor.to(torch_dtype) if tensor.is_floating_point() else tensor
+        if attr in module._parameters:
+            module._parameters[attr] = nn.Parameter(value, requires_grad=module_name not in frozen)
+        else:
+            module._buffers[attr] = value
+    model.rope.to(torch_dtype)  # the computed rotary tables, cast as from_single_file casts them
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if left:
+        raise ModelLoadError(f"{path.name}: {len(left)} weights were not in the file (e.g. {left[:3]}).")
+    return model
+
+
+def storage_summary(model) -> dict[str, Any]:
+    """How the base's linear layers are stored: counts of fp8 layers by scale kind, and host-stored ones."""
+    from .frozen_linear import FrozenLinear
+
+    summary = {"fp8_layers": 0, "fp8_scale": {}, "host_stored_layers": 0}
+    for module in model.modules():
+        if isinstance(module, FrozenLinear):
+            if module.is_fp8:
+                summary["fp8_layers"] += 1
+                kind = "none" if module.weight_scale is None else ("tensor" if module.weight_scale.numel() == 1 else "channel")
+                summary["fp8_scale"][kind] = summary["fp8_scale"].get(kind, 0) + 1
+            summary["host_stored_layers"] += int(module.host_stored)
+    return summary
