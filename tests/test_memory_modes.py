@@ -233,6 +233,7 @@ def test_modes_that_cannot_be_honoured_are_refused_before_any_weight_loads(tmp_p
     refused(r"blocks_to_swap=6 but tiny has 5 blocks \(3 transformer \+ 2 VACE\); use at most 5", blocks_to_swap=6, gradient_checkpointing=True)
     refused("blocks_to_swap=2 cannot be combined with distributed 'fsdp2'", blocks_to_swap=2, distributed="fsdp2", gradient_checkpointing=True)
     refused("activation_offload=True needs gradient_checkpointing: true", activation_offload=True)
+    refused("base_precision='fp8' cannot be combined with distributed 'fsdp2'", base_precision="fp8", distributed="fsdp2")
     refused(r"No memory setting fits the budget of 0\.0 GiB.*What would fit: .*GiB free", vram_budget_gb=1e-6)
     monkeypatch.setattr(frozen_linear, "fp8_cast_problem", lambda device: "cpu cannot cast float8_e4m3fn tensors (test)")
     refused("base_precision 'fp8' needs fp8 casting on the training device, but cpu cannot cast", base_precision="fp8")

@@ -184,6 +184,9 @@ class RunConfig:
         if self.blocks_to_swap and self.distributed == "fsdp2":
             fail("blocks_to_swap", "cannot be combined with distributed 'fsdp2' (FSDP2 already shards the weights across "
                  "GPUs); use distributed 'ddp' with block swap, or fsdp2 without it")
+        if self.base_precision == "fp8" and self.distributed == "fsdp2":
+            fail("base_precision", "cannot be combined with distributed 'fsdp2' (FSDP2 gathers the weights in bf16 and "
+                 "would drop their fp8 scales); use distributed 'ddp' with fp8 (and blocks_to_swap for 14B)")
         if (self.blocks_to_swap or self.activation_offload) and not self.gradient_checkpointing:
             key = "blocks_to_swap" if self.blocks_to_swap else "activation_offload"
             fail(key, "needs gradient_checkpointing: true (swapped weights and offloaded inputs are fetched again in the "

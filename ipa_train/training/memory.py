@@ -72,9 +72,13 @@ def plan_memory(config: RunConfig, data, dist_info: Dist, model_spec=None) -> tu
         run = run_shape(config, data, dist_info)
         requested = Settings(config.base_precision, config.blocks_to_swap, config.activation_offload, config.gradient_checkpointing)
         budget = int(config.vram_budget_gb * GIB) if config.vram_budget_gb else None
-        plan = choose(spec, run, requested, budget, host_memory_available() if budget else None)
+        plan = choose(spec, run, requested, budget, host_memory_available() if budget else None, fsdp2=config.distributed == "fsdp2")
     except PlanError as exc:
         raise ConfigError(str(exc)) from exc
+    if spec.fp8_stored and config.distributed == "fsdp2":
+        raise ConfigError(f"base_model {Path(config.base_model).name} stores fp8 weights, which distributed 'fsdp2' cannot "
+                          "shard (it gathers weights in bf16 and would drop their scales); use distributed 'ddp' (with "
+                          "blocks_to_swap for 14B), or the fp16 file with fsdp2")
     chosen = plan.settings
     if chosen != requested:
         log.info("memory planner: %s fits %.1f GiB (asked for %s)", chosen.describe(), config.vram_budget_gb, requested.describe())

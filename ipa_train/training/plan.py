@@ -361,10 +361,11 @@ def predict(spec: ModelSpec, run: RunShape, settings: Settings) -> MemoryPlan:
 # ------------------------------------------------------------------------------------------------ choosing
 
 
-def candidates(spec: ModelSpec, requested: Settings) -> list[Settings]:
-    """Every setting at least as memory-saving as ``requested`` (nothing the user asked for is taken away)."""
-    blocks = len(spec.block_names)
-    precisions = ["fp8"] if requested.base_precision == "fp8" else ["bf16", "fp8"]
+def candidates(spec: ModelSpec, requested: Settings, fsdp2: bool = False) -> list[Settings]:
+    """Every setting at least as memory-saving as ``requested`` (nothing the user asked for is taken away). FSDP2
+    shards the weights itself and gathers them in bf16: no block swap and no fp8 with it."""
+    blocks = 0 if fsdp2 else len(spec.block_names)
+    precisions = ["fp8"] if requested.base_precision == "fp8" else ["bf16"] if fsdp2 or spec.fp8_stored else ["bf16", "fp8"]
     out = []
     for precision in precisions:
         for checkpointing in ([True] if requested.gradient_checkpointing else [False, True]):
@@ -392,20 +393,20 @@ def cost(spec: ModelSpec, run: RunShape, plan: MemoryPlan, requested: Settings) 
 
 
 def choose(spec: ModelSpec, run: RunShape, requested: Settings, budget_bytes: Optional[int],
-           host_budget_bytes: Optional[int] = None) -> MemoryPlan:
+           host_budget_bytes: Optional[int] = None, fsdp2: bool = False) -> MemoryPlan:
     """The plan for ``requested``, or with a budget the cheapest candidate that fits it (GPU, and host memory when
     ``host_budget_bytes`` is given). Raises ``PlanError`` naming what would fit when none does."""
     check_settings(spec, requested)
     if budget_bytes is None:
         return predict(spec, run, requested)
-    plans = [predict(spec, run, s) for s in candidates(spec, requested)]
+    plans = [predict(spec, run, s) for s in candidates(spec, requested, fsdp2)]
     fitting = [p for p in plans if p.peak <= budget_bytes and (host_budget_bytes is None or p.host <= host_budget_bytes)]
     if fitting:
         return min(fitting, key=lambda p: cost(spec, run, p, requested))
     smallest = min(plans, key=lambda p: p.peak)
     hints = [f"a GPU with {smallest.peak_gb:.1f} GiB free"]
     for change, shape in _smaller_runs(run):
-        best = min((predict(spec, shape, s) for s in candidates(spec, requested)), key=lambda p: p.peak)
+        best = min((predict(spec, shape, s) for s in candidates(spec, requested, fsdp2)), key=lambda p: p.peak)
         if best.peak <= budget_bytes:
             hints.insert(0, f"{change} ({best.peak_gb:.1f} GiB with {best.settings.describe()})")
             break
