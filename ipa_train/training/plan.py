@@ -386,9 +386,9 @@ def cost(spec: ModelSpec, run: RunShape, plan: MemoryPlan, requested: Settings) 
     settings = plan.settings
     converts = settings.base_precision == "fp8" and requested.base_precision != "fp8" and not spec.fp8_stored
     adds_checkpointing = settings.gradient_checkpointing and not requested.gradient_checkpointing
-    passes = 2 if run.objective == "sft" else 3
-    checkpoint_host = plan.host - weight_bytes(spec, run, settings)[2]
-    traffic = weight_bytes(spec, run, settings)[2] * passes + 2 * checkpoint_host
+    passes = 2 if run.objective == "sft" else 3  # swapped weights cross per forward pass and per recompute
+    swapped = weight_bytes(spec, run, settings)[2]
+    traffic = swapped * passes + 2 * (plan.host - swapped)  # offloaded checkpoints go out and come back
     return (converts, adds_checkpointing, traffic, settings.blocks_to_swap)
 
 
