@@ -1,4 +1,4 @@
-"""Gallery listing speed at 10,000 samples: `python benchmarks/bench_gallery_listing.py [--samples N]`.
+"""Gallery listing and marking speed: `python benchmarks/bench_gallery_listing.py [--samples N] [--mark-sizes ...]`.
 
 Builds a dataset whose manifest has N entries (the fields add_sample writes plus seed, prompt and some hand
 scores) and one preview per sample, no tensors (listing must never need them), then times through the real
@@ -6,9 +6,13 @@ aiohttp handlers (standalone app, real HTTP on localhost):
 
 - baseline: what a handler without the cache does per request (parse the manifest, count, filter, sort, slice);
 - first page (cold: parses and sorts once), then warm pages at random offsets, per filter and sort;
-- one mark (rewrites the manifest under the lock) and the next page after it (the cache re-parses).
+- one mark (one status-journal line) and the next page after it (the cache applies the new journal line).
 
-Prints milliseconds and the ratio of a warm page to the baseline measured in the same run.
+Then marking at each of --mark-sizes (600, 2,400, 10,000): one mark as the dataset format 1 made it (read the
+manifest, rewrite it whole, atomically, under the lock: the baseline), against one journal append
+(``append_statuses``) and a mark through the real POST handler, all measured in the same run.
+
+Prints milliseconds and the ratios to the baselines measured in the same run.
 """
 
 from __future__ import annotations
@@ -28,11 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 
 from ipa_train.data import dataset as ds  # noqa: E402
+from ipa_train.fileio import atomic_write_text  # noqa: E402
 from ipa_train.gallery.api import _sorted, create_app  # noqa: E402
 
 
-def build(root: Path, count: int) -> Path:
-    path = ds.create_dataset(root, "bench")
+def build(root: Path, count: int, name: str = "bench") -> Path:
+    path = ds.create_dataset(root, name)
     rng = random.Random(0)
     lines = []
     for index in range(count):
@@ -113,12 +118,63 @@ async def run(path: Path, root: Path, repeats: int, limit: int) -> None:
             assert response.status == 200
             marks.append(time.perf_counter() - start)
             after.append(await page("pending", "hand_score", 0))
-        print(f"one mark (manifest rewritten atomically under the lock):     {statistics.median(marks) * 1e3:8.2f} ms median")
-        print(f"next page after a mark (cache re-parses):                    {statistics.median(after) * 1e3:8.2f} ms median")
+        print(f"one mark (one status-journal line, fsynced, under the lock): {statistics.median(marks) * 1e3:8.2f} ms median")
+        print(f"next page after a mark (cache applies the new journal line): {statistics.median(after) * 1e3:8.2f} ms median")
         print(f"warm page vs baseline: {statistics.median(warm_all) / baseline:.3f}x the time "
               f"({baseline / statistics.median(warm_all):.1f}x faster)")
     finally:
         await client.close()
+
+
+def rewrite_mark(path: Path, statuses: dict[str, str]) -> None:
+    """The baseline: a mark as dataset format 1 stored it (the former ``set_statuses``): under the lock, parse the
+    whole manifest, change the entries, rewrite the whole file atomically."""
+    with ds._lock(path):
+        entries = ds.read_manifest(path)
+        by_id = {entry["id"]: entry for entry in entries}
+        now = ds._now()
+        for sample_id, status in statuses.items():
+            by_id[sample_id].update(status=status, updated=now)
+        atomic_write_text(path / ds.MANIFEST, "".join(json.dumps(entry) + "\n" for entry in entries))
+
+
+async def run_marking(sizes: list[int], repeats: int) -> None:
+    print(f"\nmarking one sample, median of {repeats} (baseline: the whole manifest rewritten, as format 1 did)")
+    print(f"{'samples':>8} {'manifest':>9} {'rewrite (baseline)':>19} {'journal append':>15} {'POST /marks':>12} {'append vs rewrite':>18}")
+    for count in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            baseline_path, journal_path = build(root, count, "rewrite"), build(root, count, "journal")
+            rng = random.Random(count)
+            ids = [f"{index:016x}" for index in range(count)]
+            rewrite, append, post = [], [], []
+            marks = [{rng.choice(ids): rng.choice(ds.STATUSES)} for _ in range(repeats)]
+            # One kind after the other: an fsync also flushes what the file system holds dirty, so an append right
+            # after a 3.6 MB rewrite would pay for part of the rewrite.
+            for mark in marks:
+                start = time.perf_counter()
+                rewrite_mark(baseline_path, mark)
+                rewrite.append(time.perf_counter() - start)
+            for mark in marks:
+                start = time.perf_counter()
+                ds.append_statuses(journal_path, mark)
+                append.append(time.perf_counter() - start)
+            client = TestClient(TestServer(create_app(root)))
+            await client.start_server()
+            try:
+                await (await client.get("/ipa/datasets/journal/samples")).json()  # the gallery has the dataset open
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    response = await client.post("/ipa/datasets/journal/marks", json={"ids": [rng.choice(ids)], "status": "preferred"})
+                    assert response.status == 200, await response.text()
+                    await response.json()
+                    post.append(time.perf_counter() - start)
+            finally:
+                await client.close()
+            assert {e["id"]: e["status"] for e in ds.read_manifest(journal_path)}  # the marks read back
+            r, a, p = (statistics.median(x) * 1e3 for x in (rewrite, append, post))
+            size = (baseline_path / ds.MANIFEST).stat().st_size / 1e6
+            print(f"{count:>8,} {size:>7.1f}MB {r:>16.2f} ms {a:>12.2f} ms {p:>9.2f} ms {r / a:>13.1f}x faster")
 
 
 def main() -> None:
@@ -126,6 +182,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--limit", type=int, default=60)
+    parser.add_argument("--mark-sizes", default="600,2400,10000", help="dataset sizes for the marking comparison (comma-separated; empty: skip)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -134,6 +191,9 @@ def main() -> None:
         print(f"built a {args.samples:,}-sample dataset in {time.perf_counter() - start:.1f} s (manifest "
               f"{(path / ds.MANIFEST).stat().st_size / 1e6:.1f} MB, no tensor files)")
         asyncio.run(run(path, root, args.repeats, args.limit))
+    sizes = [int(value) for value in args.mark_sizes.split(",") if value.strip()]
+    if sizes:
+        asyncio.run(run_marking(sizes, args.repeats))
 
 
 if __name__ == "__main__":

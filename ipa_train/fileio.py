@@ -1,25 +1,79 @@
 """Crash-safe file writes and safe loads: everything is written to a temporary file in the same folder,
 flushed, then renamed over the target, so a reader never sees a half-written file and nothing already
-saved is lost when a write is interrupted. Only safetensors and JSON are ever read back (no pickle)."""
+saved is lost when a write is interrupted. Only safetensors and JSON are ever read back (no pickle), and a
+file that cannot be read gives an error that names it and says what it looks like (truncated, a pickle, ...).
+
+Also here, because every room needs them: the one validator of user-given file and folder names, and the
+clean-up of temporary files that a killed writer left behind."""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import re
+import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 import torch
 
+TEMP_SUFFIX = ".tmp"  # temporary files are ".<target name>.<random>.tmp" beside their target
+
+
+class FileReadError(ValueError):
+    """A file that exists but cannot be read as what it should be; the message names it and says what to do."""
+
+
+class InvalidNameError(ValueError):
+    """A user-given name that cannot be a plain file or folder name."""
+
+
+# ----------------------------------------------------------------------------------------------- names
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Windows gives these names (with any extension) to devices: "NUL.safetensors" is not a file there.
+_WINDOWS_DEVICES = re.compile(r"^(?:CON|PRN|AUX|NUL|COM[0-9]|LPT[0-9])(?:\..*)?$", re.IGNORECASE)
+NAME_RULE = "1-128 letters, digits, '.', '_' or '-', starting with a letter or digit (no slashes, no '..', no spaces)"
+
+
+def validate_name(name: Any, what: str = "name") -> str:
+    """One plain file or folder name, the same rule for dataset names, LoRA names and run names: refuses
+    folders, traversal, absolute paths, NUL and control characters, over-long names and Windows device names."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or name in (".", ".."):
+        shown = repr(name) if not isinstance(name, str) or len(name) <= 60 else repr(name[:60] + "...") + f" ({len(name)} characters)"
+        raise InvalidNameError(f"invalid {what} {shown}: use {NAME_RULE}")
+    if _WINDOWS_DEVICES.fullmatch(name):
+        raise InvalidNameError(f"invalid {what} {name!r}: Windows reserves it for a device; choose another name")
+    return name
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+
+def _temporary_beside(path: Path) -> str:
+    """Creates an empty temporary file next to ``path`` and returns its name. Opened like a plain ``open()``
+    would (mode 0o666 minus the umask), so the renamed file gets the mode a user expects, not mkstemp's 0600."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}")
+        try:
+            os.close(os.open(tmp, flags, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"cannot create a temporary file next to {path}")
+
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _temporary_beside(path)
+    mode = os.stat(tmp).st_mode & 0o777  # what the umask gave a plain open()
     try:
         write(tmp)
+        if os.stat(tmp).st_mode & 0o777 != mode:  # safetensors' save_file recreates the file with 0600
+            os.chmod(tmp, mode)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -61,28 +115,93 @@ def atomic_save_safetensors(
     return _atomic_write(Path(path), lambda tmp: save_file(plain, tmp, metadata=meta))
 
 
+def remove_stale_temp_files(folder: os.PathLike | str, older_than_s: float = 0.0) -> list[Path]:
+    """Deletes the temporary files (``.<name>.<random>.tmp``) a killed writer left in ``folder`` (not below it),
+    older than ``older_than_s`` seconds; returns what was removed. Symlinks and folders are never touched."""
+    removed = []
+    cutoff = time.time() - older_than_s
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for entry in entries:
+        if entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX) and entry.is_file(follow_symlinks=False):
+            try:
+                if entry.stat(follow_symlinks=False).st_mtime <= cutoff:
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def describe_unreadable(path: Path, error: Exception) -> str:
+    """What an unreadable safetensors file looks like, from its first bytes and its size."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if size == 0:
+        return "is empty (an interrupted copy or download?)"
+    if head.startswith(b"PK\x03\x04"):
+        return "is a PyTorch pickle archive (torch.save, .pt/.ckpt/.bin), not safetensors; pickle files are never loaded because they can run code"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "is a Python pickle, not safetensors; pickle files are never loaded because they can run code"
+    if len(head) >= 8:
+        header_bytes = int.from_bytes(head[:8], "little")
+        if 8 + header_bytes > size:
+            return f"is truncated or not a safetensors file (its header claims {header_bytes:,} bytes, the file has {size:,})"
+    return f"is truncated or damaged ({error})"
+
+
 def load_safetensors(path: os.PathLike | str, device: str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and header metadata of a safetensors file."""
+    """Tensors and header metadata of a safetensors file. A file that is not one (truncated, a pickle, empty)
+    raises :class:`FileReadError` naming the file; callers add what to do about it."""
     from safetensors import safe_open
 
+    path = Path(path)
     tensors: dict[str, torch.Tensor] = {}
-    with safe_open(str(path), framework="pt", device=device) as handle:
-        metadata = dict(handle.metadata() or {})
-        for key in handle.keys():
-            tensors[key] = handle.get_tensor(key)
+    try:
+        with safe_open(str(path), framework="pt", device=device) as handle:
+            metadata = dict(handle.metadata() or {})
+            for key in handle.keys():
+                tensors[key] = handle.get_tensor(key)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # safetensors raises its own error type (SafetensorError) for every bad file
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist") from None
+        raise FileReadError(f"{path} {describe_unreadable(path, error)}") from error
     return tensors, metadata
 
 
 def read_safetensors_metadata(path: os.PathLike | str) -> dict[str, str]:
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt", device="cpu") as handle:
-        return dict(handle.metadata() or {})
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return dict(handle.metadata() or {})
+    except FileNotFoundError:
+        raise
+    except Exception as error:
+        raise FileReadError(f"{path} {describe_unreadable(path, error)}") from error
 
 
 def read_json(path: os.PathLike | str) -> Any:
+    """A JSON file; a damaged one raises :class:`FileReadError` naming the file, the line and the column."""
     with open(path, "r", encoding="utf-8") as handle:
-        return json.load(handle)
+        try:
+            return json.load(handle)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            where = f" (line {exc.lineno}, column {exc.colno}: {exc.msg})" if isinstance(exc, json.JSONDecodeError) else f" ({exc})"
+            raise FileReadError(f"{path} is not valid JSON{where}; it may be truncated or edited by hand") from exc
+
 
 
 # safetensors dtype names -> torch dtypes (the ones a model file may hold)

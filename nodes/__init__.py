@@ -6,11 +6,12 @@ A module may also define ``setup()`` (register model folders, server routes); it
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import collector, dwpose, gallery, hand_mask, lora_loader, train_lora, vace_sampler
+from . import collector, dwpose, gallery, hand_mask, lora_loader, model_loader, train_lora, vace_sampler
 
 NODE_MODULES = [
     dwpose,
     hand_mask,
+    model_loader,
     vace_sampler,
     collector,
     train_lora,

@@ -11,7 +11,7 @@ import logging
 
 from comfy_api.latest import io, ui
 
-from ..ipa_train.fileio import load_safetensors
+from ..ipa_train.wan.lora_io import LoraFileError, read_lora_file
 from ..ipa_train.wan.lora_meta import base_model_mismatch, summarize_metadata
 
 log = logging.getLogger(__name__)
@@ -73,11 +73,11 @@ class IPALoRALoader(io.ComfyNode):
     def execute(cls, model, lora_name, strength) -> io.NodeOutput:
         import folder_paths
 
-        from ..ipa_train.wan.lora_keys import to_comfy_native
-
         path = folder_paths.get_full_path_or_raise("loras", lora_name)
-        state_dict, metadata = load_safetensors(path)
-        native, conversion = to_comfy_native(state_dict, metadata)
+        try:  # errors name the file: truncated, a pickle (.pt/.ckpt, never loaded), no Wan LoRA key in any layout
+            native, conversion, metadata = read_lora_file(path)
+        except LoraFileError as exc:
+            raise ValueError(str(exc)) from None
         unconverted = list(_report_list(conversion, "unmatched"))
         lines = [f"LoRA {lora_name}"]
         warning = base_model_mismatch(metadata, model_width(model))
@@ -94,7 +94,7 @@ class IPALoRALoader(io.ComfyNode):
             unmatched = [key for key in unmatched if key not in written_alphas]
             if matched == 0:
                 raise ValueError(
-                    f"no key of {lora_name} matches this model ({len(state_dict)} keys, e.g. {sorted(state_dict)[:3]}). "
+                    f"no key of {lora_name} matches this model ({len(native)} keys, e.g. {sorted(native)[:3]}). "
                     "Is it a Wan2.1 LoRA of the same size (1.3B/14B) as the model?"
                 )
             patched.model_options.setdefault("ipa_loras", []).append({"name": lora_name, "strength": strength, "weights": matched})

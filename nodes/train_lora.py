@@ -22,7 +22,8 @@ from comfy_api.latest import io, ui
 from ..ipa_train.training import launcher
 from ..ipa_train.training.config import BASE_PRECISIONS as RUN_BASE_PRECISIONS, DISTRIBUTED as RUN_DISTRIBUTED, OBJECTIVES as RUN_OBJECTIVES, PRECISIONS as RUN_PRECISIONS, ConfigError, RunConfig
 from ..ipa_train.data.dataset import DatasetError, count_statuses, dataset_path, read_manifest
-from ..ipa_train.fileio import atomic_write_json
+from ..ipa_train.fileio import InvalidNameError, atomic_write_json, validate_name
+from ..ipa_train.training.checkpoint_files import checkpoint_problem
 from .host import prompt_server
 from .paths import dataset_root
 
@@ -33,6 +34,28 @@ PRECISIONS = list(RUN_PRECISIONS)
 DISTRIBUTED = list(RUN_DISTRIBUTED)
 BASE_PRECISIONS = list(RUN_BASE_PRECISIONS)
 LORA_SUBFOLDER = "ipa"
+
+
+NONE = "none"
+
+
+def reference_settings(settings: dict) -> dict:
+    """run.json keys for the reference (init_lora with its strength, vace_module, allow_other_base) and the LoRA targets,
+    only those set; model names resolved to paths in ComfyUI's model folders."""
+    import folder_paths
+
+    out: dict = {}
+    if settings.get("init_lora", NONE) not in (None, "", NONE):
+        out["init_lora"] = [{"path": folder_paths.get_full_path_or_raise("loras", settings["init_lora"]),
+                             "strength": float(settings.get("init_lora_strength", 1.0))}]
+    if settings.get("vace_module", NONE) not in (None, "", NONE):
+        out["vace_module"] = folder_paths.get_full_path_or_raise("diffusion_models", settings["vace_module"])
+    targets = [name.strip() for name in str(settings.get("targets") or "").replace(";", ",").split(",") if name.strip()]
+    if targets and targets != ["self_attn_qkv"]:
+        out["targets"] = targets
+    if settings.get("allow_other_base"):
+        out["allow_other_base"] = True
+    return out
 
 
 class TrainingStopped(RuntimeError):
@@ -68,7 +91,7 @@ def _resolve_resume(resume: str, lora_name: str) -> Path | None:
         raise ValueError(f"resume='latest': no checkpoint of a run named {lora_name!r} under {root}; clear resume to start fresh")
     path = Path(resume)
     path = (path if path.is_absolute() else root / path).resolve()
-    if path.parent == root and path.is_dir():  # a run folder: its newest checkpoint
+    if path.parent == root and path.is_dir():  # a run folder: its newest complete checkpoint
         path = launcher.latest_checkpoint(path) or path
     # Only <runs>/<run>/checkpoints/step-N: the run folder (where run.json and the new checkpoints go) is taken
     # from it, so anything shallower or elsewhere would put the run outside the runs folder.
@@ -76,6 +99,9 @@ def _resolve_resume(resume: str, lora_name: str) -> Path | None:
             or not (path / "state.json").is_file()):
         raise ValueError(f"resume={resume!r} is not a checkpoint folder (<run>/checkpoints/step-N) under {root}; "
                          "use 'latest' or a path the node reported")
+    problem = checkpoint_problem(path)
+    if problem:
+        raise ValueError(f"resume={resume!r}: the checkpoint is incomplete ({problem}); use 'latest' (the newest complete one)")
     return path
 
 
@@ -182,6 +208,24 @@ class IPATrainLoRA(io.ComfyNode):
                 io.Combo.Input("distributed", options=DISTRIBUTED, default="ddp", optional=True,
                                tooltip="ddp: every GPU holds the whole model (1.3B). fsdp2: the base weights are sharded "
                                        "across GPUs, for 14B on GPUs that cannot hold it whole."),
+                io.Combo.Input("init_lora", options=[NONE] + folder_paths.get_filename_list("loras"), default=NONE, optional=True,
+                               tooltip="The LoRA the candidates were sampled with (IPA LoRA Loader or LoraLoaderModelOnly): it "
+                                       "becomes part of the frozen reference, and the new LoRA trains on top. Several LoRAs: "
+                                       "run.json's init_lora list."),
+                io.Float.Input("init_lora_strength", default=1.0, min=-100.0, max=100.0, step=0.01, optional=True,
+                               tooltip="The strength init_lora had when sampling. The trainer refuses a strength or LoRA that "
+                                       "differs from what the samples record."),
+                io.String.Input("targets", default="self_attn_qkv", optional=True,
+                                tooltip="Layers the new LoRA trains, comma-separated: self_attn_qkv (paper), self_attn_out, "
+                                        "cross_attn, ffn, plus vace_blocks to put them on the VACE blocks too."),
+                io.Combo.Input("vace_module", options=[NONE] + folder_paths.get_filename_list("diffusion_models"), default=NONE,
+                               optional=True,
+                               tooltip="With a Wan2.1 text-to-video base_model: kijai's VACE module of the same size "
+                                       "(as IPA Load Wan + VACE Module loads it for sampling)."),
+                io.Boolean.Input("allow_other_base", default=False, optional=True,
+                                 tooltip="Train even when the samples were made by another base model, LoRA or patch than "
+                                         "this run's reference (a warning instead of a refusal). The alignment then targets "
+                                         "another model than the one that made the samples."),
                 io.Combo.Input("base_precision", options=BASE_PRECISIONS, default="bf16", optional=True,
                                tooltip="bf16: the frozen base as the model file stores it (fp8 files stay fp8). fp8: store "
                                        "the block weights of a bf16/fp16 file in fp8 (half the memory; the reference then "
@@ -226,6 +270,7 @@ class IPATrainLoRA(io.ComfyNode):
             "seed": settings["seed"],
             "checkpoint_every": settings["checkpoint_every"],
             "distributed": settings.get("distributed", "ddp"),
+            **reference_settings(settings),
             "base_precision": settings.get("base_precision", "bf16"),
             "blocks_to_swap": settings.get("blocks_to_swap", 0),
             "activation_offload": settings.get("activation_offload", False),
@@ -235,7 +280,8 @@ class IPATrainLoRA(io.ComfyNode):
     @classmethod
     def execute(cls, dataset, base_model, lora_name, objective, beta, hand_weight, rank, alpha, learning_rate, steps, batch_size,
                 grad_accum, gpus, precision, gradient_checkpointing, seed, checkpoint_every, resume="",
-                distributed="ddp", base_precision="bf16", blocks_to_swap=0, activation_offload=False,
+                distributed="ddp", init_lora=NONE, init_lora_strength=1.0, targets="self_attn_qkv", vace_module=NONE,
+                allow_other_base=False, base_precision="bf16", blocks_to_swap=0, activation_offload=False,
                 vram_budget_gb="auto") -> io.NodeOutput:
         import comfy.model_management
         import comfy.utils
@@ -250,8 +296,10 @@ class IPATrainLoRA(io.ComfyNode):
             raise ValueError(f"dataset {dataset} has no preferred samples ({counts}); mark some in the IPA gallery or with IPA Mark Preferred")
         if objective == "dpo" and counts["rejected"] == 0:
             raise ValueError(f"objective 'dpo' needs rejected samples too; dataset {dataset} has none. Use 'ipa' (preferred only)")
-        if not lora_name or any(c in lora_name for c in "/\\") or lora_name.startswith("."):
-            raise ValueError(f"lora_name {lora_name!r} must be a plain file name (no folders)")
+        try:
+            validate_name(lora_name, "lora_name")  # the same rule as dataset names, before anything is written
+        except InvalidNameError as exc:
+            raise ValueError(str(exc)) from None
         base_model_path = folder_paths.get_full_path_or_raise("diffusion_models", base_model)
         # Device ids are the ones ComfyUI sees. When ComfyUI runs restricted (--cuda-device N sets CUDA_VISIBLE_DEVICES),
         # id i is the host's i-th visible device: the trainer must get that device, not physical GPU i.
@@ -260,28 +308,33 @@ class IPATrainLoRA(io.ComfyNode):
         visible = len(host_devices) if host_devices is not None else (torch.cuda.device_count() if torch.cuda.is_available() else 0)
         try:
             gpu_ids = launcher.parse_gpus(gpus, available=visible)
+            processes = max(1, len(gpu_ids))  # one GPU or the CPU: a plain process, never torchrun
+            launcher.check_launch(processes, gpu_ids)  # several GPUs on Windows: refused before anything loads
         except launcher.LaunchError as exc:
             raise ValueError(str(exc)) from None
         devices = [host_devices[i] for i in gpu_ids] if host_devices is not None else gpu_ids
         checkpoint = _resolve_resume(resume, lora_name)
-        _free_host_memory()  # before measuring the GPU's free memory for vram_budget_gb='auto'
-        budget = resolve_vram_budget(vram_budget_gb, gpu_ids)
+        resolve_vram_budget(vram_budget_gb, [])  # a bad value fails here; 'auto' is measured once ComfyUI's models are unloaded
         run_dir = checkpoint.parents[1] if checkpoint is not None else _new_run_dir(lora_name)
-        run_dir.mkdir(parents=True, exist_ok=True)
         config = cls.build_config(dataset_dir, base_model_path, run_dir, lora_name=lora_name, objective=objective, beta=beta,
                                   hand_weight=hand_weight, rank=rank, alpha=alpha, learning_rate=learning_rate, steps=steps,
                                   batch_size=batch_size, grad_accum=grad_accum, precision=precision,
                                   gradient_checkpointing=gradient_checkpointing, seed=seed, checkpoint_every=checkpoint_every,
-                                  distributed=distributed, base_precision=base_precision, blocks_to_swap=blocks_to_swap,
-                                  activation_offload=activation_offload, vram_budget_gb=budget)
+                                  distributed=distributed, init_lora=init_lora, init_lora_strength=init_lora_strength,
+                                  targets=targets, vace_module=vace_module, allow_other_base=allow_other_base,
+                                  base_precision=base_precision, blocks_to_swap=blocks_to_swap,
+                                  activation_offload=activation_offload, vram_budget_gb=None)
         try:
             stop_file = RunConfig.from_dict(config, source="IPA Train LoRA settings").stop_path  # bad values fail here, not in the job
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
+        _free_host_memory()
+        config["vram_budget_gb"] = resolve_vram_budget(vram_budget_gb, gpu_ids)  # the GPU's free memory now
+        run_dir.mkdir(parents=True, exist_ok=True)
         config_path = atomic_write_json(run_dir / "run.json", config)
         extra = ["--resume", str(checkpoint)] if checkpoint is not None else []
-        command = launcher.build_command(config_path, max(1, len(gpu_ids)), module=cls.trainer_module, extra_args=extra)
-        env = launcher.build_env(gpus=devices, pythonpath=cls.extra_pythonpath)
+        command = launcher.build_command(config_path, processes, module=cls.trainer_module, extra_args=extra)
+        env = launcher.build_env(gpus=devices, pythonpath=cls.extra_pythonpath, processes=processes)
 
         log.info("IPA Train LoRA: %s (run folder %s, GPUs %s)", " ".join(command), run_dir, gpu_ids or "cpu")
         job = launcher.TrainingJob(command, env, cwd=launcher.PACKAGE_PARENT, log_path=run_dir / "train.log", stop_file=stop_file)
@@ -329,7 +382,9 @@ class IPATrainLoRA(io.ComfyNode):
         if outcome.status != "finished":
             if cancelled:
                 raise TrainingStopped(f"IPA training was cancelled and did not write a checkpoint in time:\n{outcome.error_text()}")
-            raise RuntimeError(f"IPA training failed (exit status {outcome.returncode}); log: {run_dir / 'train.log'}\n{outcome.error_text()}")
+            # The cause first (the root of an import failure, the rank that died and how), then where the full log is.
+            raise RuntimeError(f"IPA training failed: {outcome.headline()}\nFull log: {run_dir / 'train.log'} "
+                               f"(exit status {outcome.returncode})\n\n{outcome.error_text()}")
 
         trained = Path(outcome.final["lora_path"])
         if not trained.is_file():

@@ -9,20 +9,16 @@ untrimmed latent, the VACE conditioning, the text conditioning and the sigmas ac
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import torch
 from comfy_api.latest import io
 
 from ..ipa_train.data.collect import Candidate
+from .model_identity import base_weights_fingerprint, describe_patches
 
 log = logging.getLogger(__name__)
 
 CANDIDATES = io.Custom("IPA_CANDIDATES")
-
-# model_options keys that change the sampling function (CFG hooks, wrappers); the IPA loader's own log is not one.
-_IGNORED_OPTION_KEYS = {"ipa_loras", "transformer_options"}
-
 
 def _vace_entries(conditioning) -> list[str]:
     return [key for entry in conditioning for key in ("vace_frames", "vace_mask", "vace_strength") if key in entry[1]]
@@ -60,37 +56,6 @@ def vace_condition(positive, vae, width, height, length, strength, control_video
         "vace_strength": float(extra["vace_strength"][0]),
     }
     return positive_out, negative_out, latent, int(trim_latent), vace
-
-
-def describe_patches(model) -> dict[str, Any]:
-    """What is patched into a ModelPatcher besides the base weights: the trainer must reproduce all of it, or its
-    reference model is not the model that sampled the candidates."""
-    report: dict[str, Any] = {}
-    if model.patches:
-        strengths = sorted({float(patch[0]) for patches in model.patches.values() for patch in patches})
-        report["weight_patches"] = {"weights": len(model.patches), "strengths": strengths[:8]}
-    ipa_loras = model.model_options.get("ipa_loras")
-    if ipa_loras:
-        report["ipa_loras"] = list(ipa_loras)
-    objects = sorted(key for key in model.object_patches if key != "model_sampling")
-    if objects:
-        report["object_patches"] = objects
-    options = sorted(key for key, value in model.model_options.items() if key not in _IGNORED_OPTION_KEYS and value)
-    if options:
-        report["model_options"] = options
-    transformer_options = model.model_options.get("transformer_options", {})
-    transformer_keys = sorted(key for key, value in transformer_options.items() if key in ("patches", "patches_replace", "wrappers", "callbacks") and value)
-    if transformer_keys:
-        report["transformer_options"] = transformer_keys
-    if getattr(model, "hook_patches", None):
-        report["hooks"] = len(model.hook_patches)
-    try:
-        dtype = model.model.get_dtype()
-        if dtype is not None and "float8" in str(dtype):
-            report["weight_dtype"] = str(dtype)
-    except Exception:  # older ComfyUI builds: dtype is informative only
-        pass
-    return report
 
 
 class IPAVaceSampler(io.ComfyNode):
@@ -155,9 +120,10 @@ class IPAVaceSampler(io.ComfyNode):
         patches = describe_patches(model)
         if patches:
             log.warning(
-                "IPA VACE Sampler: the model carries patches %s. The trainer's reference must be this same model: train with "
-                "the same LoRA as init_lora (or sample without it), otherwise the alignment target differs.", patches,
+                "IPA VACE Sampler: the model carries patches %s. The trainer's reference must be this same model: it "
+                "reproduces LoRAs given as init_lora with the same strengths and refuses anything else.", patches,
             )
+        fingerprint = base_weights_fingerprint(model)
 
         sampling_model = ModelSamplingSD3().patch(model, shift)[0]
         positive_c, negative_c, latent, trim_latent, vace = vace_condition(
@@ -172,6 +138,7 @@ class IPAVaceSampler(io.ComfyNode):
             "width": width, "height": height, "length": length, "steps": steps, "cfg": cfg, "shift": shift,
             "sampler_name": sampler_name, "scheduler": scheduler, "denoise": 1.0, "vace_strength": vace["vace_strength"],
             "candidates": candidates, "first_seed": seed, "model_class": type(model.model).__name__,
+            "base_fingerprint": fingerprint,
         }
         if patches:
             settings["patches"] = patches

@@ -158,3 +158,46 @@ def load_pack_cpu():
 
         comfy.cli_args.args.cpu = True
     return load_pack()
+
+
+def write_tiny_lora(path: Path, seed: int = 0, rank: int = 4, alpha: float = 2.0, blocks: int = 2) -> Path:
+    """A LoRA on the tiny model's self-attention q and v, in ComfyUI's native layout, with non-zero up weights."""
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(seed)
+    dim = TINY_DIT["dim"]
+    state = {}
+    for block in range(blocks):
+        for proj in ("q", "v"):
+            base = f"diffusion_model.blocks.{block}.self_attn.{proj}"
+            state[f"{base}.lora_A.weight"] = torch.randn(rank, dim, generator=generator) * 0.2
+            state[f"{base}.lora_B.weight"] = torch.randn(dim, rank, generator=generator) * 0.2
+            state[f"{base}.alpha"] = torch.tensor(alpha)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return path
+
+
+def comfy_velocities(model, candidate, x_t_list, sigmas, shift: float = 8.0) -> list:
+    """ComfyUI's own velocity prediction of ``model`` (a ModelPatcher, with whatever patches it carries), through the
+    sampler's conditioning path, at the given noisy latents (model space) and sigmas."""
+    import comfy.samplers
+    from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+
+    model = ModelSamplingSD3().patch(model, shift)[0]
+    extra = {"vace_frames": [candidate.vace_frames], "vace_mask": [candidate.vace_mask], "vace_strength": [candidate.vace_strength]}
+    positive = [[candidate.text_embedding, extra]]
+    outputs = []
+
+    def evaluate(model_wrap, x, sigmas_in, extra_args=None, callback=None, disable=None):
+        s_in = x.new_ones([x.shape[0]])
+        for x_t, sigma in zip(x_t_list, sigmas):
+            denoised = model_wrap(x_t.unsqueeze(0).to(x), sigma * s_in, **extra_args)
+            outputs.append(((x_t.unsqueeze(0).to(x) - denoised) / sigma)[0].detach().float().cpu())
+        return x
+
+    sampler = comfy.samplers.KSAMPLER(evaluate)
+    latent = torch.zeros_like(candidate.latent)
+    comfy.samplers.sample(model, torch.zeros_like(latent), positive, positive, 1.0, model.load_device, sampler,
+                          torch.tensor([1.0, 0.0]), model_options=model.model_options, latent_image=latent, seed=0)
+    return outputs

@@ -89,10 +89,13 @@ def test_candidate_to_sample_layout():
     dataset.validate_sample_tensors(tensors)
 
 
-def test_text_is_padded_only_when_shorter():
-    short, _, _, _ = candidate_to_sample(make_candidate(tokens=77, with_frames=False))
-    assert short.text_embedding.shape == (512, 8)
-    assert float(short.text_embedding[77:].abs().sum()) == 0.0
+def test_text_is_stored_exactly_as_sampled():
+    """No padding and no truncation: the text embedder has no attention mask, so zero rows the sampler never saw would
+    change the sample's velocity (the trainer batches by text length instead)."""
+    short_candidate = make_candidate(tokens=77, with_frames=False)
+    short, meta, _, _ = candidate_to_sample(short_candidate)
+    assert short.text_embedding.shape == (77, 8) and torch.equal(short.text_embedding, short_candidate.text_embedding[0])
+    assert meta["text_tokens_stored"] == meta["text_tokens_sampled"] == 77
     long, meta, _, _ = candidate_to_sample(make_candidate(tokens=600, with_frames=False))
     assert long.text_embedding.shape == (600, 8)  # never truncated
     assert meta["text_tokens_sampled"] == 600

@@ -19,6 +19,7 @@ import pytest
 
 from conftest import comfyui_path, requires_comfyui
 from gallery_fixture import add_driving_poses, make_dataset
+from gallery_layout import check_page_layout, make_large_dataset
 from tiny_dwpose_models import build_weights
 from ipa_train.data import dataset as ds
 
@@ -114,6 +115,9 @@ def test_routes_and_sidebar_gallery_in_comfyui(comfyui):
     assert status["job"]["state"] == "done" and status["job"]["counts"]["failed"] == 0, status
     assert status["job"]["done"] == status["job"]["total"] == 3
 
+    # A large dataset for the layout check inside ComfyUI's frontend (after the route checks above, which list one).
+    scale_dir = make_large_dataset(base / "output" / "ipa_datasets", "scale_600", 600)
+
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright's Python package is not installed")
     executable = CHROMIUM if os.path.isfile(CHROMIUM) else shutil.which("chromium")
     if executable is None:
@@ -148,6 +152,23 @@ def test_routes_and_sidebar_gallery_in_comfyui(comfyui):
                     break
                 time.sleep(0.1)
             assert on_disk[first] == "preferred" and on_disk[second] == "rejected"
+
+            # At scale, inside ComfyUI's page and stylesheets: cards keep their size, the grid scrolls, previews and
+            # status lines are whole; a tile's button marks it (the canvas underneath gets no click).
+            page.select_option(".ipa-overlay .ipa-dataset", "scale_600")
+            for limit in (60, 240):
+                page.select_option(".ipa-overlay .ipa-size", str(limit))
+                page.wait_for_function(
+                    f"() => document.querySelectorAll('.ipa-overlay .ipa-card').length === {limit} &&"
+                    " document.querySelector('.ipa-overlay .ipa-pager-text').textContent.endsWith('of 600')"
+                )
+                check_page_layout(page, ".ipa-overlay .ipa-gallery", limit)
+            target = page.eval_on_selector(".ipa-overlay .ipa-card[data-status='pending']", "c => c.dataset.id")
+            page.click(f".ipa-overlay .ipa-card[data-id='{target}'] .ipa-act-rejected")
+            deadline = time.monotonic() + 10
+            while {e["id"]: e["status"] for e in ds.read_manifest(scale_dir)}[target] != "rejected":
+                assert time.monotonic() < deadline, "the tile's Rejected button did not reach the dataset"
+                time.sleep(0.1)
             page.keyboard.press("Escape")
             assert page.locator(".ipa-overlay").count() == 0
         finally:

@@ -120,3 +120,19 @@ def test_metadata_of_another_base_model_warns(tiny, monkeypatch):
         name = _write(tiny, f"other_base_{key}.safetensors", state, {key: "wan2.1_vace_14B_fp16.safetensors"})
         _, report = lora_loader.IPALoRALoader.execute(tiny.model, name, 1.0).args
         assert "WARNING: this LoRA was trained on wan2.1_vace_14B_fp16.safetensors (14B) but the model is Wan2.1 1.3B" in report
+
+
+@pytest.mark.parametrize("damage, looks_like", [("truncated", "is truncated"), ("pickle", "is a PyTorch pickle archive")])
+def test_unreadable_lora_files_are_named(tiny, damage, looks_like):
+    """A truncated file or a torch pickle under a .safetensors name gave safetensors' bare "invalid header length"."""
+    from comfyui_ipa_pack.nodes.lora_loader import IPALoRALoader
+
+    state, _ = _layout("native", 4.0)
+    name = _write(tiny, f"{damage}.safetensors", state)
+    path = tiny.loras / name
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:200])
+    else:
+        torch.save(state, path)
+    with pytest.raises(ValueError, match=rf"LoRA {path} {looks_like}.*download or export it again"):
+        IPALoRALoader.execute(tiny.model, name, 1.0)

@@ -111,6 +111,33 @@ def test_reference_frames_are_never_hand_weighted():
     assert weighted_error(pred2, target, mask2, 10.0, 2).item() == pytest.approx(weighted_error(pred2, target, None).item())
 
 
+def test_reference_frame_has_weight_one():
+    """The VACE reference frame counts in the error with weight 1 (the authors' snippet), not 0 and not hand-weighted."""
+    target = torch.zeros(1, 16, 3, 2, 2)
+    pred = torch.zeros_like(target)
+    pred[:, :, 0] = 1.0  # squared error 1 in every element of the reference frame, 0 elsewhere
+    mask = torch.ones(1, 1, 2, 2, 2)
+    assert weighted_error(pred, target, mask, 10.0, 1).item() == pytest.approx(1 / 3)  # 1 of 3 frames, weight 1
+    model, ref = pred.clone(), torch.zeros_like(target)
+    _, metrics = flow_ipa_loss(model, ref, target, torch.tensor([0.5]), mask, hand_weight=10.0, ref_frames=1)
+    assert metrics["model_error"] == pytest.approx(1 / 3) and metrics["reference_error"] == 0.0
+
+
+def test_documents_state_the_reference_frame_weight_the_loss_uses():
+    """One statement everywhere: no document or docstring claims the reference frame has zero loss weight."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    files = [root / "README.md", *sorted((root / "ipa_train").rglob("*.py")), *sorted((root / "nodes").rglob("*.py"))]
+    claim = re.compile(r"(zero|no|0)[ -](loss )?weight", re.IGNORECASE)
+    offenders = [f"{path.relative_to(root)}: {line.strip()}" for path in files for line in path.read_text(encoding="utf-8").splitlines()
+                 if claim.search(line) and re.search(r"ref(erence)?[ _]frame", line, re.IGNORECASE)]
+    assert not offenders, offenders
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert "weight 1" in readme and "no hand weighting" in readme
+
+
 def test_time_weighting_vanishes_at_pure_noise():
     target = make((1, 16, 2, 2, 2))
     loss, _ = flow_ipa_loss(target + 1, target, target, torch.tensor([1.0]))

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import requires_comfyui
+from trainer_helpers import fake_checkpoint, process_gone
 
 pytestmark = requires_comfyui
 
@@ -126,8 +127,7 @@ def test_cancel_stops_gracefully_then_resume(host, monkeypatch):
     assert not comfy.model_management.processing_interrupted()
     run_dir = next((host / "output" / "ipa_runs").iterdir())
     worker_pid = int((run_dir / "worker.pid").read_text())
-    with pytest.raises(ProcessLookupError):
-        os.kill(worker_pid, 0)
+    assert process_gone(worker_pid)
     checkpoint = next((run_dir / "checkpoints").iterdir())
     assert str(checkpoint) in str(info.value)
     stopped_step = int(checkpoint.name.split("-")[1])
@@ -152,15 +152,17 @@ def test_node_inputs_are_trainer_config_keys(host):
     schema = IPATrainLoRA.define_schema()
     inputs = {spec.id: spec for spec in schema.inputs}
     launch_only = {"gpus", "resume"}  # how to run, not what to train: torchrun's process count and --resume
+    folded = {"init_lora_strength"}  # the strength inside init_lora's {"path", "strength"}
     fields = {field.name for field in dataclasses.fields(run_config.RunConfig)}
-    assert set(inputs) - launch_only <= fields
+    assert set(inputs) - launch_only - folded <= fields
     assert inputs["objective"].options == list(run_config.OBJECTIVES) and inputs["precision"].options == list(run_config.PRECISIONS)
     settings = {name: spec.default for name, spec in inputs.items() if name not in launch_only | {"dataset", "base_model"}}
     assert settings["vram_budget_gb"] == "auto"
     settings["vram_budget_gb"] = None  # the node resolves 'auto' (the GPU's free memory; None on CPU) before writing
     assert inputs["base_precision"].options == list(run_config.BASE_PRECISIONS)
     written = IPATrainLoRA.build_config(host / "ds", str(host / "base.safetensors"), host / "run", **settings)
-    assert set(written) == set(inputs) - launch_only | {"output_dir"}
+    at_default = {"init_lora", "targets", "vace_module", "allow_other_base"}  # written only when set (the trainer's defaults)
+    assert set(written) == set(inputs) - launch_only - folded - at_default | {"output_dir"}
     config = run_config.RunConfig.from_dict(written)
     assert config.stop_path == host / "run" / "STOP" and config.effective_alpha == settings["alpha"]
 
@@ -170,7 +172,10 @@ def test_resume_latest_picks_only_this_lora_names_runs(host, monkeypatch):
 
     runs = host / "output" / "ipa_runs"
     for name in ("hands-v2-20260101-000000", "hands-20250101-000000", "hands-20250101-000000-2"):
-        (runs / name / "checkpoints" / "step-4").mkdir(parents=True)
+        fake_checkpoint(runs / name / "checkpoints" / "step-4", 4)
+    # newer, but half written (a killed writer) or empty: never picked
+    fake_checkpoint(runs / "hands-20250101-000000-2" / "checkpoints" / "step-6", 6, complete=False)
+    (runs / "hands-20250101-000000-2" / "checkpoints" / "step-8").mkdir()
     os.utime(runs / "hands-v2-20260101-000000", (2e9, 2e9))  # the newest folder, but another LoRA's run
     os.utime(runs / "hands-20250101-000000", (1e9, 1e9))
     os.utime(runs / "hands-20250101-000000-2", (1.5e9, 1.5e9))
@@ -185,10 +190,11 @@ def test_resume_path_must_be_a_checkpoint_inside_the_runs_folder(host):
     from comfyui_ipa_pack.nodes import train_lora
 
     runs = host / "output" / "ipa_runs"
-    checkpoint = runs / "hands-20250101-000000" / "checkpoints" / "step-4"
-    checkpoint.mkdir(parents=True)
-    (checkpoint / "state.json").write_text('{"step": 4}')
+    checkpoint = fake_checkpoint(runs / "hands-20250101-000000" / "checkpoints" / "step-4", 4)
     (runs / "hands-20250101-000000" / "checkpoints" / "step-2").mkdir()
+    half = fake_checkpoint(runs / "hands-20250101-000000" / "checkpoints" / "step-6", 6, complete=False)
+    with pytest.raises(ValueError, match="incomplete .*adapter.safetensors is missing"):
+        train_lora._resolve_resume(str(half), "hands")
     assert train_lora._resolve_resume(str(checkpoint), "hands") == checkpoint.resolve()
     # a run folder means its newest checkpoint; the run folder (parents[1]) then stays inside the runs folder
     assert train_lora._resolve_resume("hands-20250101-000000", "hands") == checkpoint.resolve()
@@ -209,6 +215,79 @@ def test_gpu_ids_are_the_hosts_visible_devices(host, monkeypatch):
     assert started["env_cuda"] == "5"
     with pytest.raises(ValueError, match="only 2 GPU"):
         _run(gpus="[2]")
+
+
+def test_case6_init_lora_with_strength_and_targets_reach_run_json(host):
+    """Issue case 6: the node has init_lora (with strength) and targets inputs, with tooltips, and they reach the
+    trainer's run.json in the form the trainer reads (the LoRA's full path and the sampling strength)."""
+    import folder_paths
+
+    from comfyui_ipa_pack.nodes.train_lora import IPATrainLoRA
+
+    inputs = {spec.id: spec for spec in IPATrainLoRA.define_schema().inputs}
+    for name in ("init_lora", "init_lora_strength", "targets", "vace_module", "allow_other_base"):
+        assert inputs[name].optional and len(inputs[name].tooltip) > 40, name
+    (host / "models" / "loras" / "hands_v1.safetensors").write_bytes(b"not read by the stand-in trainer")
+    (host / "models" / "diffusion_models" / "vace_module.safetensors").write_bytes(b"not read either")
+    folder_paths.filename_list_cache.clear()
+    _run(init_lora="hands_v1.safetensors", init_lora_strength=0.5, targets="self_attn_qkv, ffn", vace_module="vace_module.safetensors",
+         allow_other_base=True, steps=1)
+    run_dir = max((host / "output" / "ipa_runs").iterdir(), key=lambda p: p.stat().st_mtime)
+    config = json.loads((run_dir / "run.json").read_text())
+    assert config["init_lora"] == [{"path": str(host / "models" / "loras" / "hands_v1.safetensors"), "strength": 0.5}]
+    assert config["targets"] == ["self_attn_qkv", "ffn"] and config["allow_other_base"] is True
+    assert config["vace_module"] == str(host / "models" / "diffusion_models" / "vace_module.safetensors")
+    with pytest.raises(ValueError, match="unknown LoRA target"):
+        _run(targets="self_attn_qkv, attention", steps=1)
+
+
+def test_train_node_shows_the_root_cause_and_the_log(host, monkeypatch):
+    """A trainer that cannot import its libraries: the dialog names the first error and where the full log is."""
+    monkeypatch.setenv("IPA_FAKE_TRAINER_MODE", "broken_import")
+    with pytest.raises(RuntimeError) as info:
+        _run()
+    message = str(info.value)
+    run_dir = next((host / "output" / "ipa_runs").iterdir())
+    assert message.startswith("IPA training failed: rank 0: RuntimeError: operator torchvision::nms does not exist"), message
+    assert f"Full log: {run_dir / 'train.log'}" in message.splitlines()[2]
+    assert "(it surfaced as ModuleNotFoundError: Could not import module 'BloomPreTrainedModel')" in message
+    assert "what to do: torchvision in the trainer's Python" in message
+
+
+def test_train_node_refuses_the_impossible_before_anything(host, monkeypatch):
+    """Non-finite numbers, bad LoRA names and several GPUs on Windows: refused before ComfyUI's models are unloaded
+    and before a run folder exists."""
+    from comfyui_ipa_pack.ipa_train.training import launcher
+    from comfyui_ipa_pack.ipa_train.training.process_tree import Platform
+    from comfyui_ipa_pack.nodes import train_lora
+
+    unloaded = []
+    monkeypatch.setattr(train_lora, "_free_host_memory", lambda: unloaded.append(True))
+    for settings, message in (
+        (dict(beta=float("nan")), "beta=nan must be a finite number"),
+        (dict(learning_rate=float("inf")), "learning_rate=inf must be a finite number"),
+        (dict(hand_weight=float("-inf")), "hand_weight=-inf must be a finite number"),
+        (dict(lora_name="a" * 300), "invalid lora_name 'aaaa.*300 characters"),
+        (dict(lora_name="bad\x00name"), "invalid lora_name"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            _run(**settings)
+    monkeypatch.setattr(launcher, "current_platform", lambda os_name=None: Platform(windows=True))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    with pytest.raises(ValueError, match="training on 2 GPUs needs NCCL, which PyTorch does not provide on Windows"):
+        _run(gpus="2")
+    assert unloaded == [] and not (host / "output" / "ipa_runs").exists()
+
+
+def test_node_widgets_stay_inside_the_trainers_ranges(host):
+    """The node can never offer a number the trainer refuses."""
+    from comfyui_ipa_pack.ipa_train.training.config import NUMBER_RANGES
+    from comfyui_ipa_pack.nodes.train_lora import IPATrainLoRA
+
+    for spec in IPATrainLoRA.define_schema().inputs:
+        if spec.id in NUMBER_RANGES:
+            low, high, exclusive = NUMBER_RANGES[spec.id]
+            assert (spec.min > low if exclusive else spec.min >= low) and spec.max <= high, spec.id
 
 
 def test_memory_inputs_reach_the_trainer_and_the_report(host):

@@ -56,3 +56,28 @@ def subprocess_env() -> dict:
 
 def python() -> str:
     return sys.executable
+
+
+def process_gone(pid: int) -> bool:
+    """No such process, or only its zombie (dead, holding nothing, waiting for its new parent to reap it)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def fake_checkpoint(folder: Path, step: int, complete: bool = True) -> Path:
+    """A ``step-N`` folder the checkpoint picker accepts (the files resume needs, listed with their sizes), or with
+    ``complete=False`` one that a killed writer could leave (state.json lists an adapter that is not there)."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name in ("adapter.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json"):
+        if complete or name != "adapter.safetensors":
+            (folder / name).write_text("{}")
+        files[name] = 2
+    (folder / "state.json").write_text(json.dumps({"step": step, "files": files}))
+    return folder

@@ -5,11 +5,13 @@ A :class:`Candidate` holds what ComfyUI's native VACE graph produced for one see
 constants the trainer and the parity test use (:mod:`.wan_latents`):
 
 - ``latent``: the *untrimmed* sampled latent, normalised: ``(samples - mean) / std``; the reference frames
-  stay in front (``ref_frames``) and get zero loss weight in the trainer, because the model saw them while
-  sampling and dropping them changes the velocity of the video frames.
+  stay in front (``ref_frames``), because the model saw them while sampling and dropping them changes the
+  velocity of the video frames. In the loss they count like the authors' published snippet counts them: weight 1,
+  no hand weighting (``training/loss.py``; the hand mask covers the video frames only).
 - ``vace_context``: ``cat([norm(inactive), norm(reactive), mask])`` (96 channels).
-- ``text_embedding``: ComfyUI's conditioning tensor as is (512 tokens for Wan's UMT5), padded with zero rows to
-  512 only when shorter, never truncated.
+- ``text_embedding``: ComfyUI's conditioning tensor exactly as the sampler had it (512 tokens for Wan's UMT5 in
+  ComfyUI), never padded nor truncated: the Wan text embedder has no attention mask, so extra zero rows would
+  change the velocity. The trainer batches samples only with others of the same text length.
 - ``hand_mask``: the latent hand mask of the video frames only (reference frames excluded).
 
 ``meta.json`` also keeps, for the gallery: ``hand_boxes`` (per preview frame, ``[x0, y0, x1, y1]`` in preview
@@ -28,7 +30,7 @@ import torch
 
 from .dataset import AddResult, SampleTensors, add_sample, count_statuses, create_dataset, read_manifest
 from .previews import animated_webp, boxes_from_masks, hand_closeup_webp, preview_scale, scale_boxes
-from ..wan.latents import TEXT_TOKENS, normalize_latent, pad_text_embedding, text_length, vace_context_from_conditioning
+from ..wan.latents import normalize_latent, text_length, vace_context_from_conditioning
 
 log = logging.getLogger(__name__)
 
@@ -160,16 +162,10 @@ def candidate_to_sample(
     text = candidate.text_embedding.float()
     if text.dim() == 3:
         text = text[0]
+    if text.dim() != 2:
+        raise ValueError(f"text conditioning must be [1, tokens, dim], got {tuple(candidate.text_embedding.shape)}")
     original_tokens = int(text.shape[0])
     real_tokens = text_length(text)
-    text = pad_text_embedding(text, TEXT_TOKENS)
-    if original_tokens < TEXT_TOKENS:
-        log.warning(
-            "text conditioning has %d tokens; padded with zero rows to %d as Wan's own text encoder does. "
-            "Sampling saw the unpadded tensor, so the trainer's reference differs slightly for this sample.",
-            original_tokens,
-            TEXT_TOKENS,
-        )
 
     if pixel_hand_masks is not None:
         hand_mask = latent_mask_from_pixels(pixel_hand_masks, video_frames, latent_h, latent_w)

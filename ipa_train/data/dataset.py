@@ -2,8 +2,10 @@
 
 Layout of one dataset (``<root>/<name>/``)::
 
+    dataset.json            format_version (2), created, name
     manifest.jsonl          one JSON object per sample: id, status, created, updated, content_hash, summary
-    manifest.jsonl.lock     lock file (filelock) taken for every manifest update
+    marks.jsonl             status journal: marks since the manifest was last rewritten (see ``journal.py``)
+    manifest.jsonl.lock     lock file (filelock) taken for every manifest or journal write
     samples/<id>/tensors.safetensors
     samples/<id>/meta.json  seed, prompt, sizes, base model, how it was made, hand boxes, ...
     samples/<id>/*.webp     previews (optional): preview.webp (looping video), hands.webp (hand close-up)
@@ -22,6 +24,10 @@ A sample folder is complete before its manifest line exists: it is written under
 renamed into place, then the manifest is rewritten atomically under the lock. A killed writer therefore
 never leaves a manifest entry without its files. The sample id is derived from the tensor content, so the
 same content is never stored twice and nothing is ever overwritten.
+
+Marks (status changes) are appended to the journal instead of rewriting the manifest, so marking costs the
+same at any dataset size; every read applies the journal over the manifest, and every manifest rewrite folds
+it in. Format 1 (before the journal) opens unchanged: its first mark starts a journal and the dataset says 2.
 """
 
 from __future__ import annotations
@@ -40,9 +46,15 @@ from typing import Any, Iterable, Mapping, Optional
 
 import torch
 
-from ..fileio import atomic_save_safetensors, atomic_write_bytes, atomic_write_json, atomic_write_text, load_safetensors, read_json
+from ..fileio import (
+    FileReadError, InvalidNameError, atomic_save_safetensors, atomic_write_bytes, atomic_write_json, atomic_write_text,
+    load_safetensors, read_json, remove_stale_temp_files, validate_name,
+)
+from . import journal
 
-FORMAT_VERSION = 1
+# 2: marks go to the status journal (marks.jsonl); a pack that only knows format 1 would not see them.
+FORMAT_VERSION = 2
+DATASET_FILE = "dataset.json"
 MANIFEST = "manifest.jsonl"
 SAMPLES_DIR = "samples"
 TENSORS_FILE = "tensors.safetensors"
@@ -63,13 +75,11 @@ class DatasetError(ValueError):
 
 
 def validate_dataset_name(name: str) -> str:
-    """A dataset name is one plain folder name: letters, digits, '.', '_' and '-', not starting with '.'."""
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or name in (".", ".."):
-        raise DatasetError(
-            f"invalid dataset name {name!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit "
-            "(no slashes, no '..', no absolute paths)"
-        )
-    return name
+    """A dataset name is one plain folder name (``fileio.validate_name``, the rule LoRA names follow too)."""
+    try:
+        return validate_name(name, "dataset name")
+    except InvalidNameError as exc:
+        raise DatasetError(str(exc)) from None
 
 
 def validate_sample_id(sample_id: str) -> str:
@@ -204,13 +214,26 @@ def _lock(dataset_dir: Path, timeout: float = 60.0):
     return FileLock(str(dataset_dir / (MANIFEST + ".lock")), timeout=timeout)
 
 
-def read_manifest(dataset_dir: os.PathLike | str) -> list[dict[str, Any]]:
-    """All manifest entries, in insertion order. Reads never need the lock: the file is replaced atomically."""
-    path = Path(dataset_dir) / MANIFEST
-    if not path.is_file():
-        raise DatasetError(f"{dataset_dir} is not an IPA dataset (no {MANIFEST}); create it with the IPA Mark Preferred node")
+@dataclass
+class ManifestState:
+    """The manifest as read, with the journal applied, and what was read: ``manifest_key`` identifies the manifest
+    file version (inode, size, mtime), ``journal_identity``/``journal_end`` the journal bytes applied, so that a
+    cache can later apply only what was appended since."""
+
+    entries: list[dict[str, Any]]
+    manifest_key: tuple
+    journal_identity: Optional[tuple[int, int]]
+    journal_end: int
+
+
+def _file_key(stat: os.stat_result) -> tuple:
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def _parse_manifest(path: Path) -> tuple[list[dict[str, Any]], tuple]:
     entries = []
     with open(path, "r", encoding="utf-8") as handle:
+        key = _file_key(os.fstat(handle.fileno()))
         for number, line in enumerate(handle, start=1):
             line = line.strip()
             if not line:
@@ -219,12 +242,99 @@ def read_manifest(dataset_dir: os.PathLike | str) -> list[dict[str, Any]]:
                 entries.append(json.loads(line))
             except json.JSONDecodeError as exc:
                 raise DatasetError(f"{path}, line {number}: not valid JSON ({exc.msg})") from exc
-    return entries
+    return entries, key
+
+
+def apply_marks(by_id: Mapping[str, dict[str, Any]], records: Iterable[tuple[str, Mapping[str, str]]]) -> list[tuple[str, str]]:
+    """Applies journal records in order to entries (in place); returns (previous status, new status) per mark.
+    Marks of ids the manifest does not list, or with an unknown status, are skipped (hand edits)."""
+    changed = []
+    for updated, marks in records:
+        for sample_id, status in marks.items():
+            entry = by_id.get(sample_id)
+            if entry is None or status not in STATUSES:
+                continue
+            changed.append((entry.get("status", "pending"), status))
+            entry["status"] = status
+            entry["updated"] = updated
+    return changed
+
+
+def check_format_version(dataset_dir: os.PathLike | str) -> int:
+    """The dataset's format version (1 when ``dataset.json`` is missing: hand-made or very old); a newer format
+    than this pack knows is refused, because its marks could be invisible here."""
+    path = Path(dataset_dir) / DATASET_FILE
+    try:
+        version = int(read_json(path).get("format_version", 1))
+    except FileNotFoundError:
+        return 1
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise DatasetError(f"{path} is unreadable ({exc}); it should be JSON with a format_version") from None
+    if version > FORMAT_VERSION:
+        raise DatasetError(
+            f"dataset {Path(dataset_dir).name} has format {version}, made by a newer ComfyUI-IPA; this one reads formats "
+            f"up to {FORMAT_VERSION}: update the pack (git pull in custom_nodes/ComfyUI-IPA)"
+        )
+    return version
+
+
+def read_manifest_state(dataset_dir: os.PathLike | str) -> ManifestState:
+    """The manifest with the journal applied, consistent without the lock: the journal is read between two looks
+    at the manifest's identity, and the read is repeated if a rewrite (which folds the journal in) came between."""
+    dataset_dir = Path(dataset_dir)
+    path = dataset_dir / MANIFEST
+    if not path.is_file():
+        raise DatasetError(f"{dataset_dir} is not an IPA dataset (no {MANIFEST}); create it with the IPA Mark Preferred node")
+    check_format_version(dataset_dir)
+    for _ in range(20):
+        before = _file_key(os.stat(path))
+        marks = _read_journal(dataset_dir)
+        entries, key = _parse_manifest(path)
+        if key == before:
+            break
+    else:  # rewritten all the time (a collector adding samples fast): read under the lock instead
+        with _lock(dataset_dir):
+            marks = _read_journal(dataset_dir)
+            entries, key = _parse_manifest(path)
+    apply_marks({entry.get("id"): entry for entry in entries}, marks.records)
+    return ManifestState(entries, key, marks.identity, marks.end)
+
+
+def _read_journal(dataset_dir: Path) -> journal.JournalRead:
+    try:
+        return journal.read_journal(dataset_dir)
+    except journal.JournalError as exc:
+        raise DatasetError(str(exc)) from None
+
+
+def read_manifest(dataset_dir: os.PathLike | str) -> list[dict[str, Any]]:
+    """All manifest entries, in insertion order, with the journal's marks. Reads never need the lock."""
+    return read_manifest_state(dataset_dir).entries
 
 
 def _write_manifest(dataset_dir: Path, entries: Iterable[Mapping[str, Any]]) -> None:
+    """Rewrites the manifest (caller holds the lock and read ``entries`` with the journal applied), then drops the
+    journal it now holds: manifest first, so a crash in between only leaves records that replay to the same."""
     text = "".join(json.dumps(entry, sort_keys=False) + "\n" for entry in entries)
     atomic_write_text(dataset_dir / MANIFEST, text)
+    journal.remove_journal(dataset_dir)
+
+
+def compact(dataset_dir: os.PathLike | str, timeout: float = 60.0) -> Optional[ManifestState]:
+    """Folds the journal into the manifest (one atomic rewrite). Returns the state written, or ``None`` when the
+    lock was not free within ``timeout`` (``0``: do not wait; a collector is writing, compact another time)."""
+    from filelock import Timeout
+
+    dataset_dir = Path(dataset_dir)
+    try:
+        with _lock(dataset_dir, timeout=timeout):
+            state = read_manifest_state(dataset_dir)
+            if state.journal_identity is None:
+                return state
+            _write_manifest(dataset_dir, state.entries)
+            return ManifestState(state.entries, _file_key(os.stat(dataset_dir / MANIFEST)), None, 0)
+    except Timeout:
+        return None
 
 
 def create_dataset(root: os.PathLike | str, name: str) -> Path:
@@ -234,7 +344,8 @@ def create_dataset(root: os.PathLike | str, name: str) -> Path:
     with _lock(path):
         if not (path / MANIFEST).exists():
             atomic_write_text(path / MANIFEST, "")
-            atomic_write_json(path / "dataset.json", {"format_version": FORMAT_VERSION, "created": _now(), "name": name})
+            atomic_write_json(path / DATASET_FILE, {"format_version": FORMAT_VERSION, "created": _now(), "name": name})
+        remove_stale_garbage(path)  # opened for writing: what killed writers left behind goes
     return path
 
 
@@ -332,32 +443,65 @@ def set_status(dataset_dir: os.PathLike | str, sample_ids: Iterable[str], status
 
 
 def set_statuses(dataset_dir: os.PathLike | str, statuses: Mapping[str, str]) -> list[dict[str, Any]]:
-    """Marks several samples, each with its own status, in one atomic manifest update (the gallery's undo of a
-    bulk mark restores mixed statuses). Unknown ids raise ``KeyError`` and bad statuses ``DatasetError``;
-    either way nothing changes. Returns the updated entries in the order given."""
+    """Marks several samples, each with its own status, in one journal record (the gallery's undo of a bulk mark
+    restores mixed statuses). Unknown ids raise ``KeyError`` and bad statuses ``DatasetError``; either way nothing
+    changes. Returns the updated entries in the order given. This reads the manifest to check the ids; a caller
+    that already knows them (the gallery's cache) calls ``append_statuses``, which does not grow with the dataset."""
     dataset_dir = Path(dataset_dir)
+    _check_statuses(statuses)
+    if not statuses:
+        return []
+    by_id = {entry["id"]: entry for entry in read_manifest(dataset_dir)}
+    unknown = [sample_id for sample_id in statuses if sample_id not in by_id]
+    if unknown:  # samples are never removed, so an id listed once stays valid for the append below
+        raise KeyError(f"unknown sample ids in {dataset_dir.name}: {unknown}")
+    updated = append_statuses(dataset_dir, statuses)
+    for sample_id, status in statuses.items():
+        by_id[sample_id].update(status=status, updated=updated)
+    return [by_id[sample_id] for sample_id in statuses]
+
+
+def _check_statuses(statuses: Mapping[str, str]) -> None:
     for sample_id, status in statuses.items():
         validate_sample_id(sample_id)
         if status not in STATUSES:
             raise DatasetError(f"unknown status {status!r} for sample {sample_id}; use one of {STATUSES}")
+
+
+def append_statuses(dataset_dir: os.PathLike | str, statuses: Mapping[str, str]) -> str:
+    """Appends one mark record to the journal under the lock, in time independent of the dataset size; returns
+    its timestamp. The ids must be samples of the dataset (checked by the caller: ids are never removed)."""
+    dataset_dir = Path(dataset_dir)
+    _check_statuses(statuses)
+    if not statuses:
+        raise DatasetError("no samples given to mark")
     with _lock(dataset_dir):
-        entries = read_manifest(dataset_dir)
-        by_id = {entry["id"]: entry for entry in entries}
-        unknown = [sample_id for sample_id in statuses if sample_id not in by_id]
-        if unknown:
-            raise KeyError(f"unknown sample ids in {dataset_dir.name}: {unknown}")
-        now = _now()
-        for sample_id, status in statuses.items():
-            by_id[sample_id]["status"] = status
-            by_id[sample_id]["updated"] = now
-        _write_manifest(dataset_dir, entries)
-    return [by_id[sample_id] for sample_id in statuses]
+        if not journal.journal_path(dataset_dir).exists():
+            _upgrade_format(dataset_dir)
+        updated = _now()
+        try:
+            journal.append_record(dataset_dir, statuses, updated)
+        except journal.JournalError as exc:
+            raise DatasetError(str(exc)) from None
+    return updated
+
+
+def _upgrade_format(dataset_dir: Path) -> None:
+    """Before the first journal record: a format-1 dataset becomes format 2 (caller holds the lock)."""
+    if check_format_version(dataset_dir) >= FORMAT_VERSION:
+        return
+    path = dataset_dir / DATASET_FILE
+    info = read_json(path) if path.is_file() else {"name": dataset_dir.name}
+    info["format_version"] = FORMAT_VERSION
+    info.setdefault("upgraded", _now())
+    atomic_write_json(path, info)
 
 
 def update_entries(dataset_dir: os.PathLike | str, updates: Mapping[str, Mapping[str, Any]]) -> None:
-    """Merges small summary fields (e.g. ``hand_score``) into manifest entries, atomically under the lock."""
+    """Merges small summary fields (e.g. ``hand_score``) into manifest entries, atomically under the lock (and folds
+    the journal in). Statuses are not summary fields: they change only through ``set_statuses``."""
     dataset_dir = Path(dataset_dir)
-    protected = {"id", "content_hash", "created"}
+    protected = {"id", "content_hash", "created", "status", "updated"}
     with _lock(dataset_dir):
         entries = read_manifest(dataset_dir)
         by_id = {entry["id"]: entry for entry in entries}
@@ -373,10 +517,17 @@ def load_sample(dataset_dir: os.PathLike | str, sample_id: str) -> tuple[SampleT
     tensor_file = folder / TENSORS_FILE
     if not tensor_file.is_file():
         raise DatasetError(f"sample {sample_id}: {tensor_file} is missing; the dataset folder was edited by hand?")
-    raw, _ = load_safetensors(tensor_file)
+    advice = "delete this sample's folder (and its manifest line) or collect it again"
+    try:
+        raw, _ = load_safetensors(tensor_file)
+    except FileReadError as exc:
+        raise DatasetError(f"sample {sample_id}: {exc}; {advice}") from None
     tensors = SampleTensors.from_dict(raw, sample_id)
     meta_file = folder / META_FILE
-    meta = read_json(meta_file) if meta_file.is_file() else {}
+    try:
+        meta = read_json(meta_file) if meta_file.is_file() else {}
+    except FileReadError as exc:
+        raise DatasetError(f"sample {sample_id}: {exc}; {advice}") from None
     return tensors, meta
 
 
@@ -417,4 +568,46 @@ def remove_stale_staging(dataset_dir: os.PathLike | str, older_than_s: float = 3
         if entry.is_dir() and entry.stat().st_mtime < cutoff:
             shutil.rmtree(entry, ignore_errors=True)
             removed += 1
+    return removed
+
+
+GARBAGE_GRACE_S = 3600.0  # a writer renames its sample folder and lists it within seconds; an hour is never a live one
+
+
+def remove_stale_garbage(dataset_dir: os.PathLike | str, grace_s: float = GARBAGE_GRACE_S) -> dict[str, list[str]]:
+    """Deletes what killed writers leave in a dataset, older than ``grace_s`` seconds: staging folders
+    (``samples/.tmp-*``), orphan sample folders (complete, but never listed in the manifest because the writer died
+    before the manifest update) and temporary files of atomic writes. A sample the manifest lists is never touched,
+    nor anything that is not a plain folder or file of those patterns (symlinks included). Call it under the
+    manifest lock. Returns the names removed, by kind."""
+    dataset_dir = Path(dataset_dir)
+    samples = dataset_dir / SAMPLES_DIR
+    cutoff = time.time() - grace_s
+    removed: dict[str, list[str]] = {"staging": [], "orphans": [], "temp_files": []}
+    try:
+        listed = {entry.get("id") for entry in read_manifest(dataset_dir)}
+    except DatasetError:
+        return removed  # no readable manifest: nothing can be told to be an orphan
+    try:
+        entries = list(os.scandir(samples))
+    except FileNotFoundError:
+        entries = []
+    for entry in entries:
+        if not entry.is_dir(follow_symlinks=False):
+            continue
+        if entry.name.startswith(".tmp-"):
+            kind = "staging"
+        elif _SAMPLE_ID_RE.fullmatch(entry.name) and entry.name not in listed:
+            kind = "orphans"
+        else:
+            continue
+        try:
+            if entry.stat(follow_symlinks=False).st_mtime > cutoff:
+                continue
+        except FileNotFoundError:
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed[kind].append(entry.name)
+    for folder in (dataset_dir, samples):
+        removed["temp_files"] += [path.name for path in remove_stale_temp_files(folder, grace_s)]
     return removed

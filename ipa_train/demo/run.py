@@ -178,7 +178,7 @@ def train_with_torchrun(run_json: Path, output_dir: Path, nproc: int) -> tuple[l
     from ..training import launcher
 
     command = launcher.build_command(run_json, processes=nproc)
-    env = launcher.build_env(gpus=())  # CPU: the demo's model is tiny; gloo between the ranks
+    env = launcher.build_env(gpus=(), processes=nproc)  # CPU: the demo's model is tiny; gloo between the ranks
     env["OMP_NUM_THREADS"] = "1" if nproc > 1 else env.get("OMP_NUM_THREADS", str(max(1, os.cpu_count() or 1)))
     output_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -259,6 +259,7 @@ def run(args) -> dict[str, Any]:
     from .report import curves_image, frames_sheet, hand_masks_sheet, overlay
     from ..fileio import atomic_save_safetensors, atomic_write_json, read_safetensors_metadata
     from ..pose.hands import hand_boxes, latent_hand_mask, pose_to_hand_masks
+    from ..wan.fingerprint import diffusers_model_fingerprint
     from ..wan.model import build_tiny_transformer, save_original_wan_single_file
     from ..pose.render import render_pose_video
     from ..pose.synthetic import synthetic_pose_sequence
@@ -309,7 +310,7 @@ def run(args) -> dict[str, Any]:
         + ", ".join(f"seed {s.seed} {e:.4f}{' *' if p else ''}" for s, e, p in zip(before, errors_before, preferred)))
     dataset_dir = create_dataset(out / "dataset", DATASET_NAME)
     settings = {"width": W, "height": H, "length": T, "steps": args.sampling_steps, "cfg": 1.0, "shift": 3.0, "vace_strength": 1.0,
-                "sampler": "flow-match euler (diffusers)", "model": MODEL_FILE}
+                "sampler": "flow-match euler (diffusers)", "model": MODEL_FILE, "base_fingerprint": diffusers_model_fingerprint(transformer)}
     sample_ids = []
     for sampled, good, err in zip(before, preferred, errors_before):
         result = store_sample(dataset_dir, sampled, pixel_masks, boxes, poses, "preferred" if good else "rejected", err, settings)

@@ -15,7 +15,9 @@ Routes (``prefix`` is ``/ipa``)::
     POST /ipa/datasets/{name}/hand_scores                start scoring in the background: {"rescore", "gpu"} (or {"cancel": true})
     DELETE /ipa/datasets/{name}/hand_scores              cancel the running job
 
-Listing reads only the manifest (parsed once per manifest version and cached), never tensors or meta files.
+Listing reads only the manifest (parsed once per manifest version and cached, with the status journal's new lines
+applied as they come), never tensors or meta files. A mark appends one journal line: its cost does not grow with
+the dataset.
 Names from the URL are validated by ``ipa_train.data.dataset`` (one plain folder name, no traversal, nothing that
 resolves outside the root); files are served only from inside their sample folder.
 """
@@ -23,10 +25,13 @@ resolves outside the root); files are served only from inside their sample folde
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 import re
+import stat
 import threading
+import urllib.parse
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +40,7 @@ from typing import Any, Callable, Optional, Union
 from aiohttp import web
 
 from ..data import dataset as ds
+from ..data import journal
 from ..pose.hand_crops import hand_tracks_from_meta, render_hand_crop
 from .hand_score_jobs import DetectorSource, DetectorUnavailable, HandScoreJobs, JobRunning
 
@@ -72,9 +78,45 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+def _plain_path(root: Path, *parts: str, last_is_file: bool = False) -> bool:
+    """Whether ``root/part/...`` exists with no symlink in any component below ``root`` (checked with ``lstat``,
+    one component at a time: ``is_file()`` and ``resolve()`` follow links, a symlinked manifest would pass them)."""
+    path = root
+    for index, part in enumerate(parts):
+        path = path / part
+        try:
+            mode = os.lstat(path).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        if stat.S_ISLNK(mode):
+            return False
+        last = index == len(parts) - 1
+        if not (stat.S_ISREG(mode) if last and last_is_file else stat.S_ISDIR(mode)):
+            return False
+    return True
+
+
+JSON_BODY_ERRORS = (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError)
+
+
+async def _json_body(request: web.Request, usage: str) -> tuple[Any, Optional[web.Response]]:
+    """The request's JSON body, or a 400/415 answer: bodies must be ``application/json`` (a cross-site form or
+    ``text/plain`` POST then needs a CORS preflight, which is never granted), and bad JSON of any depth is a 400,
+    never a 500 (deeply nested arrays make the parser raise RecursionError)."""
+    if request.content_type != "application/json":
+        return None, _error(415, f"send the body as Content-Type: application/json; {usage}")
+    try:
+        return await request.json(), None
+    except JSON_BODY_ERRORS as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else "not valid JSON"
+        return None, _error(400, f"the body must be JSON ({reason}); {usage}")
+
+
 @dataclass
 class _CachedManifest:
-    key: tuple
+    key: tuple  # the manifest file's (inode, size, mtime): every rewrite replaces the file
+    journal: Optional[tuple[int, int]]  # the status journal applied, and up to which byte
+    journal_end: int
     entries: list[dict[str, Any]]
     counts: dict[str, int]
     views: dict[tuple, list[dict[str, Any]]]
@@ -82,8 +124,10 @@ class _CachedManifest:
 
 
 class ManifestCache:
-    """Parsed manifests keyed by the file's identity. Every write replaces the manifest atomically (new inode),
-    so (inode, size, mtime) changes with each version and a stale parse is never served."""
+    """Parsed manifests with their status journal applied, per dataset. A manifest rewrite (new inode) means a full
+    parse; marks only append to the journal, so a mark costs reading the new journal lines, not the manifest.
+    Entries are updated in place under the lock: callers take copies (``page``, ``entry``), never the live dicts.
+    A full parse that finds a journal folds it into the manifest ("compacted on open") when the lock is free."""
 
     def __init__(self, max_datasets: int = 16):
         self._lock = threading.Lock()
@@ -93,17 +137,30 @@ class ManifestCache:
     def get(self, dataset_dir: Path) -> _CachedManifest:
         path = dataset_dir / ds.MANIFEST
         try:
-            stat = os.stat(path)
+            info = os.lstat(path)
         except FileNotFoundError:
             raise ds.DatasetError(f"{dataset_dir.name} is not an IPA dataset (no {ds.MANIFEST})") from None
-        key = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if not stat.S_ISREG(info.st_mode):  # a symlink (or anything else) is never followed out of the dataset
+            raise ds.DatasetError(f"{dataset_dir.name}/{ds.MANIFEST} is not a plain file (a symlink?); refusing it")
+        key = (info.st_ino, info.st_size, info.st_mtime_ns)
         with self._lock:
             cached = self._items.get(str(dataset_dir))
-            if cached is not None and cached.key == key:
+            if cached is not None and cached.key == key and self._apply_journal_tail(dataset_dir, cached):
                 self._items.move_to_end(str(dataset_dir))
                 return cached
-        entries = ds.read_manifest(dataset_dir)
-        cached = _CachedManifest(key, entries, ds.count_statuses(entries), {}, {entry.get("id"): entry for entry in entries})
+        state = None
+        if journal.journal_path(dataset_dir).exists():
+            try:
+                state = ds.compact(dataset_dir, timeout=0)  # None while a collector holds the lock: compact next time
+            except OSError:
+                state = None  # a folder this server cannot write: the journal stays, reads apply it
+        if state is None:
+            state = ds.read_manifest_state(dataset_dir)
+        entries = state.entries
+        cached = _CachedManifest(
+            state.manifest_key, state.journal_identity, state.journal_end, entries, ds.count_statuses(entries), {},
+            {entry.get("id"): entry for entry in entries},
+        )  # fmt: skip
         with self._lock:
             self._items[str(dataset_dir)] = cached
             self._items.move_to_end(str(dataset_dir))
@@ -111,19 +168,56 @@ class ManifestCache:
                 self._items.popitem(last=False)
         return cached
 
-    def view(self, dataset_dir: Path, statuses: Optional[frozenset[str]], sort: str, descending: bool) -> tuple[_CachedManifest, list[dict[str, Any]]]:
-        """The filtered, sorted entry list (cached per manifest version, so paging is a slice)."""
+    def _apply_journal_tail(self, dataset_dir: Path, cached: _CachedManifest) -> bool:
+        """Applies journal lines appended since the last look (caller holds the lock); False when the journal is not
+        the one applied before (folded into a manifest this cache has not seen): then parse again."""
+        try:
+            tail = journal.read_journal(dataset_dir, cached.journal, cached.journal_end)
+        except journal.JournalError as exc:
+            raise ds.DatasetError(str(exc)) from None
+        if tail.replaced:
+            return False
+        if tail.identity is None or not tail.records:
+            return True
+        cached.journal, cached.journal_end = tail.identity, tail.end
+        changed = ds.apply_marks(cached.by_id, tail.records)
+        for previous, status in changed:
+            cached.counts[previous] = cached.counts.get(previous, 0) - 1
+            cached.counts[status] = cached.counts.get(status, 0) + 1
+        if changed:
+            # Unfiltered views keep their order (statuses are not a sort key, the live entries show the new
+            # status); filtered views and the "updated" order change.
+            cached.views = {k: v for k, v in cached.views.items() if k[0] is None and k[1] != "updated"}
+        return True
+
+    def page(self, dataset_dir: Path, statuses: Optional[frozenset[str]], sort: str, descending: bool, offset: int, limit: int) -> tuple[dict[str, int], int, list[dict[str, Any]]]:
+        """Counts, the size of the filtered view and copies of one page of it (views are cached per manifest
+        version and journal position, so paging is a slice)."""
         cached = self.get(dataset_dir)
         view_key = (statuses, sort, descending)
         with self._lock:
             found = cached.views.get(view_key)
-        if found is not None:
-            return cached, found
-        entries = [entry for entry in cached.entries if statuses is None or entry.get("status", "pending") in statuses]
-        entries = _sorted(entries, sort, descending)
+            if found is None:
+                found = [entry for entry in cached.entries if statuses is None or entry.get("status", "pending") in statuses]
+                found = _sorted(found, sort, descending)
+                cached.views[view_key] = found
+            return dict(cached.counts), len(found), [dict(entry) for entry in found[offset : offset + limit]]
+
+    def entry(self, dataset_dir: Path, sample_id: str) -> Optional[dict[str, Any]]:
+        cached = self.get(dataset_dir)
         with self._lock:
-            cached.views[view_key] = entries
-        return cached, entries
+            found = cached.by_id.get(sample_id)
+            return dict(found) if found is not None else None
+
+    def counts(self, dataset_dir: Path) -> tuple[int, dict[str, int]]:
+        cached = self.get(dataset_dir)
+        with self._lock:
+            return len(cached.entries), dict(cached.counts)
+
+    def unknown_ids(self, dataset_dir: Path, sample_ids: list[str]) -> list[str]:
+        cached = self.get(dataset_dir)
+        with self._lock:
+            return [sample_id for sample_id in sample_ids if sample_id not in cached.by_id]
 
 
 def _number(value: Any) -> Optional[float]:
@@ -239,7 +333,7 @@ class GalleryAPI:
             # Never tell an HTTP client where the root lives on disk.
             message = str(exc).replace(str(root.resolve()), "<dataset root>").replace(str(root), "<dataset root>")
             raise web.HTTPBadRequest(text=json.dumps({"error": message}), content_type="application/json") from None
-        if path.is_symlink() or not (path / ds.MANIFEST).is_file():
+        if not _plain_path(Path(root), name, ds.MANIFEST, last_is_file=True):  # no symlink anywhere, manifest included
             raise web.HTTPNotFound(text=json.dumps({"error": f"no dataset named {name!r}"}), content_type="application/json")
         return path
 
@@ -252,12 +346,13 @@ class GalleryAPI:
         # The resolved folder must be <dataset>/samples/<id> itself: a symlinked ``samples`` folder leading out of the
         # root passes ``sample_path`` (which compares against the resolved ``samples``), so check the whole chain here.
         inside = folder.resolve() == dataset_dir.resolve() / ds.SAMPLES_DIR / sample_id
-        if entry is None or folder.is_symlink() or not folder.is_dir() or not inside:
+        plain = _plain_path(dataset_dir, ds.SAMPLES_DIR, sample_id)
+        if entry is None or not plain or not inside:
             raise web.HTTPNotFound(text=json.dumps({"error": f"no sample {sample_id} in dataset {dataset_dir.name}"}), content_type="application/json")
         return folder
 
     def _entry(self, dataset_dir: Path, sample_id: str) -> Optional[dict[str, Any]]:
-        return self.manifests.get(dataset_dir).by_id.get(sample_id)
+        return self.manifests.entry(dataset_dir, sample_id)
 
     # ------------------------------------------------------------------------------------------- handlers
 
@@ -266,11 +361,11 @@ class GalleryAPI:
             result = []
             for name in ds.list_datasets(self.root()):
                 try:
-                    cached = self.manifests.get(ds.dataset_path(self.root(), name))
+                    total, counts = self.manifests.counts(ds.dataset_path(self.root(), name))
                 except ds.DatasetError as exc:
                     result.append({"name": name, "error": str(exc)})
                     continue
-                result.append({"name": name, "total": len(cached.entries), "counts": cached.counts})
+                result.append({"name": name, "total": total, "counts": counts})
             return result
 
         return web.json_response({"datasets": await asyncio.to_thread(work), "statuses": list(ds.STATUSES)})
@@ -301,8 +396,7 @@ class GalleryAPI:
         dataset_dir = self._dataset_dir(request.match_info["name"])
 
         def work():
-            cached, view = self.manifests.view(dataset_dir, statuses, sort, order == "desc")
-            page = view[offset : offset + limit]
+            counts, total, page = self.manifests.page(dataset_dir, statuses, sort, order == "desc", offset, limit)
             samples = []
             for entry in page:
                 item = _list_item(entry)
@@ -310,13 +404,13 @@ class GalleryAPI:
                 samples.append(item)
             return {
                 "dataset": dataset_dir.name,
-                "total": len(view),
+                "total": total,
                 "offset": offset,
                 "limit": limit,
                 "status": status,
                 "sort": sort,
                 "order": order,
-                "counts": cached.counts,
+                "counts": counts,
                 "samples": samples,
             }
 
@@ -404,23 +498,31 @@ class GalleryAPI:
 
     async def post_marks(self, request: web.Request) -> web.Response:
         dataset_dir = self._dataset_dir(request.match_info["name"])
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
-            return _error(400, 'the body must be JSON: {"ids": [...], "status": "preferred"} or {"marks": [{"id": ..., "status": ...}]}')
+        body, refused = await _json_body(request, MARKS_USAGE)
+        if refused is not None:
+            return refused
         try:
             statuses = _parse_marks(body)
         except ValueError as exc:
             return _error(400, str(exc))
+
+        def work():
+            # The ids are checked against the cached manifest (a fresh parse only when the manifest changed: samples
+            # are added, never removed), then one journal record is appended: no step grows with the dataset.
+            unknown = self.manifests.unknown_ids(dataset_dir, list(statuses))
+            if unknown:
+                raise KeyError(f"unknown sample ids in {dataset_dir.name}: {unknown}")
+            updated = ds.append_statuses(dataset_dir, statuses)
+            return updated, self.manifests.counts(dataset_dir)[1]
+
         try:
-            updated = await asyncio.to_thread(ds.set_statuses, dataset_dir, statuses)
+            updated, counts = await asyncio.to_thread(work)
         except KeyError as exc:
             return _error(404, str(exc.args[0]) if exc.args else "unknown sample ids")
         except ds.DatasetError as exc:
             return _error(400, str(exc))
-        counts = (await asyncio.to_thread(self.manifests.get, dataset_dir)).counts
         return web.json_response(
-            {"updated": [{"id": e["id"], "status": e["status"], "updated": e["updated"]} for e in updated], "counts": counts}
+            {"updated": [{"id": sample_id, "status": status, "updated": updated} for sample_id, status in statuses.items()], "counts": counts}
         )
 
     # --------------------------------------------------------------------------------------- hand scores
@@ -437,7 +539,7 @@ class GalleryAPI:
 
     def _hand_score_status(self, dataset_dir: Path) -> dict[str, Any]:
         problem = self._detector_problem()
-        entries = self.manifests.get(dataset_dir).entries
+        entries = self.manifests.get(dataset_dir).entries  # read-only; marks never add or remove entries
         scored = sum(1 for entry in entries if _number(entry.get("hand_score")) is not None)
         job = self.hand_jobs.get(dataset_dir)
         return {
@@ -457,10 +559,9 @@ class GalleryAPI:
         dataset_dir = self._dataset_dir(request.match_info["name"])
         body: Any = None
         if request.can_read_body:
-            try:
-                body = await request.json()
-            except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
-                return _error(400, f"the body must be JSON; {HAND_SCORE_USAGE}")
+            body, refused = await _json_body(request, HAND_SCORE_USAGE)
+            if refused is not None:
+                return refused
         try:
             body = _parse_hand_score_options(body)
         except ValueError as exc:
@@ -509,9 +610,12 @@ def _parse_hand_score_options(body: Any) -> dict[str, bool]:
     return options
 
 
+MARKS_USAGE = 'send {"ids": [...], "status": "preferred"} or {"marks": [{"id": ..., "status": ...}]}'
+
+
 def _parse_marks(body: Any) -> dict[str, str]:
     """``{"ids": [...], "status": s}`` or ``{"marks": [{"id": i, "status": s}, ...]}`` -> {id: status}."""
-    usage = 'send {"ids": [...], "status": "preferred"} or {"marks": [{"id": ..., "status": ...}]}'
+    usage = MARKS_USAGE
     if not isinstance(body, dict):
         raise ValueError(f"the body must be a JSON object; {usage}")
     pairs: list[tuple[Any, Any]]
@@ -545,13 +649,63 @@ def _parse_marks(body: Any) -> dict[str, str]:
     return statuses
 
 
+def _is_loopback(hostname: Optional[str]) -> bool:
+    if not hostname:
+        return False
+    if hostname.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def host_origin_problem(host: Optional[str], origin: Optional[str], bind_host: str = "127.0.0.1") -> Optional[str]:
+    """Why a request to the standalone server is refused, or ``None``. Like ComfyUI's origin middleware: a browser
+    ``Origin`` must name the server itself (so no other web page can change a manifest). Stricter where ComfyUI is
+    lenient: the check applies to every ``Host``, ``Origin: null`` (sandboxed pages) is refused, and on a loopback
+    server the ``Host`` must be a loopback name (a DNS-rebinding page names its own host there)."""
+    if host is None:
+        return "the request has no Host header"
+    parsed_host = urllib.parse.urlsplit("//" + host.lower())
+    wildcard = bind_host in ("0.0.0.0", "::", "")
+    if not wildcard and not _is_loopback(parsed_host.hostname) and parsed_host.hostname != bind_host.lower():
+        return f"Host {host!r} is not this server ({bind_host})"
+    if origin is None:
+        return None
+    parsed_origin = urllib.parse.urlsplit(origin.lower())
+    if not parsed_origin.hostname:
+        return f"Origin {origin!r} is not a web address"
+    host_part, origin_part = parsed_host.netloc, parsed_origin.netloc
+    if parsed_origin.port is None:  # ComfyUI's rule: a port on one side only is ignored
+        host_part = parsed_host.hostname
+    if parsed_host.port is None:
+        origin_part = parsed_origin.hostname
+    if host_part != origin_part:
+        return f"Origin {origin!r} does not match Host {host!r} (a request from another web page)"
+    return None
+
+
+def origin_middleware(bind_host: str):
+    @web.middleware
+    async def check_host_and_origin(request: web.Request, handler):
+        problem = host_origin_problem(request.headers.get("Host"), request.headers.get("Origin"), bind_host)
+        if problem is not None:
+            return _error(403, problem)
+        return await handler(request)
+
+    return check_host_and_origin
+
+
 def create_app(
-    root: RootLike, web_dir: Optional[os.PathLike] = None, prefix: str = "/ipa", hand_scoring: Optional[DetectorSource] = None
+    root: RootLike, web_dir: Optional[os.PathLike] = None, prefix: str = "/ipa", hand_scoring: Optional[DetectorSource] = None,
+    bind_host: str = "127.0.0.1",
 ) -> web.Application:
     """A standalone aiohttp application with the gallery routes (tests, or curating without ComfyUI running).
     With ``web_dir`` it also serves the pack's ``web/`` folder under ``/web/`` (the gallery page is
-    ``/web/gallery/index.html``); ``hand_scoring`` enables the hand score routes."""
-    app = web.Application(client_max_size=4 * 1024**2)
+    ``/web/gallery/index.html``); ``hand_scoring`` enables the hand score routes. Requests whose ``Origin`` or
+    ``Host`` is not this server (``bind_host``) get 403 (``host_origin_problem``), as ComfyUI's own server does."""
+    app = web.Application(client_max_size=4 * 1024**2, middlewares=[origin_middleware(bind_host)])
     api = GalleryAPI(root, prefix, hand_scoring)
     routes = web.RouteTableDef()
     api.add_routes(routes)
@@ -579,7 +733,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
         hand_scoring = dwpose_source(lambda: [args.dwpose_dir], lambda: args.dwpose_dir)
     print(f"IPA gallery: http://{args.host}:{args.port}/web/gallery/index.html")
-    web.run_app(create_app(args.root, web_dir, hand_scoring=hand_scoring), host=args.host, port=args.port, print=None)
+    web.run_app(create_app(args.root, web_dir, hand_scoring=hand_scoring, bind_host=args.host), host=args.host, port=args.port, print=None)
 
 
 if __name__ == "__main__":

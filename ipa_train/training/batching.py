@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -26,7 +25,10 @@ class TrainingData:
 
 
 def shape_key(tensors: SampleTensors) -> tuple:
-    return (tuple(tensors.latent.shape), int(tensors.ref_frames))
+    """What samples of one micro-batch must share: latent shape, reference frames and the text length each had when it
+    was sampled. The Wan text embedder has no attention mask, so padding a shorter text with zero rows to batch it
+    would change that sample's velocity; samples are batched only within one key (a bucket) instead."""
+    return (tuple(tensors.latent.shape), int(tensors.ref_frames), int(tensors.text_embedding.shape[0]))
 
 
 def load_training_data(config: RunConfig) -> TrainingData:
@@ -48,13 +50,6 @@ def load_training_data(config: RunConfig) -> TrainingData:
                 f"objective 'dpo' needs rejected samples to pair with the preferred ones, but dataset {dataset_dir.name} has none; "
                 "mark some samples as rejected, or use objective 'ipa' (good samples only)"
             )
-    if config.batch_size > 1:
-        shapes = {shape_key(tensors) for _, tensors, _ in preferred + rejected}
-        if len(shapes) > 1:
-            raise DatasetError(
-                f"batch_size={config.batch_size} needs samples of one size, but the dataset mixes latent shapes / reference "
-                f"frame counts {sorted(shapes)}; use batch_size 1 (with grad_accum for a larger effective batch)"
-            )
     candidates: list[list[int]] = []
     if config.objective == "dpo":
         for sample_id, tensors, meta in preferred:
@@ -62,35 +57,13 @@ def load_training_data(config: RunConfig) -> TrainingData:
             same_prompt = [j for j in same_shape if meta.get("prompt") is not None and rejected[j][2].get("prompt") == meta.get("prompt")]
             if not same_shape:
                 raise DatasetError(
-                    f"objective 'dpo': preferred sample {sample_id} (latent {tuple(tensors.latent.shape)}) has no rejected sample "
-                    "of the same size to pair with; reject a sample of that size or drop this one"
+                    f"objective 'dpo': preferred sample {sample_id} (latent {tuple(tensors.latent.shape)}, "
+                    f"{tensors.text_embedding.shape[0]} text tokens) has no rejected sample of the same size and text length to "
+                    "pair with; reject a sample of that size or drop this one"
                 )
             candidates.append(same_prompt or same_shape)
     hashes = [(sid, meta.get("content_hash", "")) for sid, _, meta in preferred + rejected]
     return TrainingData(preferred, rejected, candidates, dataset_fingerprint(hashes))
-
-
-def sampling_patch_warning(data: TrainingData, config: RunConfig) -> Optional[str]:
-    """A warning when samples were made by a patched model (a LoRA, other model patches: the IPA VACE Sampler records
-    them in ``meta["settings"]["patches"]``) that this run's reference (base model + ``init_lora``) does not match."""
-    patched = [(sid, meta["settings"]["patches"]) for sid, _, meta in data.preferred + data.rejected
-               if isinstance(meta.get("settings"), dict) and meta["settings"].get("patches")]
-    if not patched:
-        return None
-    loras = sorted({str(lora.get("name")) for _, patches in patched for lora in patches.get("ipa_loras", []) if isinstance(lora, dict)})
-    init = Path(config.init_lora).name if config.init_lora else None
-    if init and loras and all(Path(name).name == init for name in loras) and all(
-        set(patches) <= {"ipa_loras", "weight_patches"} for _, patches in patched
-    ):
-        return None  # sampled with exactly the LoRA the reference starts from
-    what = f"LoRA(s) {loras}" if loras else "patches"
-    return (
-        f"{len(patched)} of {len(data.preferred) + len(data.rejected)} samples were sampled with a patched model ({what}; e.g. "
-        f"sample {patched[0][0]}: {patched[0][1]}), but this run's reference is the base model"
-        + (f" + init_lora {init}" if init else "")
-        + ". The alignment then targets another model than the one that made the samples: set init_lora to the LoRA they "
-        "were sampled with, or sample without it."
-    )
 
 
 def check_data_fits_model(data: TrainingData, model) -> None:
@@ -126,10 +99,10 @@ class Batch:
 
 
 def collate(samples: list[SampleTensors], n_vace_layers: int, device: torch.device, dtype: torch.dtype) -> Batch:
-    tokens = max(s.text_embedding.shape[0] for s in samples)
-    text = torch.zeros(len(samples), tokens, samples[0].text_embedding.shape[1])
-    for i, s in enumerate(samples):
-        text[i, : s.text_embedding.shape[0]] = s.text_embedding.float()  # zero rows after the end, as Wan pads
+    keys = {shape_key(s) for s in samples}
+    if len(keys) > 1:  # the Sampler never builds such a batch; padding would change the shorter texts' velocity
+        raise ValueError(f"a micro-batch needs one latent shape, reference frame count and text length, got {sorted(keys)}")
+    text = torch.stack([s.text_embedding.float() for s in samples])  # each text exactly as it was when sampled
     strengths = torch.tensor([float(s.vace_strength) for s in samples])
     if bool((strengths == strengths[0]).all()):
         scale = strengths[0] * torch.ones(n_vace_layers)
@@ -157,27 +130,46 @@ def sample_t(config: RunConfig, n: int, generator: torch.Generator) -> torch.Ten
 
 
 class Sampler:
-    """Which samples, noise and ``t`` a (step, micro-batch, rank) gets; a pure function of those and the seed."""
+    """Which samples, noise and ``t`` a (step, micro-batch, rank) gets; a pure function of those and the seed.
+
+    Each epoch shuffles the preferred samples, then forms micro-batches of ``batch_size`` within each bucket
+    (:func:`shape_key`) in that shuffled order; a bucket's last batch of the epoch may be smaller. The global batch
+    number ``(step * grad_accum + micro) * world + rank`` walks through the epochs' batches. With one bucket and
+    ``batch_size`` 1 this is a plain shuffled pass over the samples."""
 
     def __init__(self, config: RunConfig, data: TrainingData, dist_info: Dist):
         self.config = config
         self.data = data
         self.dist = dist_info
-        self._perms: dict[int, list[int]] = {}
+        self._epoch: tuple[int, list[list[int]]] = (-1, [])
+        keys = [shape_key(tensors) for _, tensors, _ in data.preferred]
+        sizes: dict[tuple, int] = {}
+        for key in keys:
+            sizes[key] = sizes.get(key, 0) + 1
+        self.batches_per_epoch = sum(-(-size // config.batch_size) for size in sizes.values())
+        self._keys = keys
 
-    def _permutation(self, epoch: int) -> list[int]:
-        if epoch not in self._perms:
+    def _batches(self, epoch: int) -> list[list[int]]:
+        if self._epoch[0] != epoch:
             generator = torch.Generator().manual_seed(seed_for(self.config.seed, "epoch", epoch))
-            self._perms = {epoch: torch.randperm(len(self.data.preferred), generator=generator).tolist()}
-        return self._perms[epoch]
+            order = torch.randperm(len(self.data.preferred), generator=generator).tolist()
+            open_batches: dict[tuple, list[int]] = {}
+            batches: list[list[int]] = []
+            for index in order:  # a batch takes its place in the epoch where its first sample falls
+                key = self._keys[index]
+                if key not in open_batches:
+                    open_batches[key] = []
+                    batches.append(open_batches[key])
+                open_batches[key].append(index)
+                if len(open_batches[key]) == self.config.batch_size:
+                    del open_batches[key]
+            self._epoch = (epoch, batches)
+        return self._epoch[1]
 
     def indices(self, step: int, micro: int) -> list[int]:
-        n = len(self.data.preferred)
         c = self.config
-        first = ((step * c.grad_accum + micro) * self.dist.world + self.dist.rank) * c.batch_size
-        return [self._permutation(k // n)[k % n] for k in range(first, first + c.batch_size)]
+        k = (step * c.grad_accum + micro) * self.dist.world + self.dist.rank
+        return list(self._batches(k // self.batches_per_epoch)[k % self.batches_per_epoch])
 
     def generator(self, step: int, micro: int) -> torch.Generator:
         return torch.Generator().manual_seed(seed_for(self.config.seed, step, micro, self.dist.rank))
-
-

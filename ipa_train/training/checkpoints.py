@@ -1,7 +1,8 @@
 """Checkpoint files: write (atomically: a staging folder renamed when complete), read back for resume, find the
-newest, prune old ones. A checkpoint ``checkpoints/step-N/`` holds the trained adapter (peft names), the
+newest complete one, prune old ones. A checkpoint ``checkpoints/step-N/`` holds the trained adapter (peft names), the
 optimizer state (safetensors + JSON), the scheduler state, every rank's RNG state, the ComfyUI LoRA of that step
-and ``state.json``."""
+and ``state.json`` (written last: the step, the config and every other file with its size). Which folders count as
+complete, and the crash-safe replacement of an existing ``step-N``, live in ``checkpoint_files``."""
 
 from __future__ import annotations
 
@@ -17,17 +18,14 @@ from typing import Callable
 import torch
 
 from .. import __version__
-from ..fileio import atomic_save_safetensors, atomic_write_json, load_safetensors, read_json
+from ..fileio import FileReadError, atomic_save_safetensors, atomic_write_json, load_safetensors, read_json
 from . import lora as lora_setup
+from .checkpoint_files import (
+    ADAPTER_FILE, CHECKPOINTS_DIR, OPTIMIZER_JSON, OPTIMIZER_TENSORS, SCHEDULER_JSON, STAGING_PREFIX, STATE_FILE,
+    checkpoint_problem, complete_checkpoints, pick_checkpoint, prune_checkpoints, replace_checkpoint, write_listing,
+)
 from .config import RunConfig
 from .distributed import Dist, full_tensor
-
-CHECKPOINTS_DIR = "checkpoints"
-STATE_FILE = "state.json"
-ADAPTER_FILE = "adapter.safetensors"  # the trained adapter with peft/diffusers names (what resume loads)
-OPTIMIZER_TENSORS = "optimizer.safetensors"
-OPTIMIZER_JSON = "optimizer.json"
-SCHEDULER_JSON = "scheduler.json"
 
 log = logging.getLogger("ipa_train.train")
 
@@ -78,28 +76,19 @@ def optimizer_state_api():
 
 
 def find_checkpoint(path: os.PathLike | str) -> Path:
-    """A checkpoint folder (with state.json), or the newest one under an output or checkpoints folder."""
+    """A complete checkpoint folder, or the newest complete one under an output or checkpoints folder
+    (``checkpoint_files.pick_checkpoint``, the same choice the launcher and the node make)."""
     path = Path(path)
-    if (path / STATE_FILE).is_file():
-        return path
-    for folder in (path, path / CHECKPOINTS_DIR):
-        if folder.is_dir():
-            steps = []
-            for entry in folder.iterdir():
-                if entry.is_dir() and entry.name.startswith("step-") and entry.name[5:].isdigit() and (entry / STATE_FILE).is_file():
-                    steps.append((int(entry.name[5:]), entry))
-            if steps:
-                return max(steps)[1]
-    raise TrainingError(f"--resume {path}: no checkpoint there (expected a folder with {STATE_FILE}, or an output folder with {CHECKPOINTS_DIR}/step-N)")
-
-
-def prune_checkpoints(root: Path, keep: int) -> None:
-    """Keeps the newest ``keep`` checkpoints under ``root`` (0: all)."""
-    if not keep:
-        return
-    steps = sorted((int(p.name[5:]), p) for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit())
-    for _, path in steps[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
+    found = pick_checkpoint(path)
+    if found is not None:
+        return found
+    problem = checkpoint_problem(path) if (path / STATE_FILE).exists() or path.name.startswith("step-") else None
+    if problem:
+        older = [p for p in complete_checkpoints(path.parent) if p != path]
+        hint = f"resume from {older[-1]} (the newest complete one)" if older else "start the run again without --resume"
+        raise TrainingError(f"--resume {path}: the checkpoint is incomplete: {problem}; {hint}")
+    raise TrainingError(f"--resume {path}: no complete checkpoint there (expected a folder with {STATE_FILE}, or an output "
+                        f"folder with {CHECKPOINTS_DIR}/step-N)")
 
 
 # ------------------------------------------------------------------------------------------------ writing
@@ -118,7 +107,7 @@ def write_checkpoint(
     """Writes ``checkpoints/step-<step>/``: every rank its RNG state, rank 0 the rest; all ranks call it."""
     root = output_dir / CHECKPOINTS_DIR
     final = root / f"step-{step}"
-    staging = root / f".tmp-step-{step}"
+    staging = root / f"{STAGING_PREFIX}{step}"
     if dist_info.main:
         if staging.exists():
             shutil.rmtree(staging)
@@ -137,13 +126,9 @@ def write_checkpoint(
         atomic_write_json(staging / OPTIMIZER_JSON, info)
         atomic_write_json(staging / SCHEDULER_JSON, scheduler_state)
         write_lora(staging / f"{config.lora_name}.safetensors")
-        atomic_write_json(
-            staging / STATE_FILE,
-            {"step": step, "world_size": dist_info.world, "config": config.to_dict(), "pack_version": __version__, "time": time.time()},
-        )
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(staging, final)
+        write_listing(staging, {"step": step, "world_size": dist_info.world, "config": config.to_dict(),
+                                "pack_version": __version__, "time": time.time()})
+        replace_checkpoint(staging, final)
         prune_checkpoints(root, config.keep_checkpoints)
     dist_info.barrier()
     return final
@@ -152,12 +137,23 @@ def write_checkpoint(
 # ------------------------------------------------------------------------------------------------ reading
 
 
+def _read(checkpoint: Path, name: str, tensors: bool = False):
+    """One file of a checkpoint; an unreadable one is a :class:`TrainingError` that names it and the way out."""
+    path = checkpoint / name
+    try:
+        return load_safetensors(path)[0] if tensors else read_json(path)
+    except (FileReadError, OSError) as exc:
+        older = [p for p in complete_checkpoints(checkpoint.parent) if p != checkpoint]
+        hint = f"resume from {older[-1]} instead" if older else "start the run again without resume"
+        raise TrainingError(f"checkpoint {checkpoint}: {exc}; {hint}") from None
+
+
 def load_adapter(checkpoint: Path, model, config: RunConfig) -> int:
     """Loads the trained adapter of ``checkpoint`` into ``model``; returns the checkpoint's step."""
     from peft import set_peft_model_state_dict
 
-    state = read_json(checkpoint / STATE_FILE)
-    tensors, _ = load_safetensors(checkpoint / ADAPTER_FILE)
+    state = _read(checkpoint, STATE_FILE)
+    tensors = _read(checkpoint, ADAPTER_FILE, tensors=True)
     expected = lora_setup.trained_state_dict(model)
     if set(tensors) != set(expected):
         raise TrainingError(
@@ -178,18 +174,18 @@ def load_adapter(checkpoint: Path, model, config: RunConfig) -> int:
 def load_training_state(checkpoint: Path, model, optimizer, scheduler, dist_info: Dist, reseed: Callable[[], None]) -> None:
     """Optimizer, scheduler and this rank's RNG state; ``reseed`` when the checkpoint had another world size."""
     StateDictOptions, _, set_optimizer_state_dict = optimizer_state_api()
-    tensors, _ = load_safetensors(checkpoint / OPTIMIZER_TENSORS)
-    state = optimizer_from_files(tensors, read_json(checkpoint / OPTIMIZER_JSON))
+    tensors = _read(checkpoint, OPTIMIZER_TENSORS, tensors=True)
+    state = optimizer_from_files(tensors, _read(checkpoint, OPTIMIZER_JSON))
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
-    scheduler.load_state_dict(read_json(checkpoint / SCHEDULER_JSON))
+    scheduler.load_state_dict(_read(checkpoint, SCHEDULER_JSON))
     rng_file = checkpoint / f"rng-rank{dist_info.rank}.safetensors"
-    saved = read_json(checkpoint / STATE_FILE)
+    saved = _read(checkpoint, STATE_FILE)
     if rng_file.is_file() and int(saved.get("world_size", 1)) == dist_info.world:
-        rng, _ = load_safetensors(rng_file)
+        rng = _read(checkpoint, rng_file.name, tensors=True)
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and dist_info.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], dist_info.device)
-        python_state = read_json(checkpoint / f"rng-rank{dist_info.rank}.json")["python"]
+        python_state = _read(checkpoint, f"rng-rank{dist_info.rank}.json")["python"]
         random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
     else:
         log.warning("checkpoint was written by %s ranks, this run has %s: dropout RNG restarts from the seed", saved.get("world_size"), dist_info.world)
@@ -215,7 +211,8 @@ def lora_metadata(config: RunConfig, step: int, base_fingerprint: str, dataset_s
         "ipa.dataset_size": str(dataset_size),
         "ipa.dataset_rejected": str(dataset_rejected),
         "ipa.dataset_hash": dataset_hash,
-        "ipa.init_lora": Path(c.init_lora).name if c.init_lora else "",
+        "ipa.init_lora": ", ".join(Path(i.path).name + ("" if i.strength == 1.0 else f" @ {i.strength:g}") for i in c.init_loras),
+        "ipa.vace_module": Path(c.vace_module).name if c.vace_module else "",
         "ipa.pack_version": __version__,
         "ipa.seed": str(c.seed),
     }

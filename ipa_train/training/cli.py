@@ -28,9 +28,11 @@ import torch.distributed as dist
 from ..data.dataset import DatasetError
 from ..fileio import read_json
 from . import lora as lora_setup
+from . import rank_guard
 from .checkpoints import STATE_FILE, TrainingError, find_checkpoint
 from .config import ConfigError, RunConfig
 from .distributed import Dist, Events, setup_distributed
+from .failures import hint_for, root_cause
 from .loop import Trainer
 
 EXIT_OK = 0
@@ -97,14 +99,24 @@ class StopFlag:
     def __init__(self):
         self.requested = False
         self.signal_name = None
+        self.reason = "signal"  # the stopped event's reason
         self.first_signal = 0.0
 
     def __call__(self) -> bool:
         return self.requested
 
     def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
+        # SIGBREAK: what a Windows launcher can send to a process group it created (CTRL_BREAK_EVENT).
+        for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGBREAK", None)):
+            if sig is not None:
+                signal.signal(sig, self._handle)
+
+    def request(self, reason: str) -> None:
+        """A stop asked for by this process itself (its launcher is gone): like a first signal."""
+        if not self.requested:
+            self.requested = True
+            self.first_signal = time.monotonic()
+            self.reason = reason
 
     def _handle(self, signum, frame) -> None:
         # torchrun forwards a terminal's Ctrl-C as SIGTERM, so one stop request often arrives twice: only a
@@ -128,6 +140,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     stop = StopFlag()
     stop.install()
+    rank_guard.install(stop.request)  # a rank whose launcher (ComfyUI, torchrun) is gone stops by itself
     code = EXIT_ERROR
     dist_info = Dist(rank=rank)
     events = Events(dist_info)
@@ -145,8 +158,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     except BaseException as exc:  # noqa: BLE001 - every failure becomes an error event and status 1
         tail = traceback.format_exc().strip().splitlines()[-12:]
         message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, KeyboardInterrupt) else "interrupted twice: stopped without a checkpoint"
-        events.emit("error", rank=dist_info.rank, message=message, traceback="\n".join(tail))
-        if isinstance(exc, (ConfigError, DatasetError, TrainingError)):
+        user_error = isinstance(exc, (ConfigError, DatasetError, TrainingError))
+        # A library error that surfaced from an earlier one (an import failure deep in diffusers): name the first.
+        cause = None if user_error else root_cause(exc)
+        if cause is None and not user_error and hint_for(exc, message):
+            cause = {"hint": hint_for(exc, message)}
+        events.emit("error", rank=dist_info.rank, message=message, traceback="\n".join(tail), **(cause or {}))
+        if user_error:
             log.error("%s", exc)  # bad input: the message says what to change; no traceback needed
         else:
             log.error("%s", traceback.format_exc())

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from ..fileio import atomic_write_json
+from ..fileio import InvalidNameError, atomic_write_json, validate_name
 
 OBJECTIVES = ("ipa", "dpo", "sft")
 LR_SCHEDULERS = ("constant", "cosine")
@@ -21,6 +22,40 @@ DISTRIBUTED = ("ddp", "fsdp2")
 BASE_PRECISIONS = ("bf16", "fp8")
 REQUIRED = ("dataset", "base_model", "output_dir")
 STOP_FILE_NAME = "STOP"
+
+# Allowed range of every number: (minimum, maximum, minimum excluded). Values must also be finite: JSON allows
+# NaN and Infinity, and a beta of Infinity trains NaN weights. The ComfyUI node's widgets stay inside these.
+NUMBER_RANGES: dict[str, tuple[float, float, bool]] = {
+    "beta": (0, 1e6, False),
+    "hand_weight": (1, 1e4, False),
+    "rank": (0, 4096, True),
+    "alpha": (0, 1e5, True),
+    "dropout": (0, 0.999, False),
+    "learning_rate": (0, 1.0, True),
+    "weight_decay": (0, 10.0, False),
+    "warmup_steps": (0, 10**9, False),
+    "steps": (0, 10**9, True),
+    "batch_size": (0, 4096, True),
+    "grad_accum": (0, 65536, True),
+    "max_grad_norm": (0, 1e6, False),
+    "seed": (0, 2**63 - 1, False),
+    "checkpoint_every": (0, 10**9, False),
+    "keep_checkpoints": (0, 10**6, False),
+    "shift": (0, 1e3, True),
+    "logit_mean": (-100, 100, False),
+    "logit_std": (0, 100, True),
+    "blocks_to_swap": (0, 4096, False),
+}
+INTEGER_KEYS = ("rank", "warmup_steps", "steps", "batch_size", "grad_accum", "seed", "checkpoint_every", "keep_checkpoints",
+                "blocks_to_swap")
+OPTIONAL_NUMBERS = ("alpha",)  # None means: alpha = rank
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 class ConfigError(ValueError):
@@ -58,7 +93,11 @@ class RunConfig:
     logit_mean: float = 0.0  # for "logit_normal": t = sigmoid(N(logit_mean, logit_std))
     logit_std: float = 1.0
     dpo_time_weighting: bool = False
-    init_lora: Optional[str] = None
+    # A LoRA file, {"path": ..., "strength": s}, or a list of these: the LoRAs the samples were made with (their
+    # strengths as sampled); frozen, part of the reference. A plain string means strength 1.
+    init_lora: Any = None
+    vace_module: Optional[str] = None  # kijai's VACE module file, with a Wan2.1 text-to-video base_model
+    allow_other_base: bool = False  # train even when the samples were made by another base model or patches
     distributed: str = "ddp"
     stop_file: Optional[str] = None  # None: <output_dir>/STOP. Its appearance asks for a graceful stop (no signal needed)
     # Memory modes (README, Memory): how the frozen base is stored and where it and the checkpoints live.
@@ -117,6 +156,11 @@ class RunConfig:
         return Path(self.stop_file) if self.stop_file else Path(self.output_dir) / STOP_FILE_NAME
 
     @property
+    def init_loras(self) -> list["InitLora"]:
+        """``init_lora`` in its one normalised form: a list of (path, strength), in the order given."""
+        return parse_init_lora(self.init_lora)
+
+    @property
     def effective_alpha(self) -> float:
         return float(self.rank if self.alpha is None else self.alpha)
 
@@ -130,15 +174,19 @@ class RunConfig:
                 hint = ' or "tiny"' if key == "base_model" else ""
                 raise ConfigError(f"{source}: {key} is required (a path{hint})")
 
-        def number(key: str, integer: bool = False, minimum: float | None = None, exclusive: bool = False) -> None:
+        def number(key: str) -> None:
             value = getattr(self, key)
+            integer = key in INTEGER_KEYS
+            low, high, exclusive = NUMBER_RANGES[key]
             ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
             if isinstance(value, bool) or not ok_type:
                 fail(key, f"must be {'an integer' if integer else 'a number'}")
+            if not integer and not _finite(value):
+                fail(key, f"must be a finite number between {low} and {high}")
             if not integer:
                 setattr(self, key, float(value))
-            if minimum is not None and (value <= minimum if exclusive else value < minimum):
-                fail(key, f"must be {'>' if exclusive else '>='} {minimum}")
+            if (value <= low if exclusive else value < low) or value > high:
+                fail(key, f"must be {'>' if exclusive else '>='} {low} and <= {high}")
 
         def choice(key: str, allowed: tuple[str, ...]) -> None:
             if getattr(self, key) not in allowed:
@@ -153,34 +201,18 @@ class RunConfig:
         choice("precision", PRECISIONS)
         choice("timestep_sampling", TIMESTEP_SAMPLINGS)
         choice("distributed", DISTRIBUTED)
-        number("beta", minimum=0)
-        number("hand_weight", minimum=1)
-        number("rank", integer=True, minimum=0, exclusive=True)
-        if self.alpha is not None:
-            number("alpha", minimum=0, exclusive=True)
-        number("dropout", minimum=0)
-        if self.dropout >= 1:
-            fail("dropout", "must be below 1")
-        number("learning_rate", minimum=0, exclusive=True)
-        number("weight_decay", minimum=0)
-        number("warmup_steps", integer=True, minimum=0)
-        number("steps", integer=True, minimum=0, exclusive=True)
-        number("batch_size", integer=True, minimum=0, exclusive=True)
-        number("grad_accum", integer=True, minimum=0, exclusive=True)
-        number("max_grad_norm", minimum=0)
-        number("seed", integer=True, minimum=0)
-        number("checkpoint_every", integer=True, minimum=0)
-        number("keep_checkpoints", integer=True, minimum=0)
-        number("shift", minimum=0, exclusive=True)
-        number("logit_mean")
-        number("logit_std", minimum=0, exclusive=True)
+        for key in NUMBER_RANGES:
+            if key not in OPTIONAL_NUMBERS or getattr(self, key) is not None:
+                number(key)
         flag("gradient_checkpointing")
         flag("dpo_time_weighting")
         choice("base_precision", BASE_PRECISIONS)
-        number("blocks_to_swap", integer=True, minimum=0)
         flag("activation_offload")
-        if self.vram_budget_gb is not None:
-            number("vram_budget_gb", minimum=0, exclusive=True)
+        budget = self.vram_budget_gb
+        if budget is not None:  # GiB; null: no budget (the node resolves its 'auto' to the GPU's free memory)
+            if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not _finite(budget) or not 0 < budget <= 1e5:
+                fail("vram_budget_gb", "must be a number of GiB above 0 (at most 100000), or null for no budget")
+            self.vram_budget_gb = float(budget)
         if self.blocks_to_swap and self.distributed == "fsdp2":
             fail("blocks_to_swap", "cannot be combined with distributed 'fsdp2' (FSDP2 already shards the weights across "
                  "GPUs); use distributed 'ddp' with block swap, or fsdp2 without it")
@@ -191,10 +223,12 @@ class RunConfig:
             key = "blocks_to_swap" if self.blocks_to_swap else "activation_offload"
             fail(key, "needs gradient_checkpointing: true (swapped weights and offloaded inputs are fetched again in the "
                  "checkpoint's recompute; without checkpointing the backward pass would keep them all on the GPU)")
-        if not isinstance(self.lora_name, str) or not self.lora_name or "/" in self.lora_name or "\\" in self.lora_name or self.lora_name.startswith("."):
-            fail("lora_name", "must be a plain file name without folders (the LoRA is written to output_dir/<lora_name>.safetensors)")
-        if self.lora_name.endswith(".safetensors"):
+        if isinstance(self.lora_name, str) and self.lora_name.lower().endswith(".safetensors"):
             self.lora_name = self.lora_name[: -len(".safetensors")]
+        try:
+            validate_name(self.lora_name, "lora_name")  # the dataset names' rule: checked here, not at the first checkpoint
+        except InvalidNameError as exc:
+            raise ConfigError(f"{source}: {exc} (the LoRA is written to output_dir/<lora_name>.safetensors)") from None
         if isinstance(self.targets, str):
             self.targets = [self.targets]
         if not isinstance(self.targets, list) or not self.targets or not all(isinstance(t, str) for t in self.targets):
@@ -205,7 +239,43 @@ class RunConfig:
             target_regex(self.targets)
         except ValueError as exc:
             raise ConfigError(f"{source}: {exc}") from exc
-        if self.init_lora is not None and (not isinstance(self.init_lora, str) or not self.init_lora):
-            fail("init_lora", "must be a LoRA file path or null")
+        try:
+            parse_init_lora(self.init_lora)
+        except ValueError as exc:
+            fail("init_lora", str(exc))
+        if self.vace_module is not None and (not isinstance(self.vace_module, str) or not self.vace_module.strip()):
+            fail("vace_module", "must be a VACE module file path or null")
+        if self.vace_module is not None and self.base_model == "tiny":
+            fail("vace_module", "goes with a Wan2.1 text-to-video base_model file, not with the embedded \"tiny\" model")
+        flag("allow_other_base")
         if self.stop_file is not None and (not isinstance(self.stop_file, str) or not self.stop_file.strip()):
             fail("stop_file", "must be a file path or null (null: <output_dir>/STOP)")
+
+
+@dataclass(frozen=True)
+class InitLora:
+    path: str
+    strength: float = 1.0
+
+
+_INIT_LORA_FORMS = 'a LoRA file path, {"path": "...", "strength": 0.5}, or a list of these (or null)'
+
+
+def parse_init_lora(value: Any) -> list[InitLora]:
+    """``init_lora`` as given in run.json (a path, one ``{"path", "strength"}`` object, or a list of either) -> a
+    list of :class:`InitLora`. Raises ValueError saying which forms are accepted."""
+    if value is None or value == []:
+        return []
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for item in items:
+        if isinstance(item, str) and item.strip():
+            out.append(InitLora(item))
+        elif isinstance(item, Mapping) and isinstance(item.get("path"), str) and item["path"].strip() and set(item) <= {"path", "strength"}:
+            strength = item.get("strength", 1.0)
+            if isinstance(strength, bool) or not isinstance(strength, (int, float)) or strength == 0:
+                raise ValueError(f"strength {strength!r} of {item['path']} must be a non-zero number (the strength it was sampled with)")
+            out.append(InitLora(item["path"], float(strength)))
+        else:
+            raise ValueError(f"must be {_INIT_LORA_FORMS}; got {item!r}")
+    return out

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -45,11 +44,25 @@ def setup_distributed() -> Dist:
     else:
         device = torch.device("cpu")  # threads: torch's default, or OMP_NUM_THREADS (torchrun sets 1 per rank)
     if world > 1 and not dist.is_initialized():
-        if device.type == "cuda":
+        backend = process_group_backend(device.type)
+        if backend == "nccl":
             dist.init_process_group(backend="nccl", device_id=device)
         else:
             dist.init_process_group(backend="gloo")
     return Dist(rank=rank, world=world, local_rank=local_rank, device=device)
+
+
+def process_group_backend(device_type: str, os_name: Optional[str] = None) -> str:
+    """NCCL between GPUs, gloo between CPU processes. PyTorch builds no NCCL for Windows: several GPUs there are
+    refused here, before any weight loads (the launcher already refuses them; this catches a hand-made torchrun)."""
+    if device_type != "cuda":
+        return "gloo"
+    if (os.name if os_name is None else os_name) == "nt":
+        from .config import ConfigError
+
+        raise ConfigError("several GPUs need NCCL, which PyTorch does not provide on Windows: train on one GPU "
+                          "(python -m ipa_train.train, no torchrun), or under WSL2 or Linux for several")
+    return "nccl"
 
 
 def is_dtensor(value) -> bool:
@@ -84,4 +97,11 @@ def peak_memory_gb(device: torch.device) -> float:
     """GPU: peak memory allocated by torch. CPU: the process's peak resident set size."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        import psutil  # Windows: the peak working set
+
+        return getattr(psutil.Process().memory_info(), "peak_wset", psutil.Process().memory_info().rss) / 2**30
+    scale = 2**30 if sys.platform == "darwin" else 2**20  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale

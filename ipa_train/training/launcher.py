@@ -17,14 +17,20 @@ import collections
 import json
 import os
 import queue
-import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
+
+from .checkpoint_files import pick_checkpoint
+from .failures import FAILURES_ENV, RankFailure, failure_report, read_failures
+from .process_tree import JOB_ENV, LaunchRefused, Platform, ProcessTree, current_platform
+from .rank_guard import LAUNCHER_PID_ENV
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -80,28 +86,43 @@ def build_command(
     python: str = sys.executable,
     extra_args: Sequence[str] = (),
 ) -> list[str]:
-    """``python -m MODULE --config run.json`` for one process, ``python -m torch.distributed.run --standalone
-    --nproc_per_node=N -m MODULE ...`` (torchrun with the same interpreter) for several."""
+    """``python -m MODULE --config run.json`` for one process (one GPU or the CPU, on every platform: never torchrun);
+    for several, torchrun with the same interpreter through ``ipa_train.training.elastic_run``, which also records
+    the exit code of every failed rank: ``python -m ipa_train.training.elastic_run --standalone --nproc_per_node=N
+    -m MODULE ...``."""
     if processes < 1:
         raise LaunchError(f"processes must be >= 1, got {processes}")
     tail = ["-m", module, "--config", str(config_path), *extra_args]
     if processes == 1:
         return [python, *tail]
-    return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *tail]
+    return [python, "-m", "ipa_train.training.elastic_run", "--standalone", f"--nproc_per_node={processes}", *tail]
+
+
+def check_launch(processes: int, gpus: Sequence[int], platform: Optional[Platform] = None) -> None:
+    """Refuses, before anything loads, a launch this platform cannot do (several GPUs on Windows: no NCCL)."""
+    try:
+        (platform or current_platform()).check_processes(processes, gpus)
+    except LaunchRefused as exc:
+        raise LaunchError(str(exc)) from None
 
 
 def build_env(
     base: Optional[Mapping[str, str]] = None,
     gpus: Sequence[int] = (),
     pythonpath: Sequence[str] = (),
+    processes: int = 1,
+    platform: Optional[Platform] = None,
 ) -> dict[str, str]:
     """The trainer's environment: the host's minus :data:`DROPPED_ENV`, ``CUDA_VISIBLE_DEVICES`` set from ``gpus``
-    (empty string = no GPU), ``PYTHONPATH`` = the folder holding ``ipa_train`` (+ ``pythonpath``)."""
+    (empty string = no GPU), ``PYTHONPATH`` = the folder holding ``ipa_train`` (+ ``pythonpath``), and what
+    ``processes`` processes need on this platform (Windows: ``USE_LIBUV=0`` for torchrun)."""
     env = {key: value for key, value in (os.environ if base is None else base).items() if key not in DROPPED_ENV}
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(gpu) for gpu in gpus)
     env["PYTHONPATH"] = os.pathsep.join([PACKAGE_PARENT, *pythonpath])
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONNOUSERSITE"] = "1"
+    env["PYTHONIOENCODING"] = "utf-8"  # the events are read as UTF-8 (Windows pipes default to the ANSI code page)
+    env.update((platform or current_platform()).distributed_env(processes))
     return env
 
 
@@ -129,21 +150,26 @@ class JobOutcome:
     events: list[dict[str, Any]] = field(default_factory=list)
     final: Optional[dict[str, Any]] = None  # the finished / stopped / error event
     stderr_tail: list[str] = field(default_factory=list)
+    failures: list[RankFailure] = field(default_factory=list)  # torchrun's failed ranks and their exit codes
+
+    def headline(self) -> str:
+        """One line: what made the run fail, the rank named (``failures.failure_report``)."""
+        errors = [event for event in self.events if event.get("event") == "error"]
+        lines = failure_report(errors, self.failures, self.returncode)
+        return lines[0] if lines else f"the trainer exited with status {self.returncode}"
 
     def error_text(self, lines: int = 30) -> str:
-        """The failing rank's message and traceback tail (from its error event), else the last stderr lines."""
-        parts = []
-        if self.final and self.final.get("event") == "error":
-            rank = self.final.get("rank", "?")
-            parts.append(f"rank {rank}: {self.final.get('message', 'error')}")
-            tail = self.final.get("traceback") or self.final.get("traceback_tail") or ""
+        """The cause first (the failing rank's message and traceback, or the rank that died and how), then what the
+        other ranks said, then the last stderr lines."""
+        errors = [event for event in self.events if event.get("event") == "error"]
+        parts = failure_report(errors, self.failures, self.returncode)
+        cause = next((event for event in errors if parts and parts[0].startswith(f"rank {event.get('rank')}:")), None)
+        if cause is not None:
+            tail = cause.get("traceback") or cause.get("traceback_tail") or ""
             if isinstance(tail, list):
                 tail = "\n".join(tail)
             if tail:
-                parts.append(str(tail).rstrip())
-            for other in self.events:
-                if other.get("event") == "error" and other is not self.final:
-                    parts.append(f"then rank {other.get('rank', '?')}: {other.get('message', 'error')}")
+                parts.insert(1, str(tail).rstrip())
         if self.stderr_tail:
             parts.append("last lines on stderr:\n" + "\n".join(self.stderr_tail[-lines:]))
         if not parts:
@@ -152,24 +178,35 @@ class JobOutcome:
 
 
 class TrainingJob:
-    """The trainer subprocess in its own session (process group): events from stdout, a tail of stderr, and a
-    graceful stop (the stop file, then SIGINT to the whole group, then SIGKILL) that never leaves workers behind.
+    """The trainer subprocess in its own process group: events from stdout, a tail of stderr, and a graceful stop
+    (the stop file, then SIGINT/CTRL_BREAK to the job, then a forced kill) that never leaves a process behind:
+    torchrun's ranks included, even when torchrun died first (``process_tree.ProcessTree``).
 
-    ``stop_file``: the run's stop file (``RunConfig.stop_path``); without one, :meth:`stop` starts with SIGINT."""
+    ``stop_file``: the run's stop file (``RunConfig.stop_path``); without one, :meth:`stop` starts with a signal.
+    Every process of the job gets ``$IPA_TRAIN_JOB`` (how its ranks are found), ``$IPA_TRAIN_LAUNCHER_PID`` (this
+    process: a rank whose launcher is gone ends itself, ``rank_guard``) and ``$IPA_TRAIN_FAILURES_FILE`` (where
+    ``elastic_run`` records the exit codes of failed ranks)."""
 
     def __init__(self, command: Sequence[str], env: Mapping[str, str], cwd: os.PathLike | str, stderr_lines: int = 200,
-                 log_path: Optional[os.PathLike | str] = None, stop_file: Optional[os.PathLike | str] = None):
+                 log_path: Optional[os.PathLike | str] = None, stop_file: Optional[os.PathLike | str] = None,
+                 platform: Optional[Platform] = None):
         self.command = list(command)
+        self.platform = platform or current_platform()
         self.stop_file = Path(stop_file) if stop_file else None
         self.signalled: list[str] = []  # signals :meth:`stop` had to send (empty when the stop file sufficed)
         if self.stop_file is not None:
             _remove(self.stop_file)  # a stale request from an earlier run must not stop this one
+        self.job_id = uuid.uuid4().hex
+        self.failures_file = Path(tempfile.gettempdir()) / f"ipa-train-failures-{self.job_id}.json"  # read and removed by finish()
+        env = {**env, JOB_ENV: self.job_id, LAUNCHER_PID_ENV: str(os.getpid()), FAILURES_ENV: str(self.failures_file)}
         self._log = open(log_path, "a", encoding="utf-8") if log_path else None
         self.process = subprocess.Popen(
-            self.command, cwd=str(cwd), env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, bufsize=1, start_new_session=True,
+            self.command, cwd=str(cwd), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", bufsize=1,
+            **self.platform.popen_options(),
         )
-        self.pgid = self.process.pid  # start_new_session: the child leads its own group
+        self.pgid = self.process.pid  # POSIX: the child leads its own session and group
+        self.tree = ProcessTree(self.process.pid, self.job_id, self.platform)
         self.events: "queue.Queue[dict[str, Any]]" = queue.Queue()
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=stderr_lines)
         self.history: list[dict[str, Any]] = []
@@ -222,15 +259,13 @@ class TrainingJob:
     def running(self) -> bool:
         return self.process.poll() is None
 
-    def _signal_group(self, sig: int) -> bool:
-        try:
-            os.killpg(self.pgid, sig)
-            return True
-        except ProcessLookupError:
-            return False
+    def processes(self) -> list:
+        """The job's live processes (psutil): the launched one, torchrun's ranks, anything they started."""
+        return self.tree.alive()
 
     def group_alive(self) -> bool:
-        return self._signal_group(0)
+        """Whether any process of the job still runs (torchrun's ranks included, wherever they were re-parented)."""
+        return bool(self.processes())
 
     def request_stop(self) -> None:
         """Asks for a graceful stop without waiting: writes the stop file (every rank checks it after each step and
@@ -245,13 +280,20 @@ class TrainingJob:
             self._send_stop_signal()
 
     def _send_stop_signal(self) -> None:
-        self.signalled.append("SIGINT")
-        self._signal_group(signal.SIGINT)
+        sig = self.platform.interrupt_signal()
+        self.signalled.append("CTRL_BREAK" if self.platform.windows else "SIGINT")
+        if self.platform.windows:
+            try:  # reaches the new process group of the launched process (torchrun forwards nothing there)
+                os.kill(self.process.pid, sig)
+            except OSError:
+                pass
+        else:
+            self.tree.signal_all(sig)  # torchrun and every rank: each rank leads its own session
 
     def stop(self, grace_s: float = 600.0, signal_grace_s: float = 60.0) -> None:
         """Graceful stop: :meth:`request_stop`, then wait up to ``grace_s`` seconds for the current step and the
-        checkpoint. Only if the job is still running then: SIGINT to every process of the group (torchrun forwards
-        it), ``signal_grace_s`` more seconds, and SIGKILL for whatever is left."""
+        checkpoint. Only if the job is still running then: SIGINT to every process of the job (CTRL_BREAK on Windows),
+        ``signal_grace_s`` more seconds, and a forced kill of whatever is left (SIGKILL; ``taskkill /T /F``)."""
         self.request_stop()
         if not self._wait(grace_s) and self.stop_file is not None:
             log_line = f"the trainer did not stop within {grace_s:.0f} s of the stop file; sending SIGINT"
@@ -269,19 +311,22 @@ class TrainingJob:
             return False
 
     def kill(self) -> None:
-        self._signal_group(signal.SIGKILL)
+        """Ends every process of the job at once (the ranks too, even when torchrun is already gone)."""
+        left = self.tree.kill()
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             pass
-        deadline = time.monotonic() + 10
-        while self.group_alive() and time.monotonic() < deadline:  # orphaned workers of the group
-            self._signal_group(signal.SIGKILL)
-            time.sleep(0.05)
+        if left:
+            line = f"could not end processes {[p.pid for p in left]} of the training job"
+            self.stderr_tail.append(f"[launcher] {line}")
+            self._write_log("launcher", line)
 
     def finish(self) -> JobOutcome:
         """Waits for the process, drains the readers and events, and classifies the outcome."""
         self.process.wait()
+        if self.group_alive():  # a rank outlived torchrun: never leave it holding the GPU (nor our pipes open)
+            self.kill()
         for reader in self._readers:
             reader.join(timeout=10)
         while True:
@@ -289,10 +334,11 @@ class TrainingJob:
                 self.history.append(self.events.get_nowait())
             except queue.Empty:
                 break
-        if self.group_alive():  # a rank outlived its launcher: never leave it holding the GPU
-            self.kill()
+        self.tree.close()
         if self.stop_file is not None:
             _remove(self.stop_file)  # unanswered (the job ended first) or already consumed
+        failures = read_failures(self.failures_file)
+        _remove(self.failures_file)
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -306,7 +352,7 @@ class TrainingJob:
             status = "failed"
             # The first error is the rank that failed; the others usually report only the lost peer afterwards.
             final = next((event for event in self.history if event["event"] == "error"), None)
-        return JobOutcome(status, code, list(self.history), final, list(self.stderr_tail))
+        return JobOutcome(status, code, list(self.history), final, list(self.stderr_tail), failures)
 
 
 # ----------------------------------------------------------------------------------------------- run folders
@@ -320,14 +366,9 @@ def _remove(path: Path) -> None:
 
 
 def latest_checkpoint(run_dir: os.PathLike | str) -> Optional[Path]:
-    """``<run_dir>/checkpoints/step-<N>`` with the largest N, or ``None``."""
-    folder = Path(run_dir) / "checkpoints"
-    best, best_step = None, -1
-    if folder.is_dir():
-        for entry in folder.iterdir():
-            if entry.is_dir() and entry.name.startswith("step-") and entry.name[5:].isdigit() and int(entry.name[5:]) > best_step:
-                best, best_step = entry, int(entry.name[5:])
-    return best
+    """The newest complete ``<run_dir>/checkpoints/step-<N>``, or ``None`` (``checkpoint_files.pick_checkpoint``,
+    the trainer's own choice: a half-written or half-replaced folder is never picked)."""
+    return pick_checkpoint(run_dir)
 
 
 def unique_path(folder: os.PathLike | str, stem: str, suffix: str) -> Path:

@@ -19,18 +19,20 @@ import torch
 import torch.distributed as dist
 
 from ..fileio import atomic_save_safetensors
-from ..wan.fingerprint import model_fingerprint
+from ..wan.fingerprint import diffusers_model_fingerprint, file_weights_fingerprint, model_fingerprint
 from ..wan.model import storage_summary
 from . import lora as lora_setup
-from .batching import Sampler, check_data_fits_model, load_training_data, sampling_patch_warning, seed_for
+from .batching import Sampler, check_data_fits_model, load_training_data, seed_for
+from .checkpoint_files import CHECKPOINTS_DIR, recover_checkpoints
 from .checkpoints import (
-    find_checkpoint, load_adapter, load_training_state, lora_metadata, optimizer_state_api, write_checkpoint,
+    TrainingError, find_checkpoint, load_adapter, load_training_state, lora_metadata, optimizer_state_api, write_checkpoint,
 )
 from .config import ConfigError, RunConfig
 from .distributed import Dist, Events, full_tensor, peak_memory_gb, setup_distributed
 from .memory import MemoryModes, compute_dtype, plan_memory
 from .model_setup import add_adapters, build_model, save_comfy_lora, shard_fsdp2
 from .objective import Objective
+from .reference_check import check_base_fingerprint, check_recorded_patches
 
 log = logging.getLogger("ipa_train.train")
 
@@ -77,6 +79,10 @@ class Trainer:
         self.stop_reason: Optional[str] = None
         self.dump_replicas = Path(dump_replicas) if dump_replicas else None
         self.output_dir = Path(config.output_dir)
+        self.last_checkpoint: Optional[Path] = None
+        if dist_info.main:  # before anything picks a checkpoint: finish or undo what a killed run left half done
+            clean_output_dir(self.output_dir)
+        dist_info.barrier()
         self.resume_dir = find_checkpoint(resume) if resume else None
         device = dist_info.device
         if config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda"):
@@ -92,9 +98,8 @@ class Trainer:
         # 1. data (all validation before any model is built)
         self.data = load_training_data(config)
         self.sampler = Sampler(config, self.data, dist_info)
-        self.patch_warning = sampling_patch_warning(self.data, config)
-        if self.patch_warning and dist_info.main:
-            log.warning("%s", self.patch_warning)
+        # the samples' sampler against this run's reference: LoRAs and other patches now, the base weights once loaded
+        self.reference_warnings = check_recorded_patches(self.data, config)
 
         # 2. memory: the planner's prediction, with vram_budget_gb the settings that fit; modes that cannot be
         # honoured are refused here, before any weight loads.
@@ -110,14 +115,25 @@ class Trainer:
 
         # 3. model + adapters. Base weights bf16 on GPU with DDP (the adapters stay fp32); FSDP2 shards fp32
         # weights and gathers them in bf16 (its mixed-precision policy).
+        if config.distributed == "fsdp2" and dist_info.active and str(config.base_model).lower().endswith(".gguf"):
+            raise ConfigError("distributed 'fsdp2' cannot shard a GGUF base (its weights are packed quantised blocks); use 'ddp' "
+                              "or a safetensors base_model")
         base_dtype = torch.bfloat16 if (self.autocast_dtype is not None and device.type == "cuda" and config.distributed == "ddp") else torch.float32
-        if model is None:
-            model = build_model(config, base_dtype, self.memory.dtype)
-        elif config.base_precision == "fp8":
+        model = build_model(config, base_dtype, self.memory.dtype) if model is None else model  # a file streams into fp8
+        check_data_fits_model(self.data, model)
+        # The samples' base against this one, as stored: with base_precision fp8 the file's own weights (the run
+        # quantises them on purpose; fp8 files are fp8 on both sides).
+        streamed_fp8 = config.base_precision == "fp8" and Path(config.base_model).is_file()
+        identity = (file_weights_fingerprint(config.base_model, config.vace_module) if streamed_fp8
+                    else diffusers_model_fingerprint(model))
+        self.reference_warnings += check_base_fingerprint(self.data, config, identity)
+        if config.base_precision == "fp8":  # the tiny model, folders and given models: after the fingerprint
             from ..wan.frozen_linear import quantize_block_linears
 
             quantize_block_linears(model, self.memory.dtype)
-        check_data_fits_model(self.data, model)
+        if dist_info.main:
+            for warning in self.reference_warnings:
+                log.warning("%s", warning)
         self.base_fingerprint = model_fingerprint(config.base_model, model)
         self.memory.prepare_layers(model)
         add_adapters(model, config, self.memory.checkpointing_function())
@@ -160,23 +176,40 @@ class Trainer:
     def train_step(self, step: int) -> dict[str, float]:
         c = self.config
         metrics = self.objective.accumulate(step)
-        grad_norm = None
         if c.max_grad_norm > 0:
             grad_norm = float(full_tensor(torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)))
+        else:
+            grad_norm = float(full_tensor(torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])))
+        self._check_finite(step + 1, metrics["loss"], grad_norm)  # before the update: a NaN never reaches the weights
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         metrics["lr"] = lr
-        if grad_norm is not None:
+        if c.max_grad_norm > 0:
             metrics["grad_norm"] = grad_norm
         return metrics
+
+    def _check_finite(self, step: int, loss: float, grad_norm: float) -> None:
+        """Stops the run at the first non-finite loss or gradient. The gradient norm is the same on every rank
+        (gradients are synchronised), so all ranks stop together; a loss that is non-finite on one rank only stops
+        that rank, and the others are ended by torchrun."""
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            return
+        c = self.config
+        saved = f"the last checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
+        raise TrainingError(
+            f"step {step}: the loss is {loss} and the gradient norm {grad_norm} (rank {self.dist.rank}): training diverged "
+            f"or a setting is extreme (learning_rate {c.learning_rate}, beta {c.beta}, hand_weight {c.hand_weight}). "
+            f"Stopped before this update, so no NaN weights were saved; {saved}. Lower learning_rate (or beta) and "
+            "train again, or resume from the last checkpoint."
+        )
 
     def _stop_asked(self) -> bool:
         """This rank's view: a signal (``stop_requested``) or the stop file. ``_reduce`` makes every rank agree."""
         if self.stop_reason is None:
             if self.stop_requested():
-                self.stop_reason = "signal"
+                self.stop_reason = getattr(self.stop_requested, "reason", None) or "signal"
             elif self.stop_path.exists():
                 self.stop_reason = "stop file"
                 log.warning("stop file %s found: writing a checkpoint after this step", self.stop_path)
@@ -256,12 +289,13 @@ class Trainer:
             trainable_parameters=sum(p.numel() for p in self.params),
             resumed_from=str(self.resume_dir) if self.resume_dir else None,
             output_dir=str(self.output_dir),
-            warnings=[self.patch_warning] if self.patch_warning else [],
+            warnings=list(self.reference_warnings),
             memory={**self.memory_plan.to_json(), "budget_gb": c.vram_budget_gb, "base_storage": storage_summary(self.bare)},
         )
 
     def _checkpoint(self, step: int) -> Path:
         path = self.save_checkpoint(step)
+        self.last_checkpoint = path
         self.events.emit("checkpoint", step=step, path=str(path))
         return path
 
@@ -323,6 +357,18 @@ class Trainer:
         final = {k: history[-1][k] for k in ("loss", "ipa_gap", "model_error", "reference_error")} if history else {}
         self.events.emit("finished", step=step, lora_path=str(lora_path), checkpoint=str(last_checkpoint), metrics=final)
         return TrainResult("finished", step, str(lora_path), str(last_checkpoint), history, self.bare)
+
+
+def clean_output_dir(output_dir: Path) -> dict[str, list[str]]:
+    """At run start: completes or undoes a checkpoint replacement a killed run left half done, and deletes staging
+    folders and temporary files of atomic writes in the output and checkpoints folders (``recover_checkpoints``)."""
+    from ..fileio import remove_stale_temp_files
+
+    done = recover_checkpoints(output_dir / CHECKPOINTS_DIR)
+    done["removed"] += [path.name for path in remove_stale_temp_files(output_dir)]
+    if any(done.values()):
+        log.info("cleaned up after an interrupted run in %s: %s", output_dir, {k: v for k, v in done.items() if v})
+    return done
 
 
 def _injected_fault(rank: int) -> Optional[int]:

@@ -3,8 +3,9 @@ reference model as the same module with its trained adapter switched off.
 
 Adapters on the model:
     ``ipa``        the adapter being trained (zero-initialised ``lora_B``, so the policy starts equal to the reference)
-    ``reference``  only when training starts from an existing LoRA: that LoRA, frozen. The policy is
-                   base + reference + ipa, the reference base + reference.
+    ``reference``  only when training starts from existing LoRAs (``init_lora``): the first one, frozen, at its
+                   strength; ``reference_1``, ``reference_2``, ... the others. The policy is base + references + ipa,
+                   the reference base + references (ComfyUI's ``W + strength * alpha / rank * B @ A`` for each).
 
 Why not a deep copy for the reference: with ``lora_B = 0`` the same module with the adapter off is bit-identical
 to a copy taken at initialisation (tested) and saves one full copy of the base weights (4 GiB for 1.3B,
@@ -69,15 +70,24 @@ def add_trained_lora(model, rank: int, alpha: Optional[float] = None, dropout: f
             model.add_adapter(config, adapter_name=TRAINED_ADAPTER)
     except ValueError as exc:
         raise ValueError(f"LoRA targets {list(targets)} (regex {regex}) match no layer of this model: {exc}") from exc
-    if REFERENCE_ADAPTER in getattr(model, "peft_config", {}):
-        model.set_adapter([REFERENCE_ADAPTER, TRAINED_ADAPTER])
+    references = reference_adapters(model)
+    if references:
+        model.set_adapter(references + [TRAINED_ADAPTER])
     freeze_all_but_trained(model)
     return config
 
 
-def add_reference_lora(model, state_dict: Mapping[str, torch.Tensor], alphas: Optional[Mapping[str, float]] = None) -> list[str]:
-    """Loads an existing LoRA (diffusers module names, ``<module>.lora_A.weight``/``lora_B.weight``) as the frozen
-    ``reference`` adapter; returns the module names it covers. Call before ``add_trained_lora``."""
+def reference_adapters(model) -> list[str]:
+    """The frozen ``init_lora`` adapters on ``model``, in the order they were added."""
+    return [name for name in getattr(model, "peft_config", {}) if name == REFERENCE_ADAPTER or name.startswith(REFERENCE_ADAPTER + "_")]
+
+
+def add_reference_lora(model, state_dict: Mapping[str, torch.Tensor], alphas: Optional[Mapping[str, float]] = None,
+                       strength: float = 1.0, index: int = 0) -> list[str]:
+    """Loads an existing LoRA (diffusers module names, ``<module>.lora_A.weight``/``lora_B.weight``) as a frozen
+    reference adapter (``reference``, then ``reference_1``, ...) at ``strength``; returns the module names it covers.
+    Call before ``add_trained_lora``. peft's scale ``lora_alpha / r`` carries the strength: ``strength * alpha / r``
+    is exactly the factor ComfyUI's LoRA loaders apply at that strength."""
     from peft import LoraConfig, set_peft_model_state_dict
 
     from ..wan.lora_io import peft_config_kwargs
@@ -86,11 +96,17 @@ def add_reference_lora(model, state_dict: Mapping[str, torch.Tensor], alphas: Op
         kwargs = peft_config_kwargs(state_dict, alphas or {})
     except ValueError as exc:
         raise ValueError("the initial LoRA holds no lora_A/lora_B weights that fit this model") from exc
+    if strength != 1.0:
+        kwargs["lora_alpha"] = kwargs["lora_alpha"] * strength
+        kwargs["alpha_pattern"] = {module: alpha * strength for module, alpha in kwargs["alpha_pattern"].items()}
     modules = list(kwargs["target_modules"])
     config = LoraConfig(**kwargs)
+    name = REFERENCE_ADAPTER if index == 0 else f"{REFERENCE_ADAPTER}_{index}"
     model.requires_grad_(False)
-    model.add_adapter(config, adapter_name=REFERENCE_ADAPTER)
-    result = set_peft_model_state_dict(model, dict(state_dict), adapter_name=REFERENCE_ADAPTER)
+    with warnings.catch_warnings():  # several frozen adapters side by side are intended
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+        model.add_adapter(config, adapter_name=name)
+    result = set_peft_model_state_dict(model, dict(state_dict), adapter_name=name)
     unexpected = [key for key in getattr(result, "unexpected_keys", []) or [] if "lora_" in key]
     if unexpected:
         raise ValueError(f"the initial LoRA has weights this model lacks, e.g. {unexpected[:3]}")
@@ -113,16 +129,16 @@ def reference_mode(model) -> Iterator[None]:
     ``model`` is the bare transformer (not the DDP wrapper). Use under ``torch.no_grad()``. The trainable flags
     are restored exactly in ``finally`` (peft flips ``requires_grad`` when adapters are switched)."""
     flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
-    has_reference = REFERENCE_ADAPTER in getattr(model, "peft_config", {})
+    references = reference_adapters(model)
     try:
-        if has_reference:
-            model.set_adapter(REFERENCE_ADAPTER)
+        if references:
+            model.set_adapter(references)
         else:
             model.disable_adapters()
         yield
     finally:
-        if has_reference:
-            model.set_adapter([REFERENCE_ADAPTER, TRAINED_ADAPTER])
+        if references:
+            model.set_adapter(references + [TRAINED_ADAPTER])
         else:
             model.enable_adapters()
         for parameter, flag in flags:

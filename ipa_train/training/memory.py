@@ -28,13 +28,18 @@ def compute_dtype(config: RunConfig, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda") else torch.float32
 
 
-def _init_lora_params(path: Optional[str]) -> int:
-    if not path or not Path(path).is_file():
-        return 0
-    from ..wan.model import read_checkpoint_header
+def _init_lora_params(config: RunConfig) -> int:
+    """Elements of the frozen init LoRAs (from their headers; a file that cannot be read is refused later, by name)."""
+    from ..wan.model import ModelLoadError, read_checkpoint_header
 
-    shapes, _, _ = read_checkpoint_header(path)
-    return sum(int(torch.Size(shape).numel()) for key, shape in shapes.items() if "lora_" in key or "lora." in key)
+    total = 0
+    for init in config.init_loras:
+        try:
+            shapes, _, _ = read_checkpoint_header(init.path)
+        except (ModelLoadError, OSError):
+            continue
+        total += sum(int(torch.Size(shape).numel()) for key, shape in shapes.items() if "lora" in key.lower())
+    return total
 
 
 def run_shape(config: RunConfig, data, dist_info: Dist):
@@ -46,7 +51,7 @@ def run_shape(config: RunConfig, data, dist_info: Dist):
     return RunShape(
         frames=int(frames), height=int(height), width=int(width), batch_size=config.batch_size,
         text_tokens=max(int(t.text_embedding.shape[0]) for t in samples), rank=config.rank, targets=tuple(config.targets),
-        objective=config.objective, init_lora_params=_init_lora_params(config.init_lora), device=dist_info.device.type,
+        objective=config.objective, init_lora_params=_init_lora_params(config), device=dist_info.device.type,
         precision=config.precision, distributed=config.distributed if dist_info.active else "ddp", world_size=dist_info.world,
     )
 
@@ -68,7 +73,7 @@ def plan_memory(config: RunConfig, data, dist_info: Dist, model_spec=None) -> tu
         raise ConfigError(f"base_model {config.base_model} does not exist; give a Wan2.1-VACE .safetensors file, a diffusers "
                           "folder, or \"tiny\"")
     try:
-        spec = model_spec or describe_model(config.base_model)
+        spec = model_spec or describe_model(config.base_model, config.vace_module)
         run = run_shape(config, data, dist_info)
         requested = Settings(config.base_precision, config.blocks_to_swap, config.activation_offload, config.gradient_checkpointing)
         budget = int(config.vram_budget_gb * GIB) if config.vram_budget_gb else None

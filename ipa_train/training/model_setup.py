@@ -15,23 +15,22 @@ from .distributed import Dist
 
 
 def build_model(config: RunConfig, dtype: torch.dtype, compute_dtype: Optional[torch.dtype] = None):
-    """The frozen base: ``dtype`` storage, block linears in fp8 with ``base_precision: "fp8"`` (and fp8 files as
-    stored), dequantised to ``compute_dtype`` outside autocast."""
+    """The frozen base: ``dtype`` storage; fp8 files as stored and, with ``base_precision: "fp8"``, a single file's
+    block linears quantised while it streams in (the tiny model and folders are quantised by the trainer, after their
+    fingerprint), dequantised to ``compute_dtype`` outside autocast."""
     if config.base_model == "tiny":
-        from ..wan.frozen_linear import quantize_block_linears
         from ..wan.model import build_tiny_transformer
 
         model = build_tiny_transformer(seed=0)
-        model = model if dtype == torch.float32 else model.to(dtype)
-        if config.base_precision == "fp8":
-            quantize_block_linears(model, compute_dtype or dtype)
-        return model
+        return model if dtype == torch.float32 else model.to(dtype)
     path = Path(config.base_model)
     if not path.exists():
         raise ConfigError(f"base_model {path} does not exist; give a Wan2.1-VACE .safetensors file, a diffusers folder, or \"tiny\"")
     from ..wan.model import load_transformer  # single-file and diffusers-folder loading
 
-    return load_transformer(str(path), torch_dtype=dtype, base_precision=config.base_precision, compute_dtype=compute_dtype)
+    precision = config.base_precision if path.is_file() else "bf16"
+    return load_transformer(str(path), torch_dtype=dtype, vace_module=config.vace_module, base_precision=precision,
+                            compute_dtype=compute_dtype)
 
 
 def load_init_lora(path: str):
@@ -51,14 +50,15 @@ def save_comfy_lora(path: Path, peft_state_dict: dict, alpha: float, metadata: d
 
 
 def add_adapters(model, config: RunConfig, checkpointing_function=None) -> None:
-    """``init_lora`` (frozen, part of the reference) and the trained LoRA in fp32; seeded so every rank agrees."""
+    """Each ``init_lora`` at its strength (frozen, part of the reference) and the trained LoRA in fp32; seeded so
+    every rank agrees."""
     torch.manual_seed(config.seed)  # identical LoRA initialisation on every rank
-    if config.init_lora:
-        state_dict, alphas = load_init_lora(config.init_lora)
+    for index, init in enumerate(config.init_loras):
+        state_dict, alphas = load_init_lora(init.path)
         try:
-            lora_setup.add_reference_lora(model, state_dict, alphas)
+            lora_setup.add_reference_lora(model, state_dict, alphas, strength=init.strength, index=index)
         except (ValueError, RuntimeError) as exc:
-            raise ConfigError(f"init_lora {config.init_lora} does not fit the base model {config.base_model}: {exc}") from exc
+            raise ConfigError(f"init_lora {init.path} does not fit the base model {config.base_model}: {exc}") from exc
     lora_setup.add_trained_lora(model, config.rank, config.alpha, config.dropout, config.targets)
     for _, parameter in lora_setup.trained_parameters(model):
         parameter.data = parameter.data.float()

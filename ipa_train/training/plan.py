@@ -106,6 +106,7 @@ class ModelSpec:
     params: dict  # parameter name -> element count
     linears: dict  # linear layer name -> (in, out)
     fp8_stored: dict = field(default_factory=dict)  # linear name -> "tensor" | "none": stored fp8 in the file
+    stored_bytes: dict = field(default_factory=dict)  # parameter name -> bytes, for GGUF-quantised weights (kept as stored)
 
     @property
     def block_names(self) -> list[str]:
@@ -119,19 +120,23 @@ class ModelSpec:
         return [name for name in self.linears if name.startswith(block + ".")]
 
 
-def describe_model(model: str) -> ModelSpec:
-    """``wan2.1-vace-1.3b``, ``wan2.1-vace-14b``, ``tiny``, a single file (header only) or a diffusers folder."""
+def describe_model(model: str, vace_module: Optional[str] = None) -> ModelSpec:
+    """``wan2.1-vace-1.3b``, ``wan2.1-vace-14b``, ``tiny``, a single file (header only; with its ``vace_module``), a
+    GGUF file or a diffusers folder."""
     from ..wan.model import TINY_VACE_CONFIG, shipped_config
 
     fp8_stored: dict = {}
+    stored_bytes: dict = {}
     key = str(model).lower()
     if key in PRESETS:
         config, name = shipped_config(PRESETS[key]), key
     elif key == "tiny":
         config, name = {"_class_name": "WanVACETransformer3DModel", **TINY_VACE_CONFIG}, "tiny"
     else:
-        config, fp8_stored, name = _describe_file(Path(model))
-    return describe_config(config, name, fp8_stored)
+        config, fp8_stored, stored_bytes, name = _describe_file(Path(model), vace_module)
+    spec = describe_config(config, name, fp8_stored)
+    spec.stored_bytes = stored_bytes
+    return spec
 
 
 def describe_config(config: dict, name: str = "model", fp8_stored: Optional[dict] = None) -> ModelSpec:
@@ -148,33 +153,64 @@ def describe_config(config: dict, name: str = "model", fp8_stored: Optional[dict
     return ModelSpec(name, config, params, linears, dict(fp8_stored or {}))
 
 
-def _describe_file(path: Path) -> tuple[dict, dict, str]:
-    from ..wan.fp8_files import detect_fp8_layout
-    from ..wan.model import ModelLoadError, _strip_wan_prefix, detect_config, diffusers_key_to_original, read_checkpoint_header
+def _describe_file(path: Path, vace_module: Optional[str] = None) -> tuple[dict, dict, dict, str]:
+    """(config, fp8-stored linears, bytes of GGUF-quantised parameters, name) of a model file, from headers only."""
+    from ..wan.model import ModelLoadError, ModelSource, detect_config, diffusers_key_to_original
+    from ..wan.vace_module import VaceModuleError, merge_vace_module
 
     if path.is_dir():
         config_file = path / "config.json" if (path / "config.json").exists() else path / "transformer" / "config.json"
         if not config_file.exists():
             raise PlanError(f"{path} is a folder without config.json")
-        return json.loads(config_file.read_text()), {}, path.name
+        return json.loads(config_file.read_text()), {}, {}, path.name
     if not path.is_file():
         raise PlanError(f"--model {path}: no such file; give wan2.1-vace-1.3b, wan2.1-vace-14b or a .safetensors file")
+    if path.suffix.lower() == ".gguf":
+        return _describe_gguf(path)
     try:
-        shapes, dtypes, metadata = read_checkpoint_header(path)
-        prefix, bare = _strip_wan_prefix(shapes)
-        layout = detect_fp8_layout(shapes, dtypes, metadata, prefix)
-        weights = {k: v for k, v in bare.items() if prefix + k not in layout.extra_keys}
-        config = detect_config(weights, metadata)
-    except ModelLoadError as exc:
+        sources = [ModelSource.read(path)] + ([ModelSource.read(Path(vace_module))] if vace_module else [])
+        shapes = sources[0].shapes
+        if vace_module:
+            shapes = merge_vace_module(shapes, sources[1].shapes, base_name=path.name, module_name=Path(vace_module).name)
+        config = detect_config(shapes, sources[0].metadata)
+    except (ModelLoadError, VaceModuleError) as exc:
         raise PlanError(str(exc)) from exc
     names = {diffusers_key_to_original(k): k for k in _diffusers_keys(config)}
     fp8 = {}
-    for key in layout.fp8_weights:
-        diffusers = names.get(key)
-        if diffusers and diffusers.endswith(".weight"):
-            layer = key[: -len(".weight")]
-            fp8[diffusers[: -len(".weight")]] = "tensor" if layer in layout.weight_scales else "none"
-    return config, fp8, path.name
+    for source in sources:
+        for key in source.layout.fp8_weights:
+            diffusers = names.get(key)
+            if diffusers and diffusers.endswith(".weight"):
+                layer = key[: -len(".weight")]
+                fp8[diffusers[: -len(".weight")]] = "tensor" if layer in source.layout.weight_scales else "none"
+    return config, fp8, {}, " + ".join(s.path.name for s in sources)
+
+
+def _describe_gguf(path: Path) -> tuple[dict, dict, dict, str]:
+    """A GGUF file's config and the stored bytes of its quantised tensors (they stay quantised on the GPU), read from
+    its header with the ``gguf`` package's reader (memory-mapped, no tensor is loaded)."""
+    from ..wan.model import ModelLoadError, detect_config, diffusers_key_to_original
+    from ..wan.vace_module import strip_prefix
+
+    try:
+        import gguf
+    except ImportError:
+        raise PlanError(f"{path.name} is a GGUF file: planning for it needs the 'gguf' package (pip install gguf)") from None
+    reader = gguf.GGUFReader(str(path))
+    plain = {"F32", "F16", "BF16"}
+    shapes, stored = {}, {}
+    for tensor in reader.tensors:
+        shapes[tensor.name] = tuple(int(n) for n in reversed(tensor.shape.tolist()))
+        if tensor.tensor_type.name not in plain:
+            stored[tensor.name] = int(tensor.n_bytes)
+    del reader
+    shapes, stored = strip_prefix(shapes), strip_prefix(stored)
+    try:
+        config = detect_config(shapes)
+    except ModelLoadError as exc:
+        raise PlanError(str(exc)) from exc
+    names = {diffusers_key_to_original(k): k for k in _diffusers_keys(config)}
+    return config, {}, {names[k]: v for k, v in stored.items() if k in names}, path.name
 
 
 def _diffusers_keys(config: dict) -> list[str]:
@@ -268,7 +304,9 @@ def _stored(spec: ModelSpec, precision: str, base: int) -> tuple[int, dict]:
             layer = name[: -len(".weight")] if name.endswith(".weight") else None
             is_linear = layer in spec.linears
             block = name.split(".", 2)[0] + "." + name.split(".", 2)[1] if name.startswith(("blocks.", "vace_blocks.")) else None
-            if is_linear and (layer in spec.fp8_stored or (precision == "fp8" and block is not None)):
+            if name in spec.stored_bytes:
+                size = spec.stored_bytes[name]
+            elif is_linear and (layer in spec.fp8_stored or (precision == "fp8" and block is not None)):
                 scale = {"none": 0, "tensor": 4}.get(spec.fp8_stored.get(layer), 4 * spec.linears[layer][1])
                 size = elements + scale
             else:

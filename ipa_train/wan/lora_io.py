@@ -13,7 +13,7 @@ from typing import Any, Mapping, Optional, Union
 
 import torch
 
-from ..fileio import atomic_save_safetensors, load_safetensors
+from ..fileio import FileReadError, atomic_save_safetensors, load_safetensors
 from .lora_keys import ConversionReport, diffusers_module_to_native, native_to_diffusers_module, to_comfy_native
 
 LAYOUT_METADATA_KEY = "ipa_lora_layout"
@@ -100,8 +100,10 @@ def read_lora_file(path: os.PathLike | str) -> tuple[dict[str, torch.Tensor], Co
         raise LoraFileError(f"{path.name}: only .safetensors LoRA files are loaded (no pickle files).")
     try:
         tensors, metadata = load_safetensors(path)
+    except FileReadError as error:  # names the file and what it looks like (truncated, a pickle, empty)
+        raise LoraFileError(f"LoRA {error}; download or export it again as .safetensors") from None
     except Exception as error:
-        raise LoraFileError(f"{path.name} is not a readable safetensors file ({error}).") from error
+        raise LoraFileError(f"{path} is not a readable safetensors file ({error}).") from error
     native, report = to_comfy_native(tensors, metadata)
     if not report.ok:
         shown = ", ".join(list(tensors)[:5])

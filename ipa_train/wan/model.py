@@ -15,6 +15,7 @@ import os
 import re
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -119,7 +120,10 @@ def read_checkpoint_header(path: os.PathLike | str) -> tuple[dict[str, tuple[int
                 shapes[key] = tuple(int(n) for n in part.get_shape())
                 dtypes[key] = str(part.get_dtype())
     except Exception as error:  # safetensors raises its own error types for a corrupt header
-        raise ModelLoadError(f"{path} is not a readable safetensors file ({error}).") from error
+        from ..fileio import describe_unreadable
+
+        raise ModelLoadError(f"{path} {describe_unreadable(Path(path), error)}; copy or download the model file again "
+                             "(an interrupted download is the usual cause)") from error
     return shapes, dtypes, metadata
 
 
@@ -217,9 +221,13 @@ def _check_is_wan_vace(shapes: Mapping[str, Any], what: str) -> None:
         )
     if "vace_patch_embedding.weight" not in shapes:
         kind = "image-to-video" if "img_emb.proj.0.weight" in shapes else "text-to-video or other"
+        hint = (
+            " or keep this text-to-video file as the base and add its VACE module as vace_module "
+            "(kijai's Wan2_1-VACE_module_*.safetensors of the same size)"
+        ) if kind.startswith("text") else ""
         raise ModelLoadError(
             f"{what} are a Wan2.1 {kind} model without VACE blocks. IPA trains on Wan2.1-VACE: choose "
-            "wan2.1_vace_1.3B_fp16.safetensors or wan2.1_vace_14B_fp16.safetensors."
+            f"wan2.1_vace_1.3B_fp16.safetensors or wan2.1_vace_14B_fp16.safetensors{hint}."
         )
 
 
@@ -369,20 +377,120 @@ def _load_diffusers_folder(path: Path, torch_dtype):
     )
 
 
-def load_transformer(path: os.PathLike | str, torch_dtype: torch.dtype = torch.float32, base_precision: str = "bf16",
-                     compute_dtype: Optional[torch.dtype] = None):
+def _check_layout(name: str, config: dict, shapes: Mapping[str, Any]) -> None:
+    """Names and shapes against the model before loading: diffusers would leave missing weights uninitialised and
+    only warn about unexpected ones."""
+    expected = _expected_shapes(config)
+    converted = dict(zip(original_keys_to_diffusers(shapes), shapes.values()))
+    missing = sorted(set(expected) - set(converted))
+    unexpected = sorted(set(converted) - set(expected))
+    mismatched = [k for k in expected if k in converted and tuple(converted[k]) != expected[k]]
+    if missing or unexpected or mismatched:
+        raise ModelLoadError(
+            f"{name} does not match the Wan2.1-VACE layout it appears to be: {len(missing)} weights missing "
+            f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, {len(mismatched)} of the wrong shape "
+            f"{mismatched[:3]}. The file may be truncated, merged or a different model."
+        )
+
+
+def _from_single_file(source: Any, config: dict, torch_dtype, **kwargs):
+    from diffusers import WanVACETransformer3DModel
+
+    config_dir, tmp = _config_dir(config)
+    try:
+        # from_single_file casts with .to(dtype), which makes diffusers warn about its fp32-preferred modules on
+        # every load, float32 included; the cast itself is what from_single_file always does.
+        cast_logger = logging.getLogger("diffusers.models.modeling_utils")
+        level = cast_logger.level
+        cast_logger.setLevel(logging.ERROR)
+        try:
+            return WanVACETransformer3DModel.from_single_file(
+                source, config=config_dir, torch_dtype=torch_dtype, local_files_only=True, **kwargs
+            )
+        finally:
+            cast_logger.setLevel(level)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+@dataclass
+class ModelSource:
+    """One safetensors file of a model (the base, or a VACE module) with its key prefix and fp8 layout."""
+
+    path: Path
+    prefix: str
+    layout: Any
+    shapes: dict  # bare key -> shape, model weights only (no scales or quantisation markers)
+    metadata: dict
+
+    @classmethod
+    def read(cls, path: Path) -> "ModelSource":
+        from .fp8_files import Fp8LayoutError, detect_fp8_layout, read_quant_formats
+
+        shapes, dtypes, metadata = read_checkpoint_header(path)
+        prefix, bare = _strip_wan_prefix(shapes)
+        if not prefix:
+            from .vace_module import PREFIXES
+
+            prefix = next((p for p in PREFIXES if any(k.startswith(p) for k in shapes)), "")
+            bare = {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)} if prefix else dict(shapes)
+        layout = detect_fp8_layout(shapes, dtypes, metadata, prefix)
+        try:
+            read_quant_formats(path, layout, metadata, prefix)
+        except Fp8LayoutError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        weights = {k: v for k, v in bare.items() if prefix + k not in layout.extra_keys}
+        return cls(path, prefix, layout, weights, metadata)
+
+
+def _read_vace_module(vace_module) -> ModelSource:
+    module_path = Path(vace_module).expanduser()
+    if not module_path.is_file():
+        raise ModelLoadError(f"vace_module file not found: {module_path}")
+    if module_path.suffix.lower() != ".safetensors":
+        raise ModelLoadError(f"vace_module {module_path.name}: only .safetensors VACE modules are loaded.")
+    return ModelSource.read(module_path)
+
+
+def _load_gguf(path: Path, torch_dtype):
+    """``WanVACETransformer3DModel`` with diffusers' GGUF quantiser: the weights as stored, computed in ``torch_dtype``
+    (see :mod:`.gguf_model`)."""
+    from diffusers import GGUFQuantizationConfig
+
+    from .gguf_model import GGUFFileError, logical_shapes, read_gguf_state_dict, tensor_kinds
+
+    try:
+        tensors = read_gguf_state_dict(path)
+    except GGUFFileError as exc:
+        raise ModelLoadError(str(exc)) from None
+    shapes = logical_shapes(tensors)
+    _check_is_wan_vace(shapes, f"The weights in {path.name}")
+    config = detect_config(shapes)
+    _check_layout(path.name, config, shapes)
+    log.info("%s: GGUF tensor types %s; quantised weights stay quantised, computed in %s", path.name, tensor_kinds(tensors), torch_dtype)
+    model = _from_single_file(tensors, config, torch_dtype, quantization_config=GGUFQuantizationConfig(compute_dtype=torch_dtype))
+    return model.eval()
+
+
+def load_transformer(path: os.PathLike | str, torch_dtype: torch.dtype = torch.float32, vace_module: Optional[os.PathLike | str] = None,
+                     base_precision: str = "bf16", compute_dtype: Optional[torch.dtype] = None):
     """Loads a Wan2.1-VACE transformer as diffusers' ``WanVACETransformer3DModel`` (eval mode), offline.
 
     ``path``: a single safetensors file in the original Wan layout (keys bare or ``model.diffusion_model.``),
-    as ComfyUI keeps in ``models/diffusion_models``, or a diffusers model folder. fp8 files (kijai's plain fp8,
-    ComfyUI's ``fp8_scaled`` and ``comfy_quant`` layouts) load as stored: their fp8 linear layers become
-    ``FrozenLinear`` layers dequantised as ComfyUI does. ``base_precision="fp8"`` stores the block linears of a
-    full-precision file in fp8 too (per output channel scale), quantised tensor by tensor while the file streams
-    in, so a 14B bf16 file is never held whole in memory. ``compute_dtype`` is what fp8 layers dequantise to
-    outside autocast (default ``torch_dtype``). Raises ``ModelLoadError`` for missing files, other models,
-    unreadable quantisations and incomplete weights.
+    as ComfyUI keeps in ``models/diffusion_models``; a GGUF file in city96's Wan layout (needs the ``gguf``
+    package; the weights stay quantised and are dequantised per layer in every forward, like ComfyUI-GGUF does);
+    or a diffusers model folder. ``vace_module``: with a Wan2.1 text-to-video ``path``, kijai's VACE module file
+    (VACE blocks only) of the same size, merged into it (:mod:`.vace_module`).
+
+    fp8 files (kijai's plain fp8, ComfyUI's ``fp8_scaled`` and ``comfy_quant`` layouts, base or VACE module) load as
+    stored: their fp8 linear layers become ``FrozenLinear`` layers dequantised as ComfyUI does. ``base_precision=
+    "fp8"`` stores the block linears of a full-precision file in fp8 too (per output channel scale), quantised tensor
+    by tensor while the file streams in, so a 14B bf16 file is never held whole in memory. ``compute_dtype`` is what
+    fp8 layers dequantise to outside autocast (default ``torch_dtype``). Raises ``ModelLoadError`` for missing files,
+    other models, unreadable quantisations and incomplete weights.
     """
-    from .fp8_files import Fp8LayoutError, detect_fp8_layout, read_quant_formats
+    from .vace_module import VaceModuleError, is_vace_module, merge_vace_module, strip_prefix
 
     if base_precision not in BASE_PRECISIONS:
         raise ModelLoadError(f"base_precision {base_precision!r} is not one of {list(BASE_PRECISIONS)}")
@@ -390,6 +498,8 @@ def load_transformer(path: os.PathLike | str, torch_dtype: torch.dtype = torch.f
     if not path.exists():
         raise ModelLoadError(f"Model file not found: {path}")
     if path.is_dir():
+        if vace_module:
+            raise ModelLoadError(f"vace_module goes with a single-file text-to-video base, not with the diffusers folder {path}.")
         model = _load_diffusers_folder(path, torch_dtype)
         if base_precision == "fp8":
             from .frozen_linear import quantize_block_linears
@@ -397,68 +507,58 @@ def load_transformer(path: os.PathLike | str, torch_dtype: torch.dtype = torch.f
             quantize_block_linears(model, compute_dtype or torch_dtype)
         return model
     if path.suffix.lower() == ".gguf":
-        raise ModelLoadError(
-            f"{path.name} is a GGUF (quantised) file; the trainer reads safetensors files: use "
-            "wan2.1_vace_1.3B_fp16.safetensors / wan2.1_vace_14B_fp16.safetensors, or their fp8 (e4m3fn, scaled) releases."
-        )
-    if path.suffix.lower() != ".safetensors":
-        raise ModelLoadError(f"{path.name}: only .safetensors checkpoints are loaded (no pickle files).")
-
-    shapes, dtypes, metadata = read_checkpoint_header(path)
-    prefix, bare = _strip_wan_prefix(shapes)
-    layout = detect_fp8_layout(shapes, dtypes, metadata, prefix)
-    weights = {k: v for k, v in bare.items() if prefix + k not in layout.extra_keys}
-    _check_is_wan_vace(weights, f"The weights in {path.name}")
-    config = detect_config(weights, metadata)
-    try:
-        read_quant_formats(path, layout, metadata, prefix)
-    except Fp8LayoutError as exc:
-        raise ModelLoadError(str(exc)) from exc
-
-    # Check names and shapes against the model before loading: diffusers would leave missing weights
-    # uninitialised and only warn about unexpected ones.
-    expected = _expected_shapes(config)
-    converted = dict(zip(original_keys_to_diffusers(weights), weights.values()))
-    missing = sorted(set(expected) - set(converted))
-    unexpected = sorted(set(converted) - set(expected))
-    mismatched = [k for k in expected if k in converted and tuple(converted[k]) != expected[k]]
-    if missing or unexpected or mismatched:
-        raise ModelLoadError(
-            f"{path.name} does not match the Wan2.1-VACE layout it appears to be: {len(missing)} weights missing "
-            f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, {len(mismatched)} of the wrong shape "
-            f"{mismatched[:3]}. The file may be truncated, merged or a different model."
-        )
-    if layout.quantised or base_precision == "fp8":
-        return _load_streamed(path, prefix, layout, config, torch_dtype, compute_dtype or torch_dtype,
-                              quantize=base_precision == "fp8").eval()
-
-    from diffusers import WanVACETransformer3DModel
-
-    config_dir, tmp = _config_dir(config)
-    try:
-        if prefix in ("", ORIGINAL_PREFIX):
-            source: Any = str(path)
-        else:  # diffusers' converter only strips "model.diffusion_model."
-            from ..fileio import load_safetensors
-
-            tensors, _ = load_safetensors(path)
-            source = {k[len(prefix):]: v for k, v in tensors.items()}
-        # from_single_file casts with .to(dtype), which makes diffusers warn about its fp32-preferred modules on
-        # every load, float32 included; the cast itself is what from_single_file always does.
-        cast_logger = logging.getLogger("diffusers.models.modeling_utils")
-        level = cast_logger.level
-        cast_logger.setLevel(logging.ERROR)
-        try:
-            model = WanVACETransformer3DModel.from_single_file(
-                source, config=config_dir, torch_dtype=torch_dtype, local_files_only=True
+        if vace_module:
+            raise ModelLoadError(
+                f"vace_module with a GGUF base ({path.name}) is not supported: use a GGUF that includes VACE (a Wan2.1-VACE GGUF), "
+                "or the safetensors text-to-video base with the safetensors VACE module."
             )
-        finally:
-            cast_logger.setLevel(level)
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
+        if base_precision == "fp8":
+            raise ModelLoadError(f"base_precision 'fp8' with the GGUF file {path.name}: its weights are quantised already; "
+                                 "use base_precision 'bf16' (the GGUF stays as stored)")
+        return _load_gguf(path, torch_dtype)
+    if path.suffix.lower() != ".safetensors":
+        raise ModelLoadError(
+            f"{path.name}: only .safetensors checkpoints (original Wan or ComfyUI layout), .gguf files (city96's layout) or "
+            "a diffusers folder are loaded; never pickle files (.ckpt, .pt, .bin)."
+        )
+
+    base = ModelSource.read(path)
+    sources = [base]
+    bare = base.shapes
+    if vace_module:
+        module = _read_vace_module(vace_module)
+        try:
+            bare = merge_vace_module(base.shapes, module.shapes, base_name=path.name, module_name=module.path.name)
+        except VaceModuleError as exc:
+            raise ModelLoadError(str(exc)) from None
+        sources.append(module)
+    elif is_vace_module(base.shapes):
+        raise ModelLoadError(
+            f"{path.name} is a VACE module (VACE blocks only, kijai's layout): choose the Wan2.1 text-to-video file of the "
+            f"same size as base_model and {path.name} as vace_module."
+        )
+    name = " + ".join(source.path.name for source in sources)
+    _check_is_wan_vace(bare, f"The weights in {name}")
+    config = detect_config(bare, base.metadata)
+    _check_layout(name, config, bare)
+    if base_precision == "fp8" or any(source.layout.quantised for source in sources):
+        return _load_streamed(sources, config, torch_dtype, compute_dtype or torch_dtype, quantize=base_precision == "fp8").eval()
+
+    # diffusers reads a path with safetensors only when it ends in ".safetensors" exactly (else torch.load, which
+    # fails on "*.SAFETENSORS"): other spellings of the suffix are read here and passed as tensors.
+    if len(sources) == 1 and base.prefix in ("", ORIGINAL_PREFIX) and path.name.endswith(".safetensors"):
+        source: Any = str(path)
+    else:  # diffusers' converter only strips "model.diffusion_model."; a VACE module is merged in first
+        from ..fileio import load_safetensors
+
+        tensors, _ = load_safetensors(path)
+        source = strip_prefix(tensors)
+        if len(sources) > 1:
+            module_tensors, _ = load_safetensors(sources[1].path)
+            source = merge_vace_module(source, module_tensors)
+    model = _from_single_file(source, config, torch_dtype)
     if any(p.is_meta for p in model.parameters()):
-        raise ModelLoadError(f"{path.name}: some weights were not loaded (still on the meta device).")
+        raise ModelLoadError(f"{name}: some weights were not loaded (still on the meta device).")
     return model.eval()
 
 
@@ -475,11 +575,11 @@ def empty_transformer(config: Mapping[str, Any]):
     return model
 
 
-def _load_streamed(path: Path, prefix: str, layout, config: dict, torch_dtype: torch.dtype, compute_dtype: torch.dtype,
-                   quantize: bool):
-    """Fills an empty model tensor by tensor from ``path``: fp8 linear weights stay fp8 (with the file's scale),
-    with ``quantize`` the block linears of a full-precision file become fp8 (per channel), everything else is
-    cast to ``torch_dtype`` as ``from_single_file`` does. Host memory peaks near the stored model's size."""
+def _load_streamed(sources: list, config: dict, torch_dtype: torch.dtype, compute_dtype: torch.dtype, quantize: bool):
+    """Fills an empty model tensor by tensor from ``sources`` (the base, and a VACE module): fp8 linear weights stay
+    fp8 (with their file's scale), with ``quantize`` the block linears of full-precision files become fp8 (per
+    channel), everything else is cast to ``torch_dtype`` as ``from_single_file`` does. Host memory peaks near the
+    stored model's size."""
     from torch import nn
 
     from ..fileio import iter_safetensors
@@ -488,50 +588,48 @@ def _load_streamed(path: Path, prefix: str, layout, config: dict, torch_dtype: t
 
     model = empty_transformer(config)
     to_diffusers = {diffusers_key_to_original(k): k for k in model.state_dict()}
-    scales = read_weight_scales(path, layout, prefix)
+    fp8_weights = set().union(*(source.layout.fp8_weights for source in sources))
     quantizable = set(block_linear_names(model)) if quantize else set()
     frozen: set[str] = set()
     for name, module in list(model.named_modules()):
-        if not isinstance(module, nn.Linear):
-            continue
-        original = diffusers_key_to_original(f"{name}.weight")
-        if original in layout.fp8_weights or name in quantizable:
+        if isinstance(module, nn.Linear) and (diffusers_key_to_original(f"{name}.weight") in fp8_weights or name in quantizable):
             stored = torch.empty(module.weight.shape, dtype=torch.float8_e4m3fn, device="meta")
             bias = None if module.bias is None else torch.empty(module.bias.shape, device="meta")
             replace_linear(model, name, FrozenLinear(module.in_features, module.out_features, stored, bias, None, compute_dtype))
             frozen.add(name)
-    stale = [layer for layer in layout.weight_scales if layer + ".weight" not in layout.fp8_weights]
-    if stale:
-        log.warning("%s: %d scales belong to weights that are not fp8 (e.g. %s); they are ignored, as ComfyUI does for "
-                    "unquantised layers", path.name, len(stale), stale[0])
-
-    keys = [k for k in read_checkpoint_header(path)[0] if k.startswith(prefix) and k not in layout.extra_keys]
-    for key, tensor in iter_safetensors(path, keys):
-        original = key[len(prefix):]
-        name = to_diffusers.get(original)
-        if name is None:  # e.g. norm_added_q, which diffusers' own converter drops as well
-            continue
-        module_name, _, attr = name.rpartition(".")
-        module = model.get_submodule(module_name) if module_name else model
-        if module_name in frozen and attr == "weight":
-            layer = original[: -len(".weight")]
-            if is_fp8(tensor.dtype):
-                module.weight = nn.Parameter(tensor, requires_grad=False)
-                module.weight_scale = scales.get(layer)
+    for source in sources:
+        scales = read_weight_scales(source.path, source.layout, source.prefix)
+        stale = [layer for layer in scales if layer + ".weight" not in source.layout.fp8_weights]
+        if stale:
+            log.warning("%s: %d scales belong to weights that are not fp8 (e.g. %s); they are ignored, as ComfyUI does for "
+                        "unquantised layers", source.path.name, len(stale), stale[0])
+        # a base's VACE weights, if any, are what a module replaces (merge_vace_module refuses such a base anyway)
+        keys = [source.prefix + k for k in source.shapes]
+        for key, tensor in iter_safetensors(source.path, keys):
+            original = key[len(source.prefix):]
+            name = to_diffusers.get(original)
+            if name is None:  # e.g. norm_added_q, which diffusers' own converter drops as well
+                continue
+            module_name, _, attr = name.rpartition(".")
+            module = model.get_submodule(module_name) if module_name else model
+            if module_name in frozen and attr == "weight":
+                if is_fp8(tensor.dtype):
+                    module.weight = nn.Parameter(tensor, requires_grad=False)
+                    module.weight_scale = scales.get(original[: -len(".weight")])
+                else:
+                    q, scale = quantize_fp8(tensor)
+                    module.weight = nn.Parameter(q, requires_grad=False)
+                    module.weight_scale = scale
+                continue
+            value = tensor.to(torch_dtype) if tensor.is_floating_point() else tensor
+            if attr in module._parameters:
+                module._parameters[attr] = nn.Parameter(value, requires_grad=module_name not in frozen)
             else:
-                q, scale = quantize_fp8(tensor)
-                module.weight = nn.Parameter(q, requires_grad=False)
-                module.weight_scale = scale
-            continue
-        value = tensor.to(torch_dtype) if tensor.is_floating_point() else tensor
-        if attr in module._parameters:
-            module._parameters[attr] = nn.Parameter(value, requires_grad=module_name not in frozen)
-        else:
-            module._buffers[attr] = value
+                module._buffers[attr] = value
     model.rope.to(torch_dtype)  # the computed rotary tables, cast as from_single_file casts them
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left:
-        raise ModelLoadError(f"{path.name}: {len(left)} weights were not in the file (e.g. {left[:3]}).")
+        raise ModelLoadError(f"{' + '.join(s.path.name for s in sources)}: {len(left)} weights were not in the file (e.g. {left[:3]}).")
     return model
 
 

@@ -2,7 +2,8 @@
 events on stdout, the stop file (``<output_dir>/STOP`` or ``stop_file``) or SIGINT -> finish the step, checkpoint,
 ``stopped``, exit 3; errors -> ``error`` event, exit 1.
 run.json key ``fake_mode`` (or env IPA_FAKE_TRAINER_MODE): "ok" (default), "fail" (fails at step 2), "slow" (steps take 0.3 s and a worker child
-process is started in the same process group, like torchrun's ranks), "deaf" (slow, and never looks at the stop file)."""
+process is started in the same process group, like torchrun's ranks), "deaf" (slow, and never looks at the stop file), "broken_import" (an import failure with a root cause, reported
+by the real ``failures.report_startup_failure``)."""
 
 import argparse
 import json
@@ -18,6 +19,18 @@ def emit(**event):
     print(json.dumps(event), flush=True)
 
 
+def write_checkpoint(out, step):
+    """A checkpoint the real picker accepts: the files resume needs, listed with their sizes in state.json."""
+    checkpoint = out / "checkpoints" / f"step-{step}"
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name in ("adapter.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json"):
+        (checkpoint / name).write_text("{}")
+        files[name] = 2
+    (checkpoint / "state.json").write_text(json.dumps({"step": step, "files": files}))
+    return checkpoint
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", required=True)
@@ -25,6 +38,16 @@ def main():
     args = parser.parse_args()
     config = json.loads(Path(args.config).read_text())
     mode = config.get("fake_mode") or os.environ.get("IPA_FAKE_TRAINER_MODE", "ok")
+    if mode == "broken_import":  # what the real trainer reports when torchvision breaks diffusers' imports
+        from ipa_train.training.failures import report_startup_failure
+
+        try:
+            try:
+                raise RuntimeError("operator torchvision::nms does not exist")
+            except RuntimeError as cause:
+                raise ModuleNotFoundError("Could not import module 'BloomPreTrainedModel'") from cause
+        except ModuleNotFoundError as exc:
+            sys.exit(report_startup_failure(exc))
     out = Path(config["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     stop = {"requested": False}
@@ -59,9 +82,7 @@ def main():
             stop_file.unlink()
             stop.update(requested=True, reason="stop file")
         if stop["requested"]:
-            checkpoint = out / "checkpoints" / f"step-{step}"
-            checkpoint.mkdir(parents=True, exist_ok=True)
-            (checkpoint / "state.json").write_text(json.dumps({"step": step}))
+            checkpoint = write_checkpoint(out, step)
             emit(event="checkpoint", step=step, path=str(checkpoint))
             emit(event="stopped", step=step, checkpoint=str(checkpoint), resume=f"--resume {checkpoint}", reason=stop.get("reason", "signal"))
             if worker is not None:

@@ -13,6 +13,18 @@ const SORTS = [
   ["seed:desc", "Seed, descending"],
 ];
 const PAGE_SIZES = [30, 60, 120, 240];
+// The tile's buttons: status, icon, label, key.
+const TILE_ACTIONS = [
+  ["preferred", "✓", "Preferred", "P"],
+  ["rejected", "✕", "Rejected", "R"],
+  ["pending", "↺", "Pending", "0"],
+];
+const MOUSE_HELP = [
+  ["click", "focus the sample"],
+  ["double-click", "open large"],
+  ["✓ ✕ ↺ on a tile", "mark it preferred, rejected, pending (a selected tile: the whole selection)"],
+  ["○ corner, Ctrl+click", "select or unselect; Shift+click selects a range"],
+];
 const STATE_KEY = "ipa-gallery-state";
 const KEYS_HELP = [
   ["P", "mark preferred (the selection, if any), then next"],
@@ -75,7 +87,8 @@ export function createGallery(root, options = {}) {
   const state = {
     datasets: [],
     dataset: options.dataset || saved.dataset || null,
-    filter: FILTERS.includes(saved.filter) ? saved.filter : "pending",
+    // The last view comes back; the first time, everything (a curated dataset must not look empty).
+    filter: FILTERS.includes(saved.filter) ? saved.filter : "all",
     sort: SORTS.some(([v]) => v === saved.sort) ? saved.sort : "date:desc",
     limit: PAGE_SIZES.includes(saved.limit) ? saved.limit : 60,
     offset: Number.isInteger(saved.offset) && saved.offset >= 0 ? saved.offset : 0,
@@ -144,7 +157,9 @@ export function createGallery(root, options = {}) {
     { class: "ipa-help", hidden: true },
     el("h3", { text: "Keyboard" }),
     el("table", {}, KEYS_HELP.map(([k, d]) => el("tr", {}, el("th", { text: k }), el("td", { text: d })))),
-    el("p", { class: "ipa-muted", text: "Marks are saved to the dataset's manifest at once." }),
+    el("h3", { text: "Mouse" }),
+    el("table", {}, MOUSE_HELP.map(([k, d]) => el("tr", {}, el("th", { text: k }), el("td", { text: d })))),
+    el("p", { class: "ipa-muted", text: "Marks are saved to the dataset at once." }),
   );
   const detail = el("div", { class: "ipa-detail", hidden: true });
   const scoreButton = el("button", { class: "ipa-btn ipa-score-btn", text: "Score hands", onclick: (event) => onScoreButton(event) });
@@ -171,8 +186,7 @@ export function createGallery(root, options = {}) {
       el("button", { class: "ipa-btn", title: "Keyboard help (?)", text: "?", onclick: () => toggleHelp() }),
       closeButton,
     ),
-    grid,
-    empty,
+    el("div", { class: "ipa-main" }, grid, empty),
     detail,
     help,
     scoreInfo,
@@ -329,22 +343,35 @@ export function createGallery(root, options = {}) {
   }
 
   // ------------------------------------------------------------------------------------------ marking
-  // Marks go out one request at a time, in key order (a quick "P then U" must reach the manifest in that order),
-  // and marks made while a request is in flight are merged into the next one: each request rewrites the manifest,
-  // so fast typing on a large dataset costs a few requests, not one per key. The view updates at once.
+  // Marks go out one request at a time, in key order (a quick "P then U" must reach the dataset in that order),
+  // and marks made while a request is in flight are merged into the next one (one journal line each), so fast
+  // typing costs a few requests, not one per key. The view updates at once.
   let outbox = [];
   let flushing = false;
   let idle = Promise.resolve();
 
+  // Keys: the selection if any, else the focused sample, then on to the next one.
   function mark(status) {
-    const targets = state.selected.size
-      ? state.samples.filter((s) => state.selected.has(s.id))
-      : state.samples[state.focus]
-        ? [state.samples[state.focus]]
-        : [];
-    if (!targets.length) return;
-    const previous = targets.map((s) => ({ id: s.id, status: s.status }));
     const bulk = state.selected.size > 0;
+    const targets = bulk ? state.samples.filter((s) => state.selected.has(s.id)) : [state.samples[state.focus]].filter(Boolean);
+    if (markSamples(targets, status, bulk) && !bulk) move(1);
+  }
+
+  // A tile's button: that tile (the whole selection when the tile is part of it); focus stays on the tile, since
+  // the pointer is there and the next tile is one move away.
+  function markTile(index, status) {
+    const sample = state.samples[index];
+    if (!sample) return;
+    const bulk = state.selected.size > 1 && state.selected.has(sample.id);
+    const targets = bulk ? state.samples.filter((s) => state.selected.has(s.id)) : [sample];
+    state.focus = index;
+    markSamples(targets, status, bulk);
+    panel.focus();
+  }
+
+  function markSamples(targets, status, bulk) {
+    if (!targets.length) return false;
+    const previous = targets.map((s) => ({ id: s.id, status: s.status }));
     targets.forEach((s) => (s.status = status));
     const focusId = state.samples[state.focus]?.id;
     const entry = { marks: previous, focusId };
@@ -359,8 +386,7 @@ export function createGallery(root, options = {}) {
       if (ok) showToast(message, status);
       else state.undo = state.undo.filter((e) => e !== entry);
     });
-    if (!bulk) move(1);
-    else render();
+    return true;
   }
 
   function send(marks, revert) {
@@ -681,6 +707,7 @@ export function createGallery(root, options = {}) {
         el("span", { class: "ipa-spacer" }),
         el("button", { class: "ipa-btn ipa-preferred", text: "P  Preferred", onclick: () => mark("preferred") }),
         el("button", { class: "ipa-btn ipa-rejected", text: "R  Rejected", onclick: () => mark("rejected") }),
+        el("button", { class: "ipa-btn", text: "0  Pending", onclick: () => mark("pending") }),
         el("button", { class: "ipa-btn", text: "S  Skip", onclick: () => move(1) }),
         el("button", { class: "ipa-btn", title: "Close (Esc)", text: "✕", onclick: () => closeDetail() }),
       ),
@@ -778,18 +805,47 @@ export function createGallery(root, options = {}) {
   }
 
   function cardFor(sample, index) {
-    const classes = ["ipa-card", `ipa-${sample.status}`];
-    if (index === state.focus) classes.push("ipa-focus");
-    if (state.selected.has(sample.id)) classes.push("ipa-selected");
     const media = sample.files.includes("preview.webp")
       ? el("img", { src: fileUrl(sample.id, "preview.webp"), loading: "lazy", alt: `sample ${sample.id}`, draggable: "false" })
       : el("div", { class: "ipa-nopreview", text: "no preview" });
-    return el(
+    const check = el("button", {
+      class: "ipa-check",
+      type: "button",
+      title: "Select (X); Shift+click: select a range",
+      "aria-label": "select",
+      text: "✓",
+      onclick: (event) => {
+        event.stopPropagation();
+        toggleSelect(index, event.shiftKey);
+        panel.focus();
+      },
+    });
+    const actions = el(
+      "div",
+      { class: "ipa-actions", role: "group", "aria-label": "mark this sample", ondblclick: (event) => event.stopPropagation() },
+      TILE_ACTIONS.map(([status, icon, label, key]) =>
+        el(
+          "button",
+          {
+            class: `ipa-act ipa-act-${status}`,
+            type: "button",
+            title: `Mark ${status} (${key})`,
+            dataset: { status },
+            onclick: (event) => {
+              event.stopPropagation();
+              markTile(index, status);
+            },
+          },
+          el("span", { "aria-hidden": "true", text: icon }),
+          label,
+        ),
+      ),
+    );
+    const card = el(
       "div",
       {
-        class: classes.join(" "),
         role: "gridcell",
-        dataset: { id: sample.id, status: sample.status },
+        dataset: { id: sample.id },
         onclick: (event) => {
           if (event.shiftKey || event.ctrlKey || event.metaKey) toggleSelect(index, event.shiftKey);
           else {
@@ -803,14 +859,58 @@ export function createGallery(root, options = {}) {
           openDetail();
         },
       },
-      el("div", { class: "ipa-thumb" }, media, el("span", { class: "ipa-check", text: "✓" })),
+      el("div", { class: "ipa-thumb" }, media, check),
       el(
         "div",
         { class: "ipa-card-info" },
-        el("span", { class: `ipa-badge ipa-${sample.status}`, text: sample.status }),
-        sample.seed !== undefined ? el("span", { class: "ipa-muted", text: `seed ${sample.seed}` }) : null,
+        el("span", { class: "ipa-seed ipa-muted", title: sample.seed !== undefined ? `seed ${sample.seed}` : null, text: sample.seed !== undefined ? `seed ${sample.seed}` : "no seed" }),
         el("span", { class: "ipa-spacer" }),
         el("span", { class: "ipa-score", title: "hand score (higher: hands agree better with the driving pose)", text: `hand ${score(sample.hand_score)}` }),
+      ),
+      actions,
+    );
+    updateCard(card, sample, index);
+    return card;
+  }
+
+  function updateCard(card, sample, index) {
+    card.className = ["ipa-card", `ipa-${sample.status}`, index === state.focus ? "ipa-focus" : "", state.selected.has(sample.id) ? "ipa-selected" : ""]
+      .filter(Boolean)
+      .join(" ");
+    card.dataset.status = sample.status;
+    card.setAttribute("aria-selected", state.selected.has(sample.id) ? "true" : "false");
+    for (const button of card.querySelectorAll(".ipa-act")) button.setAttribute("aria-pressed", button.dataset.status === sample.status ? "true" : "false");
+    card.querySelector(".ipa-check").setAttribute("aria-pressed", state.selected.has(sample.id) ? "true" : "false");
+    card.querySelector(".ipa-score").textContent = `hand ${score(sample.hand_score)}`;
+  }
+
+  // The middle of the grid area says why it is empty and offers the views that are not.
+  function renderEmpty() {
+    empty.hidden = state.samples.length > 0 || state.loading;
+    if (!empty.hidden) empty.replaceChildren(emptyMessage());
+  }
+
+  function emptyMessage() {
+    const box = (title, text, ...buttons) =>
+      el("div", { class: "ipa-empty-box" }, el("p", { class: "ipa-empty-title", text: title }), text ? el("p", { text }) : null, buttons.length ? el("div", { class: "ipa-empty-actions" }, buttons) : null);
+    if (!state.dataset) return box("No datasets yet", "Collect samples with the IPA Mark Preferred node; they appear here.");
+    const total = STATUSES.reduce((sum, s) => sum + (state.counts[s] || 0), 0);
+    if (!total) return box(`${state.dataset} has no samples yet`, "Collect samples with the IPA Mark Preferred node; they appear here as they are stored.");
+    const others = FILTERS.filter((f) => f !== state.filter && (f === "all" ? total : state.counts[f]) > 0);
+    const curated = state.filter === "pending" ? `All ${fmt(total)} samples are curated. ` : "";
+    return box(
+      `No ${state.filter === "all" ? "" : state.filter + " "}samples in ${state.dataset}`,
+      `${curated}Show another view:`,
+      ...others.map((f) =>
+        el("button", {
+          class: `ipa-btn ipa-empty-show ipa-${f}`,
+          dataset: { filter: f },
+          text: `Show ${f} (${fmt(f === "all" ? total : state.counts[f])})`,
+          onclick: () => {
+            setFilter(f);
+            panel.focus();
+          },
+        }),
       ),
     );
   }
@@ -826,24 +926,11 @@ export function createGallery(root, options = {}) {
     const existing = grid.children;
     const sameIds = existing.length === state.samples.length && state.samples.every((s, i) => existing[i].dataset.id === s.id);
     if (!sameIds) grid.replaceChildren(...state.samples.map(cardFor));
-    else
-      state.samples.forEach((sample, i) => {
-        const card = existing[i];
-        card.className = ["ipa-card", `ipa-${sample.status}`, i === state.focus ? "ipa-focus" : "", state.selected.has(sample.id) ? "ipa-selected" : ""]
-          .filter(Boolean)
-          .join(" ");
-        card.dataset.status = sample.status;
-        const badge = card.querySelector(".ipa-badge");
-        badge.className = `ipa-badge ipa-${sample.status}`;
-        badge.textContent = sample.status;
-        card.querySelector(".ipa-score").textContent = `hand ${score(sample.hand_score)}`;
-      });
+    else state.samples.forEach((sample, i) => updateCard(existing[i], sample, i));
+    grid.classList.toggle("ipa-has-selection", state.selected.size > 0);
     const focused = grid.children[state.focus];
     if (focused) focused.scrollIntoView({ block: "nearest" });
-    empty.hidden = state.samples.length > 0 || state.loading;
-    empty.textContent = !state.dataset
-      ? "No datasets yet. Collect samples with the IPA collector node; they appear here."
-      : `No ${state.filter === "all" ? "" : state.filter + " "}samples in ${state.dataset}.`;
+    renderEmpty();
     selectionBar.hidden = state.selected.size === 0;
     if (state.selected.size)
       selectionBar.replaceChildren(
