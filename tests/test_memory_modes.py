@@ -234,6 +234,8 @@ def test_modes_that_cannot_be_honoured_are_refused_before_any_weight_loads(tmp_p
     refused("blocks_to_swap=2 cannot be combined with distributed 'fsdp2'", blocks_to_swap=2, distributed="fsdp2", gradient_checkpointing=True)
     refused("activation_offload=True needs gradient_checkpointing: true", activation_offload=True)
     refused("base_precision='fp8' cannot be combined with distributed 'fsdp2'", base_precision="fp8", distributed="fsdp2")
+    refused("blocks_to_swap=1.5 must be a whole number of blocks", blocks_to_swap=1.5, gradient_checkpointing=True)
+    refused("vram_budget_gb=-2 must be a number of GiB above 0", vram_budget_gb=-2)
     refused(r"No memory setting fits the budget of 0\.0 GiB.*What would fit: .*GiB free", vram_budget_gb=1e-6)
     monkeypatch.setattr(frozen_linear, "fp8_cast_problem", lambda device: "cpu cannot cast float8_e4m3fn tensors (test)")
     refused("base_precision 'fp8' needs fp8 casting on the training device, but cpu cannot cast", base_precision="fp8")

@@ -44,11 +44,8 @@ NUMBER_RANGES: dict[str, tuple[float, float, bool]] = {
     "shift": (0, 1e3, True),
     "logit_mean": (-100, 100, False),
     "logit_std": (0, 100, True),
-    "blocks_to_swap": (0, 4096, False),
 }
-INTEGER_KEYS = ("rank", "warmup_steps", "steps", "batch_size", "grad_accum", "seed", "checkpoint_every", "keep_checkpoints",
-                "blocks_to_swap")
-OPTIONAL_NUMBERS = ("alpha",)  # None means: alpha = rank
+INTEGER_KEYS = ("rank", "warmup_steps", "steps", "batch_size", "grad_accum", "seed", "checkpoint_every", "keep_checkpoints")
 
 
 def _finite(value: float) -> bool:
@@ -202,12 +199,15 @@ class RunConfig:
         choice("timestep_sampling", TIMESTEP_SAMPLINGS)
         choice("distributed", DISTRIBUTED)
         for key in NUMBER_RANGES:
-            if key not in OPTIONAL_NUMBERS or getattr(self, key) is not None:
+            if key != "alpha" or self.alpha is not None:
                 number(key)
         flag("gradient_checkpointing")
         flag("dpo_time_weighting")
         choice("base_precision", BASE_PRECISIONS)
         flag("activation_offload")
+        swap = self.blocks_to_swap
+        if isinstance(swap, bool) or not isinstance(swap, int) or not 0 <= swap <= 4096:
+            fail("blocks_to_swap", "must be a whole number of blocks, 0 or more (at most the model's block count)")
         budget = self.vram_budget_gb
         if budget is not None:  # GiB; null: no budget (the node resolves its 'auto' to the GPU's free memory)
             if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not _finite(budget) or not 0 < budget <= 1e5:
