@@ -203,6 +203,34 @@ def read_json(path: os.PathLike | str) -> Any:
             raise FileReadError(f"{path} is not valid JSON{where}; it may be truncated or edited by hand") from exc
 
 
+def install_keeping_previous(source: os.PathLike | str, target: os.PathLike | str) -> Optional[Path]:
+    """Copies ``source`` to ``target`` atomically, so ``target`` always names the newest file (what a workflow that
+    loads it by name expects). A file already at ``target`` is kept first under the next free ``<stem>_NNNNN<suffix>``
+    (00001 = the oldest), so nothing saved is lost; returns that path, or ``None`` when there was nothing to keep."""
+    import shutil
+
+    target = Path(target)
+    kept = None
+    if target.exists():
+        counter = 1
+        while True:
+            candidate = target.with_name(f"{target.stem}_{counter:05d}{target.suffix}")
+            try:
+                os.link(target, candidate)  # fails if taken: no race overwrites a kept file
+                kept = candidate
+                break
+            except FileExistsError:
+                counter += 1
+            except OSError:  # no hard links on this file system: copy (atomically) instead
+                if candidate.exists():
+                    counter += 1
+                    continue
+                _atomic_write(candidate, lambda path: shutil.copyfile(target, path))
+                kept = candidate
+                break
+    _atomic_write(target, lambda path: shutil.copyfile(source, path))
+    return kept
+
 
 # safetensors dtype names -> torch dtypes (the ones a model file may hold)
 _SAFETENSORS_DTYPES = {

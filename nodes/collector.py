@@ -13,6 +13,7 @@ from comfy_api.latest import io, ui
 
 from ..ipa_train.data.collect import Candidate, store_candidates
 from ..ipa_train.data.dataset import DatasetError, validate_dataset_name
+from .host import prompt_server
 from .paths import dataset_root
 from .vace_sampler import CANDIDATES, vace_condition
 
@@ -73,8 +74,9 @@ class IPAMarkPreferred(io.ComfyNode):
             ),
             is_output_node=True,
             inputs=[
-                CANDIDATES.Input("candidates"),
-                io.String.Input("dataset", default="hands", tooltip="Dataset name (a folder under output/ipa_datasets)."),
+                CANDIDATES.Input("candidates", tooltip="From IPA VACE Sampler or IPA Encode Good Video."),
+                io.String.Input("dataset", default="hands",
+                                tooltip="Dataset name: a folder under output/ipa_datasets, made on first use (letters, digits, . _ -)."),
                 io.Combo.Input("mark", options=["pending", "preferred"], default="pending",
                                tooltip="pending: curate later in the gallery; preferred: accept automatically."),
                 io.String.Input("select", default="", optional=True,
@@ -84,10 +86,21 @@ class IPAMarkPreferred(io.ComfyNode):
                 io.Mask.Input("hand_mask", optional=True, tooltip="Pixel hand masks per video frame (instead of keypoints)."),
                 io.String.Input("prompt_text", default="", multiline=True, optional=True,
                                 tooltip="The prompt, kept in the sample's metadata for the gallery."),
-                io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=1.0, optional=True),
+                io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=1.0, optional=True,
+                               tooltip="Frame rate of the stored looping previews (Wan2.1: 16)."),
             ],
-            outputs=[io.String.Output(display_name="summary")],
+            outputs=[io.String.Output(display_name="summary", tooltip="What was stored and the dataset's counts.")],
+            hidden=[io.Hidden.unique_id],
         )
+
+    @classmethod
+    def validate_inputs(cls, dataset):
+        """At queue time, before DWPose and sampling run upstream."""
+        try:
+            validate_dataset_name(dataset)
+        except DatasetError as exc:
+            return str(exc)
+        return True
 
     @classmethod
     def execute(cls, candidates, dataset, mark, select="", pose_keypoint=None, hand_mask=None, prompt_text="", fps=16.0) -> io.NodeOutput:
@@ -116,7 +129,30 @@ class IPAMarkPreferred(io.ComfyNode):
         )
         text = result.text()
         log.info("IPA Mark Preferred: %s", text)
+        instance = prompt_server()
+        if instance is not None and cls.hidden is not None and cls.hidden.unique_id is not None:
+            instance.send_progress_text(canvas_summary(result, chosen), cls.hidden.unique_id, instance.client_id)
         return io.NodeOutput(text, ui=ui.PreviewText(text))
+
+
+def canvas_summary(result, chosen) -> str:
+    """A few lines for the node on the canvas: what this run stored, the dataset's counts, what to do next."""
+    seeds = [candidate.seed for candidate in chosen]
+    added = [seed for seed, item in zip(seeds, result.results) if item.added]
+    again = [seed for seed, item in zip(seeds, result.results) if not item.added]
+    counts = result.counts
+    lines = [f"Stored {len(added)} new in '{result.dataset}'" + (f" (seeds {_seeds(added)})" if added and None not in added else "")]
+    if again:
+        lines.append(f"{len(again)} already in the dataset (identical; seeds {_seeds(again)}): these seeds were sampled before. "
+                     "Set the sampler's seed control to increment (it steps by the candidate count) or randomize.")
+    lines.append(f"Dataset: {counts.get('pending', 0)} pending, {counts.get('preferred', 0)} preferred, {counts.get('rejected', 0)} rejected.")
+    if counts.get("pending"):
+        lines.append("Curate them in the IPA gallery (IPA tab in the left sidebar).")
+    return "\n".join(lines)
+
+
+def _seeds(seeds) -> str:
+    return ", ".join(str(seed) for seed in seeds) if len(seeds) <= 8 else f"{seeds[0]}..{seeds[-1]}"
 
 
 class IPAEncodeGoodVideo(io.ComfyNode):
@@ -135,17 +171,17 @@ class IPAEncodeGoodVideo(io.ComfyNode):
             ),
             inputs=[
                 io.Image.Input("video", tooltip="The good video's frames (IMAGE batch)."),
-                io.Vae.Input("vae"),
+                io.Vae.Input("vae", tooltip="The Wan VAE (wan_2.1_vae.safetensors) the sampler uses."),
                 io.Conditioning.Input("positive", tooltip="Text conditioning (CLIP Text Encode with the Wan UMT5 encoder)."),
-                io.Int.Input("width", default=832, min=16, max=8192, step=16),
-                io.Int.Input("height", default=480, min=16, max=8192, step=16),
-                io.Int.Input("length", default=81, min=1, max=8192, step=4),
+                io.Int.Input("width", default=832, min=16, max=8192, step=16, tooltip="Video width, as the sampler would use it."),
+                io.Int.Input("height", default=480, min=16, max=8192, step=16, tooltip="Video height, as the sampler would use it."),
+                io.Int.Input("length", default=81, min=1, max=8192, step=4, tooltip="Frames to use, 4k+1 (81 in the paper)."),
                 io.Float.Input("strength", default=1.0, min=0.0, max=1000.0, step=0.01, tooltip="VACE strength used when sampling."),
-                io.Image.Input("reference_image", optional=True),
+                io.Image.Input("reference_image", optional=True, tooltip="The VACE reference image (e.g. the person)."),
                 io.Image.Input("control_video", optional=True, tooltip="Pose frames of the video (the VACE control)."),
-                io.Mask.Input("control_masks", optional=True),
+                io.Mask.Input("control_masks", optional=True, tooltip="VACE control masks, if the sampler used them."),
             ],
-            outputs=[CANDIDATES.Output(display_name="candidates")],
+            outputs=[CANDIDATES.Output(display_name="candidates", tooltip="One candidate for IPA Mark Preferred.")],
         )
 
     @classmethod

@@ -86,9 +86,9 @@ def _video_tensor(video: np.ndarray) -> torch.Tensor:
 
 def _draw_inputs() -> list:
     return [
-        io.Boolean.Input("draw_body", default=True),
-        io.Boolean.Input("draw_hands", default=True),
-        io.Boolean.Input("draw_face", default=True),
+        io.Boolean.Input("draw_body", default=True, tooltip="Draw the body limbs in the pose video."),
+        io.Boolean.Input("draw_hands", default=True, tooltip="Draw the hand bones in the pose video (what VACE follows for hands)."),
+        io.Boolean.Input("draw_face", default=True, tooltip="Draw the face points in the pose video."),
         io.Int.Input(
             "resolution", default=0, min=0, max=16384, step=8,
             tooltip="Short side of the pose video in pixels; 0 keeps the frame (canvas) size.",
@@ -116,8 +116,9 @@ class IPADWPoseEstimator(io.ComfyNode):
                 *_draw_inputs(),
             ],
             outputs=[
-                PoseKeypoint.Output(display_name="pose_keypoints"),
-                io.Image.Output(display_name="pose_video"),
+                PoseKeypoint.Output(display_name="pose_keypoints",
+                                    tooltip="POSE_KEYPOINT per frame (body, hands, face; real scores), for the hand mask."),
+                io.Image.Output(display_name="pose_video", tooltip="The pose drawn per frame: the VACE control video."),
             ],
             hidden=[io.Hidden.unique_id],
         )
@@ -145,12 +146,12 @@ class IPARenderPose(io.ComfyNode):
             category="IPA/pose",
             description="Pose video (OpenPose colours, hands and face) from any POSE_KEYPOINT, e.g. edited or from another pack.",
             inputs=[
-                PoseKeypoint.Input("pose_keypoints"),
+                PoseKeypoint.Input("pose_keypoints", tooltip="Any POSE_KEYPOINT (this pack's, DWPose preprocessor's, edited)."),
                 io.Float.Input("keypoint_threshold", default=0.3, min=0.0, max=1.0, step=0.01,
                                tooltip="Points scoring lower are not drawn (other packs write 1 or 0)."),
                 *_draw_inputs(),
             ],
-            outputs=[io.Image.Output(display_name="pose_video")],
+            outputs=[io.Image.Output(display_name="pose_video", tooltip="The pose drawn per frame: a VACE control video.")],
             hidden=[io.Hidden.unique_id],
         )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..ipa_train.pose.hands import RESIZE_MODES, SHAPES, hand_boxes, hand_mask_preview, pose_to_hand_masks, resize_frames
+from .previews import looping_previews
 
 PoseKeypoint = io.Custom("POSE_KEYPOINT")
 
@@ -18,8 +19,10 @@ class IPAHandMaskFromPose(io.ComfyNode):
             category="IPA/hands",
             description=(
                 "Pixel hand masks from POSE_KEYPOINT (DWPose): a grown box or convex hull around each hand's "
-                "confident points, united over both hands and all people. Frames without hands give empty masks."
+                "confident points, united over both hands and all people. Frames without hands give empty masks. "
+                "Shows the masks over the frames as a looping clip."
             ),
+            is_output_node=True,  # its looping preview is a check worth seeing even when the mask feeds nothing
             inputs=[
                 PoseKeypoint.Input("pose_keypoint", tooltip="POSE_KEYPOINT from a DWPose preprocessor: one entry per frame."),
                 io.Int.Input("width", default=832, min=8, max=8192, step=8, tooltip="Mask width: the width the video is generated at."),
@@ -39,8 +42,8 @@ class IPAHandMaskFromPose(io.ComfyNode):
                 io.Image.Input("frames", optional=True, tooltip="Optional frames to draw the preview over (one per pose frame)."),
             ],
             outputs=[
-                io.Mask.Output(display_name="mask"),
-                io.Image.Output(display_name="preview"),
+                io.Mask.Output(display_name="mask", tooltip="Pixel hand masks [frames, height, width], 1 on the hands."),
+                io.Image.Output(display_name="preview", tooltip="The masks tinted and the hand boxes outlined over the frames."),
             ],
         )
 
@@ -60,7 +63,7 @@ class IPAHandMaskFromPose(io.ComfyNode):
         if frames is not None:
             frames = resize_frames(frames, width, height, resize)
         preview = hand_mask_preview(masks, frames, boxes)
-        return io.NodeOutput(masks, preview)
+        return io.NodeOutput(masks, preview, ui=looping_previews([preview], fps=16.0, prefix="ipa_hand_mask"))
 
 
 NODES = [IPAHandMaskFromPose]

@@ -11,19 +11,20 @@ import glob
 import logging
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 
+import comfy.model_management
 import numpy as np
 import torch
 from comfy_api.latest import io, ui
 
 from ..ipa_train.training import launcher
 from ..ipa_train.training.config import BASE_PRECISIONS as RUN_BASE_PRECISIONS, DISTRIBUTED as RUN_DISTRIBUTED, OBJECTIVES as RUN_OBJECTIVES, PRECISIONS as RUN_PRECISIONS, ConfigError, RunConfig
-from ..ipa_train.data.dataset import DatasetError, count_statuses, dataset_path, read_manifest
-from ..ipa_train.fileio import InvalidNameError, atomic_write_json, validate_name
+from ..ipa_train.data.dataset import DatasetError, count_statuses, dataset_path, list_datasets, read_manifest
+from ..ipa_train.fileio import InvalidNameError, atomic_write_json, install_keeping_previous, validate_name
 from ..ipa_train.training.checkpoint_files import checkpoint_problem
+from ..ipa_train.training.curves import training_curves
 from .host import prompt_server
 from .paths import dataset_root
 
@@ -58,8 +59,12 @@ def reference_settings(settings: dict) -> dict:
     return out
 
 
-class TrainingStopped(RuntimeError):
-    """Raised after a cancelled run stopped cleanly: the message says where the checkpoint is and how to resume."""
+class TrainingStopped(comfy.model_management.InterruptProcessingException):
+    """Raised after the user cancelled a run: the message says where the checkpoint is and how to resume.
+
+    An InterruptProcessingException, as ComfyUI's own nodes raise on cancel: ComfyUI then reports the prompt as
+    interrupted ("Cancelled" in the queue), not as a failure with an error dialog. The message goes to the node
+    (progress text), the log and a toast, since an interruption carries no message to the frontend."""
 
 
 def runs_root() -> Path:
@@ -159,6 +164,55 @@ def _send(event: str, data: dict) -> None:
         instance.send_sync(event, data, instance.client_id)
 
 
+def _show_on_node(text: str, node_id) -> None:
+    """Text under the node, the way ComfyUI's own nodes report (``PromptServer.send_progress_text``)."""
+    instance = prompt_server()
+    if instance is not None and node_id is not None:
+        instance.send_progress_text(text, node_id, instance.client_id)
+
+
+def dataset_choices() -> list[str]:
+    """The datasets under output/ipa_datasets when the node list is built (refresh: R in ComfyUI)."""
+    try:
+        return list_datasets(dataset_root())
+    except OSError:
+        return []
+
+
+def _visible_gpus() -> tuple[int, list[str] | None]:
+    """(how many GPUs ComfyUI sees, their physical ids when ComfyUI runs restricted by CUDA_VISIBLE_DEVICES)."""
+    host_visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    host_devices = [d.strip() for d in host_visible.split(",") if d.strip()] if host_visible is not None else None
+    visible = len(host_devices) if host_devices is not None else (torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    return visible, host_devices
+
+
+def check_dataset(dataset: str) -> tuple[Path, dict[str, int]]:
+    """The dataset's folder and status counts; a ValueError naming the existing datasets when it cannot train."""
+    root = dataset_root()
+    try:
+        dataset_dir = dataset_path(root, dataset)
+        existing = dataset_choices()
+        if dataset not in existing:
+            existing = ", ".join(existing) or "none yet"
+            raise ValueError(f"dataset {dataset!r} does not exist in {root} (existing: {existing}). Run the curate workflow "
+                             "first (IPA Mark Preferred creates it), or pick one from the list (R refreshes it)")
+        counts = count_statuses(read_manifest(dataset_dir))
+    except DatasetError as exc:
+        raise ValueError(str(exc)) from None
+    if counts["preferred"] == 0:
+        raise ValueError(f"dataset {dataset} has no preferred samples ({counts}); mark some in the IPA gallery or with IPA Mark Preferred")
+    return dataset_dir, counts
+
+
+def check_lora_name(lora_name: str) -> None:
+    """The same rule as dataset names (``fileio.validate_name``), checked before anything is written."""
+    try:
+        validate_name(lora_name, "lora_name")
+    except InvalidNameError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def _to_image(pil_image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(pil_image.convert("RGB"), dtype=np.float32) / 255.0).unsqueeze(0)
 
@@ -184,23 +238,39 @@ class IPATrainLoRA(io.ComfyNode):
             ),
             is_output_node=True,
             inputs=[
-                io.String.Input("dataset", default="hands", tooltip="Dataset name (written by IPA Mark Preferred)."),
+                io.Combo.Input("dataset", options=dataset_choices(), default="hands",
+                               tooltip="The IPA dataset to train on (output/ipa_datasets/<name>, written by IPA Mark Preferred); "
+                                       "its preferred samples train. Press R to refresh the list after curating."),
                 io.Combo.Input("base_model", options=folder_paths.get_filename_list("diffusion_models"),
                                tooltip="The Wan2.1-VACE file the candidates were sampled with (models/diffusion_models)."),
-                io.String.Input("lora_name", default="ipa_hands", tooltip="Saved as models/loras/ipa/<name>.safetensors."),
-                io.Combo.Input("objective", options=OBJECTIVES, default="ipa"),
-                io.Float.Input("beta", default=600.0, min=0.0, max=100000.0, step=1.0),
-                io.Float.Input("hand_weight", default=10.0, min=1.0, max=1000.0, step=0.5),
-                io.Int.Input("rank", default=128, min=1, max=1024),
-                io.Float.Input("alpha", default=128.0, min=0.01, max=4096.0, step=1.0),
-                io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1.0, step=1e-6, round=False),
-                io.Int.Input("steps", default=1000, min=1, max=1000000),
-                io.Int.Input("batch_size", default=1, min=1, max=64),
-                io.Int.Input("grad_accum", default=1, min=1, max=1024),
-                io.String.Input("gpus", default="1", tooltip="A count ('2'), device ids ('0,2' or '[1]'), 'all', or 'cpu'."),
-                io.Combo.Input("precision", options=PRECISIONS, default="auto"),
-                io.Boolean.Input("gradient_checkpointing", default=True),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF),
+                io.String.Input("lora_name", default="ipa_hands",
+                                tooltip="Saved as models/loras/ipa/<name>.safetensors, always the newest training of this name "
+                                        "(the one it replaces is kept as <name>_00001, _00002, ...)."),
+                io.Combo.Input("objective", options=OBJECTIVES, default="ipa",
+                               tooltip="ipa: Flow-IPA on preferred samples only (the paper). dpo: Flow-DPO, needs rejected samples. "
+                                       "sft: plain flow matching on the preferred samples."),
+                io.Float.Input("beta", default=600.0, min=0.0, max=100000.0, step=1.0,
+                               tooltip="Strength of the preference penalty (paper: 600). Higher keeps the LoRA closer to the base model."),
+                io.Float.Input("hand_weight", default=10.0, min=1.0, max=1000.0, step=0.5,
+                               tooltip="How much more the hand region of the latent counts in the error (HALO; paper: 10). 1 = no hand emphasis."),
+                io.Int.Input("rank", default=128, min=1, max=1024, tooltip="LoRA rank (paper: 128)."),
+                io.Float.Input("alpha", default=128.0, min=0.01, max=4096.0, step=1.0,
+                               tooltip="LoRA alpha; the LoRA is scaled by alpha / rank (alpha = rank: scale 1)."),
+                io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1.0, step=1e-6, round=False,
+                               tooltip="AdamW learning rate on the LoRA weights (paper: 1e-4)."),
+                io.Int.Input("steps", default=1000, min=1, max=1000000, tooltip="Optimizer steps to train (paper: 1,000)."),
+                io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Samples per GPU per micro-batch."),
+                io.Int.Input("grad_accum", default=1, min=1, max=1024,
+                             tooltip="Micro-batches per optimizer step; the effective batch is batch_size x grad_accum x GPUs."),
+                io.String.Input("gpus", default="auto",
+                                tooltip="auto: every GPU ComfyUI sees, the CPU when there is none. Or a count ('2'), device ids "
+                                        "('0,2' or '[1]'), 'all', or 'cpu'. Several GPUs train with torchrun."),
+                io.Combo.Input("precision", options=PRECISIONS, default="auto",
+                               tooltip="auto: bf16 on GPU, fp32 on CPU. bf16 or fp32 to force one."),
+                io.Boolean.Input("gradient_checkpointing", default=True,
+                                 tooltip="Recompute block activations in the backward pass: less memory, slower steps."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF,
+                             tooltip="Seed of the LoRA initialisation, data order, noise and timesteps (same seed, same run)."),
                 io.Int.Input("checkpoint_every", default=100, min=0, max=1000000,
                              tooltip="Write a resumable checkpoint every N steps (0: only at the end and when cancelled)."),
                 io.String.Input("resume", default="", optional=True,
@@ -242,12 +312,24 @@ class IPATrainLoRA(io.ComfyNode):
                                         "what would fit. A number of GiB, or 'none' to use the settings as given."),
             ],
             outputs=[
-                io.String.Output(display_name="lora_name"),
-                io.Image.Output(display_name="loss_curve"),
-                io.String.Output(display_name="metrics"),
+                io.String.Output(display_name="lora_name", tooltip="The saved LoRA as IPA LoRA Loader names it (ipa/<name>.safetensors)."),
+                io.Image.Output(display_name="loss_curve", tooltip="Loss and ipa_gap over the run, each on its own axis."),
+                io.String.Output(display_name="metrics", tooltip="Final metrics, where the LoRA and the run folder are, and any warnings."),
             ],
             hidden=[io.Hidden.unique_id],
         )
+
+    @classmethod
+    def validate_inputs(cls, dataset, lora_name, gpus):
+        """At queue time, before anything runs: the dataset exists and has preferred samples, the name and GPUs are
+        usable. (Taking ``dataset`` here also lets a dataset made after the page loaded pass the combo check.)"""
+        try:
+            check_dataset(dataset)
+            check_lora_name(lora_name)
+            launcher.parse_gpus(gpus, available=_visible_gpus()[0])
+        except (ValueError, launcher.LaunchError) as exc:
+            return str(exc)
+        return True
 
     @classmethod
     def build_config(cls, dataset_dir: Path, base_model_path: str, run_dir: Path, **settings) -> dict:
@@ -283,29 +365,18 @@ class IPATrainLoRA(io.ComfyNode):
                 distributed="ddp", init_lora=NONE, init_lora_strength=1.0, targets="self_attn_qkv", vace_module=NONE,
                 allow_other_base=False, base_precision="bf16", blocks_to_swap=0, activation_offload=False,
                 vram_budget_gb="auto") -> io.NodeOutput:
-        import comfy.model_management
         import comfy.utils
         import folder_paths
 
-        try:
-            dataset_dir = dataset_path(dataset_root(), dataset)
-            counts = count_statuses(read_manifest(dataset_dir))
-        except DatasetError as exc:
-            raise ValueError(str(exc)) from None
-        if counts["preferred"] == 0:
-            raise ValueError(f"dataset {dataset} has no preferred samples ({counts}); mark some in the IPA gallery or with IPA Mark Preferred")
+        node_id = cls.hidden.unique_id if cls.hidden is not None else None
+        dataset_dir, counts = check_dataset(dataset)
         if objective == "dpo" and counts["rejected"] == 0:
             raise ValueError(f"objective 'dpo' needs rejected samples too; dataset {dataset} has none. Use 'ipa' (preferred only)")
-        try:
-            validate_name(lora_name, "lora_name")  # the same rule as dataset names, before anything is written
-        except InvalidNameError as exc:
-            raise ValueError(str(exc)) from None
+        check_lora_name(lora_name)
         base_model_path = folder_paths.get_full_path_or_raise("diffusion_models", base_model)
         # Device ids are the ones ComfyUI sees. When ComfyUI runs restricted (--cuda-device N sets CUDA_VISIBLE_DEVICES),
         # id i is the host's i-th visible device: the trainer must get that device, not physical GPU i.
-        host_visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        host_devices = [d.strip() for d in host_visible.split(",") if d.strip()] if host_visible is not None else None
-        visible = len(host_devices) if host_devices is not None else (torch.cuda.device_count() if torch.cuda.is_available() else 0)
+        visible, host_devices = _visible_gpus()
         try:
             gpu_ids = launcher.parse_gpus(gpus, available=visible)
             processes = max(1, len(gpu_ids))  # one GPU or the CPU: a plain process, never torchrun
@@ -344,9 +415,9 @@ class IPATrainLoRA(io.ComfyNode):
             while job.running() or not job.events.empty():
                 for event in job.poll(cls.poll_s):
                     if event["event"] == "step":
-                        plot = launcher.loss_plot(job.history, title=f"{objective.upper()} {lora_name}")
+                        plot = training_curves(job.history, title=f"{objective.upper()} {lora_name}")
                         try:
-                            pbar.update_absolute(int(event.get("step", 0)), int(event.get("total", steps)), ("PNG", plot, 640))
+                            pbar.update_absolute(int(event.get("step", 0)), int(event.get("total", steps)), ("PNG", plot, plot.width))
                         except comfy.model_management.InterruptProcessingException:
                             cancelled = True
                         _send("ipa.train.step", {k: v for k, v in event.items() if isinstance(v, (int, float, str))})
@@ -369,7 +440,7 @@ class IPATrainLoRA(io.ComfyNode):
         outcome = job.finish()
         if cancelled:
             comfy.model_management.interrupt_current_processing(False)
-        loss_image = launcher.loss_plot(outcome.events, title=f"{objective.upper()} {lora_name}")
+        loss_image = training_curves(outcome.events, title=f"{objective.upper()} {lora_name}")
 
         if outcome.status == "stopped":
             final = outcome.final
@@ -377,11 +448,16 @@ class IPATrainLoRA(io.ComfyNode):
                 f"IPA training stopped at step {final.get('step')} (cancelled). Checkpoint: {final.get('checkpoint')}. "
                 f"To resume, queue this node again with resume='latest' (or resume='{final.get('checkpoint')}')."
             )
-            _send("ipa.train.stopped", {"step": final.get("step"), "checkpoint": str(final.get("checkpoint"))})
+            checkpoint_path = Path(str(final.get("checkpoint")))
+            short = (f"IPA training stopped at step {final.get('step')} (cancelled); checkpoint written: "
+                     f"{checkpoint_path.parent.parent.name}/{checkpoint_path.name}. To continue, queue again with resume='latest'.")
+            cls._report_stop(message, short, node_id, step=final.get("step"), checkpoint=str(checkpoint_path))
             raise TrainingStopped(message)
         if outcome.status != "finished":
             if cancelled:
-                raise TrainingStopped(f"IPA training was cancelled and did not write a checkpoint in time:\n{outcome.error_text()}")
+                message = f"IPA training was cancelled and did not write a checkpoint in time:\n{outcome.error_text()}"
+                cls._report_stop(message, message.splitlines()[0], node_id, step=None, checkpoint=None)
+                raise TrainingStopped(message)
             # The cause first (the root of an import failure, the rank that died and how), then where the full log is.
             raise RuntimeError(f"IPA training failed: {outcome.headline()}\nFull log: {run_dir / 'train.log'} "
                                f"(exit status {outcome.returncode})\n\n{outcome.error_text()}")
@@ -389,21 +465,36 @@ class IPATrainLoRA(io.ComfyNode):
         trained = Path(outcome.final["lora_path"])
         if not trained.is_file():
             raise RuntimeError(f"the trainer reported {trained} but the file does not exist")
-        target_dir = lora_folder()
-        target_dir.mkdir(parents=True, exist_ok=True)
-        target = launcher.unique_path(target_dir, trained.stem, ".safetensors")
-        temporary = target.with_name(f".{target.name}.tmp")
-        shutil.copyfile(trained, temporary)
-        os.replace(temporary, target)
+        # The newest training of a name is always loras/ipa/<name>.safetensors, so a workflow that loads it by name
+        # (the animate template) gets what was just trained; the file it replaces is kept as <name>_NNNNN.
+        target = lora_folder() / f"{trained.stem}.safetensors"
+        kept = install_keeping_previous(trained, target)
         name = f"{LORA_SUBFOLDER}/{target.name}"
-        metrics = launcher.format_metrics(outcome) + f"\nsaved as: loras/{name}\nrun folder: {run_dir}"
+        metrics = launcher.format_metrics(outcome) + f"\nsaved as: loras/{name}"
+        if kept is not None:
+            metrics += f" (the previous {target.name} is kept as loras/{LORA_SUBFOLDER}/{kept.name})"
+        metrics += f"\nrun folder: {run_dir}"
         started = next((event for event in outcome.events if event.get("event") == "started"), None)
         if memory_report(started):
             metrics += "\n" + memory_report(started)
         warnings = [w for event in outcome.events if event.get("event") == "started" for w in event.get("warnings") or []]
         if warnings:
             metrics += "\n" + "\n".join(f"WARNING: {warning}" for warning in warnings)
+        final_metrics = (outcome.final or {}).get("metrics") or {}
+        summary = [f"saved as: loras/{name}" + (f" (previous kept as {kept.name})" if kept is not None else "")]
+        if isinstance(final_metrics.get("loss"), (int, float)):
+            summary.append(f"loss {final_metrics['loss']:.4g}, ipa_gap {final_metrics.get('ipa_gap', float('nan')):.3g} "
+                           f"after {outcome.final.get('step')} steps")
+        summary += [f"WARNING: {warning}" for warning in warnings]
+        _show_on_node("\n".join(summary), node_id)
         return io.NodeOutput(name, _to_image(loss_image), metrics, ui=ui.PreviewText(metrics))
+
+    @staticmethod
+    def _report_stop(message: str, short: str, node_id, step, checkpoint) -> None:
+        """The full message to the log, a short one under the node and in the frontend's toast."""
+        log.info("IPA Train LoRA: %s", message)
+        _show_on_node(short, node_id)
+        _send("ipa.train.stopped", {"step": step, "checkpoint": checkpoint, "message": short})
 
 
 NODES = [IPATrainLoRA]

@@ -15,6 +15,7 @@ from comfy_api.latest import io
 
 from ..ipa_train.data.collect import Candidate
 from .model_identity import base_weights_fingerprint, describe_patches
+from .previews import looping_previews
 
 log = logging.getLogger(__name__)
 
@@ -74,27 +75,31 @@ class IPAVaceSampler(io.ComfyNode):
             ),
             inputs=[
                 io.Model.Input("model", tooltip="Wan2.1-VACE from Load Diffusion Model (UNETLoader)."),
-                io.Conditioning.Input("positive"),
-                io.Conditioning.Input("negative"),
-                io.Vae.Input("vae"),
-                io.Image.Input("reference_image"),
+                io.Conditioning.Input("positive", tooltip="What the video should show (CLIP Text Encode, Wan UMT5 encoder)."),
+                io.Conditioning.Input("negative", tooltip="What to avoid, e.g. deformed hands, extra fingers."),
+                io.Vae.Input("vae", tooltip="The Wan VAE (wan_2.1_vae.safetensors)."),
+                io.Image.Input("reference_image", tooltip="The VACE reference image: the person to animate."),
                 io.Image.Input("control_video", tooltip="Control frames, e.g. DWPose renders."),
-                io.Int.Input("width", default=832, min=16, max=8192, step=16),
-                io.Int.Input("height", default=480, min=16, max=8192, step=16),
-                io.Int.Input("length", default=81, min=1, max=8192, step=4),
-                io.Int.Input("steps", default=20, min=1, max=10000),
-                io.Float.Input("cfg", default=6.0, min=0.0, max=100.0, step=0.1, round=0.01),
+                io.Int.Input("width", default=832, min=16, max=8192, step=16, tooltip="Video width (paper: 832)."),
+                io.Int.Input("height", default=480, min=16, max=8192, step=16, tooltip="Video height (paper: 480)."),
+                io.Int.Input("length", default=81, min=1, max=8192, step=4, tooltip="Frames, 4k+1 (paper: 81 at 16 fps)."),
+                io.Int.Input("steps", default=20, min=1, max=10000, tooltip="Denoising steps per candidate."),
+                io.Float.Input("cfg", default=6.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="Classifier-free guidance scale."),
                 io.Float.Input("shift", default=8.0, min=0.0, max=100.0, step=0.01, tooltip="ModelSamplingSD3 shift (ComfyUI's Wan default 8)."),
-                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="uni_pc"),
-                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="simple"),
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="uni_pc", tooltip="KSampler's sampler."),
+                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="simple", tooltip="KSampler's scheduler."),
                 io.Int.Input("candidates", default=4, min=1, max=64, tooltip="How many videos to sample; candidate i uses seed + i."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed of the first candidate. With the control on increment it steps by the candidate "
+                                     "count after each run, so no run samples a seed an earlier run did."),
                 io.Float.Input("strength", default=1.0, min=0.0, max=1000.0, step=0.01, optional=True, tooltip="VACE strength."),
-                io.Mask.Input("control_mask", optional=True),
+                io.Mask.Input("control_mask", optional=True, tooltip="Optional VACE control mask (white: generate)."),
             ],
             outputs=[
-                io.Image.Output(display_name="images", tooltip="All candidates' frames, one after another."),
-                CANDIDATES.Output(display_name="candidates"),
+                io.Image.Output(display_name="images", tooltip="All candidates' frames, one after another (the node itself "
+                                                               "shows one looping clip per candidate)."),
+                CANDIDATES.Output(display_name="candidates", tooltip="Everything IPA Mark Preferred stores: latents, VACE "
+                                                                     "context, text conditioning, seeds, sigmas, settings."),
             ],
         )
 
@@ -181,7 +186,8 @@ class IPAVaceSampler(io.ComfyNode):
                 sigmas=sigmas,
                 settings=dict(settings),
             ))
-        return io.NodeOutput(torch.cat(frames_out, dim=0), results)
+        preview = looping_previews(frames_out, fps=16.0, prefix="ipa_candidates")  # Wan2.1's 16 fps
+        return io.NodeOutput(torch.cat(frames_out, dim=0), results, ui=preview)
 
 
 NODES = [IPAVaceSampler]

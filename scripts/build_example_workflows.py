@@ -17,136 +17,179 @@ sys.path.insert(0, str(ROOT / "scripts"))
 UNET = "wan2.1_vace_1.3B_fp16.safetensors"
 CLIP = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 VAE = "wan_2.1_vae.safetensors"
+REPACKAGED = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
+DWPOSE = "https://huggingface.co/yzd-v/DWPose/resolve/main"
+# `properties.models` entries: the frontend's missing-model dialog offers these downloads when the file is missing
+# (it only downloads .safetensors, so the two DWPose .onnx files are named with their links in the notes instead).
+MODEL_FILES = {
+    UNET: {"url": f"{REPACKAGED}/diffusion_models/{UNET}", "directory": "diffusion_models"},
+    CLIP: {"url": f"{REPACKAGED}/text_encoders/{CLIP}", "directory": "text_encoders"},
+    VAE: {"url": f"{REPACKAGED}/vae/{VAE}", "directory": "vae"},
+}
+
+# Template file names: the template browser of ComfyUI's frontend 1.35.9 shows a custom node pack's template by its
+# file name (title and description) and its thumbnail as <name>.jpg next to it.
+TEMPLATES = {
+    "ipa_curate": "IPA 1 Curate hand candidates",
+    "ipa_align": "IPA 2 Train the hand LoRA",
+    "ipa_animate": "IPA 3 Animate with the hand LoRA",
+}
+
 MODEL_NOTES = f"""## Model files
-From Comfy-Org/Wan_2.1_ComfyUI_repackaged on Hugging Face (split_files/...):
-- models/diffusion_models/{UNET} (or wan2.1_vace_14B_fp16.safetensors: then pick it in every loader)
-- models/text_encoders/{CLIP}
-- models/vae/{VAE}
-From yzd-v/DWPose on Hugging Face (for IPA DWPose Estimator; comfyui_controlnet_aux's copies are found too):
-- models/dwpose/yolox_l.onnx and models/dwpose/dw-ll_ucoco_384.onnx
-Sizes: width/height multiples of 16, length 4k+1 (81 frames at 16 fps in the paper): give a driving video of
-`length` frames (a longer one is estimated in full and cut by the sampler)."""
+Missing ones are offered for download when the workflow opens. From [Comfy-Org/Wan_2.1_ComfyUI_repackaged](https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged):
+- `models/diffusion_models/{UNET}` (or `wan2.1_vace_14B_fp16.safetensors`: pick it in every loader)
+- `models/text_encoders/{CLIP}`
+- `models/vae/{VAE}`
+
+For IPA DWPose Estimator, from [yzd-v/DWPose]({DWPOSE.rsplit('/resolve', 1)[0]}) (comfyui_controlnet_aux's copies are found too):
+- `models/dwpose/yolox_l.onnx`: {DWPOSE}/yolox_l.onnx
+- `models/dwpose/dw-ll_ucoco_384.onnx`: {DWPOSE}/dw-ll_ucoco_384.onnx"""
 
 POSITIVE = "a person waves both hands at the camera, natural hands with five fingers, studio light"
 NEGATIVE = "deformed hands, extra fingers, fused fingers, blurry, low quality"
+NOTE_WIDTH = 460
 
 
-def loaders(g, x=0, y=0):
-    unet = g.add("UNETLoader", (x, y), {"unet_name": UNET, "weight_dtype": "default"}, size=(320, 82))
-    clip = g.add("CLIPLoader", (x, y + 120), {"clip_name": CLIP, "type": "wan", "device": "default"}, size=(320, 106))
-    vae = g.add("VAELoader", (x, y + 260), {"vae_name": VAE}, size=(320, 58))
-    pos = g.add("CLIPTextEncode", (x + 360, y), {"text": POSITIVE}, title="Positive prompt", size=(400, 140))
-    neg = g.add("CLIPTextEncode", (x + 360, y + 180), {"text": NEGATIVE}, title="Negative prompt", size=(400, 140))
+def loaders(g, x, y):
+    unet = g.add("UNETLoader", (x, y), {"unet_name": UNET, "weight_dtype": "default"}, size=(320, 82), models=[UNET])
+    clip = g.add("CLIPLoader", (x, y + 130), {"clip_name": CLIP, "type": "wan", "device": "default"}, size=(320, 106), models=[CLIP])
+    vae = g.add("VAELoader", (x, y + 290), {"vae_name": VAE}, size=(320, 58), models=[VAE])
+    g.group("Models", [unet, clip, vae])
+    pos = g.add("CLIPTextEncode", (x + 370, y), {"text": POSITIVE}, title="Positive prompt", size=(400, 150))
+    neg = g.add("CLIPTextEncode", (x + 370, y + 200), {"text": NEGATIVE}, title="Negative prompt", size=(400, 150))
     g.link(clip, "CLIP", pos, "clip")
     g.link(clip, "CLIP", neg, "clip")
+    g.group("Prompts", [pos, neg])
     return unet, vae, pos, neg
 
 
-def control_inputs(g, x=0, y=420):
+def control_inputs(g, x, y):
     """Reference image, and the driving video turned into DWPose keypoints and a pose video (the VACE control)."""
-    ref = g.add("LoadImage", (x, y), {"image": "reference.png"}, title="Reference image", size=(320, 320))
-    video = g.add("LoadVideo", (x, y + 360), {"file": "driving.mp4"}, title="Driving video (a person moving)", size=(320, 320))
-    frames = g.add("GetVideoComponents", (x + 360, y + 360), size=(260, 66))
+    ref = g.add("LoadImage", (x, y), {"image": "reference.png"}, title="Reference image (the person)", size=(320, 330))
+    video = g.add("LoadVideo", (x + 370, y), {"file": "driving.mp4"}, title="Driving video (a person moving)", size=(400, 330))
+    frames = g.add("GetVideoComponents", (x + 370, y + 380), size=(400, 70))
     g.link(video, "VIDEO", frames, "video")
-    pose = g.add("IPADWPoseEstimator", (x + 360, y + 460), {"detection_threshold": 0.3, "keypoint_threshold": 0.3, "draw_body": True,
-                                                          "draw_hands": True, "draw_face": True, "resolution": 0}, size=(320, 246))
+    pose = g.add("IPADWPoseEstimator", (x + 370, y + 500), {"detection_threshold": 0.3, "keypoint_threshold": 0.3, "draw_body": True,
+                                                          "draw_hands": True, "draw_face": True, "resolution": 0}, size=(400, 200))
     g.link(frames, "images", pose, "frames")
+    g.group("Reference image and driving pose", [ref, video, frames, pose])
     return ref, frames, pose
 
 
 def curate(g):
-    unet, vae, pos, neg = loaders(g)
-    ref, frames, pose = control_inputs(g)
-    sampler = g.add("IPAVaceSampler", (820, 0), {"width": 832, "height": 480, "length": 81, "steps": 20, "cfg": 6.0, "shift": 8.0,
-                                                 "sampler_name": "uni_pc", "scheduler": "simple", "candidates": 4, "seed": 0,
-                                                 "seed:control_after_generate": "increment", "strength": 1.0}, size=(340, 470))
+    g.note((0, 0), NOTE_WIDTH, 760, MODEL_NOTES + """
+
+## Curate
+1. Load a reference image (the person) and a driving video (someone moving; `length` frames are used).
+2. Queue: IPA DWPose Estimator turns the video into pose keypoints and a pose video (the VACE control); IPA VACE
+   Sampler samples `candidates` videos, shown as looping clips (candidate i = seed + i; the seed steps by
+   `candidates` after each run, so runs never repeat a seed); IPA Mark Preferred stores them, pending, in the
+   dataset `hands` with the hand mask from the keypoints (the loss weights the hands; the mask node shows it).
+3. Queue again for more candidates (a few hundred is a good start), then open the **IPA** tab in the left sidebar
+   and mark the good ones preferred. Next: *IPA 2 Train the hand LoRA*.
+
+Sizes: width/height multiples of 16, length 4k+1 (81 frames at 16 fps in the paper). Keep the hand mask node's
+width and height equal to the sampler's. Outside good videos: IPA Encode Good Video -> IPA Mark Preferred.""")
+    left = NOTE_WIDTH + 60
+    unet, vae, pos, neg = loaders(g, left, 60)
+    ref, frames, pose = control_inputs(g, left, 560)
+    sampler = g.add("IPAVaceSampler", (left + 850, 60), {"width": 832, "height": 480, "length": 81, "steps": 20, "cfg": 6.0, "shift": 8.0,
+                                                        "sampler_name": "uni_pc", "scheduler": "simple", "candidates": 4, "seed": 0,
+                                                        "seed:control_after_generate": "increment", "strength": 1.0}, size=(420, 760))
     for source, output, name in ((unet, "MODEL", "model"), (pos, "CONDITIONING", "positive"), (neg, "CONDITIONING", "negative"),
                                  (vae, "VAE", "vae"), (ref, "IMAGE", "reference_image"), (pose, "pose_video", "control_video")):
         g.link(source, output, sampler, name)
-    preview = g.add("PreviewImage", (1200, 0), title="Candidates", size=(420, 420))
-    g.link(sampler, "images", preview, "images")
-    mark = g.add("IPAMarkPreferred", (1200, 460), {"dataset": "hands", "mark": "pending", "select": "", "prompt_text": POSITIVE, "fps": 16.0},
-                 size=(420, 300))
+    g.group("Sample candidates (looping previews)", [sampler])
+    mark = g.add("IPAMarkPreferred", (left + 1330, 60), {"dataset": "hands", "mark": "pending", "select": "", "prompt_text": POSITIVE,
+                                                         "fps": 16.0}, size=(420, 330))
     g.link(sampler, "candidates", mark, "candidates")
     g.link(pose, "pose_keypoints", mark, "pose_keypoint")
-    hands = g.add("IPAHandMaskFromPose", (820, 520), {"width": 832, "height": 480, "threshold": 0.3, "margin": 0.25, "shape": "box",
-                                                    "resize": "crop", "min_points": 3}, title="Hand mask (what the loss weights)",
-                  size=(340, 270))
+    hands = g.add("IPAHandMaskFromPose", (left + 1330, 460), {"width": 832, "height": 480, "threshold": 0.3, "margin": 0.25, "shape": "box",
+                                                             "resize": "crop", "min_points": 3}, title="Hand mask (what the loss weights)",
+                  size=(420, 600))
     g.link(pose, "pose_keypoints", hands, "pose_keypoint")
     g.link(frames, "images", hands, "frames")
-    hand_preview = g.add("PreviewImage", (820, 830), title="Hand mask preview", size=(340, 300))
-    g.link(hands, "preview", hand_preview, "images")
-    g.add("MarkdownNote", (0, 1180), {"text": MODEL_NOTES + """
-
-## Curate
-IPA DWPose Estimator turns the driving video into pose keypoints and a pose video; the pose video is the VACE
-control. IPA VACE Sampler samples N candidates with the native VACE graph (candidate i = seed + i); IPA Mark
-Preferred stores them, pending, in the dataset `hands` (output/ipa_datasets/hands) with the hand mask made from the
-keypoints (HALO hand weighting; the preview shows it) and the driving pose for the gallery's hand score. Open the
-IPA gallery to mark the good ones preferred, or set `mark` to `preferred` to accept everything. Keep width and
-height of the hand mask node equal to the sampler's. Outside good videos: IPA Encode Good Video -> this node."""},
-          size=(760, 320))
+    g.group("Store for curation", [mark, hands])
 
 
 def align(g):
-    train = g.add("IPATrainLoRA", (0, 0), {"dataset": "hands", "base_model": UNET, "lora_name": "ipa_hands", "objective": "ipa",
-                                           "beta": 600.0, "hand_weight": 10.0, "rank": 128, "alpha": 128.0, "learning_rate": 1e-4,
-                                           "steps": 1000, "batch_size": 1, "grad_accum": 1, "gpus": "1", "precision": "auto",
-                                           "gradient_checkpointing": True, "seed": 0,
-                                           "checkpoint_every": 100, "resume": ""}, size=(360, 620))
-    plot = g.add("PreviewImage", (400, 0), title="Loss curve", size=(520, 360))
-    g.link(train, "loss_curve", plot, "images")
-    metrics = g.add("PreviewAny", (400, 400), title="Final metrics", size=(520, 200))
-    g.link(train, "metrics", metrics, "source")
-    g.add("MarkdownNote", (0, 680), {"text": f"""## Model files
-- models/diffusion_models/{UNET}: the same VACE file the candidates were sampled with.
+    g.note((0, 0), NOTE_WIDTH, 620, f"""## Model files
+- `models/diffusion_models/{UNET}`: the same VACE file the candidates were sampled with (offered for download when
+  missing; or the 14B).
 
-## Align
-Trains a Flow-IPA LoRA (paper settings: beta 600, hand weight 10, rank 128 on self-attention q/k/v, 1,000 steps) on the
-preferred samples of `hands`, in a separate process (torchrun when `gpus` asks for several). ComfyUI's models are unloaded
-first. The progress bar shows the live loss plot. Cancel stops after the current step and writes a checkpoint: queue again
-with `resume` = `latest` to continue. The LoRA is saved as models/loras/ipa/<lora_name>.safetensors."""}, size=(920, 260))
+## Train
+Trains a Flow-IPA LoRA on the preferred samples of the dataset (paper settings: beta 600, hand weight 10, rank 128 on
+self-attention q/k/v, 1,000 steps), in a separate process; ComfyUI's models are unloaded first. `gpus` = auto uses every
+GPU ComfyUI sees (several: torchrun), or the CPU when there is none.
+
+The node shows the live loss and ipa_gap (reference error minus the LoRA's: above 0, the LoRA fits the good videos
+better). **Cancel** stops after the current step and writes a checkpoint: queue again with `resume` = `latest` to continue.
+
+The LoRA is saved as `models/loras/ipa/<lora_name>.safetensors`, always the newest training of that name (the one it
+replaces is kept as `<lora_name>_00001`, ...), so *IPA 3 Animate with the hand LoRA* loads what was just trained.""")
+    left = NOTE_WIDTH + 60
+    train = g.add("IPATrainLoRA", (left, 60), {"dataset": "hands", "base_model": UNET, "lora_name": "ipa_hands", "objective": "ipa",
+                                               "beta": 600.0, "hand_weight": 10.0, "rank": 128, "alpha": 128.0, "learning_rate": 1e-4,
+                                               "steps": 1000, "batch_size": 1, "grad_accum": 1, "gpus": "auto", "precision": "auto",
+                                               "gradient_checkpointing": True, "seed": 0, "seed:control_after_generate": "fixed",
+                                               "checkpoint_every": 100, "resume": ""}, size=(480, 1040), models=[UNET])
+    plot = g.add("PreviewImage", (left + 530, 60), title="Loss curve", size=(500, 360))
+    g.link(train, "loss_curve", plot, "images")
+    metrics = g.add("PreviewAny", (left + 530, 480), title="Final metrics", size=(500, 300))
+    g.link(train, "metrics", metrics, "source")
+    g.group("Train the LoRA", [train, plot, metrics])
 
 
 def animate(g):
-    unet, vae, pos, neg = loaders(g)
-    ref, frames, pose = control_inputs(g)
-    lora = g.add("IPALoRALoader", (820, 0), {"lora_name": "ipa/ipa_hands.safetensors", "strength": 1.0}, size=(340, 106))
+    g.note((0, 0), NOTE_WIDTH, 640, MODEL_NOTES + """
+- `models/loras/ipa/ipa_hands.safetensors`: written by *IPA 2 Train the hand LoRA*.
+
+## Animate
+The native Wan2.1-VACE graph, driven by the DWPose pose video of the driving video, with the aligned LoRA applied
+by IPA LoRA Loader. Its report says how many weights really applied, warns when the LoRA was made for another base
+model, and shows the LoRA's training settings. It also reads LoRAs in diffusers, DiffSynth/peft and kohya/musubi
+layouts.""")
+    left = NOTE_WIDTH + 60
+    unet, vae, pos, neg = loaders(g, left, 60)
+    ref, frames, pose = control_inputs(g, left, 560)
+    lora = g.add("IPALoRALoader", (left + 850, 60), {"lora_name": "ipa/ipa_hands.safetensors", "strength": 1.0}, size=(360, 110))
     g.link(unet, "MODEL", lora, "model")
-    sampling = g.add("ModelSamplingSD3", (820, 150), {"shift": 8.0}, size=(340, 58))
+    report = g.add("PreviewAny", (left + 850, 230), title="LoRA report", size=(360, 280))
+    g.link(lora, "report", report, "source")
+    g.group("The aligned LoRA", [lora, report])
+    sampling = g.add("ModelSamplingSD3", (left + 1260, 60), {"shift": 8.0}, size=(340, 60))
     g.link(lora, "model", sampling, "model")
-    vace = g.add("WanVaceToVideo", (820, 250), {"width": 832, "height": 480, "length": 81, "batch_size": 1, "strength": 1.0}, size=(340, 254))
+    vace = g.add("WanVaceToVideo", (left + 1260, 180), {"width": 832, "height": 480, "length": 81, "batch_size": 1, "strength": 1.0},
+                 size=(340, 280))
     for source, output, name in ((pos, "CONDITIONING", "positive"), (neg, "CONDITIONING", "negative"), (vae, "VAE", "vae"),
                                  (pose, "pose_video", "control_video"), (ref, "IMAGE", "reference_image")):
         g.link(source, output, vace, name)
-    sampler = g.add("KSampler", (1200, 0), {"seed": 0, "seed:control_after_generate": "randomize", "steps": 20, "cfg": 6.0,
-                                            "sampler_name": "uni_pc", "scheduler": "simple", "denoise": 1.0}, size=(320, 262))
+    sampler = g.add("KSampler", (left + 1260, 520), {"seed": 0, "seed:control_after_generate": "randomize", "steps": 20, "cfg": 6.0,
+                                                     "sampler_name": "uni_pc", "scheduler": "simple", "denoise": 1.0}, size=(340, 270))
     g.link(sampling, "MODEL", sampler, "model")
     g.link(vace, "positive", sampler, "positive")
     g.link(vace, "negative", sampler, "negative")
     g.link(vace, "latent", sampler, "latent_image")
-    trim = g.add("TrimVideoLatent", (1200, 300), {"trim_amount": 0}, size=(320, 82))
+    trim = g.add("TrimVideoLatent", (left + 1260, 850), {"trim_amount": 0}, size=(340, 80))
     g.link(sampler, "LATENT", trim, "samples")
     g.link(vace, "trim_latent", trim, "trim_amount")
-    decode = g.add("VAEDecode", (1200, 420), size=(320, 46))
+    decode = g.add("VAEDecode", (left + 1260, 990), size=(340, 50))
     g.link(trim, "LATENT", decode, "samples")
     g.link(vae, "VAE", decode, "vae")
-    video = g.add("CreateVideo", (1560, 0), {"fps": 16.0}, size=(300, 78))
+    g.group("Sample (native VACE)", [sampling, vace, sampler, trim, decode])
+    video = g.add("CreateVideo", (left + 1650, 60), {"fps": 16.0}, size=(400, 80))
     g.link(decode, "IMAGE", video, "images")
-    save = g.add("SaveVideo", (1560, 120), {"filename_prefix": "video/ipa_animate", "format": "auto", "codec": "auto"}, size=(420, 420))
+    save = g.add("SaveVideo", (left + 1650, 200), {"filename_prefix": "video/ipa_animate", "format": "auto", "codec": "auto"}, size=(400, 480))
     g.link(video, "VIDEO", save, "video")
-    report = g.add("PreviewAny", (820, 560), title="LoRA report", size=(340, 200))
-    g.link(lora, "report", report, "source")
-    g.add("MarkdownNote", (0, 1180), {"text": MODEL_NOTES + """
-- models/loras/ipa/ipa_hands.safetensors: written by the align workflow (IPA Train LoRA).
-
-## Animate
-The native Wan2.1-VACE graph, driven by the DWPose pose video of the driving video, with the aligned LoRA applied
-by IPA LoRA Loader (which also reads LoRAs in diffusers, DiffSynth/peft and kohya/musubi layouts, reports how many
-keys matched and shows the LoRA's training settings)."""}, size=(760, 280))
+    g.group("Save the video", [video, save])
 
 
 BUILDERS = {"ipa_curate": curate, "ipa_align": align, "ipa_animate": animate}
+
+
+def template_path(key: str) -> Path:
+    """example_workflows/<file>.json of a template key (ipa_curate, ipa_align, ipa_animate)."""
+    return ROOT / "example_workflows" / f"{TEMPLATES[key]}.json"
 
 
 def build_all(infos):
@@ -154,9 +197,9 @@ def build_all(infos):
 
     workflows = {}
     for name, build in BUILDERS.items():
-        graph = Graph(infos)
+        graph = Graph(infos, MODEL_FILES)
         build(graph)
-        workflows[name] = graph.to_json(f"ComfyUI-IPA example: {name}")
+        workflows[name] = graph.to_json(f"ComfyUI-IPA template: {TEMPLATES[name]}")
     return workflows
 
 
@@ -171,8 +214,9 @@ def main():
         problems = check_workflow(workflow, infos)
         if problems:
             raise SystemExit(f"{name}: " + "; ".join(problems))
-        (out / f"{name}.json").write_text(dumps(workflow))
-        print(f"wrote example_workflows/{name}.json ({len(workflow['nodes'])} nodes, {len(workflow['links'])} links)")
+        template_path(name).write_text(dumps(workflow))
+        print(f"wrote {template_path(name).relative_to(ROOT)} ({len(workflow['nodes'])} nodes, {len(workflow['links'])} links, "
+              f"{len(workflow['groups'])} groups)")
 
 
 if __name__ == "__main__":

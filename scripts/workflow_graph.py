@@ -56,34 +56,77 @@ def _normalise(info: dict[str, Any]) -> dict[str, Any]:
             "output_names": [str(n) for n in info.get("output_name", info["output"])]}
 
 
+# The frontend (comfyui-frontend-package 1.35.9) adds a "control after generate" combo after an INT widget declared with
+# control_after_generate, or named seed / noise_seed unless it is declared False; after a FLOAT or COMBO only when
+# declared. A COMBO's control also brings a filter-list text widget. Each of them is a slot in widgets_values.
+SEED_NAMES = ("seed", "noise_seed")
+
+
+def control_slots(spec: dict[str, Any]) -> list[str]:
+    """The extra widget slots the frontend puts after widget ``spec`` for its control_after_generate."""
+    declared = spec["options"].get("control_after_generate")
+    if spec["type"] == "INT":
+        has_control = bool(declared) if declared is not None else spec["name"] in SEED_NAMES
+    else:
+        has_control = spec["type"] in ("FLOAT", "COMBO") and bool(declared)
+    if not has_control:
+        return []
+    slots = [f"{spec['name']}:control_after_generate"]
+    if spec["type"] == "COMBO":
+        slots.append(f"{spec['name']}:control_filter_list")
+    return slots
+
+
 def widget_names(info: dict[str, Any]) -> list[str]:
-    """Widget value slots in the order the frontend stores them (a seed's control_after_generate adds one,
-    an upload button adds one)."""
+    """Widget value slots in the order the frontend stores them: each widget, then its control slots
+    (:func:`control_slots`) and an upload button's slot."""
     names = []
     for spec in info["inputs"]:
         if spec["type"] in WIDGET_TYPES:
             names.append(spec["name"])
+            names.extend(control_slots(spec))
             options = spec["options"]
-            if options.get("control_after_generate"):
-                names.append(f"{spec['name']}:control_after_generate")
             if options.get("image_upload") or options.get("video_upload"):
                 names.append(f"{spec['name']}:upload")
     return names
 
 
+NODE_TITLE_HEIGHT = 30  # LiteGraph draws a node's title bar above its pos
+GROUP_TITLE_HEIGHT = 58
+GROUP_COLOUR = "#3f789e"
+
+
 class Graph:
-    def __init__(self, infos: dict[str, dict[str, Any]]):
+    def __init__(self, infos: dict[str, dict[str, Any]], model_files: Optional[dict[str, dict[str, str]]] = None):
         self.infos = infos
+        self.model_files = model_files or {}  # file name -> {"url": ..., "directory": ...}
         self.nodes: list[dict[str, Any]] = []
         self.links: list[list[Any]] = []
+        self.groups: list[dict[str, Any]] = []
+
+    def note(self, pos: tuple[int, int], width: int, height: int, text: str) -> int:
+        return self.add("MarkdownNote", pos, {"text": text}, title="Read me", size=(width, height))
+
+    def group(self, title: str, node_ids: list[int], padding: int = 14) -> None:
+        """A titled box around ``node_ids`` (their title bars included)."""
+        boxes = [(n["pos"][0], n["pos"][1] - NODE_TITLE_HEIGHT, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+                 for n in self.nodes if n["id"] in node_ids]
+        x0, y0 = min(b[0] for b in boxes) - padding, min(b[1] for b in boxes) - GROUP_TITLE_HEIGHT
+        x1, y1 = max(b[2] for b in boxes) + padding, max(b[3] for b in boxes) + padding
+        self.groups.append({"id": len(self.groups) + 1, "title": title, "bounding": [x0, y0, x1 - x0, y1 - y0],
+                            "color": GROUP_COLOUR, "font_size": 34, "flags": {}})
 
     def add(self, node_type: str, pos: tuple[int, int], widgets: Optional[dict[str, Any]] = None, title: Optional[str] = None,
-            size: tuple[int, int] = (320, 200)) -> int:
+            size: tuple[int, int] = (320, 200), models: Optional[list[str]] = None) -> int:
+        """``models``: file names among this node's widget values to list in ``properties.models`` (with the download
+        URL and folder from ``model_files``), which the frontend's missing-model dialog reads."""
         node_id = len(self.nodes) + 1
         if node_type in FRONTEND_ONLY:
             node = {"id": node_id, "type": node_type, "pos": list(pos), "size": list(size), "flags": {}, "order": node_id - 1,
                     "mode": 0, "inputs": [], "outputs": [], "properties": {}, "widgets_values": [widgets["text"]],
                     "color": "#432", "bgcolor": "#653"}
+            if title:
+                node["title"] = title
             self.nodes.append(node)
             return node_id
         info = self.infos[node_type]
@@ -92,6 +135,8 @@ class Graph:
         for name in widget_names(info):
             if name.endswith(":control_after_generate"):
                 values.append(widgets.pop(name, "fixed"))
+            elif name.endswith(":control_filter_list"):
+                values.append(widgets.pop(name, ""))
             elif name.endswith(":upload"):
                 values.append(widgets.pop(name, "image"))
             else:
@@ -114,8 +159,14 @@ class Graph:
             inputs.append(entry)
         outputs = [{"name": name, "type": kind, "links": [], "slot_index": index}
                    for index, (name, kind) in enumerate(zip(info["output_names"], info["outputs"]))]
+        properties: dict[str, Any] = {"Node name for S&R": node_type}
+        if models:
+            missing = [name for name in models if name not in values or name not in self.model_files]
+            if missing:
+                raise ValueError(f"{node_type}: models {missing} are not among its widget values or have no download entry")
+            properties["models"] = [{"name": name, **self.model_files[name]} for name in models]
         node = {"id": node_id, "type": node_type, "pos": list(pos), "size": list(size), "flags": {}, "order": node_id - 1, "mode": 0,
-                "inputs": inputs, "outputs": outputs, "properties": {"Node name for S&R": node_type}, "widgets_values": values}
+                "inputs": inputs, "outputs": outputs, "properties": properties, "widgets_values": values}
         if title:
             node["title"] = title
         self.nodes.append(node)
@@ -134,6 +185,7 @@ class Graph:
         dst["inputs"][in_slot]["link"] = link_id
 
     def to_json(self, notes: str) -> dict[str, Any]:
+        """The workflow; without ``extra.ds`` (a saved view), so the frontend fits the whole graph into the window."""
         return {
             "id": "00000000-0000-4000-8000-000000000000",
             "revision": 0,
@@ -141,9 +193,9 @@ class Graph:
             "last_link_id": len(self.links),
             "nodes": self.nodes,
             "links": self.links,
-            "groups": [],
+            "groups": self.groups,
             "config": {},
-            "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}, "ipa_notes": notes},
+            "extra": {"ipa_notes": notes},
             "version": 0.4,
         }
 

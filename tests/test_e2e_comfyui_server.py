@@ -5,18 +5,13 @@ gallery route), align (the real trainer in a subprocess), animate (the new LoRA 
 VACE sampling, saved video), then POST /interrupt during training: a graceful stop (through the stop file) with a
 checkpoint and a resume hint in the node's error, and the hint (resume='latest') continuing the run to its end.
 
-One substitution, and why: the workflows encode prompts with CLIPLoader (UMT5-XXL) + CLIPTextEncode. ComfyUI
-builds that encoder from a fixed UMT5-XXL config (24 layers, width 4096, 256k vocabulary: 5.7 B parameters)
-whatever the file holds, so no tiny text-encoder file can exist. The test installs a one-node custom pack whose
-node turns the prompt text into a conditioning of exactly CLIPTextEncode's Wan form ([1, 512, 4096], zero rows
-after the real tokens, seeded by the text) and puts it in place of each CLIPTextEncode (CLIPLoader dropped).
+One substitution: CLIPLoader + CLIPTextEncode become a test-only text node (see tests/e2e_base.py for why).
 Everything else runs the real nodes and files.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -30,75 +25,20 @@ pytestmark = requires_comfyui
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
-W, H, LENGTH = 48, 32, 5  # video size and frames: latent 6 x 4, 2 video latent frames + 1 reference frame
+from e2e_base import H, LENGTH, TEXT_NODE_TYPE, UNET_FILE, VAE_FILE, W, make_base  # noqa: E402
+
 DATASET = "e2e_hands"
 LORA_NAME = "ipa_e2e"
-
-TEXT_NODE = '''"""Test-only stand-in for CLIPLoader + CLIPTextEncode (Wan/UMT5): see tests/test_e2e_comfyui_server.py."""
-import hashlib
-
-import torch
-
-
-class E2ETinyWanTextEncode:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"text": ("STRING", {"multiline": True})}}
-
-    RETURN_TYPES = ("CONDITIONING",)
-    FUNCTION = "encode"
-    CATEGORY = "testing"
-
-    def encode(self, text):
-        seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
-        tokens = min(len(text.split()) + 1, 512)  # words + end token, as a tokenizer would roughly give
-        cond = torch.zeros(1, 512, 4096)  # Wan's UMT5 output: 512 rows, zero after the real tokens
-        cond[:, :tokens] = torch.randn(1, tokens, 4096, generator=torch.Generator().manual_seed(seed)) * 0.2
-        return ([[cond, {}]],)
-
-
-NODE_CLASS_MAPPINGS = {"E2ETinyWanTextEncode": E2ETinyWanTextEncode}
-'''
-
-
-def _driving_video(path: Path, frames: int, width: int, height: int) -> None:
-    """A short H.264 video of a moving bright cross on grey: the tiny DWPose models find a person in it."""
-    import av
-
-    from tiny_dwpose_models import cross_frame
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=16)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for index in range(frames):
-            image = cross_frame(width, height, 20 + 6 * index, 16 + 3 * index)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
 
 
 @pytest.fixture(scope="module")
 def comfy(tmp_path_factory):
     """The server with the pack, the text stand-in, tiny Wan2.1-VACE / Wan VAE / DWPose files and the inputs."""
     from comfy_server import ComfyServer
-    from comfy_tiny import load_pack_cpu, write_tiny_vace, write_tiny_vae
-    from PIL import Image
-
-    from tiny_dwpose_models import build_weights
 
     base = tmp_path_factory.mktemp("e2e")
-    (base / "custom_nodes" / "e2e_tiny_text").mkdir(parents=True)
-    os.symlink(REPO_ROOT, base / "custom_nodes" / "ComfyUI-IPA")
-    (base / "custom_nodes" / "e2e_tiny_text" / "__init__.py").write_text(TEXT_NODE)
     started = time.monotonic()
-    load_pack_cpu()  # ComfyUI's modules in this process (told to use the CPU), to write the files in its layouts
-    write_tiny_vace(base / "models" / "diffusion_models" / "tiny_wan21_vace.safetensors")
-    write_tiny_vae(base / "models" / "vae" / "tiny_wan21_vae.safetensors")
-    build_weights(base / "models" / "dwpose")
-    (base / "input").mkdir()
-    Image.fromarray((np.random.default_rng(0).random((2 * H, 2 * W, 3)) * 255).astype(np.uint8)).save(base / "input" / "reference.png")
-    _driving_video(base / "input" / "driving.mp4", LENGTH, 2 * W, 2 * H)
+    make_base(base)
     server = ComfyServer(base, tmp_path_factory.getbasetemp() / "e2e_comfyui.log")
     server.timings = {"set-up and server start": time.monotonic() - started}
     try:
@@ -117,21 +57,22 @@ def _infos(server) -> dict:
 def _api(server, name: str, **widgets) -> dict:
     """The committed example workflow ``name`` as an API prompt, with tiny-model settings: ``widgets`` maps a node
     type to the inputs to override. CLIPTextEncode becomes the text stand-in (see the module docstring)."""
+    from build_example_workflows import template_path
     from workflow_graph import to_api_prompt
 
-    workflow = json.loads((REPO_ROOT / "example_workflows" / f"{name}.json").read_text())
+    workflow = json.loads(template_path(name).read_text())
     prompt = to_api_prompt(workflow, _infos(server))
     for node_id, node in list(prompt.items()):
         kind = node["class_type"]
         if kind == "CLIPLoader":
             del prompt[node_id]
         elif kind == "CLIPTextEncode":
-            node["class_type"] = "E2ETinyWanTextEncode"
+            node["class_type"] = TEXT_NODE_TYPE
             node["inputs"] = {"text": node["inputs"]["text"]}
         elif kind == "UNETLoader":
-            node["inputs"]["unet_name"] = "tiny_wan21_vace.safetensors"
+            node["inputs"]["unet_name"] = UNET_FILE
         elif kind == "VAELoader":
-            node["inputs"]["vae_name"] = "tiny_wan21_vae.safetensors"
+            node["inputs"]["vae_name"] = VAE_FILE
         if kind in widgets:
             unknown = set(widgets[kind]) - set(node["inputs"])
             assert not unknown, f"{kind} has no inputs {unknown}"
@@ -140,7 +81,7 @@ def _api(server, name: str, **widgets) -> dict:
 
 
 def align_settings() -> dict:
-    return {"dataset": DATASET, "base_model": "tiny_wan21_vace.safetensors", "lora_name": LORA_NAME, "rank": 4, "alpha": 4.0,
+    return {"dataset": DATASET, "base_model": UNET_FILE, "lora_name": LORA_NAME, "rank": 4, "alpha": 4.0,
             "gpus": "cpu", "precision": "fp32", "checkpoint_every": 0}
 
 
@@ -165,8 +106,14 @@ def test_curate_align_animate_through_the_server(comfy):
                   IPAHandMaskFromPose=size, IPAMarkPreferred={"dataset": DATASET})
     entry = run_prompt(comfy, curate)
     comfy.timings["curate"] = time.monotonic() - started
-    previews = [out for key, out in entry["outputs"].items() if curate[key]["class_type"] == "PreviewImage"]
-    assert sorted(len(out["images"]) for out in previews) == [LENGTH, 2 * LENGTH]  # hand-mask frames, 2 candidates' frames
+    # one looping clip per candidate on the sampler, one on the hand-mask node: animated WebPs in the temp folder
+    sampler_ui, mask_ui = _node_output(entry, curate, "IPAVaceSampler"), _node_output(entry, curate, "IPAHandMaskFromPose")
+    assert len(sampler_ui["images"]) == 2 and len(mask_ui["images"]) == 1 and sampler_ui["animated"] == mask_ui["animated"] == [True]
+    from PIL import Image
+
+    for item in sampler_ui["images"] + mask_ui["images"]:
+        with Image.open(base / "temp" / item["subfolder"] / item["filename"]) as clip:
+            assert clip.format == "WEBP" and clip.n_frames == LENGTH and clip.info.get("loop") == 0
     folder = ds.dataset_path(base / "output" / "ipa_datasets", DATASET)
     entries = ds.read_manifest(folder)
     assert sorted(e["seed"] for e in entries) == [7, 8] and {e["status"] for e in entries} == {"pending"}
@@ -243,10 +190,10 @@ def test_interrupt_stops_training_with_a_checkpoint_and_a_resume_hint(comfy):
         pytest.fail("the trainer never reported a step:\n" + comfy.log_tail())
     comfy.post("/interrupt")
     entry = comfy.wait(prompt_id, timeout=180)
-    error = execution_error(entry)
-    assert error is not None and error["exception_type"].endswith("TrainingStopped"), entry["status"]
-    message = error["exception_message"]
-    assert "stopped at step" in message and "resume='latest'" in message
+    # a cancel, as ComfyUI reports its own nodes' cancels: interrupted, no execution error
+    assert execution_error(entry) is None and "execution_interrupted" in [kind for kind, _ in entry["status"]["messages"]], entry["status"]
+    message = next(line for line in comfy.log_tail(20000).splitlines() if "IPA training stopped at step" in line)
+    assert "resume='latest'" in message
     run_dir = logs[0].parent
     checkpoint = Path(message.split("Checkpoint: ")[1].split(". To resume")[0])
     assert checkpoint.parent == run_dir / "checkpoints" and (checkpoint / "state.json").is_file()

@@ -236,7 +236,8 @@ def test_bad_mark_bodies_change_nothing(root, body, status, message):
 
     got_status, got = serve(root, scenario)
     assert got_status == status and message in got["error"]
-    assert (root / "hands_v1" / "manifest.jsonl").read_bytes() == before
+    # nothing written: neither the manifest nor the status journal (where marks go since format 2)
+    assert (root / "hands_v1" / "manifest.jsonl").read_bytes() == before and not (root / "hands_v1" / "marks.jsonl").exists()
 
 
 def test_conflicting_duplicate_marks_are_refused(root):

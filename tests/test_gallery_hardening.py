@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gallery_fixture import make_dataset
 from ipa_train.data import dataset as ds
+from ipa_train.data import journal
 from ipa_train.gallery.api import create_app, host_origin_problem
 
 
@@ -74,7 +75,8 @@ def test_json_bodies_of_any_depth_are_400(root):
 
     for status, message in serve(root, scenario):
         assert status == 400 and "must be" in message, (status, message)
-    assert (root / "hands_v1" / ds.MANIFEST).read_bytes() == manifest
+    # nothing written: neither the manifest nor the status journal (where marks go since format 2)
+    assert (root / "hands_v1" / ds.MANIFEST).read_bytes() == manifest and not (root / "hands_v1" / journal.JOURNAL).exists()
 
 
 def test_other_web_pages_cannot_mark(root):
@@ -109,7 +111,10 @@ def test_other_web_pages_cannot_mark(root):
                         "DNS rebinding": 403, "same origin, text/plain": 415, "cross-origin read": 403}
     assert same_origin == 200  # the gallery page itself (same origin, JSON) still marks
     after = ds.read_manifest(root / "hands_v1")
-    assert after[0]["status"] == "preferred" and (root / "hands_v1" / ds.MANIFEST).read_bytes() != manifest
+    # exactly one mark reached disk (the same-origin one): one line in the status journal, the manifest untouched
+    journal_lines = (root / "hands_v1" / journal.JOURNAL).read_text().splitlines()
+    assert after[0]["status"] == "preferred" and len(journal_lines) == 1
+    assert (root / "hands_v1" / ds.MANIFEST).read_bytes() == manifest
 
 
 def test_host_and_origin_rules():

@@ -26,6 +26,8 @@ def test_parse_gpus():
     assert parse_gpus("0,2", available=4) == [0, 2]
     assert parse_gpus("[1]", available=2) == [1]
     assert parse_gpus("all", available=3) == [0, 1, 2]
+    # the node's default: every GPU there is, the CPU on a machine without one (no error either way)
+    assert parse_gpus("auto", available=2) == [0, 1] and parse_gpus("auto", available=0) == [] and parse_gpus("AUTO") == []
     for bad in ("two", "0,0", "-1"):
         with pytest.raises(LaunchError):
             parse_gpus(bad, available=4)

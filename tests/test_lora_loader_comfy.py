@@ -7,6 +7,7 @@ layouts ComfyUI reads natively are tested through an identity stand-in and the o
 from __future__ import annotations
 
 import importlib.util
+import logging
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,56 @@ def test_unreadable_lora_files_are_named(tiny, damage, looks_like):
         torch.save(state, path)
     with pytest.raises(ValueError, match=rf"LoRA {path} {looks_like}.*download or export it again"):
         IPALoRALoader.execute(tiny.model, name, 1.0)
+
+
+def test_a_lora_for_another_model_is_an_error_not_a_silent_no_op(tiny, caplog):
+    """Right names, wrong shapes (a LoRA made for a width-24 model): ComfyUI would accept the patches and only log
+    "shape ... is invalid" when loading. The loader finds it first, with ComfyUI's own patching code."""
+    from comfyui_ipa_pack.nodes.lora_loader import IPALoRALoader
+
+    other = {f"diffusion_model.blocks.{b}.self_attn.{m}.lora_{ab}.weight": torch.ones(shape)
+             for b in (0, 1) for m in "qkv" for ab, shape in (("A", (RANK, 24)), ("B", (24, RANK)))}
+    name = _write(tiny, "for_another_model.safetensors", other, {"ipa.base_model": "tiny_other_vace.safetensors"})
+    with caplog.at_level(logging.INFO):
+        with pytest.raises(ValueError) as info:
+            IPALoRALoader.execute(tiny.model, name, 1.0)
+    message = str(info.value)
+    assert "none of the 6 weights of for_another_model.safetensors fit this model" in message
+    assert "is invalid for input of size 576" in message  # ComfyUI's own words for the first one
+    assert "made for a Wan model of width 24; this model's width is 128" in message and "'tiny_other_vace.safetensors'" in message
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # the dry run logged nothing itself
+
+    # half fits: the fitting weights apply, the others are left out and reported, and loading logs no ComfyUI error
+    state, expected = _layout("native", None)
+    state.update({key: value for key, value in other.items() if ".blocks.1." in key})
+    name = _write(tiny, "half_fits.safetensors", state)
+    patched, report = IPALoRALoader.execute(tiny.model, name, 1.0).args
+    assert "2 weights patched, 0 keys unmatched, 3 weights left out (their shapes do not fit this model)" in report
+    assert "WARNING: 3 weights of half_fits.safetensors do not fit this model" in report
+    base = {k: v.clone() for k, v in tiny.model.model.diffusion_model.state_dict().items()}
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        patched.patch_model()
+    try:
+        weights = patched.model.diffusion_model.state_dict()
+        a, b = expected["blocks.0.self_attn.q.weight"]
+        assert torch.allclose(weights["blocks.0.self_attn.q.weight"], base["blocks.0.self_attn.q.weight"] + b @ a, atol=1e-6)
+        assert torch.equal(weights["blocks.1.self_attn.q.weight"], base["blocks.1.self_attn.q.weight"])
+    finally:
+        patched.unpatch_model()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR and "lora" in r.getMessage().lower()]
+
+
+def test_loader_reruns_when_the_file_under_its_name_changes(tiny):
+    from comfyui_ipa_pack.nodes.lora_loader import IPALoRALoader
+
+    state, _ = _layout("native", None)
+    name = _write(tiny, "retrained.safetensors", state)
+    before = IPALoRALoader.fingerprint_inputs(lora_name=name, strength=1.0)
+    assert IPALoRALoader.fingerprint_inputs(lora_name=name, strength=1.0) == before
+    state = {key: value * 2 for key, value in state.items()}
+    _write(tiny, name, state)
+    import os
+
+    os.utime(tiny.loras / name, ns=(1, 1))
+    assert IPALoRALoader.fingerprint_inputs(lora_name=name, strength=1.0) != before

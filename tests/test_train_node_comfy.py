@@ -68,11 +68,11 @@ def test_train_node_runs_reports_progress_and_saves(host, monkeypatch):
     name, image, metrics = out.args
     assert name == "ipa/hands_lora.safetensors"
     assert (host / "models" / "loras" / "ipa" / "hands_lora.safetensors").is_file()
-    assert image.shape == (1, 360, 640, 3) and float(image.min()) < 0.5
+    assert image.shape == (1, 300, 480, 3) and float(image.min()) < 0.5
     assert "loss: 0.14" in metrics and "saved as: loras/ipa/hands_lora.safetensors" in metrics
     assert [value for value, _, _ in updates] == [1, 2, 3, 4, 5] and updates[-1][1] == 5
     kind, plot, size = updates[-1][2]
-    assert kind == "PNG" and plot.size == (640, 360)
+    assert kind == "PNG" and plot.size == (480, 300)
     run_dirs = list((host / "output" / "ipa_runs").iterdir())
     config = json.loads((run_dirs[0] / "run.json").read_text())
     assert config["objective"] == "ipa" and config["dataset"].endswith("hands") and config["base_model"].endswith("base.safetensors")
@@ -82,8 +82,18 @@ def test_train_node_runs_reports_progress_and_saves(host, monkeypatch):
     from comfyui_ipa_pack.ipa_train.training.launcher import PACKAGE_PARENT
 
     assert started["pythonpath"] == os.pathsep.join([PACKAGE_PARENT, FAKE])  # nothing of ComfyUI's path inherited
-    # a second run never overwrites the first LoRA
-    assert _run().args[0] == "ipa/hands_lora_00002.safetensors"
+    # retraining the same name: the newest is what a workflow loading ipa/hands_lora.safetensors gets, and the
+    # first one is kept (never overwritten) under the next free number
+    lora = host / "models" / "loras" / "ipa" / "hands_lora.safetensors"
+    first = lora.read_bytes()
+    os.utime(lora, (1e9, 1e9))  # to tell the first file from the second below
+    name, _, metrics = _run().args
+    assert name == "ipa/hands_lora.safetensors" and lora.stat().st_mtime > 1e9
+    kept = host / "models" / "loras" / "ipa" / "hands_lora_00001.safetensors"
+    assert kept.read_bytes() == first and kept.stat().st_mtime == 1e9
+    assert "the previous hands_lora.safetensors is kept as loras/ipa/hands_lora_00001.safetensors" in metrics
+    _run()
+    assert (host / "models" / "loras" / "ipa" / "hands_lora_00002.safetensors").is_file() and kept.stat().st_mtime == 1e9
 
 
 def test_train_node_reports_the_failing_rank(host, monkeypatch):
@@ -95,12 +105,31 @@ def test_train_node_reports_the_failing_rank(host, monkeypatch):
 def test_train_node_refuses_bad_settings(host):
     with pytest.raises(ValueError, match="gpus="):
         _run(gpus="two")
-    with pytest.raises(ValueError, match="not an IPA dataset|invalid dataset name"):
+    with pytest.raises(ValueError, match="dataset 'nothing_here' does not exist .*existing: hands"):
         _run(dataset="nothing_here")
     with pytest.raises(ValueError, match="needs rejected samples"):
         _run(objective="dpo")
     with pytest.raises(ValueError, match="no checkpoint"):
         _run(resume="latest")
+
+
+def test_bad_names_fail_at_queue_time(host):
+    """validate_inputs runs when ComfyUI validates the prompt, before any node executes."""
+    from comfyui_ipa_pack.ipa_train.data.dataset import create_dataset
+    from comfyui_ipa_pack.nodes.paths import dataset_root
+    from comfyui_ipa_pack.nodes.train_lora import IPATrainLoRA
+
+    assert IPATrainLoRA.validate_inputs(dataset="hands", lora_name="x", gpus="auto") is True
+    assert "does not exist" in IPATrainLoRA.validate_inputs(dataset="hnads", lora_name="x", gpus="auto")
+    assert "invalid dataset name" in IPATrainLoRA.validate_inputs(dataset="../up", lora_name="x", gpus="auto")
+    create_dataset(dataset_root(), "empty")
+    assert "no preferred samples" in IPATrainLoRA.validate_inputs(dataset="empty", lora_name="x", gpus="auto")
+    assert "invalid lora_name" in IPATrainLoRA.validate_inputs(dataset="hands", lora_name="a/b", gpus="auto")  # the shared name rule
+    assert "gpus=" in IPATrainLoRA.validate_inputs(dataset="hands", lora_name="x", gpus="two")
+    # the combo lists existing datasets; the default gpus works on this (GPU-less) machine as shipped
+    inputs = {spec.id: spec for spec in IPATrainLoRA.define_schema().inputs}
+    assert inputs["dataset"].options == ["empty", "hands"] and inputs["gpus"].default == "auto"
+    assert _run(gpus=inputs["gpus"].default, steps=1).args[0] == "ipa/hands_lora.safetensors"
 
 
 def test_cancel_stops_gracefully_then_resume(host, monkeypatch):
@@ -124,6 +153,8 @@ def test_cancel_stops_gracefully_then_resume(host, monkeypatch):
     with pytest.raises(TrainingStopped, match=r"stopped at step \d+ \(cancelled\).*resume='latest'") as info:
         _run(steps=100)
     thread.join()
+    # what ComfyUI's own nodes raise on cancel: the prompt is reported interrupted ("Cancelled"), not failed
+    assert isinstance(info.value, comfy.model_management.InterruptProcessingException)
     assert not comfy.model_management.processing_interrupted()
     run_dir = next((host / "output" / "ipa_runs").iterdir())
     worker_pid = int((run_dir / "worker.pid").read_text())

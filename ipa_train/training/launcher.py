@@ -54,10 +54,13 @@ class LaunchError(ValueError):
 
 def parse_gpus(spec: str | int | None, available: Optional[int] = None) -> list[int]:
     """``"cpu"``/``"0"``/``""`` -> ``[]`` (CPU); ``"2"`` -> the first two GPUs; ``"0,2"`` or ``"[1]"`` -> those ids;
-    ``"all"`` -> every available GPU. Raises :class:`LaunchError` for anything else or ids that do not exist."""
+    ``"all"`` -> every available GPU; ``"auto"`` -> every available GPU, or the CPU when there is none (works on any
+    machine as shipped). Raises :class:`LaunchError` for anything else or ids that do not exist."""
     text = str(spec if spec is not None else "").strip().lower()
     if text in ("", "cpu", "none", "0"):
         return []
+    if text == "auto":
+        return list(range(available or 0))
     if text == "all":
         if not available:
             raise LaunchError("gpus='all' but no GPU is available; use 'cpu'")

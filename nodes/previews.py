@@ -1,0 +1,33 @@
+"""Looping clip previews on a node: one animated WebP per clip in ComfyUI's temp folder, shown by the frontend the
+way it shows ComfyUI's own animated outputs (``ui.SavedImages(..., is_animated=True)``), instead of every frame as
+a still. The encoding is the dataset previews' (``ipa_train.data.previews.animated_webp``): the same look as the gallery."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+from comfy_api.latest import io, ui
+
+from ..ipa_train.data.previews import animated_webp
+from ..ipa_train.fileio import atomic_write_bytes
+
+PREVIEW_MAX_SIDE = 512
+
+
+def looping_previews(clips: Sequence[torch.Tensor], fps: float = 16.0, prefix: str = "ipa_preview") -> ui.SavedImages:
+    """``clips``: IMAGE tensors ``[T, H, W, C]``, one per preview."""
+    import folder_paths
+
+    results = []
+    first = clips[0]
+    folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
+        prefix, folder_paths.get_temp_directory(), int(first.shape[2]), int(first.shape[1])
+    )
+    for index, clip in enumerate(clips):
+        data, _ = animated_webp(clip, fps=fps, max_side=PREVIEW_MAX_SIDE)
+        name = f"{filename}_{counter + index:05}_.webp"
+        atomic_write_bytes(os.path.join(folder, name), data)
+        results.append(ui.SavedResult(name, subfolder, io.FolderType.temp))
+    return ui.SavedImages(results, is_animated=True)
