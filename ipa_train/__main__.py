@@ -10,6 +10,7 @@ import sys
 
 COMMANDS = {
     "train": ("train", "Flow-IPA LoRA trainer: --config run.json [--resume DIR] (same as python -m ipa_train.train)"),
+    "plan": ("plan", "memory planner: predicted peak GPU memory of a run and the settings that fit a budget"),
     "demo": ("demo.run", "the whole loop on a tiny random VACE model: sample, prefer, train (torchrun), sample again, report"),
 }
 

@@ -20,7 +20,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..ipa_train.training import launcher
-from ..ipa_train.training.config import DISTRIBUTED as RUN_DISTRIBUTED, OBJECTIVES as RUN_OBJECTIVES, PRECISIONS as RUN_PRECISIONS, ConfigError, RunConfig
+from ..ipa_train.training.config import BASE_PRECISIONS as RUN_BASE_PRECISIONS, DISTRIBUTED as RUN_DISTRIBUTED, OBJECTIVES as RUN_OBJECTIVES, PRECISIONS as RUN_PRECISIONS, ConfigError, RunConfig
 from ..ipa_train.data.dataset import DatasetError, count_statuses, dataset_path, list_datasets, read_manifest
 from ..ipa_train.fileio import InvalidNameError, atomic_write_json, install_keeping_previous, validate_name
 from ..ipa_train.training.checkpoint_files import checkpoint_problem
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 OBJECTIVES = list(RUN_OBJECTIVES)  # the trainer's own lists, so the node never offers a value it refuses
 PRECISIONS = list(RUN_PRECISIONS)
 DISTRIBUTED = list(RUN_DISTRIBUTED)
+BASE_PRECISIONS = list(RUN_BASE_PRECISIONS)
 LORA_SUBFOLDER = "ipa"
 
 
@@ -124,6 +125,37 @@ def _free_host_memory() -> None:
 
     comfy.model_management.unload_all_models()
     comfy.model_management.soft_empty_cache()
+
+
+def resolve_vram_budget(spec: str, gpu_ids: list[int]) -> float | None:
+    """``auto``: the smallest free memory among the chosen GPUs (measured after ComfyUI unloaded its models), None on
+    CPU; ``none``/empty: no budget (the settings as given); else a number of GiB."""
+    text = str(spec or "").strip().lower()
+    if text in ("", "none", "off"):
+        return None
+    if text == "auto":
+        if not gpu_ids or not torch.cuda.is_available():
+            return None
+        return min(torch.cuda.mem_get_info(i)[0] for i in gpu_ids) / 2**30
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"vram_budget_gb={spec!r}: write 'auto', 'none' or a number of GiB such as 23.5") from None
+    if not value > 0:
+        raise ValueError(f"vram_budget_gb={spec!r} must be above 0 GiB ('none' for no budget)")
+    return value
+
+
+def memory_report(started: dict | None) -> str:
+    """The planner's prediction from the trainer's ``started`` event, as one line of the node's report."""
+    memory = (started or {}).get("memory") or {}
+    if "peak_gb" not in memory:
+        return ""
+    s = memory.get("settings", {})
+    budget = f" of {memory['budget_gb']:.1f} GiB" if memory.get("budget_gb") else ""
+    return (f"memory: predicted peak {memory['peak_gb']:.2f} GiB{budget} (base {s.get('base_precision')}, blocks_to_swap "
+            f"{s.get('blocks_to_swap')}, activation_offload {'on' if s.get('activation_offload') else 'off'}, "
+            f"gradient_checkpointing {'on' if s.get('gradient_checkpointing') else 'off'})")
 
 
 def _send(event: str, data: dict) -> None:
@@ -264,6 +296,20 @@ class IPATrainLoRA(io.ComfyNode):
                                  tooltip="Train even when the samples were made by another base model, LoRA or patch than "
                                          "this run's reference (a warning instead of a refusal). The alignment then targets "
                                          "another model than the one that made the samples."),
+                io.Combo.Input("base_precision", options=BASE_PRECISIONS, default="bf16", optional=True,
+                               tooltip="bf16: the frozen base as the model file stores it (fp8 files stay fp8). fp8: store "
+                                       "the block weights of a bf16/fp16 file in fp8 (half the memory; the reference then "
+                                       "differs from the sampling model by the quantisation, about 2 %)."),
+                io.Int.Input("blocks_to_swap", default=0, min=0, max=48, optional=True,
+                             tooltip="Keep this many blocks (VACE blocks count) in CPU memory and copy each to the GPU just "
+                                     "before it runs. Needs gradient checkpointing and CPU memory for the swapped weights."),
+                io.Boolean.Input("activation_offload", default=False, optional=True,
+                                 tooltip="Keep the checkpointed block inputs in CPU memory between the forward and the "
+                                         "backward pass. Needs gradient checkpointing."),
+                io.String.Input("vram_budget_gb", default="auto", optional=True,
+                                tooltip="auto: the chosen GPU's free memory after ComfyUI unloads its models; the planner "
+                                        "then adds the cheapest memory savings that fit, or refuses before loading and says "
+                                        "what would fit. A number of GiB, or 'none' to use the settings as given."),
             ],
             outputs=[
                 io.String.Output(display_name="lora_name", tooltip="The saved LoRA as IPA LoRA Loader names it (ipa/<name>.safetensors)."),
@@ -307,13 +353,18 @@ class IPATrainLoRA(io.ComfyNode):
             "checkpoint_every": settings["checkpoint_every"],
             "distributed": settings.get("distributed", "ddp"),
             **reference_settings(settings),
+            "base_precision": settings.get("base_precision", "bf16"),
+            "blocks_to_swap": settings.get("blocks_to_swap", 0),
+            "activation_offload": settings.get("activation_offload", False),
+            "vram_budget_gb": settings.get("vram_budget_gb"),
         }
 
     @classmethod
     def execute(cls, dataset, base_model, lora_name, objective, beta, hand_weight, rank, alpha, learning_rate, steps, batch_size,
                 grad_accum, gpus, precision, gradient_checkpointing, seed, checkpoint_every, resume="",
                 distributed="ddp", init_lora=NONE, init_lora_strength=1.0, targets="self_attn_qkv", vace_module=NONE,
-                allow_other_base=False) -> io.NodeOutput:
+                allow_other_base=False, base_precision="bf16", blocks_to_swap=0, activation_offload=False,
+                vram_budget_gb="auto") -> io.NodeOutput:
         import comfy.utils
         import folder_paths
 
@@ -334,24 +385,28 @@ class IPATrainLoRA(io.ComfyNode):
             raise ValueError(str(exc)) from None
         devices = [host_devices[i] for i in gpu_ids] if host_devices is not None else gpu_ids
         checkpoint = _resolve_resume(resume, lora_name)
+        resolve_vram_budget(vram_budget_gb, [])  # a bad value fails here; 'auto' is measured once ComfyUI's models are unloaded
         run_dir = checkpoint.parents[1] if checkpoint is not None else _new_run_dir(lora_name)
         config = cls.build_config(dataset_dir, base_model_path, run_dir, lora_name=lora_name, objective=objective, beta=beta,
                                   hand_weight=hand_weight, rank=rank, alpha=alpha, learning_rate=learning_rate, steps=steps,
                                   batch_size=batch_size, grad_accum=grad_accum, precision=precision,
                                   gradient_checkpointing=gradient_checkpointing, seed=seed, checkpoint_every=checkpoint_every,
                                   distributed=distributed, init_lora=init_lora, init_lora_strength=init_lora_strength,
-                                  targets=targets, vace_module=vace_module, allow_other_base=allow_other_base)
+                                  targets=targets, vace_module=vace_module, allow_other_base=allow_other_base,
+                                  base_precision=base_precision, blocks_to_swap=blocks_to_swap,
+                                  activation_offload=activation_offload, vram_budget_gb=None)
         try:
             stop_file = RunConfig.from_dict(config, source="IPA Train LoRA settings").stop_path  # bad values fail here, not in the job
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
+        _free_host_memory()
+        config["vram_budget_gb"] = resolve_vram_budget(vram_budget_gb, gpu_ids)  # the GPU's free memory now
         run_dir.mkdir(parents=True, exist_ok=True)
         config_path = atomic_write_json(run_dir / "run.json", config)
         extra = ["--resume", str(checkpoint)] if checkpoint is not None else []
         command = launcher.build_command(config_path, processes, module=cls.trainer_module, extra_args=extra)
         env = launcher.build_env(gpus=devices, pythonpath=cls.extra_pythonpath, processes=processes)
 
-        _free_host_memory()
         log.info("IPA Train LoRA: %s (run folder %s, GPUs %s)", " ".join(command), run_dir, gpu_ids or "cpu")
         job = launcher.TrainingJob(command, env, cwd=launcher.PACKAGE_PARENT, log_path=run_dir / "train.log", stop_file=stop_file)
         pbar = comfy.utils.ProgressBar(steps)
@@ -369,6 +424,8 @@ class IPATrainLoRA(io.ComfyNode):
                     elif event["event"] == "started":
                         for warning in event.get("warnings") or []:
                             log.warning("IPA Train LoRA: %s", warning)
+                        if memory_report(event):
+                            log.info("IPA Train LoRA: %s", memory_report(event))
                     elif event["event"] == "checkpoint":
                         log.info("IPA Train LoRA: checkpoint at step %s: %s", event.get("step"), event.get("path"))
                 if cancelled or comfy.model_management.processing_interrupted():
@@ -417,6 +474,9 @@ class IPATrainLoRA(io.ComfyNode):
         if kept is not None:
             metrics += f" (the previous {target.name} is kept as loras/{LORA_SUBFOLDER}/{kept.name})"
         metrics += f"\nrun folder: {run_dir}"
+        started = next((event for event in outcome.events if event.get("event") == "started"), None)
+        if memory_report(started):
+            metrics += "\n" + memory_report(started)
         warnings = [w for event in outcome.events if event.get("event") == "started" for w in event.get("warnings") or []]
         if warnings:
             metrics += "\n" + "\n".join(f"WARNING: {warning}" for warning in warnings)

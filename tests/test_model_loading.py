@@ -1,5 +1,5 @@
 """Loading Wan2.1-VACE checkpoints: original single-file layout (bare and prefixed), diffusers folders,
-size detection, refusal of fp8-scaled and non-VACE files, and no hub access."""
+size detection, fp8 files as stored, refusal of non-VACE files, and no hub access."""
 
 from __future__ import annotations
 
@@ -151,21 +151,57 @@ def _tiny_tensors(tmp_path, tiny):
     return load_safetensors(path)
 
 
-def test_fp8_scaled_refused(tmp_path, tiny):
-    tensors, metadata = _tiny_tensors(tmp_path, tiny)
-    tensors["model.diffusion_model.scaled_fp8"] = torch.zeros(0, dtype=torch.float8_e4m3fn)
-    tensors["model.diffusion_model.blocks.0.self_attn.q.scale_weight"] = torch.ones(1)
-    atomic_save_safetensors(tmp_path / "scaled.safetensors", tensors, metadata)
-    with pytest.raises(ModelLoadError, match="fp8-scaled.*fp16 or bf16"):
-        load_transformer(tmp_path / "scaled.safetensors")
-    # A released width names the exact file to use instead.
-    header_only = {
-        "patch_embedding.weight": torch.zeros(1536, 16, 1, 2, 2, dtype=torch.float16),
-        "blocks.0.self_attn.q.scale_weight": torch.ones(1),
-    }
-    atomic_save_safetensors(tmp_path / "wan2.1_vace_1.3B_fp8_scaled.safetensors", header_only)
-    with pytest.raises(ModelLoadError, match="wan2.1_vace_1.3B_fp16.safetensors"):
-        load_transformer(tmp_path / "wan2.1_vace_1.3B_fp8_scaled.safetensors")
+@pytest.mark.parametrize("layout", ["fp8", "fp8_scaled", "comfy_quant"])
+def test_fp8_files_load_as_stored(tmp_path, layout):
+    """kijai's plain fp8, ComfyUI's fp8_scaled and comfy_quant files: the block linears stay float8_e4m3fn (with the
+    file's per-tensor scale) and the model computes what a full-precision model holding the dequantised weights does."""
+    from fp8_layouts import write_fp8_file
+
+    from ipa_train.wan.frozen_linear import FrozenLinear
+    from ipa_train.wan.model import storage_summary
+
+    source = build_tiny_comfy_transformer(seed=4)
+    full = save_original_wan_single_file(source, tmp_path / "full.safetensors", record_config=False)
+    expected = write_fp8_file(full, tmp_path / f"{layout}.safetensors", layout)
+    model = load_transformer(tmp_path / f"{layout}.safetensors")
+    layers = [m for m in model.modules() if isinstance(m, FrozenLinear)]
+    assert len(layers) == len(expected) and all(m.weight.dtype == torch.float8_e4m3fn for m in layers)
+    assert storage_summary(model)["fp8_scale"] == ({"none": len(expected)} if layout == "fp8" else {"tensor": len(expected)})
+    reference = load_transformer(full)
+    to_diffusers = {diffusers_key_to_original(k): k for k in reference.state_dict()}
+    with torch.no_grad():
+        for key, value in expected.items():
+            reference.get_parameter(to_diffusers[key[len("model.diffusion_model."):]]).copy_(value)
+    inputs = _inputs(source)
+    got, want, original = _predict(model, inputs), _predict(reference, inputs), _predict(source, inputs)
+    assert torch.allclose(got, want, rtol=0, atol=1e-5 * want.abs().max().item())
+    assert (got - original).norm() / original.norm() < 0.05  # and the quantisation itself is small
+
+
+def test_fp8_mode_quantises_while_streaming_and_unknown_quantisations_are_refused(tmp_path, tiny):
+    import json
+
+    from ipa_train.wan.frozen_linear import FrozenLinear
+
+    source = build_tiny_comfy_transformer(seed=4)
+    full = save_original_wan_single_file(source, tmp_path / "full.safetensors", record_config=False)
+    model = load_transformer(full, base_precision="fp8")
+    layers = {n for n, m in model.named_modules() if isinstance(m, FrozenLinear)}
+    assert layers and all(n.startswith(("blocks.", "vace_blocks.")) for n in layers)
+    assert all(m.weight_scale.shape == (m.out_features, 1) for m in model.modules() if isinstance(m, FrozenLinear))
+    assert not isinstance(model.proj_out, FrozenLinear) and model.proj_out.weight.dtype == torch.float32
+    inputs = _inputs(source)
+    original = _predict(source, inputs)
+    assert (_predict(model, inputs) - original).norm() / original.norm() < 0.05
+
+    tensors, metadata = load_safetensors(full)
+    key = "model.diffusion_model.blocks.0.self_attn.q"
+    tensors[f"{key}.comfy_quant"] = torch.tensor(list(json.dumps({"format": "nvfp4"}).encode()), dtype=torch.uint8)
+    atomic_save_safetensors(tmp_path / "nvfp4.safetensors", tensors, metadata)
+    with pytest.raises(ModelLoadError, match=r"quantised as \['nvfp4'\].*fp8 or fp16 release"):
+        load_transformer(tmp_path / "nvfp4.safetensors")
+    with pytest.raises(ModelLoadError, match="base_precision 'fp4' is not one of"):
+        load_transformer(full, base_precision="fp4")
 
 
 def test_bad_files_refused(tmp_path, tiny):

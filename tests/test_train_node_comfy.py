@@ -188,6 +188,9 @@ def test_node_inputs_are_trainer_config_keys(host):
     assert set(inputs) - launch_only - folded <= fields
     assert inputs["objective"].options == list(run_config.OBJECTIVES) and inputs["precision"].options == list(run_config.PRECISIONS)
     settings = {name: spec.default for name, spec in inputs.items() if name not in launch_only | {"dataset", "base_model"}}
+    assert settings["vram_budget_gb"] == "auto"
+    settings["vram_budget_gb"] = None  # the node resolves 'auto' (the GPU's free memory; None on CPU) before writing
+    assert inputs["base_precision"].options == list(run_config.BASE_PRECISIONS)
     written = IPATrainLoRA.build_config(host / "ds", str(host / "base.safetensors"), host / "run", **settings)
     at_default = {"init_lora", "targets", "vace_module", "allow_other_base"}  # written only when set (the trainer's defaults)
     assert set(written) == set(inputs) - launch_only - folded - at_default | {"output_dir"}
@@ -316,3 +319,23 @@ def test_node_widgets_stay_inside_the_trainers_ranges(host):
         if spec.id in NUMBER_RANGES:
             low, high, exclusive = NUMBER_RANGES[spec.id]
             assert (spec.min > low if exclusive else spec.min >= low) and spec.max <= high, spec.id
+
+
+def test_memory_inputs_reach_the_trainer_and_the_report(host):
+    from comfyui_ipa_pack.nodes.train_lora import memory_report, resolve_vram_budget
+
+    _run(base_precision="fp8", blocks_to_swap=3, activation_offload=True, gradient_checkpointing=True, vram_budget_gb="auto")
+    (run_dir,) = list((host / "output" / "ipa_runs").iterdir())
+    config = json.loads((run_dir / "run.json").read_text())
+    assert (config["base_precision"], config["blocks_to_swap"], config["activation_offload"]) == ("fp8", 3, True)
+    assert config["vram_budget_gb"] is None  # 'auto' on the CPU: no GPU to measure
+    with pytest.raises(ValueError, match="vram_budget_gb='lots': write 'auto', 'none' or a number"):
+        _run(vram_budget_gb="lots")
+    with pytest.raises(ValueError, match="blocks_to_swap=2 needs gradient_checkpointing: true"):
+        _run(blocks_to_swap=2, gradient_checkpointing=False)
+    assert resolve_vram_budget(" 23.5 ", [0]) == 23.5 and resolve_vram_budget("none", [0]) is None and resolve_vram_budget("auto", []) is None
+    started = {"memory": {"peak_gb": 21.234, "budget_gb": 23.5, "settings": {"base_precision": "fp8", "blocks_to_swap": 40,
+                                                                              "activation_offload": True, "gradient_checkpointing": True}}}
+    assert memory_report(started) == ("memory: predicted peak 21.23 GiB of 23.5 GiB (base fp8, blocks_to_swap 40, "
+                                      "activation_offload on, gradient_checkpointing on)")
+    assert memory_report({"event": "started"}) == ""

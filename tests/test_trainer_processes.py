@@ -75,7 +75,9 @@ def test_command_line_errors_exit_1_with_an_error_event(tmp_path):
 
 def test_two_ranks_ddp_hold_equal_weights_and_a_crash_ends_the_job(tmp_path):
     data = make_dataset(tmp_path / "ds", preferred=3)
-    config = tiny_config(data, tmp_path / "out", steps=3, dropout=0.1)
+    # with every memory mode on: DDP synchronises the LoRA only (fp8 and host-stored base weights stay out of it)
+    config = tiny_config(data, tmp_path / "out", steps=3, dropout=0.1, gradient_checkpointing=True, base_precision="fp8",
+                         blocks_to_swap=5, activation_offload=True)
     config.save(tmp_path / "run.json")
     env = subprocess_env()
     env["IPA_TRAIN_FAULT"] = "rank=1,step=3"
@@ -84,6 +86,7 @@ def test_two_ranks_ddp_hold_equal_weights_and_a_crash_ends_the_job(tmp_path):
     assert done.returncode != 0
     assert [e["step"] for e in events if e["event"] == "step"] == [1, 2]
     assert events[0]["event"] == "started" and events[0]["world_size"] == 2 and events[0]["distributed"] == "ddp"
+    assert events[0]["memory"]["base_storage"] == {"fp8_layers": 53, "fp8_scale": {"channel": 53}, "host_stored_layers": 53}
     errors = [e for e in events if e["event"] == "error"]
     assert any(e["rank"] == 1 and "injected fault on rank 1 at step 3" in e["message"] for e in errors), done.stdout + done.stderr[-3000:]
     for step in (1, 2):

@@ -65,3 +65,27 @@ def test_wrong_pairs_are_refused(full, tmp_path):
     shapes = {"patch_embedding.weight": (128, 36, 1, 2, 2), "head.modulation": (1, 2, 128), "img_emb.proj.0.weight": (1280,)}
     with pytest.raises(VaceModuleError, match="image-to-video"):
         merge_vace_module(shapes, {"vace_blocks.0.after_proj.weight": (128, 128), "vace_patch_embedding.weight": (128, 96, 1, 2, 2)})
+
+
+def test_fp8_module_and_fp8_mode_with_a_split_pair(full, tmp_path):
+    """kijai ships VACE modules in fp8 too: the module's fp8 linears stay fp8 as stored next to a bf16 base, and
+    base_precision fp8 quantises both files while they stream in; the planner reads the same pair from the headers."""
+    from fp8_layouts import write_fp8_file
+
+    from ipa_train.training.plan import describe_model
+    from ipa_train.wan.frozen_linear import FrozenLinear
+
+    folder, model, path = full
+    base, module = split_vace_files(path, folder)
+    write_fp8_file(module, tmp_path / "Wan2_1-VACE_module_tiny_fp8_e4m3fn.safetensors", "fp8", prefix="")
+    loaded = load_transformer(base, vace_module=tmp_path / "Wan2_1-VACE_module_tiny_fp8_e4m3fn.safetensors")
+    frozen = {n for n, m in loaded.named_modules() if isinstance(m, FrozenLinear)}
+    assert frozen and all(n.startswith("vace_blocks.") for n in frozen)
+    assert torch.equal(loaded.blocks[0].attn1.to_q.weight, model.blocks[0].attn1.to_q.weight)  # the base as stored
+    assert torch.equal(loaded.vace_blocks[0].attn1.to_q.weight.float(), model.vace_blocks[0].attn1.to_q.weight.to(torch.float8_e4m3fn).float())
+    quantised = load_transformer(base, vace_module=module, base_precision="fp8")
+    frozen = {n for n, m in quantised.named_modules() if isinstance(m, FrozenLinear)}
+    assert any(n.startswith("blocks.") for n in frozen) and any(n.startswith("vace_blocks.") for n in frozen)
+    spec = describe_model(str(base), str(tmp_path / "Wan2_1-VACE_module_tiny_fp8_e4m3fn.safetensors"))
+    assert spec.fp8_stored and all(n.startswith("vace_blocks.") for n in spec.fp8_stored)
+    assert spec.total_params == sum(p.numel() for p in model.parameters())

@@ -47,6 +47,7 @@ OVERRIDE_FLAGS = {
     "hand_weight": float, "rank": int, "alpha": float, "learning_rate": float, "lr_scheduler": str, "warmup_steps": int,
     "steps": int, "batch_size": int, "grad_accum": int, "max_grad_norm": float, "precision": str, "seed": int,
     "checkpoint_every": int, "timestep_sampling": str, "init_lora": str, "distributed": str, "stop_file": str,
+    "base_precision": str, "blocks_to_swap": int, "vram_budget_gb": float,
 }
 
 
@@ -64,6 +65,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         flag = "--output" if key == "output_dir" else "--" + key.replace("_", "-")
         parser.add_argument(flag, dest=key, type=kind, default=None, help=f"override '{key}'")
     parser.add_argument("--gradient-checkpointing", dest="gradient_checkpointing", action="store_true", default=None)
+    parser.add_argument("--activation-offload", dest="activation_offload", action="store_true", default=None,
+                        help="keep the checkpointed block inputs in host memory between forward and backward")
     parser.add_argument("--targets", nargs="+", default=None, help="LoRA targets: " + " ".join(lora_setup.TARGET_NAMES))
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=JSON", help="override any config key, value as JSON")
     parser.add_argument("--dump-replicas", metavar="DIR", help="debugging: every rank writes its LoRA weights after every step to DIR")
@@ -78,7 +81,7 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         config = RunConfig.from_dict(read_json(checkpoint / STATE_FILE)["config"], source=f"{checkpoint}/{STATE_FILE}")
     else:
         raise ConfigError("give --config run.json (or --resume DIR to continue a run with its own config)")
-    overrides = {key: getattr(args, key) for key in list(OVERRIDE_FLAGS) + ["gradient_checkpointing", "targets"]}
+    overrides = {key: getattr(args, key) for key in list(OVERRIDE_FLAGS) + ["gradient_checkpointing", "activation_offload", "targets"]}
     for item in args.sets:
         key, sep, raw = item.partition("=")
         if not sep:

@@ -19,6 +19,7 @@ LR_SCHEDULERS = ("constant", "cosine")
 PRECISIONS = ("auto", "bf16", "fp32")
 TIMESTEP_SAMPLINGS = ("uniform", "logit_normal", "shifted")
 DISTRIBUTED = ("ddp", "fsdp2")
+BASE_PRECISIONS = ("bf16", "fp8")
 REQUIRED = ("dataset", "base_model", "output_dir")
 STOP_FILE_NAME = "STOP"
 
@@ -96,6 +97,11 @@ class RunConfig:
     allow_other_base: bool = False  # train even when the samples were made by another base model or patches
     distributed: str = "ddp"
     stop_file: Optional[str] = None  # None: <output_dir>/STOP. Its appearance asks for a graceful stop (no signal needed)
+    # Memory modes (README, Memory): how the frozen base is stored and where it and the checkpoints live.
+    base_precision: str = "bf16"  # "fp8": block linears in float8_e4m3fn + per-channel scale, computed in bf16
+    blocks_to_swap: int = 0  # blocks (VACE blocks count) whose weights stay in host memory, fetched per call
+    activation_offload: bool = False  # checkpointed block inputs in host memory between forward and backward
+    vram_budget_gb: Optional[float] = None  # the planner picks the cheapest settings that fit, or refuses
 
     # ------------------------------------------------------------------------------------------- construction
 
@@ -197,6 +203,26 @@ class RunConfig:
                 number(key)
         flag("gradient_checkpointing")
         flag("dpo_time_weighting")
+        choice("base_precision", BASE_PRECISIONS)
+        flag("activation_offload")
+        swap = self.blocks_to_swap
+        if isinstance(swap, bool) or not isinstance(swap, int) or not 0 <= swap <= 4096:
+            fail("blocks_to_swap", "must be a whole number of blocks, 0 or more (at most the model's block count)")
+        budget = self.vram_budget_gb
+        if budget is not None:  # GiB; null: no budget (the node resolves its 'auto' to the GPU's free memory)
+            if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not _finite(budget) or not 0 < budget <= 1e5:
+                fail("vram_budget_gb", "must be a number of GiB above 0 (at most 100000), or null for no budget")
+            self.vram_budget_gb = float(budget)
+        if self.blocks_to_swap and self.distributed == "fsdp2":
+            fail("blocks_to_swap", "cannot be combined with distributed 'fsdp2' (FSDP2 already shards the weights across "
+                 "GPUs); use distributed 'ddp' with block swap, or fsdp2 without it")
+        if self.base_precision == "fp8" and self.distributed == "fsdp2":
+            fail("base_precision", "cannot be combined with distributed 'fsdp2' (FSDP2 gathers the weights in bf16 and "
+                 "would drop their fp8 scales); use distributed 'ddp' with fp8 (and blocks_to_swap for 14B)")
+        if (self.blocks_to_swap or self.activation_offload) and not self.gradient_checkpointing:
+            key = "blocks_to_swap" if self.blocks_to_swap else "activation_offload"
+            fail(key, "needs gradient_checkpointing: true (swapped weights and offloaded inputs are fetched again in the "
+                 "checkpoint's recompute; without checkpointing the backward pass would keep them all on the GPU)")
         if isinstance(self.lora_name, str) and self.lora_name.lower().endswith(".safetensors"):
             self.lora_name = self.lora_name[: -len(".safetensors")]
         try:

@@ -19,7 +19,8 @@ import torch
 import torch.distributed as dist
 
 from ..fileio import atomic_save_safetensors
-from ..wan.fingerprint import diffusers_model_fingerprint, model_fingerprint
+from ..wan.fingerprint import diffusers_model_fingerprint, file_weights_fingerprint, model_fingerprint
+from ..wan.model import storage_summary
 from . import lora as lora_setup
 from .batching import Sampler, check_data_fits_model, load_training_data, seed_for
 from .checkpoint_files import CHECKPOINTS_DIR, recover_checkpoints
@@ -28,6 +29,7 @@ from .checkpoints import (
 )
 from .config import ConfigError, RunConfig
 from .distributed import Dist, Events, full_tensor, peak_memory_gb, setup_distributed
+from .memory import MemoryModes, compute_dtype, plan_memory
 from .model_setup import add_adapters, build_model, save_comfy_lora, shard_fsdp2
 from .objective import Objective
 from .reference_check import check_base_fingerprint, check_recorded_patches
@@ -99,23 +101,46 @@ class Trainer:
         # the samples' sampler against this run's reference: LoRAs and other patches now, the base weights once loaded
         self.reference_warnings = check_recorded_patches(self.data, config)
 
-        # 2. model + adapters. Base weights bf16 on GPU with DDP (the adapters stay fp32); FSDP2 shards fp32
+        # 2. memory: the planner's prediction, with vram_budget_gb the settings that fit; modes that cannot be
+        # honoured are refused here, before any weight loads.
+        spec = None
+        if model is not None:
+            from .plan import describe_config
+
+            spec = describe_config(dict(model.config), "model")
+        config, self.memory_plan = plan_memory(config, self.data, dist_info, spec)
+        self.config = config
+        self.stop_path = config.stop_path
+        self.memory = MemoryModes(config, device, compute_dtype(config, device))
+
+        # 3. model + adapters. Base weights bf16 on GPU with DDP (the adapters stay fp32); FSDP2 shards fp32
         # weights and gathers them in bf16 (its mixed-precision policy).
         if config.distributed == "fsdp2" and dist_info.active and str(config.base_model).lower().endswith(".gguf"):
             raise ConfigError("distributed 'fsdp2' cannot shard a GGUF base (its weights are packed quantised blocks); use 'ddp' "
                               "or a safetensors base_model")
         base_dtype = torch.bfloat16 if (self.autocast_dtype is not None and device.type == "cuda" and config.distributed == "ddp") else torch.float32
-        model = build_model(config, base_dtype) if model is None else model
+        model = build_model(config, base_dtype, self.memory.dtype) if model is None else model  # a file streams into fp8
         check_data_fits_model(self.data, model)
-        self.reference_warnings += check_base_fingerprint(self.data, config, diffusers_model_fingerprint(model))
+        # The samples' base against this one, as stored: with base_precision fp8 the file's own weights (the run
+        # quantises them on purpose; fp8 files are fp8 on both sides).
+        streamed_fp8 = config.base_precision == "fp8" and Path(config.base_model).is_file()
+        identity = (file_weights_fingerprint(config.base_model, config.vace_module) if streamed_fp8
+                    else diffusers_model_fingerprint(model))
+        self.reference_warnings += check_base_fingerprint(self.data, config, identity)
+        if config.base_precision == "fp8":  # the tiny model, folders and given models: after the fingerprint
+            from ..wan.frozen_linear import quantize_block_linears
+
+            quantize_block_linears(model, self.memory.dtype)
         if dist_info.main:
             for warning in self.reference_warnings:
                 log.warning("%s", warning)
         self.base_fingerprint = model_fingerprint(config.base_model, model)
-        add_adapters(model, config)
+        self.memory.prepare_layers(model)
+        add_adapters(model, config, self.memory.checkpointing_function())
         self.start_step = 0
         if self.resume_dir is not None:
             self.start_step = load_adapter(self.resume_dir, model, config)
+        self.memory.attach(model)
         model.to(device)
         model.train()
         self.bare = model
@@ -123,18 +148,22 @@ class Trainer:
         if not self.trained_names:
             raise ConfigError(f"LoRA targets {config.targets} give no trainable parameters")
 
-        # 3. distributed wrapping
+        # 4. distributed wrapping
         self.ddp = None
         if dist_info.active and config.distributed == "ddp":
             from torch.nn.parallel import DistributedDataParallel
 
+            # The frozen base is loaded identically on every rank: DDP neither broadcasts nor checks it (fp8 storage,
+            # host-stored swapped weights); it synchronises the trained LoRA only.
+            frozen = [n for n, p in model.named_parameters() if not p.requires_grad] + [n for n, _ in model.named_buffers()]
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, frozen)
             self.ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         elif config.distributed == "fsdp2" and dist_info.active:
             shard_fsdp2(model, dist_info, self.autocast_dtype)
         self.forward_module = self.ddp if self.ddp is not None else model
         self.objective = Objective(config, self.data, self.sampler, dist_info, model, self.forward_module, self.autocast_dtype, self.ddp)
 
-        # 4. optimizer and schedule
+        # 5. optimizer and schedule
         self.params = [parameter for _, parameter in lora_setup.trained_parameters(model)]
         self.optimizer = torch.optim.AdamW(self.params, lr=config.learning_rate, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(config, step))
@@ -261,6 +290,7 @@ class Trainer:
             resumed_from=str(self.resume_dir) if self.resume_dir else None,
             output_dir=str(self.output_dir),
             warnings=list(self.reference_warnings),
+            memory={**self.memory_plan.to_json(), "budget_gb": c.vram_budget_gb, "base_storage": storage_summary(self.bare)},
         )
 
     def _checkpoint(self, step: int) -> Path:

@@ -14,7 +14,10 @@ from .config import ConfigError, RunConfig
 from .distributed import Dist
 
 
-def build_model(config: RunConfig, dtype: torch.dtype):
+def build_model(config: RunConfig, dtype: torch.dtype, compute_dtype: Optional[torch.dtype] = None):
+    """The frozen base: ``dtype`` storage; fp8 files as stored and, with ``base_precision: "fp8"``, a single file's
+    block linears quantised while it streams in (the tiny model and folders are quantised by the trainer, after their
+    fingerprint), dequantised to ``compute_dtype`` outside autocast."""
     if config.base_model == "tiny":
         from ..wan.model import build_tiny_transformer
 
@@ -25,7 +28,9 @@ def build_model(config: RunConfig, dtype: torch.dtype):
         raise ConfigError(f"base_model {path} does not exist; give a Wan2.1-VACE .safetensors file, a diffusers folder, or \"tiny\"")
     from ..wan.model import load_transformer  # single-file and diffusers-folder loading
 
-    return load_transformer(str(path), torch_dtype=dtype, vace_module=config.vace_module)
+    precision = config.base_precision if path.is_file() else "bf16"
+    return load_transformer(str(path), torch_dtype=dtype, vace_module=config.vace_module, base_precision=precision,
+                            compute_dtype=compute_dtype)
 
 
 def load_init_lora(path: str):
@@ -44,7 +49,7 @@ def save_comfy_lora(path: Path, peft_state_dict: dict, alpha: float, metadata: d
     save(path, peft_state_dict, alpha=alpha, metadata=metadata)
 
 
-def add_adapters(model, config: RunConfig) -> None:
+def add_adapters(model, config: RunConfig, checkpointing_function=None) -> None:
     """Each ``init_lora`` at its strength (frozen, part of the reference) and the trained LoRA in fp32; seeded so
     every rank agrees."""
     torch.manual_seed(config.seed)  # identical LoRA initialisation on every rank
@@ -58,7 +63,7 @@ def add_adapters(model, config: RunConfig) -> None:
     for _, parameter in lora_setup.trained_parameters(model):
         parameter.data = parameter.data.float()
     if config.gradient_checkpointing:
-        model.enable_gradient_checkpointing()
+        model.enable_gradient_checkpointing(checkpointing_function)  # None: torch's non-reentrant checkpoint
 
 
 def shard_fsdp2(model, dist_info: Dist, autocast_dtype: Optional[torch.dtype]) -> None:

@@ -187,6 +187,23 @@ def native_lora_patch_digests(native: dict[str, torch.Tensor]) -> list[str]:
     return out
 
 
+def file_weights_fingerprint(path: os.PathLike | str, vace_module: Optional[os.PathLike | str] = None) -> str:
+    """:func:`weights_fingerprint` of the weights as a single file (and a VACE module) store them, read without loading
+    the model: what :func:`diffusers_model_fingerprint` gives for the model loaded at its stored precision. The
+    trainer uses it when it quantises a file to fp8 while loading (``base_precision: "fp8"``)."""
+    from ..fileio import iter_safetensors
+    from .model import read_checkpoint_header
+    from .vace_module import PREFIXES
+
+    weights: dict[str, torch.Tensor] = {}
+    for file in [path] + ([vace_module] if vace_module else []):
+        keys = read_checkpoint_header(file)[0]
+        prefix = next((p for p in PREFIXES if any(k.startswith(p) for k in keys)), "")
+        wanted = [prefix + key for key in FINGERPRINT_KEYS if prefix + key in keys]
+        weights.update({key[len(prefix):]: tensor for key, tensor in iter_safetensors(file, wanted)})
+    return weights_fingerprint(weights.get)
+
+
 def diffusers_model_fingerprint(model: torch.nn.Module) -> str:
     """:func:`weights_fingerprint` of a diffusers ``WanVACETransformer3DModel`` (the trainer's base), read under the
     original Wan names. Call it before adapters are added (peft renames the wrapped weights to ``base_layer``)."""

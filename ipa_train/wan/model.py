@@ -15,6 +15,7 @@ import os
 import re
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -69,9 +70,8 @@ ORIGINAL_PREFIX = "model.diffusion_model."
 # Written by save_original_wan_single_file so that sizes the weights cannot fully describe (head count of a
 # model whose width is not a multiple of 128, explicit VACE layer positions) load back exactly.
 CONFIG_METADATA_KEY = "ipa_diffusers_config"
-# Quantised checkpoints whose weights need a per-tensor scale: diffusers ignores the scales and loads wrong
-# numbers (ComfyUI "fp8_scaled" files and its newer mixed-precision format).
-_SCALED_SUFFIXES = ("scale_weight", "scale_input", "scaled_fp8", "weight_scale", "input_scale", "comfy_quant")
+# How the frozen base's block linears are stored: "bf16" as the run's precision, "fp8" float8_e4m3fn + scale.
+BASE_PRECISIONS = ("bf16", "fp8")
 _CONFIG_FIELDS = (
     "patch_size", "num_attention_heads", "attention_head_dim", "in_channels", "out_channels", "text_dim",
     "freq_dim", "ffn_dim", "num_layers", "cross_attn_norm", "qk_norm", "eps", "image_dim", "added_kv_proj_dim",
@@ -132,10 +132,6 @@ def _strip_wan_prefix(shapes: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         if f"{prefix}head.modulation" in shapes or f"{prefix}patch_embedding.weight" in shapes:
             return prefix, {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
     return "", dict(shapes)
-
-
-def _scaled_keys(keys) -> list[str]:
-    return [k for k in keys if k.endswith(_SCALED_SUFFIXES)]
 
 
 def _count_blocks(keys, prefix: str) -> int:
@@ -381,18 +377,6 @@ def _load_diffusers_folder(path: Path, torch_dtype):
     )
 
 
-def _refuse_scaled(path: Path, shapes: Mapping[str, Any], bare: Mapping[str, Any]) -> None:
-    scaled = _scaled_keys(shapes)
-    if scaled:
-        width = bare.get("patch_embedding.weight", bare.get("vace_patch_embedding.weight", (0,)))[0]
-        suggestion = FP16_FILE_NAMES.get(width, "the fp16 or bf16 release of the same model")
-        raise ModelLoadError(
-            f"{path.name} is an fp8-scaled checkpoint ({len(scaled)} scale tensors such as {scaled[0]}); diffusers "
-            f"would ignore the scales and load wrong weights. Use {suggestion} (fp16 or bf16) for training instead; "
-            "the fp8 file stays fine for sampling in ComfyUI."
-        )
-
-
 def _check_layout(name: str, config: dict, shapes: Mapping[str, Any]) -> None:
     """Names and shapes against the model before loading: diffusers would leave missing weights uninitialised and
     only warn about unexpected ones."""
@@ -430,15 +414,43 @@ def _from_single_file(source: Any, config: dict, torch_dtype, **kwargs):
             tmp.cleanup()
 
 
-def _read_vace_module(path: Path, vace_module) -> tuple[Path, dict, dict]:
+@dataclass
+class ModelSource:
+    """One safetensors file of a model (the base, or a VACE module) with its key prefix and fp8 layout."""
+
+    path: Path
+    prefix: str
+    layout: Any
+    shapes: dict  # bare key -> shape, model weights only (no scales or quantisation markers)
+    metadata: dict
+
+    @classmethod
+    def read(cls, path: Path) -> "ModelSource":
+        from .fp8_files import Fp8LayoutError, detect_fp8_layout, read_quant_formats
+
+        shapes, dtypes, metadata = read_checkpoint_header(path)
+        prefix, bare = _strip_wan_prefix(shapes)
+        if not prefix:
+            from .vace_module import PREFIXES
+
+            prefix = next((p for p in PREFIXES if any(k.startswith(p) for k in shapes)), "")
+            bare = {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)} if prefix else dict(shapes)
+        layout = detect_fp8_layout(shapes, dtypes, metadata, prefix)
+        try:
+            read_quant_formats(path, layout, metadata, prefix)
+        except Fp8LayoutError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        weights = {k: v for k, v in bare.items() if prefix + k not in layout.extra_keys}
+        return cls(path, prefix, layout, weights, metadata)
+
+
+def _read_vace_module(vace_module) -> ModelSource:
     module_path = Path(vace_module).expanduser()
     if not module_path.is_file():
         raise ModelLoadError(f"vace_module file not found: {module_path}")
     if module_path.suffix.lower() != ".safetensors":
         raise ModelLoadError(f"vace_module {module_path.name}: only .safetensors VACE modules are loaded.")
-    shapes, dtypes, _ = read_checkpoint_header(module_path)
-    _refuse_scaled(module_path, shapes, _strip_wan_prefix(shapes)[1])
-    return module_path, shapes, dtypes
+    return ModelSource.read(module_path)
 
 
 def _load_gguf(path: Path, torch_dtype):
@@ -461,31 +473,48 @@ def _load_gguf(path: Path, torch_dtype):
     return model.eval()
 
 
-def load_transformer(path: os.PathLike | str, torch_dtype: torch.dtype = torch.float32, vace_module: Optional[os.PathLike | str] = None):
+def load_transformer(path: os.PathLike | str, torch_dtype: torch.dtype = torch.float32, vace_module: Optional[os.PathLike | str] = None,
+                     base_precision: str = "bf16", compute_dtype: Optional[torch.dtype] = None):
     """Loads a Wan2.1-VACE transformer as diffusers' ``WanVACETransformer3DModel`` (eval mode), offline.
 
     ``path``: a single safetensors file in the original Wan layout (keys bare or ``model.diffusion_model.``),
     as ComfyUI keeps in ``models/diffusion_models``; a GGUF file in city96's Wan layout (needs the ``gguf``
     package; the weights stay quantised and are dequantised per layer in every forward, like ComfyUI-GGUF does);
     or a diffusers model folder. ``vace_module``: with a Wan2.1 text-to-video ``path``, kijai's VACE module file
-    (VACE blocks only) of the same size, merged into it (:mod:`.vace_module`). Raises ``ModelLoadError`` for
-    missing files, other models, fp8-scaled checkpoints and incomplete weights.
+    (VACE blocks only) of the same size, merged into it (:mod:`.vace_module`).
+
+    fp8 files (kijai's plain fp8, ComfyUI's ``fp8_scaled`` and ``comfy_quant`` layouts, base or VACE module) load as
+    stored: their fp8 linear layers become ``FrozenLinear`` layers dequantised as ComfyUI does. ``base_precision=
+    "fp8"`` stores the block linears of a full-precision file in fp8 too (per output channel scale), quantised tensor
+    by tensor while the file streams in, so a 14B bf16 file is never held whole in memory. ``compute_dtype`` is what
+    fp8 layers dequantise to outside autocast (default ``torch_dtype``). Raises ``ModelLoadError`` for missing files,
+    other models, unreadable quantisations and incomplete weights.
     """
     from .vace_module import VaceModuleError, is_vace_module, merge_vace_module, strip_prefix
 
+    if base_precision not in BASE_PRECISIONS:
+        raise ModelLoadError(f"base_precision {base_precision!r} is not one of {list(BASE_PRECISIONS)}")
     path = Path(path).expanduser()
     if not path.exists():
         raise ModelLoadError(f"Model file not found: {path}")
     if path.is_dir():
         if vace_module:
             raise ModelLoadError(f"vace_module goes with a single-file text-to-video base, not with the diffusers folder {path}.")
-        return _load_diffusers_folder(path, torch_dtype)
+        model = _load_diffusers_folder(path, torch_dtype)
+        if base_precision == "fp8":
+            from .frozen_linear import quantize_block_linears
+
+            quantize_block_linears(model, compute_dtype or torch_dtype)
+        return model
     if path.suffix.lower() == ".gguf":
         if vace_module:
             raise ModelLoadError(
                 f"vace_module with a GGUF base ({path.name}) is not supported: use a GGUF that includes VACE (a Wan2.1-VACE GGUF), "
                 "or the safetensors text-to-video base with the safetensors VACE module."
             )
+        if base_precision == "fp8":
+            raise ModelLoadError(f"base_precision 'fp8' with the GGUF file {path.name}: its weights are quantised already; "
+                                 "use base_precision 'bf16' (the GGUF stays as stored)")
         return _load_gguf(path, torch_dtype)
     if path.suffix.lower() != ".safetensors":
         raise ModelLoadError(
@@ -493,42 +522,127 @@ def load_transformer(path: os.PathLike | str, torch_dtype: torch.dtype = torch.f
             "a diffusers folder are loaded; never pickle files (.ckpt, .pt, .bin)."
         )
 
-    shapes, dtypes, metadata = read_checkpoint_header(path)
-    prefix, bare = _strip_wan_prefix(shapes)
-    _refuse_scaled(path, shapes, bare)
-    module_path = None
+    base = ModelSource.read(path)
+    sources = [base]
+    bare = base.shapes
     if vace_module:
-        module_path, module_shapes, module_dtypes = _read_vace_module(path, vace_module)
+        module = _read_vace_module(vace_module)
         try:
-            bare = merge_vace_module(shapes, module_shapes, base_name=path.name, module_name=module_path.name)
+            bare = merge_vace_module(base.shapes, module.shapes, base_name=path.name, module_name=module.path.name)
         except VaceModuleError as exc:
             raise ModelLoadError(str(exc)) from None
-        dtypes = {**dtypes, **module_dtypes}
-    elif is_vace_module(shapes):
+        sources.append(module)
+    elif is_vace_module(base.shapes):
         raise ModelLoadError(
             f"{path.name} is a VACE module (VACE blocks only, kijai's layout): choose the Wan2.1 text-to-video file of the "
             f"same size as base_model and {path.name} as vace_module."
         )
-    name = path.name + (f" + {module_path.name}" if module_path else "")
+    name = " + ".join(source.path.name for source in sources)
     _check_is_wan_vace(bare, f"The weights in {name}")
-    config = detect_config(bare, metadata)
-    if any(d.startswith("F8") for d in dtypes.values()):
-        log.warning("%s stores fp8 weights; they are upcast to %s (precision is that of the fp8 file).", name, torch_dtype)
+    config = detect_config(bare, base.metadata)
     _check_layout(name, config, bare)
+    if base_precision == "fp8" or any(source.layout.quantised for source in sources):
+        return _load_streamed(sources, config, torch_dtype, compute_dtype or torch_dtype, quantize=base_precision == "fp8").eval()
 
     # diffusers reads a path with safetensors only when it ends in ".safetensors" exactly (else torch.load, which
     # fails on "*.SAFETENSORS"): other spellings of the suffix are read here and passed as tensors.
-    if module_path is None and prefix in ("", ORIGINAL_PREFIX) and path.name.endswith(".safetensors"):
+    if len(sources) == 1 and base.prefix in ("", ORIGINAL_PREFIX) and path.name.endswith(".safetensors"):
         source: Any = str(path)
     else:  # diffusers' converter only strips "model.diffusion_model."; a VACE module is merged in first
         from ..fileio import load_safetensors
 
         tensors, _ = load_safetensors(path)
         source = strip_prefix(tensors)
-        if module_path is not None:
-            module_tensors, _ = load_safetensors(module_path)
+        if len(sources) > 1:
+            module_tensors, _ = load_safetensors(sources[1].path)
             source = merge_vace_module(source, module_tensors)
     model = _from_single_file(source, config, torch_dtype)
     if any(p.is_meta for p in model.parameters()):
         raise ModelLoadError(f"{name}: some weights were not loaded (still on the meta device).")
     return model.eval()
+
+
+def empty_transformer(config: Mapping[str, Any]):
+    """A ``WanVACETransformer3DModel`` with its weights on the meta device (no memory) and its computed rotary
+    tables real: the skeleton streaming loads fill, and what the memory planner counts."""
+    from diffusers import WanVACETransformer3DModel
+
+    init = {k: v for k, v in config.items() if not k.startswith("_")}
+    with torch.device("meta"):
+        model = WanVACETransformer3DModel(**init)
+    rope = model.rope  # its cos/sin tables are computed in __init__, not stored in files
+    model.rope = type(rope)(rope.attention_head_dim, rope.patch_size, rope.max_seq_len)
+    return model
+
+
+def _load_streamed(sources: list, config: dict, torch_dtype: torch.dtype, compute_dtype: torch.dtype, quantize: bool):
+    """Fills an empty model tensor by tensor from ``sources`` (the base, and a VACE module): fp8 linear weights stay
+    fp8 (with their file's scale), with ``quantize`` the block linears of full-precision files become fp8 (per
+    channel), everything else is cast to ``torch_dtype`` as ``from_single_file`` does. Host memory peaks near the
+    stored model's size."""
+    from torch import nn
+
+    from ..fileio import iter_safetensors
+    from .fp8_files import read_weight_scales
+    from .frozen_linear import FrozenLinear, block_linear_names, is_fp8, quantize_fp8, replace_linear
+
+    model = empty_transformer(config)
+    to_diffusers = {diffusers_key_to_original(k): k for k in model.state_dict()}
+    fp8_weights = set().union(*(source.layout.fp8_weights for source in sources))
+    quantizable = set(block_linear_names(model)) if quantize else set()
+    frozen: set[str] = set()
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.Linear) and (diffusers_key_to_original(f"{name}.weight") in fp8_weights or name in quantizable):
+            stored = torch.empty(module.weight.shape, dtype=torch.float8_e4m3fn, device="meta")
+            bias = None if module.bias is None else torch.empty(module.bias.shape, device="meta")
+            replace_linear(model, name, FrozenLinear(module.in_features, module.out_features, stored, bias, None, compute_dtype))
+            frozen.add(name)
+    for source in sources:
+        scales = read_weight_scales(source.path, source.layout, source.prefix)
+        stale = [layer for layer in scales if layer + ".weight" not in source.layout.fp8_weights]
+        if stale:
+            log.warning("%s: %d scales belong to weights that are not fp8 (e.g. %s); they are ignored, as ComfyUI does for "
+                        "unquantised layers", source.path.name, len(stale), stale[0])
+        # a base's VACE weights, if any, are what a module replaces (merge_vace_module refuses such a base anyway)
+        keys = [source.prefix + k for k in source.shapes]
+        for key, tensor in iter_safetensors(source.path, keys):
+            original = key[len(source.prefix):]
+            name = to_diffusers.get(original)
+            if name is None:  # e.g. norm_added_q, which diffusers' own converter drops as well
+                continue
+            module_name, _, attr = name.rpartition(".")
+            module = model.get_submodule(module_name) if module_name else model
+            if module_name in frozen and attr == "weight":
+                if is_fp8(tensor.dtype):
+                    module.weight = nn.Parameter(tensor, requires_grad=False)
+                    module.weight_scale = scales.get(original[: -len(".weight")])
+                else:
+                    q, scale = quantize_fp8(tensor)
+                    module.weight = nn.Parameter(q, requires_grad=False)
+                    module.weight_scale = scale
+                continue
+            value = tensor.to(torch_dtype) if tensor.is_floating_point() else tensor
+            if attr in module._parameters:
+                module._parameters[attr] = nn.Parameter(value, requires_grad=module_name not in frozen)
+            else:
+                module._buffers[attr] = value
+    model.rope.to(torch_dtype)  # the computed rotary tables, cast as from_single_file casts them
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if left:
+        raise ModelLoadError(f"{' + '.join(s.path.name for s in sources)}: {len(left)} weights were not in the file (e.g. {left[:3]}).")
+    return model
+
+
+def storage_summary(model) -> dict[str, Any]:
+    """How the base's linear layers are stored: counts of fp8 layers by scale kind, and host-stored ones."""
+    from .frozen_linear import FrozenLinear
+
+    summary = {"fp8_layers": 0, "fp8_scale": {}, "host_stored_layers": 0}
+    for module in model.modules():
+        if isinstance(module, FrozenLinear):
+            if module.is_fp8:
+                summary["fp8_layers"] += 1
+                kind = "none" if module.weight_scale is None else ("tensor" if module.weight_scale.numel() == 1 else "channel")
+                summary["fp8_scale"][kind] = summary["fp8_scale"].get(kind, 0) + 1
+            summary["host_stored_layers"] += int(module.host_stored)
+    return summary

@@ -1,0 +1,146 @@
+"""The run's memory modes, decided and checked before any weight loads, then applied to the built model:
+
+1. ``plan_memory``: the planner's prediction for this run (the largest sample, the LoRA, the device); with
+   ``vram_budget_gb`` the cheapest settings that fit replace the requested ones (never fewer savings), or the run
+   is refused naming a setting that would fit. A mode that cannot be honoured (more blocks to swap than the model
+   has, fp8 on a device that cannot cast fp8) is refused here too.
+2. ``MemoryModes``: swap layers prepared before the adapters, the checkpointing function (activation offload),
+   the block swapper attached before the model moves to the GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from .config import ConfigError, RunConfig
+from .distributed import Dist
+
+log = logging.getLogger("ipa_train.train")
+
+
+def compute_dtype(config: RunConfig, device: torch.device) -> torch.dtype:
+    """What the run computes in: bf16 under autocast (``auto`` on a GPU, or ``bf16``), else float32."""
+    return torch.bfloat16 if config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda") else torch.float32
+
+
+def _init_lora_params(config: RunConfig) -> int:
+    """Elements of the frozen init LoRAs (from their headers; a file that cannot be read is refused later, by name)."""
+    from ..wan.model import ModelLoadError, read_checkpoint_header
+
+    total = 0
+    for init in config.init_loras:
+        try:
+            shapes, _, _ = read_checkpoint_header(init.path)
+        except (ModelLoadError, OSError):
+            continue
+        total += sum(int(torch.Size(shape).numel()) for key, shape in shapes.items() if "lora" in key.lower())
+    return total
+
+
+def run_shape(config: RunConfig, data, dist_info: Dist):
+    from .plan import RunShape
+
+    samples = [tensors for _, tensors, _ in data.preferred + data.rejected]
+    largest = max(samples, key=lambda t: t.latent[0].numel())
+    _, frames, height, width = largest.latent.shape
+    return RunShape(
+        frames=int(frames), height=int(height), width=int(width), batch_size=config.batch_size,
+        text_tokens=max(int(t.text_embedding.shape[0]) for t in samples), rank=config.rank, targets=tuple(config.targets),
+        objective=config.objective, init_lora_params=_init_lora_params(config), device=dist_info.device.type,
+        precision=config.precision, distributed=config.distributed if dist_info.active else "ddp", world_size=dist_info.world,
+    )
+
+
+def host_memory_available() -> Optional[int]:
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return int(psutil.virtual_memory().available)
+
+
+def plan_memory(config: RunConfig, data, dist_info: Dist, model_spec=None) -> tuple[RunConfig, Any]:
+    """(the config with the settings to use, the ``MemoryPlan``). Raises ``ConfigError`` before any weight loads."""
+    from ..wan.frozen_linear import fp8_cast_problem
+    from .plan import GIB, PlanError, Settings, choose, describe_model
+
+    if model_spec is None and config.base_model != "tiny" and not Path(config.base_model).exists():
+        raise ConfigError(f"base_model {config.base_model} does not exist; give a Wan2.1-VACE .safetensors file, a diffusers "
+                          "folder, or \"tiny\"")
+    try:
+        spec = model_spec or describe_model(config.base_model, config.vace_module)
+        run = run_shape(config, data, dist_info)
+        requested = Settings(config.base_precision, config.blocks_to_swap, config.activation_offload, config.gradient_checkpointing)
+        budget = int(config.vram_budget_gb * GIB) if config.vram_budget_gb else None
+        plan = choose(spec, run, requested, budget, host_memory_available() if budget else None, fsdp2=config.distributed == "fsdp2")
+    except PlanError as exc:
+        raise ConfigError(str(exc)) from exc
+    if spec.fp8_stored and config.distributed == "fsdp2":
+        raise ConfigError(f"base_model {Path(config.base_model).name} stores fp8 weights, which distributed 'fsdp2' cannot "
+                          "shard (it gathers weights in bf16 and would drop their scales); use distributed 'ddp' (with "
+                          "blocks_to_swap for 14B), or the fp16 file with fsdp2")
+    chosen = plan.settings
+    if chosen != requested:
+        log.info("memory planner: %s fits %.1f GiB (asked for %s)", chosen.describe(), config.vram_budget_gb, requested.describe())
+        config = config.with_overrides({"base_precision": chosen.base_precision, "blocks_to_swap": chosen.blocks_to_swap,
+                                        "activation_offload": chosen.activation_offload,
+                                        "gradient_checkpointing": chosen.gradient_checkpointing}, source="memory planner")
+    if chosen.base_precision == "fp8" or spec.fp8_stored:
+        problem = fp8_cast_problem(dist_info.device)
+        if problem:
+            what = "base_precision 'fp8'" if chosen.base_precision == "fp8" else f"the fp8 file {Path(config.base_model).name}"
+            raise ConfigError(f"{what} needs fp8 casting on the training device, but {problem}. Use base_precision 'bf16' "
+                              "with an fp16/bf16 model file, or another device")
+    return config, plan
+
+
+@dataclass
+class MemoryModes:
+    """The modes applied to one run's model (the order matters: see ``Trainer``)."""
+
+    config: RunConfig
+    device: torch.device
+    dtype: torch.dtype
+    swapped: list = field(default_factory=list)
+    swapper: Any = None
+    offload: Any = None
+
+    def prepare_layers(self, model) -> None:
+        """Before the adapters: the swapped blocks' linears become ``FrozenLinear`` (peft then wraps those)."""
+        if self.config.blocks_to_swap:
+            from .block_swap import prepare_swap_layers
+
+            try:
+                self.swapped = prepare_swap_layers(model, self.config.blocks_to_swap, self.dtype)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
+
+    def checkpointing_function(self):
+        """diffusers' per-block checkpointing function: ours keeps the checkpoint inputs in host memory."""
+        if not self.config.activation_offload:
+            return None
+        from .activation_offload import ActivationOffload
+
+        self.offload = ActivationOffload(self.device)
+        return self.offload
+
+    def attach(self, model) -> None:
+        """Before ``model.to(device)``: swapped weights go to (pinned) host memory and get their fetch hooks."""
+        if self.swapped:
+            from .block_swap import BlockSwapper
+
+            self.swapper = BlockSwapper(model, self.swapped, self.device)
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.swapper is not None:
+            stats = self.swapper.stats
+            out.update(swap_fetches=stats.fetched, swap_misses=stats.misses, swap_gb=round(stats.bytes_moved / 2**30, 3))
+        if self.offload is not None:
+            out.update(offloaded=self.offload.stats.packed, offload_gb=round(self.offload.stats.packed_bytes / 2**30, 3))
+        return out

@@ -1,0 +1,527 @@
+"""The memory planner: peak GPU memory of a training run, predicted before anything is loaded, and the cheapest
+memory settings that fit a budget.
+
+Terms (bytes), for one optimizer step at the run's largest sample:
+- ``weights``: every frozen base parameter on the GPU at its storage precision (bf16 on a GPU with autocast,
+  float32 otherwise; fp8 block linears 1 byte + their scale), minus the linear weights of swapped blocks, plus
+  ``swap_buffers``: two swapped blocks' linear weights (the running one and the prefetched one).
+- ``lora``: trained LoRA parameters with gradients and AdamW's two moments (16 bytes each, all float32), plus a
+  frozen ``init_lora`` at the base precision.
+- ``checkpoints``: with gradient checkpointing, the input each checkpointed block keeps for its recompute
+  (``B x S x width`` per transformer block, S the patch-token count, and per VACE block when those train); with
+  ``activation_offload`` only the one being fetched back is on the GPU.
+- ``vace_hints``: the VACE blocks' outputs waiting for their transformer block during the forward pass (and,
+  when the VACE blocks train, their gradients waiting for the VACE backward pass).
+- ``block_working_set``: the largest block's activations while it runs forward and backward (measured by tracing
+  the real diffusers block with its LoRA on the meta device: ``memory_trace.py``); without checkpointing every
+  block's saved activations instead.
+- ``inputs``: latents, noise, targets, VACE context, text, rotary tables.
+- ``fp8_dequant``: the largest fp8 layer dequantised for one matmul. ``cuda_context``: CUDA's own memory.
+
+The peak is the largest of the phases (reference forward, policy forward, backward through the transformer
+blocks, backward through the VACE blocks). GPU figures are predictions until calibrated against
+``torch.cuda.max_memory_allocated`` on a GPU (README, Memory).
+
+Settings, cheapest first: nothing; gradient checkpointing; activation offload; blocks to swap (fewest first);
+then the same with an fp8 base. Settings that change no number come before fp8 (which changes the reference
+unless the file is already fp8); among those, the least host<->GPU traffic per step wins.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+GIB = 2**30
+CUDA_CONTEXT_BYTES = int(0.75 * GIB)  # CUDA context, cuBLAS/cuDNN workspaces: not in torch's allocator statistics
+ALLOCATOR_MARGIN = 0.05  # share of the activation terms added for the caching allocator's rounding and fragmentation
+PRESETS = {"wan2.1-vace-1.3b": "wan2.1-vace-1.3b", "wan2.1-vace-14b": "wan2.1-vace-14b"}
+
+
+class PlanError(ValueError):
+    """No memory setting fits, or a setting cannot be honoured; the message names one that would fit."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    base_precision: str = "bf16"
+    blocks_to_swap: int = 0
+    activation_offload: bool = False
+    gradient_checkpointing: bool = True
+
+    def describe(self) -> str:
+        parts = [f"base_precision {self.base_precision}", f"blocks_to_swap {self.blocks_to_swap}",
+                 f"activation_offload {'on' if self.activation_offload else 'off'}",
+                 f"gradient_checkpointing {'on' if self.gradient_checkpointing else 'off'}"]
+        return ", ".join(parts)
+
+
+@dataclass
+class RunShape:
+    """What the run trains on: latent size (frames include the VACE reference frames), batch, LoRA."""
+
+    frames: int
+    height: int  # latent height (pixels / 8)
+    width: int
+    batch_size: int = 1
+    text_tokens: int = 512
+    rank: int = 128
+    targets: tuple = ("self_attn_qkv",)
+    objective: str = "ipa"
+    init_lora_params: int = 0
+    device: str = "cuda"  # "cuda": bf16 autocast, base in bf16; "cpu": float32 everywhere
+    precision: str = "auto"
+    distributed: str = "ddp"
+    world_size: int = 1
+
+    @classmethod
+    def from_pixels(cls, frames: int, height: int, width: int, ref_frames: int = 1, **kwargs) -> "RunShape":
+        """``frames`` video frames (4k+1) at ``height x width`` pixels, plus the VACE reference frame(s)."""
+        if (frames - 1) % 4:
+            raise PlanError(f"frames={frames}: Wan's video VAE takes 4k+1 frames (e.g. 81)")
+        if height % 16 or width % 16:
+            raise PlanError(f"{width}x{height}: width and height must be multiples of 16")
+        return cls(frames=(frames - 1) // 4 + 1 + ref_frames, height=height // 8, width=width // 8, **kwargs)
+
+    @property
+    def compute_bytes(self) -> int:
+        return 2 if self.bf16 else 4
+
+    @property
+    def bf16(self) -> bool:
+        return self.precision == "bf16" or (self.precision == "auto" and self.device == "cuda")
+
+
+@dataclass
+class ModelSpec:
+    """The parameter layout of a Wan2.1-VACE model, from its config on the meta device (no weights)."""
+
+    name: str
+    config: dict
+    params: dict  # parameter name -> element count
+    linears: dict  # linear layer name -> (in, out)
+    fp8_stored: dict = field(default_factory=dict)  # linear name -> "tensor" | "none": stored fp8 in the file
+    stored_bytes: dict = field(default_factory=dict)  # parameter name -> bytes, for GGUF-quantised weights (kept as stored)
+
+    @property
+    def block_names(self) -> list[str]:
+        return [f"vace_blocks.{i}" for i in range(len(self.config["vace_layers"]))] + [f"blocks.{i}" for i in range(self.config["num_layers"])]
+
+    @property
+    def total_params(self) -> int:
+        return sum(self.params.values())
+
+    def block_linears(self, block: str) -> list[str]:
+        return [name for name in self.linears if name.startswith(block + ".")]
+
+
+def describe_model(model: str, vace_module: Optional[str] = None) -> ModelSpec:
+    """``wan2.1-vace-1.3b``, ``wan2.1-vace-14b``, ``tiny``, a single file (header only; with its ``vace_module``), a
+    GGUF file or a diffusers folder."""
+    from ..wan.model import TINY_VACE_CONFIG, shipped_config
+
+    fp8_stored: dict = {}
+    stored_bytes: dict = {}
+    key = str(model).lower()
+    if key in PRESETS:
+        config, name = shipped_config(PRESETS[key]), key
+    elif key == "tiny":
+        config, name = {"_class_name": "WanVACETransformer3DModel", **TINY_VACE_CONFIG}, "tiny"
+    else:
+        config, fp8_stored, stored_bytes, name = _describe_file(Path(model), vace_module)
+    spec = describe_config(config, name, fp8_stored)
+    spec.stored_bytes = stored_bytes
+    return spec
+
+
+def describe_config(config: dict, name: str = "model", fp8_stored: Optional[dict] = None) -> ModelSpec:
+    """The ``ModelSpec`` of a diffusers ``WanVACETransformer3DModel`` config (built on the meta device)."""
+    from torch import nn
+
+    from ..wan.model import empty_transformer
+
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(config).items()}
+    meta = empty_transformer(config)
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(meta.config).items()}  # with the defaults
+    params = {n: p.numel() for n, p in meta.named_parameters()}
+    linears = {n: (m.in_features, m.out_features) for n, m in meta.named_modules() if isinstance(m, nn.Linear)}
+    return ModelSpec(name, config, params, linears, dict(fp8_stored or {}))
+
+
+def _describe_file(path: Path, vace_module: Optional[str] = None) -> tuple[dict, dict, dict, str]:
+    """(config, fp8-stored linears, bytes of GGUF-quantised parameters, name) of a model file, from headers only."""
+    from ..wan.model import ModelLoadError, ModelSource, detect_config, diffusers_key_to_original
+    from ..wan.vace_module import VaceModuleError, merge_vace_module
+
+    if path.is_dir():
+        config_file = path / "config.json" if (path / "config.json").exists() else path / "transformer" / "config.json"
+        if not config_file.exists():
+            raise PlanError(f"{path} is a folder without config.json")
+        return json.loads(config_file.read_text()), {}, {}, path.name
+    if not path.is_file():
+        raise PlanError(f"--model {path}: no such file; give wan2.1-vace-1.3b, wan2.1-vace-14b or a .safetensors file")
+    if path.suffix.lower() == ".gguf":
+        return _describe_gguf(path)
+    try:
+        sources = [ModelSource.read(path)] + ([ModelSource.read(Path(vace_module))] if vace_module else [])
+        shapes = sources[0].shapes
+        if vace_module:
+            shapes = merge_vace_module(shapes, sources[1].shapes, base_name=path.name, module_name=Path(vace_module).name)
+        config = detect_config(shapes, sources[0].metadata)
+    except (ModelLoadError, VaceModuleError) as exc:
+        raise PlanError(str(exc)) from exc
+    names = {diffusers_key_to_original(k): k for k in _diffusers_keys(config)}
+    fp8 = {}
+    for source in sources:
+        for key in source.layout.fp8_weights:
+            diffusers = names.get(key)
+            if diffusers and diffusers.endswith(".weight"):
+                layer = key[: -len(".weight")]
+                fp8[diffusers[: -len(".weight")]] = "tensor" if layer in source.layout.weight_scales else "none"
+    return config, fp8, {}, " + ".join(s.path.name for s in sources)
+
+
+def _describe_gguf(path: Path) -> tuple[dict, dict, dict, str]:
+    """A GGUF file's config and the stored bytes of its quantised tensors (they stay quantised on the GPU), read from
+    its header with the ``gguf`` package's reader (memory-mapped, no tensor is loaded)."""
+    from ..wan.model import ModelLoadError, detect_config, diffusers_key_to_original
+    from ..wan.vace_module import strip_prefix
+
+    try:
+        import gguf
+    except ImportError:
+        raise PlanError(f"{path.name} is a GGUF file: planning for it needs the 'gguf' package (pip install gguf)") from None
+    reader = gguf.GGUFReader(str(path))
+    plain = {"F32", "F16", "BF16"}
+    shapes, stored = {}, {}
+    for tensor in reader.tensors:
+        shapes[tensor.name] = tuple(int(n) for n in reversed(tensor.shape.tolist()))
+        if tensor.tensor_type.name not in plain:
+            stored[tensor.name] = int(tensor.n_bytes)
+    del reader
+    shapes, stored = strip_prefix(shapes), strip_prefix(stored)
+    try:
+        config = detect_config(shapes)
+    except ModelLoadError as exc:
+        raise PlanError(str(exc)) from exc
+    names = {diffusers_key_to_original(k): k for k in _diffusers_keys(config)}
+    return config, {}, {names[k]: v for k, v in stored.items() if k in names}, path.name
+
+
+def _diffusers_keys(config: dict) -> list[str]:
+    from ..wan.model import empty_transformer
+
+    return list(empty_transformer(config).state_dict())
+
+
+# ------------------------------------------------------------------------------------------------ the prediction
+
+
+@dataclass
+class MemoryPlan:
+    settings: Settings
+    breakdown: dict  # term -> bytes
+    peak: int
+    phase: str  # which phase sets the peak
+    host: int  # host memory the modes need (swapped weights, offloaded checkpoints)
+    tokens: int
+
+    @property
+    def peak_gb(self) -> float:
+        return self.peak / GIB
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "peak_gb": round(self.peak_gb, 3),
+            "settings": asdict(self.settings),
+            "breakdown_gb": {k: round(v / GIB, 3) for k, v in self.breakdown.items()},
+            "phase": self.phase,
+            "host_gb": round(self.host / GIB, 3),
+            "tokens": self.tokens,
+        }
+
+    def table(self) -> str:
+        lines = [f"predicted peak {self.peak_gb:.2f} GiB ({self.phase}) with {self.settings.describe()}"]
+        width = max(len(k) for k in self.breakdown)
+        for key, value in self.breakdown.items():
+            lines.append(f"  {key:<{width}}  {value / GIB:8.3f} GiB")
+        lines.append(f"  {'host memory':<{width}}  {self.host / GIB:8.3f} GiB (swapped weights, offloaded checkpoints)")
+        return "\n".join(lines)
+
+
+def lora_block_regex(targets, vace: bool) -> Optional[str]:
+    """The LoRA target regex relative to one block (``attn1\\.to_[qkv]``), or None when that block type has none."""
+    from .lora import TARGET_GROUPS
+
+    targets = list(targets)
+    if vace and "vace_blocks" not in targets:
+        return None
+    groups = [name for name in TARGET_GROUPS if name in targets] or ["self_attn_qkv"]
+    return "(?:" + "|".join(TARGET_GROUPS[name] for name in groups) + ")"
+
+
+def lora_params(spec: ModelSpec, run: RunShape) -> int:
+    """Trained LoRA elements: rank x (in + out) for every linear the run's target regex matches (peft full-matches)."""
+    from .lora import target_regex
+
+    pattern = re.compile(target_regex(run.targets))
+    return sum(run.rank * (i + o) for name, (i, o) in spec.linears.items() if pattern.fullmatch(name))
+
+
+def tokens_of(spec: ModelSpec, run: RunShape) -> int:
+    p_t, p_h, p_w = spec.config["patch_size"]
+    return (run.frames // p_t) * (run.height // p_h) * (run.width // p_w)
+
+
+_TRACE_CACHE: dict = {}
+
+
+def block_memory(spec: ModelSpec, run: RunShape, batch: int, vace: bool):
+    from .memory_trace import trace_block
+
+    dtype = torch.bfloat16 if run.bf16 else torch.float32
+    key = (json.dumps(spec.config, sort_keys=True), vace, batch, tokens_of(spec, run), run.text_tokens, str(dtype),
+           lora_block_regex(run.targets, vace), run.rank)
+    if key not in _TRACE_CACHE:
+        _TRACE_CACHE[key] = trace_block(spec.config, vace, batch, tokens_of(spec, run), run.text_tokens, dtype,
+                                        lora_block_regex(run.targets, vace), run.rank)
+    return _TRACE_CACHE[key]
+
+
+def _stored(spec: ModelSpec, precision: str, base: int) -> tuple[int, dict]:
+    """(all frozen base bytes at their storage precision, per block: its linear weights' bytes)."""
+    key = (precision, base)
+    cache = spec.__dict__.setdefault("_stored_cache", {})
+    if key not in cache:
+        blocks = spec.block_names
+        total, per_block = 0, {b: 0 for b in blocks}
+        for name, elements in spec.params.items():
+            layer = name[: -len(".weight")] if name.endswith(".weight") else None
+            is_linear = layer in spec.linears
+            block = name.split(".", 2)[0] + "." + name.split(".", 2)[1] if name.startswith(("blocks.", "vace_blocks.")) else None
+            if name in spec.stored_bytes:
+                size = spec.stored_bytes[name]
+            elif is_linear and (layer in spec.fp8_stored or (precision == "fp8" and block is not None)):
+                scale = {"none": 0, "tensor": 4}.get(spec.fp8_stored.get(layer), 4 * spec.linears[layer][1])
+                size = elements + scale
+            else:
+                size = elements * base
+            total += size
+            if is_linear and block is not None:
+                per_block[block] += size
+        cache[key] = (total, per_block)
+    return cache[key]
+
+
+def weight_bytes(spec: ModelSpec, run: RunShape, settings: Settings) -> tuple[int, int, int]:
+    """(bytes on the GPU, swap buffer bytes, bytes kept in host memory) of the frozen base."""
+    base = 2 if run.bf16 and run.distributed != "fsdp2" else 4
+    total, per_block = _stored(spec, settings.base_precision, base)
+    swapped = [per_block[b] for b in spec.block_names[: settings.blocks_to_swap]]
+    on_gpu = total - sum(swapped)
+    if run.distributed == "fsdp2" and run.world_size > 1:
+        largest_block = max(per_block.values())
+        on_gpu = on_gpu // run.world_size + 2 * largest_block // 2  # a shard, plus two blocks gathered in bf16
+    buffers = 2 * max(swapped) if swapped else 0
+    return on_gpu, buffers, sum(swapped)
+
+
+def predict(spec: ModelSpec, run: RunShape, settings: Settings) -> MemoryPlan:
+    """Peak GPU memory of one training step of ``run`` on ``spec`` with ``settings`` (see the module docstring)."""
+    cfg = spec.config
+    width = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    layers, vace = cfg["num_layers"], len(cfg["vace_layers"])
+    batch = run.batch_size * (2 if run.objective == "dpo" else 1)  # DPO runs winners and losers in one batch
+    tokens = tokens_of(spec, run)
+    a = run.compute_bytes
+    h = batch * tokens * width * a  # one hidden-state tensor
+    vace_trains = lora_block_regex(run.targets, vace=True) is not None
+
+    weights, swap_buffers, swapped_host = weight_bytes(spec, run, settings)
+    lora = 16 * lora_params(spec, run) + run.init_lora_params * (2 if run.bf16 else 4)
+    main = block_memory(spec, run, batch, vace=False)
+    vblock = block_memory(spec, run, batch, vace=True)
+    latent = batch * cfg["in_channels"] * run.frames * run.height * run.width
+    inputs = (6 * latent * 4 + batch * cfg["vace_in_channels"] * run.frames * run.height * run.width * a
+              + batch * run.text_tokens * (cfg["text_dim"] + width) * a + 2 * tokens * cfg["attention_head_dim"] * 4)
+    fp8_layers = [spec.linears[n] for n in spec.linears if n in spec.fp8_stored or (settings.base_precision == "fp8" and n.startswith(("blocks.", "vace_blocks.")))]
+    fp8_dequant = max((i * o * a for i, o in fp8_layers), default=0)
+
+    # Phases: the VACE blocks' shared input (1) and their control state, the hints they leave for the main blocks.
+    phases: dict[str, int] = {}
+    hints_forward = vace * h
+    reference = 2 * h + hints_forward + max(main.forward_peak, vblock.forward_peak) if run.objective != "sft" else 0
+    if settings.gradient_checkpointing:
+        # Each checkpoint keeps its inputs while the graph needs them: every transformer block's hidden state (the
+        # first one is the patch embedding the VACE blocks share), and the VACE blocks' control states only when
+        # they train (frozen VACE blocks build no graph, so their checkpoints are dropped at once).
+        checkpoint_all = (layers + (vace if vace_trains else 0)) * h
+        checkpoints = 2 * h if settings.activation_offload else checkpoint_all
+        vace_checkpoints = 2 * h if settings.activation_offload else (vace + 1) * h if vace_trains else 0
+        hint_grads = vace * h if vace_trains else 0
+        phases["policy forward"] = max(vace_checkpoints + hints_forward, checkpoints) + max(main.forward_peak, vblock.forward_peak) + h
+        phases["backward, transformer blocks"] = checkpoints + main.backward_peak + hint_grads
+        if vace_trains:
+            phases["backward, VACE blocks"] = vace_checkpoints + hint_grads + vblock.backward_peak
+        working = main.backward_peak
+    else:
+        saved_all = layers * main.saved + (vace * vblock.saved if vace_trains else 0)
+        phases["backward, transformer blocks"] = saved_all + hints_forward + (main.backward_peak - main.saved)
+        checkpoints, checkpoint_all, working = 0, 0, saved_all
+    if reference:
+        phases["reference forward"] = reference
+    phase = max(phases, key=phases.get)
+    activations = phases[phase]
+    on_cuda = run.device == "cuda"
+    breakdown = {
+        "weights": weights,
+        "swap_buffers": swap_buffers,
+        "lora": lora,
+        "inputs": inputs,
+        "activations": activations,
+        "fp8_dequant": fp8_dequant,
+        "allocator_margin": int(ALLOCATOR_MARGIN * activations) if on_cuda else 0,
+        "cuda_context": CUDA_CONTEXT_BYTES if on_cuda else 0,
+    }
+    peak = sum(breakdown.values())
+    # Reported, not summed: what the activation term of the peak phase consists of.
+    breakdown = {**breakdown, "of which checkpoints": checkpoints, "of which block_working_set": working,
+                 "of which vace_hints": hints_forward}
+    host = swapped_host + (checkpoint_all if settings.gradient_checkpointing and settings.activation_offload else 0)
+    return MemoryPlan(settings, breakdown, peak, phase, host, tokens)
+
+
+# ------------------------------------------------------------------------------------------------ choosing
+
+
+def candidates(spec: ModelSpec, requested: Settings, fsdp2: bool = False) -> list[Settings]:
+    """Every setting at least as memory-saving as ``requested`` (nothing the user asked for is taken away). FSDP2
+    shards the weights itself and gathers them in bf16: no block swap and no fp8 with it."""
+    blocks = 0 if fsdp2 else len(spec.block_names)
+    precisions = ["fp8"] if requested.base_precision == "fp8" else ["bf16"] if fsdp2 or spec.fp8_stored else ["bf16", "fp8"]
+    out = []
+    for precision in precisions:
+        for checkpointing in ([True] if requested.gradient_checkpointing else [False, True]):
+            for offload in ([True] if requested.activation_offload else [False, True]):
+                if offload and not checkpointing:
+                    continue
+                swaps = range(requested.blocks_to_swap, blocks + 1) if checkpointing else [requested.blocks_to_swap]
+                for swap in swaps:
+                    if swap and not checkpointing:
+                        continue
+                    out.append(Settings(precision, swap, offload, checkpointing))
+    return out
+
+
+def cost(spec: ModelSpec, run: RunShape, plan: MemoryPlan, requested: Settings) -> tuple:
+    """Cheaper first: no fp8 conversion (it changes the numbers of a bf16/fp16 file), no added checkpointing (a
+    recomputed forward per block), then the least host<->GPU traffic per step."""
+    settings = plan.settings
+    converts = settings.base_precision == "fp8" and requested.base_precision != "fp8" and not spec.fp8_stored
+    adds_checkpointing = settings.gradient_checkpointing and not requested.gradient_checkpointing
+    passes = 2 if run.objective == "sft" else 3  # swapped weights cross per forward pass and per recompute
+    swapped = weight_bytes(spec, run, settings)[2]
+    traffic = swapped * passes + 2 * (plan.host - swapped)  # offloaded checkpoints go out and come back
+    return (converts, adds_checkpointing, traffic, settings.blocks_to_swap)
+
+
+def choose(spec: ModelSpec, run: RunShape, requested: Settings, budget_bytes: Optional[int],
+           host_budget_bytes: Optional[int] = None, fsdp2: bool = False) -> MemoryPlan:
+    """The plan for ``requested``, or with a budget the cheapest candidate that fits it (GPU, and host memory when
+    ``host_budget_bytes`` is given). Raises ``PlanError`` naming what would fit when none does."""
+    check_settings(spec, requested)
+    if budget_bytes is None:
+        return predict(spec, run, requested)
+    plans = [predict(spec, run, s) for s in candidates(spec, requested, fsdp2)]
+    fitting = [p for p in plans if p.peak <= budget_bytes and (host_budget_bytes is None or p.host <= host_budget_bytes)]
+    if fitting:
+        return min(fitting, key=lambda p: cost(spec, run, p, requested))
+    smallest = min(plans, key=lambda p: p.peak)
+    hints = [f"a GPU with {smallest.peak_gb:.1f} GiB free"]
+    for change, shape in _smaller_runs(run):
+        best = min((predict(spec, shape, s) for s in candidates(spec, requested, fsdp2)), key=lambda p: p.peak)
+        if best.peak <= budget_bytes:
+            hints.insert(0, f"{change} ({best.peak_gb:.1f} GiB with {best.settings.describe()})")
+            break
+    host_note = ""
+    if host_budget_bytes is not None and smallest.peak <= budget_bytes:
+        host_note = f" (it fits the GPU but needs {smallest.host / GIB:.1f} GiB of host memory, {host_budget_bytes / GIB:.1f} GiB available)"
+    raise PlanError(
+        f"No memory setting fits the budget of {budget_bytes / GIB:.1f} GiB: the most memory-saving one "
+        f"({smallest.settings.describe()}) needs {smallest.peak_gb:.1f} GiB{host_note} at {run.frames} latent frames of "
+        f"{run.height * 8}x{run.width * 8}, batch {run.batch_size}, rank {run.rank}. What would fit: " + "; or ".join(hints) + "."
+    )
+
+
+def _smaller_runs(run: RunShape):
+    if run.batch_size > 1:
+        yield "batch_size 1 (with grad_accum for the same effective batch)", replace(run, batch_size=1)
+    for rank in (64, 32, 16):
+        if rank < run.rank:
+            yield f"rank {rank}", replace(run, rank=rank)
+
+
+def check_settings(spec: ModelSpec, settings: Settings) -> None:
+    blocks = len(spec.block_names)
+    if settings.blocks_to_swap > blocks:
+        raise PlanError(
+            f"blocks_to_swap={settings.blocks_to_swap} but {spec.name} has {blocks} blocks ({spec.config['num_layers']} "
+            f"transformer + {len(spec.config['vace_layers'])} VACE); use at most {blocks}"
+        )
+
+
+# ------------------------------------------------------------------------------------------------ command line
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``python -m ipa_train.plan``: the prediction (and with ``--vram-budget-gb`` the choice) for a run."""
+    import argparse
+    import sys
+
+    from .lora import TARGET_NAMES
+
+    parser = argparse.ArgumentParser(prog="python -m ipa_train.plan", description=(
+        "Predicts the peak GPU memory of an IPA training run before anything is loaded, with its breakdown. "
+        "With --vram-budget-gb it picks the cheapest memory settings that fit (never fewer savings than asked for)."))
+    parser.add_argument("--model", default="wan2.1-vace-14b", help="wan2.1-vace-1.3b, wan2.1-vace-14b, or a model file / diffusers folder")
+    parser.add_argument("--frames", type=int, default=81, help="video frames (4k+1)")
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--width", type=int, default=832)
+    parser.add_argument("--ref-frames", type=int, default=1, help="VACE reference image frames in front of the video")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--rank", type=int, default=128)
+    parser.add_argument("--targets", nargs="+", default=["self_attn_qkv"], choices=TARGET_NAMES)
+    parser.add_argument("--objective", default="ipa", choices=("ipa", "dpo", "sft"))
+    parser.add_argument("--base-precision", default="bf16", choices=("bf16", "fp8"))
+    parser.add_argument("--blocks-to-swap", type=int, default=0)
+    parser.add_argument("--activation-offload", action="store_true")
+    parser.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false")
+    parser.add_argument("--vram-budget-gb", type=float, default=None, help="pick the cheapest settings that fit this many GiB")
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cuda: bf16 autocast (default); cpu: float32")
+    parser.add_argument("--json", action="store_true", help="print one JSON object (peak_gb, settings, breakdown_gb, ...)")
+    args = parser.parse_args(argv)
+    try:
+        spec = describe_model(args.model)
+        run = RunShape.from_pixels(args.frames, args.height, args.width, ref_frames=args.ref_frames, batch_size=args.batch_size,
+                                   rank=args.rank, targets=tuple(args.targets), objective=args.objective, device=args.device)
+        requested = Settings(args.base_precision, args.blocks_to_swap, args.activation_offload, args.gradient_checkpointing)
+        budget = int(args.vram_budget_gb * GIB) if args.vram_budget_gb else None
+        plan = choose(spec, run, requested, budget)
+    except PlanError as exc:
+        if args.json:
+            print(json.dumps({"error": str(exc)}))
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"model": spec.name, "parameters": spec.total_params, "lora_parameters": lora_params(spec, run), **plan.to_json()}))
+    else:
+        print(f"{spec.name}: {spec.total_params / 1e9:.2f} B parameters, LoRA {lora_params(spec, run) / 1e6:.1f} M, "
+              f"{args.frames} frames at {args.width}x{args.height} -> {plan.tokens} tokens, batch {args.batch_size}")
+        print(plan.table())
+    return 0
