@@ -221,7 +221,6 @@ def test_modes_that_cannot_be_honoured_are_refused_before_any_weight_loads(tmp_p
         raise AssertionError("weights were loaded before the settings were checked")
 
     monkeypatch.setattr(model_setup, "build_model", no_loading)
-    monkeypatch.setattr("ipa_train.training.loop.build_model", no_loading)
     data = make_dataset(tmp_path / "ds", preferred=1)
 
     def refused(message, **overrides):

@@ -105,3 +105,20 @@ def peak_memory_gb(device: torch.device) -> float:
         return getattr(psutil.Process().memory_info(), "peak_wset", psutil.Process().memory_info().rss) / 2**30
     scale = 2**30 if sys.platform == "darwin" else 2**20  # ru_maxrss: bytes on macOS, KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+
+
+def reduce_metrics(dist_info: Dist, metrics: dict[str, float], stop: bool) -> tuple[dict[str, float], bool]:
+    """Averages metrics over ranks and agrees on stopping (any rank asked -> all stop after this step). A collective:
+    every rank calls it once per step. ``lr`` and ``grad_norm`` are the same on every rank and stay as they are."""
+    if not dist_info.active:
+        return metrics, stop
+    keys = sorted(k for k in metrics if k not in ("lr", "grad_norm"))
+    values = torch.tensor([metrics[k] for k in keys] + [1.0 if stop else 0.0], dtype=torch.float64)
+    if dist_info.device.type == "cuda":
+        values = values.to(dist_info.device)
+    dist.all_reduce(values)
+    values = values.cpu()
+    reduced = dict(metrics)
+    for i, key in enumerate(keys):
+        reduced[key] = float(values[i]) / dist_info.world
+    return reduced, bool(values[-1] > 0)

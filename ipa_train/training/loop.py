@@ -16,23 +16,21 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
-import torch.distributed as dist
 
 from ..fileio import atomic_save_safetensors
-from ..wan.fingerprint import diffusers_model_fingerprint, file_weights_fingerprint, model_fingerprint
 from ..wan.model import storage_summary
 from . import lora as lora_setup
-from .batching import Sampler, check_data_fits_model, load_training_data, seed_for
+from .batching import Sampler, load_training_data, seed_for
 from .checkpoint_files import CHECKPOINTS_DIR, recover_checkpoints
 from .checkpoints import (
-    TrainingError, find_checkpoint, load_adapter, load_training_state, lora_metadata, optimizer_state_api, write_checkpoint,
+    TrainingError, find_checkpoint, load_training_state, lora_metadata, optimizer_state_api, write_checkpoint,
 )
 from .config import ConfigError, RunConfig
-from .distributed import Dist, Events, full_tensor, peak_memory_gb, setup_distributed
+from .distributed import Dist, Events, full_tensor, peak_memory_gb, reduce_metrics, setup_distributed
 from .memory import MemoryModes, compute_dtype, plan_memory
-from .model_setup import add_adapters, build_model, save_comfy_lora, shard_fsdp2
+from .model_setup import gathered_adapter, prepare_model, save_comfy_lora, shard_fsdp2
 from .objective import Objective
-from .reference_check import check_base_fingerprint, check_recorded_patches
+from .reference_check import check_recorded_patches
 
 log = logging.getLogger("ipa_train.train")
 
@@ -113,40 +111,17 @@ class Trainer:
         self.stop_path = config.stop_path
         self.memory = MemoryModes(config, device, compute_dtype(config, device))
 
-        # 3. model + adapters. Base weights bf16 on GPU with DDP (the adapters stay fp32); FSDP2 shards fp32
-        # weights and gathers them in bf16 (its mixed-precision policy).
-        if config.distributed == "fsdp2" and dist_info.active and str(config.base_model).lower().endswith(".gguf"):
-            raise ConfigError("distributed 'fsdp2' cannot shard a GGUF base (its weights are packed quantised blocks); use 'ddp' "
-                              "or a safetensors base_model")
-        base_dtype = torch.bfloat16 if (self.autocast_dtype is not None and device.type == "cuda" and config.distributed == "ddp") else torch.float32
-        model = build_model(config, base_dtype, self.memory.dtype) if model is None else model  # a file streams into fp8
-        check_data_fits_model(self.data, model)
-        # The samples' base against this one, as stored: with base_precision fp8 the file's own weights (the run
-        # quantises them on purpose; fp8 files are fp8 on both sides).
-        streamed_fp8 = config.base_precision == "fp8" and Path(config.base_model).is_file()
-        identity = (file_weights_fingerprint(config.base_model, config.vace_module) if streamed_fp8
-                    else diffusers_model_fingerprint(model))
-        self.reference_warnings += check_base_fingerprint(self.data, config, identity)
-        if config.base_precision == "fp8":  # the tiny model, folders and given models: after the fingerprint
-            from ..wan.frozen_linear import quantize_block_linears
-
-            quantize_block_linears(model, self.memory.dtype)
+        # 3. model + adapters: the reference identity checked against the samples, memory modes attached.
+        prepared = prepare_model(config, self.data, dist_info, self.memory, self.autocast_dtype, model, self.resume_dir)
+        model = prepared.model
+        self.reference_warnings += prepared.warnings
         if dist_info.main:
             for warning in self.reference_warnings:
                 log.warning("%s", warning)
-        self.base_fingerprint = model_fingerprint(config.base_model, model)
-        self.memory.prepare_layers(model)
-        add_adapters(model, config, self.memory.checkpointing_function())
-        self.start_step = 0
-        if self.resume_dir is not None:
-            self.start_step = load_adapter(self.resume_dir, model, config)
-        self.memory.attach(model)
-        model.to(device)
-        model.train()
+        self.base_fingerprint = prepared.base_fingerprint
+        self.start_step = prepared.start_step
         self.bare = model
         self.trained_names = [name for name, _ in lora_setup.trained_parameters(model)]
-        if not self.trained_names:
-            raise ConfigError(f"LoRA targets {config.targets} give no trainable parameters")
 
         # 4. distributed wrapping
         self.ddp = None
@@ -222,29 +197,11 @@ class Trainer:
             except FileNotFoundError:
                 pass
 
-    def _reduce(self, metrics: dict[str, float], stop: bool) -> tuple[dict[str, float], bool]:
-        """Averages metrics over ranks and agrees on stopping (any rank signalled -> all stop after this step)."""
-        if not self.dist.active:
-            return metrics, stop
-        keys = sorted(k for k in metrics if k not in ("lr", "grad_norm"))
-        values = torch.tensor([metrics[k] for k in keys] + [1.0 if stop else 0.0], dtype=torch.float64)
-        if self.dist.device.type == "cuda":
-            values = values.to(self.dist.device)
-        dist.all_reduce(values)
-        values = values.cpu()
-        reduced = dict(metrics)
-        for i, key in enumerate(keys):
-            reduced[key] = float(values[i]) / self.dist.world
-        return reduced, bool(values[-1] > 0)
-
     # ------------------------------------------------------------------------------------------- saving
 
     def gathered_adapter(self) -> dict[str, torch.Tensor]:
         """The trained adapter (peft names, full tensors on CPU). A collective under FSDP2: all ranks call it."""
-        from peft import get_peft_model_state_dict
-
-        state = get_peft_model_state_dict(self.bare, adapter_name=lora_setup.TRAINED_ADAPTER)
-        return {key: full_tensor(value).detach().to("cpu").float().clone() for key, value in state.items()}
+        return gathered_adapter(self.bare)
 
     def lora_metadata(self, step: int) -> dict[str, str]:
         return lora_metadata(self.config, step, self.base_fingerprint, len(self.data.preferred), len(self.data.rejected), self.data.fingerprint)
@@ -317,25 +274,10 @@ class Trainer:
                 raise RuntimeError(f"injected fault on rank {self.dist.rank} at step {step + 1} (IPA_TRAIN_FAULT)")
             metrics = self.train_step(step)
             step += 1
-            metrics, stop = self._reduce(metrics, self._stop_asked())
+            metrics, stop = reduce_metrics(self.dist, metrics, self._stop_asked())
             elapsed = time.perf_counter() - started
-            sec_per_step = elapsed / (step - self.start_step)
-            record = {
-                "step": step,
-                "total": c.steps,
-                "loss": metrics["loss"],
-                "ipa_gap": metrics.get("ipa_gap"),
-                "model_error": metrics.get("model_error"),
-                "reference_error": metrics.get("reference_error"),
-                "lr": metrics["lr"],
-                "sec_per_step": sec_per_step,
-                "step_time_s": time.perf_counter() - t0,
-                "eta_s": sec_per_step * (c.steps - step),
-                "peak_mem_gb": peak_memory_gb(self.dist.device),
-            }
-            for key in ("grad_norm", "dpo_margin", "implicit_accuracy"):
-                if key in metrics:
-                    record[key] = metrics[key]
+            record = step_record(step, c.steps, metrics, elapsed / (step - self.start_step), time.perf_counter() - t0,
+                                 peak_memory_gb(self.dist.device))
             history.append(record)
             self.events.emit("step", **record)
             if self.dump_replicas is not None:
@@ -357,6 +299,27 @@ class Trainer:
         final = {k: history[-1][k] for k in ("loss", "ipa_gap", "model_error", "reference_error")} if history else {}
         self.events.emit("finished", step=step, lora_path=str(lora_path), checkpoint=str(last_checkpoint), metrics=final)
         return TrainResult("finished", step, str(lora_path), str(last_checkpoint), history, self.bare)
+
+
+def step_record(step: int, total: int, metrics: dict[str, float], sec_per_step: float, step_time_s: float, peak_mem_gb: float) -> dict:
+    """The ``step`` event: the step's metrics (averaged over ranks), its timing and the peak memory."""
+    record = {
+        "step": step,
+        "total": total,
+        "loss": metrics["loss"],
+        "ipa_gap": metrics.get("ipa_gap"),
+        "model_error": metrics.get("model_error"),
+        "reference_error": metrics.get("reference_error"),
+        "lr": metrics["lr"],
+        "sec_per_step": sec_per_step,
+        "step_time_s": step_time_s,
+        "eta_s": sec_per_step * (total - step),
+        "peak_mem_gb": peak_mem_gb,
+    }
+    for key in ("grad_norm", "dpo_margin", "implicit_accuracy"):
+        if key in metrics:
+            record[key] = metrics[key]
+    return record
 
 
 def clean_output_dir(output_dir: Path) -> dict[str, list[str]]:

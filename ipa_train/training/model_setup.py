@@ -1,11 +1,13 @@
-"""The model a run trains: the frozen base (loaded or given), an optional frozen ``init_lora`` as the reference's
-starting point, the trained LoRA (fp32), gradient checkpointing, and FSDP2 sharding when asked for."""
+"""The model a run trains: the frozen base (loaded or given, checked against the samples' sampling model), an optional
+frozen ``init_lora`` as the reference's starting point, the trained LoRA (fp32), gradient checkpointing and the
+memory modes, and FSDP2 sharding when asked for."""
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -77,3 +79,62 @@ def shard_fsdp2(model, dist_info: Dist, autocast_dtype: Optional[torch.dtype]) -
     for block in list(model.vace_blocks) + list(model.blocks):
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
+
+
+@dataclass
+class PreparedModel:
+    model: Any  # the transformer with its adapters, on the run's device, in train mode
+    base_fingerprint: str  # names the base in the LoRA's metadata
+    start_step: int = 0  # the resumed checkpoint's step
+    warnings: list = field(default_factory=list)  # base-identity mismatches allowed by allow_other_base
+
+
+def prepare_model(config: RunConfig, data, dist_info: Dist, memory, autocast_dtype: Optional[torch.dtype], model=None,
+                  resume_dir: Optional[Path] = None) -> PreparedModel:
+    """Builds (or takes) the base, checks it against the samples' sampling model, stores it as the memory modes say,
+    adds the adapters (and a resumed checkpoint's trained adapter) and moves it to the device.
+
+    Base weights bf16 on GPU with DDP (the adapters stay fp32); FSDP2 shards fp32 weights and gathers them in bf16
+    (its mixed-precision policy)."""
+    from ..wan.fingerprint import diffusers_model_fingerprint, file_weights_fingerprint, model_fingerprint
+    from .batching import check_data_fits_model
+    from .checkpoints import load_adapter
+    from .reference_check import check_base_fingerprint
+
+    device = dist_info.device
+    if config.distributed == "fsdp2" and dist_info.active and str(config.base_model).lower().endswith(".gguf"):
+        raise ConfigError("distributed 'fsdp2' cannot shard a GGUF base (its weights are packed quantised blocks); use 'ddp' "
+                          "or a safetensors base_model")
+    base_dtype = torch.bfloat16 if (autocast_dtype is not None and device.type == "cuda" and config.distributed == "ddp") else torch.float32
+    model = build_model(config, base_dtype, memory.dtype) if model is None else model  # a file streams into fp8
+    check_data_fits_model(data, model)
+    # The samples' base against this one, as stored: with base_precision fp8 the file's own weights (the run
+    # quantises them on purpose; fp8 files are fp8 on both sides).
+    streamed_fp8 = config.base_precision == "fp8" and Path(config.base_model).is_file()
+    identity = (file_weights_fingerprint(config.base_model, config.vace_module) if streamed_fp8
+                else diffusers_model_fingerprint(model))
+    warnings_ = check_base_fingerprint(data, config, identity)
+    if config.base_precision == "fp8":  # the tiny model, folders and given models: after the fingerprint
+        from ..wan.frozen_linear import quantize_block_linears
+
+        quantize_block_linears(model, memory.dtype)
+    base_fingerprint = model_fingerprint(config.base_model, model)
+    memory.prepare_layers(model)
+    add_adapters(model, config, memory.checkpointing_function())
+    start_step = load_adapter(resume_dir, model, config) if resume_dir is not None else 0
+    memory.attach(model)
+    model.to(device)
+    model.train()
+    if not lora_setup.trained_parameters(model):
+        raise ConfigError(f"LoRA targets {config.targets} give no trainable parameters")
+    return PreparedModel(model, base_fingerprint, start_step, warnings_)
+
+
+def gathered_adapter(model) -> dict[str, torch.Tensor]:
+    """The trained adapter (peft names, full tensors on CPU). A collective under FSDP2: all ranks call it."""
+    from peft import get_peft_model_state_dict
+
+    from .distributed import full_tensor
+
+    state = get_peft_model_state_dict(model, adapter_name=lora_setup.TRAINED_ADAPTER)
+    return {key: full_tensor(value).detach().to("cpu").float().clone() for key, value in state.items()}
