@@ -3,6 +3,7 @@ previews drawn with Pillow (two moving "hands"), and hand boxes in meta.json mat
 
 from __future__ import annotations
 
+import asyncio
 import colorsys
 import io
 import json
@@ -122,3 +123,20 @@ def add_driving_poses(path: Path, ids: list[str], wrong=(1,), missing=(3,)) -> N
         if index not in missing:
             meta["driving_pose"] = [pose_frame(frame) for frame in boxes]
         meta_file.write_text(json.dumps(meta))
+
+
+def serve(root, scenario, **app_options):
+    """Runs ``await scenario(client)`` against a fresh gallery app over ``root`` (no pytest asyncio plugin needed)."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from ipa_train.gallery.api import create_app
+
+    async def main():
+        client = TestClient(TestServer(create_app(root, **app_options)))
+        await client.start_server()
+        try:
+            return await scenario(client)
+        finally:
+            await client.close()
+
+    return asyncio.run(main())

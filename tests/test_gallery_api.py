@@ -9,27 +9,11 @@ import os
 import threading
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 from yarl import URL
 
-from gallery_fixture import make_dataset, tiny_tensors
+from gallery_fixture import make_dataset, serve, tiny_tensors
 from ipa_train.data import dataset as ds
-from ipa_train.gallery.api import create_app
-
-
-def serve(root, scenario):
-    """Runs ``await scenario(client)`` against a fresh app over ``root`` (no pytest asyncio plugin needed)."""
-
-    async def main():
-        client = TestClient(TestServer(create_app(root)))
-        await client.start_server()
-        try:
-            return await scenario(client)
-        finally:
-            await client.close()
-
-    return asyncio.run(main())
 
 
 @pytest.fixture()

@@ -3,29 +3,15 @@ web pages' requests: cross-origin, text/plain, DNS rebinding."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from gallery_fixture import make_dataset
+from gallery_fixture import make_dataset, serve
 from ipa_train.data import dataset as ds
 from ipa_train.data import journal
-from ipa_train.gallery.api import create_app, host_origin_problem
-
-
-def serve(root, scenario, **app_options):
-    async def main():
-        client = TestClient(TestServer(create_app(root, **app_options)))
-        await client.start_server()
-        try:
-            return await scenario(client)
-        finally:
-            await client.close()
-
-    return asyncio.run(main())
+from ipa_train.gallery.api import host_origin_problem
 
 
 @pytest.fixture()

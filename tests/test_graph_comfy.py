@@ -167,32 +167,8 @@ def test_encode_good_video_matches_native_conditioning(comfy):
     assert tensors.hand_mask.shape == (1, 3, H // 8, W // 8)
 
 
-def _comfy_velocities(tiny, candidate, x_t_list, sigmas):
-    """ComfyUI's own prediction (through the sampler's conditioning path) at the given noisy latents and sigmas."""
-    import comfy.samplers
-    from comfy_extras.nodes_model_advanced import ModelSamplingSD3
-
-    model = ModelSamplingSD3().patch(tiny.model, 8.0)[0]
-    extra = {"vace_frames": [candidate.vace_frames], "vace_mask": [candidate.vace_mask], "vace_strength": [candidate.vace_strength]}
-    positive = [[candidate.text_embedding, extra]]
-    outputs = []
-
-    def evaluate(model_wrap, x, sigmas_in, extra_args=None, callback=None, disable=None):
-        s_in = x.new_ones([x.shape[0]])
-        for x_t, sigma in zip(x_t_list, sigmas):
-            denoised = model_wrap(x_t.unsqueeze(0).to(x), sigma * s_in, **extra_args)
-            outputs.append(((x_t.unsqueeze(0).to(x) - denoised) / sigma)[0].float().cpu())
-        return x
-
-    sampler = comfy.samplers.KSAMPLER(evaluate)
-    latent = torch.zeros_like(candidate.latent)
-    comfy.samplers.sample(model, torch.zeros_like(latent), positive, positive, 1.0, model.load_device, sampler,
-                          torch.tensor([1.0, 0.0]), model_options=model.model_options, latent_image=latent, seed=0)
-    return outputs
-
-
 def test_parity_native_comfyui_vs_diffusers_on_stored_tensors(comfy, tmp_path):
-    from comfy_tiny import write_diffusers_config
+    from comfy_tiny import comfy_velocities, write_diffusers_config
     from comfyui_ipa_pack.ipa_train.data import dataset
     from comfyui_ipa_pack.nodes.collector import IPAMarkPreferred
     from comfyui_ipa_pack.nodes.paths import dataset_root
@@ -206,7 +182,7 @@ def test_parity_native_comfyui_vs_diffusers_on_stored_tensors(comfy, tmp_path):
     generator = torch.Generator().manual_seed(1)
     noises = [torch.randn(stored.latent.shape, generator=generator) for _ in sigmas]
     x_t = [(1 - s) * stored.latent + s * n for s, n in zip(sigmas, noises)]
-    comfy_v = _comfy_velocities(comfy, candidates[0], x_t, sigmas)
+    comfy_v = comfy_velocities(comfy.model, candidates[0], x_t, sigmas)
 
     from safetensors.torch import load_file, save_file
 

@@ -15,7 +15,7 @@ from ipa_train.training.loop import Trainer
 from ipa_train.wan.frozen_linear import FrozenLinear, dequantize, quantize_block_linears, quantize_fp8
 from ipa_train.wan.model import build_tiny_transformer
 
-from trainer_helpers import make_dataset, tiny_config
+from trainer_helpers import make_dataset, one_thread, tiny_config  # noqa: F401 (one_thread: a fixture)
 
 # Measured on the tiny model (seed 0, rank 4, lora_B ~ N(0, 0.1)): forward 1.9e-2, LoRA gradients up to 8.4e-2
 # relative (Frobenius), against a relative weight error of 2.4e-2. The bounds leave room for other seeds.
@@ -23,12 +23,7 @@ FORWARD_BOUND = 0.05
 GRADIENT_BOUND = 0.15
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _inputs(seed=0):

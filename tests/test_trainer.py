@@ -16,18 +16,12 @@ from ipa_train.data.dataset import DatasetError
 from ipa_train.fileio import load_safetensors, read_safetensors_metadata
 from ipa_train.wan.model import build_tiny_transformer
 
-from trainer_helpers import make_dataset, make_sample, tiny_config
+from trainer_helpers import make_dataset, make_sample, one_thread, tiny_config  # noqa: F401 (one_thread: a fixture)
 
 LOG2 = math.log(2.0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # the tiny model is far faster on one thread, above all on a shared machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fixed_inputs(seed=0):

@@ -6,12 +6,23 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from ipa_train.data import dataset as ds
 from ipa_train.training.config import RunConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def one_thread():
+    """The tiny model is far faster on one thread, above all on a shared machine. A test module switches it on for
+    all its tests with ``pytestmark = pytest.mark.usefixtures("one_thread")`` after importing it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def make_sample(seed: int, frames: int = 3, h: int = 4, w: int = 6, text_dim: int = 32, ref_frames: int = 1) -> ds.SampleTensors:
