@@ -82,7 +82,7 @@ def test_pretrain_runs_end_to_end_and_writes_loadable_weights(tmp_path):
     model loader and the study's pipeline."""
     out = tmp_path / "weights"
     command = [sys.executable, "-m", "ipa_train.study", "pretrain", "--output", str(out), "--vae-image-steps", "2", "--vae-clip-steps", "1",
-               "--vae-videos", "3", "--transformer-steps", "2", "--transformer-videos", "2"]
+               "--vae-full-steps", "1", "--vae-second-runs", "1", "--vae-videos", "3", "--transformer-steps", "2", "--transformer-videos", "2"]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((out / "pretrain.json").read_text())

@@ -79,7 +79,7 @@ def sample_world(w: World, video: world.WorldVideo, seed: int, steps: int = SAMP
     sampled = sample(w.pipe, control, Image.fromarray(video.reference()), w.text, seed, width=video.width, height=video.height,
                      frames=video.frames_count, steps=steps)
     frames = sampled.frames.numpy()
-    return Sample(video, seed, frames, score.score_video(frames, video), sampled if keep else None)
+    return Sample(video, seed, frames, score.score_video(frames, video, w.pipe.vae), sampled if keep else None)
 
 
 def prompt_of(video: world.WorldVideo) -> str:
