@@ -61,7 +61,7 @@ def parse_args(argv):
     parser.add_argument("--steps", type=int, default=40, help="training steps (default 40)")
     parser.add_argument("--candidates", type=int, default=8, help="videos to sample and curate (default 8)")
     parser.add_argument("--preferred", type=int, default=None, help="how many become preferred (default: a quarter of the candidates)")
-    parser.add_argument("--eval-seeds", type=int, default=8, help="more seeds sampled before and after, not trained on (default 8)")
+    parser.add_argument("--eval-seeds", type=int, default=4, help="more seeds sampled before and after, not trained on (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="pose and first candidate seed (default 0)")
     parser.add_argument("--nproc", type=int, default=2, help="training processes under torchrun (default 2; 1 = plain python)")
     parser.add_argument("--sampling-steps", type=int, default=12, help="denoising steps per video (default 12)")

@@ -77,6 +77,20 @@ def _flat(points: np.ndarray, width: int, height: int, normalized: bool) -> list
     return [round(float(v), 4) for v in out.reshape(-1)]
 
 
+def _standing_body(cx: float, top: float, u: float) -> np.ndarray:
+    """The 18 body points of a figure standing at ``cx`` with its head top at ``top``; the arms are set later."""
+    body = np.zeros((18, 2))
+    body[0] = (cx, top + 0.08 * u)
+    body[1] = (cx, top + 0.18 * u)
+    body[[14, 15, 16, 17]] = [(cx - 0.03 * u, top + 0.06 * u), (cx + 0.03 * u, top + 0.06 * u),
+                              (cx - 0.06 * u, top + 0.08 * u), (cx + 0.06 * u, top + 0.08 * u)]
+    body[[2, 5]] = [(cx - 0.12 * u, top + 0.2 * u), (cx + 0.12 * u, top + 0.2 * u)]
+    body[[8, 11]] = [(cx - 0.07 * u, top + 0.55 * u), (cx + 0.07 * u, top + 0.55 * u)]
+    body[[9, 12]] = [(cx - 0.08 * u, top + 0.75 * u), (cx + 0.08 * u, top + 0.75 * u)]
+    body[[10, 13]] = [(cx - 0.09 * u, top + 0.95 * u), (cx + 0.09 * u, top + 0.95 * u)]
+    return body
+
+
 def synthetic_pose_sequence(frames: int, width: int, height: int, people: int = 1, seed: int = 0, normalized: bool = False) -> list[dict]:
     """Stick figures whose hands move (one waves, one swings), one ``POSE_KEYPOINT`` dict per frame."""
     if frames < 1 or width < 16 or height < 16 or people < 0:
@@ -104,15 +118,7 @@ def synthetic_pose_sequence(frames: int, width: int, height: int, people: int = 
             u, top = q["u"], q["top"]
             cx = q["cx"] + q["sway"] * math.sin(2 * math.pi * 0.3 * tau + q["phase"])
             wave = math.sin(2 * math.pi * q["wave_hz"] * tau + q["phase"])
-            body = np.zeros((18, 2))
-            body[0] = (cx, top + 0.08 * u)
-            body[1] = (cx, top + 0.18 * u)
-            body[[14, 15, 16, 17]] = [(cx - 0.03 * u, top + 0.06 * u), (cx + 0.03 * u, top + 0.06 * u),
-                                      (cx - 0.06 * u, top + 0.08 * u), (cx + 0.06 * u, top + 0.08 * u)]
-            body[[2, 5]] = [(cx - 0.12 * u, top + 0.2 * u), (cx + 0.12 * u, top + 0.2 * u)]
-            body[[8, 11]] = [(cx - 0.07 * u, top + 0.55 * u), (cx + 0.07 * u, top + 0.55 * u)]
-            body[[9, 12]] = [(cx - 0.08 * u, top + 0.75 * u), (cx + 0.08 * u, top + 0.75 * u)]
-            body[[10, 13]] = [(cx - 0.09 * u, top + 0.95 * u), (cx + 0.09 * u, top + 0.95 * u)]
+            body = _standing_body(cx, top, u)
             hands = {}
             for shoulder, elbow, wrist, side in ((2, 3, 4, 1.0), (5, 6, 7, -1.0)):
                 # Image x grows to the person's left; side +1 is the person's right arm (image left).
@@ -186,14 +192,7 @@ def dance_pose_sequence(
     for t in range(frames):
         phase = 2 * math.pi * hz * t / FPS + phase0
         x = cx + sway * math.sin(phase / 2)
-        body = np.zeros((18, 2))
-        body[0], body[1] = (x, top + 0.08 * u), (x, top + 0.18 * u)
-        body[[14, 15, 16, 17]] = [(x - 0.03 * u, top + 0.06 * u), (x + 0.03 * u, top + 0.06 * u),
-                                  (x - 0.06 * u, top + 0.08 * u), (x + 0.06 * u, top + 0.08 * u)]
-        body[[2, 5]] = [(x - 0.12 * u, top + 0.2 * u), (x + 0.12 * u, top + 0.2 * u)]
-        body[[8, 11]] = [(x - 0.07 * u, top + 0.55 * u), (x + 0.07 * u, top + 0.55 * u)]
-        body[[9, 12]] = [(x - 0.08 * u, top + 0.75 * u), (x + 0.08 * u, top + 0.75 * u)]
-        body[[10, 13]] = [(x - 0.09 * u, top + 0.95 * u), (x + 0.09 * u, top + 0.95 * u)]
+        body = _standing_body(x, top, u)
         hands = {}
         for shoulder, elbow, wrist, side in ((2, 3, 4, 1.0), (5, 6, 7, -1.0)):
             outward = -side  # image x: the person's right arm (side +1) reaches to the image left

@@ -239,10 +239,10 @@ def run_study(out: Path, quick: bool = False, seed: int = 0, steps: Optional[int
 
 def table(results: dict) -> str:
     names = [k for k in results if not k.startswith("_")]
-    lines = [f"{'method':<16}{'good hands':>12}{'hand error':>12}{'drift':>10}{'diversity':>11}{'vs base':>9}"]
+    lines = [f"{'method':<16}{'good hands':>12}{'hand error':>12}{'drift':>11}{'diversity':>11}{'vs base':>9}"]
     for name in names:
         r = results[name]
-        lines.append(f"{name:<16}{r['good_hand_rate']:>12.3f}{r['hand_error']:>12.4f}{r['drift']:>10.4f}{r['diversity']:>11.4f}{r['diversity_vs_base']:>9.2f}")
+        lines.append(f"{name:<16}{r['good_hand_rate']:>12.3f}{r['hand_error']:>12.4f}{r['drift']:>11.2e}{r['diversity']:>11.4f}{r['diversity_vs_base']:>9.2f}")
     return "\n".join(lines)
 
 
