@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from ipa_train.study import experiment, models, pretrain, score, world
+from ipa_train.study import experiment, models, score, world
 
 
 def test_the_shipped_weights_are_small_load_and_say_how_they_were_made():
@@ -37,8 +37,8 @@ def test_the_vae_keeps_good_and_bad_hands_apart_on_held_out_videos():
     for index in range(6):
         video = world.WorldVideo(pose_seed=experiment.EVALUATION_POSES + 500 + index, body_color=int(rng.integers(4)),
                                  hands=(world.QUALITIES[index % 4], world.QUALITIES[(index + 1) % 4]))
-        frames = pretrain.decode_frames(vae, vae.encode(pretrain.to_model_video(video.frames())).latent_dist.mode())
-        for hand, quality in zip(score.score_video(frames, video).hands, video.hands):
+        frames = models.decode_frames(vae, vae.encode(models.to_model_video(video.frames())).latent_dist.mode())
+        for hand, quality in zip(score.score_video(frames, video, vae).hands, video.hands):
             if hand is not None:
                 (good if quality == "good" else bad).append(hand.error - hand.bad_error)
     assert np.mean(good) < 0 < np.mean(bad), (good, bad)  # reconstructed good hands are nearer the good glyph

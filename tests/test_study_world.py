@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
+from trainer_helpers import subprocess_env
 from ipa_train.pose.synthetic import MOTIONS, dance_pose_sequence
 from ipa_train.study import models, score, world
 
@@ -83,7 +84,7 @@ def test_pretrain_runs_end_to_end_and_writes_loadable_weights(tmp_path):
     out = tmp_path / "weights"
     command = [sys.executable, "-m", "ipa_train.study", "pretrain", "--output", str(out), "--vae-image-steps", "2", "--vae-clip-steps", "1",
                "--vae-full-steps", "1", "--vae-second-runs", "1", "--vae-videos", "3", "--transformer-steps", "2", "--transformer-videos", "2"]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((out / "pretrain.json").read_text())
     assert record["vae"]["image_steps"] == 2 and record["transformer"]["steps"] == 2 and len(record["transformer"]["loss_every_100_steps"]) == 1

@@ -28,6 +28,17 @@ TRANSFORMER_CONFIG = dict(
 TEXT_TOKENS = 16  # the fixed prompt: real rows only (the pipeline pads nothing when prompt_embeds are given)
 
 
+def to_model_video(frames_u8) -> torch.Tensor:
+    """``[T, H, W, 3]`` uint8 (numpy) -> ``[1, 3, T, H, W]`` in -1..1 (the VAE's input range)."""
+    return torch.from_numpy(frames_u8).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
+
+
+def decode_frames(vae, z: torch.Tensor):
+    """Raw (unnormalised) latent -> ``[T, H, W, 3]`` float 0..1 numpy frames."""
+    video = vae.decode(z).sample[0].clamp(-1, 1)
+    return ((video.permute(1, 2, 3, 0) + 1) / 2).numpy()
+
+
 class MissingWeights(FileNotFoundError):
     pass
 

@@ -27,17 +27,13 @@ import numpy as np
 import torch
 
 from . import models, world
+from .models import decode_frames, to_model_video
 
 CROP = 64
 
 
 def log(message: str) -> None:
     print(f"[pretrain] {message}", file=sys.stderr, flush=True)
-
-
-def to_model_video(frames_u8: np.ndarray) -> torch.Tensor:
-    """``[T, H, W, 3]`` uint8 -> ``[1, 3, T, H, W]`` in -1..1 (the VAE's input range)."""
-    return torch.from_numpy(frames_u8).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
 
 
 def world_pool(count: int, seed: int, bad_rate: float) -> list[world.WorldVideo]:
@@ -183,12 +179,6 @@ def vae_figures(vae, pool: list[world.WorldVideo]) -> dict:
                 hand_errors.append(hand.error)
     return {"reconstruction_mse": float(np.mean(errors)), "hand_error": float(np.mean(hand_errors)),
             "score_accuracy_on_reconstructions": correct / max(total, 1)}
-
-
-def decode_frames(vae, z: torch.Tensor) -> np.ndarray:
-    """Raw (unnormalised) latent -> ``[T, H, W, 3]`` float 0..1."""
-    video = vae.decode(z).sample[0].clamp(-1, 1)
-    return ((video.permute(1, 2, 3, 0) + 1) / 2).numpy()
 
 
 # ------------------------------------------------------------------------------------------------------ main

@@ -45,10 +45,8 @@ def condition(pipe, video: world.WorldVideo) -> torch.Tensor:
 def target_latent(pipe, video: world.WorldVideo, context: torch.Tensor) -> torch.Tensor:
     """``x0`` ``[1, 16, 1 + F, h, w]``: the reference image's latent (from the context, as sampling lays it out)
     in front of the video's normalised latent."""
-    from .pretrain import to_model_video
-
     vae = pipe.vae
-    z = vae.encode(to_model_video(video.frames())).latent_dist.mode()
+    z = vae.encode(models.to_model_video(video.frames())).latent_dist.mode()
     mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
     std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
     return torch.cat([context[:, :16, :1], (z - mean) / std], dim=2).float()
