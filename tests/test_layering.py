@@ -18,7 +18,7 @@ from conftest import REPO_ROOT
 CORE = REPO_ROOT / "ipa_train"
 HOST_MODULES = {"comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "server", "nodes", "execution", "latent_preview"}
 # A module may import modules of its own room and of rooms on a strictly lower level.
-LEVELS = {"demo": 4, "training": 3, "gallery": 3, "data": 2, "pose": 1, "wan": 1, "fileio": 0, "__init__": 0}
+LEVELS = {"demo": 5, "study": 4, "training": 3, "gallery": 3, "data": 2, "pose": 1, "wan": 1, "fileio": 0, "__init__": 0}
 # Top-level entry points (the command dispatcher and the ``python -m ipa_train.train`` alias) sit above every room.
 ENTRY_POINTS = {"__main__", "train", "plan"}
 

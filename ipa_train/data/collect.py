@@ -270,3 +270,37 @@ def store_candidates(
         meta.update(extra_meta or {})
         results.append(add_sample(dataset_dir, tensors, meta=meta, previews=previews, status=status, summary=summary))
     return CollectResult(dataset, results, count_statuses(read_manifest(dataset_dir)))
+
+
+def store_sampled(dataset_dir, sampled, pixel_masks, boxes, poses, status: str, settings: dict, prompt: str, source: str,
+                  meta: Optional[dict] = None, summary: Optional[dict] = None):
+    """One video sampled by ``wan.pipeline.sample`` -> one dataset sample, with the latent and VACE context its
+    transformer saw, bit for bit (the demo's and the method study's collector). ``meta`` and ``summary`` add
+    entries (e.g. the hand score) to the sample's metadata and its manifest line."""
+    from ..wan.latents import LATENT_CHANNELS, denormalize_latent
+
+    context = sampled.vace_context
+    raw_frames = torch.cat(
+        [denormalize_latent(context[:, :LATENT_CHANNELS]), denormalize_latent(context[:, LATENT_CHANNELS : 2 * LATENT_CHANNELS])], dim=1
+    )
+    candidate = Candidate(
+        latent=denormalize_latent(sampled.latent),  # the collector's input is ComfyUI's raw latent
+        trim_latent=sampled.ref_frames,
+        vace_frames=raw_frames,
+        vace_mask=context[:, 2 * LATENT_CHANNELS :],
+        vace_strength=1.0,
+        text_embedding=sampled.text_embedding,
+        frames=sampled.frames,
+        seed=sampled.seed,
+        sigmas=sampled.sigmas,
+        settings=settings,
+        source=source,
+    )
+    tensors, sample_meta, previews, sample_summary = candidate_to_sample(candidate, pixel_masks, boxes, prompt=prompt)
+    # The collector re-normalises ComfyUI's raw tensors; here the model-space tensors are at hand, so store them as
+    # they are (the round trip through raw space would move them by float rounding).
+    tensors.latent = sampled.latent[0].contiguous()
+    tensors.vace_context = context[0].contiguous()
+    sample_meta.update({"driving_pose": poses, **(meta or {})})
+    sample_summary.update(summary or {})
+    return add_sample(dataset_dir, tensors, meta=sample_meta, previews=previews, status=status, summary=sample_summary)

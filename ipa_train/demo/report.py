@@ -110,3 +110,45 @@ def hand_masks_sheet(control: torch.Tensor, pixel_masks: torch.Tensor, latent_ma
 
 def overlay(control: torch.Tensor, pixel_masks: torch.Tensor, boxes=None) -> torch.Tensor:
     return hand_mask_preview(pixel_masks, control, boxes)
+
+
+def hands_sheet(before: Sequence, after: Sequence, seeds: Sequence[int], trained: Sequence[bool], rates: dict, size: int = 40, scale: int = 2):
+    """Each hand at the middle frame, before and after the LoRA (``study.experiment.Sample`` pairs, same seeds),
+    outlined green when the hand score calls it good and red when bad; candidates (trained on) first, then the
+    held-out seeds. The title carries the good-hand rates."""
+    from PIL import Image, ImageDraw
+
+    from ..study import score, world
+
+    tile = size * scale
+    columns = []
+    for b, a, seed, was_trained in zip(before, after, seeds, trained):
+        t = b.video.frames_count // 2
+        for hand, entry in enumerate(score.glyph_templates(b.video)):
+            if entry is None:
+                continue
+            cx, cy = world.hand_points(b.video.poses()[t], world.HAND_KEYS[hand]).mean(axis=0)
+            x0 = int(np.clip(cx - size / 2, 0, b.video.width - size))
+            y0 = int(np.clip(cy - size / 2, 0, b.video.height - size))
+            columns.append((seed, was_trained, [(s.frames[t, y0:y0 + size, x0:x0 + size], s.score.hands[hand]) for s in (b, a)]))
+    header, label_w, gap = 34, 60, 6
+    sheet = Image.new("RGB", (label_w + len(columns) * (tile + 2) + gap, header + 2 * (tile + 2) + 16), (245, 245, 245))
+    draw = ImageDraw.Draw(sheet)
+    draw.text((4, 3), f"good-hand rate: candidates {rates['candidates_before']:.2f} -> {rates['candidates_after']:.2f}; "
+                      f"held-out seeds {rates['held_out_seeds_before']:.2f} -> {rates['held_out_seeds_after']:.2f} (green: good, red: bad)",
+              fill=(20, 20, 20))
+    for row, label in enumerate(("before", "after")):
+        draw.text((4, header + row * (tile + 2) + tile // 2 - 6), label, fill=(20, 20, 20))
+    x = label_w
+    for index, (seed, was_trained, pair) in enumerate(columns):
+        if index and was_trained != columns[index - 1][1]:
+            x += gap  # candidates | held-out seeds
+        for row, (pixels, hand_score) in enumerate(pair):
+            image = Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8)).resize((tile, tile), Image.Resampling.NEAREST)
+            top = header + row * (tile + 2)
+            sheet.paste(image, (x, top))
+            colour = PREFERRED_COLOUR if hand_score is not None and hand_score.good else REJECTED_COLOUR
+            draw.rectangle([x, top, x + tile - 1, top + tile - 1], outline=colour, width=2)
+        draw.text((x + 2, header + 2 * (tile + 2) + 2), f"{'' if was_trained else 'h '}{seed}", fill=(60, 60, 60))
+        x += tile + 2
+    return sheet

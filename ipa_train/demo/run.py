@@ -1,22 +1,22 @@
-"""``python -m ipa_train demo``: the whole IPA loop on an embedded tiny random-weight Wan2.1-VACE model, on CPU.
+"""``python -m ipa_train demo``: the whole IPA loop on the study world's small pretrained Wan2.1-VACE model, on CPU.
 
-1. Builds a tiny ``WanVACEPipeline`` (diffusers; random weights, no text encoder: a fixed random text embedding)
-   and saves its transformer as a single file in the original Wan layout (what ComfyUI users keep).
-2. Makes a synthetic pose sequence (a stick figure waving, ``synthetic.py``), renders it as the VACE control
-   video (``pose_render.py``, the OpenPose picture) and its hand masks (``hands.py``).
-3. Samples ``--candidates`` videos, seeds ``seed .. seed + N - 1``, recording what the transformer saw.
-4. Marks the ``--preferred`` candidates with the lowest *hand error* preferred and the rest rejected. The rule:
-   hand error = mean squared difference between a candidate's decoded frames and the control frames inside the
-   pixel hand masks (ties: lower seed first). It stands in for the human (or hand-score) judgement of the real
-   workflow: fixed, deterministic, and about hands.
-5. Writes the candidates in the dataset format (``dataset.py``: normalised latent, the 96-channel VACE context
-   and text embedding exactly as sampling used them, latent hand masks, previews).
+1. Loads the world's pretrained model (``ipa_train/study/weights``: a VACE transformer in the original Wan
+   single-file layout, what ComfyUI users keep, and a small Wan VAE) into diffusers' ``WanVACEPipeline``.
+2. Takes a dance the model never saw (``study.world``): its OpenPose control video, reference image and hand
+   masks (``pose.hands``).
+3. Samples ``--candidates`` videos (seeds ``seed ..``) and ``--eval-seeds`` more (seeds ``seed + 1000 ..``),
+   recording what the transformer saw.
+4. Marks the ``--preferred`` candidates with the best automatic hand score preferred and the rest rejected
+   (``study.score``: each hand compared with the ideal glyphs drawn at its keypoints; the stand-in for the
+   human curator of the real workflow).
+5. Writes the candidates in the dataset format (``data.dataset``: latent, VACE context and text embedding
+   exactly as sampling used them, latent hand masks, previews).
 6. Trains Flow-IPA with ``--nproc`` torchrun ranks (gloo on CPU) through the real ``python -m ipa_train.train``,
    reading its JSON events; the LoRA comes out in ComfyUI's native layout.
-7. Loads the LoRA into the pipeline and samples the same seeds again; measures the IPA gap of the trained LoRA
-   on the stored samples at fixed noise levels.
-8. Writes ``report/``: training curves, before/after frames, hand masks, ``metrics.json`` and the frames as
-   safetensors.
+7. Loads the LoRA into the pipeline and samples the same seeds again: the good-hand rate before and after, on
+   the candidates and on the held-out seeds; and the IPA gap of the LoRA on the stored samples.
+8. Writes ``report/``: training curves, hands before and after, before/after frames, hand masks,
+   ``metrics.json`` and the frames as safetensors.
 
 Progress goes to stderr; the summary of where everything went to stdout. Ctrl-C stops the training job
 gracefully (its ranks finish the step and write a checkpoint).
@@ -33,18 +33,17 @@ import signal
 import sys
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 MARKER = ".ipa-demo"  # marks a folder as this demo's output, so a re-run may clear it
 OWNED = ("model", "dataset", "training", "report")
 DATASET_NAME = "demo_hands"
 LORA_NAME = "ipa_demo"
-MODEL_FILE = "tiny_wan2.1_vace.safetensors"
-PROMPT = "a person waving, tiny random-weight demo"
+PROMPT = "a stick figure dancing (the study world)"
 EVAL_T = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 
@@ -60,16 +59,15 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m ipa_train demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="outputs/demo", help="output folder (default outputs/demo); a previous demo output there is replaced")
     parser.add_argument("--steps", type=int, default=40, help="training steps (default 40)")
-    parser.add_argument("--candidates", type=int, default=6, help="videos to sample (default 6)")
-    parser.add_argument("--preferred", type=int, default=None, help="how many become preferred (default: half the candidates)")
-    parser.add_argument("--seed", type=int, default=0, help="model, pose and first candidate seed (default 0)")
+    parser.add_argument("--candidates", type=int, default=8, help="videos to sample and curate (default 8)")
+    parser.add_argument("--preferred", type=int, default=None, help="how many become preferred (default: a quarter of the candidates)")
+    parser.add_argument("--eval-seeds", type=int, default=4, help="more seeds sampled before and after, not trained on (default 4)")
+    parser.add_argument("--seed", type=int, default=0, help="pose and first candidate seed (default 0)")
     parser.add_argument("--nproc", type=int, default=2, help="training processes under torchrun (default 2; 1 = plain python)")
-    parser.add_argument("--frames", type=int, default=9, help="video frames, 4k+1 (default 9)")
-    parser.add_argument("--width", type=int, default=64, help="video width, a multiple of 16 (default 64)")
-    parser.add_argument("--height", type=int, default=64, help="video height, a multiple of 16 (default 64)")
-    parser.add_argument("--sampling-steps", type=int, default=6, help="denoising steps per video (default 6)")
-    parser.add_argument("--learning-rate", type=float, default=2e-3, help="LoRA learning rate (default 2e-3)")
-    parser.add_argument("--rank", type=int, default=8, help="LoRA rank (default 8)")
+    parser.add_argument("--sampling-steps", type=int, default=12, help="denoising steps per video (default 12)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="LoRA learning rate (default 1e-3)")
+    parser.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
+    parser.add_argument("--weights", default=None, help="the world's weights folder (default: the shipped ipa_train/study/weights)")
     args = parser.parse_args(argv)
     check_args(args)
     return args
@@ -80,19 +78,15 @@ def check_args(args) -> None:
     if args.candidates < 2:
         problems.append(f"--candidates {args.candidates}: need at least 2 (some preferred, some rejected)")
     if args.preferred is None:
-        args.preferred = max(1, args.candidates // 2)
-    if not 1 <= args.preferred <= args.candidates:
-        problems.append(f"--preferred {args.preferred}: must be 1..{args.candidates} (the candidate count)")
+        args.preferred = max(1, args.candidates // 4)
+    if not 1 <= args.preferred < max(args.candidates, 2):
+        problems.append(f"--preferred {args.preferred}: must be 1..{max(args.candidates - 1, 1)} (fewer than the candidates: some are rejected)")
+    if args.eval_seeds < 0:
+        problems.append(f"--eval-seeds {args.eval_seeds}: must be >= 0")
     if args.steps < 1:
         problems.append(f"--steps {args.steps}: must be >= 1")
     if args.nproc < 1:
         problems.append(f"--nproc {args.nproc}: must be >= 1")
-    if args.frames < 5 or (args.frames - 1) % 4:
-        problems.append(f"--frames {args.frames}: Wan's video VAE needs 4k+1 frames, at least 5 (e.g. 9, 13, 17)")
-    for name in ("width", "height"):
-        value = getattr(args, name)
-        if value < 32 or value % 16:
-            problems.append(f"--{name} {value}: must be a multiple of 16, at least 32 (VAE x8 times the 2x2 patch)")
     if args.sampling_steps < 1:
         problems.append(f"--sampling-steps {args.sampling_steps}: must be >= 1")
     if not args.learning_rate > 0:
@@ -124,84 +118,32 @@ def prepare_output(path: Path) -> Path:
 # ----------------------------------------------------------------------------------------------- stages
 
 
-def hand_error(frames: torch.Tensor, control: torch.Tensor, pixel_masks: torch.Tensor) -> float:
-    """The preference rule's score: mean squared difference to the control frames inside the hand masks."""
-    weight = pixel_masks.float().unsqueeze(-1)
-    total = float(weight.sum()) * frames.shape[-1]
-    if total == 0:
-        return 0.0
-    return float(((frames.float() - control.float()).square() * weight).sum()) / total
-
-
-def choose_preferred(errors: list[float], count: int) -> list[bool]:
-    order = sorted(range(len(errors)), key=lambda i: (errors[i], i))
+def choose_preferred(candidates, count: int) -> list[bool]:
+    """The ``count`` best-handed candidates: most good hands first, then the lowest hand error, then the lower seed."""
+    order = sorted(range(len(candidates)), key=lambda i: (-candidates[i].score.good_hand_rate, candidates[i].score.hand_error, i))
     chosen = set(order[:count])
-    return [i in chosen for i in range(len(errors))]
-
-
-def store_sample(dataset_dir: Path, sampled, pixel_masks, boxes, poses, status: str, hand_err: float, settings: dict):
-    """One sampled video -> one dataset sample, with the latent and VACE context the transformer saw (bit for bit)."""
-    from ..data.collect import Candidate, candidate_to_sample
-    from ..data.dataset import add_sample
-    from ..wan.latents import LATENT_CHANNELS, denormalize_latent
-
-    context = sampled.vace_context
-    raw_frames = torch.cat(
-        [denormalize_latent(context[:, :LATENT_CHANNELS]), denormalize_latent(context[:, LATENT_CHANNELS : 2 * LATENT_CHANNELS])], dim=1
-    )
-    candidate = Candidate(
-        latent=denormalize_latent(sampled.latent),  # the collector's input is ComfyUI's raw latent
-        trim_latent=sampled.ref_frames,
-        vace_frames=raw_frames,
-        vace_mask=context[:, 2 * LATENT_CHANNELS :],
-        vace_strength=1.0,
-        text_embedding=sampled.text_embedding,
-        frames=sampled.frames,
-        seed=sampled.seed,
-        sigmas=sampled.sigmas,
-        settings=settings,
-        source="ipa_demo",
-    )
-    tensors, meta, previews, summary = candidate_to_sample(candidate, pixel_masks, boxes, prompt=PROMPT)
-    # The collector re-normalises ComfyUI's raw tensors; here the model-space tensors are at hand, so store them as
-    # they are (the round trip through raw space would move them by float rounding).
-    tensors.latent = sampled.latent[0].contiguous()
-    tensors.vace_context = context[0].contiguous()
-    meta.update({"driving_pose": poses, "hand_error": hand_err, "preference_rule": "lowest hand error (see ipa_train/demo/run.py)"})
-    summary["hand_error"] = round(hand_err, 6)
-    return add_sample(dataset_dir, tensors, meta=meta, previews=previews, status=status, summary=summary)
+    return [i in chosen for i in range(len(candidates))]
 
 
 def train_with_torchrun(run_json: Path, output_dir: Path, nproc: int) -> tuple[list[dict], dict, float]:
     """Runs ``python -m ipa_train.train --config run_json`` (under torchrun when ``nproc`` > 1) and relays its
     step events. Returns (step events, finished event, wall seconds)."""
-    from ..training import launcher
+    from ..training.launcher import run_cpu_job
 
-    command = launcher.build_command(run_json, processes=nproc)
-    env = launcher.build_env(gpus=(), processes=nproc)  # CPU: the demo's model is tiny; gloo between the ranks
-    env["OMP_NUM_THREADS"] = "1" if nproc > 1 else env.get("OMP_NUM_THREADS", str(max(1, os.cpu_count() or 1)))
-    output_dir.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    job = launcher.TrainingJob(command, env, cwd=launcher.PACKAGE_PARENT, log_path=output_dir / "train.log")
+    def relay(event):
+        if event["event"] == "started":
+            log(f"  trainer started: {event.get('world_size')} rank(s), {event.get('distributed')}, {event.get('samples')} preferred samples, "
+                f"{event.get('trainable_parameters')} LoRA parameters")
+        elif event["event"] == "step":
+            step, total = event["step"], event["total"]
+            if step == 1 or step == total or step % max(1, total // 8) == 0:
+                log(f"  step {step}/{total}: loss {event['loss']:.5f}, ipa_gap {event['ipa_gap']:+.3e}, {event['sec_per_step']:.2f} s/step")
+
     try:
-        while job.running():
-            for event in job.poll(0.5):
-                if event["event"] == "started":
-                    log(f"  trainer started: {event.get('world_size')} rank(s), {event.get('distributed')}, {event.get('samples')} preferred samples, "
-                        f"{event.get('trainable_parameters')} LoRA parameters")
-                elif event["event"] == "step":
-                    step, total = event["step"], event["total"]
-                    if step == 1 or step == total or step % max(1, total // 8) == 0:
-                        log(f"  step {step}/{total}: loss {event['loss']:.5f}, ipa_gap {event['ipa_gap']:+.3e}, {event['sec_per_step']:.2f} s/step")
+        outcome, seconds = run_cpu_job(run_json, output_dir, nproc, on_event=relay, threads=None if nproc > 1 else os.environ.get("OMP_NUM_THREADS"))
     except KeyboardInterrupt:
-        log("interrupted: stopping the trainer (its ranks finish the current step and write a checkpoint)")
-        job.stop(grace_s=60)
-        final = job.finish().final or {}
-        if final.get("event") == "stopped":
-            log(f"trainer stopped at step {final.get('step')}; checkpoint {final.get('checkpoint')} (continue with: {final.get('resume')})")
+        log("interrupted: the trainer was stopped (its ranks finish the current step and write a checkpoint)")
         raise
-    outcome = job.finish()
-    seconds = time.perf_counter() - started
     if outcome.status == "stopped":
         final = outcome.final or {}
         raise DemoError(f"training was stopped at step {final.get('step')} by a signal; its checkpoint is {final.get('checkpoint')} "
@@ -254,66 +196,64 @@ def evaluation_gaps(transformer, samples, hand_weight: float, load_adapter) -> d
 
 
 def run(args) -> dict[str, Any]:
+    from ..data.collect import store_sampled
     from ..data.dataset import create_dataset, load_sample, read_manifest
-    from .pipeline import build_tiny_pipeline, load_lora, random_text_embedding, sample, to_pil_frames
-    from .report import curves_image, frames_sheet, hand_masks_sheet, overlay
     from ..fileio import atomic_save_safetensors, atomic_write_json, read_safetensors_metadata
     from ..pose.hands import hand_boxes, latent_hand_mask, pose_to_hand_masks
-    from ..wan.fingerprint import diffusers_model_fingerprint
-    from ..wan.model import build_tiny_transformer, save_original_wan_single_file
-    from ..pose.render import render_pose_video
-    from ..pose.synthetic import synthetic_pose_sequence
+    from ..study import experiment, models
+    from ..wan.pipeline import load_lora
+    from .report import curves_image, frames_sheet, hand_masks_sheet, hands_sheet, overlay
 
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    out = prepare_output(Path(args.output))
-    W, H, T = args.width, args.height, args.frames
     stages = 7
 
-    # 1. the tiny pipeline, and its transformer as a ComfyUI-style single file for the trainer
-    log(f"[1/{stages}] tiny random-weight Wan2.1-VACE pipeline (diffusers WanVACEPipeline, seed {args.seed})")
-    transformer = build_tiny_transformer(args.seed)
-    pipe = build_tiny_pipeline(args.seed, transformer=transformer)
-    model_path = out / "model" / MODEL_FILE
-    model_path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="ComfyUI will not rebuild")  # the tiny test shape is diffusers-only
-        save_original_wan_single_file(transformer, model_path)
-    text = random_text_embedding(transformer.config.text_dim, seed=args.seed)
+    # 1. the pretrained world model (shipped weights)
+    weights = Path(args.weights) if args.weights else models.WEIGHTS
+    log(f"[1/{stages}] the study world's pretrained Wan2.1-VACE model ({weights}): diffusers WanVACEPipeline")
+    try:
+        w = experiment.load_world(weights)
+    except models.MissingWeights as exc:
+        raise DemoError(str(exc)) from exc
+    out = prepare_output(Path(args.output))
+    model_path = w.model_path
     timings["build"] = time.perf_counter() - clock
 
-    # 2. poses -> control video, reference image, hand masks
-    log(f"[2/{stages}] synthetic pose sequence: {T} frames at {W}x{H}, a stick figure waving; control video and hand masks")
-    poses = synthetic_pose_sequence(T, W, H, people=1, seed=args.seed)
-    control_u8 = render_pose_video(poses)  # [T, H, W, 3] uint8, the OpenPose picture VACE is driven by
-    control = torch.from_numpy(control_u8).float() / 255.0
+    # 2. a pose sequence the model never saw -> control video, reference image, hand masks
+    video = experiment.held_out_videos(experiment.CANDIDATE_POSES, 1, args.seed)[0]
+    W, H, T = video.width, video.height, video.frames_count
+    log(f"[2/{stages}] a held-out dance: {T} frames at {W}x{H} (pose seed {video.pose_seed}); control video and hand masks")
+    poses = video.poses()
+    control = torch.from_numpy(video.control()).float() / 255.0
     pixel_masks = pose_to_hand_masks(poses, W, H)
     boxes = hand_boxes(poses, W, H)
     latent_mask = latent_hand_mask(pixel_masks)
-    reference = to_pil_frames(0.5 + 0.5 * control[:1])[0]  # the first pose on grey: the VACE reference image
-    control_pil = to_pil_frames(control_u8)
-    log(f"  hand pixels {100 * float(pixel_masks.mean()):.1f}% of the video; latent hand mask {tuple(latent_mask.shape)}, "
-        f"{100 * float(latent_mask.mean()):.1f}% of latent cells")
 
-    # 3. candidates
+    # 3. candidates (seeds seed..), and held-out seeds for the good-hand rate
     seeds = [args.seed + i for i in range(args.candidates)]
-    log(f"[3/{stages}] sampling {len(seeds)} candidates (seeds {seeds[0]}..{seeds[-1]}, {args.sampling_steps} steps each)")
+    held_out = [args.seed + 1000 + i for i in range(args.eval_seeds)]
+    log(f"[3/{stages}] sampling {len(seeds)} candidates (seeds {seeds[0]}..{seeds[-1]}) and {len(held_out)} held-out seeds, "
+        f"{args.sampling_steps} steps each")
     clock = time.perf_counter()
-    sample_args = dict(width=W, height=H, frames=T, steps=args.sampling_steps)
-    before = [sample(pipe, control_pil, reference, text, seed, **sample_args) for seed in seeds]
+    before = [experiment.sample_world(w, video, seed, args.sampling_steps, keep=True) for seed in seeds]
+    before_held_out = [experiment.sample_world(w, video, seed, args.sampling_steps) for seed in held_out]
     timings["sample_before"] = time.perf_counter() - clock
-    errors_before = [hand_error(s.frames, control, pixel_masks) for s in before]
 
-    # 4. the preference rule, and 5. the dataset
-    preferred = choose_preferred(errors_before, args.preferred)
-    log(f"[4/{stages}] preference rule: the {args.preferred} lowest hand errors are preferred: "
-        + ", ".join(f"seed {s.seed} {e:.4f}{' *' if p else ''}" for s, e, p in zip(before, errors_before, preferred)))
+    # 4. the preference rule (the automatic hand score), and 5. the dataset
+    preferred = choose_preferred(before, args.preferred)
+    log(f"[4/{stages}] hand score: the {args.preferred} best-handed candidates are preferred: "
+        + ", ".join(f"seed {s.seed} {s.score.good_hand_rate:.1f} good, err {s.score.hand_error:.4f}{' *' if p else ''}" for s, p in zip(before, preferred)))
     dataset_dir = create_dataset(out / "dataset", DATASET_NAME)
-    settings = {"width": W, "height": H, "length": T, "steps": args.sampling_steps, "cfg": 1.0, "shift": 3.0, "vace_strength": 1.0,
-                "sampler": "flow-match euler (diffusers)", "model": MODEL_FILE, "base_fingerprint": diffusers_model_fingerprint(transformer)}
+    settings = {"width": W, "height": H, "length": T, "steps": args.sampling_steps, "cfg": 1.0, "shift": float(w.pipe.scheduler.config.shift),
+                "vace_strength": 1.0, "sampler": "flow-match euler (diffusers)", "model": model_path.name, "base_fingerprint": w.fingerprint}
     sample_ids = []
-    for sampled, good, err in zip(before, preferred, errors_before):
-        result = store_sample(dataset_dir, sampled, pixel_masks, boxes, poses, "preferred" if good else "rejected", err, settings)
+    for candidate, good in zip(before, preferred):
+        result = store_sampled(
+            dataset_dir, candidate.sampled, pixel_masks, boxes, poses, "preferred" if good else "rejected", settings, PROMPT, "ipa_demo",
+            meta={"hand_error": candidate.score.hand_error, "good_hand_rate": candidate.score.good_hand_rate,
+                  "preference_rule": "best hand score (ipa_train/study/score.py; see ipa_train/demo/run.py)"},
+            summary={"hand_error": round(candidate.score.hand_error, 6), "good_hand_rate": candidate.score.good_hand_rate},
+        )
         sample_ids.append(result.sample_id)
     counts = {status: sum(1 for e in read_manifest(dataset_dir) if e["status"] == status) for status in ("preferred", "rejected")}
     log(f"[5/{stages}] dataset {dataset_dir}: {counts['preferred']} preferred, {counts['rejected']} rejected")
@@ -341,44 +281,59 @@ def run(args) -> dict[str, Any]:
     lora_metadata: dict[str, str] = {}
 
     def load_adapter():
-        lora_metadata.update(load_lora(transformer, lora_path))
+        lora_metadata.update(load_lora(w.transformer, lora_path))
 
-    evaluation = evaluation_gaps(transformer, stored, run_config["hand_weight"], load_adapter)
-    after = [sample(pipe, control_pil, reference, text, seed, **sample_args) for seed in seeds]
+    evaluation = evaluation_gaps(w.transformer, stored, run_config["hand_weight"], load_adapter)
+    after = [experiment.sample_world(w, video, seed, args.sampling_steps) for seed in seeds]
+    after_held_out = [experiment.sample_world(w, video, seed, args.sampling_steps) for seed in held_out]
     timings["sample_after"] = time.perf_counter() - clock
-    errors_after = [hand_error(s.frames, control, pixel_masks) for s in after]
+    rates = {
+        "candidates_before": good_hand_rate(before), "candidates_after": good_hand_rate(after),
+        "held_out_seeds_before": good_hand_rate(before_held_out), "held_out_seeds_after": good_hand_rate(after_held_out),
+    }
+    log(f"  good-hand rate: candidates {rates['candidates_before']:.2f} -> {rates['candidates_after']:.2f}, "
+        f"held-out seeds {rates['held_out_seeds_before']:.2f} -> {rates['held_out_seeds_after']:.2f}")
 
     # report
     report = out / "report"
     picks = sorted({0, T // 2, T - 1})
     curves_path = report / "training_curves.png"
     frames_path = report / "before_after.png"
+    hands_path = report / "hands_before_after.png"
     masks_path = report / "hand_masks.png"
     tensors_path = report / "frames.safetensors"
     metrics_path = report / "metrics.json"
     report.mkdir(parents=True, exist_ok=True)
+    frames_of = lambda samples: [torch.from_numpy(s.frames) for s in samples]  # noqa: E731
     _save_png(curves_path, curves_image(history, f"Flow-IPA, {args.nproc} rank(s)", math.log(2)))
     labels = [f"seed {s.seed}" for s in before]
-    _save_png(frames_path, frames_sheet(overlay(control, pixel_masks, boxes), [s.frames for s in before], [s.frames for s in after], labels, preferred, picks, boxes))
+    _save_png(frames_path, frames_sheet(overlay(control, pixel_masks, boxes), frames_of(before), frames_of(after), labels, preferred, picks, boxes))
+    _save_png(hands_path, hands_sheet(before + before_held_out, after + after_held_out, [s.seed for s in before + before_held_out],
+                                      [True] * len(before) + [False] * len(before_held_out), rates))
     _save_png(masks_path, hand_masks_sheet(control, pixel_masks, latent_mask, boxes, list(range(T))))
     atomic_save_safetensors(tensors_path, {
-        "before": torch.stack([s.frames for s in before]).contiguous(),
-        "after": torch.stack([s.frames for s in after]).contiguous(),
+        "before": torch.stack(frames_of(before)).contiguous(),
+        "after": torch.stack(frames_of(after)).contiguous(),
         "control": control.contiguous(),
         "hand_masks": pixel_masks.float().contiguous(),
     }, {"seeds": json.dumps(seeds), "layout": "[candidate, frame, height, width, rgb] 0..1"})
 
     first, last = history[0], history[-1]
     metrics = {
-        "settings": {key: getattr(args, key) for key in ("steps", "candidates", "preferred", "seed", "nproc", "frames", "width", "height",
-                                                        "sampling_steps", "learning_rate", "rank")},
-        "preference_rule": "preferred = the N candidates with the lowest hand error: mean squared difference between the decoded "
-                           "frames and the control (pose) frames inside the pixel hand masks; ties by seed",
+        "settings": {key: getattr(args, key) for key in ("steps", "candidates", "preferred", "eval_seeds", "seed", "nproc", "sampling_steps",
+                                                        "learning_rate", "rank")},
+        "world": {"pose_seed": video.pose_seed, "body_color": video.body_color, "frames": T, "width": W, "height": H, "weights": str(weights)},
+        "preference_rule": "preferred = the N candidates with the best automatic hand score (most good hands, then the lowest hand "
+                           "error to the ideal glyphs at the pose's hand keypoints; ipa_train/study/score.py); ties by seed",
+        "good_hand_rate": rates,
         "candidates": [
-            {"seed": s.seed, "sample_id": sid, "status": "preferred" if good else "rejected", "hand_error_before": eb,
-             "hand_error_after": ea, "frames_mean_abs_change": float((a.frames - s.frames).abs().mean())}
-            for s, a, sid, good, eb, ea in zip(before, after, sample_ids, preferred, errors_before, errors_after)
+            {"seed": s.seed, "sample_id": sid, "status": "preferred" if good else "rejected", "hand_error_before": s.score.hand_error,
+             "hand_error_after": a.score.hand_error, "good_hand_rate_before": s.score.good_hand_rate, "good_hand_rate_after": a.score.good_hand_rate,
+             "frames_mean_abs_change": float(np.abs(a.frames - s.frames).mean())}
+            for s, a, sid, good in zip(before, after, sample_ids, preferred)
         ],
+        "held_out_seeds": [{"seed": s.seed, "good_hand_rate_before": s.score.good_hand_rate, "good_hand_rate_after": a.score.good_hand_rate}
+                           for s, a in zip(before_held_out, after_held_out)],
         "dataset": {"path": str(dataset_dir), "preferred": counts["preferred"], "rejected": counts["rejected"]},
         "training": {
             "world_size": args.nproc, "steps": len(history), "log2": math.log(2), "first_loss": first["loss"], "first_ipa_gap": first["ipa_gap"],
@@ -389,11 +344,16 @@ def run(args) -> dict[str, Any]:
         "evaluation": evaluation,
         "timings_s": {key: round(value, 3) for key, value in timings.items()},
         "files": {"model": str(model_path), "dataset": str(dataset_dir), "training": str(out / "training"), "lora": str(lora_path),
-                  "curves": str(curves_path), "before_after": str(frames_path), "hand_masks": str(masks_path), "frames": str(tensors_path),
-                  "metrics": str(metrics_path), "train_log": str(out / "training" / "train.log")},
+                  "curves": str(curves_path), "before_after": str(frames_path), "hands": str(hands_path), "hand_masks": str(masks_path),
+                  "frames": str(tensors_path), "metrics": str(metrics_path), "train_log": str(out / "training" / "train.log")},
     }
     atomic_write_json(metrics_path, metrics)
     return metrics
+
+
+def good_hand_rate(samples) -> float:
+    hands = [h for s in samples for h in s.score.hands if h is not None]
+    return sum(h.good for h in hands) / len(hands) if hands else float("nan")
 
 
 def _save_png(path: Path, image) -> Path:
@@ -414,11 +374,14 @@ def summary_text(metrics: dict[str, Any], seconds: float) -> str:
         f"-> {training['final_loss']:.4f}, ipa_gap {training['first_ipa_gap']:+.2e} -> {training['final_ipa_gap']:+.2e}",
         f"  IPA gap of the LoRA on the stored samples (mean over t = {evaluation['t']}): "
         + ", ".join(f"{status} {evaluation[f'ipa_gap_{status}']:+.3e}" for status in ("preferred", "rejected") if f"ipa_gap_{status}" in evaluation),
-        f"  base model (tiny, original Wan layout): {files['model']}",
+        f"  good-hand rate: candidates {metrics['good_hand_rate']['candidates_before']:.2f} -> {metrics['good_hand_rate']['candidates_after']:.2f}, "
+        f"held-out seeds {metrics['good_hand_rate']['held_out_seeds_before']:.2f} -> {metrics['good_hand_rate']['held_out_seeds_after']:.2f}",
+        f"  base model (the study world's, original Wan layout): {files['model']}",
         f"  dataset ({metrics['dataset']['preferred']} preferred, {metrics['dataset']['rejected']} rejected): {files['dataset']}",
         f"  LoRA (ComfyUI native layout): {files['lora']}",
         f"  training run (run.json, checkpoints, train.log): {files['training']}",
         f"  training curves: {files['curves']}",
+        f"  hands before/after: {files['hands']}",
         f"  before/after frames: {files['before_after']}",
         f"  hand masks: {files['hand_masks']}",
         f"  metrics: {files['metrics']}",

@@ -77,6 +77,20 @@ def _flat(points: np.ndarray, width: int, height: int, normalized: bool) -> list
     return [round(float(v), 4) for v in out.reshape(-1)]
 
 
+def _standing_body(cx: float, top: float, u: float) -> np.ndarray:
+    """The 18 body points of a figure standing at ``cx`` with its head top at ``top``; the arms are set later."""
+    body = np.zeros((18, 2))
+    body[0] = (cx, top + 0.08 * u)
+    body[1] = (cx, top + 0.18 * u)
+    body[[14, 15, 16, 17]] = [(cx - 0.03 * u, top + 0.06 * u), (cx + 0.03 * u, top + 0.06 * u),
+                              (cx - 0.06 * u, top + 0.08 * u), (cx + 0.06 * u, top + 0.08 * u)]
+    body[[2, 5]] = [(cx - 0.12 * u, top + 0.2 * u), (cx + 0.12 * u, top + 0.2 * u)]
+    body[[8, 11]] = [(cx - 0.07 * u, top + 0.55 * u), (cx + 0.07 * u, top + 0.55 * u)]
+    body[[9, 12]] = [(cx - 0.08 * u, top + 0.75 * u), (cx + 0.08 * u, top + 0.75 * u)]
+    body[[10, 13]] = [(cx - 0.09 * u, top + 0.95 * u), (cx + 0.09 * u, top + 0.95 * u)]
+    return body
+
+
 def synthetic_pose_sequence(frames: int, width: int, height: int, people: int = 1, seed: int = 0, normalized: bool = False) -> list[dict]:
     """Stick figures whose hands move (one waves, one swings), one ``POSE_KEYPOINT`` dict per frame."""
     if frames < 1 or width < 16 or height < 16 or people < 0:
@@ -104,15 +118,7 @@ def synthetic_pose_sequence(frames: int, width: int, height: int, people: int = 
             u, top = q["u"], q["top"]
             cx = q["cx"] + q["sway"] * math.sin(2 * math.pi * 0.3 * tau + q["phase"])
             wave = math.sin(2 * math.pi * q["wave_hz"] * tau + q["phase"])
-            body = np.zeros((18, 2))
-            body[0] = (cx, top + 0.08 * u)
-            body[1] = (cx, top + 0.18 * u)
-            body[[14, 15, 16, 17]] = [(cx - 0.03 * u, top + 0.06 * u), (cx + 0.03 * u, top + 0.06 * u),
-                                      (cx - 0.06 * u, top + 0.08 * u), (cx + 0.06 * u, top + 0.08 * u)]
-            body[[2, 5]] = [(cx - 0.12 * u, top + 0.2 * u), (cx + 0.12 * u, top + 0.2 * u)]
-            body[[8, 11]] = [(cx - 0.07 * u, top + 0.55 * u), (cx + 0.07 * u, top + 0.55 * u)]
-            body[[9, 12]] = [(cx - 0.08 * u, top + 0.75 * u), (cx + 0.08 * u, top + 0.75 * u)]
-            body[[10, 13]] = [(cx - 0.09 * u, top + 0.95 * u), (cx + 0.09 * u, top + 0.95 * u)]
+            body = _standing_body(cx, top, u)
             hands = {}
             for shoulder, elbow, wrist, side in ((2, 3, 4, 1.0), (5, 6, 7, -1.0)):
                 # Image x grows to the person's left; side +1 is the person's right arm (image left).
@@ -135,6 +141,77 @@ def synthetic_pose_sequence(frames: int, width: int, height: int, people: int = 
                 "hand_right_keypoints_2d": _flat(hands["hand_right_keypoints_2d"], width, height, normalized),
             })
         sequence.append({"people": people_out, "canvas_width": int(width), "canvas_height": int(height)})
+    return sequence
+
+
+MOTIONS = ("wave", "raise", "circle", "swing")
+
+
+def _arm_angles(motion: str, phase: float, leading: bool) -> tuple[float, float]:
+    """(upper arm, forearm) elevation in degrees: 0 points straight out from the body, +90 up, -90 down."""
+    s, c = math.sin(phase), math.cos(phase)
+    if motion == "wave":
+        return (45.0, 90.0 + 35.0 * s) if leading else (-70.0 + 10.0 * s, -55.0 + 15.0 * s)
+    if motion == "raise":  # both arms lift from the hips to above the head and back
+        upper = -20.0 + 65.0 * s
+        return upper, upper + 35.0
+    if motion == "circle":  # arms rotate, the second half a turn behind
+        upper = 50.0 * (s if leading else -s)
+        return upper, upper + 40.0 * (c if leading else -c)
+    if motion == "swing":  # arms swing up and down in opposition
+        upper = 40.0 * (s if leading else -s)
+        return upper, upper + 25.0
+    raise ValueError(f"unknown motion {motion!r}; choose one of {', '.join(MOTIONS)}")
+
+
+def dance_pose_sequence(
+    frames: int, width: int, height: int, seed: int = 0, motion: Optional[str] = None, hand_scale: float = 1.0,
+    size: Optional[float] = None,
+) -> list[dict]:
+    """One dancing stick figure in the ``POSE_KEYPOINT`` layout, per frame: a motion from ``MOTIONS`` (random by
+    ``seed`` unless given), a random body size (``size`` in 0..1 of the largest that fits, random 0.75..1 unless
+    given), tempo, phase and position. ``hand_scale`` draws the hands larger than life (the method study's world
+    wants hands that span several latent cells)."""
+    if frames < 1 or width < 16 or height < 16:
+        raise ValueError(f"need frames >= 1 and width/height >= 16; got {frames}, {width}x{height}")
+    if not hand_scale > 0:
+        raise ValueError(f"hand_scale must be > 0, got {hand_scale}")
+    rng = np.random.default_rng(seed)
+    motion = motion if motion is not None else MOTIONS[int(rng.integers(len(MOTIONS)))]
+    _arm_angles(motion, 0.0, True)  # an unknown motion fails here, before any drawing
+    size = float(rng.uniform(0.75, 1.0)) if size is None else float(size)
+    # Framed from the knees up: the arms' full reach (shoulder to fingertip) fits the canvas, the feet may not.
+    reach = 0.29 + 0.11 * hand_scale
+    u = size * min(0.47 * width / (0.12 + reach), 0.95 * height / (reach - 0.2 + 0.75))
+    cx = width / 2 + rng.uniform(-1, 1) * max(0.0, 0.5 * width - (0.12 + reach) * u)
+    top = (reach - 0.2) * u + rng.uniform(0.01, 0.04) * height
+    phase0, hz = rng.uniform(0, 2 * math.pi), rng.uniform(0.8, 1.6)
+    leading_side = 1.0 if rng.random() < 0.5 else -1.0  # +1: the person's right arm (image left) leads
+    sway = rng.uniform(0.0, 0.04) * u
+    sequence = []
+    for t in range(frames):
+        phase = 2 * math.pi * hz * t / FPS + phase0
+        x = cx + sway * math.sin(phase / 2)
+        body = _standing_body(x, top, u)
+        hands = {}
+        for shoulder, elbow, wrist, side in ((2, 3, 4, 1.0), (5, 6, 7, -1.0)):
+            outward = -side  # image x: the person's right arm (side +1) reaches to the image left
+            upper_deg, fore_deg = _arm_angles(motion, phase, side == leading_side)
+            upper = math.atan2(-math.sin(math.radians(upper_deg)), outward * math.cos(math.radians(upper_deg)))
+            fore = math.atan2(-math.sin(math.radians(fore_deg)), outward * math.cos(math.radians(fore_deg)))
+            body[elbow] = body[shoulder] + 0.15 * u * _unit(upper)
+            body[wrist] = body[elbow] + 0.14 * u * _unit(fore)
+            key = "hand_right_keypoints_2d" if side > 0 else "hand_left_keypoints_2d"
+            hands[key] = _hand(body[wrist], fore, outward, u * hand_scale, math.radians(8.0))
+        sequence.append({
+            "people": [{
+                "pose_keypoints_2d": _flat(body, width, height, False),
+                "face_keypoints_2d": _flat(_face(body[0], u), width, height, False),
+                "hand_left_keypoints_2d": _flat(hands["hand_left_keypoints_2d"], width, height, False),
+                "hand_right_keypoints_2d": _flat(hands["hand_right_keypoints_2d"], width, height, False),
+            }],
+            "canvas_width": int(width), "canvas_height": int(height),
+        })
     return sequence
 
 

@@ -361,6 +361,32 @@ class TrainingJob:
 # ----------------------------------------------------------------------------------------------- run folders
 
 
+def run_cpu_job(run_json: os.PathLike | str, output_dir: os.PathLike | str, processes: int, on_event=None,
+                threads: Optional[int] = None) -> tuple[JobOutcome, float]:
+    """Runs ``python -m ipa_train.train --config run_json`` on CPU (under torchrun when ``processes`` > 1, gloo
+    between the ranks) to its end, handing each event to ``on_event``; ``train.log`` goes to ``output_dir``.
+    Ctrl-C stops the job gracefully (its ranks finish the step and write a checkpoint) and is raised again.
+    Returns the outcome and the wall seconds. The demo's and the method study's launcher."""
+    command = build_command(Path(run_json), processes=processes)
+    env = build_env(gpus=(), processes=processes)
+    # Several ranks on few cores: one thread each (more only adds synchronisation).
+    env["OMP_NUM_THREADS"] = str(threads or (1 if processes > 1 else max(1, os.cpu_count() or 1)))
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    job = TrainingJob(command, env, cwd=PACKAGE_PARENT, log_path=Path(output_dir) / "train.log")
+    try:
+        while job.running():
+            for event in job.poll(0.5):
+                if on_event is not None:
+                    on_event(event)
+    except KeyboardInterrupt:
+        job.stop(grace_s=60)
+        job.finish()
+        raise
+    outcome = job.finish()
+    return outcome, time.perf_counter() - started
+
+
 def _remove(path: Path) -> None:
     try:
         path.unlink()

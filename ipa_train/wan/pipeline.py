@@ -1,10 +1,12 @@
-"""The demo's tiny random-weight Wan2.1-VACE pipeline: diffusers' ``WanVACEPipeline`` with the tiny VACE transformer
-(``model.TINY_VACE_CONFIG``) and a tiny ``AutoencoderKLWan``, no text encoder (fixed random text embeddings go in
-as ``prompt_embeds``; nothing is downloaded).
+"""The sampling path shared by the demo and the method study: diffusers' ``WanVACEPipeline``.
 
-:func:`sample` runs the real pipeline call and records what its transformer saw: the 96-channel VACE context
-and the text embedding (a forward pre-hook), and the final, untrimmed latent (the step-end callback). Those are
-stored in the dataset as they are, so the trainer's reference model gets exactly the inputs sampling used.
+:func:`build_tiny_pipeline` makes the demo's tiny random-weight pipeline (the transformer of
+``model.TINY_VACE_CONFIG``, a tiny ``AutoencoderKLWan``, no text encoder: fixed random text embeddings go in as
+``prompt_embeds``; nothing is downloaded). :func:`sample` runs a real pipeline call and records what its
+transformer saw: the 96-channel VACE context and the text embedding (a forward pre-hook), and the final,
+untrimmed latent (the step-end callback). Those are stored in the dataset as they are, so the trainer's
+reference model gets exactly the inputs sampling used. :func:`load_lora` puts a trained LoRA file on the
+pipeline's transformer with peft.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def build_tiny_pipeline(seed: int = 0, transformer=None):
     unless given), a flow-matching Euler scheduler and no tokenizer or text encoder."""
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanVACEPipeline
 
-    from ..wan.model import build_tiny_transformer
+    from .model import build_tiny_transformer
 
     if transformer is None:
         transformer = build_tiny_transformer(seed)
@@ -136,7 +138,7 @@ def load_lora(transformer, path, adapter_name: str = "ipa") -> dict[str, str]:
     (``alpha / rank`` per module); returns the file's metadata."""
     from peft import LoraConfig, set_peft_model_state_dict
 
-    from ..wan.lora_io import load_lora_for_peft, peft_config_kwargs
+    from .lora_io import load_lora_for_peft, peft_config_kwargs
 
     state, alphas, metadata = load_lora_for_peft(path)
     transformer.add_adapter(LoraConfig(**peft_config_kwargs(state, alphas)), adapter_name=adapter_name)
