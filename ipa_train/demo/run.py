@@ -119,9 +119,10 @@ def prepare_output(path: Path) -> Path:
 
 
 def choose_preferred(candidates, count: int) -> list[bool]:
-    """The ``count`` best-handed candidates: most good hands first, then the lowest hand error, then the lower seed."""
-    order = sorted(range(len(candidates)), key=lambda i: (-candidates[i].score.good_hand_rate, candidates[i].score.hand_error, i))
-    chosen = set(order[:count])
+    """The ``count`` best-handed candidates (``study.experiment.best_handed_first``)."""
+    from ..study.experiment import best_handed_first
+
+    chosen = set(best_handed_first(candidates)[:count])
     return [i in chosen for i in range(len(candidates))]
 
 
@@ -138,6 +139,8 @@ def train_with_torchrun(run_json: Path, output_dir: Path, nproc: int) -> tuple[l
             step, total = event["step"], event["total"]
             if step == 1 or step == total or step % max(1, total // 8) == 0:
                 log(f"  step {step}/{total}: loss {event['loss']:.5f}, ipa_gap {event['ipa_gap']:+.3e}, {event['sec_per_step']:.2f} s/step")
+        elif event["event"] == "stopped":
+            log(f"trainer stopped at step {event.get('step')}; checkpoint {event.get('checkpoint')} (continue with: {event.get('resume')})")
 
     try:
         outcome, seconds = run_cpu_job(run_json, output_dir, nproc, on_event=relay, threads=None if nproc > 1 else os.environ.get("OMP_NUM_THREADS"))
@@ -244,8 +247,7 @@ def run(args) -> dict[str, Any]:
     log(f"[4/{stages}] hand score: the {args.preferred} best-handed candidates are preferred: "
         + ", ".join(f"seed {s.seed} {s.score.good_hand_rate:.1f} good, err {s.score.hand_error:.4f}{' *' if p else ''}" for s, p in zip(before, preferred)))
     dataset_dir = create_dataset(out / "dataset", DATASET_NAME)
-    settings = {"width": W, "height": H, "length": T, "steps": args.sampling_steps, "cfg": 1.0, "shift": float(w.pipe.scheduler.config.shift),
-                "vace_strength": 1.0, "sampler": "flow-match euler (diffusers)", "model": model_path.name, "base_fingerprint": w.fingerprint}
+    settings = experiment.sampling_settings(w, video, args.sampling_steps)
     sample_ids = []
     for candidate, good in zip(before, preferred):
         result = store_sampled(
@@ -288,8 +290,8 @@ def run(args) -> dict[str, Any]:
     after_held_out = [experiment.sample_world(w, video, seed, args.sampling_steps) for seed in held_out]
     timings["sample_after"] = time.perf_counter() - clock
     rates = {
-        "candidates_before": good_hand_rate(before), "candidates_after": good_hand_rate(after),
-        "held_out_seeds_before": good_hand_rate(before_held_out), "held_out_seeds_after": good_hand_rate(after_held_out),
+        "candidates_before": experiment.good_hand_rate(before), "candidates_after": experiment.good_hand_rate(after),
+        "held_out_seeds_before": experiment.good_hand_rate(before_held_out), "held_out_seeds_after": experiment.good_hand_rate(after_held_out),
     }
     log(f"  good-hand rate: candidates {rates['candidates_before']:.2f} -> {rates['candidates_after']:.2f}, "
         f"held-out seeds {rates['held_out_seeds_before']:.2f} -> {rates['held_out_seeds_after']:.2f}")
@@ -349,11 +351,6 @@ def run(args) -> dict[str, Any]:
     }
     atomic_write_json(metrics_path, metrics)
     return metrics
-
-
-def good_hand_rate(samples) -> float:
-    hands = [h for s in samples for h in s.score.hands if h is not None]
-    return sum(h.good for h in hands) / len(hands) if hands else float("nan")
 
 
 def _save_png(path: Path, image) -> Path:

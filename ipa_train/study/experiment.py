@@ -82,6 +82,24 @@ def sample_world(w: World, video: world.WorldVideo, seed: int, steps: int = SAMP
     return Sample(video, seed, frames, score.score_video(frames, video, w.pipe.vae), sampled if keep else None)
 
 
+def best_handed_first(samples: list[Sample]) -> list[int]:
+    """Indices of ``samples`` by hand score: most good hands first, then the lowest hand error, then the index."""
+    return sorted(range(len(samples)), key=lambda i: (-samples[i].score.good_hand_rate, samples[i].score.hand_error, i))
+
+
+def good_hand_rate(samples: list[Sample]) -> float:
+    """The good share of all hands of ``samples`` that are in the frame (NaN when there is none)."""
+    hands = [h.good for s in samples for h in s.score.hands if h is not None]
+    return float(np.mean(hands)) if hands else float("nan")
+
+
+def sampling_settings(w: World, video: world.WorldVideo, steps: int) -> dict:
+    """The sampler settings a dataset sample records (what the trainer checks the base model against)."""
+    return {"width": video.width, "height": video.height, "length": video.frames_count, "steps": steps, "cfg": 1.0,
+            "shift": float(w.pipe.scheduler.config.shift), "vace_strength": 1.0, "sampler": "flow-match euler (diffusers)",
+            "model": w.model_path.name, "base_fingerprint": w.fingerprint}
+
+
 def prompt_of(video: world.WorldVideo) -> str:
     """One prompt per pose sequence: DPO pairs a preferred sample with rejected ones of the same prompt."""
     return f"study world, pose sequence {video.pose_seed}"
@@ -98,13 +116,10 @@ def collect(w: World, videos: list[world.WorldVideo], per_pose: int, seed: int, 
 
     started = time.perf_counter()
     candidates = [sample_world(w, video, seed + k, steps, keep=True) for video in videos for k in range(per_pose)]
-    ranked = sorted((c for c in candidates if c.score.good_hand_rate > 0),
-                    key=lambda c: (-c.score.good_hand_rate, c.score.hand_error))
+    ranked = [candidates[i] for i in best_handed_first(candidates) if candidates[i].score.good_hand_rate > 0]
     chosen = {id(c) for c in ranked[:keep]}
     dataset_dir = create_dataset(dataset_dir.parent, dataset_dir.name)
-    settings = {"width": videos[0].width, "height": videos[0].height, "length": videos[0].frames_count, "steps": steps, "cfg": 1.0,
-                "shift": float(w.pipe.scheduler.config.shift), "vace_strength": 1.0, "sampler": "flow-match euler (diffusers)",
-                "model": w.model_path.name, "base_fingerprint": w.fingerprint}
+    settings = sampling_settings(w, videos[0], steps)
     for candidate in candidates:
         status = "preferred" if id(candidate) in chosen else ("rejected" if candidate.score.good_hand_rate == 0 else "pending")
         poses = candidate.video.poses()
@@ -170,7 +185,7 @@ def metrics(samples: list[Sample], base: list[Sample], seeds_per_pose: int) -> d
     own = float(np.mean([diversity(g) for g in groups]))
     hands = [h for s in samples for h in s.score.hands if h is not None]
     return {
-        "good_hand_rate": float(np.mean([h.good for h in hands])),
+        "good_hand_rate": good_hand_rate(samples),
         "hand_error": float(np.mean([h.error for h in hands])),
         "drift": float(np.mean(drift)),
         "diversity": own,

@@ -90,10 +90,10 @@ def _through(vae, frames_u8: np.ndarray) -> np.ndarray:
         return frames_u8.astype(np.float32) / 255.0
     import torch
 
+    from .models import decode_frames, to_model_video
+
     with torch.no_grad():
-        video = torch.from_numpy(frames_u8).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
-        decoded = vae.decode(vae.encode(video).latent_dist.mode()).sample[0].clamp(-1, 1)
-    return ((decoded.permute(1, 2, 3, 0) + 1) / 2).numpy()
+        return decode_frames(vae, vae.encode(to_model_video(frames_u8)).latent_dist.mode())
 
 
 def hand_region_masks(video: world.WorldVideo) -> np.ndarray:

@@ -381,7 +381,9 @@ def run_cpu_job(run_json: os.PathLike | str, output_dir: os.PathLike | str, proc
                     on_event(event)
     except KeyboardInterrupt:
         job.stop(grace_s=60)
-        job.finish()
+        final = job.finish().final
+        if on_event is not None and final is not None:
+            on_event(final)  # the "stopped" event: its step, checkpoint and resume command
         raise
     outcome = job.finish()
     return outcome, time.perf_counter() - started
