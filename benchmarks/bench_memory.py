@@ -78,7 +78,7 @@ def _warm_imports() -> None:
     import peft  # noqa: F401
     from diffusers import WanVACETransformer3DModel  # noqa: F401
 
-    from ipa_train.training.plan import RunShape, Settings, describe_model, predict
+    from ipa_train.memory.plan import RunShape, Settings, describe_model, predict
 
     predict(describe_model("tiny"), RunShape(3, 4, 6, rank=4, device="cpu"), Settings())
 
@@ -89,7 +89,7 @@ def _warm_imports() -> None:
 def exact_bytes() -> None:
     from torch import nn
 
-    from ipa_train.training.plan import RunShape, Settings, describe_model, lora_params, weight_bytes
+    from ipa_train.memory.plan import RunShape, Settings, describe_model, lora_params, weight_bytes
 
     run = RunShape.from_pixels(81, 480, 832)
     print("## 1. Exact bytes (real configs on the meta device)")
@@ -110,7 +110,7 @@ def exact_bytes() -> None:
 
 
 def predictions() -> None:
-    from ipa_train.training.plan import GIB as G, PlanError, RunShape, Settings, choose, describe_model, predict
+    from ipa_train.memory.plan import GIB as G, PlanError, RunShape, Settings, choose, describe_model, predict
 
     run = RunShape.from_pixels(81, 480, 832)
     print("\n## 2. Planner: 480x832, 81 frames (+1 reference frame: 34,320 tokens), batch 1, rank 128, IPA, bf16 autocast")
@@ -195,7 +195,7 @@ def child_load(model_file: str, precision: str) -> dict:
 def child_train(dataset: str, model_file: str, out: str, settings: dict, device: str) -> dict:
     import torch
 
-    from ipa_train.training.config import RunConfig
+    from ipa_train.jobs.config import RunConfig
     from ipa_train.training.distributed import Dist, Events
     from ipa_train.training.loop import Trainer
 

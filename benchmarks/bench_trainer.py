@@ -62,7 +62,7 @@ def run_variant(variant: str, size: str, steps: int, warmup: int) -> dict:
 
     from ipa_train.data import dataset as ds
     from ipa_train.training import lora as lora_setup
-    from ipa_train.training.config import RunConfig
+    from ipa_train.jobs.config import RunConfig
     from ipa_train.training.loss import flow_ipa_loss, flow_sft_loss
     from ipa_train.wan.model import build_tiny_transformer
     from ipa_train.training.batching import collate

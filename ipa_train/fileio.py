@@ -14,9 +14,10 @@ import re
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
-import torch
+if TYPE_CHECKING:  # torch is imported where tensors are handled: the job's host side (ipa_train.jobs) runs without it
+    import torch
 
 TEMP_SUFFIX = ".tmp"  # temporary files are ".<target name>.<random>.tmp" beside their target
 
@@ -232,12 +233,15 @@ def install_keeping_previous(source: os.PathLike | str, target: os.PathLike | st
     return kept
 
 
-# safetensors dtype names -> torch dtypes (the ones a model file may hold)
-_SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
-}
+def safetensors_dtypes() -> dict[str, "torch.dtype"]:
+    """safetensors dtype names -> torch dtypes (the ones a model file may hold)."""
+    import torch
+
+    return {
+        "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+        "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+        "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+    }
 
 
 def iter_safetensors(path: os.PathLike | str, keys: Optional[list[str]] = None):
@@ -249,6 +253,9 @@ def iter_safetensors(path: os.PathLike | str, keys: Optional[list[str]] = None):
     in fp8 must never hold the 32 GiB bf16 file in memory."""
     import struct
 
+    import torch
+
+    dtypes = safetensors_dtypes()
     path = Path(path)
     with open(path, "rb") as handle:
         head = handle.read(8)
@@ -262,7 +269,7 @@ def iter_safetensors(path: os.PathLike | str, keys: Optional[list[str]] = None):
         start = 8 + length
         for key in (keys if keys is not None else [k for k in header if k != "__metadata__"]):
             entry = header[key]
-            dtype = _SAFETENSORS_DTYPES.get(entry["dtype"])
+            dtype = dtypes.get(entry["dtype"])
             if dtype is None:
                 raise ValueError(f"{path}: tensor {key} has dtype {entry['dtype']}, which this reader does not know")
             begin, end = entry["data_offsets"]

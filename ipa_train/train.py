@@ -16,7 +16,7 @@ try:
 except Exception as _import_failure:  # e.g. a broken torch or torchvision: still an error event, with its root cause
     if __name__ != "__main__":
         raise
-    from .training.failures import report_startup_failure
+    from .jobs.failures import report_startup_failure
 
     sys.exit(report_startup_failure(_import_failure))
 

@@ -18,7 +18,7 @@ from ipa_train.data import dataset as ds
 from ipa_train.fileio import FileReadError, atomic_write_json, load_safetensors, read_json, validate_name
 from ipa_train.training import checkpoint_files as cf
 from ipa_train.training import objective
-from ipa_train.training.config import INTEGER_KEYS, NUMBER_RANGES, ConfigError, RunConfig
+from ipa_train.jobs.config import INTEGER_KEYS, NUMBER_RANGES, ConfigError, RunConfig
 from ipa_train.training.loop import clean_output_dir
 from ipa_train.wan.lora_io import LoraFileError, read_lora_file, save_comfy_lora
 from ipa_train.wan.model import ModelLoadError, build_tiny_transformer, load_transformer, save_original_wan_single_file

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from ipa_train.training import failures, launcher, rank_guard
-from ipa_train.training.launcher import TrainingJob, build_command, build_env
+from ipa_train.jobs.launcher import TrainingJob, build_command, build_env
 
 from trainer_helpers import REPO_ROOT, make_dataset, process_gone, subprocess_env, tiny_config
 
@@ -248,7 +248,7 @@ def test_a_stop_signal_reaches_each_process_once(tmp_path):
     import time
     import uuid
 
-    from ipa_train.training.process_tree import ProcessTree
+    from ipa_train.jobs.process_tree import ProcessTree
 
     counts = tmp_path / "counts"
     code = (

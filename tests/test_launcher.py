@@ -1,4 +1,4 @@
-"""ipa_train.training.launcher without ComfyUI: settings, environment, event parsing, a real subprocess following the
+"""ipa_train.jobs.launcher without ComfyUI: settings, environment, event parsing, a real subprocess following the
 trainer contract (fake trainer), graceful cancel that leaves no process group behind, failure reporting."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ipa_train.training import launcher
-from ipa_train.training.launcher import LaunchError, TrainingJob, build_command, build_env, parse_event, parse_gpus
+from ipa_train.jobs.launcher import LaunchError, TrainingJob, build_command, build_env, parse_event, parse_gpus
 
 from trainer_helpers import process_gone
 

@@ -9,7 +9,7 @@ import torch
 
 from ipa_train.fileio import load_safetensors
 from ipa_train.training import lora
-from ipa_train.training.config import ConfigError
+from ipa_train.jobs.config import ConfigError
 from ipa_train.training.distributed import Dist, Events
 from ipa_train.training.loop import Trainer
 from ipa_train.wan.frozen_linear import FrozenLinear, dequantize, quantize_block_linears, quantize_fp8
@@ -140,7 +140,7 @@ def test_swap_schedule_prefetches_in_pass_order_and_keeps_two_blocks(tmp_path):
     run VACE 0, 1 then blocks 0, 1, 2; the backward recomputes blocks 2, 1, 0 then VACE 1, 0. Each block is fetched
     by the one before it (prefetch), a pass's first block when it starts, and released when the block after the
     next one starts."""
-    from ipa_train.training.block_swap import BlockSwapper
+    from ipa_train.memory.block_swap import BlockSwapper
 
     data = make_dataset(tmp_path / "ds", preferred=1)
     moves = []
@@ -176,7 +176,7 @@ def test_offload_keeps_what_the_planner_counts(tmp_path, monkeypatch):
     """The planner's checkpoint term equals the bytes activation offload moves to host memory in one step (the tiny
     model, VACE blocks trained: every block input, plus the text embedding and timestep projection it counts apart)."""
     from ipa_train.training import activation_offload
-    from ipa_train.training.plan import RunShape, Settings, describe_model, predict
+    from ipa_train.memory.plan import RunShape, Settings, describe_model, predict
 
     monkeypatch.setattr(activation_offload, "MIN_OFFLOAD_BYTES", 0)
     data = make_dataset(tmp_path / "ds", preferred=1)
@@ -236,7 +236,7 @@ def test_modes_that_cannot_be_honoured_are_refused_before_any_weight_loads(tmp_p
 
 
 def test_budget_picks_the_cheapest_settings_that_fit(tmp_path):
-    from ipa_train.training.plan import GIB, RunShape, Settings, choose, describe_model, predict
+    from ipa_train.memory.plan import GIB, RunShape, Settings, choose, describe_model, predict
 
     spec = describe_model("wan2.1-vace-1.3b")
     run = RunShape.from_pixels(81, 480, 832)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ipa_train.training import lora
-from ipa_train.training.plan import GIB, RunShape, Settings, describe_model, lora_params, predict, weight_bytes
+from ipa_train.memory.plan import GIB, RunShape, Settings, describe_model, lora_params, predict, weight_bytes
 from ipa_train.wan.model import empty_transformer, shipped_config
 
 from trainer_helpers import REPO_ROOT, subprocess_env
@@ -71,7 +71,7 @@ def test_each_mode_lowers_the_prediction_and_dpo_doubles_the_batch():
 
 
 def test_plan_command_prints_json_and_refuses_clearly(tmp_path, capsys):
-    from ipa_train.training.plan import main
+    from ipa_train.memory.plan import main
 
     done = subprocess.run([sys.executable, "-m", "ipa_train.plan", "--model", "wan2.1-vace-14b", "--base-precision", "fp8",
                            "--blocks-to-swap", "40", "--activation-offload", "--json"],

@@ -9,7 +9,7 @@ import torch
 
 from ipa_train import train as trainer
 from ipa_train.data import dataset as ds
-from ipa_train.training.config import ConfigError, InitLora, RunConfig, parse_init_lora
+from ipa_train.jobs.config import ConfigError, InitLora, RunConfig, parse_init_lora
 from ipa_train.training.reference_check import ReferenceMismatch
 from ipa_train.wan.fingerprint import (
     diffusers_model_fingerprint, lora_group_digest, native_lora_patch_digests, weights_fingerprint,

@@ -57,7 +57,7 @@ def _trainer(comfy, dataset, load=False, **overrides):
     import copy
 
     from comfyui_ipa_pack.nodes.paths import dataset_root
-    from ipa_train.training.config import RunConfig
+    from ipa_train.jobs.config import RunConfig
     from ipa_train.training.distributed import Dist, Events
     from ipa_train.training.loop import Trainer
     from ipa_train.wan.model import load_transformer

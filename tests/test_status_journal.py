@@ -15,7 +15,7 @@ from gallery_fixture import tiny_tensors
 from ipa_train.data import dataset as ds
 from ipa_train.data import journal
 from ipa_train.training.batching import load_training_data
-from ipa_train.training.config import RunConfig
+from ipa_train.jobs.config import RunConfig
 
 
 def make(tmp_path, count=4, name="d"):

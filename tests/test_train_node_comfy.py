@@ -79,7 +79,7 @@ def test_train_node_runs_reports_progress_and_saves(host, monkeypatch):
     log = (run_dirs[0] / "train.log").read_text()
     started = json.loads(next(line[9:] for line in log.splitlines() if '"started"' in line))
     assert started["env_cuda"] == "" and started["alloc"] is None 
-    from comfyui_ipa_pack.ipa_train.training.launcher import PACKAGE_PARENT
+    from comfyui_ipa_pack.ipa_train.jobs.launcher import PACKAGE_PARENT
 
     assert started["pythonpath"] == os.pathsep.join([PACKAGE_PARENT, FAKE])  # nothing of ComfyUI's path inherited
     # retraining the same name: the newest is what a workflow loading ipa/hands_lora.safetensors gets, and the
@@ -289,7 +289,7 @@ def test_train_node_refuses_the_impossible_before_anything(host, monkeypatch):
     """Non-finite numbers, bad LoRA names and several GPUs on Windows: refused before ComfyUI's models are unloaded
     and before a run folder exists."""
     from comfyui_ipa_pack.ipa_train.training import launcher
-    from comfyui_ipa_pack.ipa_train.training.process_tree import Platform
+    from comfyui_ipa_pack.ipa_train.jobs.process_tree import Platform
     from comfyui_ipa_pack.nodes import train_lora
 
     unloaded = []
@@ -312,7 +312,7 @@ def test_train_node_refuses_the_impossible_before_anything(host, monkeypatch):
 
 def test_node_widgets_stay_inside_the_trainers_ranges(host):
     """The node can never offer a number the trainer refuses."""
-    from comfyui_ipa_pack.ipa_train.training.config import NUMBER_RANGES
+    from comfyui_ipa_pack.ipa_train.jobs.config import NUMBER_RANGES
     from comfyui_ipa_pack.nodes.train_lora import IPATrainLoRA
 
     for spec in IPATrainLoRA.define_schema().inputs:

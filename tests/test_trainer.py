@@ -11,7 +11,7 @@ import torch
 
 from ipa_train.training import lora
 from ipa_train import train as trainer
-from ipa_train.training.config import ConfigError, RunConfig
+from ipa_train.jobs.config import ConfigError, RunConfig
 from ipa_train.data.dataset import DatasetError
 from ipa_train.fileio import load_safetensors, read_safetensors_metadata
 from ipa_train.wan.model import build_tiny_transformer

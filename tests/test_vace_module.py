@@ -72,7 +72,7 @@ def test_fp8_module_and_fp8_mode_with_a_split_pair(full, tmp_path):
     base_precision fp8 quantises both files while they stream in; the planner reads the same pair from the headers."""
     from fp8_layouts import write_fp8_file
 
-    from ipa_train.training.plan import describe_model
+    from ipa_train.memory.plan import describe_model
     from ipa_train.wan.frozen_linear import FrozenLinear
 
     folder, model, path = full

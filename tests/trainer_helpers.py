@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ipa_train.data import dataset as ds
-from ipa_train.training.config import RunConfig
+from ipa_train.jobs.config import RunConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..pose.hands import hand_mask_preview
-from ..training.launcher import loss_plot
+from ..jobs.launcher import loss_plot
 
 LABEL_WIDTH = 150
 PREFERRED_COLOUR = (40, 190, 80)

@@ -129,7 +129,7 @@ def choose_preferred(candidates, count: int) -> list[bool]:
 def train_with_torchrun(run_json: Path, output_dir: Path, nproc: int) -> tuple[list[dict], dict, float]:
     """Runs ``python -m ipa_train.train --config run_json`` (under torchrun when ``nproc`` > 1) and relays its
     step events. Returns (step events, finished event, wall seconds)."""
-    from ..training.launcher import run_cpu_job
+    from ..jobs.launcher import run_cpu_job
 
     def relay(event):
         if event["event"] == "started":

@@ -3,7 +3,7 @@ the pack's trainer, and evaluation on held-out poses and seeds.
 
 Every stage uses the pack's own code: sampling is ``wan.pipeline.sample`` (diffusers' ``WanVACEPipeline``), the
 dataset is written by ``data.collect.store_sampled``, training is ``python -m ipa_train.train`` in a subprocess
-(``training.launcher.run_cpu_job``) on the pretrained transformer file, and the LoRA goes back onto the
+(``jobs.launcher.run_cpu_job``) on the pretrained transformer file, and the LoRA goes back onto the
 pipeline with ``wan.pipeline.load_lora``.
 """
 
@@ -138,7 +138,7 @@ def train(w: World, dataset_dir: Path, run_dir: Path, objective: str, steps: int
           hand_weight: float = 10.0, rank: int = 16, learning_rate: float = 1e-3, batch_size: int = 2, processes: int = 1) -> Path:
     """One LoRA with the pack's trainer (``python -m ipa_train.train``); returns the LoRA file."""
     from ..fileio import atomic_write_json
-    from ..training.launcher import run_cpu_job
+    from ..jobs.launcher import run_cpu_job
 
     config = {"dataset": str(dataset_dir), "base_model": str(w.model_path), "output_dir": str(run_dir), "lora_name": run_dir.name,
               "objective": objective, "beta": beta, "hand_weight": hand_weight, "rank": rank, "learning_rate": learning_rate,

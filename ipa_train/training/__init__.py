@@ -1,7 +1,7 @@
-"""Training: the run config (``config``), the launcher the node uses (``launcher``), the objectives (``loss``),
-LoRA set-up (``lora``, ``model_setup``), and the trainer in parts: ``distributed``, ``batching``, ``objective``,
-``checkpoints`` (+ ``checkpoint_files``), ``loop`` and its command line ``cli`` (``python -m ipa_train.train``); and the
-job's processes: ``process_tree`` (groups and kill, per platform), ``rank_guard`` (a rank ends itself when its launcher
-is gone), ``elastic_run`` (torchrun recording failed ranks) and ``failures`` (root causes, the rank that died).
+"""The rank side of training: what runs in each trainer process. Objectives (``loss``), LoRA set-up (``lora``,
+``model_setup``), and the trainer in parts: ``distributed``, ``batching``, ``objective``, ``memory_setup`` (the
+planned memory modes applied), ``checkpoints``, ``reference_check``, ``loop`` and its command line ``cli``
+(``python -m ipa_train.train``); ``elastic_run`` is torchrun recording failed ranks (it runs in torchrun's agent,
+with torch).
 
-Uses ``data`` and ``wan``; nothing below it imports from here."""
+Uses ``jobs`` (the run config and the launcher contract), ``memory``, ``data`` and ``wan``."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ..data.dataset import DatasetError, SampleTensors, dataset_fingerprint, load_preferred, load_sample, read_manifest, validate_sample_tensors
-from .config import RunConfig
+from ..jobs.config import RunConfig
 from .distributed import Dist
 
 

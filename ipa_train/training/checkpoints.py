@@ -20,11 +20,12 @@ import torch
 from .. import __version__
 from ..fileio import FileReadError, atomic_save_safetensors, atomic_write_json, load_safetensors, read_json
 from . import lora as lora_setup
-from .checkpoint_files import (
+from ..jobs.checkpoint_files import (
     ADAPTER_FILE, CHECKPOINTS_DIR, OPTIMIZER_JSON, OPTIMIZER_TENSORS, SCHEDULER_JSON, STAGING_PREFIX, STATE_FILE,
     checkpoint_problem, complete_checkpoints, pick_checkpoint, prune_checkpoints, replace_checkpoint, write_listing,
 )
-from .config import RunConfig
+from ..jobs.config import RunConfig
+from ..wan.lora_targets import target_regex
 from .distributed import Dist, full_tensor
 
 log = logging.getLogger("ipa_train.train")
@@ -202,7 +203,7 @@ def lora_metadata(config: RunConfig, step: int, base_fingerprint: str, dataset_s
         "ipa.rank": str(c.rank),
         "ipa.alpha": str(c.effective_alpha),
         "ipa.targets": json.dumps(c.targets),
-        "ipa.target_regex": lora_setup.target_regex(c.targets),
+        "ipa.target_regex": target_regex(c.targets),
         "ipa.steps": str(step),
         "ipa.learning_rate": str(c.learning_rate),
         "ipa.base_model": Path(c.base_model).name,

@@ -28,11 +28,12 @@ import torch.distributed as dist
 from ..data.dataset import DatasetError
 from ..fileio import read_json
 from . import lora as lora_setup
-from . import rank_guard
+from ..jobs import rank_guard
 from .checkpoints import STATE_FILE, TrainingError, find_checkpoint
-from .config import ConfigError, RunConfig
+from ..jobs.config import ConfigError, RunConfig
 from .distributed import Dist, Events, setup_distributed
-from .failures import hint_for, root_cause
+from ..jobs.failures import hint_for, root_cause
+from ..wan.lora_targets import TARGET_NAMES
 from .loop import Trainer
 
 EXIT_OK = 0
@@ -67,7 +68,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--gradient-checkpointing", dest="gradient_checkpointing", action="store_true", default=None)
     parser.add_argument("--activation-offload", dest="activation_offload", action="store_true", default=None,
                         help="keep the checkpointed block inputs in host memory between forward and backward")
-    parser.add_argument("--targets", nargs="+", default=None, help="LoRA targets: " + " ".join(lora_setup.TARGET_NAMES))
+    parser.add_argument("--targets", nargs="+", default=None, help="LoRA targets: " + " ".join(TARGET_NAMES))
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=JSON", help="override any config key, value as JSON")
     parser.add_argument("--dump-replicas", metavar="DIR", help="debugging: every rank writes its LoRA weights after every step to DIR")
     return parser.parse_args(argv)

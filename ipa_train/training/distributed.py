@@ -58,7 +58,7 @@ def process_group_backend(device_type: str, os_name: Optional[str] = None) -> st
     if device_type != "cuda":
         return "gloo"
     if (os.name if os_name is None else os_name) == "nt":
-        from .config import ConfigError
+        from ..jobs.config import ConfigError
 
         raise ConfigError("several GPUs need NCCL, which PyTorch does not provide on Windows: train on one GPU "
                           "(python -m ipa_train.train, no torchrun), or under WSL2 or Linux for several")

@@ -16,7 +16,7 @@ import os
 import sys
 from typing import Optional
 
-from .failures import EXIT_STOPPED, FAILURES_ENV, RankFailure, signal_name, stopped_exit_status
+from ..jobs.failures import EXIT_STOPPED, FAILURES_ENV, RankFailure, signal_name, stopped_exit_status
 
 
 def _write_failures(path: str, failures: list[RankFailure]) -> None:

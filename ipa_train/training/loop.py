@@ -21,13 +21,13 @@ from ..fileio import atomic_save_safetensors
 from ..wan.model import storage_summary
 from . import lora as lora_setup
 from .batching import Sampler, load_training_data, seed_for
-from .checkpoint_files import CHECKPOINTS_DIR, recover_checkpoints
+from ..jobs.checkpoint_files import CHECKPOINTS_DIR, recover_checkpoints
 from .checkpoints import (
     TrainingError, find_checkpoint, load_training_state, lora_metadata, optimizer_state_api, write_checkpoint,
 )
-from .config import ConfigError, RunConfig
+from ..jobs.config import ConfigError, RunConfig
 from .distributed import Dist, Events, full_tensor, peak_memory_gb, reduce_metrics, setup_distributed
-from .memory import MemoryModes, compute_dtype, plan_memory
+from .memory_setup import MemoryModes, compute_dtype, plan_memory
 from .model_setup import gathered_adapter, prepare_model, save_comfy_lora, shard_fsdp2
 from .objective import Objective
 from .reference_check import check_recorded_patches
@@ -103,7 +103,7 @@ class Trainer:
         # honoured are refused here, before any weight loads.
         spec = None
         if model is not None:
-            from .plan import describe_config
+            from ..memory.plan import describe_config
 
             spec = describe_config(dict(model.config), "model")
         config, self.memory_plan = plan_memory(config, self.data, dist_info, spec)

@@ -12,7 +12,7 @@ from typing import Any, Optional
 import torch
 
 from . import lora as lora_setup
-from .config import ConfigError, RunConfig
+from ..jobs.config import ConfigError, RunConfig
 from .distributed import Dist
 
 

@@ -14,7 +14,7 @@ import torch
 
 from . import lora as lora_setup
 from .batching import Batch, Sampler, TrainingData, collate, sample_t
-from .config import RunConfig
+from ..jobs.config import RunConfig
 from .distributed import Dist
 from .loss import flow_dpo_loss, flow_ipa_loss, flow_sft_loss
 

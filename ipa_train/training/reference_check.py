@@ -25,7 +25,7 @@ from typing import Iterable, Optional
 
 from ..wan.fingerprint import lora_group_digest, native_lora_patch_digests
 from .batching import TrainingData
-from .config import ConfigError, InitLora, RunConfig
+from ..jobs.config import ConfigError, InitLora, RunConfig
 
 OUTSIDE_SOURCES = ("outside_video",)
 # Patch kinds the trainer cannot reproduce, with what they usually come from.

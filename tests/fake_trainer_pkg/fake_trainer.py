@@ -39,7 +39,7 @@ def main():
     config = json.loads(Path(args.config).read_text())
     mode = config.get("fake_mode") or os.environ.get("IPA_FAKE_TRAINER_MODE", "ok")
     if mode == "broken_import":  # what the real trainer reports when torchvision breaks diffusers' imports
-        from ipa_train.training.failures import report_startup_failure
+        from ipa_train.jobs.failures import report_startup_failure
 
         try:
             try:

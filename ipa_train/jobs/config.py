@@ -233,7 +233,7 @@ class RunConfig:
             self.targets = [self.targets]
         if not isinstance(self.targets, list) or not self.targets or not all(isinstance(t, str) for t in self.targets):
             fail("targets", "must be a non-empty list of target names")
-        from .lora import target_regex  # validates the names (clear error for unknown ones)
+        from ..wan.lora_targets import target_regex  # validates the names (clear error for unknown ones)
 
         try:
             target_regex(self.targets)

@@ -256,7 +256,7 @@ class MemoryPlan:
 
 def lora_block_regex(targets, vace: bool) -> Optional[str]:
     """The LoRA target regex relative to one block (``attn1\\.to_[qkv]``), or None when that block type has none."""
-    from .lora import TARGET_GROUPS
+    from ..wan.lora_targets import TARGET_GROUPS
 
     targets = list(targets)
     if vace and "vace_blocks" not in targets:
@@ -267,7 +267,7 @@ def lora_block_regex(targets, vace: bool) -> Optional[str]:
 
 def lora_params(spec: ModelSpec, run: RunShape) -> int:
     """Trained LoRA elements: rank x (in + out) for every linear the run's target regex matches (peft full-matches)."""
-    from .lora import target_regex
+    from ..wan.lora_targets import target_regex
 
     pattern = re.compile(target_regex(run.targets))
     return sum(run.rank * (i + o) for name, (i, o) in spec.linears.items() if pattern.fullmatch(name))
@@ -483,7 +483,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     import argparse
     import sys
 
-    from .lora import TARGET_NAMES
+    from ..wan.lora_targets import TARGET_NAMES
 
     parser = argparse.ArgumentParser(prog="python -m ipa_train.plan", description=(
         "Predicts the peak GPU memory of an IPA training run before anything is loaded, with its breakdown. "

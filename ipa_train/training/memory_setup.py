@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import torch
 
-from .config import ConfigError, RunConfig
+from ..jobs.config import ConfigError, RunConfig
 from .distributed import Dist
 
 log = logging.getLogger("ipa_train.train")
@@ -43,7 +43,7 @@ def _init_lora_params(config: RunConfig) -> int:
 
 
 def run_shape(config: RunConfig, data, dist_info: Dist):
-    from .plan import RunShape
+    from ..memory.plan import RunShape
 
     samples = [tensors for _, tensors, _ in data.preferred + data.rejected]
     largest = max(samples, key=lambda t: t.latent[0].numel())
@@ -67,7 +67,7 @@ def host_memory_available() -> Optional[int]:
 def plan_memory(config: RunConfig, data, dist_info: Dist, model_spec=None) -> tuple[RunConfig, Any]:
     """(the config with the settings to use, the ``MemoryPlan``). Raises ``ConfigError`` before any weight loads."""
     from ..wan.frozen_linear import fp8_cast_problem
-    from .plan import GIB, PlanError, Settings, choose, describe_model
+    from ..memory.plan import GIB, PlanError, Settings, choose, describe_model
 
     if model_spec is None and config.base_model != "tiny" and not Path(config.base_model).exists():
         raise ConfigError(f"base_model {config.base_model} does not exist; give a Wan2.1-VACE .safetensors file, a diffusers "
@@ -113,7 +113,7 @@ class MemoryModes:
     def prepare_layers(self, model) -> None:
         """Before the adapters: the swapped blocks' linears become ``FrozenLinear`` (peft then wraps those)."""
         if self.config.blocks_to_swap:
-            from .block_swap import prepare_swap_layers
+            from ..memory.block_swap import prepare_swap_layers
 
             try:
                 self.swapped = prepare_swap_layers(model, self.config.blocks_to_swap, self.dtype)
@@ -124,7 +124,7 @@ class MemoryModes:
         """diffusers' per-block checkpointing function: ours keeps the checkpoint inputs in host memory."""
         if not self.config.activation_offload:
             return None
-        from .activation_offload import ActivationOffload
+        from ..memory.activation_offload import ActivationOffload
 
         self.offload = ActivationOffload(self.device)
         return self.offload
@@ -132,7 +132,7 @@ class MemoryModes:
     def attach(self, model) -> None:
         """Before ``model.to(device)``: swapped weights go to (pinned) host memory and get their fetch hooks."""
         if self.swapped:
-            from .block_swap import BlockSwapper
+            from ..memory.block_swap import BlockSwapper
 
             self.swapper = BlockSwapper(model, self.swapped, self.device)
 

@@ -278,7 +278,7 @@ class TrainingJob:
             from ..fileio import atomic_write_json
 
             self.stop_file.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.stop_file, {"requested_at": time.time(), "by": "ipa_train.training.launcher"})
+            atomic_write_json(self.stop_file, {"requested_at": time.time(), "by": "ipa_train.jobs.launcher"})
         else:
             self._send_stop_signal()
 
