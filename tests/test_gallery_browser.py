@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gallery_fixture import add_driving_poses, make_dataset, skin_detector
-from ipa_train.data import dataset as ds
+from ipa_train.data.manifest import read_manifest
 from ipa_train.gallery.api import create_app
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +89,7 @@ def browser():
 
 
 def statuses_on_disk(dataset_dir: Path) -> dict[str, str]:
-    return {entry["id"]: entry["status"] for entry in ds.read_manifest(dataset_dir)}
+    return {entry["id"]: entry["status"] for entry in read_manifest(dataset_dir)}
 
 
 def wait_for_disk(dataset_dir: Path, expected: dict[str, str], timeout: float = 10.0) -> dict[str, str]:
@@ -260,7 +260,7 @@ def test_score_hands_button_shows_progress_scores_tiles_and_explains_missing_wei
         go.set()
         page.wait_for_function("() => document.querySelector('.ipa-score-btn').textContent === 'Score hands'")
         page.wait_for_function("() => [...document.querySelectorAll('.ipa-score')].filter(e => e.textContent !== 'hand –').length === 3")
-        on_disk = {e["id"]: e.get("hand_score") for e in ds.read_manifest(dataset_dir)}
+        on_disk = {e["id"]: e.get("hand_score") for e in read_manifest(dataset_dir)}
         assert on_disk[ids[0]] > 0.9 and on_disk[ids[1]] < 0.2 and on_disk[ids[3]] is None
         shown = page.eval_on_selector_all(".ipa-card", "cards => Object.fromEntries(cards.map(c => [c.dataset.id, c.querySelector('.ipa-score').textContent]))")
         assert shown[ids[0]] == f"hand {on_disk[ids[0]]:.2f}" and shown[ids[3]] == "hand –"

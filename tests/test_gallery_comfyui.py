@@ -21,7 +21,7 @@ from conftest import comfyui_path, requires_comfyui
 from gallery_fixture import add_driving_poses, make_dataset
 from gallery_layout import check_page_layout, make_large_dataset
 from tiny_dwpose_models import build_weights
-from ipa_train.data import dataset as ds
+from ipa_train.data.manifest import read_manifest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("IPA_CHROMIUM", "/usr/bin/chromium")
@@ -147,7 +147,7 @@ def test_routes_and_sidebar_gallery_in_comfyui(comfyui):
             page.keyboard.press("r")  # ComfyUI binds R to "refresh node definitions": the gallery keeps it
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
-                on_disk = {e["id"]: e["status"] for e in ds.read_manifest(dataset_dir)}
+                on_disk = {e["id"]: e["status"] for e in read_manifest(dataset_dir)}
                 if on_disk[first] == "preferred" and on_disk[second] == "rejected":
                     break
                 time.sleep(0.1)
@@ -166,7 +166,7 @@ def test_routes_and_sidebar_gallery_in_comfyui(comfyui):
             target = page.eval_on_selector(".ipa-overlay .ipa-card[data-status='pending']", "c => c.dataset.id")
             page.click(f".ipa-overlay .ipa-card[data-id='{target}'] .ipa-act-rejected")
             deadline = time.monotonic() + 10
-            while {e["id"]: e["status"] for e in ds.read_manifest(scale_dir)}[target] != "rejected":
+            while {e["id"]: e["status"] for e in read_manifest(scale_dir)}[target] != "rejected":
                 assert time.monotonic() < deadline, "the tile's Rejected button did not reach the dataset"
                 time.sleep(0.1)
             page.keyboard.press("Escape")

@@ -28,7 +28,10 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from .dataset import AddResult, SampleTensors, add_sample, count_statuses, create_dataset, read_manifest
+from .manifest import read_manifest
+from .marks import count_statuses
+from .samples import AddResult, add_sample, create_dataset
+from .tensors import SampleTensors
 from .previews import animated_webp, boxes_from_masks, hand_closeup_webp, preview_scale, scale_boxes
 from ..wan.latents import normalize_latent, text_length, vace_context_from_conditioning
 
@@ -134,7 +137,7 @@ def candidate_to_sample(
     preview_max_side: int = 512,
     driving_pose: Optional[list[dict]] = None,
 ) -> tuple[SampleTensors, dict[str, Any], dict[str, bytes], dict[str, Any]]:
-    """Returns ``(tensors, meta, previews, summary)`` for :func:`ipa_train.data.dataset.add_sample`.
+    """Returns ``(tensors, meta, previews, summary)`` for :func:`ipa_train.data.samples.add_sample`.
 
     ``pixel_hand_masks``: ``[T, H, W]`` masks of the video frames (from DWPose keypoints or a MASK), or ``None``
     for "no hands". ``hand_boxes``: per video frame, a list of ``[x0, y0, x1, y1]`` in video pixels (from the
