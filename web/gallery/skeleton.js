@@ -70,7 +70,6 @@ export function buildDom(g) {
     scoreInfo,
     toast,
   );
-  root.replaceChildren(panel);
 
   return { datasetSelect, filterBar, sortSelect, sizeSelect, pagerText, prevButton, nextButton, selectionBar, grid, empty, toast, help, detail, scoreButton, scoreProgress, scoreInfo, closeButton, panel };
 }
