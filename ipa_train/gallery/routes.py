@@ -17,8 +17,8 @@ Routes (``prefix`` is ``/ipa``)::
     DELETE /ipa/datasets/{name}/hand_scores              cancel the running job
 
 Listing reads only the manifest (``data.manifest_cache``: parsed once per manifest version, with the status
-journal's new lines applied as they come), never tensors or meta files. A mark appends one journal line: its cost does not grow with
-the dataset.
+journal's new lines applied as they come), never tensors or meta files. A mark appends one journal line: its cost
+does not grow with the dataset.
 """
 
 from __future__ import annotations
