@@ -31,20 +31,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 
-from ipa_train.data import dataset as ds  # noqa: E402
+from ipa_train.data.layout import MANIFEST, SAMPLES_DIR, STATUSES, manifest_lock, utc_now  # noqa: E402
+from ipa_train.data.manifest import read_manifest  # noqa: E402
+from ipa_train.data.manifest_cache import sort_entries  # noqa: E402
+from ipa_train.data.marks import append_statuses, count_statuses  # noqa: E402
+from ipa_train.data.samples import create_dataset  # noqa: E402
 from ipa_train.fileio import atomic_write_text  # noqa: E402
-from ipa_train.gallery.api import _sorted, create_app  # noqa: E402
+from ipa_train.gallery.api import create_app  # noqa: E402
 
 
 def build(root: Path, count: int, name: str = "bench") -> Path:
-    path = ds.create_dataset(root, name)
+    path = create_dataset(root, name)
     rng = random.Random(0)
     lines = []
     for index in range(count):
         sample_id = f"{index:016x}"
         entry = {
             "id": sample_id,
-            "status": rng.choices(ds.STATUSES, weights=(90, 3, 7))[0],
+            "status": rng.choices(STATUSES, weights=(90, 3, 7))[0],
             "created": f"2026-01-01T00:{index // 6000 % 60:02d}:{index // 100 % 60:02d}.{index % 1000:03d}+00:00",
             "updated": "2026-01-01T00:00:00.000+00:00",
             "content_hash": f"{index:064x}",
@@ -55,22 +59,22 @@ def build(root: Path, count: int, name: str = "bench") -> Path:
         if index % 3:
             entry["hand_score"] = round(rng.random(), 4)
         lines.append(json.dumps(entry) + "\n")
-        folder = path / ds.SAMPLES_DIR / sample_id
+        folder = path / SAMPLES_DIR / sample_id
         folder.mkdir()
         (folder / "preview.webp").write_bytes(b"RIFF\x00\x00\x00\x00WEBP")
-    (path / ds.MANIFEST).write_text("".join(lines))
+    (path / MANIFEST).write_text("".join(lines))
     return path
 
 
 def baseline_page(path: Path, status: str, sort: str, offset: int, limit: int) -> list:
-    entries = ds.read_manifest(path)
-    ds.count_statuses(entries)
+    entries = read_manifest(path)
+    count_statuses(entries)
     view = [e for e in entries if status == "all" or e["status"] == status]
-    return _sorted(view, sort, True)[offset : offset + limit]
+    return sort_entries(view, sort, True)[offset : offset + limit]
 
 
 async def run(path: Path, root: Path, repeats: int, limit: int) -> None:
-    count = len(ds.read_manifest(path))
+    count = len(read_manifest(path))
     rng = random.Random(1)
 
     times = []
@@ -110,7 +114,7 @@ async def run(path: Path, root: Path, repeats: int, limit: int) -> None:
             datasets.append(time.perf_counter() - start)
         print(f"dataset list with counts (warm):                             {statistics.median(datasets) * 1e3:8.2f} ms median")
 
-        ids = [e["id"] for e in ds.read_manifest(path)]
+        ids = [e["id"] for e in read_manifest(path)]
         marks, after = [], []
         for _ in range(max(3, repeats // 5)):
             start = time.perf_counter()
@@ -129,13 +133,13 @@ async def run(path: Path, root: Path, repeats: int, limit: int) -> None:
 def rewrite_mark(path: Path, statuses: dict[str, str]) -> None:
     """The baseline: a mark as dataset format 1 stored it (the former ``set_statuses``): under the lock, parse the
     whole manifest, change the entries, rewrite the whole file atomically."""
-    with ds._lock(path):
-        entries = ds.read_manifest(path)
+    with manifest_lock(path):
+        entries = read_manifest(path)
         by_id = {entry["id"]: entry for entry in entries}
-        now = ds._now()
+        now = utc_now()
         for sample_id, status in statuses.items():
             by_id[sample_id].update(status=status, updated=now)
-        atomic_write_text(path / ds.MANIFEST, "".join(json.dumps(entry) + "\n" for entry in entries))
+        atomic_write_text(path / MANIFEST, "".join(json.dumps(entry) + "\n" for entry in entries))
 
 
 async def run_marking(sizes: list[int], repeats: int) -> None:
@@ -148,7 +152,7 @@ async def run_marking(sizes: list[int], repeats: int) -> None:
             rng = random.Random(count)
             ids = [f"{index:016x}" for index in range(count)]
             rewrite, append, post = [], [], []
-            marks = [{rng.choice(ids): rng.choice(ds.STATUSES)} for _ in range(repeats)]
+            marks = [{rng.choice(ids): rng.choice(STATUSES)} for _ in range(repeats)]
             # One kind after the other: an fsync also flushes what the file system holds dirty, so an append right
             # after a 3.6 MB rewrite would pay for part of the rewrite.
             for mark in marks:
@@ -157,7 +161,7 @@ async def run_marking(sizes: list[int], repeats: int) -> None:
                 rewrite.append(time.perf_counter() - start)
             for mark in marks:
                 start = time.perf_counter()
-                ds.append_statuses(journal_path, mark)
+                append_statuses(journal_path, mark)
                 append.append(time.perf_counter() - start)
             client = TestClient(TestServer(create_app(root)))
             await client.start_server()
@@ -171,9 +175,9 @@ async def run_marking(sizes: list[int], repeats: int) -> None:
                     post.append(time.perf_counter() - start)
             finally:
                 await client.close()
-            assert {e["id"]: e["status"] for e in ds.read_manifest(journal_path)}  # the marks read back
+            assert {e["id"]: e["status"] for e in read_manifest(journal_path)}  # the marks read back
             r, a, p = (statistics.median(x) * 1e3 for x in (rewrite, append, post))
-            size = (baseline_path / ds.MANIFEST).stat().st_size / 1e6
+            size = (baseline_path / MANIFEST).stat().st_size / 1e6
             print(f"{count:>8,} {size:>7.1f}MB {r:>16.2f} ms {a:>12.2f} ms {p:>9.2f} ms {r / a:>13.1f}x faster")
 
 
@@ -189,7 +193,7 @@ def main() -> None:
         start = time.perf_counter()
         path = build(root, args.samples)
         print(f"built a {args.samples:,}-sample dataset in {time.perf_counter() - start:.1f} s (manifest "
-              f"{(path / ds.MANIFEST).stat().st_size / 1e6:.1f} MB, no tensor files)")
+              f"{(path / MANIFEST).stat().st_size / 1e6:.1f} MB, no tensor files)")
         asyncio.run(run(path, root, args.repeats, args.limit))
     sizes = [int(value) for value in args.mark_sizes.split(",") if value.strip()]
     if sizes:

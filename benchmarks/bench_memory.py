@@ -167,13 +167,14 @@ def granularity() -> None:
 def _mid_dataset(root: Path) -> Path:
     import torch
 
-    from ipa_train.data import dataset as ds
+    from ipa_train.data.samples import add_sample, create_dataset
+    from ipa_train.data.tensors import SampleTensors
 
-    path = ds.create_dataset(root, "mid")
+    path = create_dataset(root, "mid")
     g = torch.Generator().manual_seed(0)
     c, f, h, w = MID_LATENT
     for i in range(2):
-        ds.add_sample(path, ds.SampleTensors(
+        add_sample(path, SampleTensors(
             latent=torch.randn(c, f, h, w, generator=g), vace_context=torch.randn(96, f, h, w, generator=g),
             text_embedding=torch.randn(64, MID["text_dim"], generator=g), hand_mask=(torch.rand(1, f - 1, h, w, generator=g) > 0.7).float(),
             ref_frames=1, vace_strength=1.0, text_length=64), status="preferred", meta={"seed": i})

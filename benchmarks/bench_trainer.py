@@ -60,7 +60,8 @@ def held_bytes(*modules) -> int:
 def run_variant(variant: str, size: str, steps: int, warmup: int) -> dict:
     import torch
 
-    from ipa_train.data import dataset as ds
+    from ipa_train.data.samples import add_sample, create_dataset
+    from ipa_train.data.tensors import SampleTensors
     from ipa_train.training import lora as lora_setup
     from ipa_train.jobs.config import RunConfig
     from ipa_train.training.loss import flow_ipa_loss, flow_sft_loss
@@ -74,16 +75,16 @@ def run_variant(variant: str, size: str, steps: int, warmup: int) -> dict:
     channels, frames, height, width = spec["latent"]
     text_dim = spec["model"]["text_dim"]
     tmp = Path(tempfile.mkdtemp(prefix="bench-trainer-"))
-    data = ds.create_dataset(tmp, "bench")
+    data = create_dataset(tmp, "bench")
     g = torch.Generator().manual_seed(0)
     for i in range(2):
-        sample = ds.SampleTensors(
+        sample = SampleTensors(
             latent=torch.randn(channels, frames, height, width, generator=g),
             vace_context=torch.randn(96, frames, height, width, generator=g),
             text_embedding=torch.randn(spec["tokens"], text_dim, generator=g),
             hand_mask=(torch.rand(1, frames - 1, height, width, generator=g) > 0.7).float(),
         )
-        ds.add_sample(data, sample, status="preferred")
+        add_sample(data, sample, status="preferred")
     config = RunConfig.from_dict(dict(dataset=str(data), base_model=f"random-{size}", output_dir=str(tmp / "out"), rank=spec["rank"],
                                       steps=steps + warmup, learning_rate=1e-4, checkpoint_every=0,
                                       objective="sft" if variant == "c" else "ipa"))

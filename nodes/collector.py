@@ -12,7 +12,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..ipa_train.data.collect import Candidate, store_candidates
-from ..ipa_train.data.dataset import DatasetError, validate_dataset_name
+from ..ipa_train.data.layout import DatasetError, validate_dataset_name
 from .host import prompt_server
 from .paths import dataset_root
 from .vace_sampler import CANDIDATES, vace_condition

@@ -1,5 +1,5 @@
 """The curation gallery's server side inside ComfyUI: registers the ``/ipa/...`` routes of
-``ipa_train.gallery_api`` on ComfyUI's server (mirrored under ``/api/ipa/...``), with DWPose found where
+``ipa_train.gallery.routes`` on ComfyUI's server (mirrored under ``/api/ipa/...``), with DWPose found where
 ``nodes/dwpose.py`` finds it for the hand score. The page itself is the frontend extension in ``web/``. No nodes here."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import os
 
-from ..ipa_train.gallery.api import GalleryAPI
+from ..ipa_train.gallery.routes import GalleryAPI
 from ..ipa_train.gallery.hand_score_jobs import DetectorSource, dwpose_source
 from . import dwpose as dwpose_nodes
 from .host import prompt_server

@@ -21,7 +21,9 @@ from comfy_api.latest import io, ui
 
 from ..ipa_train.jobs import launcher
 from ..ipa_train.jobs.config import BASE_PRECISIONS as RUN_BASE_PRECISIONS, DISTRIBUTED as RUN_DISTRIBUTED, OBJECTIVES as RUN_OBJECTIVES, PRECISIONS as RUN_PRECISIONS, ConfigError, RunConfig
-from ..ipa_train.data.dataset import DatasetError, count_statuses, dataset_path, list_datasets, read_manifest
+from ..ipa_train.data.layout import DatasetError, dataset_path, list_datasets
+from ..ipa_train.data.manifest import read_manifest
+from ..ipa_train.data.marks import count_statuses
 from ..ipa_train.fileio import InvalidNameError, atomic_write_json, install_keeping_previous, validate_name
 from ..ipa_train.jobs.checkpoint_files import checkpoint_problem
 from ..ipa_train.jobs.curves import training_curves

@@ -13,16 +13,17 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ipa_train.data import dataset as ds
+from ipa_train.data.samples import add_sample, create_dataset
+from ipa_train.data.tensors import SampleTensors
 
 PREVIEW_SIZE = (160, 96)
 PREVIEW_FRAMES = 8
 
 
-def tiny_tensors(seed: int) -> ds.SampleTensors:
+def tiny_tensors(seed: int) -> SampleTensors:
     g = torch.Generator().manual_seed(seed)
     frames, h, w = 2, 2, 2
-    return ds.SampleTensors(
+    return SampleTensors(
         latent=torch.randn(16, frames, h, w, generator=g),
         vace_context=torch.randn(96, frames, h, w, generator=g),
         text_embedding=torch.randn(4, 8, generator=g),
@@ -62,7 +63,7 @@ def make_dataset(
 ) -> tuple[Path, list[str]]:
     """Creates dataset ``name`` with ``count`` pending samples (seeds first_seed, first_seed + 1, ...); returns its
     folder and ids."""
-    path = ds.create_dataset(root, name)
+    path = create_dataset(root, name)
     ids = []
     for index in range(count):
         seed = first_seed + index
@@ -75,7 +76,7 @@ def make_dataset(
         }
         files = {"preview.webp": preview_webp(seed)} if previews else None
         summary = {"seed": seed, "prompt": meta["prompt"]}
-        ids.append(ds.add_sample(path, tiny_tensors(seed), meta=meta, previews=files, summary=summary).sample_id)
+        ids.append(add_sample(path, tiny_tensors(seed), meta=meta, previews=files, summary=summary).sample_id)
     return path, ids
 
 

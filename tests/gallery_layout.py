@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 
 from gallery_fixture import preview_webp
-from ipa_train.data import dataset as ds
+from ipa_train.data.layout import MANIFEST, SAMPLES_DIR
+from ipa_train.data.samples import create_dataset
 
 THUMB_MIN_HEIGHT = 136  # px: below this the hands in a 16:9 preview are too small to judge
 PAGE_SIZES = (30, 60, 120, 240)
@@ -17,7 +18,7 @@ PAGE_SIZES = (30, 60, 120, 240)
 def make_large_dataset(root: Path, name: str, count: int) -> Path:
     """``count`` samples with mixed statuses, 15-digit seeds (ComfyUI's seed widget goes that far and more) and
     hand scores, each with a preview: the entries add_sample writes, written in one go."""
-    path = ds.create_dataset(root, name)
+    path = create_dataset(root, name)
     previews = [preview_webp(seed) for seed in range(4)]
     lines = []
     for index in range(count):
@@ -33,10 +34,10 @@ def make_large_dataset(root: Path, name: str, count: int) -> Path:
             "prompt": "a dancer waving both hands",
             "hand_score": round((index * 37 % 100) / 100, 2),
         }) + "\n")  # fmt: skip
-        folder = path / ds.SAMPLES_DIR / sample_id
+        folder = path / SAMPLES_DIR / sample_id
         folder.mkdir()
         (folder / "preview.webp").write_bytes(previews[index % 4])
-    (path / ds.MANIFEST).write_text("".join(lines))
+    (path / MANIFEST).write_text("".join(lines))
     return path
 
 

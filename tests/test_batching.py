@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ipa_train import train as trainer
-from ipa_train.data import dataset as ds
+from ipa_train.data.samples import add_sample, create_dataset
 from ipa_train.training.batching import collate, seed_for, shape_key
 from ipa_train.training.distributed import Dist
 from ipa_train.wan.model import build_tiny_transformer
@@ -24,9 +24,9 @@ def _sample_with_text(seed: int, tokens: int):
 
 
 def _data(tmp_path, lengths, batch_size):
-    folder = ds.create_dataset(tmp_path, "texts")
+    folder = create_dataset(tmp_path, "texts")
     for seed, tokens in enumerate(lengths):
-        ds.add_sample(folder, _sample_with_text(seed, tokens), status="preferred")
+        add_sample(folder, _sample_with_text(seed, tokens), status="preferred")
     config = tiny_config(folder, tmp_path / "out", batch_size=batch_size, steps=1)
     return config, trainer.load_training_data(config)
 

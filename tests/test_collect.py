@@ -15,7 +15,11 @@ import torch
 
 from ipa_train.data import collect
 
-from ipa_train.data import dataset
+from ipa_train.data.garbage import remove_stale_staging
+from ipa_train.data.layout import sample_path
+from ipa_train.data.manifest import read_manifest
+from ipa_train.data.samples import create_dataset, load_preferred
+from ipa_train.data.tensors import validate_sample_tensors
 
 from ipa_train.wan import latents as wan_latents
 from ipa_train.data.collect import Candidate, candidate_to_sample, store_candidates
@@ -86,7 +90,7 @@ def test_candidate_to_sample_layout():
     assert torch.equal(tensors.text_embedding, candidate.text_embedding[0])
     assert meta["sigmas"] == [1.0, 0.5, 0.0] and meta["seed"] == 0
     assert set(previews) == {"preview.webp"}
-    dataset.validate_sample_tensors(tensors)
+    validate_sample_tensors(tensors)
 
 
 def test_text_is_stored_exactly_as_sampled():
@@ -151,7 +155,7 @@ def test_driving_pose_goes_into_meta_as_the_gallery_reads_it(tmp_path):
     result = store_candidates(tmp_path, "posed", [candidate], status="pending", pixel_hand_masks=masks, hand_boxes=boxes,
                               driving_pose=driving)
     sample_id = result.results[0].sample_id
-    meta = json.loads((dataset.sample_path(tmp_path / "posed", sample_id) / "meta.json").read_text())
+    meta = json.loads((sample_path(tmp_path / "posed", sample_id) / "meta.json").read_text())
     assert meta["driving_pose"] == driving and meta["driving_pose_resize"] == "crop" and meta["hand_mask_source"] == "pose"
     assert meta["video_size"] == [64, 32]
     assert hand_crops.hand_tracks_from_meta(meta)  # the gallery's close-ups find the hands
@@ -172,10 +176,10 @@ def test_duplicate_is_detected(tmp_path):
     first = store_candidates(tmp_path, "ds", [candidate], status="preferred")
     second = store_candidates(tmp_path, "ds", [candidate], status="pending")
     assert first.added == 1 and second.added == 0 and second.duplicates == 1
-    entries = dataset.read_manifest(tmp_path / "ds")
+    entries = read_manifest(tmp_path / "ds")
     assert len(entries) == 1 and entries[0]["status"] == "preferred"  # the stored status is never overwritten
     assert "1 already stored" in second.text()
-    samples = dataset.load_preferred(tmp_path / "ds")
+    samples = load_preferred(tmp_path / "ds")
     assert len(samples) == 1
 
 
@@ -192,28 +196,28 @@ def test_two_writers_at_once_lose_nothing(tmp_path):
     for process in writers:
         process.join(120)
         assert process.exitcode == 0
-    entries = dataset.read_manifest(tmp_path / "shared")
+    entries = read_manifest(tmp_path / "shared")
     assert len(entries) == 12 and len({entry["id"] for entry in entries}) == 12
     for entry in entries:
         assert (tmp_path / "shared" / "samples" / entry["id"] / "tensors.safetensors").is_file()
 
 
 def _slow_writer(root, ready):
-    import ipa_train.data.dataset as ds
+    import ipa_train.data.samples as samples_module
 
-    real = ds.atomic_write_bytes
+    real = samples_module.atomic_write_bytes
 
     def slow(path, data):
         ready.set()
         time.sleep(60)  # killed here, mid-sample
         return real(path, data)
 
-    ds.atomic_write_bytes = slow
+    samples_module.atomic_write_bytes = slow
     store_candidates(root, "killed", [make_candidate(seed=7)])
 
 
 def test_killed_write_leaves_no_half_sample(tmp_path):
-    dataset.create_dataset(tmp_path, "killed")
+    create_dataset(tmp_path, "killed")
     context = multiprocessing.get_context("spawn")
     ready = context.Event()
     process = context.Process(target=_slow_writer, args=(str(tmp_path), ready))
@@ -222,13 +226,13 @@ def test_killed_write_leaves_no_half_sample(tmp_path):
     os.kill(process.pid, signal.SIGKILL)
     process.join(30)
     folder = tmp_path / "killed"
-    assert dataset.read_manifest(folder) == []
+    assert read_manifest(folder) == []
     assert [p.name for p in (folder / "samples").iterdir() if not p.name.startswith(".tmp-")] == []
     # the same sample can be written afterwards, and the stale staging folder is cleaned up
     result = store_candidates(tmp_path, "killed", [make_candidate(seed=7)])
     assert result.added == 1
-    assert dataset.remove_stale_staging(folder, older_than_s=0) == 1
-    assert len(dataset.read_manifest(folder)) == 1
+    assert remove_stale_staging(folder, older_than_s=0) == 1
+    assert len(read_manifest(folder)) == 1
 
 
 def test_meta_is_json(tmp_path):

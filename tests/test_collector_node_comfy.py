@@ -26,7 +26,7 @@ def test_canvas_summary_names_new_and_repeated_seeds():
     from types import SimpleNamespace
 
     from comfyui_ipa_pack.ipa_train.data.collect import CollectResult
-    from comfyui_ipa_pack.ipa_train.data.dataset import AddResult
+    from comfyui_ipa_pack.ipa_train.data.samples import AddResult
     from comfyui_ipa_pack.nodes.collector import canvas_summary
 
     chosen = [SimpleNamespace(seed=seed) for seed in (4, 5, 6, 7)]

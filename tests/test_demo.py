@@ -15,7 +15,8 @@ from PIL import Image
 from conftest import REPO_ROOT
 from ipa_train.demo import run as demo
 from ipa_train.__main__ import main
-from ipa_train.data.dataset import load_sample, read_manifest
+from ipa_train.data.manifest import read_manifest
+from ipa_train.data.samples import load_sample
 from ipa_train.fileio import load_safetensors
 from ipa_train.study import models
 

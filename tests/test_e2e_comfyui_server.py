@@ -91,7 +91,10 @@ def _node_output(entry: dict, prompt: dict, kind: str) -> dict:
 
 
 def test_curate_align_animate_through_the_server(comfy):
-    from ipa_train.data import dataset as ds
+    from ipa_train.data.layout import dataset_path
+    from ipa_train.data.manifest import read_manifest
+    from ipa_train.data.marks import count_statuses
+    from ipa_train.data.samples import load_sample
     from ipa_train.fileio import read_safetensors_metadata
 
     from comfy_server import run_prompt
@@ -114,8 +117,8 @@ def test_curate_align_animate_through_the_server(comfy):
     for item in sampler_ui["images"] + mask_ui["images"]:
         with Image.open(base / "temp" / item["subfolder"] / item["filename"]) as clip:
             assert clip.format == "WEBP" and clip.n_frames == LENGTH and clip.info.get("loop") == 0
-    folder = ds.dataset_path(base / "output" / "ipa_datasets", DATASET)
-    entries = ds.read_manifest(folder)
+    folder = dataset_path(base / "output" / "ipa_datasets", DATASET)
+    entries = read_manifest(folder)
     assert sorted(e["seed"] for e in entries) == [7, 8] and {e["status"] for e in entries} == {"pending"}
     first = entries[0]
     meta = json.loads((folder / "samples" / first["id"] / "meta.json").read_text())
@@ -124,14 +127,14 @@ def test_curate_align_animate_through_the_server(comfy):
     assert meta["prompt"].startswith("a person waves")
     assert all(frame["people"] for frame in meta["driving_pose"])  # DWPose found the person in every frame
     assert first["hand_area"] > 0 and len(meta["hand_boxes"]) == LENGTH  # its hands became the loss weighting
-    tensors, _ = ds.load_sample(folder, first["id"])
+    tensors, _ = load_sample(folder, first["id"])
     assert tuple(tensors.latent.shape) == (16, 3, H // 8, W // 8) and tuple(tensors.vace_context.shape) == (96, 3, H // 8, W // 8)
     assert tuple(tensors.text_embedding.shape) == (512, 4096) and tensors.ref_frames == 1
 
     # ---- mark one preferred through the gallery's route, as the gallery panel does
     chosen = next(e["id"] for e in entries if e["seed"] == 8)
     comfy.post(f"/ipa/datasets/{DATASET}/marks", {"ids": [chosen], "status": "preferred"})
-    assert ds.count_statuses(ds.read_manifest(folder))["preferred"] == 1
+    assert count_statuses(read_manifest(folder))["preferred"] == 1
 
     # ---- align: the real trainer in a subprocess, the LoRA copied to models/loras/ipa
     started = time.monotonic()
@@ -169,12 +172,13 @@ def test_curate_align_animate_through_the_server(comfy):
 
 
 def test_interrupt_stops_training_with_a_checkpoint_and_a_resume_hint(comfy):
-    from ipa_train.data import dataset as ds
+    from ipa_train.data.manifest import read_manifest
+    from ipa_train.data.marks import count_statuses
 
     from comfy_server import execution_error
 
     folder = comfy.base / "output" / "ipa_datasets" / DATASET
-    if not folder.is_dir() or ds.count_statuses(ds.read_manifest(folder))["preferred"] == 0:
+    if not folder.is_dir() or count_statuses(read_manifest(folder))["preferred"] == 0:
         pytest.skip("needs the dataset made by test_curate_align_animate_through_the_server")
     started = time.monotonic()
     align = _api(comfy, "ipa_align", IPATrainLoRA={**align_settings(), "lora_name": "ipa_cancel", "steps": 100000})

@@ -14,7 +14,10 @@ import pytest
 import torch
 
 from ipa_train import train as trainer
-from ipa_train.data import dataset as ds
+from ipa_train.data.garbage import GARBAGE_GRACE_S
+from ipa_train.data.layout import MANIFEST, SAMPLES_DIR, TENSORS_FILE, DatasetError, validate_dataset_name
+from ipa_train.data.manifest import read_manifest
+from ipa_train.data.samples import create_dataset
 from ipa_train.fileio import FileReadError, atomic_write_json, load_safetensors, read_json, validate_name
 from ipa_train.jobs import checkpoint_files as cf
 from ipa_train.training import objective
@@ -64,8 +67,8 @@ def test_bad_lora_names_are_refused_with_the_dataset_names_rule(name, why):
     with pytest.raises(ConfigError, match=why):
         RunConfig.from_dict({**BASE, "lora_name": name})
     if isinstance(name, str) and name.split(".")[0] and "NUL" not in name.upper():
-        with pytest.raises(ds.DatasetError):  # the same validator
-            ds.validate_dataset_name(name)
+        with pytest.raises(DatasetError):  # the same validator
+            validate_dataset_name(name)
 
 
 def test_a_bad_lora_name_fails_before_step_1(tmp_path):
@@ -118,10 +121,10 @@ def _pickle_into(path: Path) -> None:
 @pytest.mark.parametrize("damage, looks_like", [(_truncate, "is truncated"), (_pickle_into, "is a PyTorch pickle archive")])
 def test_a_damaged_sample_is_named_with_what_to_do(tmp_path, damage, looks_like):
     data = make_dataset(tmp_path / "ds", preferred=2)
-    sample_id = ds.read_manifest(data)[1]["id"]
-    tensors = data / ds.SAMPLES_DIR / sample_id / ds.TENSORS_FILE
+    sample_id = read_manifest(data)[1]["id"]
+    tensors = data / SAMPLES_DIR / sample_id / TENSORS_FILE
     damage(tensors)
-    with pytest.raises(ds.DatasetError) as info:
+    with pytest.raises(DatasetError) as info:
         trainer.train(tiny_config(data, tmp_path / "out", steps=1))
     message = str(info.value)
     assert message.startswith(f"sample {sample_id}: {tensors} {looks_like}") and "delete this sample's folder" in message
@@ -185,35 +188,35 @@ def test_model_files_with_an_upper_case_suffix_load(tmp_path):
 # ------------------------------------------------------------------------------------------------ leftovers, modes
 
 
-def _age(path: Path, seconds: float = 2 * ds.GARBAGE_GRACE_S) -> None:
+def _age(path: Path, seconds: float = 2 * GARBAGE_GRACE_S) -> None:
     then = time.time() - seconds
     os.utime(path, (then, then))
 
 
 def test_opening_a_dataset_for_writing_removes_what_killed_writers_left(tmp_path):
     data = make_dataset(tmp_path, preferred=2, name="hands")
-    samples = data / ds.SAMPLES_DIR
-    listed = [entry["id"] for entry in ds.read_manifest(data)]
+    samples = data / SAMPLES_DIR
+    listed = [entry["id"] for entry in read_manifest(data)]
     for sample_id in listed:
         _age(samples / sample_id)  # old, but listed: kept
     stale_staging = samples / ".tmp-0123"
     (stale_staging).mkdir()
-    (stale_staging / ds.TENSORS_FILE).write_bytes(b"x" * 1000)
+    (stale_staging / TENSORS_FILE).write_bytes(b"x" * 1000)
     _age(stale_staging)
     orphan = samples / "0123456789abcdef"  # complete, never listed: its writer died before the manifest update
     orphan.mkdir()
-    (orphan / ds.TENSORS_FILE).write_bytes(b"x")
+    (orphan / TENSORS_FILE).write_bytes(b"x")
     _age(orphan)
     fresh_orphan = samples / "fedcba9876543210"  # a writer that may be about to list it: kept
     fresh_orphan.mkdir()
-    temp_file = data / f".{ds.MANIFEST}.1a2b3c.tmp"
+    temp_file = data / f".{MANIFEST}.1a2b3c.tmp"
     temp_file.write_text("half a manifest")
     _age(temp_file)
     outside = tmp_path / "precious"
     outside.mkdir()
     _age(outside)
     os.symlink(outside, samples / ".tmp-link")  # never followed, never removed
-    ds.create_dataset(tmp_path, "hands")  # what IPA Mark Preferred does before adding samples
+    create_dataset(tmp_path, "hands")  # what IPA Mark Preferred does before adding samples
     left = sorted(p.name for p in samples.iterdir())
     assert left == sorted(listed + ["fedcba9876543210", ".tmp-link"])
     assert not temp_file.exists() and outside.is_dir()
@@ -250,6 +253,6 @@ def test_written_files_follow_the_umask(tmp_path, umask):
     finally:
         os.umask(old)
     assert expected == 0o666 & ~umask
-    written = [tmp_path / "run.json", tmp_path / "l.safetensors", data / ds.MANIFEST, tmp_path / "out" / "ipa_lora.safetensors",
-               *(tmp_path / "out" / "checkpoints" / "step-1").iterdir(), *next((data / ds.SAMPLES_DIR).iterdir()).iterdir()]
+    written = [tmp_path / "run.json", tmp_path / "l.safetensors", data / MANIFEST, tmp_path / "out" / "ipa_lora.safetensors",
+               *(tmp_path / "out" / "checkpoints" / "step-1").iterdir(), *next((data / SAMPLES_DIR).iterdir()).iterdir()]
     assert {str(p.name): oct(os.stat(p).st_mode & 0o777) for p in written} == {str(p.name): oct(expected) for p in written}

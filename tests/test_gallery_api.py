@@ -13,7 +13,10 @@ from PIL import Image
 from yarl import URL
 
 from gallery_fixture import make_dataset, serve, tiny_tensors
-from ipa_train.data import dataset as ds
+from ipa_train.data.layout import SAMPLES_DIR
+from ipa_train.data.manifest import read_manifest, update_entries
+from ipa_train.data.marks import set_status
+from ipa_train.data.samples import add_sample, create_dataset
 
 
 @pytest.fixture()
@@ -24,7 +27,7 @@ def root(tmp_path):
 
 
 def test_lists_datasets_with_counts(root):
-    ds.create_dataset(root, "empty_one")
+    create_dataset(root, "empty_one")
     (root / "not_a_dataset").mkdir()
 
     async def scenario(client):
@@ -47,10 +50,10 @@ def test_missing_root_lists_nothing(tmp_path):
 
 def test_paging_filter_and_sort(root):
     path = root / "hands_v1"
-    ids_by_seed = {e["seed"]: e["id"] for e in ds.read_manifest(path)}
-    ds.set_status(path, [ids_by_seed[101], ids_by_seed[103]], "preferred")
-    ds.set_status(path, [ids_by_seed[102]], "rejected")
-    ds.update_entries(path, {ids_by_seed[100]: {"hand_score": 0.2}, ids_by_seed[104]: {"hand_score": 0.9}})
+    ids_by_seed = {e["seed"]: e["id"] for e in read_manifest(path)}
+    set_status(path, [ids_by_seed[101], ids_by_seed[103]], "preferred")
+    set_status(path, [ids_by_seed[102]], "rejected")
+    update_entries(path, {ids_by_seed[100]: {"hand_score": 0.2}, ids_by_seed[104]: {"hand_score": 0.9}})
 
     async def scenario(client):
         async def get(query):
@@ -121,8 +124,8 @@ def test_listing_sees_new_samples_and_marks_at_once(root):
 
     async def scenario(client):
         before = await (await client.get("/ipa/datasets/hands_v1/samples")).json()
-        added = ds.add_sample(path, tiny_tensors(999), summary={"seed": 999})  # a running graph collects
-        ds.set_status(path, [added.sample_id], "rejected")
+        added = add_sample(path, tiny_tensors(999), summary={"seed": 999})  # a running graph collects
+        set_status(path, [added.sample_id], "rejected")
         after = await (await client.get("/ipa/datasets/hands_v1/samples")).json()
         return before, after
 
@@ -132,7 +135,7 @@ def test_listing_sees_new_samples_and_marks_at_once(root):
 
 
 def test_sample_detail_files_and_hand_crops(root):
-    sample_id = ds.read_manifest(root / "hands_v1")[0]["id"]
+    sample_id = read_manifest(root / "hands_v1")[0]["id"]
 
     async def scenario(client):
         base = f"/ipa/datasets/hands_v1/samples/{sample_id}"
@@ -160,7 +163,7 @@ def test_sample_detail_files_and_hand_crops(root):
 
 
 def test_large_meta_fields_are_left_out_of_the_detail(root):
-    sample_id = ds.read_manifest(root / "hands_v1")[0]["id"]
+    sample_id = read_manifest(root / "hands_v1")[0]["id"]
     meta_file = root / "hands_v1" / "samples" / sample_id / "meta.json"
     meta = json.loads(meta_file.read_text())
     meta["pose_keypoints"] = [[0.5] * 200] * 100
@@ -175,7 +178,7 @@ def test_large_meta_fields_are_left_out_of_the_detail(root):
 
 def test_marks_are_saved_to_the_manifest(root):
     path = root / "hands_v1"
-    ids = [e["id"] for e in ds.read_manifest(path)]
+    ids = [e["id"] for e in read_manifest(path)]
 
     async def scenario(client):
         one = await client.post("/ipa/datasets/hands_v1/marks", json={"ids": [ids[0]], "status": "preferred"})
@@ -192,7 +195,7 @@ def test_marks_are_saved_to_the_manifest(root):
     assert b1["updated"][0]["id"] == ids[0] and b1["counts"]["preferred"] == 1
     assert b2["counts"] == {"pending": 2, "preferred": 1, "rejected": 3}
     assert b3["counts"] == {"pending": 3, "preferred": 2, "rejected": 1}
-    on_disk = {e["id"]: e["status"] for e in ds.read_manifest(path)}
+    on_disk = {e["id"]: e["status"] for e in read_manifest(path)}
     assert on_disk[ids[0]] == "preferred" and on_disk[ids[1]] == "pending" and on_disk[ids[2]] == "preferred"
     assert on_disk[ids[3]] == "rejected" and on_disk[ids[4]] == on_disk[ids[5]] == "pending"
 
@@ -225,7 +228,7 @@ def test_bad_mark_bodies_change_nothing(root, body, status, message):
 
 
 def test_conflicting_duplicate_marks_are_refused(root):
-    sample_id = ds.read_manifest(root / "hands_v1")[0]["id"]
+    sample_id = read_manifest(root / "hands_v1")[0]["id"]
 
     async def scenario(client):
         body = {"marks": [{"id": sample_id, "status": "preferred"}, {"id": sample_id, "status": "rejected"}]}
@@ -239,14 +242,14 @@ def test_conflicting_duplicate_marks_are_refused(root):
 def test_concurrent_marks_and_collection_lose_nothing(root):
     path = root / "hands_v1"
     for seed in range(200, 224):
-        ds.add_sample(path, tiny_tensors(seed), summary={"seed": seed})
-    ids = [e["id"] for e in ds.read_manifest(path)]
+        add_sample(path, tiny_tensors(seed), summary={"seed": seed})
+    ids = [e["id"] for e in read_manifest(path)]
     wanted = {sample_id: ("preferred" if i % 3 == 0 else "rejected") for i, sample_id in enumerate(ids)}
     collected = []
 
     def collect():  # a graph collecting new samples while the creator marks
         for seed in range(500, 510):
-            collected.append(ds.add_sample(path, tiny_tensors(seed), summary={"seed": seed}).sample_id)
+            collected.append(add_sample(path, tiny_tensors(seed), summary={"seed": seed}).sample_id)
 
     async def scenario(client):
         writer = threading.Thread(target=collect)
@@ -259,7 +262,7 @@ def test_concurrent_marks_and_collection_lose_nothing(root):
 
     statuses = serve(root, scenario)
     assert statuses == [200] * len(wanted)
-    on_disk = {e["id"]: e["status"] for e in ds.read_manifest(path)}
+    on_disk = {e["id"]: e["status"] for e in read_manifest(path)}
     assert {i: on_disk[i] for i in wanted} == wanted
     assert all(on_disk[i] == "pending" for i in collected) and len(on_disk) == len(wanted) + 10
 
@@ -272,14 +275,14 @@ def guarded_root(root, tmp_path):
     """A dataset outside the root ("secret") and symlinks inside the root that lead to it."""
     secret_path, secret_ids = make_dataset(tmp_path / "elsewhere", "secret", count=1, first_seed=7000)
     os.symlink(secret_path, root / "linked")
-    real = root / "hands_v1" / "samples" / ds.read_manifest(root / "hands_v1")[0]["id"]
+    real = root / "hands_v1" / "samples" / read_manifest(root / "hands_v1")[0]["id"]
     os.symlink(tmp_path / "elsewhere" / "secret" / "samples" / secret_ids[0] / "preview.webp", real / "leak.webp")
     outside_secret = tmp_path / "outside.webp"
     outside_secret.write_bytes(b"RIFF secret")
     # A sample folder that is a symlink out of the dataset, listed in the manifest.
     fake_id = "feedfacefeedface"
     os.symlink(secret_path / "samples" / secret_ids[0], root / "hands_v1" / "samples" / fake_id)
-    entries = ds.read_manifest(root / "hands_v1")
+    entries = read_manifest(root / "hands_v1")
     entries.append({"id": fake_id, "status": "pending", "created": "x", "updated": "x", "content_hash": "0"})
     (root / "hands_v1" / "manifest.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
     return root, real.name, fake_id, secret_ids[0]
@@ -334,7 +337,7 @@ def test_traversal_attempts_are_refused(guarded_root):
         assert body == b"404: Not Found" or list(json.loads(body)) == ["error"], (path, body)
     assert [d["name"] for d in listing["datasets"]] == ["hands_v1"]
     assert all(status in (400, 404) for _, status in marks), marks
-    assert ds.read_manifest(root.parent / "elsewhere" / "secret")[0]["status"] == "pending"
+    assert read_manifest(root.parent / "elsewhere" / "secret")[0]["status"] == "pending"
 
 
 def test_unknown_dataset_and_sample_are_404(root):
@@ -352,9 +355,9 @@ def test_unknown_dataset_and_sample_are_404(root):
 def test_samples_folder_symlinked_out_of_the_root_is_refused(root, tmp_path):
     """A dataset inside the root whose ``samples`` folder is a symlink to another dataset's samples outside it."""
     secret_path, secret_ids = make_dataset(tmp_path / "elsewhere", "secret", count=1, first_seed=7000)
-    inside = ds.create_dataset(root, "decoy")
-    os.rmdir(inside / ds.SAMPLES_DIR)
-    os.symlink(secret_path / ds.SAMPLES_DIR, inside / ds.SAMPLES_DIR)
+    inside = create_dataset(root, "decoy")
+    os.rmdir(inside / SAMPLES_DIR)
+    os.symlink(secret_path / SAMPLES_DIR, inside / SAMPLES_DIR)
     (inside / "manifest.jsonl").write_text((secret_path / "manifest.jsonl").read_text())
 
     async def scenario(client):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gallery_fixture import add_driving_poses, make_dataset, skin_detector
-from ipa_train.data import dataset as ds
+from ipa_train.data.manifest import read_manifest
 from ipa_train.gallery.api import create_app
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +89,7 @@ def browser():
 
 
 def statuses_on_disk(dataset_dir: Path) -> dict[str, str]:
-    return {entry["id"]: entry["status"] for entry in ds.read_manifest(dataset_dir)}
+    return {entry["id"]: entry["status"] for entry in read_manifest(dataset_dir)}
 
 
 def wait_for_disk(dataset_dir: Path, expected: dict[str, str], timeout: float = 10.0) -> dict[str, str]:
@@ -128,78 +128,89 @@ def test_mark_with_the_keyboard_reload_and_find_the_marks_on_disk(tmp_path, brow
         assert page.inner_text(".ipa-filter.ipa-pending .ipa-count") == "8"
         ids = card_ids(page)
         assert len(ids) == 8 and focused_id(page) == ids[0]
-
-        page.keyboard.press("p")  # 0 preferred, focus moves on
-        page.keyboard.press("r")  # 1 rejected
-        page.keyboard.press("s")  # 2 skipped
-        page.keyboard.press("p")  # 3 preferred ...
-        page.keyboard.press("u")  # ... undone: 3 back to pending, focus back on it
-        page.wait_for_function("() => document.querySelector('.ipa-card.ipa-focus')?.dataset.status === 'pending'")
-        assert focused_id(page) == ids[3]
-        page.keyboard.press("ArrowRight")  # 4
-        page.keyboard.press("x")
-        page.keyboard.press("ArrowRight")  # 5
-        page.keyboard.press("x")
-        assert page.inner_text(".ipa-selection").startswith("2 selected")
-        page.keyboard.press("r")  # bulk: 4 and 5 rejected
-        page.keyboard.press("Control+z")  # undo the bulk mark
-        page.keyboard.press("ArrowRight")  # 6
-        page.keyboard.press("x")
-        page.keyboard.press("ArrowRight")  # 7
-        page.keyboard.press("x")
-        page.keyboard.press("p")  # bulk: 6 and 7 preferred
-        expected = {
-            ids[0]: "preferred",
-            ids[1]: "rejected",
-            ids[2]: "pending",
-            ids[3]: "pending",
-            ids[4]: "pending",
-            ids[5]: "pending",
-            ids[6]: "preferred",
-            ids[7]: "preferred",
-        }
-        page.wait_for_function(
-            "() => document.querySelector('.ipa-filter.ipa-preferred .ipa-count')?.textContent === '3'"
-        )
-        assert wait_for_disk(dataset_dir, expected) == expected
-        assert card_statuses(page) == expected
-
-        # Open the sample large: video, two hand close-ups that loaded, the seed and prompt.
-        page.keyboard.press("k")
-        page.keyboard.press("k")  # back to sample 5
-        assert focused_id(page) == ids[5]
-        page.keyboard.press("Enter")
-        page.wait_for_selector(".ipa-detail:not([hidden]) .ipa-hands figure img")
-        page.wait_for_function(
-            "() => [...document.querySelectorAll('.ipa-hands img')].length === 2 &&"
-            " [...document.querySelectorAll('.ipa-hands img')].every(img => img.complete && img.naturalWidth === 192)"
-        )
-        assert "seed" in page.inner_text(".ipa-meta") and "a dancer waving" in page.inner_text(".ipa-meta")
-        page.keyboard.press("r")  # marking works in the large view too, and moves to the next sample
-        expected[ids[5]] = "rejected"
-        page.wait_for_function(f"() => document.querySelector('.ipa-detail-title')?.textContent.includes('{ids[6]}')")
-        page.keyboard.press("Escape")
-        assert page.is_hidden(".ipa-detail")
-        assert wait_for_disk(dataset_dir, expected) == expected
-
-        # A reload shows the marks kept, with the view (filter, sort) kept too.
-        page.keyboard.press("2")  # pending
-        page.wait_for_function("() => document.querySelectorAll('.ipa-card').length === 3")
-        page.reload()
-        page.wait_for_selector(".ipa-card")
-        pending = sorted(k for k, v in expected.items() if v == "pending")
-        assert page.get_attribute(".ipa-filter.ipa-active", "data-filter") == "pending"
-        assert sorted(card_ids(page)) == pending and set(card_statuses(page).values()) == {"pending"}
-        page.keyboard.press("1")  # all
-        page.wait_for_function("() => document.querySelectorAll('.ipa-card').length === 8")
-        assert card_statuses(page) == expected
-        page.keyboard.press("3")  # preferred only
-        page.wait_for_function("() => document.querySelectorAll('.ipa-card').length === 3")
-        assert sorted(card_ids(page)) == sorted(k for k, v in expected.items() if v == "preferred")
-        counts = {f: page.inner_text(f".ipa-filter.ipa-{f} .ipa-count") for f in ("all", "pending", "preferred", "rejected")}
-        assert counts == {"all": "8", "pending": "3", "preferred": "3", "rejected": "2"}
-        assert statuses_on_disk(dataset_dir) == expected
+        expected = mark_eight_with_the_keyboard(page, dataset_dir, ids)
+        mark_in_the_large_view(page, dataset_dir, ids, expected)
+        reload_and_find_the_marks(page, dataset_dir, expected)
     assert errors == []
+
+
+def mark_eight_with_the_keyboard(page, dataset_dir, ids: list[str]) -> dict[str, str]:
+    """Marks, skips, undoes and bulk-marks the eight samples with keys; returns the statuses they end with."""
+    page.keyboard.press("p")  # 0 preferred, focus moves on
+    page.keyboard.press("r")  # 1 rejected
+    page.keyboard.press("s")  # 2 skipped
+    page.keyboard.press("p")  # 3 preferred ...
+    page.keyboard.press("u")  # ... undone: 3 back to pending, focus back on it
+    page.wait_for_function("() => document.querySelector('.ipa-card.ipa-focus')?.dataset.status === 'pending'")
+    assert focused_id(page) == ids[3]
+    page.keyboard.press("ArrowRight")  # 4
+    page.keyboard.press("x")
+    page.keyboard.press("ArrowRight")  # 5
+    page.keyboard.press("x")
+    assert page.inner_text(".ipa-selection").startswith("2 selected")
+    page.keyboard.press("r")  # bulk: 4 and 5 rejected
+    page.keyboard.press("Control+z")  # undo the bulk mark
+    page.keyboard.press("ArrowRight")  # 6
+    page.keyboard.press("x")
+    page.keyboard.press("ArrowRight")  # 7
+    page.keyboard.press("x")
+    page.keyboard.press("p")  # bulk: 6 and 7 preferred
+    expected = {
+        ids[0]: "preferred",
+        ids[1]: "rejected",
+        ids[2]: "pending",
+        ids[3]: "pending",
+        ids[4]: "pending",
+        ids[5]: "pending",
+        ids[6]: "preferred",
+        ids[7]: "preferred",
+    }
+    page.wait_for_function(
+        "() => document.querySelector('.ipa-filter.ipa-preferred .ipa-count')?.textContent === '3'"
+    )
+    assert wait_for_disk(dataset_dir, expected) == expected
+    assert card_statuses(page) == expected
+    return expected
+
+
+def mark_in_the_large_view(page, dataset_dir, ids: list[str], expected: dict[str, str]) -> None:
+    # Open the sample large: video, two hand close-ups that loaded, the seed and prompt.
+    page.keyboard.press("k")
+    page.keyboard.press("k")  # back to sample 5
+    assert focused_id(page) == ids[5]
+    page.keyboard.press("Enter")
+    page.wait_for_selector(".ipa-detail:not([hidden]) .ipa-hands figure img")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.ipa-hands img')].length === 2 &&"
+        " [...document.querySelectorAll('.ipa-hands img')].every(img => img.complete && img.naturalWidth === 192)"
+    )
+    assert "seed" in page.inner_text(".ipa-meta") and "a dancer waving" in page.inner_text(".ipa-meta")
+    page.keyboard.press("r")  # marking works in the large view too, and moves to the next sample
+    expected[ids[5]] = "rejected"
+    page.wait_for_function(f"() => document.querySelector('.ipa-detail-title')?.textContent.includes('{ids[6]}')")
+    page.keyboard.press("Escape")
+    assert page.is_hidden(".ipa-detail")
+    assert wait_for_disk(dataset_dir, expected) == expected
+
+
+def reload_and_find_the_marks(page, dataset_dir, expected: dict[str, str]) -> None:
+    # A reload shows the marks kept, with the view (filter, sort) kept too.
+    page.keyboard.press("2")  # pending
+    page.wait_for_function("() => document.querySelectorAll('.ipa-card').length === 3")
+    page.reload()
+    page.wait_for_selector(".ipa-card")
+    pending = sorted(k for k, v in expected.items() if v == "pending")
+    assert page.get_attribute(".ipa-filter.ipa-active", "data-filter") == "pending"
+    assert sorted(card_ids(page)) == pending and set(card_statuses(page).values()) == {"pending"}
+    page.keyboard.press("1")  # all
+    page.wait_for_function("() => document.querySelectorAll('.ipa-card').length === 8")
+    assert card_statuses(page) == expected
+    page.keyboard.press("3")  # preferred only
+    page.wait_for_function("() => document.querySelectorAll('.ipa-card').length === 3")
+    assert sorted(card_ids(page)) == sorted(k for k, v in expected.items() if v == "preferred")
+    counts = {f: page.inner_text(f".ipa-filter.ipa-{f} .ipa-count") for f in ("all", "pending", "preferred", "rejected")}
+    assert counts == {"all": "8", "pending": "3", "preferred": "3", "rejected": "2"}
+    assert statuses_on_disk(dataset_dir) == expected
 
 
 def test_fast_typing_against_a_slow_server_keeps_order_and_merges_requests(tmp_path, browser):
@@ -260,7 +271,7 @@ def test_score_hands_button_shows_progress_scores_tiles_and_explains_missing_wei
         go.set()
         page.wait_for_function("() => document.querySelector('.ipa-score-btn').textContent === 'Score hands'")
         page.wait_for_function("() => [...document.querySelectorAll('.ipa-score')].filter(e => e.textContent !== 'hand –').length === 3")
-        on_disk = {e["id"]: e.get("hand_score") for e in ds.read_manifest(dataset_dir)}
+        on_disk = {e["id"]: e.get("hand_score") for e in read_manifest(dataset_dir)}
         assert on_disk[ids[0]] > 0.9 and on_disk[ids[1]] < 0.2 and on_disk[ids[3]] is None
         shown = page.eval_on_selector_all(".ipa-card", "cards => Object.fromEntries(cards.map(c => [c.dataset.id, c.querySelector('.ipa-score').textContent]))")
         assert shown[ids[0]] == f"hand {on_disk[ids[0]]:.2f}" and shown[ids[3]] == "hand –"
@@ -288,3 +299,30 @@ def test_score_hands_button_shows_progress_scores_tiles_and_explains_missing_wei
         first = page.eval_on_selector(".ipa-card", "c => c.dataset.id")
         assert wait_for_disk(dataset_dir, {first: "preferred"})[first] == "preferred"
     assert errors == []
+
+
+def test_each_gallery_module_imported_alone_in_chromium_does_nothing(tmp_path, browser):
+    """As ComfyUI does with every .js file under web/: each module of web/gallery/ is imported by itself into a page;
+    the page, its storage and the network see nothing until a gallery is created (and then they do)."""
+    root = tmp_path / "ipa_datasets"
+    make_dataset(root, "hands_v1", count=2)
+    modules = sorted(path.name for path in (REPO_ROOT / "web" / "gallery").glob("*.js"))
+    with ServerThread(root) as server:
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{server.port}/web/gallery/gallery.css")  # a page of the server, no gallery in it
+        watch = """() => {
+            window.__requests = [];
+            const fetch = window.fetch;
+            window.fetch = (...args) => (window.__requests.push(String(args[0])), fetch(...args));
+        }"""
+        page.evaluate(watch)
+        looks = "() => [document.documentElement.outerHTML, localStorage.length, window.__requests.length]"
+        before = page.evaluate(looks)
+        for name in modules:
+            exported = page.evaluate("async (url) => Object.keys(await import(url))", f"/web/gallery/{name}")
+            assert exported, f"{name} exports nothing"
+            assert page.evaluate(looks) == before, f"importing {name} changed the page, its storage or fetched"
+        # The traps are live: creating a gallery changes the page and asks the server.
+        page.evaluate("async () => { const g = (await import('/web/gallery/gallery.js')).createGallery(document.body); await g.ready; }")
+        after = page.evaluate(looks)
+        assert after[0] != before[0] and after[2] > 0

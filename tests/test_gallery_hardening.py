@@ -9,9 +9,10 @@ import os
 import pytest
 
 from gallery_fixture import make_dataset, serve
-from ipa_train.data import dataset as ds
+from ipa_train.data.layout import MANIFEST
+from ipa_train.data.manifest import read_manifest
 from ipa_train.data import journal
-from ipa_train.gallery.api import host_origin_problem
+from ipa_train.gallery.security import host_origin_problem
 
 
 @pytest.fixture()
@@ -25,12 +26,12 @@ def test_a_symlinked_manifest_is_never_followed(root, tmp_path):
     """The dataset folder is real but its manifest.jsonl points outside the root: nothing is listed or marked
     through it (``is_file()`` follows links; every component is checked with lstat)."""
     outside = tmp_path / "elsewhere.jsonl"
-    entry = dict(ds.read_manifest(root / "hands_v1")[0], id="fedcba9876543210")
+    entry = dict(read_manifest(root / "hands_v1")[0], id="fedcba9876543210")
     outside.write_text(json.dumps(entry) + "\n")
     before = outside.read_bytes()
     evil = root / "evil"
     (evil / "samples").mkdir(parents=True)
-    os.symlink(outside, evil / ds.MANIFEST)
+    os.symlink(outside, evil / MANIFEST)
 
     async def scenario(client):
         listing = await client.get("/ipa/datasets/evil/samples")
@@ -42,11 +43,11 @@ def test_a_symlinked_manifest_is_never_followed(root, tmp_path):
     listing, mark, datasets, good = serve(root, scenario)
     assert listing == 404 and mark == 404 and good == 200
     assert not any(item.get("total") for item in datasets["datasets"] if item["name"] == "evil")
-    assert outside.read_bytes() == before and (evil / ds.MANIFEST).is_symlink()
+    assert outside.read_bytes() == before and (evil / MANIFEST).is_symlink()
 
 
 def test_json_bodies_of_any_depth_are_400(root):
-    manifest = (root / "hands_v1" / ds.MANIFEST).read_bytes()
+    manifest = (root / "hands_v1" / MANIFEST).read_bytes()
     deep_list = b"[" * 200_000 + b"]" * 200_000  # RecursionError in the parser: was a 500
     deep_object = ('{"ids": ' + "[" * 5000 + "]" * 5000 + ', "status": "preferred"}').encode()
     deep_marks = ('{"marks": [' + '{"id": ' * 3000 + "1" + "}" * 3000 + "]}").encode()
@@ -62,13 +63,13 @@ def test_json_bodies_of_any_depth_are_400(root):
     for status, message in serve(root, scenario):
         assert status == 400 and "must be" in message, (status, message)
     # nothing written: neither the manifest nor the status journal (where marks go since format 2)
-    assert (root / "hands_v1" / ds.MANIFEST).read_bytes() == manifest and not (root / "hands_v1" / journal.JOURNAL).exists()
+    assert (root / "hands_v1" / MANIFEST).read_bytes() == manifest and not (root / "hands_v1" / journal.JOURNAL).exists()
 
 
 def test_other_web_pages_cannot_mark(root):
     """What a page on another site could send to a gallery on 127.0.0.1: refused before any handler runs."""
-    manifest = (root / "hands_v1" / ds.MANIFEST).read_bytes()
-    sample_id = ds.read_manifest(root / "hands_v1")[0]["id"]
+    manifest = (root / "hands_v1" / MANIFEST).read_bytes()
+    sample_id = read_manifest(root / "hands_v1")[0]["id"]
     body = json.dumps({"ids": [sample_id], "status": "preferred"})
 
     async def scenario(client):
@@ -96,11 +97,11 @@ def test_other_web_pages_cannot_mark(root):
     assert statuses == {"cross-origin text/plain": 403, "cross-origin json": 403, "sandboxed page (Origin: null)": 403,
                         "DNS rebinding": 403, "same origin, text/plain": 415, "cross-origin read": 403}
     assert same_origin == 200  # the gallery page itself (same origin, JSON) still marks
-    after = ds.read_manifest(root / "hands_v1")
+    after = read_manifest(root / "hands_v1")
     # exactly one mark reached disk (the same-origin one): one line in the status journal, the manifest untouched
     journal_lines = (root / "hands_v1" / journal.JOURNAL).read_text().splitlines()
     assert after[0]["status"] == "preferred" and len(journal_lines) == 1
-    assert (root / "hands_v1" / ds.MANIFEST).read_bytes() == manifest
+    assert (root / "hands_v1" / MANIFEST).read_bytes() == manifest
 
 
 def test_host_and_origin_rules():

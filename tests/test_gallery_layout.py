@@ -124,9 +124,10 @@ def test_mouse_curation_on_tiles_selection_and_the_large_view(tmp_path, browser)
 def test_a_curated_dataset_opens_on_all_and_an_empty_view_says_so_in_the_middle(tmp_path, browser):
     root = tmp_path / "ipa_datasets"
     dataset_dir, ids = make_dataset(root, "curated", count=5)
-    from ipa_train.data import dataset as ds
+    from ipa_train.data.marks import set_statuses
+    from ipa_train.data.samples import create_dataset
 
-    ds.set_statuses(dataset_dir, {ids[0]: "preferred", ids[1]: "preferred", ids[2]: "rejected", ids[3]: "rejected", ids[4]: "rejected"})
+    set_statuses(dataset_dir, {ids[0]: "preferred", ids[1]: "preferred", ids[2]: "rejected", ids[3]: "rejected", ids[4]: "rejected"})
     errors = []
     with ServerThread(root) as server:
         page = browser.new_page(viewport={"width": 1280, "height": 800})  # a fresh profile: nothing remembered
@@ -157,7 +158,7 @@ def test_a_curated_dataset_opens_on_all_and_an_empty_view_says_so_in_the_middle(
         assert page.get_attribute(".ipa-filter.ipa-active", "data-filter") == "preferred"
 
         # A dataset with no samples at all says where samples come from.
-        ds.create_dataset(root, "empty_one")
+        create_dataset(root, "empty_one")
         page.reload()
         page.wait_for_selector(".ipa-card")
         page.select_option(".ipa-dataset", "empty_one")

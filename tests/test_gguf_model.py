@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ipa_train import train as trainer
-from ipa_train.data import dataset as ds
+from ipa_train.data.samples import add_sample, create_dataset
 from ipa_train.wan.fingerprint import diffusers_model_fingerprint, weights_fingerprint
 from ipa_train.wan.model import ModelLoadError, build_tiny_comfy_transformer, load_transformer, save_original_wan_single_file
 from trainer_helpers import make_sample, tiny_config
@@ -91,10 +91,10 @@ def test_gguf_base_keeps_its_quantised_weights_and_trains_like_the_dequantised_o
 
 def test_trainer_trains_a_lora_on_a_gguf_base(files, tmp_path):
     _, _, path = files
-    folder = ds.create_dataset(tmp_path, "g")
+    folder = create_dataset(tmp_path, "g")
     for seed in range(2):
         sample = make_sample(seed, frames=2, h=4, w=4, text_dim=4096)
-        ds.add_sample(folder, sample, status="preferred")
+        add_sample(folder, sample, status="preferred")
     events = []
     result = trainer.train(tiny_config(folder, tmp_path / "out", base_model=str(path), steps=2, rank=2), callback=events.append)
     assert result.status == "finished" and events[0]["trainable_parameters"] > 0

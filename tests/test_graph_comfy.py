@@ -112,7 +112,8 @@ def test_patched_model_is_recorded(comfy):
 def test_collector_node_stores_candidates(comfy):
     import json
 
-    from comfyui_ipa_pack.ipa_train.data import dataset
+    from comfyui_ipa_pack.ipa_train.data.layout import dataset_path
+    from comfyui_ipa_pack.ipa_train.data.manifest import read_manifest
     from comfyui_ipa_pack.nodes.collector import IPAMarkPreferred
     from comfyui_ipa_pack.nodes.paths import dataset_root
 
@@ -121,8 +122,8 @@ def test_collector_node_stores_candidates(comfy):
     out = IPAMarkPreferred.execute(candidates, "node_ds", "preferred", select="1", prompt_text="wave")
     text = out.args[0]
     assert "node_ds: 1 samples" in text and "1 preferred" in text
-    folder = dataset.dataset_path(dataset_root(), "node_ds")
-    entries = dataset.read_manifest(folder)
+    folder = dataset_path(dataset_root(), "node_ds")
+    entries = read_manifest(folder)
     assert [entry["seed"] for entry in entries] == [22]
     meta = json.loads((folder / "samples" / entries[0]["id"] / "meta.json").read_text())
     assert meta["settings"]["steps"] == 2 and meta["prompt"] == "wave" and len(meta["sigmas"]) == 3
@@ -139,8 +140,8 @@ def test_collector_node_stores_candidates(comfy):
 
     pose = synthetic_pose_sequence(LENGTH + 4, 2 * W, 2 * H, seed=1)
     IPAMarkPreferred.execute(candidates, "posed_ds", "pending", select="0", pose_keypoint=pose)
-    posed = dataset.dataset_path(dataset_root(), "posed_ds")
-    (entry,) = dataset.read_manifest(posed)
+    posed = dataset_path(dataset_root(), "posed_ds")
+    (entry,) = read_manifest(posed)
     meta = json.loads((posed / "samples" / entry["id"] / "meta.json").read_text())
     assert len(meta["driving_pose"]) == LENGTH and meta["driving_pose"][0]["canvas_width"] == 2 * W
     assert meta["driving_pose_resize"] == "crop" and meta["video_size"] == [W, H]
@@ -169,13 +170,14 @@ def test_encode_good_video_matches_native_conditioning(comfy):
 
 def test_parity_native_comfyui_vs_diffusers_on_stored_tensors(comfy, tmp_path):
     from comfy_tiny import comfy_velocities, write_diffusers_config
-    from comfyui_ipa_pack.ipa_train.data import dataset
+    from comfyui_ipa_pack.ipa_train.data.layout import dataset_path
+    from comfyui_ipa_pack.ipa_train.data.samples import load_preferred
     from comfyui_ipa_pack.nodes.collector import IPAMarkPreferred
     from comfyui_ipa_pack.nodes.paths import dataset_root
 
     _, candidates = _sample(comfy, candidates=1, seed=31, steps=2, strength=0.7)
     IPAMarkPreferred.execute(candidates, "parity", "preferred")
-    ((_, stored, _),) = dataset.load_preferred(dataset.dataset_path(dataset_root(), "parity"))
+    ((_, stored, _),) = load_preferred(dataset_path(dataset_root(), "parity"))
     assert stored.ref_frames == 1 and stored.vace_strength == pytest.approx(0.7)
 
     sigmas = [0.93, 0.6, 0.25]

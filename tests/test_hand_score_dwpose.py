@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
 from gallery_fixture import tiny_tensors
-from ipa_train.data import dataset as ds
+from ipa_train.data.samples import add_sample, create_dataset
 from ipa_train.pose import dwpose
 from ipa_train.gallery.api import create_app
 from ipa_train.gallery.hand_score_jobs import dwpose_source
@@ -45,7 +45,7 @@ def weights(tmp_path):
 
 def test_score_hands_with_dwpose_and_sort_by_the_score(tmp_path, weights):
     root = tmp_path / "ipa_datasets"
-    path = ds.create_dataset(root, "hands_v1")
+    path = create_dataset(root, "hands_v1")
     estimator = dwpose.DWPoseEstimator(weights / dwpose.DETECTOR_FILE, weights / dwpose.POSE_FILE, providers=["CPUExecutionProvider"])
     # The driving pose is what DWPose sees in the video that drove the generation (here: the cross at 50, 30).
     driving = dwpose.estimate_video(estimator, video(50, 30))
@@ -55,7 +55,7 @@ def test_score_hands_with_dwpose_and_sort_by_the_score(tmp_path, weights):
         meta = {"seed": seed, "video_size": [WIDTH, HEIGHT]}
         if name != "unposed":
             meta["driving_pose"] = driving
-        result = ds.add_sample(path, tiny_tensors(seed), meta=meta, previews={"preview.webp": webp(frames)}, summary={"seed": seed})
+        result = add_sample(path, tiny_tensors(seed), meta=meta, previews={"preview.webp": webp(frames)}, summary={"seed": seed})
         ids[name] = result.sample_id
 
     async def scenario():

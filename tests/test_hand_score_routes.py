@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from gallery_fixture import add_driving_poses, make_dataset, skin_detector
-from ipa_train.data import dataset as ds
+from ipa_train.data.manifest import read_manifest
 from ipa_train.gallery.api import GALLERY_API_KEY, create_app
 from ipa_train.gallery.hand_score_jobs import DetectorSource, DetectorUnavailable, dwpose_source
 
@@ -186,7 +186,7 @@ def test_without_weights_the_route_says_what_to_install_and_the_gallery_works(da
         assert marked.status == 200
 
     serve(root, scenario, source)
-    assert all(e.get("hand_score") is None for e in ds.read_manifest(path))
+    assert all(e.get("hand_score") is None for e in read_manifest(path))
 
 
 def test_a_server_without_a_detector_explains_it(dataset):

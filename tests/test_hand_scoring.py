@@ -10,7 +10,7 @@ import json
 import pytest
 
 from gallery_fixture import PREVIEW_SIZE, add_driving_poses, hand_boxes, hand_from_box, make_dataset, skin_detector
-from ipa_train.data import dataset as ds
+from ipa_train.data.manifest import read_manifest
 from ipa_train.gallery.api import create_app
 from ipa_train.gallery.hand_scoring import ScoringCancelled, fit_driving_pose, score_dataset, score_sample
 
@@ -36,7 +36,7 @@ def test_score_dataset_stores_scores_and_the_gallery_sorts_by_them(dataset):
     seen = []
     counts = score_dataset(path, skin_detector, progress=lambda done, total: seen.append((done, total)), batch=2)
     assert counts == {"scored": 3, "skipped": 1, "failed": 0} and seen[-1] == (4, 4)
-    by_id = {e["id"]: e for e in ds.read_manifest(path)}
+    by_id = {e["id"]: e for e in read_manifest(path)}
     assert by_id[ids[0]]["hand_score"] > 0.9 and by_id[ids[1]]["hand_score"] < 0.2 and "hand_score" not in by_id[ids[3]]
     # Already scored samples are left alone unless asked.
     assert score_dataset(path, skin_detector) == {"scored": 0, "skipped": 1, "failed": 0}
@@ -61,14 +61,14 @@ def test_cancel_keeps_the_work_done(dataset):
     calls = []
     counts = score_dataset(path, skin_detector, cancelled=lambda: len(calls) >= 2, progress=lambda d, t: calls.append(d), batch=10)
     assert counts["scored"] == 1
-    assert sum(1 for e in ds.read_manifest(path) if e.get("hand_score") is not None) == 1
+    assert sum(1 for e in read_manifest(path) if e.get("hand_score") is not None) == 1
 
 
 def test_a_broken_detector_is_recorded_not_fatal(dataset):
     path, ids = dataset
     counts = score_dataset(path, lambda frames: [], sample_ids=[ids[0]])
     assert counts == {"scored": 0, "skipped": 0, "failed": 1}
-    entry = {e["id"]: e for e in ds.read_manifest(path)}[ids[0]]
+    entry = {e["id"]: e for e in read_manifest(path)}[ids[0]]
     assert "returned 0 frames" in entry["hand_score_error"]
 
 
@@ -137,5 +137,5 @@ def test_a_cancel_inside_a_sample_keeps_the_samples_before(dataset):
 
     counts = score_dataset(path, detector, batch=10)
     assert counts == {"scored": 1, "skipped": 0, "failed": 0}
-    scored = [e["id"] for e in ds.read_manifest(path) if e.get("hand_score") is not None]
+    scored = [e["id"] for e in read_manifest(path) if e.get("hand_score") is not None]
     assert len(scored) == 1

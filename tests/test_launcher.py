@@ -174,7 +174,9 @@ def test_real_trainer_tiny_run(tmp_path):
     """The real trainer under the launcher on a tiny dataset (enabled once trainer-loop is merged)."""
     import torch
 
-    from ipa_train.data.dataset import SampleTensors, add_sample, create_dataset, set_status
+    from ipa_train.data.marks import set_status
+    from ipa_train.data.samples import add_sample, create_dataset
+    from ipa_train.data.tensors import SampleTensors
 
     folder = create_dataset(tmp_path, "tiny")
     generator = torch.Generator().manual_seed(0)

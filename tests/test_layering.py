@@ -215,9 +215,9 @@ def test_no_import_cycles():
     "module, line, expected",
     [
         ("pose/hands.py", "from ..training.loop import Trainer", "pose.hands (pose, level 1) imports training.loop"),
-        ("wan/model.py", "from ..data import dataset", "wan.model (wan, level 1) imports data.dataset"),
+        ("wan/model.py", "from ..data import samples", "wan.model (wan, level 1) imports data.samples"),
         ("pose/render.py", "from ipa_train.wan import latents", "pose.render (pose, level 1) imports wan.latents"),
-        ("data/dataset.py", "from .. import train", "data.dataset imports the entry point train"),
+        ("data/samples.py", "from .. import train", "data.samples imports the entry point train"),
     ],
 )
 def test_the_check_catches_a_wrong_way_import(tmp_path, module, line, expected):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ipa_train import train as trainer
-from ipa_train.data import dataset as ds
+from ipa_train.data.samples import add_sample, create_dataset
 from ipa_train.jobs.config import ConfigError, InitLora, RunConfig, parse_init_lora
 from ipa_train.training.reference_check import ReferenceMismatch
 from ipa_train.wan.fingerprint import (
@@ -45,9 +45,9 @@ def _group(path, strength):
 
 
 def _dataset(tmp_path, settings_list, name="ds"):
-    folder = ds.create_dataset(tmp_path, name)
+    folder = create_dataset(tmp_path, name)
     for i, settings in enumerate(settings_list):
-        ds.add_sample(folder, make_sample(i), meta={"settings": settings, "source": "ipa_vace_sampler"}, status="preferred")
+        add_sample(folder, make_sample(i), meta={"settings": settings, "source": "ipa_vace_sampler"}, status="preferred")
     return folder
 
 
@@ -179,8 +179,8 @@ def test_records_are_checked_before_the_model_loads_and_old_datasets_only_warn(t
     with pytest.raises(ReferenceMismatch):  # a missing base model would fail later: the patch check comes first
         _run(tiny_config(data, tmp_path / "o", steps=1, base_model=str(tmp_path / "missing.safetensors")))
     old = _dataset(tmp_path, [{}, {"base_fingerprint": tiny_fingerprint()}], name="old")
-    folder = ds.create_dataset(tmp_path, "old")
-    ds.add_sample(folder, make_sample(9), meta={"source": "outside_video"}, status="preferred")  # never sampled: not checked
+    folder = create_dataset(tmp_path, "old")
+    add_sample(folder, make_sample(9), meta={"source": "outside_video"}, status="preferred")  # never sampled: not checked
     result, events = _run(tiny_config(old, tmp_path / "old_run", steps=1))
     assert result.status == "finished"
     assert events[0]["warnings"] == ["1 of 2 samples carry no record of the model that sampled them (collected before the IPA VACE "

@@ -12,54 +12,57 @@ import time
 import pytest
 
 from gallery_fixture import tiny_tensors
-from ipa_train.data import dataset as ds
+from ipa_train.data.layout import FORMAT_VERSION, MANIFEST, DatasetError, check_format_version
+from ipa_train.data.manifest import compact, read_manifest, update_entries
+from ipa_train.data.marks import count_statuses, set_status, set_statuses
+from ipa_train.data.samples import add_sample, create_dataset, load_preferred
 from ipa_train.data import journal
 from ipa_train.training.batching import load_training_data
 from ipa_train.jobs.config import RunConfig
 
 
 def make(tmp_path, count=4, name="d"):
-    path = ds.create_dataset(tmp_path, name)
-    ids = [ds.add_sample(path, tiny_tensors(seed), meta={"seed": seed}, summary={"seed": seed}).sample_id for seed in range(count)]
+    path = create_dataset(tmp_path, name)
+    ids = [add_sample(path, tiny_tensors(seed), meta={"seed": seed}, summary={"seed": seed}).sample_id for seed in range(count)]
     return path, ids
 
 
 def statuses(path):
-    return {entry["id"]: entry["status"] for entry in ds.read_manifest(path)}
+    return {entry["id"]: entry["status"] for entry in read_manifest(path)}
 
 
 def test_marks_append_to_the_journal_and_every_reader_sees_them(tmp_path):
     path, ids = make(tmp_path)
-    manifest_before = (path / ds.MANIFEST).read_bytes()
-    ds.set_status(path, ids[:2], "preferred")
-    ds.set_statuses(path, {ids[1]: "rejected", ids[2]: "preferred"})
-    assert (path / ds.MANIFEST).read_bytes() == manifest_before  # the manifest is not rewritten for a mark
+    manifest_before = (path / MANIFEST).read_bytes()
+    set_status(path, ids[:2], "preferred")
+    set_statuses(path, {ids[1]: "rejected", ids[2]: "preferred"})
+    assert (path / MANIFEST).read_bytes() == manifest_before  # the manifest is not rewritten for a mark
     lines = (path / journal.JOURNAL).read_text().splitlines()
     assert len(lines) == 2 and json.loads(lines[1])["marks"] == {ids[1]: "rejected", ids[2]: "preferred"}
     expected = {ids[0]: "preferred", ids[1]: "rejected", ids[2]: "preferred", ids[3]: "pending"}
     assert statuses(path) == expected
-    assert ds.count_statuses(ds.read_manifest(path)) == {"pending": 1, "preferred": 2, "rejected": 1}
-    entry = next(e for e in ds.read_manifest(path) if e["id"] == ids[1])
+    assert count_statuses(read_manifest(path)) == {"pending": 1, "preferred": 2, "rejected": 1}
+    entry = next(e for e in read_manifest(path) if e["id"] == ids[1])
     assert entry["updated"] == json.loads(lines[1])["updated"]
     # The trainer's readers: load_preferred and the training data (with its fingerprint).
-    assert sorted(sample_id for sample_id, _, _ in ds.load_preferred(path)) == sorted([ids[0], ids[2]])
+    assert sorted(sample_id for sample_id, _, _ in load_preferred(path)) == sorted([ids[0], ids[2]])
     data = load_training_data(RunConfig(dataset=str(path), base_model="tiny", output_dir=str(tmp_path / "out"), objective="dpo"))
     assert sorted(sid for sid, _, _ in data.preferred) == sorted([ids[0], ids[2]]) and [sid for sid, _, _ in data.rejected] == [ids[1]]
     # A manifest rewrite (the collector adding a sample) folds the journal in and removes it.
-    ds.add_sample(path, tiny_tensors(99))
+    add_sample(path, tiny_tensors(99))
     assert not (path / journal.JOURNAL).exists()
-    on_disk = {json.loads(line)["id"]: json.loads(line)["status"] for line in (path / ds.MANIFEST).read_text().splitlines()}
+    on_disk = {json.loads(line)["id"]: json.loads(line)["status"] for line in (path / MANIFEST).read_text().splitlines()}
     assert {k: on_disk[k] for k in ids} == expected
-    assert json.loads((path / "dataset.json").read_text())["format_version"] == ds.FORMAT_VERSION == 2
+    assert json.loads((path / "dataset.json").read_text())["format_version"] == FORMAT_VERSION == 2
 
 
 def test_a_torn_last_line_is_ignored_and_cut_off_by_the_next_mark(tmp_path):
     path, ids = make(tmp_path)
-    ds.set_status(path, [ids[0]], "preferred")
+    set_status(path, [ids[0]], "preferred")
     with open(path / journal.JOURNAL, "ab") as handle:  # a writer killed mid-line: never acknowledged
         handle.write(b'{"updated": "2026-01-01T00:00:00.000+00:00", "marks": {"' + ids[1].encode() + b'": "rej')
     assert statuses(path)[ids[1]] == "pending" and statuses(path)[ids[0]] == "preferred"
-    ds.set_status(path, [ids[2]], "rejected")
+    set_status(path, [ids[2]], "rejected")
     lines = (path / journal.JOURNAL).read_bytes().split(b"\n")
     assert lines[-1] == b"" and all(json.loads(line) for line in lines[:-1]) and len(lines) == 3
     assert statuses(path) == {ids[0]: "preferred", ids[1]: "pending", ids[2]: "rejected", ids[3]: "pending"}
@@ -67,9 +70,9 @@ def test_a_torn_last_line_is_ignored_and_cut_off_by_the_next_mark(tmp_path):
 
 def test_a_crash_between_manifest_rewrite_and_journal_removal_replays_to_the_same(tmp_path, monkeypatch):
     path, ids = make(tmp_path)
-    ds.set_status(path, [ids[0]], "preferred")
-    ds.set_status(path, [ids[0]], "rejected")
-    ds.set_status(path, [ids[1]], "preferred")
+    set_status(path, [ids[0]], "preferred")
+    set_status(path, [ids[0]], "rejected")
+    set_status(path, [ids[1]], "preferred")
     expected = statuses(path)
 
     def killed(_):
@@ -77,13 +80,13 @@ def test_a_crash_between_manifest_rewrite_and_journal_removal_replays_to_the_sam
 
     monkeypatch.setattr(journal, "remove_journal", killed)
     with pytest.raises(KeyboardInterrupt):
-        ds.compact(path)
+        compact(path)
     monkeypatch.undo()
     assert (path / journal.JOURNAL).exists() and statuses(path) == expected  # replayed over a manifest holding them
-    ds.set_status(path, [ids[0]], "preferred")  # later marks still win over the replayed ones
+    set_status(path, [ids[0]], "preferred")  # later marks still win over the replayed ones
     expected[ids[0]] = "preferred"
     assert statuses(path) == expected
-    state = ds.compact(path)
+    state = compact(path)
     assert state.journal_identity is None and not (path / journal.JOURNAL).exists()
     assert {e["id"]: e["status"] for e in state.entries} == expected == statuses(path)
 
@@ -91,23 +94,23 @@ def test_a_crash_between_manifest_rewrite_and_journal_removal_replays_to_the_sam
 def test_damaged_journal_lines_newer_formats_and_symlinks_are_refused_with_a_reason(tmp_path):
     path, ids = make(tmp_path)
     (path / journal.JOURNAL).write_text('{"updated": "x", "marks": {"a": "preferred"}}\nnot json\n')
-    with pytest.raises(ds.DatasetError, match="marks.jsonl, byte 46: not a JSON mark record.*delete that line"):
-        ds.read_manifest(path)
+    with pytest.raises(DatasetError, match="marks.jsonl, byte 46: not a JSON mark record.*delete that line"):
+        read_manifest(path)
     (path / journal.JOURNAL).write_text('{"marks": ["a"]}\n')
-    with pytest.raises(ds.DatasetError, match="needs 'updated'"):
-        ds.read_manifest(path)
+    with pytest.raises(DatasetError, match="needs 'updated'"):
+        read_manifest(path)
     (path / journal.JOURNAL).unlink()
     outside = tmp_path / "elsewhere.jsonl"
     outside.write_text("")
     os.symlink(outside, path / journal.JOURNAL)
-    with pytest.raises(ds.DatasetError, match="symbolic link"):
-        ds.set_status(path, [ids[0]], "preferred")
+    with pytest.raises(DatasetError, match="symbolic link"):
+        set_status(path, [ids[0]], "preferred")
     assert outside.read_text() == ""
     (path / journal.JOURNAL).unlink()
     info = json.loads((path / "dataset.json").read_text())
     (path / "dataset.json").write_text(json.dumps({**info, "format_version": 3}))
-    with pytest.raises(ds.DatasetError, match="format 3, made by a newer ComfyUI-IPA.*update the pack"):
-        ds.read_manifest(path)
+    with pytest.raises(DatasetError, match="format 3, made by a newer ComfyUI-IPA.*update the pack"):
+        read_manifest(path)
 
 
 def make_format_1(root, name="old_v1"):
@@ -115,9 +118,9 @@ def make_format_1(root, name="old_v1"):
     sample files' format_version 1 (the sample layout itself is unchanged in format 2)."""
     path, ids = make(root, count=3, name=name)
     (path / "dataset.json").write_text(json.dumps({"format_version": 1, "created": "2026-01-01T00:00:00.000+00:00", "name": name}, indent=2) + "\n")
-    entries = [json.loads(line) for line in (path / ds.MANIFEST).read_text().splitlines()]
+    entries = [json.loads(line) for line in (path / MANIFEST).read_text().splitlines()]
     entries[0]["status"] = "preferred"
-    (path / ds.MANIFEST).write_text("".join(json.dumps(e) + "\n" for e in entries))
+    (path / MANIFEST).write_text("".join(json.dumps(e) + "\n" for e in entries))
     for sample_id in ids:
         meta_file = path / "samples" / sample_id / "meta.json"
         meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "format_version": 1}))
@@ -132,9 +135,9 @@ def test_a_format_1_dataset_opens_lists_marks_and_trains(tmp_path):
 
     root = tmp_path / "ipa_datasets"
     path, ids = make_format_1(root)
-    assert ds.check_format_version(path) == 1
+    assert check_format_version(path) == 1
     assert statuses(path) == {ids[0]: "preferred", ids[1]: "pending", ids[2]: "pending"}
-    assert [sample_id for sample_id, _, _ in ds.load_preferred(path)] == [ids[0]]
+    assert [sample_id for sample_id, _, _ in load_preferred(path)] == [ids[0]]
 
     async def go():
         client = TestClient(TestServer(create_app(root)))
@@ -157,14 +160,15 @@ def test_a_format_1_dataset_opens_lists_marks_and_trains(tmp_path):
     info = json.loads((path / "dataset.json").read_text())
     assert info["format_version"] == 2 and info["name"] == "old_v1" and info["created"].startswith("2026-01-01")
     assert (path / journal.JOURNAL).exists()
-    assert sorted(sample_id for sample_id, _, _ in ds.load_preferred(path)) == sorted(ids[:2])
+    assert sorted(sample_id for sample_id, _, _ in load_preferred(path)) == sorted(ids[:2])
 
 
 def test_the_gallery_cache_applies_new_journal_lines_without_reparsing_and_compacts_on_open(tmp_path):
-    from ipa_train.gallery.api import ManifestCache
+    import ipa_train.data.manifest as manifest_module
+    from ipa_train.data.manifest_cache import ManifestCache
 
     path, ids = make(tmp_path, count=5)
-    ds.set_status(path, [ids[0]], "rejected")  # a journal left from an earlier session
+    set_status(path, [ids[0]], "rejected")  # a journal left from an earlier session
     cache = ManifestCache()
     first = cache.get(path)
     assert not (path / journal.JOURNAL).exists(), "opening the dataset folds the journal into the manifest"
@@ -173,11 +177,11 @@ def test_the_gallery_cache_applies_new_journal_lines_without_reparsing_and_compa
     assert total == 5 and {s["id"]: s["status"] for s in page}[ids[0]] == "rejected"
     cache.page(path, frozenset({"pending"}), "date", False, 0, 10)
     parsed = []
-    real_parse = ds._parse_manifest
-    ds._parse_manifest = lambda p: parsed.append(p) or real_parse(p)
+    real_parse = manifest_module._parse_manifest
+    manifest_module._parse_manifest = lambda p: parsed.append(p) or real_parse(p)
     try:
-        ds.set_statuses(path, {ids[1]: "preferred", ids[2]: "preferred"})  # another writer (the library, a node)
-        ds.set_status(path, [ids[1]], "rejected")
+        set_statuses(path, {ids[1]: "preferred", ids[2]: "preferred"})  # another writer (the library, a node)
+        set_status(path, [ids[1]], "rejected")
         parsed.clear()
         counts, total, page = cache.page(path, frozenset({"pending"}), "date", False, 0, 10)
         assert parsed == []  # applied from the journal's new lines; the manifest was not parsed again
@@ -187,22 +191,22 @@ def test_the_gallery_cache_applies_new_journal_lines_without_reparsing_and_compa
         _, total, page = cache.page(path, None, "date", False, 0, 10)
         assert total == 5 and {s["id"]: s["status"] for s in page}[ids[2]] == "preferred"
     finally:
-        ds._parse_manifest = real_parse
+        manifest_module._parse_manifest = real_parse
     # A rewrite by another process (hand scores) replaces the manifest: the cache parses it again.
-    ds.update_entries(path, {ids[4]: {"hand_score": 0.5}})
+    update_entries(path, {ids[4]: {"hand_score": 0.5}})
     assert cache.get(path).by_id[ids[4]]["hand_score"] == 0.5 and cache.get(path).counts["rejected"] == 2
 
 
 def _mark_sequence(path, ids, rounds):
     for round_ in range(rounds):
         for index, sample_id in enumerate(ids):
-            ds.set_status(path, [sample_id], ("preferred", "rejected", "pending")[(round_ + index) % 3])
+            set_status(path, [sample_id], ("preferred", "rejected", "pending")[(round_ + index) % 3])
 
 
 def _add_and_compact(path, seeds):
     for seed in seeds:
-        ds.add_sample(path, tiny_tensors(seed))
-        ds.compact(path)
+        add_sample(path, tiny_tensors(seed))
+        compact(path)
 
 
 def test_concurrent_markers_collectors_and_compactions_lose_no_mark(tmp_path):
@@ -243,12 +247,12 @@ def test_lock_free_readers_see_only_states_that_existed_while_marks_and_compacti
             for step in range(120):
                 sample_id = ids[step % 4]
                 status = ("preferred", "rejected", "pending")[(step // 4) % 3]
-                ds.set_status(path, [sample_id], status)
+                set_status(path, [sample_id], status)
                 current = dict(snapshots[-1])
                 current[sample_id] = status
                 snapshots.append(tuple(sorted(current.items())))
                 if step % 5 == 4:
-                    ds.compact(path)
+                    compact(path)
         finally:
             done.set()
 

@@ -124,7 +124,7 @@ def test_template_browser_lists_the_packs_templates_with_thumbnails(ui, tmp_path
 
 
 def test_curate_runs_as_loaded_and_shows_its_results(ui, comfy, tmp_path):
-    from ipa_train.data import dataset as ds
+    from ipa_train.data.manifest import read_manifest
 
     with screenshot_on_failure(ui, tmp_path, "curate"):
         dialogs, workflow = _open(ui, "ipa_curate")
@@ -146,7 +146,7 @@ def test_curate_runs_as_loaded_and_shows_its_results(ui, comfy, tmp_path):
         # the seed stepped by the candidate count: the next run samples 9 and 10, never 8 again
         assert ui.js("() => window.__ipa.widget('IPAVaceSampler', 'seed')") == 9
         folder = comfy.base / "output" / "ipa_datasets" / DATASET
-        assert sorted(e["seed"] for e in ds.read_manifest(folder)) == [7, 8]
+        assert sorted(e["seed"] for e in read_manifest(folder)) == [7, 8]
         # on the canvas: one looping clip per candidate, and Mark Preferred's summary under the node
         ui.page.wait_for_function("(id) => app.nodeOutputs[String(id)]?.images?.length === 2", arg=sampler_id, timeout=10_000)
         outputs = ui.js("(id) => app.nodeOutputs[String(id)]", sampler_id)
@@ -170,12 +170,12 @@ def test_curate_runs_as_loaded_and_shows_its_results(ui, comfy, tmp_path):
 
 
 def test_align_runs_as_shipped_on_a_cpu_machine_and_cancels_cleanly(ui, comfy, tmp_path):
-    from ipa_train.data import dataset as ds
+    from ipa_train.data.manifest import read_manifest
 
     folder = comfy.base / "output" / "ipa_datasets" / DATASET
     if not folder.is_dir():
         pytest.skip("needs the dataset made by the curate test")
-    entries = ds.read_manifest(folder)
+    entries = read_manifest(folder)
     comfy.post(f"/ipa/datasets/{DATASET}/marks", {"ids": [entries[0]["id"]], "status": "preferred"})  # as the gallery does
     with screenshot_on_failure(ui, tmp_path, "align"):
         dialogs, _ = _open(ui, "ipa_align")

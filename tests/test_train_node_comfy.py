@@ -28,7 +28,8 @@ def host(tmp_path, monkeypatch):
     load_pack_cpu()
     import folder_paths
 
-    from comfyui_ipa_pack.ipa_train.data.dataset import SampleTensors, add_sample, create_dataset
+    from comfyui_ipa_pack.ipa_train.data.samples import add_sample, create_dataset
+    from comfyui_ipa_pack.ipa_train.data.tensors import SampleTensors
     from comfyui_ipa_pack.nodes.paths import dataset_root
     from comfyui_ipa_pack.nodes.train_lora import IPATrainLoRA
 
@@ -115,7 +116,7 @@ def test_train_node_refuses_bad_settings(host):
 
 def test_bad_names_fail_at_queue_time(host):
     """validate_inputs runs when ComfyUI validates the prompt, before any node executes."""
-    from comfyui_ipa_pack.ipa_train.data.dataset import create_dataset
+    from comfyui_ipa_pack.ipa_train.data.samples import create_dataset
     from comfyui_ipa_pack.nodes.paths import dataset_root
     from comfyui_ipa_pack.nodes.train_lora import IPATrainLoRA
 

@@ -12,7 +12,7 @@ import torch
 from ipa_train.training import lora
 from ipa_train import train as trainer
 from ipa_train.jobs.config import ConfigError, RunConfig
-from ipa_train.data.dataset import DatasetError
+from ipa_train.data.layout import DatasetError
 from ipa_train.fileio import load_safetensors, read_safetensors_metadata
 from ipa_train.wan.model import build_tiny_transformer
 
@@ -254,9 +254,9 @@ def test_bad_input_is_refused_before_training(tmp_path):
     _bad(tmp_path, "needs rejected samples", dataset=make_dataset(tmp_path / "d", preferred=2), objective="dpo")
     _bad(tmp_path, "text_embedding width 24 differs from the model's text_dim 32", dataset=make_dataset(tmp_path / "t", preferred=1, text_dim=24))
     mixed = make_dataset(tmp_path / "m", preferred=1)
-    from ipa_train.data import dataset as ds
+    from ipa_train.data.samples import add_sample
 
-    ds.add_sample(mixed, make_sample(7, frames=5), status="preferred")  # batch_size 2 batches it alone (test_batching)
+    add_sample(mixed, make_sample(7, frames=5), status="preferred")  # batch_size 2 batches it alone (test_batching)
     _bad(tmp_path, "base_model .* does not exist", dataset=mixed, base_model=str(tmp_path / "nope.safetensors"))
 
 
@@ -268,13 +268,13 @@ def test_resume_from_a_missing_checkpoint_is_a_clear_error(tmp_path):
 
 def test_samples_from_a_patched_model_are_warned_about(tmp_path):
     """The sampler records a LoRA it sampled with (meta settings.patches); the trainer says when its reference lacks it."""
-    from ipa_train.data import dataset as ds
+    from ipa_train.data.samples import add_sample, create_dataset
 
     data = tmp_path / "ds"
-    folder = ds.create_dataset(tmp_path, "ds")
+    folder = create_dataset(tmp_path, "ds")
     patches = {"weight_patches": {"weights": 6, "strengths": [1.0]}, "ipa_loras": [{"name": "ipa/hands_v1.safetensors", "strength": 1.0, "weights": 6}]}
-    ds.add_sample(folder, make_sample(0), meta={"settings": {"patches": patches}}, status="preferred")
-    ds.add_sample(folder, make_sample(1), meta={"settings": {}}, status="preferred")
+    add_sample(folder, make_sample(0), meta={"settings": {"patches": patches}}, status="preferred")
+    add_sample(folder, make_sample(1), meta={"settings": {}}, status="preferred")
     config = tiny_config(data, tmp_path / "out", steps=1)
     loaded = trainer.load_training_data(config)
     warning = trainer.sampling_patch_warning(loaded, config)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ipa_train.data import dataset as ds
+from ipa_train.data.samples import add_sample, create_dataset
+from ipa_train.data.tensors import SampleTensors
 from ipa_train.jobs.config import RunConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -25,9 +26,9 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def make_sample(seed: int, frames: int = 3, h: int = 4, w: int = 6, text_dim: int = 32, ref_frames: int = 1) -> ds.SampleTensors:
+def make_sample(seed: int, frames: int = 3, h: int = 4, w: int = 6, text_dim: int = 32, ref_frames: int = 1) -> SampleTensors:
     g = torch.Generator().manual_seed(1000 + seed)
-    return ds.SampleTensors(
+    return SampleTensors(
         latent=torch.randn(16, frames, h, w, generator=g),
         vace_context=torch.randn(96, frames, h, w, generator=g),
         text_embedding=torch.randn(8, text_dim, generator=g),
@@ -39,11 +40,11 @@ def make_sample(seed: int, frames: int = 3, h: int = 4, w: int = 6, text_dim: in
 
 
 def make_dataset(root: Path, preferred: int = 3, rejected: int = 0, pending: int = 0, name: str = "hands", **sample_kwargs) -> Path:
-    path = ds.create_dataset(root, name)
+    path = create_dataset(root, name)
     seed = 0
     for status, count in (("preferred", preferred), ("rejected", rejected), ("pending", pending)):
         for _ in range(count):
-            ds.add_sample(path, make_sample(seed, **sample_kwargs), meta={"seed": seed, "prompt": "a dancer"}, status=status)
+            add_sample(path, make_sample(seed, **sample_kwargs), meta={"seed": seed, "prompt": "a dancer"}, status=status)
             seed += 1
     return path
 

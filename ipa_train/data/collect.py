@@ -28,7 +28,10 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from .dataset import AddResult, SampleTensors, add_sample, count_statuses, create_dataset, read_manifest
+from .manifest import read_manifest
+from .marks import count_statuses
+from .samples import AddResult, add_sample, create_dataset
+from .tensors import SampleTensors
 from .previews import animated_webp, boxes_from_masks, hand_closeup_webp, preview_scale, scale_boxes
 from ..wan.latents import normalize_latent, text_length, vace_context_from_conditioning
 
@@ -134,13 +137,48 @@ def candidate_to_sample(
     preview_max_side: int = 512,
     driving_pose: Optional[list[dict]] = None,
 ) -> tuple[SampleTensors, dict[str, Any], dict[str, bytes], dict[str, Any]]:
-    """Returns ``(tensors, meta, previews, summary)`` for :func:`ipa_train.data.dataset.add_sample`.
+    """Returns ``(tensors, meta, previews, summary)`` for :func:`ipa_train.data.samples.add_sample`.
 
     ``pixel_hand_masks``: ``[T, H, W]`` masks of the video frames (from DWPose keypoints or a MASK), or ``None``
     for "no hands". ``hand_boxes``: per video frame, a list of ``[x0, y0, x1, y1]`` in video pixels (from the
     pose); derived from the masks when ``None``. ``driving_pose``: the POSE_KEYPOINT frames of the video
     (:func:`driving_pose_frames`), stored as ``meta["driving_pose"]``.
     """
+    tensors, latent_shape, sampled_tokens = candidate_tensors(candidate, pixel_hand_masks)
+    hand_area = float(tensors.hand_mask.mean())
+    meta: dict[str, Any] = {
+        "source": candidate.source,
+        "seed": candidate.seed,
+        "prompt": prompt,
+        "sigmas": candidate.sigmas,
+        "settings": dict(candidate.settings),
+        "latent_shape": latent_shape,
+        "text_tokens_stored": int(tensors.text_embedding.shape[0]),
+        "text_tokens_sampled": sampled_tokens,
+        "hand_mask_source": "none" if pixel_hand_masks is None else ("pose" if driving_pose is not None else "mask"),
+        "hand_area": hand_area,
+    }
+    if driving_pose is not None:
+        meta["driving_pose"] = driving_pose
+        meta["driving_pose_resize"] = DRIVING_POSE_RESIZE
+    previews: dict[str, bytes] = {}
+    if candidate.frames is not None:
+        previews, video_meta = video_previews(candidate.frames, pixel_hand_masks, hand_boxes, fps, preview_max_side)
+        meta.update(video_meta)
+    summary = {
+        "seed": candidate.seed,
+        "prompt": prompt[:200],
+        "source": candidate.source,
+        "hand_area": round(hand_area, 6),
+        "has_preview": "preview.webp" in previews,
+    }
+    return tensors, meta, previews, summary
+
+
+def candidate_tensors(candidate: Candidate, pixel_hand_masks: Optional[torch.Tensor] = None) -> tuple[SampleTensors, list[int], int]:
+    """The sample's tensors from a candidate: the normalised clean latent, the VACE context, the text embedding as
+    sampled and the latent hand mask (zeros without ``pixel_hand_masks``). Also returns the latent's shape
+    (``[16, F, h, w]``) and the number of text tokens sampling was given, which ``meta.json`` records."""
     latent = candidate.latent
     if latent.dim() == 4:
         latent = latent.unsqueeze(0)
@@ -151,77 +189,58 @@ def candidate_to_sample(
     video_frames = frames - ref
     if video_frames < 1:
         raise ValueError(f"candidate has {frames} latent frames and trim_latent={ref}: no video frames left")
-
-    x0 = normalize_latent(latent[0].float(), channel_dim=0)
     context = vace_context_from_conditioning(candidate.vace_frames, candidate.vace_mask)
     if tuple(context.shape[1:]) != (frames, latent_h, latent_w):
         raise ValueError(
             f"VACE context {tuple(context.shape)} does not match the latent {tuple(latent.shape)}: the latent must be the "
             "untrimmed sampler output (before TrimVideoLatent) of the same WanVaceToVideo conditioning"
         )
-    text = candidate.text_embedding.float()
-    if text.dim() == 3:
-        text = text[0]
-    if text.dim() != 2:
-        raise ValueError(f"text conditioning must be [1, tokens, dim], got {tuple(candidate.text_embedding.shape)}")
-    original_tokens = int(text.shape[0])
-    real_tokens = text_length(text)
-
+    text = _text_embedding(candidate)
     if pixel_hand_masks is not None:
         hand_mask = latent_mask_from_pixels(pixel_hand_masks, video_frames, latent_h, latent_w)
     else:
         hand_mask = torch.zeros((1, video_frames, latent_h, latent_w), dtype=torch.float32)
-
     tensors = SampleTensors(
-        latent=x0.contiguous(),
+        latent=normalize_latent(latent[0].float(), channel_dim=0).contiguous(),
         vace_context=context.contiguous(),
         text_embedding=text.contiguous(),
         hand_mask=hand_mask.contiguous(),
         ref_frames=ref,
         vace_strength=float(candidate.vace_strength),
-        text_length=real_tokens,
+        text_length=text_length(text),
     )
+    return tensors, list(latent.shape[1:]), int(text.shape[0])
 
-    previews: dict[str, bytes] = {}
-    meta: dict[str, Any] = {
-        "source": candidate.source,
-        "seed": candidate.seed,
-        "prompt": prompt,
-        "sigmas": candidate.sigmas,
-        "settings": dict(candidate.settings),
-        "latent_shape": list(latent.shape[1:]),
-        "text_tokens_stored": int(text.shape[0]),
-        "text_tokens_sampled": original_tokens,
-        "hand_mask_source": "none" if pixel_hand_masks is None else ("pose" if driving_pose is not None else "mask"),
-        "hand_area": float(hand_mask.mean()),
-    }
-    if driving_pose is not None:
-        meta["driving_pose"] = driving_pose
-        meta["driving_pose_resize"] = DRIVING_POSE_RESIZE
-    if candidate.frames is not None:
-        video = candidate.frames
-        height, width = int(video.shape[1]), int(video.shape[2])
-        preview, (preview_w, preview_h) = animated_webp(video, fps=fps, max_side=preview_max_side)
-        previews["preview.webp"] = preview
-        meta["preview_size"] = [preview_w, preview_h]
-        meta["video_size"] = [width, height]
-        meta["video_frames"] = int(video.shape[0])
-        if hand_boxes is None and pixel_hand_masks is not None:
-            hand_boxes = boxes_from_masks(fit_pixel_masks(pixel_hand_masks, int(video.shape[0]), height, width))
-        if hand_boxes is not None:
-            scale = preview_scale(width, height, preview_max_side)
-            meta["hand_boxes"] = scale_boxes(hand_boxes, scale, preview_w, preview_h)
-            closeup = hand_closeup_webp(video, hand_boxes, fps=fps)
-            if closeup is not None:
-                previews["hands.webp"] = closeup
-    summary = {
-        "seed": candidate.seed,
-        "prompt": prompt[:200],
-        "source": candidate.source,
-        "hand_area": round(float(hand_mask.mean()), 6),
-        "has_preview": "preview.webp" in previews,
-    }
-    return tensors, meta, previews, summary
+
+def _text_embedding(candidate: Candidate) -> torch.Tensor:
+    """The positive conditioning tensor as ``[tokens, dim]`` (all of it: padding tokens are stored too)."""
+    text = candidate.text_embedding.float()
+    if text.dim() == 3:
+        text = text[0]
+    if text.dim() != 2:
+        raise ValueError(f"text conditioning must be [1, tokens, dim], got {tuple(candidate.text_embedding.shape)}")
+    return text
+
+
+def video_previews(
+    video: torch.Tensor, pixel_hand_masks: Optional[torch.Tensor], hand_boxes: Optional[Sequence[Sequence[Sequence[float]]]],
+    fps: float, preview_max_side: int,
+) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """The previews of the decoded video (``preview.webp``, and ``hands.webp`` when there are hands) and the meta
+    fields that describe them: sizes, and the hand boxes in preview pixels (derived from the masks when not given)."""
+    height, width = int(video.shape[1]), int(video.shape[2])
+    preview, (preview_w, preview_h) = animated_webp(video, fps=fps, max_side=preview_max_side)
+    previews = {"preview.webp": preview}
+    meta: dict[str, Any] = {"preview_size": [preview_w, preview_h], "video_size": [width, height], "video_frames": int(video.shape[0])}
+    if hand_boxes is None and pixel_hand_masks is not None:
+        hand_boxes = boxes_from_masks(fit_pixel_masks(pixel_hand_masks, int(video.shape[0]), height, width))
+    if hand_boxes is not None:
+        scale = preview_scale(width, height, preview_max_side)
+        meta["hand_boxes"] = scale_boxes(hand_boxes, scale, preview_w, preview_h)
+        closeup = hand_closeup_webp(video, hand_boxes, fps=fps)
+        if closeup is not None:
+            previews["hands.webp"] = closeup
+    return previews, meta
 
 
 @dataclass

@@ -8,7 +8,7 @@ is acknowledged::
 
 A request is one line, so a bulk mark lands whole or not at all. A line without its newline is a write still in
 flight or one a crash cut short (never acknowledged): readers ignore it and the next writer cuts it off. Later
-lines win. ``ipa_train.data.dataset`` applies the journal over the manifest in every read and folds it into the
+lines win. ``ipa_train.data.manifest`` applies the journal over the manifest in every read and folds it into the
 manifest whenever it rewrites the manifest anyway (adding a sample, storing hand scores) or when the gallery
 opens the dataset: manifest first (atomic rename), then the journal is removed. A crash between the two leaves
 records that the manifest already holds; replaying them in order gives the same statuses, so nothing is lost

@@ -9,7 +9,7 @@
 4. Marks the ``--preferred`` candidates with the best automatic hand score preferred and the rest rejected
    (``study.score``: each hand compared with the ideal glyphs drawn at its keypoints; the stand-in for the
    human curator of the real workflow).
-5. Writes the candidates in the dataset format (``data.dataset``: latent, VACE context and text embedding
+5. Writes the candidates in the dataset format (``data.samples``: latent, VACE context and text embedding
    exactly as sampling used them, latent hand masks, previews).
 6. Trains Flow-IPA with ``--nproc`` torchrun ranks (gloo on CPU) through the real ``python -m ipa_train.train``,
    reading its JSON events; the LoRA comes out in ComfyUI's native layout.
@@ -200,7 +200,8 @@ def evaluation_gaps(transformer, samples, hand_weight: float, load_adapter) -> d
 
 def run(args) -> dict[str, Any]:
     from ..data.collect import store_sampled
-    from ..data.dataset import create_dataset, load_sample, read_manifest
+    from ..data.manifest import read_manifest
+    from ..data.samples import create_dataset, load_sample
     from ..fileio import atomic_save_safetensors, atomic_write_json, read_safetensors_metadata
     from ..pose.hands import hand_boxes, latent_hand_mask, pose_to_hand_masks
     from ..study import experiment, models

@@ -18,7 +18,8 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
-from ..data import dataset as ds
+from ..data.layout import META_FILE, sample_path
+from ..data.manifest import read_manifest, update_entries
 from ..fileio import read_json
 from ..pose.hand_score import HAND_KEYS, frame_hands, hand_score
 from ..pose.hands import RESIZE_MODES, canvas_mapping, frame_canvas_size
@@ -104,8 +105,8 @@ def score_sample(
 ) -> Optional[dict[str, Any]]:
     """The manifest summary (``hand_score``, ``hand_score_detail``) for one sample, or ``None`` when it has no
     preview, no driving pose, or a driving pose that never shows a hand."""
-    folder = ds.sample_path(dataset_dir, sample_id)
-    preview, meta_file = folder / PREVIEW_FILE, folder / ds.META_FILE
+    folder = sample_path(dataset_dir, sample_id)
+    preview, meta_file = folder / PREVIEW_FILE, folder / META_FILE
     if not preview.is_file() or not meta_file.is_file():
         return None
     meta = read_json(meta_file)
@@ -146,7 +147,7 @@ def score_dataset(
     between samples when ``cancelled()`` is true, or within one when the detector raises ``ScoringCancelled``
     (that sample is left unscored). Returns counts: scored, skipped (no preview or no driving hand), failed."""
     dataset_dir = Path(dataset_dir)
-    entries = ds.read_manifest(dataset_dir)
+    entries = read_manifest(dataset_dir)
     wanted = set(sample_ids) if sample_ids is not None else None
     todo = [
         e["id"] for e in entries
@@ -175,11 +176,11 @@ def score_dataset(
                     pending[sample_id] = {**summary, "hand_score_error": None}
                     counts["scored"] += 1
             if pending and (len(pending) >= batch or time.monotonic() - last_flush >= flush_seconds):
-                ds.update_entries(dataset_dir, pending)
+                update_entries(dataset_dir, pending)
                 pending, last_flush = {}, time.monotonic()
             if progress is not None:
                 progress(index + 1, len(todo))
     finally:
         if pending:
-            ds.update_entries(dataset_dir, pending)
+            update_entries(dataset_dir, pending)
     return counts

@@ -111,7 +111,7 @@ def collect(w: World, videos: list[world.WorldVideo], per_pose: int, seed: int, 
     hand score (among those with at least one good hand) preferred, those with no good hand rejected (Flow-DPO's
     losers), the rest pending."""
     from ..data.collect import store_sampled
-    from ..data.dataset import create_dataset
+    from ..data.samples import create_dataset
     from ..pose.hands import hand_boxes, pose_to_hand_masks
 
     started = time.perf_counter()

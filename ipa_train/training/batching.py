@@ -11,7 +11,11 @@ from pathlib import Path
 
 import torch
 
-from ..data.dataset import DatasetError, SampleTensors, dataset_fingerprint, load_preferred, load_sample, read_manifest, validate_sample_tensors
+from ..data.fingerprint import dataset_fingerprint
+from ..data.layout import DatasetError
+from ..data.manifest import read_manifest
+from ..data.samples import load_preferred, load_sample
+from ..data.tensors import SampleTensors, validate_sample_tensors
 from ..jobs.config import RunConfig
 from .distributed import Dist
 

@@ -25,7 +25,7 @@ from typing import Optional
 
 import torch.distributed as dist
 
-from ..data.dataset import DatasetError
+from ..data.layout import DatasetError
 from ..fileio import read_json
 from . import lora as lora_setup
 from ..jobs import rank_guard
