@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
 import sysconfig
@@ -38,7 +39,8 @@ pytestmark = [
 def _site_folders() -> list[str]:
     """The running interpreter's (the venv's) site-packages, as the portable build lists its own."""
     paths = sysconfig.get_paths()
-    return list(dict.fromkeys([paths["purelib"], paths["platlib"]]))
+    return [folder for folder in dict.fromkeys([paths["purelib"], paths["platlib"], *site.getsitepackages()])
+            if os.path.isdir(folder)]
 
 
 @pytest.fixture(scope="module")
