@@ -36,10 +36,12 @@ def test_parse_gpus():
 
 
 def test_build_command():
-    assert build_command("run.json", 1, python="py") == ["py", "-m", "ipa_train.train", "--config", "run.json"]
+    start = launcher.START_SCRIPT  # by absolute path: no PYTHONPATH needed (the Windows portable build ignores it)
+    assert Path(start).is_absolute() and Path(start).parent == Path(launcher.PACKAGE_PARENT)
+    assert build_command("run.json", 1, python="py") == ["py", start, "ipa_train.train", "--config", "run.json"]
     assert build_command("run.json", 2, python="py", extra_args=["--resume", "c"]) == [
-        "py", "-m", "ipa_train.training.elastic_run", "--standalone", "--nproc_per_node=2",
-        "-m", "ipa_train.train", "--config", "run.json", "--resume", "c",
+        "py", start, "ipa_train.training.elastic_run", "--standalone", "--nproc_per_node=2",
+        start, "ipa_train.train", "--config", "run.json", "--resume", "c",
     ]
 
 
@@ -51,7 +53,9 @@ def test_build_env_is_explicit():
     assert "HIP_VISIBLE_DEVICES" not in env  # ComfyUI's --cuda-device sets it; ROCm would apply it before ours
     assert "PYTORCH_CUDA_ALLOC_CONF" not in env
     assert env["PYTHONPATH"] == launcher.PACKAGE_PARENT
-    assert (Path(launcher.PACKAGE_PARENT) / "ipa_train" / "training" / "launcher.py").is_file()
+    assert env[launcher.PATH_ENV] == launcher.PACKAGE_PARENT  # what the start script puts on sys.path itself
+    assert build_env(host, gpus=[], pythonpath=["/x", "/y"])[launcher.PATH_ENV] == os.pathsep.join([launcher.PACKAGE_PARENT, "/x", "/y"])
+    assert (Path(launcher.PACKAGE_PARENT) / "ipa_train" / "jobs" / "launcher.py").is_file()
     assert env["PATH"] == "/bin" and env["HOME"] == "/h"
     assert build_env(host, gpus=[])["CUDA_VISIBLE_DEVICES"] == ""  # CPU: hide every GPU, never inherit
 

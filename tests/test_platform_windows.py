@@ -41,7 +41,8 @@ def test_one_gpu_or_the_cpu_is_a_plain_process_on_both_platforms():
             platform.check_processes(1, gpus)  # never refused
         assert platform.distributed_env(1) == {}
     command = launcher.build_command(r"C:\ComfyUI\output\ipa_runs\h-1\run.json", 1, python=r"C:\ComfyUI\python_embeded\python.exe")
-    assert command == [r"C:\ComfyUI\python_embeded\python.exe", "-m", "ipa_train.train", "--config", r"C:\ComfyUI\output\ipa_runs\h-1\run.json"]
+    assert command == [r"C:\ComfyUI\python_embeded\python.exe", launcher.START_SCRIPT, "ipa_train.train", "--config",
+                       r"C:\ComfyUI\output\ipa_runs\h-1\run.json"]  # a script by path: the embedded Python ignores PYTHONPATH
 
 
 def test_several_gpus_on_windows_are_refused_before_anything_loads():

@@ -37,6 +37,10 @@ EXIT_ERROR = 1
 EXIT_STOPPED = 3
 EVENTS = ("started", "step", "checkpoint", "finished", "stopped", "error")
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # the folder holding ``ipa_train``
+# The trainer's start script (see its docstring): it puts PACKAGE_PARENT and the folders in $IPA_TRAIN_PATH on
+# sys.path itself, because the Windows portable build's embedded Python ignores PYTHONPATH.
+START_SCRIPT = str(Path(PACKAGE_PARENT) / "ipa_train_start.py")
+PATH_ENV = "IPA_TRAIN_PATH"  # read by START_SCRIPT
 
 # Inherited settings that would surprise the trainer: the host's allocator choice (ComfyUI sets cudaMallocAsync),
 # its device selection (ComfyUI's --cuda-device sets HIP_VISIBLE_DEVICES too, which ROCm applies before
@@ -89,16 +93,18 @@ def build_command(
     python: str = sys.executable,
     extra_args: Sequence[str] = (),
 ) -> list[str]:
-    """``python -m MODULE --config run.json`` for one process (one GPU or the CPU, on every platform: never torchrun);
-    for several, torchrun with the same interpreter through ``ipa_train.training.elastic_run``, which also records
-    the exit code of every failed rank: ``python -m ipa_train.training.elastic_run --standalone --nproc_per_node=N
-    -m MODULE ...``."""
+    """``python START_SCRIPT MODULE --config run.json`` (what ``python -m MODULE`` does, with the package found from
+    :data:`START_SCRIPT`'s place, so no ``PYTHONPATH`` is needed) for one process (one GPU or the CPU, on every
+    platform: never torchrun); for several, torchrun with the same interpreter through
+    ``ipa_train.training.elastic_run``, which also records the exit code of every failed rank:
+    ``python START_SCRIPT ipa_train.training.elastic_run --standalone --nproc_per_node=N START_SCRIPT MODULE ...``
+    (torchrun starts each rank as ``python -u START_SCRIPT MODULE ...``)."""
     if processes < 1:
         raise LaunchError(f"processes must be >= 1, got {processes}")
-    tail = ["-m", module, "--config", str(config_path), *extra_args]
+    tail = [START_SCRIPT, module, "--config", str(config_path), *extra_args]
     if processes == 1:
         return [python, *tail]
-    return [python, "-m", "ipa_train.training.elastic_run", "--standalone", f"--nproc_per_node={processes}", *tail]
+    return [python, START_SCRIPT, "ipa_train.training.elastic_run", "--standalone", f"--nproc_per_node={processes}", *tail]
 
 
 def check_launch(processes: int, gpus: Sequence[int], platform: Optional[Platform] = None) -> None:
@@ -117,11 +123,12 @@ def build_env(
     platform: Optional[Platform] = None,
 ) -> dict[str, str]:
     """The trainer's environment: the host's minus :data:`DROPPED_ENV`, ``CUDA_VISIBLE_DEVICES`` set from ``gpus``
-    (empty string = no GPU), ``PYTHONPATH`` = the folder holding ``ipa_train`` (+ ``pythonpath``), and what
+    (empty string = no GPU), ``$IPA_TRAIN_PATH`` (read by :data:`START_SCRIPT`, on any Python) and ``PYTHONPATH``
+    (for an ordinary Python's child processes) = the folder holding ``ipa_train`` (+ ``pythonpath``), and what
     ``processes`` processes need on this platform (Windows: ``USE_LIBUV=0`` for torchrun)."""
     env = {key: value for key, value in (os.environ if base is None else base).items() if key not in DROPPED_ENV}
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(gpu) for gpu in gpus)
-    env["PYTHONPATH"] = os.pathsep.join([PACKAGE_PARENT, *pythonpath])
+    env[PATH_ENV] = env["PYTHONPATH"] = os.pathsep.join([PACKAGE_PARENT, *pythonpath])
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONNOUSERSITE"] = "1"
     env["PYTHONIOENCODING"] = "utf-8"  # the events are read as UTF-8 (Windows pipes default to the ANSI code page)
@@ -363,7 +370,7 @@ class TrainingJob:
 
 def run_cpu_job(run_json: os.PathLike | str, output_dir: os.PathLike | str, processes: int, on_event=None,
                 threads: Optional[int] = None) -> tuple[JobOutcome, float]:
-    """Runs ``python -m ipa_train.train --config run_json`` on CPU (under torchrun when ``processes`` > 1, gloo
+    """Runs the trainer (``ipa_train.train --config run_json``, :func:`build_command`) on CPU (under torchrun when ``processes`` > 1, gloo
     between the ranks) to its end, handing each event to ``on_event``; ``train.log`` goes to ``output_dir``.
     Ctrl-C stops the job gracefully (its ranks finish the step and write a checkpoint) and is raised again.
     Returns the outcome and the wall seconds. The demo's and the method study's launcher."""
