@@ -24,6 +24,7 @@ from ..ipa_train.jobs.config import BASE_PRECISIONS as RUN_BASE_PRECISIONS, DIST
 from ..ipa_train.data.dataset import DatasetError, count_statuses, dataset_path, list_datasets, read_manifest
 from ..ipa_train.fileio import InvalidNameError, atomic_write_json, install_keeping_previous, validate_name
 from ..ipa_train.jobs.checkpoint_files import checkpoint_problem
+from ..ipa_train.jobs.contract import CHECKPOINT, STARTED, STEP
 from ..ipa_train.jobs.curves import training_curves
 from .host import prompt_server
 from .paths import dataset_root
@@ -414,19 +415,19 @@ class IPATrainLoRA(io.ComfyNode):
         try:
             while job.running() or not job.events.empty():
                 for event in job.poll(cls.poll_s):
-                    if event["event"] == "step":
+                    if event["event"] == STEP:
                         plot = training_curves(job.history, title=f"{objective.upper()} {lora_name}")
                         try:
                             pbar.update_absolute(int(event.get("step", 0)), int(event.get("total", steps)), ("PNG", plot, plot.width))
                         except comfy.model_management.InterruptProcessingException:
                             cancelled = True
                         _send("ipa.train.step", {k: v for k, v in event.items() if isinstance(v, (int, float, str))})
-                    elif event["event"] == "started":
+                    elif event["event"] == STARTED:
                         for warning in event.get("warnings") or []:
                             log.warning("IPA Train LoRA: %s", warning)
                         if memory_report(event):
                             log.info("IPA Train LoRA: %s", memory_report(event))
-                    elif event["event"] == "checkpoint":
+                    elif event["event"] == CHECKPOINT:
                         log.info("IPA Train LoRA: checkpoint at step %s: %s", event.get("step"), event.get("path"))
                 if cancelled or comfy.model_management.processing_interrupted():
                     cancelled = True
@@ -474,10 +475,10 @@ class IPATrainLoRA(io.ComfyNode):
         if kept is not None:
             metrics += f" (the previous {target.name} is kept as loras/{LORA_SUBFOLDER}/{kept.name})"
         metrics += f"\nrun folder: {run_dir}"
-        started = next((event for event in outcome.events if event.get("event") == "started"), None)
+        started = next((event for event in outcome.events if event.get("event") == STARTED), None)
         if memory_report(started):
             metrics += "\n" + memory_report(started)
-        warnings = [w for event in outcome.events if event.get("event") == "started" for w in event.get("warnings") or []]
+        warnings = [w for event in outcome.events if event.get("event") == STARTED for w in event.get("warnings") or []]
         if warnings:
             metrics += "\n" + "\n".join(f"WARNING: {warning}" for warning in warnings)
         final_metrics = (outcome.final or {}).get("metrics") or {}

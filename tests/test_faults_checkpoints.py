@@ -19,8 +19,8 @@ import torch
 
 from ipa_train import train as trainer
 from ipa_train.fileio import load_safetensors
-from ipa_train.training import checkpoint_files as cf
-from ipa_train.training import launcher
+from ipa_train.jobs import checkpoint_files as cf
+from ipa_train.jobs import launcher
 
 from trainer_helpers import REPO_ROOT, fake_checkpoint, make_dataset, subprocess_env, tiny_config
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ipa_train.training import failures, launcher, rank_guard
+from ipa_train.jobs import failures, launcher, rank_guard
 from ipa_train.jobs.launcher import TrainingJob, build_command, build_env
 
 from trainer_helpers import REPO_ROOT, make_dataset, process_gone, subprocess_env, tiny_config
@@ -133,7 +133,7 @@ def test_failure_report_blames_the_cause_not_the_survivor():
 GUARDED = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from ipa_train.training import rank_guard
+    from ipa_train.jobs import rank_guard
     marker = Path(sys.argv[1])
     rank_guard.install(lambda reason: marker.write_text(reason), grace_s=0.3, poll_s=0.05)
     print("ready", flush=True)

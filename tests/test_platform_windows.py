@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ipa_train.training import launcher, process_tree
+from ipa_train.jobs import launcher, process_tree
 from ipa_train.jobs.config import ConfigError
 from ipa_train.training.distributed import process_group_backend
 from ipa_train.jobs.process_tree import CREATE_NEW_PROCESS_GROUP, CTRL_BREAK_EVENT, Platform, current_platform

@@ -113,7 +113,7 @@ def test_two_ranks_fsdp2_finish_and_write_a_native_lora(tmp_path):
 def test_stop_file_under_torchrun_checkpoints_exits_3_and_resumes(tmp_path):
     """The launcher's stop request (the stop file, no signal) on two gloo ranks: both stop after the same step,
     rank 0 writes the checkpoint, the job exits 3, and the run resumes."""
-    from ipa_train.training import launcher
+    from ipa_train.jobs import launcher
 
     data = make_dataset(tmp_path / "ds", preferred=3)
     config = tiny_config(data, tmp_path / "out", steps=10_000)

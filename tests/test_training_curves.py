@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ipa_train.training import curves
+from ipa_train.jobs import curves
 
 
 def _history(steps=40, total=100):

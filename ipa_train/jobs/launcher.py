@@ -1,10 +1,8 @@
 """Launching the trainer in its own process (group), reading its JSON events, stopping it gracefully, and
 drawing the loss curve. Host-independent: the ComfyUI train node is a thin layer over this.
 
-The trainer contract (``python -m ipa_train.train --config run.json``): rank 0 prints one JSON object per line
-on stdout with an ``event`` key (started, step, checkpoint, finished, stopped, error); a stop file
-(``<output_dir>/STOP``) or SIGINT/SIGTERM make it finish the current step, write a checkpoint, emit ``stopped``
-and exit with status 3; errors exit with 1.
+The trainer contract (``python -m ipa_train.train --config run.json``: its events, exit status, stop file and
+environment) is ``contract``.
 
 Stopping uses the stop file first, because signals are a poor fit for long steps under torchrun: torchrun forwards
 a signal to the ranks and SIGKILLs them 30 s later, while one 14B step takes about 45 s. Signals (then SIGKILL)
@@ -28,14 +26,9 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from .checkpoint_files import pick_checkpoint
-from .failures import FAILURES_ENV, RankFailure, failure_report, read_failures
-from .process_tree import JOB_ENV, LaunchRefused, Platform, ProcessTree, current_platform
-from .rank_guard import LAUNCHER_PID_ENV
-
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_STOPPED = 3
-EVENTS = ("started", "step", "checkpoint", "finished", "stopped", "error")
+from .contract import ERROR, EVENTS, EXIT_OK, FAILURES_ENV, FINAL_EVENTS, FINISHED, JOB_ENV, LAUNCHER_PID_ENV, STEP, STOPPED
+from .failures import RankFailure, failure_report, read_failures
+from .process_tree import LaunchRefused, Platform, ProcessTree, current_platform
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # the folder holding ``ipa_train``
 
 # Inherited settings that would surprise the trainer: the host's allocator choice (ComfyUI sets cudaMallocAsync),
@@ -157,14 +150,14 @@ class JobOutcome:
 
     def headline(self) -> str:
         """One line: what made the run fail, the rank named (``failures.failure_report``)."""
-        errors = [event for event in self.events if event.get("event") == "error"]
+        errors = [event for event in self.events if event.get("event") == ERROR]
         lines = failure_report(errors, self.failures, self.returncode)
         return lines[0] if lines else f"the trainer exited with status {self.returncode}"
 
     def error_text(self, lines: int = 30) -> str:
         """The cause first (the failing rank's message and traceback, or the rank that died and how), then what the
         other ranks said, then the last stderr lines."""
-        errors = [event for event in self.events if event.get("event") == "error"]
+        errors = [event for event in self.events if event.get("event") == ERROR]
         parts = failure_report(errors, self.failures, self.returncode)
         cause = next((event for event in errors if parts and parts[0].startswith(f"rank {event.get('rank')}:")), None)
         if cause is not None:
@@ -345,16 +338,16 @@ class TrainingJob:
         if self._log is not None:
             self._log.close()
             self._log = None
-        final = next((event for event in reversed(self.history) if event["event"] in ("finished", "stopped", "error")), None)
+        final = next((event for event in reversed(self.history) if event["event"] in FINAL_EVENTS), None)
         code = self.process.returncode
-        if code == EXIT_OK and final is not None and final["event"] == "finished":
+        if code == EXIT_OK and final is not None and final["event"] == FINISHED:
             status = "finished"
-        elif final is not None and final["event"] == "stopped":
+        elif final is not None and final["event"] == STOPPED:
             status = "stopped"
         else:
             status = "failed"
             # The first error is the rank that failed; the others usually report only the lost peer afterwards.
-            final = next((event for event in self.history if event["event"] == "error"), None)
+            final = next((event for event in self.history if event["event"] == ERROR), None)
         return JobOutcome(status, code, list(self.history), final, list(self.stderr_tail), failures)
 
 
@@ -482,7 +475,7 @@ def format_metrics(outcome: JobOutcome) -> str:
         lines.append(f"lora: {final['lora_path']}")
     metrics = final.get("metrics") if isinstance(final.get("metrics"), dict) else None
     if metrics is None:
-        last = next((event for event in reversed(outcome.events) if event.get("event") == "step"), None)
+        last = next((event for event in reversed(outcome.events) if event.get("event") == STEP), None)
         metrics = {key: value for key, value in (last or {}).items() if key != "event"}
     for key, value in metrics.items():
         lines.append(f"{key}: {value:.6g}" if isinstance(value, float) else f"{key}: {value}")

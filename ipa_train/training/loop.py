@@ -26,6 +26,7 @@ from .checkpoints import (
     TrainingError, find_checkpoint, load_training_state, lora_metadata, optimizer_state_api, write_checkpoint,
 )
 from ..jobs.config import ConfigError, RunConfig
+from ..jobs.contract import CHECKPOINT, FINISHED, STARTED, STEP, STOPPED
 from .distributed import Dist, Events, full_tensor, peak_memory_gb, reduce_metrics, setup_distributed
 from .memory_setup import MemoryModes, compute_dtype, plan_memory
 from .model_setup import gathered_adapter, prepare_model, save_comfy_lora, shard_fsdp2
@@ -234,7 +235,7 @@ class Trainer:
     def _started(self) -> None:
         c = self.config
         self.events.emit(
-            "started",
+            STARTED,
             total=c.steps,
             start_step=self.start_step,
             world_size=self.dist.world,
@@ -253,7 +254,7 @@ class Trainer:
     def _checkpoint(self, step: int) -> Path:
         path = self.save_checkpoint(step)
         self.last_checkpoint = path
-        self.events.emit("checkpoint", step=step, path=str(path))
+        self.events.emit(CHECKPOINT, step=step, path=str(path))
         return path
 
     def run(self) -> TrainResult:
@@ -279,7 +280,7 @@ class Trainer:
             record = step_record(step, c.steps, metrics, elapsed / (step - self.start_step), time.perf_counter() - t0,
                                  peak_memory_gb(self.dist.device))
             history.append(record)
-            self.events.emit("step", **record)
+            self.events.emit(STEP, **record)
             if self.dump_replicas is not None:
                 self._dump_replica(step)
             if stop:
@@ -290,14 +291,14 @@ class Trainer:
             last_checkpoint = self._checkpoint(step)
             hint = f"python -m ipa_train.train --resume {last_checkpoint}"
             self._consume_stop_file()
-            self.events.emit("stopped", step=step, total=c.steps, checkpoint=str(last_checkpoint), resume=hint,
+            self.events.emit(STOPPED, step=step, total=c.steps, checkpoint=str(last_checkpoint), resume=hint,
                              reason=self.stop_reason or "another rank")
             return TrainResult("stopped", step, None, str(last_checkpoint), history, self.bare)
         last_checkpoint = self._checkpoint(step)
         lora_path = self.save_lora(step)
         self._consume_stop_file()  # a stop asked for during the last step: the run is over anyway
         final = {k: history[-1][k] for k in ("loss", "ipa_gap", "model_error", "reference_error")} if history else {}
-        self.events.emit("finished", step=step, lora_path=str(lora_path), checkpoint=str(last_checkpoint), metrics=final)
+        self.events.emit(FINISHED, step=step, lora_path=str(lora_path), checkpoint=str(last_checkpoint), metrics=final)
         return TrainResult("finished", step, str(lora_path), str(last_checkpoint), history, self.bare)
 
 
