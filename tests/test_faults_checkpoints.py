@@ -23,6 +23,7 @@ from ipa_train.jobs import checkpoint_files as cf
 from ipa_train.jobs import launcher
 
 from trainer_helpers import REPO_ROOT, fake_checkpoint, make_dataset, subprocess_env, tiny_config
+from trainer_support.faulty_trainer import MODULE as FAULTY, faulty_env, report_phases
 
 torch.set_num_threads(1)
 
@@ -45,7 +46,7 @@ def _replace_forever(root: str, phase, seed: int) -> None:
         phase.value = {"aside": 1, "in": 2, "deleted": 3}[name]
         time.sleep(rng.uniform(0.0, 0.004))
 
-    cf.replacement_hook = hook
+    report_phases(hook)
     version = 2
     while True:
         phase.value = 0
@@ -109,9 +110,9 @@ def test_killed_while_replacing_a_real_checkpoint_then_resume_is_exact(tmp_path)
     config = tiny_config(data, tmp_path / "out", steps=3, checkpoint_every=1)
     trainer.train(config)
     config.save(tmp_path / "run.json")
-    env = dict(subprocess_env(), **{cf.SLOW_ENV: "30"})
+    env = faulty_env(subprocess_env(), slow_checkpoint=30)  # the real trainer, pausing 30 s after each phase
     process = subprocess.Popen(
-        [sys.executable, "-m", "ipa_train.train", "--config", str(tmp_path / "run.json"), "--resume", str(tmp_path / "out" / "checkpoints" / "step-1")],
+        [sys.executable, "-m", FAULTY, "--config", str(tmp_path / "run.json"), "--resume", str(tmp_path / "out" / "checkpoints" / "step-1")],
         cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     try:

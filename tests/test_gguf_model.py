@@ -10,7 +10,8 @@ import torch
 from ipa_train import train as trainer
 from ipa_train.data import dataset as ds
 from ipa_train.wan.fingerprint import diffusers_model_fingerprint, weights_fingerprint
-from ipa_train.wan.model import ModelLoadError, build_tiny_comfy_transformer, load_transformer, save_original_wan_single_file
+from comfy_tiny import build_tiny_comfy_transformer
+from ipa_train.wan.model import ModelLoadError, load_transformer, save_original_wan_single_file
 from trainer_helpers import make_sample, tiny_config
 
 

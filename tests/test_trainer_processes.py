@@ -15,6 +15,7 @@ from ipa_train import train as trainer
 from ipa_train.fileio import load_safetensors
 
 from trainer_helpers import REPO_ROOT, make_dataset, subprocess_env, tiny_config
+from trainer_support.faulty_trainer import MODULE as FAULTY, faulty_env
 
 torch.set_num_threads(1)
 
@@ -23,8 +24,8 @@ def events_of(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
-def torchrun(args, env=None, timeout=240):
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m", "ipa_train.train", *args]
+def torchrun(args, env=None, timeout=240, module="ipa_train.train"):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m", module, *args]
     return subprocess.run(command, cwd=REPO_ROOT, env=env or subprocess_env(), capture_output=True, text=True, timeout=timeout)
 
 
@@ -79,9 +80,8 @@ def test_two_ranks_ddp_hold_equal_weights_and_a_crash_ends_the_job(tmp_path):
     config = tiny_config(data, tmp_path / "out", steps=3, dropout=0.1, gradient_checkpointing=True, base_precision="fp8",
                          blocks_to_swap=5, activation_offload=True)
     config.save(tmp_path / "run.json")
-    env = subprocess_env()
-    env["IPA_TRAIN_FAULT"] = "rank=1,step=3"
-    done = torchrun(["--config", str(tmp_path / "run.json"), "--dump-replicas", str(tmp_path / "replicas")], env=env)
+    env = faulty_env(subprocess_env(), fault="rank=1,step=3")  # the real trainer; rank 1 fails at the start of step 3
+    done = torchrun(["--config", str(tmp_path / "run.json"), "--dump-replicas", str(tmp_path / "replicas")], env=env, module=FAULTY)
     events = events_of(done.stdout)
     assert done.returncode != 0
     assert [e["step"] for e in events if e["event"] == "step"] == [1, 2]

@@ -24,7 +24,6 @@ import torch.distributed as dist
 
 from ..data.dataset import DatasetError
 from ..fileio import read_json
-from . import lora as lora_setup
 from ..jobs import rank_guard
 from .checkpoints import STATE_FILE, TrainingError, find_checkpoint
 from ..jobs.config import ConfigError, RunConfig

@@ -11,7 +11,6 @@ does not offer:
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Optional

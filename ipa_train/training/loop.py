@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,11 +267,8 @@ class Trainer:
         started = time.perf_counter()
         last_checkpoint: Optional[Path] = None
         stop = False
-        fault = _injected_fault(self.dist.rank)
         while step < c.steps:
             t0 = time.perf_counter()
-            if fault is not None and step + 1 == fault:
-                raise RuntimeError(f"injected fault on rank {self.dist.rank} at step {step + 1} (IPA_TRAIN_FAULT)")
             metrics = self.train_step(step)
             step += 1
             metrics, stop = reduce_metrics(self.dist, metrics, self._stop_asked())
@@ -333,15 +329,6 @@ def clean_output_dir(output_dir: Path) -> dict[str, list[str]]:
     if any(done.values()):
         log.info("cleaned up after an interrupted run in %s: %s", output_dir, {k: v for k, v in done.items() if v})
     return done
-
-
-def _injected_fault(rank: int) -> Optional[int]:
-    """Test hook: ``IPA_TRAIN_FAULT="rank=1,step=3"`` makes that rank fail at the start of that step."""
-    value = os.environ.get("IPA_TRAIN_FAULT")
-    if not value:
-        return None
-    fields = dict(part.split("=", 1) for part in value.split(",") if "=" in part)
-    return int(fields.get("step", 1)) if int(fields.get("rank", 0)) == rank else None
 
 
 def train(
