@@ -23,7 +23,7 @@ from ..ipa_train.jobs import launcher
 from ..ipa_train.jobs.config import BASE_PRECISIONS as RUN_BASE_PRECISIONS, DISTRIBUTED as RUN_DISTRIBUTED, OBJECTIVES as RUN_OBJECTIVES, PRECISIONS as RUN_PRECISIONS, ConfigError, RunConfig
 from ..ipa_train.data.dataset import DatasetError, count_statuses, dataset_path, list_datasets, read_manifest
 from ..ipa_train.fileio import InvalidNameError, atomic_write_json, install_keeping_previous, validate_name
-from ..ipa_train.jobs.checkpoint_files import checkpoint_problem
+from ..ipa_train.jobs.checkpoint_files import checkpoint_problem, pick_checkpoint
 from ..ipa_train.jobs.contract import CHECKPOINT, STARTED, STEP
 from ..ipa_train.jobs.curves import training_curves
 from .host import prompt_server
@@ -91,14 +91,14 @@ def _resolve_resume(resume: str, lora_name: str) -> Path | None:
         runs = sorted((p for p in root.glob(f"{glob.escape(lora_name)}-*") if p.is_dir() and own.fullmatch(p.name)),
                       key=lambda p: p.stat().st_mtime, reverse=True)
         for run in runs:
-            checkpoint = launcher.latest_checkpoint(run)
+            checkpoint = pick_checkpoint(run)
             if checkpoint is not None:
                 return checkpoint
         raise ValueError(f"resume='latest': no checkpoint of a run named {lora_name!r} under {root}; clear resume to start fresh")
     path = Path(resume)
     path = (path if path.is_absolute() else root / path).resolve()
     if path.parent == root and path.is_dir():  # a run folder: its newest complete checkpoint
-        path = launcher.latest_checkpoint(path) or path
+        path = pick_checkpoint(path) or path
     # Only <runs>/<run>/checkpoints/step-N: the run folder (where run.json and the new checkpoints go) is taken
     # from it, so anything shallower or elsewhere would put the run outside the runs folder.
     if (path.parent.name != "checkpoints" or len(path.parents) < 3 or path.parents[2] != root or not path.name.startswith("step-")

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from ..data.dataset import DatasetError
 from ..fileio import read_json
 from ..jobs import rank_guard
-from .checkpoints import STATE_FILE, TrainingError, find_checkpoint
+from .checkpoints import STATE_FILE, TrainingError, resume_checkpoint
 from ..jobs.config import ConfigError, RunConfig
 from .distributed import Dist, Events, setup_distributed
 from ..jobs.contract import ERROR, EXIT_ERROR, EXIT_OK, EXIT_STOPPED
@@ -71,7 +71,7 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     if args.config:
         config = RunConfig.load(args.config)
     elif args.resume:
-        checkpoint = find_checkpoint(args.resume)
+        checkpoint = resume_checkpoint(args.resume)
         config = RunConfig.from_dict(read_json(checkpoint / STATE_FILE)["config"], source=f"{checkpoint}/{STATE_FILE}")
     else:
         raise ConfigError("give --config run.json (or --resume DIR to continue a run with its own config)")

@@ -22,7 +22,7 @@ from . import lora as lora_setup
 from .batching import Sampler, load_training_data, seed_for
 from ..jobs.checkpoint_files import CHECKPOINTS_DIR, recover_checkpoints
 from .checkpoints import (
-    TrainingError, find_checkpoint, load_training_state, lora_metadata, optimizer_state_api, write_checkpoint,
+    TrainingError, resume_checkpoint, load_training_state, lora_metadata, optimizer_state_api, write_checkpoint,
 )
 from ..jobs.config import ConfigError, RunConfig
 from ..jobs.contract import CHECKPOINT, FINISHED, STARTED, STEP, STOPPED
@@ -81,7 +81,7 @@ class Trainer:
         if dist_info.main:  # before anything picks a checkpoint: finish or undo what a killed run left half done
             clean_output_dir(self.output_dir)
         dist_info.barrier()
-        self.resume_dir = find_checkpoint(resume) if resume else None
+        self.resume_dir = resume_checkpoint(resume) if resume else None
         device = dist_info.device
         if config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda"):
             self.autocast_dtype: Optional[torch.dtype] = torch.bfloat16
