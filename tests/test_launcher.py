@@ -165,12 +165,6 @@ def test_kill_after_grace_when_the_trainer_ignores_sigint(tmp_path):
     assert not job.group_alive() and process_gone(job.pgid)
 
 
-def test_unique_path_never_overwrites(tmp_path):
-    assert launcher.unique_path(tmp_path, "a", ".safetensors").name == "a.safetensors"
-    (tmp_path / "a.safetensors").write_text("x")
-    assert launcher.unique_path(tmp_path, "a", ".safetensors").name == "a_00002.safetensors"
-
-
 def test_real_trainer_tiny_run(tmp_path):
     """The real trainer under the launcher on a tiny dataset (enabled once trainer-loop is merged)."""
     import torch

@@ -388,17 +388,6 @@ def _remove(path: Path) -> None:
         pass
 
 
-def unique_path(folder: os.PathLike | str, stem: str, suffix: str) -> Path:
-    """``folder/stem+suffix``, or ``stem_00002+suffix``, ... when taken: nothing is ever overwritten."""
-    folder = Path(folder)
-    candidate = folder / f"{stem}{suffix}"
-    counter = 2
-    while candidate.exists():
-        candidate = folder / f"{stem}_{counter:05d}{suffix}"
-        counter += 1
-    return candidate
-
-
 def format_metrics(outcome: JobOutcome) -> str:
     """The finished event's metrics (or the last step's) as ``key: value`` lines."""
     lines = []
