@@ -247,7 +247,20 @@ def to_comfy_native(
     Raises ValueError when two source keys claim the same native weight.
     """
     report = ConversionReport()
-    parts = _group_by_module(state_dict, report)
+    parts: dict[str, dict[str, tuple[str, torch.Tensor]]] = {}
+    formats: dict[str, None] = {}
+    for key, tensor in state_dict.items():
+        parsed = parse_key(key)
+        if parsed is None:
+            report.unmatched.append(key)
+            continue
+        module, role, fmt = parsed
+        slot = parts.setdefault(module, {})
+        if role in slot:
+            raise ValueError(f"LoRA keys {slot[role][0]!r} and {key!r} both give {role} of module {module}")
+        slot[role] = (key, tensor)
+        formats[fmt] = None
+
     peft_config = metadata_alphas(metadata)
     native: dict[str, torch.Tensor] = {}
     used_formats: dict[str, None] = {}
@@ -255,10 +268,30 @@ def to_comfy_native(
         name = NATIVE_PREFIX + module
         keys = [source for source, _ in slot.values()]
         if "A" in slot and "B" in slot:
-            _convert_pair(module, slot, peft_config, native, report)
+            a, b = slot["A"][1], slot["B"][1]
+            rank = a.shape[0]
+            if b.shape[1] != rank:
+                raise ValueError(f"LoRA for {module}: down {tuple(a.shape)} and up {tuple(b.shape)} ranks differ")
+            native[f"{name}.lora_A.weight"] = a.detach().clone()
+            native[f"{name}.lora_B.weight"] = b.detach().clone()
+            if "alpha" in slot:
+                native[f"{name}.alpha"] = slot["alpha"][1].detach().clone().reshape(())
+                report.alpha_from[name] = "file"
+            else:
+                scale = None
+                if peft_config is not None:
+                    scale = _scale_from_peft_config(peft_config, native_to_diffusers_module(module), rank)
+                report.alpha_from[name] = "metadata" if scale is not None else "default (scale 1)"
+                native[f"{name}.alpha"] = torch.tensor(float(rank) * (1.0 if scale is None else scale), dtype=torch.float32)
+            report.modules.append(name)
             report.matched.extend(keys)
             for fmt_key in keys:
                 used_formats[parse_key(fmt_key)[2]] = None
+            for role in ("diff", "diff_b"):
+                if role in slot:
+                    native[f"{name}.{role}"] = slot[role][1].detach().clone()
+                    if name not in report.diff_modules:
+                        report.diff_modules.append(name)
         elif "diff" in slot or "diff_b" in slot:
             for role in ("diff", "diff_b"):
                 if role in slot:
@@ -272,47 +305,3 @@ def to_comfy_native(
             report.unmatched.extend(keys)
     report.formats = list(used_formats)
     return native, report
-
-
-def _group_by_module(state_dict: Mapping[str, torch.Tensor], report: ConversionReport) -> dict[str, dict[str, tuple[str, torch.Tensor]]]:
-    """``{module: {role: (source key, tensor)}}``; keys that are not understood go to ``report.unmatched``."""
-    parts: dict[str, dict[str, tuple[str, torch.Tensor]]] = {}
-    for key, tensor in state_dict.items():
-        parsed = parse_key(key)
-        if parsed is None:
-            report.unmatched.append(key)
-            continue
-        module, role, _ = parsed
-        slot = parts.setdefault(module, {})
-        if role in slot:
-            raise ValueError(f"LoRA keys {slot[role][0]!r} and {key!r} both give {role} of module {module}")
-        slot[role] = (key, tensor)
-    return parts
-
-
-def _convert_pair(module: str, slot: Mapping[str, tuple[str, torch.Tensor]], peft_config: Optional[dict],
-                  native: dict[str, torch.Tensor], report: ConversionReport) -> None:
-    """One module's LoRA pair in the native layout, its alpha (from the file, the peft metadata, or scale 1), and
-    the weight diffs that come with it."""
-    name = NATIVE_PREFIX + module
-    a, b = slot["A"][1], slot["B"][1]
-    rank = a.shape[0]
-    if b.shape[1] != rank:
-        raise ValueError(f"LoRA for {module}: down {tuple(a.shape)} and up {tuple(b.shape)} ranks differ")
-    native[f"{name}.lora_A.weight"] = a.detach().clone()
-    native[f"{name}.lora_B.weight"] = b.detach().clone()
-    if "alpha" in slot:
-        native[f"{name}.alpha"] = slot["alpha"][1].detach().clone().reshape(())
-        report.alpha_from[name] = "file"
-    else:
-        scale = None
-        if peft_config is not None:
-            scale = _scale_from_peft_config(peft_config, native_to_diffusers_module(module), rank)
-        report.alpha_from[name] = "metadata" if scale is not None else "default (scale 1)"
-        native[f"{name}.alpha"] = torch.tensor(float(rank) * (1.0 if scale is None else scale), dtype=torch.float32)
-    report.modules.append(name)
-    for role in ("diff", "diff_b"):
-        if role in slot:
-            native[f"{name}.{role}"] = slot[role][1].detach().clone()
-            if name not in report.diff_modules:
-                report.diff_modules.append(name)
