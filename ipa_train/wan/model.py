@@ -127,71 +127,60 @@ def detect_config(state_dict_keys_and_shapes: Mapping[str, Any], metadata: Optio
     shapes = {k: tuple(v.shape) if hasattr(v, "shape") else tuple(v) for k, v in state_dict_keys_and_shapes.items()}
     _, shapes = _strip_wan_prefix(shapes)
     _check_is_wan_vace(shapes, "these weights")
-    dim = shapes["patch_embedding.weight"][0]
+    dim, in_channels, *patch = shapes["patch_embedding.weight"]
     num_layers = _count_blocks(shapes, "blocks.")
     num_vace = _count_blocks(shapes, "vace_blocks.")
     if num_layers == 0 or num_vace == 0:
         raise ModelLoadError("The weights have no transformer blocks or no VACE blocks: not a Wan2.1-VACE model.")
 
-    recorded = _recorded_config(metadata)
+    recorded: dict = {}
+    if metadata and CONFIG_METADATA_KEY in metadata:
+        try:
+            recorded = json.loads(metadata[CONFIG_METADATA_KEY])
+        except json.JSONDecodeError:
+            recorded = {}
+
     if dim in SHIPPED_CONFIGS and not recorded:
         config = shipped_config(SHIPPED_CONFIGS[dim])
     else:
-        config = _derived_config(shapes, recorded, num_layers, num_vace)
+        if recorded.get("num_attention_heads"):
+            heads = int(recorded["num_attention_heads"])
+        elif dim % 128 == 0:
+            heads = dim // 128
+        else:
+            raise ModelLoadError(
+                f"Cannot tell the attention head count of a Wan model {dim} wide (Wan uses 128-wide heads and "
+                "this width is not a multiple of 128). Use a released Wan2.1-VACE checkpoint (1.3B or 14B)."
+            )
+        patch_volume = math.prod(patch)
+        config = {
+            "_class_name": "WanVACETransformer3DModel",
+            "added_kv_proj_dim": None,
+            "attention_head_dim": dim // heads,
+            "cross_attn_norm": "blocks.0.norm3.weight" in shapes,
+            "eps": 1e-06,
+            "ffn_dim": shapes["blocks.0.ffn.0.weight"][0],
+            "freq_dim": shapes["time_embedding.0.weight"][1],
+            "image_dim": None,
+            "in_channels": in_channels,
+            "num_attention_heads": heads,
+            "num_layers": num_layers,
+            "out_channels": shapes["head.head.weight"][0] // patch_volume,
+            "patch_size": list(patch),
+            "pos_embed_seq_len": None,
+            "qk_norm": "rms_norm_across_heads" if "blocks.0.self_attn.norm_q.weight" in shapes else None,
+            "rope_max_seq_len": int(recorded.get("rope_max_seq_len", 1024)),
+            "text_dim": shapes["text_embedding.0.weight"][1],
+            "vace_in_channels": shapes["vace_patch_embedding.weight"][1],
+            # ComfyUI stores only the count; the released models place VACE blocks evenly from layer 0.
+            "vace_layers": recorded.get("vace_layers") or list(range(0, num_layers, num_layers // num_vace))[:num_vace],
+        }
     if len(config["vace_layers"]) != num_vace or config["num_layers"] != num_layers:
         raise ModelLoadError(
             f"The weights have {num_layers} blocks and {num_vace} VACE blocks, which does not match the Wan2.1-VACE "
             f"{SHIPPED_CONFIGS.get(dim, 'config')} layout ({config['num_layers']} blocks, {len(config['vace_layers'])} "
             "VACE blocks). The file may be truncated or a different model."
         )
-    return config
-
-
-def _recorded_config(metadata: Optional[Mapping[str, str]]) -> dict:
-    """The config :func:`save_original_wan_single_file` recorded in the file's metadata, or ``{}``."""
-    if metadata and CONFIG_METADATA_KEY in metadata:
-        try:
-            return json.loads(metadata[CONFIG_METADATA_KEY])
-        except json.JSONDecodeError:
-            return {}
-    return {}
-
-
-def _derived_config(shapes: Mapping[str, tuple], recorded: Mapping[str, Any], num_layers: int, num_vace: int) -> dict:
-    """The config of a size that was never released, from the weights' shapes (and what the file recorded)."""
-    dim, in_channels, *patch = shapes["patch_embedding.weight"]
-    if recorded.get("num_attention_heads"):
-        heads = int(recorded["num_attention_heads"])
-    elif dim % 128 == 0:
-        heads = dim // 128
-    else:
-        raise ModelLoadError(
-            f"Cannot tell the attention head count of a Wan model {dim} wide (Wan uses 128-wide heads and "
-            "this width is not a multiple of 128). Use a released Wan2.1-VACE checkpoint (1.3B or 14B)."
-        )
-    patch_volume = math.prod(patch)
-    config = {
-        "_class_name": "WanVACETransformer3DModel",
-        "added_kv_proj_dim": None,
-        "attention_head_dim": dim // heads,
-        "cross_attn_norm": "blocks.0.norm3.weight" in shapes,
-        "eps": 1e-06,
-        "ffn_dim": shapes["blocks.0.ffn.0.weight"][0],
-        "freq_dim": shapes["time_embedding.0.weight"][1],
-        "image_dim": None,
-        "in_channels": in_channels,
-        "num_attention_heads": heads,
-        "num_layers": num_layers,
-        "out_channels": shapes["head.head.weight"][0] // patch_volume,
-        "patch_size": list(patch),
-        "pos_embed_seq_len": None,
-        "qk_norm": "rms_norm_across_heads" if "blocks.0.self_attn.norm_q.weight" in shapes else None,
-        "rope_max_seq_len": int(recorded.get("rope_max_seq_len", 1024)),
-        "text_dim": shapes["text_embedding.0.weight"][1],
-        "vace_in_channels": shapes["vace_patch_embedding.weight"][1],
-        # ComfyUI stores only the count; the released models place VACE blocks evenly from layer 0.
-        "vace_layers": recorded.get("vace_layers") or list(range(0, num_layers, num_layers // num_vace))[:num_vace],
-    }
     return config
 
 
@@ -477,6 +466,8 @@ def load_transformer(path: os.PathLike | str, torch_dtype: torch.dtype = torch.f
     fp8 layers dequantise to outside autocast (default ``torch_dtype``). Raises ``ModelLoadError`` for missing files,
     other models, unreadable quantisations and incomplete weights.
     """
+    from .vace_module import VaceModuleError, is_vace_module, merge_vace_module, strip_prefix
+
     if base_precision not in BASE_PRECISIONS:
         raise ModelLoadError(f"base_precision {base_precision!r} is not one of {list(BASE_PRECISIONS)}")
     path = Path(path).expanduser()
@@ -506,16 +497,22 @@ def load_transformer(path: os.PathLike | str, torch_dtype: torch.dtype = torch.f
             f"{path.name}: only .safetensors checkpoints (original Wan or ComfyUI layout), .gguf files (city96's layout) or "
             "a diffusers folder are loaded; never pickle files (.ckpt, .pt, .bin)."
         )
-    return _load_single_file(path, vace_module, torch_dtype, base_precision, compute_dtype)
-
-
-def _load_single_file(path: Path, vace_module, torch_dtype: torch.dtype, base_precision: str, compute_dtype: Optional[torch.dtype]):
-    """A safetensors base (and a VACE module merged into it): streamed when anything is or becomes fp8, else
-    through diffusers' single-file loader."""
-    from .vace_module import merge_vace_module, strip_prefix
 
     base = ModelSource.read(path)
-    sources, bare = _with_vace_module(base, vace_module)
+    sources = [base]
+    bare = base.shapes
+    if vace_module:
+        module = _read_vace_module(vace_module)
+        try:
+            bare = merge_vace_module(base.shapes, module.shapes, base_name=path.name, module_name=module.path.name)
+        except VaceModuleError as exc:
+            raise ModelLoadError(str(exc)) from None
+        sources.append(module)
+    elif is_vace_module(base.shapes):
+        raise ModelLoadError(
+            f"{path.name} is a VACE module (VACE blocks only, kijai's layout): choose the Wan2.1 text-to-video file of the "
+            f"same size as base_model and {path.name} as vace_module."
+        )
     name = " + ".join(source.path.name for source in sources)
     _check_is_wan_vace(bare, f"The weights in {name}")
     config = detect_config(bare, base.metadata)
@@ -539,25 +536,6 @@ def _load_single_file(path: Path, vace_module, torch_dtype: torch.dtype, base_pr
     if any(p.is_meta for p in model.parameters()):
         raise ModelLoadError(f"{name}: some weights were not loaded (still on the meta device).")
     return model.eval()
-
-
-def _with_vace_module(base: ModelSource, vace_module) -> tuple[list[ModelSource], dict]:
-    """The sources to load (the base, and the VACE module when given) and the shapes of their merged weights."""
-    from .vace_module import VaceModuleError, is_vace_module, merge_vace_module
-
-    if not vace_module:
-        if is_vace_module(base.shapes):
-            raise ModelLoadError(
-                f"{base.path.name} is a VACE module (VACE blocks only, kijai's layout): choose the Wan2.1 text-to-video file of "
-                f"the same size as base_model and {base.path.name} as vace_module."
-            )
-        return [base], base.shapes
-    module = _read_vace_module(vace_module)
-    try:
-        bare = merge_vace_module(base.shapes, module.shapes, base_name=base.path.name, module_name=module.path.name)
-    except VaceModuleError as exc:
-        raise ModelLoadError(str(exc)) from None
-    return [base, module], bare
 
 
 def empty_transformer(config: Mapping[str, Any]):
