@@ -1,30 +1,21 @@
 """``python -m ipa_train.train``: the trainer's public entry point, kept where it always was.
 
-The trainer lives in ``ipa_train.training`` (``cli`` for this command line, ``loop`` for ``Trainer`` and
-``train``); this module re-exports the names scripts and tests have used, so ``from ipa_train import train``
-and ``python -m ipa_train.train --config run.json`` keep working."""
+The trainer lives in ``ipa_train.training`` (``cli`` for this command line, ``loop`` for ``Trainer`` and ``train``);
+code imports it from there. This module only runs it, and reports a trainer that cannot even import its own
+modules (a broken torch or torchvision) as an ``error`` event with its root cause, like any other failure."""
 
 import sys
 
-try:
-    from .training.batching import Batch, Sampler, TrainingData, collate, load_training_data, sample_t
-    from .training.checkpoints import CHECKPOINTS_DIR, STATE_FILE, TrainingError, find_checkpoint
-    from .training.cli import EXIT_ERROR, EXIT_OK, EXIT_STOPPED, main, parse_args, resolve_config
-    from .training.distributed import Dist, Events, setup_distributed
-    from .training.loop import TrainResult, Trainer, train
-    from .training.reference_check import ReferenceMismatch, sampling_patch_warning
-except Exception as _import_failure:  # e.g. a broken torch or torchvision: still an error event, with its root cause
-    if __name__ != "__main__":
-        raise
-    from .jobs.failures import report_startup_failure
 
-    sys.exit(report_startup_failure(_import_failure))
+def main() -> int:
+    try:
+        from .training.cli import main as trainer_main
+    except Exception as exc:  # noqa: BLE001 - every import failure becomes an error event and status 1
+        from .jobs.failures import report_startup_failure
 
-__all__ = [
-    "Batch", "CHECKPOINTS_DIR", "ReferenceMismatch", "Dist", "EXIT_ERROR", "EXIT_OK", "EXIT_STOPPED", "Events", "STATE_FILE", "Sampler",
-    "TrainResult", "Trainer", "TrainingData", "TrainingError", "collate", "find_checkpoint", "load_training_data",
-    "main", "parse_args", "resolve_config", "sample_t", "sampling_patch_warning", "setup_distributed", "train",
-]
+        return report_startup_failure(exc)
+    return trainer_main()
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -25,7 +25,8 @@ from ..ipa_train.data.layout import DatasetError, dataset_path, list_datasets
 from ..ipa_train.data.manifest import read_manifest
 from ..ipa_train.data.marks import count_statuses
 from ..ipa_train.fileio import InvalidNameError, atomic_write_json, install_keeping_previous, validate_name
-from ..ipa_train.jobs.checkpoint_files import checkpoint_problem
+from ..ipa_train.jobs.checkpoint_files import checkpoint_problem, pick_checkpoint
+from ..ipa_train.jobs.contract import CHECKPOINT, STARTED, STEP
 from ..ipa_train.jobs.curves import training_curves
 from .host import prompt_server
 from .paths import dataset_root
@@ -92,14 +93,14 @@ def _resolve_resume(resume: str, lora_name: str) -> Path | None:
         runs = sorted((p for p in root.glob(f"{glob.escape(lora_name)}-*") if p.is_dir() and own.fullmatch(p.name)),
                       key=lambda p: p.stat().st_mtime, reverse=True)
         for run in runs:
-            checkpoint = launcher.latest_checkpoint(run)
+            checkpoint = pick_checkpoint(run)
             if checkpoint is not None:
                 return checkpoint
         raise ValueError(f"resume='latest': no checkpoint of a run named {lora_name!r} under {root}; clear resume to start fresh")
     path = Path(resume)
     path = (path if path.is_absolute() else root / path).resolve()
     if path.parent == root and path.is_dir():  # a run folder: its newest complete checkpoint
-        path = launcher.latest_checkpoint(path) or path
+        path = pick_checkpoint(path) or path
     # Only <runs>/<run>/checkpoints/step-N: the run folder (where run.json and the new checkpoints go) is taken
     # from it, so anything shallower or elsewhere would put the run outside the runs folder.
     if (path.parent.name != "checkpoints" or len(path.parents) < 3 or path.parents[2] != root or not path.name.startswith("step-")
@@ -416,19 +417,19 @@ class IPATrainLoRA(io.ComfyNode):
         try:
             while job.running() or not job.events.empty():
                 for event in job.poll(cls.poll_s):
-                    if event["event"] == "step":
+                    if event["event"] == STEP:
                         plot = training_curves(job.history, title=f"{objective.upper()} {lora_name}")
                         try:
                             pbar.update_absolute(int(event.get("step", 0)), int(event.get("total", steps)), ("PNG", plot, plot.width))
                         except comfy.model_management.InterruptProcessingException:
                             cancelled = True
                         _send("ipa.train.step", {k: v for k, v in event.items() if isinstance(v, (int, float, str))})
-                    elif event["event"] == "started":
+                    elif event["event"] == STARTED:
                         for warning in event.get("warnings") or []:
                             log.warning("IPA Train LoRA: %s", warning)
                         if memory_report(event):
                             log.info("IPA Train LoRA: %s", memory_report(event))
-                    elif event["event"] == "checkpoint":
+                    elif event["event"] == CHECKPOINT:
                         log.info("IPA Train LoRA: checkpoint at step %s: %s", event.get("step"), event.get("path"))
                 if cancelled or comfy.model_management.processing_interrupted():
                     cancelled = True
@@ -476,10 +477,10 @@ class IPATrainLoRA(io.ComfyNode):
         if kept is not None:
             metrics += f" (the previous {target.name} is kept as loras/{LORA_SUBFOLDER}/{kept.name})"
         metrics += f"\nrun folder: {run_dir}"
-        started = next((event for event in outcome.events if event.get("event") == "started"), None)
+        started = next((event for event in outcome.events if event.get("event") == STARTED), None)
         if memory_report(started):
             metrics += "\n" + memory_report(started)
-        warnings = [w for event in outcome.events if event.get("event") == "started" for w in event.get("warnings") or []]
+        warnings = [w for event in outcome.events if event.get("event") == STARTED for w in event.get("warnings") or []]
         if warnings:
             metrics += "\n" + "\n".join(f"WARNING: {warning}" for warning in warnings)
         final_metrics = (outcome.final or {}).get("metrics") or {}

@@ -9,6 +9,33 @@ from pathlib import Path
 
 import torch
 
+# A tiny model that ComfyUI's loader reads back as the same network: ComfyUI derives the head count as
+# width // 128, the text width is fixed at 4096 and VACE blocks sit at range(0, layers, layers // count).
+TINY_COMFY_VACE_CONFIG = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=1,
+    attention_head_dim=128,
+    in_channels=16,
+    out_channels=16,
+    text_dim=4096,
+    freq_dim=256,
+    ffn_dim=256,
+    num_layers=4,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    rope_max_seq_len=1024,
+    vace_layers=[0, 2],
+    vace_in_channels=96,
+)
+
+
+def build_tiny_comfy_transformer(seed: int = 0, **overrides):
+    """A tiny random-weight VACE transformer whose single-file form ComfyUI's UNETLoader reads exactly."""
+    from ipa_train.wan.model import build_tiny_transformer
+
+    return build_tiny_transformer(seed, **{**TINY_COMFY_VACE_CONFIG, **overrides})
+
+
 TINY_DIT = dict(dim=128, ffn_dim=256, num_heads=1, num_layers=2, vace_layers=1, vace_in_dim=96, in_dim=16, out_dim=16)
 TEXT_DIM = 4096  # ComfyUI does not detect text_dim from the weights: it assumes Wan's 4096
 TINY_VAE_DIM = 8

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ipa_train import train as trainer
 from ipa_train.data.samples import add_sample, create_dataset
 from ipa_train.training.batching import collate, seed_for, shape_key
+from ipa_train.training.loop import train
+from ipa_train.training.batching import load_training_data, Sampler
 from ipa_train.training.distributed import Dist
 from ipa_train.wan.model import build_tiny_transformer
 from trainer_helpers import make_sample, tiny_config
@@ -28,12 +29,12 @@ def _data(tmp_path, lengths, batch_size):
     for seed, tokens in enumerate(lengths):
         add_sample(folder, _sample_with_text(seed, tokens), status="preferred")
     config = tiny_config(folder, tmp_path / "out", batch_size=batch_size, steps=1)
-    return config, trainer.load_training_data(config)
+    return config, load_training_data(config)
 
 
 def test_batches_never_mix_text_lengths(tmp_path):
     config, data = _data(tmp_path, [7, 9, 7, 9, 9], batch_size=2)
-    sampler = trainer.Sampler(config, data, Dist())
+    sampler = Sampler(config, data, Dist())
     assert sampler.batches_per_epoch == 3  # two of length 7 (one batch), three of length 9 (two batches)
     seen = []
     for step in range(6):  # two epochs
@@ -48,7 +49,7 @@ def test_batches_never_mix_text_lengths(tmp_path):
 
 def test_batch_size_one_draws_a_plain_shuffled_pass(tmp_path):
     config, data = _data(tmp_path, [7, 9, 7], batch_size=1)
-    sampler = trainer.Sampler(config, data, Dist())
+    sampler = Sampler(config, data, Dist())
     generator = torch.Generator().manual_seed(seed_for(config.seed, "epoch", 0))
     assert [sampler.indices(step, 0)[0] for step in range(3)] == torch.randperm(3, generator=generator).tolist()
 
@@ -57,7 +58,7 @@ def test_batch_of_two_gives_each_sample_its_batch_of_one_velocity(tmp_path):
     """Two samples with texts of 7 and 9 rows at batch_size 2: each is predicted exactly as alone."""
     config, data = _data(tmp_path, [7, 9], batch_size=2)
     model = build_tiny_transformer(seed=0)
-    sampler = trainer.Sampler(config, data, Dist())
+    sampler = Sampler(config, data, Dist())
     layers = len(model.config.vace_layers)
 
     def velocity(samples):
@@ -80,7 +81,7 @@ def test_batch_of_two_gives_each_sample_its_batch_of_one_velocity(tmp_path):
     assert (velocity([padded])[0] - alone[index]).abs().max() > 1e-4
     # Same-length samples do batch together, with the same velocities as alone.
     config2, data2 = _data(tmp_path / "same", [7, 7], batch_size=2)
-    pair = [data2.preferred[i][1] for i in trainer.Sampler(config2, data2, Dist()).indices(0, 0)]
+    pair = [data2.preferred[i][1] for i in Sampler(config2, data2, Dist()).indices(0, 0)]
     together = velocity(pair)
     for row, sample in enumerate(pair):
         assert torch.allclose(together[row], velocity([sample])[0], atol=1e-6)
@@ -88,5 +89,5 @@ def test_batch_of_two_gives_each_sample_its_batch_of_one_velocity(tmp_path):
 
 def test_mixed_buckets_train(tmp_path):
     config, _ = _data(tmp_path, [7, 9, 9], batch_size=2)
-    result = trainer.train(config.with_overrides({"steps": 3}))
+    result = train(config.with_overrides({"steps": 3}))
     assert result.status == "finished" and len(result.history) == 3

@@ -15,7 +15,8 @@ from conftest import comfyui_path, requires_comfyui
 from ipa_train.fileio import load_safetensors
 from ipa_train.wan.lora_io import load_lora_for_peft, peft_config_kwargs, save_comfy_lora
 from ipa_train.wan.lora_keys import to_comfy_native
-from ipa_train.wan.model import build_tiny_comfy_transformer, load_transformer, save_original_wan_single_file
+from comfy_tiny import build_tiny_comfy_transformer
+from ipa_train.wan.model import load_transformer, save_original_wan_single_file
 
 pytestmark = requires_comfyui
 

@@ -19,6 +19,7 @@ from ipa_train.data.manifest import read_manifest
 from ipa_train.data.samples import load_sample
 from ipa_train.fileio import load_safetensors
 from ipa_train.study import models
+from trainer_support.faulty_trainer import launch_through_it
 
 LOG2 = math.log(2)
 
@@ -129,7 +130,7 @@ def test_bad_options_and_foreign_output_folders_are_refused(tmp_path, capsys):
 
 
 def test_a_failing_trainer_is_reported_with_its_message(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("IPA_TRAIN_FAULT", "rank=0,step=1")  # the trainer's test hook: fail at the start of step 1
+    launch_through_it(monkeypatch, fault="rank=0,step=1")  # the trainer, failing at the start of step 1
     args = ["demo", "--output", str(tmp_path), "--candidates", "2", "--eval-seeds", "0", "--steps", "2", "--sampling-steps", "1", "--nproc", "1"]
     assert main(args) == 1
     err = capsys.readouterr().err

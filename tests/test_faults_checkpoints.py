@@ -17,12 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ipa_train import train as trainer
+from ipa_train.training.checkpoints import TrainingError, resume_checkpoint
+from ipa_train.training.loop import train
 from ipa_train.fileio import load_safetensors
 from ipa_train.jobs import checkpoint_files as cf
-from ipa_train.jobs import launcher
 
 from trainer_helpers import REPO_ROOT, fake_checkpoint, make_dataset, subprocess_env, tiny_config
+from trainer_support.faulty_trainer import MODULE as FAULTY, faulty_env, report_phases
 
 torch.set_num_threads(1)
 
@@ -45,7 +46,7 @@ def _replace_forever(root: str, phase, seed: int) -> None:
         phase.value = {"aside": 1, "in": 2, "deleted": 3}[name]
         time.sleep(rng.uniform(0.0, 0.004))
 
-    cf.replacement_hook = hook
+    report_phases(hook)
     version = 2
     while True:
         phase.value = 0
@@ -77,7 +78,7 @@ def test_a_kill_at_any_moment_of_a_replacement_leaves_a_complete_checkpoint(tmp_
         # Whatever was killed where: what the trainer, the launcher and the node pick is complete ...
         picked = cf.pick_checkpoint(tmp_path)
         assert picked is not None and cf.is_complete(picked), f"trial {trial}: picked {picked}"
-        assert launcher.latest_checkpoint(tmp_path) == picked == trainer.find_checkpoint(tmp_path)
+        assert picked == resume_checkpoint(tmp_path)  # the trainer's --resume takes the same (the launcher and node call pick_checkpoint)
         # ... and a run start puts step-5 back (the new copy, or the old one), with nothing half done left over.
         cf.recover_checkpoints(root)
         assert cf.is_complete(root / "step-5") and cf.pick_checkpoint(tmp_path) == root / "step-5"
@@ -92,12 +93,12 @@ def test_incomplete_checkpoints_are_never_picked(tmp_path):
     (root / "step-7").mkdir()  # empty: what the old node picked
     truncated = fake_checkpoint(root / "step-6", 6)
     (truncated / "optimizer.json").write_text("{")  # shorter than listed
-    for pick in (cf.pick_checkpoint, launcher.latest_checkpoint, trainer.find_checkpoint):
+    for pick in (cf.pick_checkpoint, resume_checkpoint):
         assert pick(tmp_path / "run") == root / "step-2"
     assert cf.checkpoint_problem(root / "step-5") == f"adapter.safetensors is missing from {root / 'step-5'}"
     assert "has 1 bytes, state.json lists 2" in cf.checkpoint_problem(root / "step-6")
-    with pytest.raises(trainer.TrainingError, match=r"incomplete: adapter.safetensors is missing.*resume from .*step-2"):
-        trainer.find_checkpoint(root / "step-5")
+    with pytest.raises(TrainingError, match=r"incomplete: adapter.safetensors is missing.*resume from .*step-2"):
+        resume_checkpoint(root / "step-5")
 
 
 def test_killed_while_replacing_a_real_checkpoint_then_resume_is_exact(tmp_path):
@@ -105,13 +106,13 @@ def test_killed_while_replacing_a_real_checkpoint_then_resume_is_exact(tmp_path)
     step-2; SIGKILL between moving the old step-2 aside and moving the new one in. The next run resumes from a
     complete step-2 and ends bit-identical to a run that was never interrupted."""
     data = make_dataset(tmp_path / "ds", preferred=2)
-    straight = trainer.train(tiny_config(data, tmp_path / "straight", steps=3, checkpoint_every=1))
+    straight = train(tiny_config(data, tmp_path / "straight", steps=3, checkpoint_every=1))
     config = tiny_config(data, tmp_path / "out", steps=3, checkpoint_every=1)
-    trainer.train(config)
+    train(config)
     config.save(tmp_path / "run.json")
-    env = dict(subprocess_env(), **{cf.SLOW_ENV: "30"})
+    env = faulty_env(subprocess_env(), slow_checkpoint=30)  # the real trainer, pausing 30 s after each phase
     process = subprocess.Popen(
-        [sys.executable, "-m", "ipa_train.train", "--config", str(tmp_path / "run.json"), "--resume", str(tmp_path / "out" / "checkpoints" / "step-1")],
+        [sys.executable, "-m", FAULTY, "--config", str(tmp_path / "run.json"), "--resume", str(tmp_path / "out" / "checkpoints" / "step-1")],
         cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -125,11 +126,11 @@ def test_killed_while_replacing_a_real_checkpoint_then_resume_is_exact(tmp_path)
             process.kill()
     root = tmp_path / "out" / "checkpoints"
     assert not (root / "step-2").exists() and (root / ".old-step-2").is_dir()  # the window the old code lost
-    assert launcher.latest_checkpoint(tmp_path / "out") == root / "step-3"  # complete ones only, even before clean-up
+    assert cf.pick_checkpoint(tmp_path / "out") == root / "step-3"  # complete ones only, even before clean-up
     (root / "step-3" / cf.ADAPTER_FILE).unlink()  # and a half-written newest one is passed over
-    assert launcher.latest_checkpoint(tmp_path / "out") == root / "step-1"
+    assert cf.pick_checkpoint(tmp_path / "out") == root / "step-1"
     events = []
-    result = trainer.train(config, resume=str(tmp_path / "out"), callback=events.append)
+    result = train(config, resume=str(tmp_path / "out"), callback=events.append)
     assert events[0]["start_step"] == 2 and result.status == "finished"  # the run start put step-2 back
     assert not any(p.name.startswith(".") for p in root.iterdir())
     ours, _ = load_safetensors(result.lora_path)

@@ -13,20 +13,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from ipa_train import train as trainer
 from ipa_train.data.garbage import GARBAGE_GRACE_S
 from ipa_train.data.layout import MANIFEST, SAMPLES_DIR, TENSORS_FILE, DatasetError, validate_dataset_name
 from ipa_train.data.manifest import read_manifest
 from ipa_train.data.samples import create_dataset
+from ipa_train.training.batching import load_training_data
+from ipa_train.training.checkpoints import TrainingError, resume_checkpoint
 from ipa_train.fileio import FileReadError, atomic_write_json, load_safetensors, read_json, validate_name
 from ipa_train.jobs import checkpoint_files as cf
 from ipa_train.training import objective
 from ipa_train.jobs.config import INTEGER_KEYS, NUMBER_RANGES, ConfigError, RunConfig
-from ipa_train.training.loop import clean_output_dir
+from ipa_train.training.loop import clean_output_dir, train
 from ipa_train.wan.lora_io import LoraFileError, read_lora_file, save_comfy_lora
 from ipa_train.wan.model import ModelLoadError, build_tiny_transformer, load_transformer, save_original_wan_single_file
 
-from trainer_helpers import make_dataset, make_sample, tiny_config
+from trainer_helpers import make_dataset, tiny_config
 
 torch.set_num_threads(1)
 BASE = dict(dataset="d", base_model="tiny", output_dir="o")
@@ -79,7 +80,7 @@ def test_a_bad_lora_name_fails_before_step_1(tmp_path):
                                     "steps": 4, "checkpoint_every": 2, "lora_name": "a" * 300}))
     events = []
     with pytest.raises(ConfigError, match="invalid lora_name"):
-        trainer.train(RunConfig.load(run_json), callback=events.append)
+        train(RunConfig.load(run_json), callback=events.append)
     assert events == [] and not (tmp_path / "out").exists()
     assert validate_name("ipa_hands.v2-1", "lora_name") == "ipa_hands.v2-1"
 
@@ -96,9 +97,9 @@ def test_a_nan_loss_stops_the_run_before_the_update_and_nothing_nan_is_saved(tmp
     monkeypatch.setattr(objective, "flow_ipa_loss", loss_that_diverges)
     data = make_dataset(tmp_path / "ds", preferred=2)
     events = []
-    with pytest.raises(trainer.TrainingError, match=r"step 2: the loss is nan and the gradient norm nan .*no NaN weights were saved; "
+    with pytest.raises(TrainingError, match=r"step 2: the loss is nan and the gradient norm nan .*no NaN weights were saved; "
                                                      r"the last checkpoint is .*step-1"):
-        trainer.train(tiny_config(data, tmp_path / "out", steps=4, checkpoint_every=1), callback=events.append)
+        train(tiny_config(data, tmp_path / "out", steps=4, checkpoint_every=1), callback=events.append)
     assert [e["step"] for e in events if e["event"] == "step"] == [1]
     assert not (tmp_path / "out" / "ipa_lora.safetensors").exists()
     assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir()) == ["step-1"]
@@ -125,7 +126,7 @@ def test_a_damaged_sample_is_named_with_what_to_do(tmp_path, damage, looks_like)
     tensors = data / SAMPLES_DIR / sample_id / TENSORS_FILE
     damage(tensors)
     with pytest.raises(DatasetError) as info:
-        trainer.train(tiny_config(data, tmp_path / "out", steps=1))
+        train(tiny_config(data, tmp_path / "out", steps=1))
     message = str(info.value)
     assert message.startswith(f"sample {sample_id}: {tensors} {looks_like}") and "delete this sample's folder" in message
     assert "SafetensorError" not in message and "invalid header" not in message
@@ -133,17 +134,17 @@ def test_a_damaged_sample_is_named_with_what_to_do(tmp_path, damage, looks_like)
 
 def test_a_damaged_checkpoint_on_resume_is_named_with_what_to_do(tmp_path):
     data = make_dataset(tmp_path / "ds", preferred=1)
-    trainer.train(tiny_config(data, tmp_path / "out", steps=3, checkpoint_every=1))
+    train(tiny_config(data, tmp_path / "out", steps=3, checkpoint_every=1))
     adapter = tmp_path / "out" / "checkpoints" / "step-2" / cf.ADAPTER_FILE
     _truncate(adapter)
-    assert trainer.find_checkpoint(tmp_path / "out") == tmp_path / "out" / "checkpoints" / "step-3"
-    with pytest.raises(trainer.TrainingError, match=r"incomplete: adapter.safetensors in .* has .* bytes, state.json lists .*resume from .*step-3"):
-        trainer.train(tiny_config(data, tmp_path / "out", steps=5), resume=str(adapter.parent))
+    assert resume_checkpoint(tmp_path / "out") == tmp_path / "out" / "checkpoints" / "step-3"
+    with pytest.raises(TrainingError, match=r"incomplete: adapter.safetensors in .* has .* bytes, state.json lists .*resume from .*step-3"):
+        train(tiny_config(data, tmp_path / "out", steps=5), resume=str(adapter.parent))
     # a file damaged in place, with its listed size kept (bit rot, a bad copy): named, with the way out
     scheduler = tmp_path / "out" / "checkpoints" / "step-3" / cf.SCHEDULER_JSON
     scheduler.write_text("x" * scheduler.stat().st_size)
-    with pytest.raises(trainer.TrainingError, match=rf"checkpoint .*step-3: {scheduler} is not valid JSON .*resume from .*step-1 instead"):
-        trainer.train(tiny_config(data, tmp_path / "out", steps=5), resume=str(tmp_path / "out"))
+    with pytest.raises(TrainingError, match=rf"checkpoint .*step-3: {scheduler} is not valid JSON .*resume from .*step-1 instead"):
+        train(tiny_config(data, tmp_path / "out", steps=5), resume=str(tmp_path / "out"))
 
 
 def test_damaged_loras_are_named(tmp_path):
@@ -220,13 +221,13 @@ def test_opening_a_dataset_for_writing_removes_what_killed_writers_left(tmp_path
     left = sorted(p.name for p in samples.iterdir())
     assert left == sorted(listed + ["fedcba9876543210", ".tmp-link"])
     assert not temp_file.exists() and outside.is_dir()
-    assert len(trainer.load_training_data(tiny_config(data, tmp_path / "o")).preferred) == 2
+    assert len(load_training_data(tiny_config(data, tmp_path / "o")).preferred) == 2
 
 
 def test_a_run_start_cleans_its_checkpoint_folder(tmp_path):
     data = make_dataset(tmp_path / "ds", preferred=1)
     out = tmp_path / "out"
-    trainer.train(tiny_config(data, out, steps=2, checkpoint_every=1))
+    train(tiny_config(data, out, steps=2, checkpoint_every=1))
     root = out / cf.CHECKPOINTS_DIR
     (root / ".tmp-step-9").mkdir()  # a writer killed mid-checkpoint
     (root / ".tmp-step-9" / cf.ADAPTER_FILE).write_bytes(b"half")
@@ -249,7 +250,7 @@ def test_written_files_follow_the_umask(tmp_path, umask):
         save_comfy_lora(tmp_path / "l.safetensors", {"blocks.0.attn1.to_q.lora_A.weight": torch.ones(1, 2),
                                                      "blocks.0.attn1.to_q.lora_B.weight": torch.ones(2, 1)}, 1.0)
         data = make_dataset(tmp_path / "ds", preferred=1)
-        trainer.train(tiny_config(data, tmp_path / "out", steps=1))
+        train(tiny_config(data, tmp_path / "out", steps=1))
     finally:
         os.umask(old)
     assert expected == 0o666 & ~umask

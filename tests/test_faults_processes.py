@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import psutil
-import pytest
 
-from ipa_train.jobs import failures, launcher, rank_guard
+from ipa_train.jobs import failures, rank_guard
+from ipa_train.jobs import contract
 from ipa_train.jobs.launcher import TrainingJob, build_command, build_env
 
 from trainer_helpers import REPO_ROOT, make_dataset, process_gone, subprocess_env, tiny_config
@@ -166,7 +166,7 @@ def test_a_rank_ends_itself_when_torchrun_dies(tmp_path):
 
 def test_a_process_ends_itself_when_its_launcher_dies(tmp_path):
     launcher_stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    command, env, marker = _guarded(tmp_path, {rank_guard.LAUNCHER_PID_ENV: str(launcher_stand_in.pid)})
+    command, env, marker = _guarded(tmp_path, {contract.LAUNCHER_PID_ENV: str(launcher_stand_in.pid)})
     guarded = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
     try:
         assert guarded.stdout.readline().strip() == "ready"
@@ -174,7 +174,7 @@ def test_a_process_ends_itself_when_its_launcher_dies(tmp_path):
         assert guarded.poll() is None  # the launcher lives: nothing happens
         launcher_stand_in.kill()
         launcher_stand_in.wait(10)
-        assert guarded.wait(5) == rank_guard.EXIT_ORPHANED
+        assert guarded.wait(5) == contract.EXIT_ORPHANED
         assert marker.read_text() == "the launcher is gone"
     finally:
         guarded.kill()
@@ -194,7 +194,7 @@ def test_the_real_trainer_stops_with_a_checkpoint_when_its_launcher_is_gone(tmp_
     config = tiny_config(data, tmp_path / "out", steps=100000)
     config.save(tmp_path / "run.json")
     launcher_stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
-    env = dict(subprocess_env(), **{rank_guard.LAUNCHER_PID_ENV: str(launcher_stand_in.pid)})
+    env = dict(subprocess_env(), **{contract.LAUNCHER_PID_ENV: str(launcher_stand_in.pid)})
     process = subprocess.Popen([sys.executable, "-m", "ipa_train.train", "--config", str(tmp_path / "run.json")], cwd=REPO_ROOT,
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:

@@ -7,10 +7,11 @@ import gguf
 import pytest
 import torch
 
-from ipa_train import train as trainer
 from ipa_train.data.samples import add_sample, create_dataset
+from ipa_train.training.loop import train
 from ipa_train.wan.fingerprint import diffusers_model_fingerprint, weights_fingerprint
-from ipa_train.wan.model import ModelLoadError, build_tiny_comfy_transformer, load_transformer, save_original_wan_single_file
+from comfy_tiny import build_tiny_comfy_transformer
+from ipa_train.wan.model import ModelLoadError, load_transformer, save_original_wan_single_file
 from trainer_helpers import make_sample, tiny_config
 
 
@@ -96,7 +97,7 @@ def test_trainer_trains_a_lora_on_a_gguf_base(files, tmp_path):
         sample = make_sample(seed, frames=2, h=4, w=4, text_dim=4096)
         add_sample(folder, sample, status="preferred")
     events = []
-    result = trainer.train(tiny_config(folder, tmp_path / "out", base_model=str(path), steps=2, rank=2), callback=events.append)
+    result = train(tiny_config(folder, tmp_path / "out", base_model=str(path), steps=2, rank=2), callback=events.append)
     assert result.status == "finished" and events[0]["trainable_parameters"] > 0
     assert all(torch.isfinite(torch.tensor(step["loss"])) for step in result.history)
 

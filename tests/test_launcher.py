@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from ipa_train.jobs import launcher
+from ipa_train.jobs import curves
+from ipa_train.jobs.checkpoint_files import pick_checkpoint
 from ipa_train.jobs.launcher import LaunchError, TrainingJob, build_command, build_env, parse_event, parse_gpus
 
 from trainer_helpers import process_gone
@@ -101,11 +103,11 @@ def test_successful_run_reports_progress(tmp_path):
     assert Path(outcome.final["lora_path"]).is_file()
     assert "loss: 0.14" in launcher.format_metrics(outcome)
     assert "human log line" in (tmp_path / "train.log").read_text()
-    image = launcher.loss_plot(outcome.events)
-    assert image.size == (640, 360)
+    image = curves.training_curves(outcome.events)
+    assert image.size == (480, 300)
     import numpy as np
 
-    blue = int((np.asarray(image) == np.array([30, 90, 200], dtype=np.uint8)).all(axis=-1).sum())
+    blue = int((np.asarray(image) == np.array(curves.LOSS_COLOUR, dtype=np.uint8)).all(axis=-1).sum())
     assert blue > 50  # the loss curve was drawn
 
 
@@ -139,7 +141,7 @@ def test_cancel_stops_gracefully_and_leaves_no_process_group(tmp_path, stop_file
     assert [event["step"] for event in outcome.events if event["event"] == "step"][-1] == outcome.final["step"] >= 1
     assert not (tmp_path / "run" / "STOP").exists()
     assert Path(outcome.final["checkpoint"]).is_dir()
-    assert launcher.latest_checkpoint(tmp_path / "run") == Path(outcome.final["checkpoint"])
+    assert pick_checkpoint(tmp_path / "run") == Path(outcome.final["checkpoint"])
     assert not job.group_alive() and process_gone(job.pgid) and process_gone(worker_pid)
 
 
@@ -166,12 +168,6 @@ def test_kill_after_grace_when_the_trainer_ignores_sigint(tmp_path):
     assert time.monotonic() - started < 20
     assert outcome.status == "failed" and outcome.returncode == -signal.SIGKILL
     assert not job.group_alive() and process_gone(job.pgid)
-
-
-def test_unique_path_never_overwrites(tmp_path):
-    assert launcher.unique_path(tmp_path, "a", ".safetensors").name == "a.safetensors"
-    (tmp_path / "a.safetensors").write_text("x")
-    assert launcher.unique_path(tmp_path, "a", ".safetensors").name == "a_00002.safetensors"
 
 
 def test_real_trainer_tiny_run(tmp_path):

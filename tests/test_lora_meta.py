@@ -25,7 +25,8 @@ def test_reads_what_the_real_trainer_writes(tmp_path):
     """A LoRA from the real trainer: its ``ipa.*`` header is what the loader summarises and checks."""
     import torch
 
-    from ipa_train import train as trainer
+    from ipa_train.training.distributed import Dist, Events
+    from ipa_train.training.loop import Trainer
     from ipa_train.fileio import read_safetensors_metadata
     from ipa_train.wan.model import build_tiny_transformer
 
@@ -35,8 +36,8 @@ def test_reads_what_the_real_trainer_writes(tmp_path):
     data = make_dataset(tmp_path / "ds", preferred=1)
     # the base model is named like the 14B file; the weights are the tiny model (the name only goes into the metadata)
     config = tiny_config(data, tmp_path / "out", steps=1, base_model=str(tmp_path / "wan2.1_vace_14B_fp16.safetensors"), beta=300.0)
-    events = trainer.Events(trainer.Dist(), stdout=False)
-    result = trainer.Trainer(config, trainer.Dist(), events, model=build_tiny_transformer(0)).run()
+    events = Events(Dist(), stdout=False)
+    result = Trainer(config, Dist(), events, model=build_tiny_transformer(0)).run()
     metadata = read_safetensors_metadata(result.lora_path)
     assert metadata["ipa.base_model"] == "wan2.1_vace_14B_fp16.safetensors" and "base_model" not in metadata
     lines = summarize_metadata(metadata).splitlines()

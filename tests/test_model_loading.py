@@ -8,12 +8,12 @@ import socket
 import pytest
 import torch
 
+from comfy_tiny import build_tiny_comfy_transformer
 from ipa_train.fileio import atomic_save_safetensors, load_safetensors
 from ipa_train.wan.model import (
     CONFIG_METADATA_KEY,
     ModelLoadError,
     SHIPPED_CONFIGS,
-    build_tiny_comfy_transformer,
     build_tiny_transformer,
     detect_config,
     diffusers_key_to_original,

@@ -7,11 +7,11 @@ from __future__ import annotations
 import ast
 import io
 import sys
-from pathlib import Path
 
 import pytest
 
 from ipa_train.jobs import launcher, process_tree
+from ipa_train.jobs import contract
 from ipa_train.jobs.config import ConfigError
 from ipa_train.training.distributed import process_group_backend
 from ipa_train.jobs.process_tree import CREATE_NEW_PROCESS_GROUP, CTRL_BREAK_EVENT, Platform, current_platform
@@ -88,7 +88,7 @@ def test_the_windows_launch_stop_and_kill(tmp_path, monkeypatch):
     job = launcher.TrainingJob(command, {"PATH": "x"}, cwd=tmp_path, stop_file=tmp_path / "STOP", platform=WINDOWS)
     (recorded, options), = _RecordedPopen.calls
     assert recorded == command and options["creationflags"] == CREATE_NEW_PROCESS_GROUP and "start_new_session" not in options
-    assert options["env"][process_tree.JOB_ENV] == job.job_id and options["encoding"] == "utf-8"
+    assert options["env"][contract.JOB_ENV] == job.job_id and options["encoding"] == "utf-8"
     job.request_stop()  # the graceful path: the stop file, as everywhere
     assert (tmp_path / "STOP").is_file() and signalled == [] and ran == []
     job._send_stop_signal()  # the grace ran out: CTRL_BREAK to the job's new process group

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ipa_train import train as trainer
 from ipa_train.data.samples import add_sample, create_dataset
+from ipa_train.training.loop import train
 from ipa_train.jobs.config import ConfigError, InitLora, RunConfig, parse_init_lora
 from ipa_train.training.reference_check import ReferenceMismatch
 from ipa_train.wan.fingerprint import (
@@ -53,7 +53,7 @@ def _dataset(tmp_path, settings_list, name="ds"):
 
 def _run(config):
     events = []
-    result = trainer.train(config, callback=events.append)
+    result = train(config, callback=events.append)
     return result, events
 
 

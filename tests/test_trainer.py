@@ -10,7 +10,10 @@ import pytest
 import torch
 
 from ipa_train.training import lora
-from ipa_train import train as trainer
+from ipa_train.training.batching import load_training_data
+from ipa_train.training.checkpoints import TrainingError
+from ipa_train.training.loop import train
+from ipa_train.training.reference_check import sampling_patch_warning
 from ipa_train.jobs.config import ConfigError, RunConfig
 from ipa_train.data.layout import DatasetError
 from ipa_train.fileio import load_safetensors, read_safetensors_metadata
@@ -41,7 +44,7 @@ def predict(model, inputs):
 
 def run(config, **kwargs):
     events = []
-    result = trainer.train(config, callback=events.append, **kwargs)
+    result = train(config, callback=events.append, **kwargs)
     return result, events
 
 
@@ -179,7 +182,7 @@ def test_training_from_an_initial_lora_keeps_it_in_the_reference(tmp_path):
 
     assert header(second.lora_path)["ipa.init_lora"] == "ipa_lora.safetensors"
     with pytest.raises(ConfigError, match="init_lora .* does not exist"):
-        trainer.train(tiny_config(data, tmp_path / "third", init_lora=str(tmp_path / "missing.safetensors")))
+        train(tiny_config(data, tmp_path / "third", init_lora=str(tmp_path / "missing.safetensors")))
 
 
 def test_resume_gives_bit_identical_weights(tmp_path):
@@ -230,7 +233,7 @@ def test_stop_file_writes_a_checkpoint_and_is_consumed(tmp_path):
             stop_file.write_text("{}")
 
     events = []
-    result = trainer.train(config, callback=lambda e: (events.append(e), on_event(e)))
+    result = train(config, callback=lambda e: (events.append(e), on_event(e)))
     # the file appears when step 2 is reported, after that step was checked: the run stops after step 3
     assert result.status == "stopped" and result.step == 3
     assert events[-1]["event"] == "stopped" and events[-1]["reason"] == "stop file"
@@ -243,8 +246,8 @@ def test_stop_file_writes_a_checkpoint_and_is_consumed(tmp_path):
 
 def _bad(tmp_path, message, **overrides):
     events = []
-    with pytest.raises((DatasetError, ConfigError, trainer.TrainingError, ValueError), match=message):
-        trainer.train(tiny_config(overrides.pop("dataset"), tmp_path / "out", **overrides), callback=events.append)
+    with pytest.raises((DatasetError, ConfigError, TrainingError, ValueError), match=message):
+        train(tiny_config(overrides.pop("dataset"), tmp_path / "out", **overrides), callback=events.append)
     assert not [e for e in events if e["event"] in ("started", "step")]
 
 
@@ -262,8 +265,8 @@ def test_bad_input_is_refused_before_training(tmp_path):
 
 def test_resume_from_a_missing_checkpoint_is_a_clear_error(tmp_path):
     data = make_dataset(tmp_path / "ds", preferred=1)
-    with pytest.raises(trainer.TrainingError, match="no complete checkpoint there"):
-        trainer.train(tiny_config(data, tmp_path / "out"), resume=str(tmp_path / "nothing"))
+    with pytest.raises(TrainingError, match="no complete checkpoint there"):
+        train(tiny_config(data, tmp_path / "out"), resume=str(tmp_path / "nothing"))
 
 
 def test_samples_from_a_patched_model_are_warned_about(tmp_path):
@@ -276,12 +279,12 @@ def test_samples_from_a_patched_model_are_warned_about(tmp_path):
     add_sample(folder, make_sample(0), meta={"settings": {"patches": patches}}, status="preferred")
     add_sample(folder, make_sample(1), meta={"settings": {}}, status="preferred")
     config = tiny_config(data, tmp_path / "out", steps=1)
-    loaded = trainer.load_training_data(config)
-    warning = trainer.sampling_patch_warning(loaded, config)
+    loaded = load_training_data(config)
+    warning = sampling_patch_warning(loaded, config)
     assert warning.startswith("1 of 2 samples were sampled with a patched model (LoRA(s) ['ipa/hands_v1.safetensors']")
     assert "set init_lora" in warning
     with_init = tiny_config(data, tmp_path / "out", steps=1, init_lora=str(tmp_path / "hands_v1.safetensors"))
-    assert trainer.sampling_patch_warning(loaded, with_init) is None  # the reference starts from that LoRA
+    assert sampling_patch_warning(loaded, with_init) is None  # the reference starts from that LoRA
     _, events = run(config)
     assert events[0]["event"] == "started" and events[0]["warnings"][1:] == [warning]
     assert events[0]["warnings"][0].startswith("2 of 2 samples carry no record of the model that sampled them")

@@ -11,10 +11,12 @@ import time
 import pytest
 import torch
 
-from ipa_train import train as trainer
+from ipa_train.jobs.contract import EXIT_ERROR, EXIT_STOPPED
+from ipa_train.training.loop import train
 from ipa_train.fileio import load_safetensors
 
 from trainer_helpers import REPO_ROOT, make_dataset, subprocess_env, tiny_config
+from trainer_support.faulty_trainer import MODULE as FAULTY, faulty_env
 
 torch.set_num_threads(1)
 
@@ -23,8 +25,8 @@ def events_of(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
-def torchrun(args, env=None, timeout=240):
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m", "ipa_train.train", *args]
+def torchrun(args, env=None, timeout=240, module="ipa_train.train"):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m", module, *args]
     return subprocess.run(command, cwd=REPO_ROOT, env=env or subprocess_env(), capture_output=True, text=True, timeout=timeout)
 
 
@@ -48,7 +50,7 @@ def test_sigterm_finishes_the_step_checkpoints_and_resumes(tmp_path):
         if process.poll() is None:
             process.kill()
     events = seen + events_of(out)
-    assert process.returncode == trainer.EXIT_STOPPED, err[-2000:]
+    assert process.returncode == EXIT_STOPPED, err[-2000:]
     stopped = events[-1]
     assert stopped["event"] == "stopped" and stopped["step"] >= 2
     checkpoint = tmp_path / "out" / "checkpoints" / f"step-{stopped['step']}"
@@ -56,7 +58,7 @@ def test_sigterm_finishes_the_step_checkpoints_and_resumes(tmp_path):
     assert "SIGTERM received" in err
     # the checkpoint resumes (in this process) and the run finishes
     collected = []
-    result = trainer.train(
+    result = train(
         tiny_config(data, tmp_path / "out", steps=stopped["step"] + 2), resume=str(tmp_path / "out"), callback=collected.append
     )
     assert result.status == "finished" and collected[0]["start_step"] == stopped["step"]
@@ -68,7 +70,7 @@ def test_command_line_errors_exit_1_with_an_error_event(tmp_path):
     bad.write_text(json.dumps({"dataset": str(tmp_path / "none"), "base_model": "tiny", "output_dir": str(tmp_path / "o"), "targets": ["q"]}))
     done = subprocess.run([sys.executable, "-m", "ipa_train.train", "--config", str(bad)], cwd=REPO_ROOT, env=subprocess_env(),
                           capture_output=True, text=True, timeout=120)
-    assert done.returncode == trainer.EXIT_ERROR
+    assert done.returncode == EXIT_ERROR
     (event,) = events_of(done.stdout)
     assert event["event"] == "error" and event["rank"] == 0 and "unknown LoRA target(s) ['q']" in event["message"]
 
@@ -79,9 +81,8 @@ def test_two_ranks_ddp_hold_equal_weights_and_a_crash_ends_the_job(tmp_path):
     config = tiny_config(data, tmp_path / "out", steps=3, dropout=0.1, gradient_checkpointing=True, base_precision="fp8",
                          blocks_to_swap=5, activation_offload=True)
     config.save(tmp_path / "run.json")
-    env = subprocess_env()
-    env["IPA_TRAIN_FAULT"] = "rank=1,step=3"
-    done = torchrun(["--config", str(tmp_path / "run.json"), "--dump-replicas", str(tmp_path / "replicas")], env=env)
+    env = faulty_env(subprocess_env(), fault="rank=1,step=3")  # the real trainer; rank 1 fails at the start of step 3
+    done = torchrun(["--config", str(tmp_path / "run.json"), "--dump-replicas", str(tmp_path / "replicas")], env=env, module=FAULTY)
     events = events_of(done.stdout)
     assert done.returncode != 0
     assert [e["step"] for e in events if e["event"] == "step"] == [1, 2]
@@ -145,6 +146,6 @@ def test_stop_file_under_torchrun_checkpoints_exits_3_and_resumes(tmp_path):
     assert not config.stop_path.exists()  # consumed: the resumed run is not stopped by it
     # it resumes (here in one process, which a checkpoint of two ranks allows) and the run finishes
     events = []
-    result = trainer.train(tiny_config(data, tmp_path / "out", steps=step + 2), resume=str(tmp_path / "out"), callback=events.append)
+    result = train(tiny_config(data, tmp_path / "out", steps=step + 2), resume=str(tmp_path / "out"), callback=events.append)
     assert result.status == "finished" and events[0]["start_step"] == step and events[-1]["event"] == "finished"
     assert [e["step"] for e in events if e["event"] == "step"] == [step + 1, step + 2]

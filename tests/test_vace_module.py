@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ipa_train.fileio import atomic_save_safetensors, load_safetensors
-from ipa_train.wan.model import ModelLoadError, build_tiny_comfy_transformer, load_transformer, save_original_wan_single_file
+from comfy_tiny import build_tiny_comfy_transformer
+from ipa_train.wan.model import ModelLoadError, load_transformer, save_original_wan_single_file
 from ipa_train.wan.vace_module import VaceModuleError, is_vace_module, merge_vace_module
 
 MODULE_PARTS = ("vace_blocks.", "vace_patch_embedding.")

@@ -61,7 +61,8 @@ def tiny_config(dataset: Path, output: Path, **overrides) -> RunConfig:
 def subprocess_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT)  # never a torchvision stand-in: diffusers would fail to import
-    env.pop("IPA_TRAIN_FAULT", None)
+    for name in ("IPA_TEST_FAULT", "IPA_TEST_SLOW_CHECKPOINT"):  # tests/trainer_support/faulty_trainer.py
+        env.pop(name, None)
     env["OMP_NUM_THREADS"] = "1"
     return env
 

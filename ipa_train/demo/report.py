@@ -1,6 +1,6 @@
-"""Pictures for the demo's report folder, drawn with Pillow only: the training curves (loss and ipa_gap in their
-own panels, reusing ``launcher.loss_plot``), a before/after contact sheet of the sampled videos, and the hand
-masks over the control video with the latent cells they mark."""
+"""Pictures for the demo's report folder, drawn with Pillow only: a before/after contact sheet of the sampled videos,
+and the hand masks over the control video with the latent cells they mark. (The training curves are the train
+node's plot, ``jobs.curves.training_curves``.)"""
 
 from __future__ import annotations
 
@@ -10,24 +10,10 @@ import numpy as np
 import torch
 
 from ..pose.hands import hand_mask_preview
-from ..jobs.launcher import loss_plot
 
 LABEL_WIDTH = 150
 PREFERRED_COLOUR = (40, 190, 80)
 REJECTED_COLOUR = (200, 60, 60)
-
-
-def curves_image(history: Sequence[dict], title: str, log2: float, width: int = 640):
-    """Loss (with the log 2 start marked in the title) above ipa_gap (with a zero line), one PNG."""
-    from PIL import Image
-
-    loss = loss_plot(history, width=width, height=260, title=f"{title}: loss (starts at log 2 = {log2:.4f})", keys=["loss"])
-    gap = loss_plot(history, width=width, height=260, title="ipa_gap = err_ref - err_model (> 0: the LoRA fits the preferred flow better)",
-                    keys=["ipa_gap"], zero_line=True)
-    sheet = Image.new("RGB", (width, loss.height + gap.height), (250, 250, 250))
-    sheet.paste(loss, (0, 0))
-    sheet.paste(gap, (0, loss.height))
-    return sheet
 
 
 def _tile(frames: torch.Tensor, picks: Sequence[int], scale: int) -> np.ndarray:

@@ -206,7 +206,8 @@ def run(args) -> dict[str, Any]:
     from ..pose.hands import hand_boxes, latent_hand_mask, pose_to_hand_masks
     from ..study import experiment, models
     from ..wan.pipeline import load_lora
-    from .report import curves_image, frames_sheet, hand_masks_sheet, hands_sheet, overlay
+    from ..jobs.curves import training_curves
+    from .report import frames_sheet, hand_masks_sheet, hands_sheet, overlay
 
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -308,7 +309,7 @@ def run(args) -> dict[str, Any]:
     metrics_path = report / "metrics.json"
     report.mkdir(parents=True, exist_ok=True)
     frames_of = lambda samples: [torch.from_numpy(s.frames) for s in samples]  # noqa: E731
-    _save_png(curves_path, curves_image(history, f"Flow-IPA, {args.nproc} rank(s)", math.log(2)))
+    _save_png(curves_path, training_curves(history, width=640, height=520, title=f"Flow-IPA, {args.nproc} rank(s)"))
     labels = [f"seed {s.seed}" for s in before]
     _save_png(frames_path, frames_sheet(overlay(control, pixel_masks, boxes), frames_of(before), frames_of(after), labels, preferred, picks, boxes))
     _save_png(hands_path, hands_sheet(before + before_held_out, after + after_held_out, [s.seed for s in before + before_held_out],

@@ -18,10 +18,8 @@ import json
 import logging
 import os
 import shutil
-import sys
-import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from ..fileio import remove_stale_temp_files
 
@@ -37,22 +35,6 @@ STAGING_PREFIX = ".tmp-step-"
 ASIDE_PREFIX = ".old-step-"
 
 log = logging.getLogger("ipa_train.train")
-
-# Test hooks, so a test can slow the writer down and kill it between the phases of a replacement ("aside", "in",
-# "deleted"): a function called with each phase name, or in a trainer process IPA_TRAIN_SLOW_CHECKPOINT=<seconds>
-# (prints each phase on stderr, then sleeps). Neither is set in normal use.
-replacement_hook: Optional[Callable[[str], None]] = None
-SLOW_ENV = "IPA_TRAIN_SLOW_CHECKPOINT"
-
-
-def _phase(name: str) -> None:
-    if replacement_hook is not None:
-        replacement_hook(name)
-    delay = os.environ.get(SLOW_ENV)
-    if delay:
-        print(f"checkpoint replacement: {name}", file=sys.stderr, flush=True)
-        time.sleep(float(delay))
-
 
 def step_of(path: Path, prefix: str = STEP_PREFIX) -> Optional[int]:
     name = path.name
@@ -152,19 +134,34 @@ def write_listing(staging: Path, state: dict) -> None:
 
 def replace_checkpoint(staging: Path, final: Path) -> Path:
     """Puts the complete folder ``staging`` in place as ``final``. An existing ``final`` is renamed aside first
-    and deleted only once the new one is in place, so a crash never leaves ``final`` half there."""
+    and deleted only once the new one is in place, so a crash never leaves ``final`` half there.
+
+    The three moves are functions of their own, looked up when called, so the fault tests can wrap each one and
+    kill the writer between them (tests/trainer_support/faulty_trainer.py)."""
     aside = final.with_name(ASIDE_PREFIX + final.name[len(STEP_PREFIX):])
     if aside.exists():
-        shutil.rmtree(aside)
+        shutil.rmtree(aside)  # left by an earlier crash after a complete new copy was in place
     if final.exists():
-        os.rename(final, aside)
-        _phase("aside")
-    os.rename(staging, final)
-    _phase("in")
+        move_aside(final, aside)
+    move_in(staging, final)
     if aside.exists():
-        shutil.rmtree(aside)
-        _phase("deleted")
+        delete_aside(aside)
     return final
+
+
+def move_aside(final: Path, aside: Path) -> None:
+    """Phase "aside": the old copy renamed out of the way (still complete, :func:`recover_checkpoints` restores it)."""
+    os.rename(final, aside)
+
+
+def move_in(staging: Path, final: Path) -> None:
+    """Phase "in": the complete new copy renamed into place."""
+    os.rename(staging, final)
+
+
+def delete_aside(aside: Path) -> None:
+    """Phase "deleted": the old copy removed once the new one is in place."""
+    shutil.rmtree(aside)
 
 
 def recover_checkpoints(root: os.PathLike | str) -> dict[str, list[str]]:

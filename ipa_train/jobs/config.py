@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from ..fileio import InvalidNameError, atomic_write_json, validate_name
+from .contract import STOP_FILE_NAME
 
 OBJECTIVES = ("ipa", "dpo", "sft")
 LR_SCHEDULERS = ("constant", "cosine")
@@ -21,7 +22,6 @@ TIMESTEP_SAMPLINGS = ("uniform", "logit_normal", "shifted")
 DISTRIBUTED = ("ddp", "fsdp2")
 BASE_PRECISIONS = ("bf16", "fp8")
 REQUIRED = ("dataset", "base_model", "output_dir")
-STOP_FILE_NAME = "STOP"
 
 # Allowed range of every number: (minimum, maximum, minimum excluded). Values must also be finite: JSON allows
 # NaN and Infinity, and a beta of Infinity trains NaN weights. The ComfyUI node's widgets stay inside these.

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Optional, Sequence
 
+from .contract import STEP
+
 BACKGROUND = (30, 32, 36)
 PANEL = (38, 41, 46)
 GRID = (70, 74, 82)
@@ -86,7 +88,7 @@ def training_curves(history: Sequence[Mapping[str, Any]], width: int = 480, heig
     that runs to the planned total, and the latest value of each. ``history``: the trainer's events."""
     from PIL import Image, ImageDraw
 
-    steps = [event for event in history if event.get("event") == "step"]
+    steps = [event for event in history if event.get("event") == STEP]
     image = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(image)
     font, small = _font(max(12, height // 18)), _font(max(11, height // 22))

@@ -13,8 +13,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-FAILURES_ENV = "IPA_TRAIN_FAILURES_FILE"  # where elastic_run writes the exit code of every failed rank
-EXIT_STOPPED = 3
+from .contract import ERROR, EXIT_ERROR, EXIT_STOPPED
 
 # What a rank says when another rank died: consequences, never the cause.
 LOST_PEER_MARKERS = (
@@ -105,7 +104,7 @@ def report_startup_failure(exc: BaseException) -> int:
     """The trainer could not even import its own modules: the ``error`` event (with the root cause) on stdout,
     the traceback on stderr; returns the exit status 1."""
     rank = int(os.environ.get("RANK", "0") or 0)
-    event: dict[str, Any] = {"event": "error", "rank": rank, "message": f"{type(exc).__name__}: {exc}",
+    event: dict[str, Any] = {"event": ERROR, "rank": rank, "message": f"{type(exc).__name__}: {exc}",
                              "traceback": "\n".join(traceback.format_exc().strip().splitlines()[-12:])}
     event.update(root_cause(exc) or {})
     if "hint" not in event:
@@ -114,7 +113,7 @@ def report_startup_failure(exc: BaseException) -> int:
             event["hint"] = hint
     print(traceback.format_exc(), file=sys.stderr, flush=True)
     print(json.dumps(event), flush=True)
-    return 1
+    return EXIT_ERROR
 
 
 # ----------------------------------------------------------------------------------------------- failed ranks

@@ -1,10 +1,8 @@
-"""Launching the trainer in its own process (group), reading its JSON events, stopping it gracefully, and
-drawing the loss curve. Host-independent: the ComfyUI train node is a thin layer over this.
+"""Launching the trainer in its own process (group), reading its JSON events, and stopping it gracefully (the loss
+curve is ``curves``). Host-independent: the ComfyUI train node is a thin layer over this.
 
-The trainer contract (``python -m ipa_train.train --config run.json``): rank 0 prints one JSON object per line
-on stdout with an ``event`` key (started, step, checkpoint, finished, stopped, error); a stop file
-(``<output_dir>/STOP``) or SIGINT/SIGTERM make it finish the current step, write a checkpoint, emit ``stopped``
-and exit with status 3; errors exit with 1.
+The trainer contract (``python -m ipa_train.train --config run.json``: its events, exit status, stop file and
+environment) is ``contract``.
 
 Stopping uses the stop file first, because signals are a poor fit for long steps under torchrun: torchrun forwards
 a signal to the ranks and SIGKILLs them 30 s later, while one 14B step takes about 45 s. Signals (then SIGKILL)
@@ -27,15 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
-from .checkpoint_files import pick_checkpoint
-from .failures import FAILURES_ENV, RankFailure, failure_report, read_failures
-from .process_tree import JOB_ENV, LaunchRefused, Platform, ProcessTree, current_platform
-from .rank_guard import LAUNCHER_PID_ENV
-
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_STOPPED = 3
-EVENTS = ("started", "step", "checkpoint", "finished", "stopped", "error")
+from .contract import ERROR, EVENTS, EXIT_OK, FAILURES_ENV, FINAL_EVENTS, FINISHED, JOB_ENV, LAUNCHER_PID_ENV, STEP, STOPPED
+from .failures import RankFailure, failure_report, read_failures
+from .process_tree import LaunchRefused, Platform, ProcessTree, current_platform
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # the folder holding ``ipa_train``
 # The trainer's start script (see its docstring): it puts PACKAGE_PARENT and the folders in $IPA_TRAIN_PATH on
 # sys.path itself, because the Windows portable build's embedded Python ignores PYTHONPATH.
@@ -164,14 +156,14 @@ class JobOutcome:
 
     def headline(self) -> str:
         """One line: what made the run fail, the rank named (``failures.failure_report``)."""
-        errors = [event for event in self.events if event.get("event") == "error"]
+        errors = [event for event in self.events if event.get("event") == ERROR]
         lines = failure_report(errors, self.failures, self.returncode)
         return lines[0] if lines else f"the trainer exited with status {self.returncode}"
 
     def error_text(self, lines: int = 30) -> str:
         """The cause first (the failing rank's message and traceback, or the rank that died and how), then what the
         other ranks said, then the last stderr lines."""
-        errors = [event for event in self.events if event.get("event") == "error"]
+        errors = [event for event in self.events if event.get("event") == ERROR]
         parts = failure_report(errors, self.failures, self.returncode)
         cause = next((event for event in errors if parts and parts[0].startswith(f"rank {event.get('rank')}:")), None)
         if cause is not None:
@@ -352,16 +344,16 @@ class TrainingJob:
         if self._log is not None:
             self._log.close()
             self._log = None
-        final = next((event for event in reversed(self.history) if event["event"] in ("finished", "stopped", "error")), None)
+        final = next((event for event in reversed(self.history) if event["event"] in FINAL_EVENTS), None)
         code = self.process.returncode
-        if code == EXIT_OK and final is not None and final["event"] == "finished":
+        if code == EXIT_OK and final is not None and final["event"] == FINISHED:
             status = "finished"
-        elif final is not None and final["event"] == "stopped":
+        elif final is not None and final["event"] == STOPPED:
             status = "stopped"
         else:
             status = "failed"
             # The first error is the rank that failed; the others usually report only the lost peer afterwards.
-            final = next((event for event in self.history if event["event"] == "error"), None)
+            final = next((event for event in self.history if event["event"] == ERROR), None)
         return JobOutcome(status, code, list(self.history), final, list(self.stderr_tail), failures)
 
 
@@ -403,84 +395,6 @@ def _remove(path: Path) -> None:
         pass
 
 
-def latest_checkpoint(run_dir: os.PathLike | str) -> Optional[Path]:
-    """The newest complete ``<run_dir>/checkpoints/step-<N>``, or ``None`` (``checkpoint_files.pick_checkpoint``,
-    the trainer's own choice: a half-written or half-replaced folder is never picked)."""
-    return pick_checkpoint(run_dir)
-
-
-def unique_path(folder: os.PathLike | str, stem: str, suffix: str) -> Path:
-    """``folder/stem+suffix``, or ``stem_00002+suffix``, ... when taken: nothing is ever overwritten."""
-    folder = Path(folder)
-    candidate = folder / f"{stem}{suffix}"
-    counter = 2
-    while candidate.exists():
-        candidate = folder / f"{stem}_{counter:05d}{suffix}"
-        counter += 1
-    return candidate
-
-
-# ----------------------------------------------------------------------------------------------- loss plot
-
-
-def loss_plot(history: Sequence[Mapping[str, Any]], width: int = 640, height: int = 360, title: str = "IPA training",
-              keys: Optional[Sequence[str]] = None, zero_line: bool = False):
-    """A PIL image of the loss (and the IPA gap when present) over steps, drawn with Pillow only.
-
-    ``keys``: the step-event fields to draw (default: loss, plus ipa_gap when present); the first one must be
-    present. ``zero_line``: a grey line at y = 0 when 0 is in range (for the gap)."""
-    keys = list(keys) if keys else ["loss", "ipa_gap"]
-    palette = [(30, 90, 200), (220, 110, 30), (40, 150, 60), (150, 60, 160)]
-    from PIL import Image, ImageDraw
-
-    steps = [event for event in history if event.get("event") == "step" and isinstance(event.get(keys[0]), (int, float))]
-    image = Image.new("RGB", (width, height), (250, 250, 250))
-    draw = ImageDraw.Draw(image)
-    left, right, top, bottom = 56, 16, 28, 36
-    draw.text((left, 8), title, fill=(20, 20, 20))
-    draw.rectangle([left, top, width - right, height - bottom], outline=(120, 120, 120))
-    if not steps:
-        draw.text((left + 10, height // 2), "waiting for the first step...", fill=(90, 90, 90))
-        return image
-    xs = [float(event.get("step", index + 1)) for index, event in enumerate(steps)]
-    series = [(keys[0], palette[0])]
-    for index, name in enumerate(keys[1:], start=1):
-        if any(isinstance(event.get(name), (int, float)) for event in steps):
-            series.append((name, palette[index % len(palette)]))
-    values = [float(event[name]) for name, _ in series for event in steps if isinstance(event.get(name), (int, float))]
-    low, high = min(values), max(values)
-    if high - low < 1e-12:
-        low, high = low - 0.5, high + 0.5
-    x_low, x_high = min(xs), max(max(xs), min(xs) + 1)
-    total = steps[-1].get("total")
-    if isinstance(total, (int, float)) and total > x_high:
-        x_high = float(total)
-
-    def point(x: float, y: float) -> tuple[float, float]:
-        px = left + (x - x_low) / (x_high - x_low) * (width - left - right)
-        py = height - bottom - (y - low) / (high - low) * (height - top - bottom)
-        return px, py
-
-    if zero_line and low < 0 < high:
-        _, zero_y = point(x_low, 0.0)
-        draw.line([(left, zero_y), (width - right, zero_y)], fill=(170, 170, 170), width=1)
-    for name, colour in series:
-        points = [point(x, float(event[name])) for x, event in zip(xs, steps) if isinstance(event.get(name), (int, float))]
-        if len(points) == 1:
-            x, y = points[0]
-            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
-        elif points:
-            draw.line(points, fill=colour, width=2)
-    for index, (name, colour) in enumerate(series):
-        last = next(float(event[name]) for event in reversed(steps) if isinstance(event.get(name), (int, float)))
-        draw.text((width - right - 170, top + 6 + 14 * index), f"{name} {last:.4g}", fill=colour)
-    draw.text((4, top), f"{high:.3g}", fill=(60, 60, 60))
-    draw.text((4, height - bottom - 10), f"{low:.3g}", fill=(60, 60, 60))
-    draw.text((left, height - bottom + 6), f"step {int(x_low)}", fill=(60, 60, 60))
-    draw.text((width - right - 90, height - bottom + 6), f"step {int(xs[-1])}/{int(x_high)}", fill=(60, 60, 60))
-    return image
-
-
 def format_metrics(outcome: JobOutcome) -> str:
     """The finished event's metrics (or the last step's) as ``key: value`` lines."""
     lines = []
@@ -489,7 +403,7 @@ def format_metrics(outcome: JobOutcome) -> str:
         lines.append(f"lora: {final['lora_path']}")
     metrics = final.get("metrics") if isinstance(final.get("metrics"), dict) else None
     if metrics is None:
-        last = next((event for event in reversed(outcome.events) if event.get("event") == "step"), None)
+        last = next((event for event in reversed(outcome.events) if event.get("event") == STEP), None)
         metrics = {key: value for key, value in (last or {}).items() if key != "event"}
     for key, value in metrics.items():
         lines.append(f"{key}: {value:.6g}" if isinstance(value, float) else f"{key}: {value}")

@@ -20,7 +20,8 @@ import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-JOB_ENV = "IPA_TRAIN_JOB"
+from .contract import JOB_ENV
+
 CREATE_NEW_PROCESS_GROUP = 0x00000200  # subprocess.CREATE_NEW_PROCESS_GROUP, defined on Windows only
 CTRL_BREAK_EVENT = 1  # signal.CTRL_BREAK_EVENT, defined on Windows only
 

@@ -20,10 +20,9 @@ import threading
 import time
 from typing import Callable, Optional
 
-LAUNCHER_PID_ENV = "IPA_TRAIN_LAUNCHER_PID"
-GRACE_ENV = "IPA_TRAIN_ORPHAN_GRACE_S"
+from .contract import EXIT_ORPHANED, GRACE_ENV, LAUNCHER_PID_ENV
+
 DEFAULT_GRACE_S = 300.0  # one 14B step (about 45 s) and a checkpoint fit well inside
-EXIT_ORPHANED = 1
 
 log = logging.getLogger("ipa_train.train")
 

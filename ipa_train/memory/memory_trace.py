@@ -52,9 +52,6 @@ class LiveBytes(TorchDispatchMode):
                 weakref.finalize(tensor, self._drop, key)
         return out
 
-    def reset_peak(self) -> None:
-        self.peak = self.live
-
 
 class _FlashAttention(torch.autograd.Function):
     """The memory of a flash / memory-efficient attention kernel: output like the query, saves q, k, v, the output

@@ -76,9 +76,9 @@ def optimizer_state_api():
 # ------------------------------------------------------------------------------------------------ finding
 
 
-def find_checkpoint(path: os.PathLike | str) -> Path:
-    """A complete checkpoint folder, or the newest complete one under an output or checkpoints folder
-    (``checkpoint_files.pick_checkpoint``, the same choice the launcher and the node make)."""
+def resume_checkpoint(path: os.PathLike | str) -> Path:
+    """What ``--resume path`` continues from: ``checkpoint_files.pick_checkpoint`` (the one choice of the newest
+    complete checkpoint, the launcher's and the node's too), or a :class:`TrainingError` that says why there is none."""
     path = Path(path)
     found = pick_checkpoint(path)
     if found is not None:

@@ -4,11 +4,8 @@ One process: ``python -m ipa_train.train --config run.json``. Several (GPUs, nod
 ``torchrun --nproc_per_node=N --standalone -m ipa_train.train --config run.json`` (DDP, or FSDP2 with
 ``"distributed": "fsdp2"``; NCCL on GPU, gloo on CPU).
 
-Run contract (see README, Training): rank 0 writes one JSON object per line on stdout (events ``started``,
-``step``, ``checkpoint``, ``finished``, ``stopped``, ``error``; a failing rank writes its own ``error``), human
-logs go to stderr. Exit status 0 finished, 1 error, 3 stopped after writing a checkpoint. A stop is asked for
-by creating the stop file (``<output_dir>/STOP`` or ``stop_file``; what the ComfyUI node does: no signal has to
-reach the ranks, so torchrun's 30 s kill deadline cannot cut a long step short) or by SIGINT/SIGTERM.
+The run contract (events on stdout, exit status, the stop file, the environment) is ``jobs.contract``; human logs
+go to stderr.
 """
 
 from __future__ import annotations
@@ -27,18 +24,14 @@ import torch.distributed as dist
 
 from ..data.layout import DatasetError
 from ..fileio import read_json
-from . import lora as lora_setup
 from ..jobs import rank_guard
-from .checkpoints import STATE_FILE, TrainingError, find_checkpoint
+from .checkpoints import STATE_FILE, TrainingError, resume_checkpoint
 from ..jobs.config import ConfigError, RunConfig
 from .distributed import Dist, Events, setup_distributed
+from ..jobs.contract import ERROR, EXIT_ERROR, EXIT_OK, EXIT_STOPPED
 from ..jobs.failures import hint_for, root_cause
 from ..wan.lora_targets import TARGET_NAMES
 from .loop import Trainer
-
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_STOPPED = 3
 
 log = logging.getLogger("ipa_train.train")
 
@@ -78,7 +71,7 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     if args.config:
         config = RunConfig.load(args.config)
     elif args.resume:
-        checkpoint = find_checkpoint(args.resume)
+        checkpoint = resume_checkpoint(args.resume)
         config = RunConfig.from_dict(read_json(checkpoint / STATE_FILE)["config"], source=f"{checkpoint}/{STATE_FILE}")
     else:
         raise ConfigError("give --config run.json (or --resume DIR to continue a run with its own config)")
@@ -164,7 +157,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         cause = None if user_error else root_cause(exc)
         if cause is None and not user_error and hint_for(exc, message):
             cause = {"hint": hint_for(exc, message)}
-        events.emit("error", rank=dist_info.rank, message=message, traceback="\n".join(tail), **(cause or {}))
+        events.emit(ERROR, rank=dist_info.rank, message=message, traceback="\n".join(tail), **(cause or {}))
         if user_error:
             log.error("%s", exc)  # bad input: the message says what to change; no traceback needed
         else:

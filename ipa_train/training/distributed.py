@@ -1,5 +1,5 @@
 """Distributed set-up and the run's event stream: what torchrun's environment says about this process, and the
-JSON-lines events rank 0 writes on stdout (the run contract the launcher and the node read)."""
+JSON-lines events rank 0 writes on stdout (the run contract the launcher and the node read: ``jobs.contract``)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
+
+from ..jobs.contract import ERROR
 
 
 @dataclass
@@ -84,7 +86,7 @@ class Events:
 
     def emit(self, event: str, **fields: Any) -> dict:
         record = {"event": event, **fields}
-        if self.dist.main or event == "error":
+        if self.dist.main or event == ERROR:
             if self.stdout:
                 sys.stdout.write(json.dumps(record) + "\n")
                 sys.stdout.flush()

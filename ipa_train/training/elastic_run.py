@@ -11,12 +11,12 @@ does not offer:
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Optional
 
-from ..jobs.failures import EXIT_STOPPED, FAILURES_ENV, RankFailure, signal_name, stopped_exit_status
+from ..jobs.contract import EXIT_ERROR, EXIT_OK, EXIT_STOPPED, FAILURES_ENV
+from ..jobs.failures import RankFailure, signal_name, stopped_exit_status
 
 
 def _write_failures(path: str, failures: list[RankFailure]) -> None:
@@ -40,8 +40,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if path:
             _write_failures(path, failures)
         print(exc.format_msg(), file=sys.stderr, flush=True)  # torchrun's own summary of the failed ranks
-        return EXIT_STOPPED if stopped_exit_status(failures) else 1
-    return 0
+        return EXIT_STOPPED if stopped_exit_status(failures) else EXIT_ERROR
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +22,10 @@ from . import lora as lora_setup
 from .batching import Sampler, load_training_data, seed_for
 from ..jobs.checkpoint_files import CHECKPOINTS_DIR, recover_checkpoints
 from .checkpoints import (
-    TrainingError, find_checkpoint, load_training_state, lora_metadata, optimizer_state_api, write_checkpoint,
+    TrainingError, resume_checkpoint, load_training_state, lora_metadata, optimizer_state_api, write_checkpoint,
 )
 from ..jobs.config import ConfigError, RunConfig
+from ..jobs.contract import CHECKPOINT, FINISHED, STARTED, STEP, STOPPED
 from .distributed import Dist, Events, full_tensor, peak_memory_gb, reduce_metrics, setup_distributed
 from .memory_setup import MemoryModes, compute_dtype, plan_memory
 from .model_setup import gathered_adapter, prepare_model, save_comfy_lora, shard_fsdp2
@@ -68,7 +68,11 @@ class Trainer:
         model=None,
     ):
         """``model``: an already built base transformer to train instead of loading ``config.base_model``
-        (benchmarks, the demo); ``config.base_model`` then only names it in the metadata."""
+        (benchmarks, the demo); ``config.base_model`` then only names it in the metadata.
+
+        Built in the order that fails cheapest first: the output folder and the resume checkpoint, the data (all
+        validation before any model is built), the memory plan, the model and its adapters, the distributed
+        wrapping, the optimizer."""
         self.config = config
         self.dist = dist_info
         self.events = events
@@ -78,52 +82,62 @@ class Trainer:
         self.dump_replicas = Path(dump_replicas) if dump_replicas else None
         self.output_dir = Path(config.output_dir)
         self.last_checkpoint: Optional[Path] = None
+        self._prepare_run(resume)
+        self.data = load_training_data(config)
+        self.sampler = Sampler(config, self.data, dist_info)
+        # the samples' sampler against this run's reference: LoRAs and other patches now, the base weights once loaded
+        self.reference_warnings = check_recorded_patches(self.data, config)
+        self._plan_memory(model)
+        model = self._build_model(model)
+        self._wrap_distributed(model)
+        self._build_optimizer(model)
+
+    def _prepare_run(self, resume: Optional[str]) -> None:
+        """The output folder put in order, the checkpoint to resume from, the autocast precision, and the settings
+        refused before anything loads."""
+        config, dist_info = self.config, self.dist
         if dist_info.main:  # before anything picks a checkpoint: finish or undo what a killed run left half done
             clean_output_dir(self.output_dir)
         dist_info.barrier()
-        self.resume_dir = find_checkpoint(resume) if resume else None
-        device = dist_info.device
-        if config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda"):
+        self.resume_dir = resume_checkpoint(resume) if resume else None
+        if config.precision == "bf16" or (config.precision == "auto" and dist_info.device.type == "cuda"):
             self.autocast_dtype: Optional[torch.dtype] = torch.bfloat16
         else:
             self.autocast_dtype = None
         if self.dump_replicas and config.distributed != "ddp":
             raise ConfigError("--dump-replicas compares full replicas and needs distributed 'ddp'")
-
         if dist_info.main and self.stop_path.exists():
             log.warning("stop file %s already exists: the run will stop after its first step; delete it to train", self.stop_path)
 
-        # 1. data (all validation before any model is built)
-        self.data = load_training_data(config)
-        self.sampler = Sampler(config, self.data, dist_info)
-        # the samples' sampler against this run's reference: LoRAs and other patches now, the base weights once loaded
-        self.reference_warnings = check_recorded_patches(self.data, config)
-
-        # 2. memory: the planner's prediction, with vram_budget_gb the settings that fit; modes that cannot be
-        # honoured are refused here, before any weight loads.
+    def _plan_memory(self, model) -> None:
+        """The planner's prediction, with vram_budget_gb the settings that fit (they replace ``self.config``); modes
+        that cannot be honoured are refused here, before any weight loads."""
         spec = None
         if model is not None:
             from ..memory.plan import describe_config
 
             spec = describe_config(dict(model.config), "model")
-        config, self.memory_plan = plan_memory(config, self.data, dist_info, spec)
-        self.config = config
-        self.stop_path = config.stop_path
-        self.memory = MemoryModes(config, device, compute_dtype(config, device))
+        self.config, self.memory_plan = plan_memory(self.config, self.data, self.dist, spec)
+        self.stop_path = self.config.stop_path
+        self.memory = MemoryModes(self.config, self.dist.device, compute_dtype(self.config, self.dist.device))
 
-        # 3. model + adapters: the reference identity checked against the samples, memory modes attached.
-        prepared = prepare_model(config, self.data, dist_info, self.memory, self.autocast_dtype, model, self.resume_dir)
-        model = prepared.model
+    def _build_model(self, model):
+        """The base with its adapters: the reference identity checked against the samples, memory modes attached,
+        the resumed adapter loaded. Returns the bare model (``self.bare``)."""
+        prepared = prepare_model(self.config, self.data, self.dist, self.memory, self.autocast_dtype, model, self.resume_dir)
         self.reference_warnings += prepared.warnings
-        if dist_info.main:
+        if self.dist.main:
             for warning in self.reference_warnings:
                 log.warning("%s", warning)
         self.base_fingerprint = prepared.base_fingerprint
         self.start_step = prepared.start_step
-        self.bare = model
-        self.trained_names = [name for name, _ in lora_setup.trained_parameters(model)]
+        self.bare = prepared.model
+        self.trained_names = [name for name, _ in lora_setup.trained_parameters(self.bare)]
+        return self.bare
 
-        # 4. distributed wrapping
+    def _wrap_distributed(self, model) -> None:
+        """DDP (the trained LoRA synchronised, the frozen base left out) or FSDP2 shards; the objective on top."""
+        config, dist_info = self.config, self.dist
         self.ddp = None
         if dist_info.active and config.distributed == "ddp":
             from torch.nn.parallel import DistributedDataParallel
@@ -132,13 +146,16 @@ class Trainer:
             # host-stored swapped weights); it synchronises the trained LoRA only.
             frozen = [n for n, p in model.named_parameters() if not p.requires_grad] + [n for n, _ in model.named_buffers()]
             DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, frozen)
+            device = dist_info.device
             self.ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         elif config.distributed == "fsdp2" and dist_info.active:
             shard_fsdp2(model, dist_info, self.autocast_dtype)
         self.forward_module = self.ddp if self.ddp is not None else model
         self.objective = Objective(config, self.data, self.sampler, dist_info, model, self.forward_module, self.autocast_dtype, self.ddp)
 
-        # 5. optimizer and schedule
+    def _build_optimizer(self, model) -> None:
+        """AdamW over the trained LoRA and its learning-rate schedule, with their state when resuming."""
+        config, dist_info = self.config, self.dist
         self.params = [parameter for _, parameter in lora_setup.trained_parameters(model)]
         self.optimizer = torch.optim.AdamW(self.params, lr=config.learning_rate, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(config, step))
@@ -155,7 +172,8 @@ class Trainer:
             grad_norm = float(full_tensor(torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)))
         else:
             grad_norm = float(full_tensor(torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])))
-        self._check_finite(step + 1, metrics["loss"], grad_norm)  # before the update: a NaN never reaches the weights
+        # before the update: a NaN never reaches the weights
+        check_finite(step + 1, metrics["loss"], grad_norm, c, self.dist.rank, self.last_checkpoint)
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
@@ -164,21 +182,6 @@ class Trainer:
         if c.max_grad_norm > 0:
             metrics["grad_norm"] = grad_norm
         return metrics
-
-    def _check_finite(self, step: int, loss: float, grad_norm: float) -> None:
-        """Stops the run at the first non-finite loss or gradient. The gradient norm is the same on every rank
-        (gradients are synchronised), so all ranks stop together; a loss that is non-finite on one rank only stops
-        that rank, and the others are ended by torchrun."""
-        if math.isfinite(loss) and math.isfinite(grad_norm):
-            return
-        c = self.config
-        saved = f"the last checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
-        raise TrainingError(
-            f"step {step}: the loss is {loss} and the gradient norm {grad_norm} (rank {self.dist.rank}): training diverged "
-            f"or a setting is extreme (learning_rate {c.learning_rate}, beta {c.beta}, hand_weight {c.hand_weight}). "
-            f"Stopped before this update, so no NaN weights were saved; {saved}. Lower learning_rate (or beta) and "
-            "train again, or resume from the last checkpoint."
-        )
 
     def _stop_asked(self) -> bool:
         """This rank's view: a signal (``stop_requested``) or the stop file. ``_reduce`` makes every rank agree."""
@@ -234,7 +237,7 @@ class Trainer:
     def _started(self) -> None:
         c = self.config
         self.events.emit(
-            "started",
+            STARTED,
             total=c.steps,
             start_step=self.start_step,
             world_size=self.dist.world,
@@ -253,7 +256,7 @@ class Trainer:
     def _checkpoint(self, step: int) -> Path:
         path = self.save_checkpoint(step)
         self.last_checkpoint = path
-        self.events.emit("checkpoint", step=step, path=str(path))
+        self.events.emit(CHECKPOINT, step=step, path=str(path))
         return path
 
     def run(self) -> TrainResult:
@@ -267,11 +270,8 @@ class Trainer:
         started = time.perf_counter()
         last_checkpoint: Optional[Path] = None
         stop = False
-        fault = _injected_fault(self.dist.rank)
         while step < c.steps:
             t0 = time.perf_counter()
-            if fault is not None and step + 1 == fault:
-                raise RuntimeError(f"injected fault on rank {self.dist.rank} at step {step + 1} (IPA_TRAIN_FAULT)")
             metrics = self.train_step(step)
             step += 1
             metrics, stop = reduce_metrics(self.dist, metrics, self._stop_asked())
@@ -279,7 +279,7 @@ class Trainer:
             record = step_record(step, c.steps, metrics, elapsed / (step - self.start_step), time.perf_counter() - t0,
                                  peak_memory_gb(self.dist.device))
             history.append(record)
-            self.events.emit("step", **record)
+            self.events.emit(STEP, **record)
             if self.dump_replicas is not None:
                 self._dump_replica(step)
             if stop:
@@ -290,15 +290,31 @@ class Trainer:
             last_checkpoint = self._checkpoint(step)
             hint = f"python -m ipa_train.train --resume {last_checkpoint}"
             self._consume_stop_file()
-            self.events.emit("stopped", step=step, total=c.steps, checkpoint=str(last_checkpoint), resume=hint,
+            self.events.emit(STOPPED, step=step, total=c.steps, checkpoint=str(last_checkpoint), resume=hint,
                              reason=self.stop_reason or "another rank")
             return TrainResult("stopped", step, None, str(last_checkpoint), history, self.bare)
         last_checkpoint = self._checkpoint(step)
         lora_path = self.save_lora(step)
         self._consume_stop_file()  # a stop asked for during the last step: the run is over anyway
         final = {k: history[-1][k] for k in ("loss", "ipa_gap", "model_error", "reference_error")} if history else {}
-        self.events.emit("finished", step=step, lora_path=str(lora_path), checkpoint=str(last_checkpoint), metrics=final)
+        self.events.emit(FINISHED, step=step, lora_path=str(lora_path), checkpoint=str(last_checkpoint), metrics=final)
         return TrainResult("finished", step, str(lora_path), str(last_checkpoint), history, self.bare)
+
+
+def check_finite(step: int, loss: float, grad_norm: float, config: RunConfig, rank: int, last_checkpoint: Optional[Path]) -> None:
+    """Stops the run at the first non-finite loss or gradient. The gradient norm is the same on every rank
+    (gradients are synchronised), so all ranks stop together; a loss that is non-finite on one rank only stops
+    that rank, and the others are ended by torchrun."""
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        return
+    c = config
+    saved = f"the last checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
+    raise TrainingError(
+        f"step {step}: the loss is {loss} and the gradient norm {grad_norm} (rank {rank}): training diverged "
+        f"or a setting is extreme (learning_rate {c.learning_rate}, beta {c.beta}, hand_weight {c.hand_weight}). "
+        f"Stopped before this update, so no NaN weights were saved; {saved}. Lower learning_rate (or beta) and "
+        "train again, or resume from the last checkpoint."
+    )
 
 
 def step_record(step: int, total: int, metrics: dict[str, float], sec_per_step: float, step_time_s: float, peak_mem_gb: float) -> dict:
@@ -332,15 +348,6 @@ def clean_output_dir(output_dir: Path) -> dict[str, list[str]]:
     if any(done.values()):
         log.info("cleaned up after an interrupted run in %s: %s", output_dir, {k: v for k, v in done.items() if v})
     return done
-
-
-def _injected_fault(rank: int) -> Optional[int]:
-    """Test hook: ``IPA_TRAIN_FAULT="rank=1,step=3"`` makes that rank fail at the start of that step."""
-    value = os.environ.get("IPA_TRAIN_FAULT")
-    if not value:
-        return None
-    fields = dict(part.split("=", 1) for part in value.split(",") if "=" in part)
-    return int(fields.get("step", 1)) if int(fields.get("rank", 0)) == rank else None
 
 
 def train(

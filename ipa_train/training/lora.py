@@ -14,7 +14,6 @@ to a copy taken at initialisation (tested) and saves one full copy of the base w
 
 from __future__ import annotations
 
-import re
 import warnings
 from contextlib import contextmanager
 from typing import Iterable, Iterator, Mapping, Optional

@@ -80,18 +80,3 @@ def text_length(embedding: torch.Tensor) -> int:
     """Number of rows up to the last non-zero one (ComfyUI and diffusers zero the rows after EOS)."""
     nonzero = (embedding.abs().sum(dim=-1) != 0).nonzero()
     return int(nonzero[-1]) + 1 if nonzero.numel() else 1
-
-
-def pad_text_embedding(embedding: torch.Tensor, tokens: int = TEXT_TOKENS) -> torch.Tensor:
-    """``[L, D]`` -> ``[max(L, tokens), D]`` with zero rows appended. Never truncates: the Wan text embedder
-    has no attention mask, so the padded rows change the output and must match what sampling saw."""
-    if embedding.dim() == 3:
-        if embedding.shape[0] != 1:
-            raise ValueError(f"expected one text conditioning, got a batch of {embedding.shape[0]}")
-        embedding = embedding[0]
-    if embedding.dim() != 2:
-        raise ValueError(f"text embedding must be [tokens, dim], got {tuple(embedding.shape)}")
-    if embedding.shape[0] >= tokens:
-        return embedding
-    pad = embedding.new_zeros((tokens - embedding.shape[0], embedding.shape[1]))
-    return torch.cat([embedding, pad], dim=0)

@@ -212,16 +212,6 @@ class ConversionReport:
             text += f"; not matched: {shown}"
         return text
 
-    def as_dict(self) -> dict:
-        return {
-            "matched": list(self.matched),
-            "unmatched": list(self.unmatched),
-            "formats": list(self.formats),
-            "modules": list(self.modules),
-            "diff_modules": list(self.diff_modules),
-            "alpha_from": dict(self.alpha_from),
-        }
-
 
 def metadata_alphas(metadata: Optional[Mapping[str, str]]) -> Optional[dict]:
     """peft's LoRA config recorded by diffusers (``lora_adapter_metadata`` header), prefixes removed."""

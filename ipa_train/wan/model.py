@@ -42,25 +42,6 @@ TINY_VACE_CONFIG = dict(
     vace_in_channels=96,
 )
 
-# A tiny model that ComfyUI's loader reads back as the same network: ComfyUI derives the head count as
-# width // 128, the text width is fixed at 4096 and VACE blocks sit at range(0, layers, layers // count).
-TINY_COMFY_VACE_CONFIG = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=1,
-    attention_head_dim=128,
-    in_channels=16,
-    out_channels=16,
-    text_dim=4096,
-    freq_dim=256,
-    ffn_dim=256,
-    num_layers=4,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-    rope_max_seq_len=1024,
-    vace_layers=[0, 2],
-    vace_in_channels=96,
-)
-
 CONFIG_ROOT = Path(__file__).resolve().parent / "configs"
 # Released sizes, keyed by model width (patch_embedding output channels).
 SHIPPED_CONFIGS = {1536: "wan2.1-vace-1.3b", 5120: "wan2.1-vace-14b"}
@@ -91,11 +72,6 @@ def build_tiny_transformer(seed: int = 0, **overrides):
     torch.manual_seed(seed)
     model = WanVACETransformer3DModel(**config)
     return model.eval()
-
-
-def build_tiny_comfy_transformer(seed: int = 0, **overrides):
-    """A tiny random-weight VACE transformer whose single-file form ComfyUI's UNETLoader reads exactly."""
-    return build_tiny_transformer(seed, **{**TINY_COMFY_VACE_CONFIG, **overrides})
 
 
 def shipped_config(name: str) -> dict:

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-import numpy as np
 import torch
 
 # diffusers' own tiny test configuration of the Wan VAE (16 latent channels, x8 spatial, x4 causal temporal);
@@ -39,24 +38,6 @@ def build_tiny_pipeline(seed: int = 0, transformer=None):
     pipe = WanVACEPipeline(tokenizer=None, text_encoder=None, vae=vae, scheduler=scheduler, transformer=transformer)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def random_text_embedding(dim: int, seed: int = 0, real_tokens: int = 16, tokens: int = TEXT_TOKENS) -> torch.Tensor:
-    """``[1, tokens, dim]``: ``real_tokens`` random rows (a stand-in for an encoded prompt), zero rows after them."""
-    generator = torch.Generator().manual_seed(seed)
-    embedding = torch.zeros(1, tokens, dim)
-    embedding[0, :real_tokens] = torch.randn(real_tokens, dim, generator=generator)
-    return embedding
-
-
-def to_pil_frames(frames) -> list:
-    """``[T, H, W, 3]`` uint8 (numpy or torch) or float 0..1 -> list of PIL images (the pipeline's video input)."""
-    from PIL import Image
-
-    array = frames.numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
-    if array.dtype != np.uint8:
-        array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
-    return [Image.fromarray(frame) for frame in array]
 
 
 @dataclass

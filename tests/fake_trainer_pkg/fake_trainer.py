@@ -1,6 +1,6 @@
-"""A stand-in for ``python -m ipa_train.train`` that follows the run contract (CONTRACTS.md) without a model: JSON
-events on stdout, the stop file (``<output_dir>/STOP`` or ``stop_file``) or SIGINT -> finish the step, checkpoint,
-``stopped``, exit 3; errors -> ``error`` event, exit 1.
+"""A stand-in for ``python -m ipa_train.train`` that follows the run contract (``ipa_train.jobs.contract``, whose
+names it uses) without a model: JSON events on stdout, the stop file (``<output_dir>/STOP`` or ``stop_file``) or
+SIGINT -> finish the step, checkpoint, ``stopped``, exit 3; errors -> ``error`` event, exit 1.
 run.json key ``fake_mode`` (or env IPA_FAKE_TRAINER_MODE): "ok" (default), "fail" (fails at step 2), "slow" (steps take 0.3 s and a worker child
 process is started in the same process group, like torchrun's ranks), "deaf" (slow, and never looks at the stop file), "broken_import" (an import failure with a root cause, reported
 by the real ``failures.report_startup_failure``)."""
@@ -13,6 +13,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from ipa_train.jobs.contract import CHECKPOINT, ERROR, EXIT_ERROR, EXIT_STOPPED, FINISHED, STARTED, STEP, STOP_FILE_NAME, STOPPED
 
 
 def emit(**event):
@@ -54,7 +56,7 @@ def main():
     signal.signal(signal.SIGINT, lambda *_: stop.update(requested=True))
     signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
     worker = None
-    stop_file = Path(config.get("stop_file") or out / "STOP")
+    stop_file = Path(config.get("stop_file") or out / STOP_FILE_NAME)
     if mode == "deaf":
         mode, stop_file = "slow", None
     if mode == "slow":
@@ -62,7 +64,7 @@ def main():
         Path(out / "worker.pid").write_text(str(worker.pid))
     start = int(Path(args.resume).name.split("-")[1]) if args.resume else 0
     total = int(config.get("steps", 5))
-    emit(event="started", total=total, resume_step=start, env_cuda=os.environ.get("CUDA_VISIBLE_DEVICES"),
+    emit(event=STARTED, total=total, resume_step=start, env_cuda=os.environ.get("CUDA_VISIBLE_DEVICES"),
          alloc=os.environ.get("PYTORCH_CUDA_ALLOC_CONF"), pythonpath=os.environ.get("PYTHONPATH"))
     print("human log line on stderr", file=sys.stderr, flush=True)
     print("some library print on stdout", flush=True)
@@ -70,31 +72,31 @@ def main():
         time.sleep(0.3 if mode == "slow" else 0.01)
         if mode == "fail" and step == 2:
             print("Traceback (most recent call last):\n  ValueError: the dataset has no preferred samples", file=sys.stderr, flush=True)
-            emit(event="error", rank=1, message="ValueError: the dataset has no preferred samples",
+            emit(event=ERROR, rank=1, message="ValueError: the dataset has no preferred samples",
                  traceback="Traceback (most recent call last):\n  File \"train.py\", line 1\nValueError: the dataset has no preferred samples")
             # what the surviving rank reports afterwards, as gloo/NCCL do when a peer dies
-            emit(event="error", rank=0, message="RuntimeError: Connection closed by peer")
-            sys.exit(1)
+            emit(event=ERROR, rank=0, message="RuntimeError: Connection closed by peer")
+            sys.exit(EXIT_ERROR)
         loss = 0.7 / step
-        emit(event="step", step=step, total=total, loss=loss, ipa_gap=0.01 * step, model_error=0.5, reference_error=0.5 + 0.01 * step,
+        emit(event=STEP, step=step, total=total, loss=loss, ipa_gap=0.01 * step, model_error=0.5, reference_error=0.5 + 0.01 * step,
              lr=1e-4, sec_per_step=0.01, eta_s=(total - step) * 0.01, peak_mem_gb=0.0)
         if stop_file is not None and stop_file.exists():
             stop_file.unlink()
             stop.update(requested=True, reason="stop file")
         if stop["requested"]:
             checkpoint = write_checkpoint(out, step)
-            emit(event="checkpoint", step=step, path=str(checkpoint))
-            emit(event="stopped", step=step, checkpoint=str(checkpoint), resume=f"--resume {checkpoint}", reason=stop.get("reason", "signal"))
+            emit(event=CHECKPOINT, step=step, path=str(checkpoint))
+            emit(event=STOPPED, step=step, checkpoint=str(checkpoint), resume=f"--resume {checkpoint}", reason=stop.get("reason", "signal"))
             if worker is not None:
                 worker.terminate()
-            sys.exit(3)
+            sys.exit(EXIT_STOPPED)
     lora = out / f"{config.get('lora_name', 'lora')}.safetensors"
     import numpy as np
     from safetensors.numpy import save_file
 
     save_file({"diffusion_model.blocks.0.self_attn.q.lora_A.weight": np.zeros((2, 4), np.float32),
                "diffusion_model.blocks.0.self_attn.q.lora_B.weight": np.zeros((4, 2), np.float32)}, str(lora), metadata={"objective": "ipa"})
-    emit(event="finished", lora_path=str(lora), metrics={"loss": 0.7 / total, "ipa_gap": 0.01 * total, "steps": total})
+    emit(event=FINISHED, lora_path=str(lora), metrics={"loss": 0.7 / total, "ipa_gap": 0.01 * total, "steps": total})
     if worker is not None:
         worker.terminate()
 
