@@ -1,5 +1,5 @@
 """The curation gallery's server side inside ComfyUI: registers the ``/ipa/...`` routes of
-``ipa_train.gallery_api`` on ComfyUI's server (mirrored under ``/api/ipa/...``), with DWPose found where
+``ipa_train.gallery.api`` on ComfyUI's server (mirrored under ``/api/ipa/...``), with DWPose found where
 ``nodes/dwpose.py`` finds it for the hand score. The page itself is the frontend extension in ``web/``. No nodes here."""
 
 from __future__ import annotations
