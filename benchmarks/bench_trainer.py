@@ -60,31 +60,15 @@ def held_bytes(*modules) -> int:
 def run_variant(variant: str, size: str, steps: int, warmup: int) -> dict:
     import torch
 
-    from ipa_train.data.samples import add_sample, create_dataset
-    from ipa_train.data.tensors import SampleTensors
-    from ipa_train.training import lora as lora_setup
     from ipa_train.jobs.config import RunConfig
-    from ipa_train.training.loss import flow_ipa_loss, flow_sft_loss
-    from ipa_train.wan.model import build_tiny_transformer
-    from ipa_train.training.batching import collate
     from ipa_train.training.distributed import Dist, Events, setup_distributed
     from ipa_train.training.loop import Trainer
+    from ipa_train.wan.model import build_tiny_transformer
 
     spec = SIZES[size]
     device = setup_distributed().device
-    channels, frames, height, width = spec["latent"]
-    text_dim = spec["model"]["text_dim"]
     tmp = Path(tempfile.mkdtemp(prefix="bench-trainer-"))
-    data = create_dataset(tmp, "bench")
-    g = torch.Generator().manual_seed(0)
-    for i in range(2):
-        sample = SampleTensors(
-            latent=torch.randn(channels, frames, height, width, generator=g),
-            vace_context=torch.randn(96, frames, height, width, generator=g),
-            text_embedding=torch.randn(spec["tokens"], text_dim, generator=g),
-            hand_mask=(torch.rand(1, frames - 1, height, width, generator=g) > 0.7).float(),
-        )
-        add_sample(data, sample, status="preferred")
+    data = bench_dataset(spec, tmp)
     config = RunConfig.from_dict(dict(dataset=str(data), base_model=f"random-{size}", output_dir=str(tmp / "out"), rank=spec["rank"],
                                       steps=steps + warmup, learning_rate=1e-4, checkpoint_every=0,
                                       objective="sft" if variant == "c" else "ipa"))
@@ -98,51 +82,10 @@ def run_variant(variant: str, size: str, steps: int, warmup: int) -> dict:
         trainer = Trainer(config, Dist(device=device), Events(Dist(), stdout=False), model=base)
         step = trainer.train_step
         held = held_bytes(trainer.bare)
-    else:  # the official recipe: the reference is a deep copy taken after adding the (zero) adapter
-        lora_setup.add_trained_lora(base, spec["rank"])
-        base.to(device).train()
-        reference = copy.deepcopy(base).requires_grad_(False).eval()
-        params = [p for _, p in lora_setup.trained_parameters(base)]
-        optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
-        helper = Trainer.__new__(Trainer)  # reuse the trainer's sampler and collation for identical batches
-        from ipa_train.training.batching import Sampler, load_training_data
+    else:
+        step, held = official_recipe(base, config, spec["rank"], device)
 
-        training_data = load_training_data(config)
-        sampler = Sampler(config, training_data, Dist(device=device))
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-
-        def step(index: int):
-            gen = sampler.generator(index, 0)
-            samples = [training_data.preferred[i][1] for i in sampler.indices(index, 0)]
-            t = torch.rand(len(samples), generator=gen)
-            batch = collate(samples, len(base.config.vace_layers), device, torch.float32)
-            noise = torch.randn(batch.x0.shape, generator=gen).to(device)
-            tb = t.to(device).view(-1, 1, 1, 1, 1)
-            x_t = (1 - tb) * batch.x0 + tb * noise
-            kwargs = dict(hidden_states=x_t, timestep=1000 * t.to(device), encoder_hidden_states=batch.text,
-                          control_hidden_states=batch.context, control_hidden_states_scale=batch.scale, return_dict=False)
-            with autocast:
-                with torch.no_grad():
-                    ref = reference(**kwargs)[0]
-                pred = base(**kwargs)[0]
-            loss, _ = flow_ipa_loss(pred, ref, noise - batch.x0, t.to(device), batch.hand_mask, ref_frames=batch.ref_frames)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        held = held_bytes(base, reference)
-
-    times = []
-    for index in range(warmup + steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        step(index)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if index >= warmup:
-            times.append(time.perf_counter() - start)
+    times = time_steps(step, steps, warmup, device)
     result = {
         "variant": variant,
         "device": str(device),
@@ -158,6 +101,86 @@ def run_variant(variant: str, size: str, steps: int, warmup: int) -> dict:
         result["peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
         result["peak_kind"] = "peak RSS minus RSS before building the model"
     return result
+
+
+def bench_dataset(spec: dict, tmp: Path) -> Path:
+    """Two random preferred samples of the size's latent shape."""
+    import torch
+
+    from ipa_train.data.samples import add_sample, create_dataset
+
+    from ipa_train.data.tensors import SampleTensors
+    channels, frames, height, width = spec["latent"]
+    data = create_dataset(tmp, "bench")
+    g = torch.Generator().manual_seed(0)
+    for i in range(2):
+        sample = SampleTensors(
+            latent=torch.randn(channels, frames, height, width, generator=g),
+            vace_context=torch.randn(96, frames, height, width, generator=g),
+            text_embedding=torch.randn(spec["tokens"], spec["model"]["text_dim"], generator=g),
+            hand_mask=(torch.rand(1, frames - 1, height, width, generator=g) > 0.7).float(),
+        )
+        add_sample(data, sample, status="preferred")
+    return data
+
+
+def official_recipe(base, config, rank: int, device):
+    """Variant (b): the reference is a deep copy taken after adding the (zero) adapter. Returns (step, bytes held)."""
+    import torch
+
+    from ipa_train.training import lora as lora_setup
+    from ipa_train.training.batching import Sampler, collate, load_training_data
+    from ipa_train.training.distributed import Dist
+    from ipa_train.training.loss import flow_ipa_loss
+
+    lora_setup.add_trained_lora(base, rank)
+    base.to(device).train()
+    reference = copy.deepcopy(base).requires_grad_(False).eval()
+    params = [p for _, p in lora_setup.trained_parameters(base)]
+    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+    # the trainer's sampler and collation, for batches identical to variant (a)'s
+    training_data = load_training_data(config)
+    sampler = Sampler(config, training_data, Dist(device=device))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+    def step(index: int):
+        gen = sampler.generator(index, 0)
+        samples = [training_data.preferred[i][1] for i in sampler.indices(index, 0)]
+        t = torch.rand(len(samples), generator=gen)
+        batch = collate(samples, len(base.config.vace_layers), device, torch.float32)
+        noise = torch.randn(batch.x0.shape, generator=gen).to(device)
+        tb = t.to(device).view(-1, 1, 1, 1, 1)
+        x_t = (1 - tb) * batch.x0 + tb * noise
+        kwargs = dict(hidden_states=x_t, timestep=1000 * t.to(device), encoder_hidden_states=batch.text,
+                      control_hidden_states=batch.context, control_hidden_states_scale=batch.scale, return_dict=False)
+        with autocast:
+            with torch.no_grad():
+                ref = reference(**kwargs)[0]
+            pred = base(**kwargs)[0]
+        loss, _ = flow_ipa_loss(pred, ref, noise - batch.x0, t.to(device), batch.hand_mask, ref_frames=batch.ref_frames)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step, held_bytes(base, reference)
+
+
+def time_steps(step, steps: int, warmup: int, device) -> list[float]:
+    """Seconds of each step after ``warmup`` untimed ones (synchronised on CUDA)."""
+    import torch
+
+    times = []
+    for index in range(warmup + steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        step(index)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if index >= warmup:
+            times.append(time.perf_counter() - start)
+    return times
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import os
 
-from ..ipa_train.gallery.routes import GalleryAPI
+from ..ipa_train.gallery.api import GalleryAPI
 from ..ipa_train.gallery.hand_score_jobs import DetectorSource, dwpose_source
 from . import dwpose as dwpose_nodes
 from .host import prompt_server

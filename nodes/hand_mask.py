@@ -1,4 +1,4 @@
-"""Hand masks from DWPose keypoints: the "IPA Hand Mask from Pose" node (math in ``ipa_train.hands``)."""
+"""Hand masks from DWPose keypoints: the "IPA Hand Mask from Pose" node (math in ``ipa_train.pose.hands``)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """IPA LoRA Loader: any Wan LoRA layout onto a native MODEL, with a report of what really applied.
 
-Keys are converted to ComfyUI's native Wan names by ``ipa_train.lora_keys.to_comfy_native`` (native, diffusers,
+Keys are converted to ComfyUI's native Wan names by ``ipa_train.wan.lora_keys.to_comfy_native`` (native, diffusers,
 DiffSynth/peft, kohya/musubi; VACE blocks included), then applied with ComfyUI's own ``comfy.lora`` code, exactly
 what ``LoraLoaderModelOnly`` / ``comfy.sd.load_lora_for_models`` do for the model.
 

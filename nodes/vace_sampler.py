@@ -106,28 +106,12 @@ class IPAVaceSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, vae, reference_image, control_video, width, height, length, steps, cfg, shift,
                 sampler_name, scheduler, candidates, seed, strength=1.0, control_mask=None) -> io.NodeOutput:
-        import comfy.model_base
-        import comfy.model_management
         import comfy.sample
-        import comfy.samplers
         import comfy.utils
         import latent_preview
         from comfy_extras.nodes_model_advanced import ModelSamplingSD3
-        from comfy_extras.nodes_wan import TrimVideoLatent
 
-        if not isinstance(model.model, comfy.model_base.WAN21_Vace):
-            raise ValueError(
-                f"the model is {type(model.model).__name__}, not Wan2.1-VACE: load a VACE checkpoint "
-                "(e.g. wan2.1_vace_1.3B_fp16.safetensors) with Load Diffusion Model"
-            )
-        if (length - 1) % 4 != 0:
-            raise ValueError(f"length {length} must be 4k+1 (1, 5, 9, ..., 81), as WanVaceToVideo expects")
-        patches = describe_patches(model)
-        if patches:
-            log.warning(
-                "IPA VACE Sampler: the model carries patches %s. The trainer's reference must be this same model: it "
-                "reproduces LoRAs given as init_lora with the same strengths and refuses anything else.", patches,
-            )
+        patches = _check_model(model, length)
         fingerprint = base_weights_fingerprint(model)
 
         sampling_model = ModelSamplingSD3().patch(model, shift)[0]
@@ -151,28 +135,10 @@ class IPAVaceSampler(io.ComfyNode):
         frames_out, results = [], []
         for index in range(candidates):
             candidate_seed = (seed + index) % 2**64  # wraps like the seed widget's range (torch seeds are 64-bit)
-
-            def callback(step, x0, x, total_steps, _offset=index * steps):
-                comfy.model_management.throw_exception_if_processing_interrupted()
-                preview = previewer.decode_latent_to_preview_image("JPEG", x0) if previewer else None
-                pbar.update_absolute(_offset + step + 1, total, preview)
-
-            # The same calls as nodes.common_ksampler -> comfy.sample.sample, keeping the KSampler to read its sigmas.
-            noise = comfy.sample.prepare_noise(latent_image, candidate_seed, None)
-            ksampler = comfy.samplers.KSampler(
-                sampling_model, steps=steps, device=sampling_model.load_device, sampler=sampler_name, scheduler=scheduler,
-                denoise=1.0, model_options=sampling_model.model_options,
-            )
-            sigmas = [float(value) for value in ksampler.sigmas]
-            samples = ksampler.sample(
-                noise, positive_c, negative_c, cfg=cfg, latent_image=latent_image, start_step=None, last_step=None,
-                force_full_denoise=False, denoise_mask=None, sigmas=None, callback=callback, disable_pbar=True, seed=candidate_seed,
-            )
-            samples = samples.to(comfy.model_management.intermediate_device())
-            trimmed = TrimVideoLatent.execute({"samples": samples}, trim_latent).args[0]
-            images = vae.decode(trimmed["samples"])
-            if images.dim() == 5:
-                images = images.reshape(-1, images.shape[-3], images.shape[-2], images.shape[-1])
+            callback = _progress_callback(previewer, pbar, total, offset=index * steps)
+            samples, sigmas = _sample_one(sampling_model, latent_image, positive_c, negative_c, candidate_seed, steps, cfg,
+                                          sampler_name, scheduler, callback)
+            images = _decode(vae, samples, trim_latent)
             frames_out.append(images)
             results.append(Candidate(
                 latent=samples.detach().float().cpu(),
@@ -188,6 +154,71 @@ class IPAVaceSampler(io.ComfyNode):
             ))
         preview = looping_previews(frames_out, fps=16.0, prefix="ipa_candidates")  # Wan2.1's 16 fps
         return io.NodeOutput(torch.cat(frames_out, dim=0), results, ui=preview)
+
+
+def _check_model(model, length: int) -> dict:
+    """Refuses what this sampler cannot record faithfully; returns the model's patches (warned about: the trainer's
+    reference must be this same model)."""
+    import comfy.model_base
+
+    if not isinstance(model.model, comfy.model_base.WAN21_Vace):
+        raise ValueError(
+            f"the model is {type(model.model).__name__}, not Wan2.1-VACE: load a VACE checkpoint "
+            "(e.g. wan2.1_vace_1.3B_fp16.safetensors) with Load Diffusion Model"
+        )
+    if (length - 1) % 4 != 0:
+        raise ValueError(f"length {length} must be 4k+1 (1, 5, 9, ..., 81), as WanVaceToVideo expects")
+    patches = describe_patches(model)
+    if patches:
+        log.warning(
+            "IPA VACE Sampler: the model carries patches %s. The trainer's reference must be this same model: it "
+            "reproduces LoRAs given as init_lora with the same strengths and refuses anything else.", patches,
+        )
+    return patches
+
+
+def _progress_callback(previewer, pbar, total: int, offset: int):
+    """The sampler's step callback: honours Cancel, and moves the node's progress bar with a preview."""
+    import comfy.model_management
+
+    def callback(step, x0, x, total_steps):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        preview = previewer.decode_latent_to_preview_image("JPEG", x0) if previewer else None
+        pbar.update_absolute(offset + step + 1, total, preview)
+
+    return callback
+
+
+def _sample_one(sampling_model, latent_image, positive_c, negative_c, seed: int, steps: int, cfg: float, sampler_name: str,
+                scheduler: str, callback) -> tuple[torch.Tensor, list[float]]:
+    """One candidate's latent and the sigmas it was sampled with."""
+    import comfy.model_management
+    import comfy.sample
+    import comfy.samplers
+
+    # The same calls as nodes.common_ksampler -> comfy.sample.sample, keeping the KSampler to read its sigmas.
+    noise = comfy.sample.prepare_noise(latent_image, seed, None)
+    ksampler = comfy.samplers.KSampler(
+        sampling_model, steps=steps, device=sampling_model.load_device, sampler=sampler_name, scheduler=scheduler,
+        denoise=1.0, model_options=sampling_model.model_options,
+    )
+    sigmas = [float(value) for value in ksampler.sigmas]
+    samples = ksampler.sample(
+        noise, positive_c, negative_c, cfg=cfg, latent_image=latent_image, start_step=None, last_step=None,
+        force_full_denoise=False, denoise_mask=None, sigmas=None, callback=callback, disable_pbar=True, seed=seed,
+    )
+    return samples.to(comfy.model_management.intermediate_device()), sigmas
+
+
+def _decode(vae, samples: torch.Tensor, trim_latent: int) -> torch.Tensor:
+    """IMAGE frames of a sampled latent, the reference frames trimmed off first (as TrimVideoLatent does)."""
+    from comfy_extras.nodes_wan import TrimVideoLatent
+
+    trimmed = TrimVideoLatent.execute({"samples": samples}, trim_latent).args[0]
+    images = vae.decode(trimmed["samples"])
+    if images.dim() == 5:
+        images = images.reshape(-1, images.shape[-3], images.shape[-2], images.shape[-1])
+    return images
 
 
 NODES = [IPAVaceSampler]

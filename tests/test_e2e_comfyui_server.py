@@ -91,18 +91,20 @@ def _node_output(entry: dict, prompt: dict, kind: str) -> dict:
 
 
 def test_curate_align_animate_through_the_server(comfy):
+    folder, entries = _curate(comfy)
+    _mark_one_preferred(comfy, folder, entries)
+    _align(comfy)
+    _animate(comfy)
+
+
+def _curate(comfy) -> tuple[Path, list[dict]]:
+    """Driving video -> DWPose -> 2 candidates -> stored pending with hand masks and driving pose."""
     from ipa_train.data.layout import dataset_path
     from ipa_train.data.manifest import read_manifest
-    from ipa_train.data.marks import count_statuses
-    from ipa_train.data.samples import load_sample
-    from ipa_train.fileio import read_safetensors_metadata
-
     from comfy_server import run_prompt
 
     base = comfy.base
     size = {"width": W, "height": H}
-
-    # ---- curate: driving video -> DWPose -> 2 candidates -> stored pending with hand masks and driving pose
     started = time.monotonic()
     curate = _api(comfy, "ipa_curate",
                   IPAVaceSampler={**size, "length": LENGTH, "steps": 2, "candidates": 2, "seed": 7, "sampler_name": "euler"},
@@ -120,7 +122,12 @@ def test_curate_align_animate_through_the_server(comfy):
     folder = dataset_path(base / "output" / "ipa_datasets", DATASET)
     entries = read_manifest(folder)
     assert sorted(e["seed"] for e in entries) == [7, 8] and {e["status"] for e in entries} == {"pending"}
-    first = entries[0]
+    _check_stored_candidate(folder, entries[0])
+    return folder, entries
+
+
+def _check_stored_candidate(folder: Path, first: dict) -> None:
+    from ipa_train.data.samples import load_sample
     meta = json.loads((folder / "samples" / first["id"] / "meta.json").read_text())
     assert meta["hand_mask_source"] == "pose" and len(meta["driving_pose"]) == LENGTH
     assert meta["driving_pose"][0]["canvas_width"] == 2 * W and meta["driving_pose_resize"] == "crop"  # as DWPose gave it
@@ -131,17 +138,27 @@ def test_curate_align_animate_through_the_server(comfy):
     assert tuple(tensors.latent.shape) == (16, 3, H // 8, W // 8) and tuple(tensors.vace_context.shape) == (96, 3, H // 8, W // 8)
     assert tuple(tensors.text_embedding.shape) == (512, 4096) and tensors.ref_frames == 1
 
-    # ---- mark one preferred through the gallery's route, as the gallery panel does
+
+def _mark_one_preferred(comfy, folder: Path, entries: list[dict]) -> None:
+    """Through the gallery's route, as the gallery panel does."""
+    from ipa_train.data.manifest import read_manifest
+    from ipa_train.data.marks import count_statuses
     chosen = next(e["id"] for e in entries if e["seed"] == 8)
     comfy.post(f"/ipa/datasets/{DATASET}/marks", {"ids": [chosen], "status": "preferred"})
     assert count_statuses(read_manifest(folder))["preferred"] == 1
 
-    # ---- align: the real trainer in a subprocess, the LoRA copied to models/loras/ipa
+
+def _align(comfy) -> None:
+    """The real trainer in a subprocess, the LoRA copied to models/loras/ipa."""
+    from ipa_train.fileio import read_safetensors_metadata
+
+    from comfy_server import run_prompt
+
     started = time.monotonic()
     align = _api(comfy, "ipa_align", IPATrainLoRA={**align_settings(), "learning_rate": 1e-3, "steps": 3})
     entry = run_prompt(comfy, align)
     comfy.timings["align"] = time.monotonic() - started
-    lora = base / "models" / "loras" / "ipa" / f"{LORA_NAME}.safetensors"
+    lora = comfy.base / "models" / "loras" / "ipa" / f"{LORA_NAME}.safetensors"
     assert lora.is_file()
     metadata = read_safetensors_metadata(lora)
     assert metadata["ipa.objective"] == "ipa" and metadata["ipa.steps"] == "3" and metadata["ipa.dataset_size"] == "1"
@@ -150,10 +167,14 @@ def test_curate_align_animate_through_the_server(comfy):
     assert "saved as: loras/ipa/ipa_e2e.safetensors" in shown and "loss:" in shown
     assert len(_node_output(entry, align, "PreviewImage")["images"]) == 1  # the loss curve
 
-    # ---- animate: the LoRA through IPA LoRA Loader on the native VACE graph; the video is saved
+
+def _animate(comfy) -> None:
+    """The LoRA through IPA LoRA Loader on the native VACE graph; the video is saved."""
+    from comfy_server import run_prompt
+
     started = time.monotonic()
     animate = _api(comfy, "ipa_animate", IPALoRALoader={"lora_name": f"ipa/{LORA_NAME}.safetensors"},
-                   WanVaceToVideo={**size, "length": LENGTH}, KSampler={"steps": 2, "sampler_name": "euler", "seed": 3},
+                   WanVaceToVideo={"width": W, "height": H, "length": LENGTH}, KSampler={"steps": 2, "sampler_name": "euler", "seed": 3},
                    SaveVideo={"filename_prefix": "video/ipa_e2e"})
     entry = run_prompt(comfy, animate)
     comfy.timings["animate"] = time.monotonic() - started
@@ -162,7 +183,7 @@ def test_curate_align_animate_through_the_server(comfy):
     assert "6 weights patched, 0 keys unmatched" in report and "objective: ipa" in report and "steps: 3" in report
     assert "WARNING" not in report
     saved = _node_output(entry, animate, "SaveVideo")["images"][0]
-    video_path = base / "output" / saved["subfolder"] / saved["filename"]
+    video_path = comfy.base / "output" / saved["subfolder"] / saved["filename"]
     import av
 
     with av.open(str(video_path)) as container:
@@ -174,7 +195,6 @@ def test_curate_align_animate_through_the_server(comfy):
 def test_interrupt_stops_training_with_a_checkpoint_and_a_resume_hint(comfy):
     from ipa_train.data.manifest import read_manifest
     from ipa_train.data.marks import count_statuses
-
     from comfy_server import execution_error
 
     folder = comfy.base / "output" / "ipa_datasets" / DATASET

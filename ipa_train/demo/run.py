@@ -199,160 +199,223 @@ def evaluation_gaps(transformer, samples, hand_weight: float, load_adapter) -> d
 
 
 def run(args) -> dict[str, Any]:
-    from ..data.collect import store_sampled
-    from ..data.manifest import read_manifest
-    from ..data.samples import create_dataset, load_sample
-    from ..fileio import atomic_save_safetensors, atomic_write_json, read_safetensors_metadata
-    from ..pose.hands import hand_boxes, latent_hand_mask, pose_to_hand_masks
-    from ..study import experiment, models
-    from ..wan.pipeline import load_lora
-    from ..jobs.curves import training_curves
-    from .report import frames_sheet, hand_masks_sheet, hands_sheet, overlay
+    """The demo's phases, in order; returns the metrics it wrote to ``report/metrics.json``."""
+    demo = _Demo(args)
+    demo.load_model()  # 1. the pretrained world model (shipped weights)
+    demo.held_out_dance()  # 2. a pose sequence the model never saw -> control video, reference image, hand masks
+    demo.sample_before()  # 3. candidates (seeds seed..), and held-out seeds for the good-hand rate
+    demo.store_dataset()  # 4. the preference rule (the automatic hand score), and 5. the dataset
+    demo.train()  # 6. training through the real entry point
+    demo.sample_after()  # 7. sample again with the LoRA (same seeds), and the gap on the stored samples
+    return demo.write_report()  # report/: pictures, frames and metrics.json
 
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-    stages = 7
 
-    # 1. the pretrained world model (shipped weights)
-    weights = Path(args.weights) if args.weights else models.WEIGHTS
-    log(f"[1/{stages}] the study world's pretrained Wan2.1-VACE model ({weights}): diffusers WanVACEPipeline")
-    try:
-        w = experiment.load_world(weights)
-    except models.MissingWeights as exc:
-        raise DemoError(str(exc)) from exc
-    out = prepare_output(Path(args.output))
-    model_path = w.model_path
-    timings["build"] = time.perf_counter() - clock
+class _Demo:
+    """What the phases of ``run`` hand to each other; each phase is one method and fills the fields it makes."""
 
-    # 2. a pose sequence the model never saw -> control video, reference image, hand masks
-    video = experiment.held_out_videos(experiment.CANDIDATE_POSES, 1, args.seed)[0]
-    W, H, T = video.width, video.height, video.frames_count
-    log(f"[2/{stages}] a held-out dance: {T} frames at {W}x{H} (pose seed {video.pose_seed}); control video and hand masks")
-    poses = video.poses()
-    control = torch.from_numpy(video.control()).float() / 255.0
-    pixel_masks = pose_to_hand_masks(poses, W, H)
-    boxes = hand_boxes(poses, W, H)
-    latent_mask = latent_hand_mask(pixel_masks)
+    STAGES = 7
 
-    # 3. candidates (seeds seed..), and held-out seeds for the good-hand rate
-    seeds = [args.seed + i for i in range(args.candidates)]
-    held_out = [args.seed + 1000 + i for i in range(args.eval_seeds)]
-    log(f"[3/{stages}] sampling {len(seeds)} candidates (seeds {seeds[0]}..{seeds[-1]}) and {len(held_out)} held-out seeds, "
-        f"{args.sampling_steps} steps each")
-    clock = time.perf_counter()
-    before = [experiment.sample_world(w, video, seed, args.sampling_steps, keep=True) for seed in seeds]
-    before_held_out = [experiment.sample_world(w, video, seed, args.sampling_steps) for seed in held_out]
-    timings["sample_before"] = time.perf_counter() - clock
+    def __init__(self, args):
+        self.args = args
+        self.timings: dict[str, float] = {}
 
-    # 4. the preference rule (the automatic hand score), and 5. the dataset
-    preferred = choose_preferred(before, args.preferred)
-    log(f"[4/{stages}] hand score: the {args.preferred} best-handed candidates are preferred: "
-        + ", ".join(f"seed {s.seed} {s.score.good_hand_rate:.1f} good, err {s.score.hand_error:.4f}{' *' if p else ''}" for s, p in zip(before, preferred)))
-    dataset_dir = create_dataset(out / "dataset", DATASET_NAME)
-    settings = experiment.sampling_settings(w, video, args.sampling_steps)
-    sample_ids = []
-    for candidate, good in zip(before, preferred):
-        result = store_sampled(
-            dataset_dir, candidate.sampled, pixel_masks, boxes, poses, "preferred" if good else "rejected", settings, PROMPT, "ipa_demo",
-            meta={"hand_error": candidate.score.hand_error, "good_hand_rate": candidate.score.good_hand_rate,
-                  "preference_rule": "best hand score (ipa_train/study/score.py; see ipa_train/demo/run.py)"},
-            summary={"hand_error": round(candidate.score.hand_error, 6), "good_hand_rate": candidate.score.good_hand_rate},
-        )
-        sample_ids.append(result.sample_id)
-    counts = {status: sum(1 for e in read_manifest(dataset_dir) if e["status"] == status) for status in ("preferred", "rejected")}
-    log(f"[5/{stages}] dataset {dataset_dir}: {counts['preferred']} preferred, {counts['rejected']} rejected")
+    def load_model(self) -> None:
+        from ..study import experiment, models
 
-    # 6. training through the real entry point
-    run_config = {
-        "dataset": str(dataset_dir), "base_model": str(model_path), "output_dir": str(out / "training"), "lora_name": LORA_NAME,
-        "objective": "ipa", "beta": 600.0, "hand_weight": 10.0, "rank": args.rank, "learning_rate": args.learning_rate,
-        "steps": args.steps, "batch_size": 1, "checkpoint_every": 0, "seed": args.seed, "precision": "fp32",
-    }
-    run_json = atomic_write_json(out / "training" / "run.json", run_config)  # the trainer rewrites it with every default filled in
-    how = f"torchrun, {args.nproc} ranks (gloo, CPU)" if args.nproc > 1 else "one process (CPU)"
-    log(f"[6/{stages}] Flow-IPA training, {args.steps} steps, {how}: python -m ipa_train.train --config {run_json}")
-    history, finished, timings["train"] = train_with_torchrun(run_json, out / "training", args.nproc)
-    lora_path = Path(finished["lora_path"])
+        clock = time.perf_counter()
+        self.weights = Path(self.args.weights) if self.args.weights else models.WEIGHTS
+        log(f"[1/{self.STAGES}] the study world's pretrained Wan2.1-VACE model ({self.weights}): diffusers WanVACEPipeline")
+        try:
+            self.w = experiment.load_world(self.weights)
+        except models.MissingWeights as exc:
+            raise DemoError(str(exc)) from exc
+        self.out = prepare_output(Path(self.args.output))
+        self.model_path = self.w.model_path
+        self.timings["build"] = time.perf_counter() - clock
 
-    # 7. sample again with the LoRA (same seeds), and the gap on the stored samples
-    log(f"[7/{stages}] sampling the same seeds with the LoRA {lora_path.name}; IPA gap on the stored samples at t = {list(EVAL_T)}")
-    clock = time.perf_counter()
-    stored = []
-    for sample_id in sample_ids:
-        tensors, _ = load_sample(dataset_dir, sample_id)
-        status = next(e["status"] for e in read_manifest(dataset_dir) if e["id"] == sample_id)
-        stored.append((sample_id, tensors, status))
-    lora_metadata: dict[str, str] = {}
+    def held_out_dance(self) -> None:
+        from ..pose.hands import hand_boxes, latent_hand_mask, pose_to_hand_masks
+        from ..study import experiment
 
-    def load_adapter():
-        lora_metadata.update(load_lora(w.transformer, lora_path))
+        video = self.video = experiment.held_out_videos(experiment.CANDIDATE_POSES, 1, self.args.seed)[0]
+        W, H, T = video.width, video.height, video.frames_count
+        log(f"[2/{self.STAGES}] a held-out dance: {T} frames at {W}x{H} (pose seed {video.pose_seed}); control video and hand masks")
+        self.poses = video.poses()
+        self.control = torch.from_numpy(video.control()).float() / 255.0
+        self.pixel_masks = pose_to_hand_masks(self.poses, W, H)
+        self.boxes = hand_boxes(self.poses, W, H)
+        self.latent_mask = latent_hand_mask(self.pixel_masks)
 
-    evaluation = evaluation_gaps(w.transformer, stored, run_config["hand_weight"], load_adapter)
-    after = [experiment.sample_world(w, video, seed, args.sampling_steps) for seed in seeds]
-    after_held_out = [experiment.sample_world(w, video, seed, args.sampling_steps) for seed in held_out]
-    timings["sample_after"] = time.perf_counter() - clock
-    rates = {
-        "candidates_before": experiment.good_hand_rate(before), "candidates_after": experiment.good_hand_rate(after),
-        "held_out_seeds_before": experiment.good_hand_rate(before_held_out), "held_out_seeds_after": experiment.good_hand_rate(after_held_out),
-    }
-    log(f"  good-hand rate: candidates {rates['candidates_before']:.2f} -> {rates['candidates_after']:.2f}, "
-        f"held-out seeds {rates['held_out_seeds_before']:.2f} -> {rates['held_out_seeds_after']:.2f}")
+    def sample_before(self) -> None:
+        from ..study import experiment
 
-    # report
-    report = out / "report"
-    picks = sorted({0, T // 2, T - 1})
-    curves_path = report / "training_curves.png"
-    frames_path = report / "before_after.png"
-    hands_path = report / "hands_before_after.png"
-    masks_path = report / "hand_masks.png"
-    tensors_path = report / "frames.safetensors"
-    metrics_path = report / "metrics.json"
-    report.mkdir(parents=True, exist_ok=True)
-    frames_of = lambda samples: [torch.from_numpy(s.frames) for s in samples]  # noqa: E731
-    _save_png(curves_path, training_curves(history, width=640, height=520, title=f"Flow-IPA, {args.nproc} rank(s)"))
-    labels = [f"seed {s.seed}" for s in before]
-    _save_png(frames_path, frames_sheet(overlay(control, pixel_masks, boxes), frames_of(before), frames_of(after), labels, preferred, picks, boxes))
-    _save_png(hands_path, hands_sheet(before + before_held_out, after + after_held_out, [s.seed for s in before + before_held_out],
-                                      [True] * len(before) + [False] * len(before_held_out), rates))
-    _save_png(masks_path, hand_masks_sheet(control, pixel_masks, latent_mask, boxes, list(range(T))))
-    atomic_save_safetensors(tensors_path, {
-        "before": torch.stack(frames_of(before)).contiguous(),
-        "after": torch.stack(frames_of(after)).contiguous(),
-        "control": control.contiguous(),
-        "hand_masks": pixel_masks.float().contiguous(),
-    }, {"seeds": json.dumps(seeds), "layout": "[candidate, frame, height, width, rgb] 0..1"})
+        args = self.args
+        self.seeds = [args.seed + i for i in range(args.candidates)]
+        self.held_out = [args.seed + 1000 + i for i in range(args.eval_seeds)]
+        log(f"[3/{self.STAGES}] sampling {len(self.seeds)} candidates (seeds {self.seeds[0]}..{self.seeds[-1]}) and {len(self.held_out)} "
+            f"held-out seeds, {args.sampling_steps} steps each")
+        clock = time.perf_counter()
+        self.before = [experiment.sample_world(self.w, self.video, seed, args.sampling_steps, keep=True) for seed in self.seeds]
+        self.before_held_out = [experiment.sample_world(self.w, self.video, seed, args.sampling_steps) for seed in self.held_out]
+        self.timings["sample_before"] = time.perf_counter() - clock
 
-    first, last = history[0], history[-1]
-    metrics = {
-        "settings": {key: getattr(args, key) for key in ("steps", "candidates", "preferred", "eval_seeds", "seed", "nproc", "sampling_steps",
-                                                        "learning_rate", "rank")},
-        "world": {"pose_seed": video.pose_seed, "body_color": video.body_color, "frames": T, "width": W, "height": H, "weights": str(weights)},
-        "preference_rule": "preferred = the N candidates with the best automatic hand score (most good hands, then the lowest hand "
-                           "error to the ideal glyphs at the pose's hand keypoints; ipa_train/study/score.py); ties by seed",
-        "good_hand_rate": rates,
-        "candidates": [
-            {"seed": s.seed, "sample_id": sid, "status": "preferred" if good else "rejected", "hand_error_before": s.score.hand_error,
-             "hand_error_after": a.score.hand_error, "good_hand_rate_before": s.score.good_hand_rate, "good_hand_rate_after": a.score.good_hand_rate,
-             "frames_mean_abs_change": float(np.abs(a.frames - s.frames).mean())}
-            for s, a, sid, good in zip(before, after, sample_ids, preferred)
-        ],
-        "held_out_seeds": [{"seed": s.seed, "good_hand_rate_before": s.score.good_hand_rate, "good_hand_rate_after": a.score.good_hand_rate}
-                           for s, a in zip(before_held_out, after_held_out)],
-        "dataset": {"path": str(dataset_dir), "preferred": counts["preferred"], "rejected": counts["rejected"]},
-        "training": {
-            "world_size": args.nproc, "steps": len(history), "log2": math.log(2), "first_loss": first["loss"], "first_ipa_gap": first["ipa_gap"],
-            "final_loss": last["loss"], "final_ipa_gap": last["ipa_gap"], "sec_per_step": last["sec_per_step"], "wall_s": timings["train"],
-            "history": [{k: e.get(k) for k in ("step", "loss", "ipa_gap", "model_error", "reference_error", "lr", "grad_norm")} for e in history],
-        },
-        "lora": {"path": str(lora_path), "metadata": lora_metadata or read_safetensors_metadata(lora_path)},
-        "evaluation": evaluation,
-        "timings_s": {key: round(value, 3) for key, value in timings.items()},
-        "files": {"model": str(model_path), "dataset": str(dataset_dir), "training": str(out / "training"), "lora": str(lora_path),
-                  "curves": str(curves_path), "before_after": str(frames_path), "hands": str(hands_path), "hand_masks": str(masks_path),
-                  "frames": str(tensors_path), "metrics": str(metrics_path), "train_log": str(out / "training" / "train.log")},
-    }
-    atomic_write_json(metrics_path, metrics)
-    return metrics
+    def store_dataset(self) -> None:
+        from ..data.collect import store_sampled
+        from ..data.manifest import read_manifest
+        from ..data.samples import create_dataset
+        from ..study import experiment
+
+        self.preferred = choose_preferred(self.before, self.args.preferred)
+        log(f"[4/{self.STAGES}] hand score: the {self.args.preferred} best-handed candidates are preferred: "
+            + ", ".join(f"seed {s.seed} {s.score.good_hand_rate:.1f} good, err {s.score.hand_error:.4f}{' *' if p else ''}"
+                        for s, p in zip(self.before, self.preferred)))
+        self.dataset_dir = create_dataset(self.out / "dataset", DATASET_NAME)
+        settings = experiment.sampling_settings(self.w, self.video, self.args.sampling_steps)
+        self.sample_ids = []
+        for candidate, good in zip(self.before, self.preferred):
+            result = store_sampled(
+                self.dataset_dir, candidate.sampled, self.pixel_masks, self.boxes, self.poses, "preferred" if good else "rejected", settings,
+                PROMPT, "ipa_demo",
+                meta={"hand_error": candidate.score.hand_error, "good_hand_rate": candidate.score.good_hand_rate,
+                      "preference_rule": "best hand score (ipa_train/study/score.py; see ipa_train/demo/run.py)"},
+                summary={"hand_error": round(candidate.score.hand_error, 6), "good_hand_rate": candidate.score.good_hand_rate},
+            )
+            self.sample_ids.append(result.sample_id)
+        manifest = read_manifest(self.dataset_dir)
+        self.counts = {status: sum(1 for e in manifest if e["status"] == status) for status in ("preferred", "rejected")}
+        log(f"[5/{self.STAGES}] dataset {self.dataset_dir}: {self.counts['preferred']} preferred, {self.counts['rejected']} rejected")
+
+    def train(self) -> None:
+        from ..fileio import atomic_write_json
+
+        args = self.args
+        self.run_config = {
+            "dataset": str(self.dataset_dir), "base_model": str(self.model_path), "output_dir": str(self.out / "training"),
+            "lora_name": LORA_NAME, "objective": "ipa", "beta": 600.0, "hand_weight": 10.0, "rank": args.rank,
+            "learning_rate": args.learning_rate, "steps": args.steps, "batch_size": 1, "checkpoint_every": 0, "seed": args.seed,
+            "precision": "fp32",
+        }
+        # the trainer rewrites run.json with every default filled in
+        run_json = atomic_write_json(self.out / "training" / "run.json", self.run_config)
+        how = f"torchrun, {args.nproc} ranks (gloo, CPU)" if args.nproc > 1 else "one process (CPU)"
+        log(f"[6/{self.STAGES}] Flow-IPA training, {args.steps} steps, {how}: python -m ipa_train.train --config {run_json}")
+        self.history, finished, self.timings["train"] = train_with_torchrun(run_json, self.out / "training", args.nproc)
+        self.lora_path = Path(finished["lora_path"])
+
+    def sample_after(self) -> None:
+        from ..study import experiment
+
+        log(f"[7/{self.STAGES}] sampling the same seeds with the LoRA {self.lora_path.name}; IPA gap on the stored samples at t = {list(EVAL_T)}")
+        clock = time.perf_counter()
+        self.evaluate_lora()
+        steps = self.args.sampling_steps
+        self.after = [experiment.sample_world(self.w, self.video, seed, steps) for seed in self.seeds]
+        self.after_held_out = [experiment.sample_world(self.w, self.video, seed, steps) for seed in self.held_out]
+        self.timings["sample_after"] = time.perf_counter() - clock
+        rate = experiment.good_hand_rate
+        self.rates = {
+            "candidates_before": rate(self.before), "candidates_after": rate(self.after),
+            "held_out_seeds_before": rate(self.before_held_out), "held_out_seeds_after": rate(self.after_held_out),
+        }
+        log(f"  good-hand rate: candidates {self.rates['candidates_before']:.2f} -> {self.rates['candidates_after']:.2f}, "
+            f"held-out seeds {self.rates['held_out_seeds_before']:.2f} -> {self.rates['held_out_seeds_after']:.2f}")
+
+    def evaluate_lora(self) -> None:
+        """The IPA gap of the LoRA on the stored samples; loads the LoRA into the pipeline's transformer."""
+        from ..data.manifest import read_manifest
+        from ..data.samples import load_sample
+        from ..wan.pipeline import load_lora
+
+        stored = []
+        for sample_id in self.sample_ids:
+            tensors, _ = load_sample(self.dataset_dir, sample_id)
+            status = next(e["status"] for e in read_manifest(self.dataset_dir) if e["id"] == sample_id)
+            stored.append((sample_id, tensors, status))
+        self.lora_metadata: dict[str, str] = {}
+
+        def load_adapter():
+            self.lora_metadata.update(load_lora(self.w.transformer, self.lora_path))
+
+        self.evaluation = evaluation_gaps(self.w.transformer, stored, self.run_config["hand_weight"], load_adapter)
+
+    def write_report(self) -> dict[str, Any]:
+        from ..fileio import atomic_write_json
+
+        report = self.out / "report"
+        report.mkdir(parents=True, exist_ok=True)
+        self.files = {
+            "model": str(self.model_path), "dataset": str(self.dataset_dir), "training": str(self.out / "training"),
+            "lora": str(self.lora_path), "curves": str(report / "training_curves.png"), "before_after": str(report / "before_after.png"),
+            "hands": str(report / "hands_before_after.png"), "hand_masks": str(report / "hand_masks.png"),
+            "frames": str(report / "frames.safetensors"), "metrics": str(report / "metrics.json"),
+            "train_log": str(self.out / "training" / "train.log"),
+        }
+        self.write_pictures()
+        metrics = self.metrics()
+        atomic_write_json(report / "metrics.json", metrics)
+        return metrics
+
+    def write_pictures(self) -> None:
+        from ..fileio import atomic_save_safetensors
+        from ..jobs.curves import training_curves
+        from .report import frames_sheet, hand_masks_sheet, hands_sheet, overlay
+
+        T, files = self.video.frames_count, self.files
+        picks = sorted({0, T // 2, T - 1})
+        frames_of = lambda samples: [torch.from_numpy(s.frames) for s in samples]  # noqa: E731
+        before, after, before_held_out = self.before, self.after, self.before_held_out
+        _save_png(Path(files["curves"]), training_curves(self.history, width=640, height=520, title=f"Flow-IPA, {self.args.nproc} rank(s)"))
+        labels = [f"seed {s.seed}" for s in before]
+        _save_png(Path(files["before_after"]), frames_sheet(overlay(self.control, self.pixel_masks, self.boxes), frames_of(before),
+                                                            frames_of(after), labels, self.preferred, picks, self.boxes))
+        _save_png(Path(files["hands"]), hands_sheet(before + before_held_out, after + self.after_held_out,
+                                                    [s.seed for s in before + before_held_out],
+                                                    [True] * len(before) + [False] * len(before_held_out), self.rates))
+        _save_png(Path(files["hand_masks"]), hand_masks_sheet(self.control, self.pixel_masks, self.latent_mask, self.boxes, list(range(T))))
+        atomic_save_safetensors(Path(files["frames"]), {
+            "before": torch.stack(frames_of(before)).contiguous(),
+            "after": torch.stack(frames_of(after)).contiguous(),
+            "control": self.control.contiguous(),
+            "hand_masks": self.pixel_masks.float().contiguous(),
+        }, {"seeds": json.dumps(self.seeds), "layout": "[candidate, frame, height, width, rgb] 0..1"})
+
+    def metrics(self) -> dict[str, Any]:
+        from ..fileio import read_safetensors_metadata
+
+        args, video = self.args, self.video
+        return {
+            "settings": {key: getattr(args, key) for key in ("steps", "candidates", "preferred", "eval_seeds", "seed", "nproc",
+                                                            "sampling_steps", "learning_rate", "rank")},
+            "world": {"pose_seed": video.pose_seed, "body_color": video.body_color, "frames": video.frames_count, "width": video.width,
+                      "height": video.height, "weights": str(self.weights)},
+            "preference_rule": "preferred = the N candidates with the best automatic hand score (most good hands, then the lowest hand "
+                               "error to the ideal glyphs at the pose's hand keypoints; ipa_train/study/score.py); ties by seed",
+            "good_hand_rate": self.rates,
+            "candidates": [
+                {"seed": s.seed, "sample_id": sid, "status": "preferred" if good else "rejected", "hand_error_before": s.score.hand_error,
+                 "hand_error_after": a.score.hand_error, "good_hand_rate_before": s.score.good_hand_rate,
+                 "good_hand_rate_after": a.score.good_hand_rate, "frames_mean_abs_change": float(np.abs(a.frames - s.frames).mean())}
+                for s, a, sid, good in zip(self.before, self.after, self.sample_ids, self.preferred)
+            ],
+            "held_out_seeds": [{"seed": s.seed, "good_hand_rate_before": s.score.good_hand_rate, "good_hand_rate_after": a.score.good_hand_rate}
+                               for s, a in zip(self.before_held_out, self.after_held_out)],
+            "dataset": {"path": str(self.dataset_dir), "preferred": self.counts["preferred"], "rejected": self.counts["rejected"]},
+            "training": self.training_metrics(),
+            "lora": {"path": str(self.lora_path), "metadata": self.lora_metadata or read_safetensors_metadata(self.lora_path)},
+            "evaluation": self.evaluation,
+            "timings_s": {key: round(value, 3) for key, value in self.timings.items()},
+            "files": self.files,
+        }
+
+    def training_metrics(self) -> dict[str, Any]:
+        first, last = self.history[0], self.history[-1]
+        return {
+            "world_size": self.args.nproc, "steps": len(self.history), "log2": math.log(2), "first_loss": first["loss"],
+            "first_ipa_gap": first["ipa_gap"], "final_loss": last["loss"], "final_ipa_gap": last["ipa_gap"],
+            "sec_per_step": last["sec_per_step"], "wall_s": self.timings["train"],
+            "history": [{k: e.get(k) for k in ("step", "loss", "ipa_gap", "model_error", "reference_error", "lr", "grad_norm")}
+                        for e in self.history],
+        }
 
 
 def _save_png(path: Path, image) -> Path:

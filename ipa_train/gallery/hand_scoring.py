@@ -21,8 +21,10 @@ import numpy as np
 from ..data.layout import META_FILE, sample_path
 from ..data.manifest import read_manifest, update_entries
 from ..fileio import read_json
-from ..pose.hand_score import HAND_KEYS, frame_hands, hand_score
-from ..pose.hands import RESIZE_MODES, canvas_mapping, frame_canvas_size
+from ..pose import keypoints
+from ..pose.hand_score import frame_hands, hand_score
+from ..pose.hands import RESIZE_MODES, canvas_mapping
+from ..pose.keypoints import frame_canvas_size
 
 DRIVING_POSE_KEYS = ("driving_pose", "pose_keypoints")
 PREVIEW_FILE = "preview.webp"
@@ -68,32 +70,24 @@ def fit_driving_pose(frames: Sequence[Any], width: int, height: int, resize: str
             raise ValueError(f"driving pose frame {index} is a {type(frame).__name__}, expected a POSE_KEYPOINT dict")
         canvas_w, canvas_h = frame_canvas_size(frame, width, height)
         sx, sy, ox, oy = canvas_mapping(canvas_w, canvas_h, width, height, resize)
-        people = []
-        for person in frame.get("people") or []:
-            if not isinstance(person, dict):
-                continue
-            hands = {}
-            for key in HAND_KEYS:
-                flat = person.get(key)
-                if not flat:
-                    continue
-                points = np.asarray(flat, dtype=np.float64)
-                if points.size % 3:
-                    raise ValueError(f"driving pose frame {index}: {key} must hold [x, y, c] triples, got {points.size} numbers")
-                points = points.reshape(-1, 3).copy()
-                visible = (points[:, 2] > 0) & np.isfinite(points).all(axis=1)
-                if visible.any() and points[visible, :2].max() <= 1.5 and points[visible, :2].min() >= -0.5:
-                    points[:, 0] *= canvas_w  # normalised producers: to canvas pixels first
-                    points[:, 1] *= canvas_h
-                points[:, 0] = points[:, 0] * sx + ox
-                points[:, 1] = points[:, 1] * sy + oy
-                inside = (points[:, 0] >= 0) & (points[:, 0] <= width) & (points[:, 1] >= 0) & (points[:, 1] <= height)
-                points[~(visible & inside)] = 0.0
-                hands[key] = points.reshape(-1).tolist()
-            if hands:
-                people.append(hands)
+        people: dict[int, dict] = {}
+        for p, key, points in keypoints.person_hands(frame, f"driving pose frame {index}"):
+            people.setdefault(p, {})[key] = _fit_hand(points, (canvas_w, canvas_h), (sx, sy, ox, oy), width, height)
+        people = list(people.values())
         fitted.append({"people": people, "canvas_width": int(width), "canvas_height": int(height)})
     return fitted
+
+
+def _fit_hand(points: np.ndarray, canvas: tuple[int, int], mapping: tuple, width: int, height: int) -> list[float]:
+    """One hand's flat points mapped from canvas to video pixels; points not shown, or outside the video, zeroed."""
+    shown = keypoints.visible(points)
+    points = keypoints.in_canvas_pixels(points, shown, canvas)  # normalised producers: to canvas pixels first
+    sx, sy, ox, oy = mapping
+    points[:, 0] = points[:, 0] * sx + ox
+    points[:, 1] = points[:, 1] * sy + oy
+    inside = (points[:, 0] >= 0) & (points[:, 0] <= width) & (points[:, 1] >= 0) & (points[:, 1] <= height)
+    points[~(shown & inside)] = 0.0
+    return points.reshape(-1).tolist()
 
 
 def _shows_a_hand(frames: Sequence[dict], min_confidence: float = 0.3) -> bool:

@@ -155,8 +155,7 @@ def describe_config(config: dict, name: str = "model", fp8_stored: Optional[dict
 
 def _describe_file(path: Path, vace_module: Optional[str] = None) -> tuple[dict, dict, dict, str]:
     """(config, fp8-stored linears, bytes of GGUF-quantised parameters, name) of a model file, from headers only."""
-    from ..wan.model import ModelLoadError, ModelSource, detect_config, diffusers_key_to_original
-    from ..wan.vace_module import VaceModuleError, merge_vace_module
+    from ..wan.model import ModelFile, ModelLoadError
 
     if path.is_dir():
         config_file = path / "config.json" if (path / "config.json").exists() else path / "transformer" / "config.json"
@@ -168,22 +167,10 @@ def _describe_file(path: Path, vace_module: Optional[str] = None) -> tuple[dict,
     if path.suffix.lower() == ".gguf":
         return _describe_gguf(path)
     try:
-        sources = [ModelSource.read(path)] + ([ModelSource.read(Path(vace_module))] if vace_module else [])
-        shapes = sources[0].shapes
-        if vace_module:
-            shapes = merge_vace_module(shapes, sources[1].shapes, base_name=path.name, module_name=Path(vace_module).name)
-        config = detect_config(shapes, sources[0].metadata)
-    except (ModelLoadError, VaceModuleError) as exc:
+        described = ModelFile.describe(path, vace_module)
+    except ModelLoadError as exc:
         raise PlanError(str(exc)) from exc
-    names = {diffusers_key_to_original(k): k for k in _diffusers_keys(config)}
-    fp8 = {}
-    for source in sources:
-        for key in source.layout.fp8_weights:
-            diffusers = names.get(key)
-            if diffusers and diffusers.endswith(".weight"):
-                layer = key[: -len(".weight")]
-                fp8[diffusers[: -len(".weight")]] = "tensor" if layer in source.layout.weight_scales else "none"
-    return config, fp8, {}, " + ".join(s.path.name for s in sources)
+    return described.config, described.fp8_linears(), {}, described.name
 
 
 def _describe_gguf(path: Path) -> tuple[dict, dict, dict, str]:
@@ -333,26 +320,66 @@ def weight_bytes(spec: ModelSpec, run: RunShape, settings: Settings) -> tuple[in
 
 def predict(spec: ModelSpec, run: RunShape, settings: Settings) -> MemoryPlan:
     """Peak GPU memory of one training step of ``run`` on ``spec`` with ``settings`` (see the module docstring)."""
-    cfg = spec.config
-    width = cfg["num_attention_heads"] * cfg["attention_head_dim"]
-    layers, vace = cfg["num_layers"], len(cfg["vace_layers"])
     batch = run.batch_size * (2 if run.objective == "dpo" else 1)  # DPO runs winners and losers in one batch
     tokens = tokens_of(spec, run)
-    a = run.compute_bytes
-    h = batch * tokens * width * a  # one hidden-state tensor
-    vace_trains = lora_block_regex(run.targets, vace=True) is not None
-
     weights, swap_buffers, swapped_host = weight_bytes(spec, run, settings)
-    lora = 16 * lora_params(spec, run) + run.init_lora_params * (2 if run.bf16 else 4)
+    acts = _activations(spec, run, settings, batch, tokens)
+    phase = max(acts.phases, key=acts.phases.get)
+    activations = acts.phases[phase]
+    on_cuda = run.device == "cuda"
+    breakdown = {
+        "weights": weights,
+        "swap_buffers": swap_buffers,
+        "lora": 16 * lora_params(spec, run) + run.init_lora_params * (2 if run.bf16 else 4),
+        "inputs": _input_bytes(spec, run, batch, tokens),
+        "activations": activations,
+        "fp8_dequant": _fp8_dequant_bytes(spec, run, settings),
+        "allocator_margin": int(ALLOCATOR_MARGIN * activations) if on_cuda else 0,
+        "cuda_context": CUDA_CONTEXT_BYTES if on_cuda else 0,
+    }
+    peak = sum(breakdown.values())
+    # Reported, not summed: what the activation term of the peak phase consists of.
+    breakdown = {**breakdown, "of which checkpoints": acts.checkpoints, "of which block_working_set": acts.working,
+                 "of which vace_hints": acts.hints}
+    host = swapped_host + (acts.checkpoint_all if settings.gradient_checkpointing and settings.activation_offload else 0)
+    return MemoryPlan(settings, breakdown, peak, phase, host, tokens)
+
+
+def _hidden_width(spec: ModelSpec) -> int:
+    return spec.config["num_attention_heads"] * spec.config["attention_head_dim"]
+
+
+def _input_bytes(spec: ModelSpec, run: RunShape, batch: int, tokens: int) -> int:
+    """The step's inputs: latents (fp32, with their noise and targets), control video, text states, rotary tables."""
+    cfg, a = spec.config, run.compute_bytes
+    latent = batch * cfg["in_channels"] * run.frames * run.height * run.width
+    return (6 * latent * 4 + batch * cfg["vace_in_channels"] * run.frames * run.height * run.width * a
+            + batch * run.text_tokens * (cfg["text_dim"] + _hidden_width(spec)) * a + 2 * tokens * cfg["attention_head_dim"] * 4)
+
+
+def _fp8_dequant_bytes(spec: ModelSpec, run: RunShape, settings: Settings) -> int:
+    """The largest fp8 linear's weight dequantised for its matmul (one at a time)."""
+    fp8_layers = [spec.linears[n] for n in spec.linears if n in spec.fp8_stored or (settings.base_precision == "fp8" and n.startswith(("blocks.", "vace_blocks.")))]
+    return max((i * o * run.compute_bytes for i, o in fp8_layers), default=0)
+
+
+@dataclass
+class _Activations:
+    phases: dict  # phase name -> activation bytes at its peak
+    checkpoints: int  # checkpointed hidden states on the GPU
+    checkpoint_all: int  # all checkpointed hidden states (on the host with activation offload)
+    working: int  # one block's working set (or all saved activations without checkpointing)
+    hints: int  # the VACE hints the main blocks read
+
+
+def _activations(spec: ModelSpec, run: RunShape, settings: Settings, batch: int, tokens: int) -> _Activations:
+    """Activation bytes per phase of the step: the VACE blocks' shared input (1) and their control state, the hints
+    they leave for the main blocks."""
+    layers, vace = spec.config["num_layers"], len(spec.config["vace_layers"])
+    h = batch * tokens * _hidden_width(spec) * run.compute_bytes  # one hidden-state tensor
+    vace_trains = lora_block_regex(run.targets, vace=True) is not None
     main = block_memory(spec, run, batch, vace=False)
     vblock = block_memory(spec, run, batch, vace=True)
-    latent = batch * cfg["in_channels"] * run.frames * run.height * run.width
-    inputs = (6 * latent * 4 + batch * cfg["vace_in_channels"] * run.frames * run.height * run.width * a
-              + batch * run.text_tokens * (cfg["text_dim"] + width) * a + 2 * tokens * cfg["attention_head_dim"] * 4)
-    fp8_layers = [spec.linears[n] for n in spec.linears if n in spec.fp8_stored or (settings.base_precision == "fp8" and n.startswith(("blocks.", "vace_blocks.")))]
-    fp8_dequant = max((i * o * a for i, o in fp8_layers), default=0)
-
-    # Phases: the VACE blocks' shared input (1) and their control state, the hints they leave for the main blocks.
     phases: dict[str, int] = {}
     hints_forward = vace * h
     reference = 2 * h + hints_forward + max(main.forward_peak, vblock.forward_peak) if run.objective != "sft" else 0
@@ -375,25 +402,7 @@ def predict(spec: ModelSpec, run: RunShape, settings: Settings) -> MemoryPlan:
         checkpoints, checkpoint_all, working = 0, 0, saved_all
     if reference:
         phases["reference forward"] = reference
-    phase = max(phases, key=phases.get)
-    activations = phases[phase]
-    on_cuda = run.device == "cuda"
-    breakdown = {
-        "weights": weights,
-        "swap_buffers": swap_buffers,
-        "lora": lora,
-        "inputs": inputs,
-        "activations": activations,
-        "fp8_dequant": fp8_dequant,
-        "allocator_margin": int(ALLOCATOR_MARGIN * activations) if on_cuda else 0,
-        "cuda_context": CUDA_CONTEXT_BYTES if on_cuda else 0,
-    }
-    peak = sum(breakdown.values())
-    # Reported, not summed: what the activation term of the peak phase consists of.
-    breakdown = {**breakdown, "of which checkpoints": checkpoints, "of which block_working_set": working,
-                 "of which vace_hints": hints_forward}
-    host = swapped_host + (checkpoint_all if settings.gradient_checkpointing and settings.activation_offload else 0)
-    return MemoryPlan(settings, breakdown, peak, phase, host, tokens)
+    return _Activations(phases, checkpoints, checkpoint_all, working, hints_forward)
 
 
 # ------------------------------------------------------------------------------------------------ choosing

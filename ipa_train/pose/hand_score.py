@@ -27,8 +27,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-HAND_KEYS = ("hand_left_keypoints_2d", "hand_right_keypoints_2d")
-HAND_POINTS = 21
+from . import keypoints
+from .keypoints import HAND_POINTS
 
 
 @dataclass
@@ -48,40 +48,24 @@ class HandScore:
         }
 
 
-def _canvas(frame: Mapping[str, Any]) -> tuple[float, float]:
-    width = float(frame.get("canvas_width") or 0)
-    height = float(frame.get("canvas_height") or 0)
-    return width, height
-
-
 def frame_hands(frame: Mapping[str, Any], min_confidence: float = 0.3) -> list[np.ndarray]:
     """All hands of one POSE_KEYPOINT frame as ``[21, 3]`` arrays (x, y normalised to [0, 1]; c as given).
 
-    Hands with no point at or above ``min_confidence`` are left out. Raises ``ValueError`` on malformed lists.
+    Read by ``pose.keypoints``'s rules. Hands with no point at or above ``min_confidence`` are left out. Raises
+    ``ValueError`` on malformed lists, and on NaN or infinite numbers (a detector bug, not a missing point).
     """
     if not isinstance(frame, Mapping):
         raise ValueError(f"a POSE_KEYPOINT frame must be a dict with 'people', got {type(frame).__name__}")
-    width, height = _canvas(frame)
+    canvas = (float(frame.get("canvas_width") or 0), float(frame.get("canvas_height") or 0))
     hands = []
-    for person in frame.get("people") or []:
-        for key in HAND_KEYS:
-            flat = person.get(key)
-            if not flat:
-                continue
-            points = np.asarray(flat, dtype=np.float64)
-            if points.size != HAND_POINTS * 3:
-                raise ValueError(f"{key} must hold {HAND_POINTS} [x, y, c] triples ({HAND_POINTS * 3} numbers), got {points.size}")
-            points = points.reshape(HAND_POINTS, 3).copy()
-            if not np.isfinite(points).all():
-                raise ValueError(f"{key} contains NaN or infinite values")
-            if not (points[:, 2] >= min_confidence).any():
-                continue
-            visible = points[:, 2] >= min_confidence
-            # Pixel coordinates (ComfyUI's DWPose) are divided by the canvas; normalised ones are kept.
-            if width > 0 and height > 0 and points[visible, :2].max(initial=0.0) > 1.0 + 1e-6:
-                points[:, 0] /= width
-                points[:, 1] /= height
-            hands.append(points)
+    for _, key, points in keypoints.person_hands(frame):
+        if len(points) != HAND_POINTS:
+            raise ValueError(f"{key} must hold {HAND_POINTS} [x, y, c] triples ({HAND_POINTS * 3} numbers), got {points.size}")
+        if not np.isfinite(points).all():
+            raise ValueError(f"{key} contains NaN or infinite values")
+        shown = keypoints.visible(points, min_confidence)
+        if shown.any():
+            hands.append(keypoints.in_unit_coordinates(points, shown, canvas))
     return hands
 
 

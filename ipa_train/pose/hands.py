@@ -3,9 +3,10 @@
 Input is ComfyUI's ``POSE_KEYPOINT`` value: a list with one dict per frame,
 ``{"people": [{"hand_left_keypoints_2d": [x, y, c] * 21, "hand_right_keypoints_2d": [...], ...}],
 "canvas_width": W, "canvas_height": H}``. ComfyUI's DWPose preprocessor writes absolute pixels of the canvas;
-other producers write normalised 0..1 values, so the unit is detected per keypoint array (see
-``_looks_normalised``). Empty lists, missing keys, ``None`` hands, ``None`` frames and frames without people
-all mean "no hand here" and give an all-zero frame, never an error.
+other producers write normalised 0..1 values, so the unit is detected per keypoint array. ``pose.keypoints``
+reads the value (frames, people, hands, units, confidence) by the rules all its readers share. Empty lists,
+missing keys, ``None`` hands, ``None`` frames and frames without people all mean "no hand here" and give an
+all-zero frame, never an error.
 
 Per hand: points with confidence >= ``threshold`` (and > 0: DWPose zeroes undetected points) are kept; a hand
 needs at least ``min_points`` of them. Its cover is the bounding box (``shape="box"``) or the convex hull
@@ -38,14 +39,11 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-HAND_KEYS = ("hand_left_keypoints_2d", "hand_right_keypoints_2d")
+from . import keypoints
+from .keypoints import frame_canvas_size
+
 RESIZE_MODES = ("stretch", "crop", "letterbox")
 SHAPES = ("box", "hull")
-
-# A keypoint array whose valid coordinates all lie in this range is taken as normalised (0..1 of the canvas).
-# Real pixel-coordinate hands span many pixels, so they never fit in it; producers that write normalised
-# values can overshoot 0..1 a little for points just outside the image.
-_NORMALISED_RANGE = (-0.5, 1.5)
 
 Box = tuple[int, int, int, int]
 
@@ -68,32 +66,6 @@ def _check_options(width: int, height: int, threshold: float, min_points: int, m
         raise ValueError(f"shape={shape!r} is not one of {SHAPES}")
     if resize not in RESIZE_MODES:
         raise ValueError(f"resize={resize!r} is not one of {RESIZE_MODES}")
-
-
-def _frames_of(pose_keypoints: Any) -> list:
-    if isinstance(pose_keypoints, dict):  # a single frame given bare
-        return [pose_keypoints]
-    if not isinstance(pose_keypoints, (list, tuple)):
-        raise ValueError(
-            f"pose keypoints must be a list with one dict per frame (ComfyUI's POSE_KEYPOINT), got {type(pose_keypoints).__name__}"
-        )
-    if len(pose_keypoints) == 0:
-        raise ValueError("pose keypoints hold no frames: the POSE_KEYPOINT list is empty")
-    return list(pose_keypoints)
-
-
-def frame_canvas_size(frame: Optional[dict], width: int, height: int) -> tuple[int, int]:
-    """The canvas a frame's pixel keypoints refer to; the target size when the frame does not say."""
-    if not isinstance(frame, dict):
-        return int(width), int(height)
-    cw, ch = frame.get("canvas_width"), frame.get("canvas_height")
-    try:
-        cw, ch = int(cw), int(ch)
-    except (TypeError, ValueError):
-        return int(width), int(height)
-    if cw < 1 or ch < 1:
-        return int(width), int(height)
-    return cw, ch
 
 
 def canvas_mapping(canvas_width: int, canvas_height: int, width: int, height: int, resize: str = "stretch") -> tuple[float, float, float, float]:
@@ -124,48 +96,17 @@ def _letterbox_geometry(cw: int, ch: int, W: int, H: int) -> tuple[int, int, int
     return new_w, new_h, (W - new_w) // 2, (H - new_h) // 2
 
 
-def _looks_normalised(xy: np.ndarray) -> bool:
-    lo, hi = _NORMALISED_RANGE
-    return bool(xy.min() >= lo and xy.max() <= hi)
-
-
-def hand_points(values: Any, threshold: float, min_points: int, canvas: tuple[int, int], where: str = "") -> Optional[np.ndarray]:
-    """Valid points ``[n, 2]`` of one hand in canvas pixels, or ``None`` when the hand is absent."""
-    if values is None:
-        return None
-    arr = np.asarray(values, dtype=np.float64)
-    if arr.size == 0:
-        return None
-    if arr.size % 3 != 0:
-        raise ValueError(
-            f"{where}: a keypoint array must hold [x, y, confidence] triples, got {arr.size} numbers (not a multiple of 3)"
-        )
-    arr = arr.reshape(-1, 3)
-    conf = arr[:, 2]
-    valid = (conf >= threshold) & (conf > 0) & np.isfinite(arr).all(axis=1)
-    if int(valid.sum()) < min_points:
-        return None
-    xy = arr[valid, :2]
-    if _looks_normalised(xy):
-        xy = xy * np.array(canvas, dtype=np.float64)
-    return xy
-
-
 def _frame_hands(frame: Any, index: int, threshold: float, min_points: int, width: int, height: int) -> tuple[list[np.ndarray], tuple[int, int]]:
     canvas = frame_canvas_size(frame, width, height)
     if frame is None:
         return [], canvas
     if not isinstance(frame, dict):
         raise ValueError(f"frame {index} of the pose keypoints is a {type(frame).__name__}, expected a dict with 'people'")
-    people = frame.get("people") or []
     hands = []
-    for p, person in enumerate(people):
-        if not isinstance(person, dict):
-            continue  # None placeholders for undetected people
-        for key in HAND_KEYS:
-            pts = hand_points(person.get(key), threshold, min_points, canvas, where=f"frame {index}, person {p}, {key}")
-            if pts is not None:
-                hands.append(pts)
+    for _, _, arr in keypoints.person_hands(frame, f"frame {index}"):
+        valid = keypoints.visible(arr, threshold)
+        if int(valid.sum()) >= min_points:
+            hands.append(keypoints.in_canvas_pixels(arr, valid, canvas)[valid, :2])
     return hands, canvas
 
 
@@ -256,7 +197,7 @@ class _HandCover:
 
 
 def _covers(pose_keypoints, width, height, threshold, min_points, margin, resize) -> list[list[_HandCover]]:
-    frames = _frames_of(pose_keypoints)
+    frames = keypoints.frames_of(pose_keypoints)
     out = []
     for i, frame in enumerate(frames):
         hands, canvas = _frame_hands(frame, i, threshold, min_points, width, height)

@@ -20,7 +20,9 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-BODY_POINTS, HAND_POINTS, FACE_POINTS = 18, 21, 70
+from .keypoints import HAND_KEYS, HAND_POINTS, LEFT_HAND, RIGHT_HAND
+
+BODY_POINTS, FACE_POINTS = 18, 70
 STICK_WIDTH = 4
 BODY_JOINT_RADIUS = 4
 HAND_LINE_WIDTH = 2
@@ -51,8 +53,8 @@ FACE_COLOR = (255, 255, 255)
 PART_KEYS = {
     "pose_keypoints_2d": BODY_POINTS,
     "face_keypoints_2d": None,  # 70 from DWPose/OpenPose; 68 from some producers
-    "hand_left_keypoints_2d": HAND_POINTS,
-    "hand_right_keypoints_2d": HAND_POINTS,
+    LEFT_HAND: HAND_POINTS,
+    RIGHT_HAND: HAND_POINTS,
 }
 
 
@@ -183,7 +185,7 @@ def render_pose_frame(
         if body and parts["pose_keypoints_2d"] is not None:
             draw_body(draw, _to_pixels(parts["pose_keypoints_2d"], threshold, canvas, out))
         if hands:
-            for key in ("hand_left_keypoints_2d", "hand_right_keypoints_2d"):
+            for key in HAND_KEYS:
                 if parts[key] is not None:
                     draw_hand(draw, _to_pixels(parts[key], threshold, canvas, out))
         if face and parts["face_keypoints_2d"] is not None:

@@ -18,7 +18,9 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .hands import _looks_normalised, canvas_mapping, frame_canvas_size
+from . import keypoints
+from .hands import canvas_mapping
+from .keypoints import frame_canvas_size
 
 # OpenPose COCO-18 limbs (0-based) and their usual colours, as DWPose's renderer draws them.
 BODY_LIMBS = [(1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11), (11, 12), (12, 13), (1, 0), (0, 14), (14, 16), (0, 15), (15, 17)]
@@ -225,12 +227,10 @@ def _points(values, threshold: float, canvas: tuple[int, int], mapping) -> Optio
     if not values:
         return None
     arr = np.asarray(values, dtype=np.float64).reshape(-1, 3)
-    valid = (arr[:, 2] >= threshold) & (arr[:, 2] > 0)
+    valid = keypoints.visible(arr, threshold)
     if not valid.any():
         return None
-    xy = arr[:, :2].copy()
-    if _looks_normalised(xy[valid]):
-        xy *= np.array(canvas, dtype=np.float64)
+    xy = keypoints.in_canvas_pixels(arr, valid, canvas)[:, :2]
     sx, sy, ox, oy = mapping
     xy = xy * np.array([sx, sy]) + np.array([ox, oy])
     xy[~valid] = np.nan
@@ -292,7 +292,7 @@ def render_pose_frames(
                 for (a, b), color in zip(BODY_LIMBS, LIMB_COLORS):
                     if a < len(body) and b < len(body):
                         _draw_segment(img, body[a], body[b], limb_r, color)
-            for key in ("hand_left_keypoints_2d", "hand_right_keypoints_2d"):
+            for key in keypoints.HAND_KEYS:
                 hand = _points(person.get(key), threshold, canvas, mapping)
                 if hand is not None and len(hand) >= 21:
                     for a, b in HAND_BONES:

@@ -59,6 +59,8 @@ def shifted_sigmas(count: int, shift: float, generator: torch.Generator) -> torc
 
 
 def train_transformer(out: Path, args) -> dict:
+    """Pretrains the world's VACE transformer on ``args.transformer_videos`` world videos and saves it in the original
+    Wan single-file layout (with the text embedding it was trained with). Returns the figures for the study's record."""
     from ..fileio import atomic_save_safetensors
     from ..wan.model import save_original_wan_single_file
 
@@ -71,6 +73,22 @@ def train_transformer(out: Path, args) -> dict:
 
     rng = np.random.default_rng(args.seed + 1)
     pool = [world.random_video(rng, pose_seed=args.seed * 100_000 + 50_000 + i) for i in range(args.transformer_videos)]
+    contexts, latents = encode_videos(pipe, pool, started)
+    encode_seconds = time.perf_counter() - started
+    batch = 8
+    steps, losses = flow_matching(transformer, pipe, text, contexts, latents, args, batch)
+    transformer.eval()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="ComfyUI will not rebuild")  # 32-wide heads: a diffusers-only size
+        save_original_wan_single_file(transformer, out / models.TRANSFORMER_FILE)
+    return {"steps": steps, "videos": len(pool), "batch": batch, "encode_seconds": round(encode_seconds, 1),
+            "seconds": round(time.perf_counter() - started, 1), "loss_every_100_steps": losses}
+
+
+def encode_videos(pipe, pool: list, started: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VACE contexts and target latents of the training videos, encoded once (training reuses them)."""
     log(f"transformer: encoding {len(pool)} world videos ({world.BAD_HAND_RATE:.0%} of hands bad) through the pipeline's conditioning")
     contexts, latents = [], []
     for i, video in enumerate(pool):
@@ -79,10 +97,13 @@ def train_transformer(out: Path, args) -> dict:
         latents.append(target_latent(pipe, video, context))
         if (i + 1) % 100 == 0:
             log(f"  {i + 1}/{len(pool)} encoded ({time.perf_counter() - started:.0f} s)")
-    contexts, latents = torch.cat(contexts), torch.cat(latents)
-    encode_seconds = time.perf_counter() - started
+    return torch.cat(contexts), torch.cat(latents)
 
-    steps, batch = args.transformer_steps, 8
+
+def flow_matching(transformer, pipe, text: torch.Tensor, contexts: torch.Tensor, latents: torch.Tensor, args, batch: int) -> tuple[int, list]:
+    """Full fine-tuning by flow matching (AdamW, warm-up then cosine decay) for ``args.transformer_steps`` steps or
+    ``args.transformer_minutes``. Returns (steps done, mean loss of every 100 steps)."""
+    steps = args.transformer_steps
     transformer.train()
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=1e-3, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
@@ -90,7 +111,7 @@ def train_transformer(out: Path, args) -> dict:
     scale = torch.ones(len(transformer.config.vace_layers))
     losses, recent, train_started = [], [], time.perf_counter()
     for step in range(steps):
-        index = torch.randint(len(pool), (batch,), generator=generator)
+        index = torch.randint(len(latents), (batch,), generator=generator)
         x0, context = latents[index], contexts[index]
         sigma = shifted_sigmas(batch, pipe.scheduler.config.shift, generator)
         noise = torch.randn(x0.shape, generator=generator)
@@ -110,13 +131,5 @@ def train_transformer(out: Path, args) -> dict:
             recent = []
         if args.transformer_minutes is not None and time.perf_counter() - train_started > 60 * args.transformer_minutes:
             log(f"transformer: time budget of {args.transformer_minutes} min reached at step {step + 1}")
-            steps = step + 1
-            break
-    transformer.eval()
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="ComfyUI will not rebuild")  # 32-wide heads: a diffusers-only size
-        save_original_wan_single_file(transformer, out / models.TRANSFORMER_FILE)
-    return {"steps": steps, "videos": len(pool), "batch": batch, "encode_seconds": round(encode_seconds, 1),
-            "seconds": round(time.perf_counter() - started, 1), "loss_every_100_steps": losses}
+            return step + 1, losses
+    return steps, losses

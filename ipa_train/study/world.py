@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..pose.keypoints import HAND_POINTS, LEFT_HAND, RIGHT_HAND
 from ..pose.render import render_pose_video
 from ..pose.synthetic import dance_pose_sequence
 
@@ -30,7 +31,7 @@ HAND_SCALE = 3.0
 QUALITIES = ("good", "blob", "mitten", "missing")
 BAD_QUALITIES = QUALITIES[1:]
 BAD_HAND_RATE = 0.8
-HAND_KEYS = ("hand_right_keypoints_2d", "hand_left_keypoints_2d")
+HAND_KEYS = (RIGHT_HAND, LEFT_HAND)  # right first: the order of WorldVideo.hands
 BACKGROUND = (40, 40, 48)
 HAND_COLOR = (255, 224, 189)
 BODY_COLORS = ((230, 80, 70), (70, 150, 230), (90, 200, 110), (225, 190, 60))
@@ -78,7 +79,7 @@ def random_video(rng: np.random.Generator, pose_seed: int, bad_rate: float = BAD
 def hand_points(frame: dict, key: str) -> np.ndarray | None:
     """``[21, 2]`` pixel points of one hand, or None when any point is missing (off the canvas)."""
     values = np.asarray(frame["people"][0][key], dtype=np.float64).reshape(-1, 3)
-    if len(values) < 21 or (values[:, 2] <= 0).any():
+    if len(values) < HAND_POINTS or (values[:, 2] <= 0).any():
         return None
     return values[:, :2]
 

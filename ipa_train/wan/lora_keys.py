@@ -247,61 +247,83 @@ def to_comfy_native(
     Raises ValueError when two source keys claim the same native weight.
     """
     report = ConversionReport()
-    parts: dict[str, dict[str, tuple[str, torch.Tensor]]] = {}
-    formats: dict[str, None] = {}
-    for key, tensor in state_dict.items():
-        parsed = parse_key(key)
-        if parsed is None:
-            report.unmatched.append(key)
-            continue
-        module, role, fmt = parsed
-        slot = parts.setdefault(module, {})
-        if role in slot:
-            raise ValueError(f"LoRA keys {slot[role][0]!r} and {key!r} both give {role} of module {module}")
-        slot[role] = (key, tensor)
-        formats[fmt] = None
-
+    parts = _by_module(state_dict, report)
     peft_config = metadata_alphas(metadata)
     native: dict[str, torch.Tensor] = {}
     used_formats: dict[str, None] = {}
     for module, slot in parts.items():
         name = NATIVE_PREFIX + module
-        keys = [source for source, _ in slot.values()]
         if "A" in slot and "B" in slot:
-            a, b = slot["A"][1], slot["B"][1]
-            rank = a.shape[0]
-            if b.shape[1] != rank:
-                raise ValueError(f"LoRA for {module}: down {tuple(a.shape)} and up {tuple(b.shape)} ranks differ")
-            native[f"{name}.lora_A.weight"] = a.detach().clone()
-            native[f"{name}.lora_B.weight"] = b.detach().clone()
-            if "alpha" in slot:
-                native[f"{name}.alpha"] = slot["alpha"][1].detach().clone().reshape(())
-                report.alpha_from[name] = "file"
-            else:
-                scale = None
-                if peft_config is not None:
-                    scale = _scale_from_peft_config(peft_config, native_to_diffusers_module(module), rank)
-                report.alpha_from[name] = "metadata" if scale is not None else "default (scale 1)"
-                native[f"{name}.alpha"] = torch.tensor(float(rank) * (1.0 if scale is None else scale), dtype=torch.float32)
-            report.modules.append(name)
-            report.matched.extend(keys)
-            for fmt_key in keys:
-                used_formats[parse_key(fmt_key)[2]] = None
-            for role in ("diff", "diff_b"):
-                if role in slot:
-                    native[f"{name}.{role}"] = slot[role][1].detach().clone()
-                    if name not in report.diff_modules:
-                        report.diff_modules.append(name)
+            used = _convert_pair(module, slot, peft_config, native, report)
         elif "diff" in slot or "diff_b" in slot:
-            for role in ("diff", "diff_b"):
-                if role in slot:
-                    native[f"{name}.{role}"] = slot[role][1].detach().clone()
-                    report.matched.append(slot[role][0])
-                    used_formats[parse_key(slot[role][0])[2]] = None
+            used = _convert_diffs(name, slot, native, report)
             report.diff_modules.append(name)
             if "alpha" in slot:
                 report.unmatched.append(slot["alpha"][0])
         else:  # half a LoRA, or an alpha alone
-            report.unmatched.extend(keys)
+            report.unmatched.extend(source for source, _ in slot.values())
+            used = []
+        for source in used:
+            used_formats[parse_key(source)[2]] = None
     report.formats = list(used_formats)
     return native, report
+
+
+Slot = dict[str, tuple[str, torch.Tensor]]  # role ("A", "B", "alpha", "diff", "diff_b") -> (source key, tensor)
+
+
+def _by_module(state_dict: Mapping[str, torch.Tensor], report: ConversionReport) -> dict[str, Slot]:
+    """The source tensors grouped by the module they belong to; keys not understood go to ``report.unmatched``."""
+    parts: dict[str, Slot] = {}
+    for key, tensor in state_dict.items():
+        parsed = parse_key(key)
+        if parsed is None:
+            report.unmatched.append(key)
+            continue
+        module, role, _ = parsed
+        slot = parts.setdefault(module, {})
+        if role in slot:
+            raise ValueError(f"LoRA keys {slot[role][0]!r} and {key!r} both give {role} of module {module}")
+        slot[role] = (key, tensor)
+    return parts
+
+
+def _convert_pair(module: str, slot: Slot, peft_config: Optional[dict], native: dict, report: ConversionReport) -> list[str]:
+    """A module with both LoRA halves: its down, up and alpha (from the file, the PEFT metadata, or scale 1) and any
+    diffs. Returns the source keys used."""
+    name = NATIVE_PREFIX + module
+    keys = [source for source, _ in slot.values()]
+    a, b = slot["A"][1], slot["B"][1]
+    rank = a.shape[0]
+    if b.shape[1] != rank:
+        raise ValueError(f"LoRA for {module}: down {tuple(a.shape)} and up {tuple(b.shape)} ranks differ")
+    native[f"{name}.lora_A.weight"] = a.detach().clone()
+    native[f"{name}.lora_B.weight"] = b.detach().clone()
+    if "alpha" in slot:
+        native[f"{name}.alpha"] = slot["alpha"][1].detach().clone().reshape(())
+        report.alpha_from[name] = "file"
+    else:
+        scale = None
+        if peft_config is not None:
+            scale = _scale_from_peft_config(peft_config, native_to_diffusers_module(module), rank)
+        report.alpha_from[name] = "metadata" if scale is not None else "default (scale 1)"
+        native[f"{name}.alpha"] = torch.tensor(float(rank) * (1.0 if scale is None else scale), dtype=torch.float32)
+    report.modules.append(name)
+    report.matched.extend(keys)
+    for role in ("diff", "diff_b"):
+        if role in slot:
+            native[f"{name}.{role}"] = slot[role][1].detach().clone()
+            if name not in report.diff_modules:
+                report.diff_modules.append(name)
+    return keys
+
+
+def _convert_diffs(name: str, slot: Slot, native: dict, report: ConversionReport) -> list[str]:
+    """A module with full weight (and bias) differences only. Returns the source keys used."""
+    used = []
+    for role in ("diff", "diff_b"):
+        if role in slot:
+            native[f"{name}.{role}"] = slot[role][1].detach().clone()
+            report.matched.append(slot[role][0])
+            used.append(slot[role][0])
+    return used

@@ -127,54 +127,17 @@ def detect_config(state_dict_keys_and_shapes: Mapping[str, Any], metadata: Optio
     shapes = {k: tuple(v.shape) if hasattr(v, "shape") else tuple(v) for k, v in state_dict_keys_and_shapes.items()}
     _, shapes = _strip_wan_prefix(shapes)
     _check_is_wan_vace(shapes, "these weights")
-    dim, in_channels, *patch = shapes["patch_embedding.weight"]
+    dim = shapes["patch_embedding.weight"][0]
     num_layers = _count_blocks(shapes, "blocks.")
     num_vace = _count_blocks(shapes, "vace_blocks.")
     if num_layers == 0 or num_vace == 0:
         raise ModelLoadError("The weights have no transformer blocks or no VACE blocks: not a Wan2.1-VACE model.")
 
-    recorded: dict = {}
-    if metadata and CONFIG_METADATA_KEY in metadata:
-        try:
-            recorded = json.loads(metadata[CONFIG_METADATA_KEY])
-        except json.JSONDecodeError:
-            recorded = {}
-
+    recorded = _recorded_config(metadata)
     if dim in SHIPPED_CONFIGS and not recorded:
         config = shipped_config(SHIPPED_CONFIGS[dim])
     else:
-        if recorded.get("num_attention_heads"):
-            heads = int(recorded["num_attention_heads"])
-        elif dim % 128 == 0:
-            heads = dim // 128
-        else:
-            raise ModelLoadError(
-                f"Cannot tell the attention head count of a Wan model {dim} wide (Wan uses 128-wide heads and "
-                "this width is not a multiple of 128). Use a released Wan2.1-VACE checkpoint (1.3B or 14B)."
-            )
-        patch_volume = math.prod(patch)
-        config = {
-            "_class_name": "WanVACETransformer3DModel",
-            "added_kv_proj_dim": None,
-            "attention_head_dim": dim // heads,
-            "cross_attn_norm": "blocks.0.norm3.weight" in shapes,
-            "eps": 1e-06,
-            "ffn_dim": shapes["blocks.0.ffn.0.weight"][0],
-            "freq_dim": shapes["time_embedding.0.weight"][1],
-            "image_dim": None,
-            "in_channels": in_channels,
-            "num_attention_heads": heads,
-            "num_layers": num_layers,
-            "out_channels": shapes["head.head.weight"][0] // patch_volume,
-            "patch_size": list(patch),
-            "pos_embed_seq_len": None,
-            "qk_norm": "rms_norm_across_heads" if "blocks.0.self_attn.norm_q.weight" in shapes else None,
-            "rope_max_seq_len": int(recorded.get("rope_max_seq_len", 1024)),
-            "text_dim": shapes["text_embedding.0.weight"][1],
-            "vace_in_channels": shapes["vace_patch_embedding.weight"][1],
-            # ComfyUI stores only the count; the released models place VACE blocks evenly from layer 0.
-            "vace_layers": recorded.get("vace_layers") or list(range(0, num_layers, num_layers // num_vace))[:num_vace],
-        }
+        config = _derived_config(shapes, recorded, num_layers, num_vace)
     if len(config["vace_layers"]) != num_vace or config["num_layers"] != num_layers:
         raise ModelLoadError(
             f"The weights have {num_layers} blocks and {num_vace} VACE blocks, which does not match the Wan2.1-VACE "
@@ -182,6 +145,52 @@ def detect_config(state_dict_keys_and_shapes: Mapping[str, Any], metadata: Optio
             "VACE blocks). The file may be truncated or a different model."
         )
     return config
+
+
+def _recorded_config(metadata: Optional[Mapping[str, str]]) -> dict:
+    """The exact config :func:`save_original_wan_single_file` recorded in the file's metadata; ``{}`` if none."""
+    if metadata and CONFIG_METADATA_KEY in metadata:
+        try:
+            return json.loads(metadata[CONFIG_METADATA_KEY])
+        except json.JSONDecodeError:
+            return {}
+    return {}
+
+
+def _derived_config(shapes: Mapping[str, tuple], recorded: Mapping[str, Any], num_layers: int, num_vace: int) -> dict:
+    """The config of a Wan2.1-VACE size that ships no config, derived from the weight shapes (and ``recorded``)."""
+    dim, in_channels, *patch = shapes["patch_embedding.weight"]
+    if recorded.get("num_attention_heads"):
+        heads = int(recorded["num_attention_heads"])
+    elif dim % 128 == 0:
+        heads = dim // 128
+    else:
+        raise ModelLoadError(
+            f"Cannot tell the attention head count of a Wan model {dim} wide (Wan uses 128-wide heads and "
+            "this width is not a multiple of 128). Use a released Wan2.1-VACE checkpoint (1.3B or 14B)."
+        )
+    return {
+        "_class_name": "WanVACETransformer3DModel",
+        "added_kv_proj_dim": None,
+        "attention_head_dim": dim // heads,
+        "cross_attn_norm": "blocks.0.norm3.weight" in shapes,
+        "eps": 1e-06,
+        "ffn_dim": shapes["blocks.0.ffn.0.weight"][0],
+        "freq_dim": shapes["time_embedding.0.weight"][1],
+        "image_dim": None,
+        "in_channels": in_channels,
+        "num_attention_heads": heads,
+        "num_layers": num_layers,
+        "out_channels": shapes["head.head.weight"][0] // math.prod(patch),
+        "patch_size": list(patch),
+        "pos_embed_seq_len": None,
+        "qk_norm": "rms_norm_across_heads" if "blocks.0.self_attn.norm_q.weight" in shapes else None,
+        "rope_max_seq_len": int(recorded.get("rope_max_seq_len", 1024)),
+        "text_dim": shapes["text_embedding.0.weight"][1],
+        "vace_in_channels": shapes["vace_patch_embedding.weight"][1],
+        # ComfyUI stores only the count; the released models place VACE blocks evenly from layer 0.
+        "vace_layers": recorded.get("vace_layers") or list(range(0, num_layers, num_layers // num_vace))[:num_vace],
+    }
 
 
 def _check_is_wan_vace(shapes: Mapping[str, Any], what: str) -> None:
@@ -429,6 +438,57 @@ def _read_vace_module(vace_module) -> ModelSource:
     return ModelSource.read(module_path)
 
 
+@dataclass
+class ModelFile:
+    """What a single-file Wan2.1-VACE model is, read from its headers only (no tensor is loaded): its files (the
+    base, and a VACE module merged into it), their bare weight shapes and the diffusers config they make. One
+    description that both the loader and the memory planner use, so the two never disagree about a file."""
+
+    sources: list  # ModelSource: the base, then the VACE module if any
+    shapes: dict  # bare key -> shape of the merged model weights
+    config: dict
+
+    @property
+    def name(self) -> str:
+        return " + ".join(source.path.name for source in self.sources)
+
+    @classmethod
+    def describe(cls, path: Path, vace_module: Optional[os.PathLike | str] = None) -> "ModelFile":
+        """Reads ``path`` (and ``vace_module``) and checks that they make a Wan2.1-VACE model; ``ModelLoadError`` if not."""
+        from .vace_module import VaceModuleError, is_vace_module, merge_vace_module
+
+        base = ModelSource.read(path)
+        sources, shapes = [base], base.shapes
+        if vace_module:
+            module = _read_vace_module(vace_module)
+            try:
+                shapes = merge_vace_module(base.shapes, module.shapes, base_name=path.name, module_name=module.path.name)
+            except VaceModuleError as exc:
+                raise ModelLoadError(str(exc)) from None
+            sources.append(module)
+        elif is_vace_module(base.shapes):
+            raise ModelLoadError(
+                f"{path.name} is a VACE module (VACE blocks only, kijai's layout): choose the Wan2.1 text-to-video file of the "
+                f"same size as base_model and {path.name} as vace_module."
+            )
+        name = " + ".join(source.path.name for source in sources)
+        _check_is_wan_vace(shapes, f"The weights in {name}")
+        return cls(sources, shapes, detect_config(shapes, base.metadata))
+
+    def fp8_linears(self) -> dict[str, str]:
+        """Diffusers linear name -> ``"tensor"`` (stored fp8 with a scale) or ``"none"`` (plain fp8), for the
+        linears stored fp8 in any of the files."""
+        names = {diffusers_key_to_original(k): k for k in empty_transformer(self.config).state_dict()}
+        fp8 = {}
+        for source in self.sources:
+            for key in source.layout.fp8_weights:
+                diffusers = names.get(key)
+                if diffusers and diffusers.endswith(".weight"):
+                    layer = key[: -len(".weight")]
+                    fp8[diffusers[: -len(".weight")]] = "tensor" if layer in source.layout.weight_scales else "none"
+        return fp8
+
+
 def _load_gguf(path: Path, torch_dtype):
     """``WanVACETransformer3DModel`` with diffusers' GGUF quantiser: the weights as stored, computed in ``torch_dtype``
     (see :mod:`.gguf_model`)."""
@@ -466,76 +526,78 @@ def load_transformer(path: os.PathLike | str, torch_dtype: torch.dtype = torch.f
     fp8 layers dequantise to outside autocast (default ``torch_dtype``). Raises ``ModelLoadError`` for missing files,
     other models, unreadable quantisations and incomplete weights.
     """
-    from .vace_module import VaceModuleError, is_vace_module, merge_vace_module, strip_prefix
-
     if base_precision not in BASE_PRECISIONS:
         raise ModelLoadError(f"base_precision {base_precision!r} is not one of {list(BASE_PRECISIONS)}")
     path = Path(path).expanduser()
     if not path.exists():
         raise ModelLoadError(f"Model file not found: {path}")
     if path.is_dir():
-        if vace_module:
-            raise ModelLoadError(f"vace_module goes with a single-file text-to-video base, not with the diffusers folder {path}.")
-        model = _load_diffusers_folder(path, torch_dtype)
-        if base_precision == "fp8":
-            from .frozen_linear import quantize_block_linears
-
-            quantize_block_linears(model, compute_dtype or torch_dtype)
-        return model
+        return _load_folder(path, torch_dtype, vace_module, base_precision, compute_dtype)
     if path.suffix.lower() == ".gguf":
-        if vace_module:
-            raise ModelLoadError(
-                f"vace_module with a GGUF base ({path.name}) is not supported: use a GGUF that includes VACE (a Wan2.1-VACE GGUF), "
-                "or the safetensors text-to-video base with the safetensors VACE module."
-            )
-        if base_precision == "fp8":
-            raise ModelLoadError(f"base_precision 'fp8' with the GGUF file {path.name}: its weights are quantised already; "
-                                 "use base_precision 'bf16' (the GGUF stays as stored)")
+        _check_gguf_options(path, vace_module, base_precision)
         return _load_gguf(path, torch_dtype)
     if path.suffix.lower() != ".safetensors":
         raise ModelLoadError(
             f"{path.name}: only .safetensors checkpoints (original Wan or ComfyUI layout), .gguf files (city96's layout) or "
             "a diffusers folder are loaded; never pickle files (.ckpt, .pt, .bin)."
         )
+    return _load_safetensors(path, torch_dtype, vace_module, base_precision, compute_dtype)
 
-    base = ModelSource.read(path)
-    sources = [base]
-    bare = base.shapes
+
+def _load_folder(path: Path, torch_dtype, vace_module, base_precision: str, compute_dtype):
     if vace_module:
-        module = _read_vace_module(vace_module)
-        try:
-            bare = merge_vace_module(base.shapes, module.shapes, base_name=path.name, module_name=module.path.name)
-        except VaceModuleError as exc:
-            raise ModelLoadError(str(exc)) from None
-        sources.append(module)
-    elif is_vace_module(base.shapes):
+        raise ModelLoadError(f"vace_module goes with a single-file text-to-video base, not with the diffusers folder {path}.")
+    model = _load_diffusers_folder(path, torch_dtype)
+    if base_precision == "fp8":
+        from .frozen_linear import quantize_block_linears
+
+        quantize_block_linears(model, compute_dtype or torch_dtype)
+    return model
+
+
+def _check_gguf_options(path: Path, vace_module, base_precision: str) -> None:
+    if vace_module:
         raise ModelLoadError(
-            f"{path.name} is a VACE module (VACE blocks only, kijai's layout): choose the Wan2.1 text-to-video file of the "
-            f"same size as base_model and {path.name} as vace_module."
+            f"vace_module with a GGUF base ({path.name}) is not supported: use a GGUF that includes VACE (a Wan2.1-VACE GGUF), "
+            "or the safetensors text-to-video base with the safetensors VACE module."
         )
-    name = " + ".join(source.path.name for source in sources)
-    _check_is_wan_vace(bare, f"The weights in {name}")
-    config = detect_config(bare, base.metadata)
-    _check_layout(name, config, bare)
+    if base_precision == "fp8":
+        raise ModelLoadError(f"base_precision 'fp8' with the GGUF file {path.name}: its weights are quantised already; "
+                             "use base_precision 'bf16' (the GGUF stays as stored)")
+
+
+def _load_safetensors(path: Path, torch_dtype, vace_module, base_precision: str, compute_dtype):
+    """A single original-layout file (with its VACE module): streamed when anything is fp8, else through diffusers'
+    ``from_single_file``."""
+    described = ModelFile.describe(path, vace_module)
+    _check_layout(described.name, described.config, described.shapes)
+    sources = described.sources
     if base_precision == "fp8" or any(source.layout.quantised for source in sources):
-        return _load_streamed(sources, config, torch_dtype, compute_dtype or torch_dtype, quantize=base_precision == "fp8").eval()
+        quantize = base_precision == "fp8"
+        return _load_streamed(sources, described.config, torch_dtype, compute_dtype or torch_dtype, quantize=quantize).eval()
+    model = _from_single_file(_single_file_source(path, sources), described.config, torch_dtype)
+    if any(p.is_meta for p in model.parameters()):
+        raise ModelLoadError(f"{described.name}: some weights were not loaded (still on the meta device).")
+    return model.eval()
+
+
+def _single_file_source(path: Path, sources: list) -> Any:
+    """What ``from_single_file`` gets: the path when diffusers can read it as is, else the tensors."""
+    from .vace_module import merge_vace_module, strip_prefix
 
     # diffusers reads a path with safetensors only when it ends in ".safetensors" exactly (else torch.load, which
     # fails on "*.SAFETENSORS"): other spellings of the suffix are read here and passed as tensors.
-    if len(sources) == 1 and base.prefix in ("", ORIGINAL_PREFIX) and path.name.endswith(".safetensors"):
-        source: Any = str(path)
-    else:  # diffusers' converter only strips "model.diffusion_model."; a VACE module is merged in first
-        from ..fileio import load_safetensors
+    if len(sources) == 1 and sources[0].prefix in ("", ORIGINAL_PREFIX) and path.name.endswith(".safetensors"):
+        return str(path)
+    # diffusers' converter only strips "model.diffusion_model."; a VACE module is merged in first
+    from ..fileio import load_safetensors
 
-        tensors, _ = load_safetensors(path)
-        source = strip_prefix(tensors)
-        if len(sources) > 1:
-            module_tensors, _ = load_safetensors(sources[1].path)
-            source = merge_vace_module(source, module_tensors)
-    model = _from_single_file(source, config, torch_dtype)
-    if any(p.is_meta for p in model.parameters()):
-        raise ModelLoadError(f"{name}: some weights were not loaded (still on the meta device).")
-    return model.eval()
+    tensors, _ = load_safetensors(path)
+    source = strip_prefix(tensors)
+    if len(sources) > 1:
+        module_tensors, _ = load_safetensors(sources[1].path)
+        source = merge_vace_module(source, module_tensors)
+    return source
 
 
 def empty_transformer(config: Mapping[str, Any]):
