@@ -1,7 +1,7 @@
 """IPA Mark Preferred (the collector) and IPA Encode Good Video: candidates into a named dataset.
 
 The conversion to the trainer's layout lives in ``ipa_train.data.collect``; atomic writes, the manifest lock and
-de-duplication in ``ipa_train.data.dataset``. This module only adapts ComfyUI's types.
+de-duplication in ``ipa_train.data.samples``. This module only adapts ComfyUI's types.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ def dataset_root() -> Path:
     """The folder holding every IPA dataset: ``<ComfyUI output directory>/ipa_datasets``.
 
     Looked up on each call, since ``--output-directory`` and ``folder_paths.set_output_directory`` may change it
-    after the pack is imported. It is not created here: ``ipa_train.data.dataset.create_dataset`` makes it on first use.
+    after the pack is imported. It is not created here: ``ipa_train.data.samples.create_dataset`` makes it on first use.
     """
     import folder_paths
 
