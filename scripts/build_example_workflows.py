@@ -2,7 +2,7 @@
 
     COMFYUI_PATH=/path/to/ComfyUI PYTHONPATH=<torchvision stand-ins if no torchvision> python scripts/build_example_workflows.py
 
-The files are committed; tests/test_example_workflows.py checks them against the schemas.
+The files are committed; tests/host/test_example_workflows.py checks them against the schemas.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Playwright and Chromium; runs a headless server with the tiny test models):
 
     COMFYUI_PATH=/path/to/ComfyUI PYTHONPATH=<torchvision stand-ins if no torchvision> python scripts/template_thumbnails.py
 
-The files are committed; tests/test_example_workflows.py checks they exist and stay small.
+The files are committed; tests/host/test_example_workflows.py checks they exist and stay small.
 """
 
 from __future__ import annotations

@@ -1,5 +1,15 @@
-"""Shared test set-up: the repository root on sys.path (``import ipa_train``) and, when ``COMFYUI_PATH``
-points to a ComfyUI checkout, a way to import the pack the way ComfyUI does."""
+"""Shared test set-up: the repository root on sys.path (``import ipa_train``), the markers, and, when
+``COMFYUI_PATH`` points to a ComfyUI checkout, a way to import the pack the way ComfyUI does.
+
+The folders mirror the core's rooms (``tests/<room>/``); ``tests/host/`` holds the tests that run against a real
+ComfyUI, ``tests/browser/`` the ones that drive Chromium, ``tests/support/`` the shared helpers (``support.<module>``).
+Markers (registered in pyproject.toml, ``--strict-markers``):
+
+- ``host``: needs a real ComfyUI (``COMFYUI_PATH``); every test in ``tests/host/``, and any other marked
+  ``requires_comfyui``. Skipped, with the reason, when ``COMFYUI_PATH`` is unset. ``-m host`` runs just these (CI
+  runs them on a second ComfyUI version this way).
+- ``browser``: drives Debian's Chromium; every test in ``tests/browser/``.
+- ``slow``: takes more than about 20 s on 2 CPU cores; ``-m "not slow"`` is the quick inner loop."""
 
 from __future__ import annotations
 
@@ -22,9 +32,20 @@ def comfyui_path() -> Path | None:
     return Path(value) if value else None
 
 
-requires_comfyui = pytest.mark.skipif(
-    not os.environ.get("COMFYUI_PATH"), reason="COMFYUI_PATH is not set: no real ComfyUI checkout to test against"
-)
+requires_comfyui = pytest.mark.host
+TESTS = Path(__file__).resolve().parent
+FOLDER_MARKS = {"host": pytest.mark.host, "browser": pytest.mark.browser}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks by folder, and skips host tests where there is no ComfyUI to test against."""
+    no_host = pytest.mark.skip(reason="COMFYUI_PATH is not set: no real ComfyUI checkout to test against")
+    for item in items:
+        parts = Path(str(item.path)).resolve().relative_to(TESTS).parts
+        if len(parts) > 1 and parts[0] in FOLDER_MARKS:
+            item.add_marker(FOLDER_MARKS[parts[0]])
+        if item.get_closest_marker("host") and not os.environ.get("COMFYUI_PATH"):
+            item.add_marker(no_host)
 
 
 def load_pack():

@@ -86,6 +86,7 @@ def test_pyproject_states_the_comfyui_range_the_platforms_and_every_requirement(
     assert {dependency.replace(" ", "") for dependency in project["project"]["dependencies"]} == required
 
 
+@pytest.mark.host
 def test_the_host_under_test_is_inside_the_stated_range():
     comfyui = os.environ.get("COMFYUI_PATH")
     if not comfyui:

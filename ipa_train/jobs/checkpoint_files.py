@@ -137,7 +137,7 @@ def replace_checkpoint(staging: Path, final: Path) -> Path:
     and deleted only once the new one is in place, so a crash never leaves ``final`` half there.
 
     The three moves are functions of their own, looked up when called, so the fault tests can wrap each one and
-    kill the writer between them (tests/trainer_support/faulty_trainer.py)."""
+    kill the writer between them (tests/support/trainer_support/faulty_trainer.py)."""
     aside = final.with_name(ASIDE_PREFIX + final.name[len(STEP_PREFIX):])
     if aside.exists():
         shutil.rmtree(aside)  # left by an earlier crash after a complete new copy was in place

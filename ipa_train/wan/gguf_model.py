@@ -6,7 +6,7 @@ patch embeddings in F32 at full shape (``fix_5d_tensors``). diffusers reads them
 quantised weights stay quantised on the module (``GGUFParameter``) and ``GGUFLinear`` dequantises them in every
 forward, as ComfyUI-GGUF's ops do. peft wraps ``GGUFLinear`` like any ``nn.Linear``, so LoRA training on top
 works; measured on a tiny Q8_0 file: the forward pass and the LoRA gradients equal those of the same model with
-its weights dequantised up front, bit for bit in fp32 on CPU (tests/test_gguf_model.py).
+its weights dequantised up front, bit for bit in fp32 on CPU (tests/wan/test_gguf_model.py).
 """
 
 from __future__ import annotations

@@ -1,0 +1,163 @@
+"""example_workflows/*.json: well-formed UI-format graphs with model notes; under a real ComfyUI (COMFYUI_PATH) every
+node type, input, link type and widget count matches the live schemas (what the frontend needs to load them)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT, requires_comfyui
+
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+
+from build_example_workflows import MODEL_FILES, TEMPLATES, template_path  # noqa: E402
+
+WORKFLOWS = sorted((REPO_ROOT / "example_workflows").glob("*.json"))
+
+
+def _load(key):
+    return json.loads(template_path(key).read_text())
+
+
+def _links_into(workflow, node_type):
+    """{input name: (source node type, output name)} of the first node of ``node_type``."""
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+    target = next(node for node in workflow["nodes"] if node["type"] == node_type)
+    out = {}
+    for link_id, source, slot, dest, in_slot, _ in workflow["links"]:
+        if dest == target["id"]:
+            out[target["inputs"][in_slot]["name"]] = (nodes[source]["type"], nodes[source]["outputs"][slot]["name"])
+    return out
+
+
+def test_curate_and_animate_are_driven_by_the_packs_dwpose():
+    curate, animate = _load("ipa_curate"), _load("ipa_animate")
+    assert _links_into(curate, "IPAVaceSampler")["control_video"] == ("IPADWPoseEstimator", "pose_video")
+    assert _links_into(curate, "IPAMarkPreferred")["pose_keypoint"] == ("IPADWPoseEstimator", "pose_keypoints")
+    assert _links_into(curate, "IPAHandMaskFromPose")["pose_keypoint"] == ("IPADWPoseEstimator", "pose_keypoints")
+    assert _links_into(curate, "IPADWPoseEstimator")["frames"] == ("GetVideoComponents", "images")
+    assert _links_into(animate, "WanVaceToVideo")["control_video"] == ("IPADWPoseEstimator", "pose_video")
+    assert _links_into(animate, "ModelSamplingSD3")["model"] == ("IPALoRALoader", "model")
+    for workflow in (curate, animate):
+        notes = next(node["widgets_values"][0] for node in workflow["nodes"] if node["type"] == "MarkdownNote")
+        assert "models/dwpose/yolox_l.onnx" in notes and "dw-ll_ucoco_384.onnx" in notes
+
+
+def test_template_browser_metadata():
+    """What ComfyUI's template browser (frontend 1.35.9) shows for a pack: the file name as title and description, and
+    <name>.jpg next to the JSON as the card's thumbnail (served under /api/workflow_templates/<pack folder>/)."""
+    from PIL import Image
+
+    assert {path.stem for path in WORKFLOWS} == set(TEMPLATES.values())
+    for name in TEMPLATES.values():
+        thumbnail = REPO_ROOT / "example_workflows" / f"{name}.jpg"
+        with Image.open(thumbnail) as image:
+            assert image.format == "JPEG" and 300 <= image.width <= 1024 and image.height >= 150
+        assert thumbnail.stat().st_size < 150_000  # small, committed
+    for key in TEMPLATES:
+        workflow = _load(key)
+        # no saved view: the frontend fits the whole graph (notes included) into the window
+        assert "ds" not in workflow["extra"]
+        nodes = workflow["nodes"]
+        note = next(n for n in nodes if n["type"] == "MarkdownNote")
+        assert note["pos"][0] <= min(n["pos"][0] for n in nodes) and note["pos"][1] <= min(n["pos"][1] for n in nodes)
+        # every non-note node sits inside a group
+        assert workflow["groups"]
+        for node in nodes:
+            if node["type"] == "MarkdownNote":
+                continue
+            x, y = node["pos"]
+            w, h = node["size"]
+            assert any(g["bounding"][0] <= x and g["bounding"][1] <= y - 30 and x + w <= g["bounding"][0] + g["bounding"][2]
+                       and y + h <= g["bounding"][1] + g["bounding"][3] for g in workflow["groups"]), (key, node["type"])
+        # each model file the workflow selects has a download entry the missing-model dialog can offer
+        selected = {v for n in nodes for v in n.get("widgets_values", []) if isinstance(v, str) and v in MODEL_FILES}
+        listed = {m["name"]: m for n in nodes for m in n.get("properties", {}).get("models", [])}
+        assert selected and set(listed) == selected, key
+        for name, entry in listed.items():
+            assert entry["url"].startswith("https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/")
+            assert entry["url"].endswith("/" + name) and entry["directory"] in ("diffusion_models", "text_encoders", "vae")
+    notes = next(n["widgets_values"][0] for n in _load("ipa_curate")["nodes"] if n["type"] == "MarkdownNote")
+    assert "https://huggingface.co/yzd-v/DWPose/resolve/main/yolox_l.onnx" in notes
+
+
+def test_workflows_exist_and_are_well_formed():
+    assert {path.stem for path in WORKFLOWS} >= set(TEMPLATES.values())
+    for path in WORKFLOWS:
+        workflow = json.loads(path.read_text())
+        nodes = {node["id"]: node for node in workflow["nodes"]}
+        assert workflow["version"] == 0.4 and workflow["last_node_id"] == max(nodes)
+        for link_id, source, slot, target, in_slot, kind in workflow["links"]:
+            assert link_id in nodes[source]["outputs"][slot]["links"]
+            assert nodes[target]["inputs"][in_slot]["link"] == link_id
+            assert nodes[source]["outputs"][slot]["type"] == kind
+        notes = [node["widgets_values"][0] for node in workflow["nodes"] if node["type"] == "MarkdownNote"]
+        assert notes and "Model files" in notes[0] and ".safetensors" in notes[0], path.name
+
+
+@requires_comfyui
+def test_workflows_match_the_live_schemas():
+    from support.comfy_tiny import load_pack_cpu
+    from workflow_graph import check_workflow, node_infos
+
+    from build_example_workflows import build_all
+
+    infos = node_infos(load_pack_cpu())
+    for path in WORKFLOWS:
+        assert check_workflow(json.loads(path.read_text()), infos) == [], path.name
+    # the committed files are what the builder makes from today's schemas
+    for name, workflow in build_all(infos).items():
+        assert _load(name) == workflow, f"{name}: rebuild with scripts/build_example_workflows.py"
+    # the API-format prompt the frontend would queue: widget values by name, links as [source id, slot]
+    from workflow_graph import to_api_prompt
+
+    curate = _load("ipa_curate")
+    prompt = to_api_prompt(curate, infos)
+    sampler = next(node for node in prompt.values() if node["class_type"] == "IPAVaceSampler")
+    estimator_id = next(key for key, node in prompt.items() if node["class_type"] == "IPADWPoseEstimator")
+    assert sampler["inputs"]["control_video"] == [estimator_id, 1] and sampler["inputs"]["candidates"] == 4
+    assert sampler["inputs"]["seed"] == 0 and not any(":" in name for node in prompt.values() for name in node["inputs"])
+    assert "MarkdownNote" not in {node["class_type"] for node in prompt.values()}
+    # and the check can fail: a missing node type and a wrong widget count are reported
+    broken = _load("ipa_align")
+    train, preview = (next(n for n in broken["nodes"] if n["type"] == kind) for kind in ("IPATrainLoRA", "PreviewImage"))
+    train["widgets_values"].pop()
+    preview["type"] = "NoSuchNode"
+    problems = check_workflow(broken, infos)
+    assert any("widget values" in p for p in problems) and any("NoSuchNode" in p for p in problems)
+    # the frontend's control_after_generate slot after an INT named seed (the trainer's, undeclared) and after a
+    # declared one (the sampler's); the real-frontend test checks the same against the frontend itself
+    from workflow_graph import widget_names
+
+    assert widget_names(infos["IPATrainLoRA"])[widget_names(infos["IPATrainLoRA"]).index("seed") + 1] == "seed:control_after_generate"
+    assert "seed:control_after_generate" in widget_names(infos["IPAVaceSampler"])
+    assert "noise_seed:control_after_generate" in widget_names(infos["KSamplerAdvanced"])
+    train = next(n for n in _load("ipa_align")["nodes"] if n["type"] == "IPATrainLoRA")
+    values = dict(zip(widget_names(infos["IPATrainLoRA"]), train["widgets_values"]))
+    assert values["seed:control_after_generate"] == "fixed" and values["checkpoint_every"] == 100 and values["gpus"] == "auto"
+
+
+def test_pack_metadata_icon_and_node_count():
+    """[tool.comfy] Icon names the committed icon (the registry shows it), and the README counts the nodes there are."""
+    import ast
+    import re
+
+    from PIL import Image
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    icon = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["comfy"]["Icon"]
+    repository = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+    prefix = repository.replace("https://github.com/", "https://raw.githubusercontent.com/") + "/main/"
+    assert icon.startswith(prefix), icon
+    with Image.open(REPO_ROOT / icon[len(prefix):]) as image:
+        assert image.format == "PNG" and image.width == image.height >= 128
+    nodes = 0
+    for path in (REPO_ROOT / "nodes").glob("*.py"):
+        for statement in ast.parse(path.read_text()).body:
+            if isinstance(statement, ast.Assign) and any(getattr(t, "id", None) == "NODES" for t in statement.targets):
+                nodes += len(statement.value.elts)
+    words = {5: "Five", 6: "Six", 7: "Seven", 8: "Eight", 9: "Nine", 10: "Ten"}
+    assert re.search(rf"\b{words[nodes]} nodes\b", (REPO_ROOT / "README.md").read_text()), f"README: say {words[nodes]} nodes"

@@ -1,0 +1,192 @@
+"""IPA LoRA Loader inside a real ComfyUI (COMFYUI_PATH) on the tiny Wan2.1-VACE file: every key layout, exact
+matched counts, applied weights equal W + strength * scale * B @ A, errors and metadata warnings.
+
+The layout conversion is trainer-core's ``ipa_train.wan.lora_keys.to_comfy_native``; until that branch is merged the
+layouts ComfyUI reads natively are tested through an identity stand-in and the others are skipped."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import requires_comfyui
+
+pytestmark = requires_comfyui
+
+RANK, DIM = 4, 128
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from support.comfy_tiny import TinyComfy, load_pack_cpu
+
+    load_pack_cpu()
+    host = TinyComfy(tmp_path_factory.mktemp("lora"))
+    host.model = host.load_model()
+    return host
+
+
+def _ab(seed):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(RANK, DIM, generator=generator) * 0.1, torch.randn(DIM, RANK, generator=generator) * 0.1
+
+
+def _layout(name, alpha):
+    """Keys for two modules, main block 0 self-attn q and VACE block 0 self-attn k, in layout ``name``."""
+    (a_q, b_q), (a_k, b_k) = _ab(1), _ab(2)
+    modules = {
+        "native": ("diffusion_model.blocks.0.self_attn.q", "diffusion_model.vace_blocks.0.self_attn.k", "lora_A", "lora_B"),
+        "native_down_up": ("diffusion_model.blocks.0.self_attn.q", "diffusion_model.vace_blocks.0.self_attn.k", "lora_down", "lora_up"),
+        "kohya": ("lora_unet_blocks_0_self_attn_q", "lora_unet_vace_blocks_0_self_attn_k", "lora_down", "lora_up"),
+        "diffusers": ("transformer.blocks.0.attn1.to_q", "transformer.vace_blocks.0.attn1.to_k", "lora_A", "lora_B"),
+        "diffsynth": ("blocks.0.self_attn.q", "vace_blocks.0.self_attn.k", "lora_A.default", "lora_B.default"),
+        "peft": ("base_model.model.blocks.0.self_attn.q", "base_model.model.vace_blocks.0.self_attn.k", "lora_A", "lora_B"),
+    }[name]
+    q, k, down, up = modules
+    state = {f"{q}.{down}.weight": a_q, f"{q}.{up}.weight": b_q, f"{k}.{down}.weight": a_k, f"{k}.{up}.weight": b_k}
+    if alpha is not None:
+        state[f"{q}.alpha"] = torch.tensor(float(alpha))
+        state[f"{k}.alpha"] = torch.tensor(float(alpha))
+    return state, {"blocks.0.self_attn.q.weight": (a_q, b_q), "vace_blocks.0.self_attn.k.weight": (a_k, b_k)}
+
+
+def _write(tiny, name, state, metadata=None):
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tiny.loras / name), metadata=metadata or {})
+    import folder_paths
+
+    folder_paths.filename_list_cache.clear()
+    return name
+
+
+NATIVE_LAYOUTS = ["native", "native_down_up", "kohya"]
+CONVERTED_LAYOUTS = ["diffusers", "diffsynth", "peft"]
+
+
+# every layout with and without alpha keys, except diffusers with alpha: diffusers keeps alpha in metadata, not as keys
+LAYOUT_ALPHAS = [(layout, alpha) for layout in NATIVE_LAYOUTS + CONVERTED_LAYOUTS for alpha in (None, 2.0) if not (layout == "diffusers" and alpha)]
+
+
+@pytest.mark.parametrize("layout, alpha", LAYOUT_ALPHAS)
+def test_every_layout_applies_exactly(tiny, layout, alpha):
+    from comfyui_ipa_pack.nodes.lora_loader import IPALoRALoader
+
+    state, expected = _layout(layout, alpha)
+    name = _write(tiny, f"{layout}_{alpha}.safetensors", state)
+    strength = 0.8
+    patched, report = IPALoRALoader.execute(tiny.model, name, strength).args
+    assert "2 weights patched, 0 keys unmatched" in report
+    scale = (alpha / RANK) if alpha is not None else 1.0
+    base = {k: v.clone() for k, v in tiny.model.model.diffusion_model.state_dict().items()}
+    patched.patch_model()
+    try:
+        weights = patched.model.diffusion_model.state_dict()
+        for key, (a, b) in expected.items():
+            assert torch.allclose(weights[key], base[key] + strength * scale * (b @ a), atol=1e-6), key
+        untouched = "blocks.1.self_attn.q.weight"
+        assert torch.equal(weights[untouched], base[untouched])
+    finally:
+        patched.unpatch_model()
+    assert torch.equal(tiny.model.model.diffusion_model.state_dict()["blocks.0.self_attn.q.weight"], base["blocks.0.self_attn.q.weight"])
+    assert patched.model_options["ipa_loras"][0]["name"] == name
+
+
+def test_unmatched_keys_are_reported_and_nothing_matching_is_an_error(tiny):
+    from comfyui_ipa_pack.nodes.lora_loader import IPALoRALoader
+
+    state, _ = _layout("native", 4.0)
+    state["diffusion_model.blocks.9.self_attn.q.lora_A.weight"] = torch.zeros(RANK, DIM)
+    state["diffusion_model.blocks.9.self_attn.q.lora_B.weight"] = torch.zeros(DIM, RANK)
+    name = _write(tiny, "partial.safetensors", state, {"ipa.objective": "ipa", "ipa.beta": "600", "ipa.steps": "1000", "ipa.base_model": "wan2.1_vace_1.3B_fp16.safetensors"})
+    _, report = IPALoRALoader.execute(tiny.model, name, 1.0).args
+    assert "2 weights patched, 2 keys unmatched" in report and "blocks.9.self_attn.q.lora_A.weight" in report
+    assert "objective: ipa\nbeta: 600\nsteps: 1000" in report
+    nothing = _write(tiny, "nothing.safetensors", {"diffusion_model.blocks.9.self_attn.q.lora_A.weight": torch.zeros(RANK, DIM),
+                                                   "diffusion_model.blocks.9.self_attn.q.lora_B.weight": torch.zeros(DIM, RANK)})
+    with pytest.raises(ValueError, match="no key of nothing.safetensors matches this model"):
+        IPALoRALoader.execute(tiny.model, nothing, 1.0)
+
+
+def test_metadata_of_another_base_model_warns(tiny, monkeypatch):
+    from comfyui_ipa_pack.nodes import lora_loader
+
+    state, _ = _layout("native", None)
+    monkeypatch.setattr(lora_loader, "model_width", lambda model: 1536)  # pretend the tiny model is the 1.3B
+    for key in ("ipa.base_model", "base_model"):  # the trainer's header, and other tools' bare key
+        name = _write(tiny, f"other_base_{key}.safetensors", state, {key: "wan2.1_vace_14B_fp16.safetensors"})
+        _, report = lora_loader.IPALoRALoader.execute(tiny.model, name, 1.0).args
+        assert "WARNING: this LoRA was trained on wan2.1_vace_14B_fp16.safetensors (14B) but the model is Wan2.1 1.3B" in report
+
+
+@pytest.mark.parametrize("damage, looks_like", [("truncated", "is truncated"), ("pickle", "is a PyTorch pickle archive")])
+def test_unreadable_lora_files_are_named(tiny, damage, looks_like):
+    """A truncated file or a torch pickle under a .safetensors name gave safetensors' bare "invalid header length"."""
+    from comfyui_ipa_pack.nodes.lora_loader import IPALoRALoader
+
+    state, _ = _layout("native", 4.0)
+    name = _write(tiny, f"{damage}.safetensors", state)
+    path = tiny.loras / name
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:200])
+    else:
+        torch.save(state, path)
+    with pytest.raises(ValueError, match=rf"LoRA {path} {looks_like}.*download or export it again"):
+        IPALoRALoader.execute(tiny.model, name, 1.0)
+
+
+def test_a_lora_for_another_model_is_an_error_not_a_silent_no_op(tiny, caplog):
+    """Right names, wrong shapes (a LoRA made for a width-24 model): ComfyUI would accept the patches and only log
+    "shape ... is invalid" when loading. The loader finds it first, with ComfyUI's own patching code."""
+    from comfyui_ipa_pack.nodes.lora_loader import IPALoRALoader
+
+    other = {f"diffusion_model.blocks.{b}.self_attn.{m}.lora_{ab}.weight": torch.ones(shape)
+             for b in (0, 1) for m in "qkv" for ab, shape in (("A", (RANK, 24)), ("B", (24, RANK)))}
+    name = _write(tiny, "for_another_model.safetensors", other, {"ipa.base_model": "tiny_other_vace.safetensors"})
+    with caplog.at_level(logging.INFO):
+        with pytest.raises(ValueError) as info:
+            IPALoRALoader.execute(tiny.model, name, 1.0)
+    message = str(info.value)
+    assert "none of the 6 weights of for_another_model.safetensors fit this model" in message
+    assert "is invalid for input of size 576" in message  # ComfyUI's own words for the first one
+    assert "made for a Wan model of width 24; this model's width is 128" in message and "'tiny_other_vace.safetensors'" in message
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # the dry run logged nothing itself
+
+    # half fits: the fitting weights apply, the others are left out and reported, and loading logs no ComfyUI error
+    state, expected = _layout("native", None)
+    state.update({key: value for key, value in other.items() if ".blocks.1." in key})
+    name = _write(tiny, "half_fits.safetensors", state)
+    patched, report = IPALoRALoader.execute(tiny.model, name, 1.0).args
+    assert "2 weights patched, 0 keys unmatched, 3 weights left out (their shapes do not fit this model)" in report
+    assert "WARNING: 3 weights of half_fits.safetensors do not fit this model" in report
+    base = {k: v.clone() for k, v in tiny.model.model.diffusion_model.state_dict().items()}
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        patched.patch_model()
+    try:
+        weights = patched.model.diffusion_model.state_dict()
+        a, b = expected["blocks.0.self_attn.q.weight"]
+        assert torch.allclose(weights["blocks.0.self_attn.q.weight"], base["blocks.0.self_attn.q.weight"] + b @ a, atol=1e-6)
+        assert torch.equal(weights["blocks.1.self_attn.q.weight"], base["blocks.1.self_attn.q.weight"])
+    finally:
+        patched.unpatch_model()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR and "lora" in r.getMessage().lower()]
+
+
+def test_loader_reruns_when_the_file_under_its_name_changes(tiny):
+    from comfyui_ipa_pack.nodes.lora_loader import IPALoRALoader
+
+    state, _ = _layout("native", None)
+    name = _write(tiny, "retrained.safetensors", state)
+    before = IPALoRALoader.fingerprint_inputs(lora_name=name, strength=1.0)
+    assert IPALoRALoader.fingerprint_inputs(lora_name=name, strength=1.0) == before
+    state = {key: value * 2 for key, value in state.items()}
+    _write(tiny, name, state)
+    import os
+
+    os.utime(tiny.loras / name, ns=(1, 1))
+    assert IPALoRALoader.fingerprint_inputs(lora_name=name, strength=1.0) != before

@@ -1,0 +1,1 @@
+"""Shared test helpers: tiny models, fixtures, servers and browsers (imported as ``support.<module>``)."""
