@@ -16,7 +16,7 @@ import torch
 from ipa_train import train as trainer
 from ipa_train.data import dataset as ds
 from ipa_train.fileio import FileReadError, atomic_write_json, load_safetensors, read_json, validate_name
-from ipa_train.training import checkpoint_files as cf
+from ipa_train.jobs import checkpoint_files as cf
 from ipa_train.training import objective
 from ipa_train.jobs.config import INTEGER_KEYS, NUMBER_RANGES, ConfigError, RunConfig
 from ipa_train.training.loop import clean_output_dir

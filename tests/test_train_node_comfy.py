@@ -177,7 +177,7 @@ def test_node_inputs_are_trainer_config_keys(host):
     config the node writes is one the trainer accepts (stop file included)."""
     import dataclasses
 
-    from comfyui_ipa_pack.ipa_train.training import config as run_config
+    from comfyui_ipa_pack.ipa_train.jobs import config as run_config
     from comfyui_ipa_pack.nodes.train_lora import IPATrainLoRA
 
     schema = IPATrainLoRA.define_schema()
