@@ -288,7 +288,7 @@ def test_train_node_shows_the_root_cause_and_the_log(host, monkeypatch):
 def test_train_node_refuses_the_impossible_before_anything(host, monkeypatch):
     """Non-finite numbers, bad LoRA names and several GPUs on Windows: refused before ComfyUI's models are unloaded
     and before a run folder exists."""
-    from comfyui_ipa_pack.ipa_train.training import launcher
+    from comfyui_ipa_pack.ipa_train.jobs import launcher
     from comfyui_ipa_pack.ipa_train.jobs.process_tree import Platform
     from comfyui_ipa_pack.nodes import train_lora
 
