@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..ipa_train.choices import BasePrecision, Distributed, Objective, Precision
 from ..ipa_train.jobs.config import KEYS
 
 NONE = "none"
 
 # The node's default for every input that can be left out of a call (optional inputs): what ``execute`` uses then.
 OPTIONAL_DEFAULTS = {
-    "resume": "", "distributed": "ddp", "init_lora": NONE, "init_lora_strength": 1.0, "targets": "self_attn_qkv",
-    "vace_module": NONE, "allow_other_base": False, "base_precision": "bf16", "blocks_to_swap": 0, "activation_offload": False,
+    "resume": "", "distributed": Distributed.DDP.value, "init_lora": NONE, "init_lora_strength": 1.0, "targets": "self_attn_qkv",
+    "vace_module": NONE, "allow_other_base": False, "base_precision": BasePrecision.BF16.value, "blocks_to_swap": 0, "activation_offload": False,
     "vram_budget_gb": "auto",
 }
 
@@ -52,7 +53,7 @@ def dataset_inputs(datasets: list[str], diffusion_models: list[str]) -> list:
 def objective_inputs() -> list:
     """The objective and its strengths, the LoRA's shape and the optimizer."""
     return [
-        io.Combo.Input("objective", options=options("objective"), default="ipa", tooltip=tooltip("objective")),
+        io.Combo.Input("objective", options=options("objective"), default=Objective.IPA.value, tooltip=tooltip("objective")),
         io.Float.Input("beta", default=600.0, min=0.0, max=100000.0, step=1.0, tooltip=tooltip("beta")),
         io.Float.Input("hand_weight", default=10.0, min=1.0, max=1000.0, step=0.5, tooltip=tooltip("hand_weight")),
         io.Int.Input("rank", default=128, min=1, max=1024, tooltip=tooltip("rank")),
@@ -70,7 +71,7 @@ def run_inputs() -> list:
         io.String.Input("gpus", default="auto",
                         tooltip="auto: every GPU ComfyUI sees, the CPU when there is none. Or a count ('2'), device ids "
                                 "('0,2' or '[1]'), 'all', or 'cpu'. Several GPUs train with torchrun."),
-        io.Combo.Input("precision", options=options("precision"), default="auto", tooltip=tooltip("precision")),
+        io.Combo.Input("precision", options=options("precision"), default=Precision.AUTO.value, tooltip=tooltip("precision")),
         io.Boolean.Input("gradient_checkpointing", default=True, tooltip=tooltip("gradient_checkpointing")),
         io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, tooltip=tooltip("seed")),
         io.Int.Input("checkpoint_every", default=100, min=0, max=1000000, tooltip=tooltip("checkpoint_every")),

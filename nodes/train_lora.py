@@ -21,7 +21,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..ipa_train.jobs import launcher
-from ..ipa_train.choices import Objective
+from ..ipa_train.choices import BasePrecision, Distributed, Objective
 from ..ipa_train.jobs.config import ConfigError, RunConfig
 from ..ipa_train.data.dataset import DatasetError, count_statuses, dataset_path, list_datasets, read_manifest
 from ..ipa_train.fileio import InvalidNameError, atomic_write_json, install_keeping_previous, validate_name
@@ -228,7 +228,8 @@ class _Launch:
 
 
 # What build_config writes for an optional widget left out of the call (vram_budget_gb: resolved after unloading).
-BUILD_DEFAULTS = {"distributed": "ddp", "base_precision": "bf16", "blocks_to_swap": 0, "activation_offload": False, "vram_budget_gb": None}
+BUILD_DEFAULTS = {"distributed": Distributed.DDP.value, "base_precision": BasePrecision.BF16.value, "blocks_to_swap": 0,
+                  "activation_offload": False, "vram_budget_gb": None}
 
 
 class IPATrainLoRA(io.ComfyNode):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ipa_train.training import launcher
+from ipa_train.jobs import launcher
 from ipa_train.jobs.launcher import LaunchError, TrainingJob, build_command, build_env, parse_event, parse_gpus
 
 from trainer_helpers import process_gone

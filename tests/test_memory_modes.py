@@ -110,7 +110,7 @@ def _same(a, b):
 
 
 def test_block_swap_and_activation_offload_change_no_number(tmp_path, monkeypatch):
-    from ipa_train.training import activation_offload
+    from ipa_train.memory import activation_offload
 
     monkeypatch.setattr(activation_offload, "MIN_OFFLOAD_BYTES", 0)  # the tiny model's tensors are all small
     data = make_dataset(tmp_path / "ds", preferred=2, rejected=2)
@@ -175,7 +175,7 @@ def test_swap_schedule_prefetches_in_pass_order_and_keeps_two_blocks(tmp_path):
 def test_offload_keeps_what_the_planner_counts(tmp_path, monkeypatch):
     """The planner's checkpoint term equals the bytes activation offload moves to host memory in one step (the tiny
     model, VACE blocks trained: every block input, plus the text embedding and timestep projection it counts apart)."""
-    from ipa_train.training import activation_offload
+    from ipa_train.memory import activation_offload
     from ipa_train.memory.plan import RunShape, Settings, describe_model, predict
 
     monkeypatch.setattr(activation_offload, "MIN_OFFLOAD_BYTES", 0)
@@ -193,7 +193,7 @@ def test_offload_keeps_what_the_planner_counts(tmp_path, monkeypatch):
 
 
 def test_resume_is_bit_identical_with_each_mode(tmp_path, monkeypatch):
-    from ipa_train.training import activation_offload
+    from ipa_train.memory import activation_offload
 
     monkeypatch.setattr(activation_offload, "MIN_OFFLOAD_BYTES", 0)
     data = make_dataset(tmp_path / "ds", preferred=3)

@@ -199,10 +199,12 @@ def evaluation_gaps(transformer, samples, hand_weight: float, load_adapter) -> d
 
 
 def run(args) -> dict[str, Any]:
+    from ..choices import Objective, Precision
     from ..data.collect import store_sampled
     from ..data.dataset import create_dataset, load_sample, read_manifest
     from ..fileio import atomic_save_safetensors, atomic_write_json, read_safetensors_metadata
     from ..pose.hands import hand_boxes, latent_hand_mask, pose_to_hand_masks
+    from ..jobs.config import RunConfig
     from ..study import experiment, models
     from ..wan.pipeline import load_lora
     from .report import curves_image, frames_sheet, hand_masks_sheet, hands_sheet, overlay
@@ -261,12 +263,13 @@ def run(args) -> dict[str, Any]:
     log(f"[5/{stages}] dataset {dataset_dir}: {counts['preferred']} preferred, {counts['rejected']} rejected")
 
     # 6. training through the real entry point
-    run_config = {
-        "dataset": str(dataset_dir), "base_model": str(model_path), "output_dir": str(out / "training"), "lora_name": LORA_NAME,
-        "objective": "ipa", "beta": 600.0, "hand_weight": 10.0, "rank": args.rank, "learning_rate": args.learning_rate,
-        "steps": args.steps, "batch_size": 1, "checkpoint_every": 0, "seed": args.seed, "precision": "fp32",
-    }
-    run_json = atomic_write_json(out / "training" / "run.json", run_config)  # the trainer rewrites it with every default filled in
+    run_config = RunConfig(
+        dataset=str(dataset_dir), base_model=str(model_path), output_dir=str(out / "training"), lora_name=LORA_NAME,
+        objective=Objective.IPA, beta=600.0, hand_weight=10.0, rank=args.rank, learning_rate=args.learning_rate,
+        steps=args.steps, batch_size=1, checkpoint_every=0, seed=args.seed, precision=Precision.FP32,
+    )
+    run_config.validate("the demo's run config")
+    run_json = run_config.save(out / "training" / "run.json")
     how = f"torchrun, {args.nproc} ranks (gloo, CPU)" if args.nproc > 1 else "one process (CPU)"
     log(f"[6/{stages}] Flow-IPA training, {args.steps} steps, {how}: python -m ipa_train.train --config {run_json}")
     history, finished, timings["train"] = train_with_torchrun(run_json, out / "training", args.nproc)
@@ -285,7 +288,7 @@ def run(args) -> dict[str, Any]:
     def load_adapter():
         lora_metadata.update(load_lora(w.transformer, lora_path))
 
-    evaluation = evaluation_gaps(w.transformer, stored, run_config["hand_weight"], load_adapter)
+    evaluation = evaluation_gaps(w.transformer, stored, run_config.hand_weight, load_adapter)
     after = [experiment.sample_world(w, video, seed, args.sampling_steps) for seed in seeds]
     after_held_out = [experiment.sample_world(w, video, seed, args.sampling_steps) for seed in held_out]
     timings["sample_after"] = time.perf_counter() - clock

@@ -21,6 +21,8 @@ from typing import Any, Mapping, Optional
 
 import torch
 
+from ..choices import BasePrecision
+
 log = logging.getLogger(__name__)
 
 # diffusers' own tiny test configuration of the VACE transformer: same classes and module layout as the real
@@ -71,7 +73,7 @@ ORIGINAL_PREFIX = "model.diffusion_model."
 # model whose width is not a multiple of 128, explicit VACE layer positions) load back exactly.
 CONFIG_METADATA_KEY = "ipa_diffusers_config"
 # How the frozen base's block linears are stored: "bf16" as the run's precision, "fp8" float8_e4m3fn + scale.
-BASE_PRECISIONS = ("bf16", "fp8")
+BASE_PRECISIONS = BasePrecision.values()
 _CONFIG_FIELDS = (
     "patch_size", "num_attention_heads", "attention_head_dim", "in_channels", "out_channels", "text_dim",
     "freq_dim", "ffn_dim", "num_layers", "cross_attn_norm", "qk_norm", "eps", "image_dim", "added_kv_proj_dim",
@@ -474,7 +476,7 @@ def _load_gguf(path: Path, torch_dtype):
 
 
 def load_transformer(path: os.PathLike | str, torch_dtype: torch.dtype = torch.float32, vace_module: Optional[os.PathLike | str] = None,
-                     base_precision: str = "bf16", compute_dtype: Optional[torch.dtype] = None):
+                     base_precision: str = BasePrecision.BF16.value, compute_dtype: Optional[torch.dtype] = None):
     """Loads a Wan2.1-VACE transformer as diffusers' ``WanVACETransformer3DModel`` (eval mode), offline.
 
     ``path``: a single safetensors file in the original Wan layout (keys bare or ``model.diffusion_model.``),
@@ -501,7 +503,7 @@ def load_transformer(path: os.PathLike | str, torch_dtype: torch.dtype = torch.f
         if vace_module:
             raise ModelLoadError(f"vace_module goes with a single-file text-to-video base, not with the diffusers folder {path}.")
         model = _load_diffusers_folder(path, torch_dtype)
-        if base_precision == "fp8":
+        if base_precision == BasePrecision.FP8:
             from .frozen_linear import quantize_block_linears
 
             quantize_block_linears(model, compute_dtype or torch_dtype)
@@ -512,7 +514,7 @@ def load_transformer(path: os.PathLike | str, torch_dtype: torch.dtype = torch.f
                 f"vace_module with a GGUF base ({path.name}) is not supported: use a GGUF that includes VACE (a Wan2.1-VACE GGUF), "
                 "or the safetensors text-to-video base with the safetensors VACE module."
             )
-        if base_precision == "fp8":
+        if base_precision == BasePrecision.FP8:
             raise ModelLoadError(f"base_precision 'fp8' with the GGUF file {path.name}: its weights are quantised already; "
                                  "use base_precision 'bf16' (the GGUF stays as stored)")
         return _load_gguf(path, torch_dtype)
@@ -541,8 +543,8 @@ def load_transformer(path: os.PathLike | str, torch_dtype: torch.dtype = torch.f
     _check_is_wan_vace(bare, f"The weights in {name}")
     config = detect_config(bare, base.metadata)
     _check_layout(name, config, bare)
-    if base_precision == "fp8" or any(source.layout.quantised for source in sources):
-        return _load_streamed(sources, config, torch_dtype, compute_dtype or torch_dtype, quantize=base_precision == "fp8").eval()
+    if base_precision == BasePrecision.FP8 or any(source.layout.quantised for source in sources):
+        return _load_streamed(sources, config, torch_dtype, compute_dtype or torch_dtype, quantize=base_precision == BasePrecision.FP8).eval()
 
     # diffusers reads a path with safetensors only when it ends in ".safetensors" exactly (else torch.load, which
     # fails on "*.SAFETENSORS"): other spellings of the suffix are read here and passed as tensors.
