@@ -51,7 +51,7 @@ def test_build_env_is_explicit():
     assert "HIP_VISIBLE_DEVICES" not in env  # ComfyUI's --cuda-device sets it; ROCm would apply it before ours
     assert "PYTORCH_CUDA_ALLOC_CONF" not in env
     assert env["PYTHONPATH"] == launcher.PACKAGE_PARENT
-    assert (Path(launcher.PACKAGE_PARENT) / "ipa_train" / "training" / "launcher.py").is_file()
+    assert (Path(launcher.PACKAGE_PARENT) / "ipa_train" / "jobs" / "launcher.py").is_file()
     assert env["PATH"] == "/bin" and env["HOME"] == "/h"
     assert build_env(host, gpus=[])["CUDA_VISIBLE_DEVICES"] == ""  # CPU: hide every GPU, never inherit
 
