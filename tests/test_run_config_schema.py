@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, requires_comfyui
 from ipa_train.choices import BasePrecision, Distributed, Objective, Precision
 from ipa_train.jobs.config import KEYS, NUMBER_RANGES, ConfigError, RunConfig
 from ipa_train.training import cli
@@ -95,3 +95,19 @@ def test_trainer_flags_are_derived_from_the_schema(tmp_path):
     assert cli.OVERRIDE_FLAGS["rank"] is int and cli.OVERRIDE_FLAGS["beta"] is float and cli.OVERRIDE_FLAGS["objective"] is str
     with pytest.raises(ConfigError, match="lr_scheduler='linear' is not one of"):
         cli.resolve_config(cli.parse_args(["--config", str(path), "--lr-scheduler", "linear"]))
+
+
+@requires_comfyui
+def test_node_widgets_that_mirror_keys_take_choices_and_tooltips_from_the_schema():
+    from comfy_tiny import load_pack_cpu
+
+    load_pack_cpu()
+    from comfyui_ipa_pack.nodes.train_lora import IPATrainLoRA
+
+    inputs = {spec.id: spec for spec in IPATrainLoRA.define_schema().inputs}
+    mirrored = [name for name, spec in KEYS.items() if spec.tooltip]
+    assert {"objective", "beta", "precision", "distributed", "base_precision", "blocks_to_swap"} <= set(mirrored)
+    for name in mirrored:
+        assert inputs[name].tooltip == KEYS[name].tooltip, name
+    for name in ("objective", "precision", "distributed", "base_precision"):
+        assert inputs[name].options == list(KEYS[name].choices.values()), name
