@@ -33,6 +33,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -198,16 +199,105 @@ def evaluation_gaps(transformer, samples, hand_weight: float, load_adapter) -> d
 # ----------------------------------------------------------------------------------------------- main
 
 
-def run(args) -> dict[str, Any]:
-    from ..choices import Objective, Precision
-    from ..data.collect import store_sampled
-    from ..data.dataset import create_dataset, load_sample, read_manifest
-    from ..fileio import atomic_save_safetensors, atomic_write_json, read_safetensors_metadata
+@dataclass
+class Dance:
+    """Stage 2: the held-out pose sequence the demo samples, its control video and its hand masks."""
+
+    video: Any
+    poses: Any
+    control: torch.Tensor
+    pixel_masks: torch.Tensor
+    boxes: Any
+    latent_mask: torch.Tensor
+
+
+def held_out_dance(args, stages: int) -> Dance:
     from ..pose.hands import hand_boxes, latent_hand_mask, pose_to_hand_masks
+    from ..study import experiment
+
+    video = experiment.held_out_videos(experiment.CANDIDATE_POSES, 1, args.seed)[0]
+    log(f"[2/{stages}] a held-out dance: {video.frames_count} frames at {video.width}x{video.height} (pose seed {video.pose_seed}); "
+        "control video and hand masks")
+    poses = video.poses()
+    pixel_masks = pose_to_hand_masks(poses, video.width, video.height)
+    return Dance(video, poses, torch.from_numpy(video.control()).float() / 255.0, pixel_masks,
+                 hand_boxes(poses, video.width, video.height), latent_hand_mask(pixel_masks))
+
+
+def sample_candidates(w, dance: Dance, seeds: list[int], held_out: list[int], sampling_steps: int, stages: int):
+    """Stage 3: the candidates (kept with what the transformer saw, for the dataset) and the held-out seeds."""
+    from ..study import experiment
+
+    log(f"[3/{stages}] sampling {len(seeds)} candidates (seeds {seeds[0]}..{seeds[-1]}) and {len(held_out)} held-out seeds, "
+        f"{sampling_steps} steps each")
+    before = [experiment.sample_world(w, dance.video, seed, sampling_steps, keep=True) for seed in seeds]
+    return before, [experiment.sample_world(w, dance.video, seed, sampling_steps) for seed in held_out]
+
+
+def store_dataset(out: Path, w, dance: Dance, before: list, preferred: list[bool], sampling_steps: int, stages: int):
+    """Stage 5: the candidates in the dataset format, preferred or rejected; returns (folder, sample ids, counts)."""
+    from ..data.collect import store_sampled
+    from ..data.dataset import create_dataset, read_manifest
+    from ..study import experiment
+
+    dataset_dir = create_dataset(out / "dataset", DATASET_NAME)
+    settings = experiment.sampling_settings(w, dance.video, sampling_steps)
+    sample_ids = []
+    for candidate, good in zip(before, preferred):
+        result = store_sampled(
+            dataset_dir, candidate.sampled, dance.pixel_masks, dance.boxes, dance.poses, "preferred" if good else "rejected", settings,
+            PROMPT, "ipa_demo",
+            meta={"hand_error": candidate.score.hand_error, "good_hand_rate": candidate.score.good_hand_rate,
+                  "preference_rule": "best hand score (ipa_train/study/score.py; see ipa_train/demo/run.py)"},
+            summary={"hand_error": round(candidate.score.hand_error, 6), "good_hand_rate": candidate.score.good_hand_rate},
+        )
+        sample_ids.append(result.sample_id)
+    counts = {status: sum(1 for e in read_manifest(dataset_dir) if e["status"] == status) for status in ("preferred", "rejected")}
+    log(f"[5/{stages}] dataset {dataset_dir}: {counts['preferred']} preferred, {counts['rejected']} rejected")
+    return dataset_dir, sample_ids, counts
+
+
+def train_stage(args, out: Path, dataset_dir: Path, model_path: Path, stages: int):
+    """Stage 6: the run config (a RunConfig, saved as run.json) trained through the real entry point; returns
+    (config, step events, finished event, seconds)."""
+    from ..choices import Objective, Precision
     from ..jobs.config import RunConfig
-    from ..study import experiment, models
+
+    run_config = RunConfig(
+        dataset=str(dataset_dir), base_model=str(model_path), output_dir=str(out / "training"), lora_name=LORA_NAME,
+        objective=Objective.IPA, beta=600.0, hand_weight=10.0, rank=args.rank, learning_rate=args.learning_rate,
+        steps=args.steps, batch_size=1, checkpoint_every=0, seed=args.seed, precision=Precision.FP32,
+    )
+    run_config.validate("the demo's run config")
+    run_json = run_config.save(out / "training" / "run.json")
+    how = f"torchrun, {args.nproc} ranks (gloo, CPU)" if args.nproc > 1 else "one process (CPU)"
+    log(f"[6/{stages}] Flow-IPA training, {args.steps} steps, {how}: python -m ipa_train.train --config {run_json}")
+    history, finished, seconds = train_with_torchrun(run_json, out / "training", args.nproc)
+    return run_config, history, finished, seconds
+
+
+def evaluate_lora(w, dataset_dir: Path, sample_ids: list[str], lora_path: Path, hand_weight: float) -> tuple[dict, dict[str, str]]:
+    """Stage 7's IPA gap of the LoRA on the stored samples (it loads the LoRA into the pipeline); returns
+    (evaluation, the LoRA's metadata)."""
+    from ..data.dataset import load_sample, read_manifest
     from ..wan.pipeline import load_lora
-    from .report import curves_image, frames_sheet, hand_masks_sheet, hands_sheet, overlay
+
+    stored = []
+    for sample_id in sample_ids:
+        tensors, _ = load_sample(dataset_dir, sample_id)
+        status = next(e["status"] for e in read_manifest(dataset_dir) if e["id"] == sample_id)
+        stored.append((sample_id, tensors, status))
+    lora_metadata: dict[str, str] = {}
+
+    def load_adapter():
+        lora_metadata.update(load_lora(w.transformer, lora_path))
+
+    return evaluation_gaps(w.transformer, stored, hand_weight, load_adapter), lora_metadata
+
+
+def run(args) -> dict[str, Any]:
+    from ..fileio import atomic_write_json, read_safetensors_metadata
+    from ..study import experiment, models
 
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -221,113 +311,102 @@ def run(args) -> dict[str, Any]:
     except models.MissingWeights as exc:
         raise DemoError(str(exc)) from exc
     out = prepare_output(Path(args.output))
-    model_path = w.model_path
     timings["build"] = time.perf_counter() - clock
 
     # 2. a pose sequence the model never saw -> control video, reference image, hand masks
-    video = experiment.held_out_videos(experiment.CANDIDATE_POSES, 1, args.seed)[0]
-    W, H, T = video.width, video.height, video.frames_count
-    log(f"[2/{stages}] a held-out dance: {T} frames at {W}x{H} (pose seed {video.pose_seed}); control video and hand masks")
-    poses = video.poses()
-    control = torch.from_numpy(video.control()).float() / 255.0
-    pixel_masks = pose_to_hand_masks(poses, W, H)
-    boxes = hand_boxes(poses, W, H)
-    latent_mask = latent_hand_mask(pixel_masks)
+    dance = held_out_dance(args, stages)
 
     # 3. candidates (seeds seed..), and held-out seeds for the good-hand rate
     seeds = [args.seed + i for i in range(args.candidates)]
     held_out = [args.seed + 1000 + i for i in range(args.eval_seeds)]
-    log(f"[3/{stages}] sampling {len(seeds)} candidates (seeds {seeds[0]}..{seeds[-1]}) and {len(held_out)} held-out seeds, "
-        f"{args.sampling_steps} steps each")
     clock = time.perf_counter()
-    before = [experiment.sample_world(w, video, seed, args.sampling_steps, keep=True) for seed in seeds]
-    before_held_out = [experiment.sample_world(w, video, seed, args.sampling_steps) for seed in held_out]
+    before, before_held_out = sample_candidates(w, dance, seeds, held_out, args.sampling_steps, stages)
     timings["sample_before"] = time.perf_counter() - clock
 
     # 4. the preference rule (the automatic hand score), and 5. the dataset
     preferred = choose_preferred(before, args.preferred)
     log(f"[4/{stages}] hand score: the {args.preferred} best-handed candidates are preferred: "
         + ", ".join(f"seed {s.seed} {s.score.good_hand_rate:.1f} good, err {s.score.hand_error:.4f}{' *' if p else ''}" for s, p in zip(before, preferred)))
-    dataset_dir = create_dataset(out / "dataset", DATASET_NAME)
-    settings = experiment.sampling_settings(w, video, args.sampling_steps)
-    sample_ids = []
-    for candidate, good in zip(before, preferred):
-        result = store_sampled(
-            dataset_dir, candidate.sampled, pixel_masks, boxes, poses, "preferred" if good else "rejected", settings, PROMPT, "ipa_demo",
-            meta={"hand_error": candidate.score.hand_error, "good_hand_rate": candidate.score.good_hand_rate,
-                  "preference_rule": "best hand score (ipa_train/study/score.py; see ipa_train/demo/run.py)"},
-            summary={"hand_error": round(candidate.score.hand_error, 6), "good_hand_rate": candidate.score.good_hand_rate},
-        )
-        sample_ids.append(result.sample_id)
-    counts = {status: sum(1 for e in read_manifest(dataset_dir) if e["status"] == status) for status in ("preferred", "rejected")}
-    log(f"[5/{stages}] dataset {dataset_dir}: {counts['preferred']} preferred, {counts['rejected']} rejected")
+    dataset_dir, sample_ids, counts = store_dataset(out, w, dance, before, preferred, args.sampling_steps, stages)
 
     # 6. training through the real entry point
-    run_config = RunConfig(
-        dataset=str(dataset_dir), base_model=str(model_path), output_dir=str(out / "training"), lora_name=LORA_NAME,
-        objective=Objective.IPA, beta=600.0, hand_weight=10.0, rank=args.rank, learning_rate=args.learning_rate,
-        steps=args.steps, batch_size=1, checkpoint_every=0, seed=args.seed, precision=Precision.FP32,
-    )
-    run_config.validate("the demo's run config")
-    run_json = run_config.save(out / "training" / "run.json")
-    how = f"torchrun, {args.nproc} ranks (gloo, CPU)" if args.nproc > 1 else "one process (CPU)"
-    log(f"[6/{stages}] Flow-IPA training, {args.steps} steps, {how}: python -m ipa_train.train --config {run_json}")
-    history, finished, timings["train"] = train_with_torchrun(run_json, out / "training", args.nproc)
+    run_config, history, finished, timings["train"] = train_stage(args, out, dataset_dir, w.model_path, stages)
     lora_path = Path(finished["lora_path"])
 
     # 7. sample again with the LoRA (same seeds), and the gap on the stored samples
     log(f"[7/{stages}] sampling the same seeds with the LoRA {lora_path.name}; IPA gap on the stored samples at t = {list(EVAL_T)}")
     clock = time.perf_counter()
-    stored = []
-    for sample_id in sample_ids:
-        tensors, _ = load_sample(dataset_dir, sample_id)
-        status = next(e["status"] for e in read_manifest(dataset_dir) if e["id"] == sample_id)
-        stored.append((sample_id, tensors, status))
-    lora_metadata: dict[str, str] = {}
-
-    def load_adapter():
-        lora_metadata.update(load_lora(w.transformer, lora_path))
-
-    evaluation = evaluation_gaps(w.transformer, stored, run_config.hand_weight, load_adapter)
-    after = [experiment.sample_world(w, video, seed, args.sampling_steps) for seed in seeds]
-    after_held_out = [experiment.sample_world(w, video, seed, args.sampling_steps) for seed in held_out]
+    evaluation, lora_metadata = evaluate_lora(w, dataset_dir, sample_ids, lora_path, run_config.hand_weight)
+    after = [experiment.sample_world(w, dance.video, seed, args.sampling_steps) for seed in seeds]
+    after_held_out = [experiment.sample_world(w, dance.video, seed, args.sampling_steps) for seed in held_out]
     timings["sample_after"] = time.perf_counter() - clock
-    rates = {
-        "candidates_before": experiment.good_hand_rate(before), "candidates_after": experiment.good_hand_rate(after),
-        "held_out_seeds_before": experiment.good_hand_rate(before_held_out), "held_out_seeds_after": experiment.good_hand_rate(after_held_out),
-    }
-    log(f"  good-hand rate: candidates {rates['candidates_before']:.2f} -> {rates['candidates_after']:.2f}, "
-        f"held-out seeds {rates['held_out_seeds_before']:.2f} -> {rates['held_out_seeds_after']:.2f}")
+    rates = good_hand_rates(before, after, before_held_out, after_held_out)
 
-    # report
-    report = out / "report"
-    picks = sorted({0, T // 2, T - 1})
-    curves_path = report / "training_curves.png"
-    frames_path = report / "before_after.png"
-    hands_path = report / "hands_before_after.png"
-    masks_path = report / "hand_masks.png"
-    tensors_path = report / "frames.safetensors"
-    metrics_path = report / "metrics.json"
-    report.mkdir(parents=True, exist_ok=True)
-    frames_of = lambda samples: [torch.from_numpy(s.frames) for s in samples]  # noqa: E731
-    _save_png(curves_path, curves_image(history, f"Flow-IPA, {args.nproc} rank(s)", math.log(2)))
-    labels = [f"seed {s.seed}" for s in before]
-    _save_png(frames_path, frames_sheet(overlay(control, pixel_masks, boxes), frames_of(before), frames_of(after), labels, preferred, picks, boxes))
-    _save_png(hands_path, hands_sheet(before + before_held_out, after + after_held_out, [s.seed for s in before + before_held_out],
-                                      [True] * len(before) + [False] * len(before_held_out), rates))
-    _save_png(masks_path, hand_masks_sheet(control, pixel_masks, latent_mask, boxes, list(range(T))))
-    atomic_save_safetensors(tensors_path, {
-        "before": torch.stack(frames_of(before)).contiguous(),
-        "after": torch.stack(frames_of(after)).contiguous(),
-        "control": control.contiguous(),
-        "hand_masks": pixel_masks.float().contiguous(),
-    }, {"seeds": json.dumps(seeds), "layout": "[candidate, frame, height, width, rgb] 0..1"})
-
-    first, last = history[0], history[-1]
+    files = write_report(out / "report", args, history, dance, (before, after), (before_held_out, after_held_out), preferred, rates, seeds)
+    files = {"model": str(w.model_path), "dataset": str(dataset_dir), "training": str(out / "training"), "lora": str(lora_path),
+             **files, "train_log": str(out / "training" / "train.log")}
     metrics = {
         "settings": {key: getattr(args, key) for key in ("steps", "candidates", "preferred", "eval_seeds", "seed", "nproc", "sampling_steps",
                                                         "learning_rate", "rank")},
-        "world": {"pose_seed": video.pose_seed, "body_color": video.body_color, "frames": T, "width": W, "height": H, "weights": str(weights)},
+        "world": {"pose_seed": dance.video.pose_seed, "body_color": dance.video.body_color, "frames": dance.video.frames_count,
+                  "width": dance.video.width, "height": dance.video.height, "weights": str(weights)},
+        **outcome_metrics(before, after, before_held_out, after_held_out, sample_ids, preferred, rates),
+        "dataset": {"path": str(dataset_dir), "preferred": counts["preferred"], "rejected": counts["rejected"]},
+        "training": training_metrics(history, args.nproc, timings["train"]),
+        "lora": {"path": str(lora_path), "metadata": lora_metadata or read_safetensors_metadata(lora_path)},
+        "evaluation": evaluation,
+        "timings_s": {key: round(value, 3) for key, value in timings.items()},
+        "files": files,
+    }
+    atomic_write_json(files["metrics"], metrics)
+    return metrics
+
+
+def good_hand_rates(before, after, before_held_out, after_held_out) -> dict[str, float]:
+    """The good-hand rate of the candidates and of the held-out seeds, before and after the LoRA (logged)."""
+    from ..study.experiment import good_hand_rate
+
+    rates = {
+        "candidates_before": good_hand_rate(before), "candidates_after": good_hand_rate(after),
+        "held_out_seeds_before": good_hand_rate(before_held_out), "held_out_seeds_after": good_hand_rate(after_held_out),
+    }
+    log(f"  good-hand rate: candidates {rates['candidates_before']:.2f} -> {rates['candidates_after']:.2f}, "
+        f"held-out seeds {rates['held_out_seeds_before']:.2f} -> {rates['held_out_seeds_after']:.2f}")
+    return rates
+
+
+def write_report(report: Path, args, history: list[dict], dance: Dance, candidates: tuple, held_out: tuple, preferred: list[bool],
+                 rates: dict, seeds: list[int]) -> dict[str, str]:
+    """Stage 8: the report's pictures and frames; returns the files by name (``metrics`` is written last, by run)."""
+    from ..fileio import atomic_save_safetensors
+    from .report import curves_image, frames_sheet, hand_masks_sheet, hands_sheet, overlay
+
+    (before, after), (before_held_out, after_held_out) = candidates, held_out
+    T = dance.video.frames_count
+    paths = {"curves": report / "training_curves.png", "before_after": report / "before_after.png",
+             "hands": report / "hands_before_after.png", "hand_masks": report / "hand_masks.png",
+             "frames": report / "frames.safetensors", "metrics": report / "metrics.json"}
+    report.mkdir(parents=True, exist_ok=True)
+    frames_of = lambda samples: [torch.from_numpy(s.frames) for s in samples]  # noqa: E731
+    _save_png(paths["curves"], curves_image(history, f"Flow-IPA, {args.nproc} rank(s)", math.log(2)))
+    labels = [f"seed {s.seed}" for s in before]
+    _save_png(paths["before_after"], frames_sheet(overlay(dance.control, dance.pixel_masks, dance.boxes), frames_of(before), frames_of(after),
+                                                  labels, preferred, sorted({0, T // 2, T - 1}), dance.boxes))
+    _save_png(paths["hands"], hands_sheet(before + before_held_out, after + after_held_out, [s.seed for s in before + before_held_out],
+                                          [True] * len(before) + [False] * len(before_held_out), rates))
+    _save_png(paths["hand_masks"], hand_masks_sheet(dance.control, dance.pixel_masks, dance.latent_mask, dance.boxes, list(range(T))))
+    atomic_save_safetensors(paths["frames"], {
+        "before": torch.stack(frames_of(before)).contiguous(),
+        "after": torch.stack(frames_of(after)).contiguous(),
+        "control": dance.control.contiguous(),
+        "hand_masks": dance.pixel_masks.float().contiguous(),
+    }, {"seeds": json.dumps(seeds), "layout": "[candidate, frame, height, width, rgb] 0..1"})
+    return {name: str(path) for name, path in paths.items()}
+
+
+def outcome_metrics(before, after, before_held_out, after_held_out, sample_ids, preferred, rates) -> dict[str, Any]:
+    """metrics.json's preference rule, good-hand rates and each candidate and held-out seed before and after."""
+    return {
         "preference_rule": "preferred = the N candidates with the best automatic hand score (most good hands, then the lowest hand "
                            "error to the ideal glyphs at the pose's hand keypoints; ipa_train/study/score.py); ties by seed",
         "good_hand_rate": rates,
@@ -339,21 +418,17 @@ def run(args) -> dict[str, Any]:
         ],
         "held_out_seeds": [{"seed": s.seed, "good_hand_rate_before": s.score.good_hand_rate, "good_hand_rate_after": a.score.good_hand_rate}
                            for s, a in zip(before_held_out, after_held_out)],
-        "dataset": {"path": str(dataset_dir), "preferred": counts["preferred"], "rejected": counts["rejected"]},
-        "training": {
-            "world_size": args.nproc, "steps": len(history), "log2": math.log(2), "first_loss": first["loss"], "first_ipa_gap": first["ipa_gap"],
-            "final_loss": last["loss"], "final_ipa_gap": last["ipa_gap"], "sec_per_step": last["sec_per_step"], "wall_s": timings["train"],
-            "history": [{k: e.get(k) for k in ("step", "loss", "ipa_gap", "model_error", "reference_error", "lr", "grad_norm")} for e in history],
-        },
-        "lora": {"path": str(lora_path), "metadata": lora_metadata or read_safetensors_metadata(lora_path)},
-        "evaluation": evaluation,
-        "timings_s": {key: round(value, 3) for key, value in timings.items()},
-        "files": {"model": str(model_path), "dataset": str(dataset_dir), "training": str(out / "training"), "lora": str(lora_path),
-                  "curves": str(curves_path), "before_after": str(frames_path), "hands": str(hands_path), "hand_masks": str(masks_path),
-                  "frames": str(tensors_path), "metrics": str(metrics_path), "train_log": str(out / "training" / "train.log")},
     }
-    atomic_write_json(metrics_path, metrics)
-    return metrics
+
+
+def training_metrics(history: list[dict], nproc: int, wall_s: float) -> dict[str, Any]:
+    """metrics.json's training record: first and last loss and gap, speed, and the step history."""
+    first, last = history[0], history[-1]
+    return {
+        "world_size": nproc, "steps": len(history), "log2": math.log(2), "first_loss": first["loss"], "first_ipa_gap": first["ipa_gap"],
+        "final_loss": last["loss"], "final_ipa_gap": last["ipa_gap"], "sec_per_step": last["sec_per_step"], "wall_s": wall_s,
+        "history": [{k: e.get(k) for k in ("step", "loss", "ipa_gap", "model_error", "reference_error", "lr", "grad_norm")} for e in history],
+    }
 
 
 def _save_png(path: Path, image) -> Path:
