@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import comfy.model_management
@@ -20,27 +21,23 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..ipa_train.jobs import launcher
-from ..ipa_train.jobs.config import BASE_PRECISIONS as RUN_BASE_PRECISIONS, DISTRIBUTED as RUN_DISTRIBUTED, OBJECTIVES as RUN_OBJECTIVES, PRECISIONS as RUN_PRECISIONS, ConfigError, RunConfig
 from ..ipa_train.data.layout import DatasetError, dataset_path, list_datasets
 from ..ipa_train.data.manifest import read_manifest
 from ..ipa_train.data.marks import count_statuses
+from ..ipa_train.choices import BasePrecision, Distributed, Objective
+from ..ipa_train.jobs.config import ConfigError, RunConfig
 from ..ipa_train.fileio import InvalidNameError, atomic_write_json, install_keeping_previous, validate_name
 from ..ipa_train.jobs.checkpoint_files import checkpoint_problem, pick_checkpoint
 from ..ipa_train.jobs.contract import CHECKPOINT, STARTED, STEP
 from ..ipa_train.jobs.curves import training_curves
 from .host import prompt_server
+from . import train_inputs
 from .paths import dataset_root
+from .train_inputs import NONE
 
 log = logging.getLogger(__name__)
 
-OBJECTIVES = list(RUN_OBJECTIVES)  # the trainer's own lists, so the node never offers a value it refuses
-PRECISIONS = list(RUN_PRECISIONS)
-DISTRIBUTED = list(RUN_DISTRIBUTED)
-BASE_PRECISIONS = list(RUN_BASE_PRECISIONS)
 LORA_SUBFOLDER = "ipa"
-
-
-NONE = "none"
 
 
 def reference_settings(settings: dict) -> dict:
@@ -220,6 +217,24 @@ def _to_image(pil_image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(pil_image.convert("RGB"), dtype=np.float32) / 255.0).unsqueeze(0)
 
 
+@dataclass
+class _Launch:
+    """A checked run, ready to start: its folder, the checkpoint it resumes, its devices and its run.json."""
+
+    run_dir: Path
+    checkpoint: Path | None
+    gpu_ids: list[int]
+    devices: list
+    processes: int
+    config: dict
+    stop_file: Path
+
+
+# What build_config writes for an optional widget left out of the call (vram_budget_gb: resolved after unloading).
+BUILD_DEFAULTS = {"distributed": Distributed.DDP.value, "base_precision": BasePrecision.BF16.value, "blocks_to_swap": 0,
+                  "activation_offload": False, "vram_budget_gb": None}
+
+
 class IPATrainLoRA(io.ComfyNode):
     # The trainer module and extra import paths: tests point these at a stand-in that follows the same contract.
     trainer_module = "ipa_train.train"
@@ -231,6 +246,7 @@ class IPATrainLoRA(io.ComfyNode):
     def define_schema(cls):
         import folder_paths
 
+        diffusion_models = folder_paths.get_filename_list("diffusion_models")
         return io.Schema(
             node_id="IPATrainLoRA",
             display_name="IPA Train LoRA",
@@ -241,84 +257,13 @@ class IPATrainLoRA(io.ComfyNode):
             ),
             is_output_node=True,
             inputs=[
-                io.Combo.Input("dataset", options=dataset_choices(), default="hands",
-                               tooltip="The IPA dataset to train on (output/ipa_datasets/<name>, written by IPA Mark Preferred); "
-                                       "its preferred samples train. Press R to refresh the list after curating."),
-                io.Combo.Input("base_model", options=folder_paths.get_filename_list("diffusion_models"),
-                               tooltip="The Wan2.1-VACE file the candidates were sampled with (models/diffusion_models)."),
-                io.String.Input("lora_name", default="ipa_hands",
-                                tooltip="Saved as models/loras/ipa/<name>.safetensors, always the newest training of this name "
-                                        "(the one it replaces is kept as <name>_00001, _00002, ...)."),
-                io.Combo.Input("objective", options=OBJECTIVES, default="ipa",
-                               tooltip="ipa: Flow-IPA on preferred samples only (the paper). dpo: Flow-DPO, needs rejected samples. "
-                                       "sft: plain flow matching on the preferred samples."),
-                io.Float.Input("beta", default=600.0, min=0.0, max=100000.0, step=1.0,
-                               tooltip="Strength of the preference penalty (paper: 600). Higher keeps the LoRA closer to the base model."),
-                io.Float.Input("hand_weight", default=10.0, min=1.0, max=1000.0, step=0.5,
-                               tooltip="How much more the hand region of the latent counts in the error (HALO; paper: 10). 1 = no hand emphasis."),
-                io.Int.Input("rank", default=128, min=1, max=1024, tooltip="LoRA rank (paper: 128)."),
-                io.Float.Input("alpha", default=128.0, min=0.01, max=4096.0, step=1.0,
-                               tooltip="LoRA alpha; the LoRA is scaled by alpha / rank (alpha = rank: scale 1)."),
-                io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1.0, step=1e-6, round=False,
-                               tooltip="AdamW learning rate on the LoRA weights (paper: 1e-4)."),
-                io.Int.Input("steps", default=1000, min=1, max=1000000, tooltip="Optimizer steps to train (paper: 1,000)."),
-                io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Samples per GPU per micro-batch."),
-                io.Int.Input("grad_accum", default=1, min=1, max=1024,
-                             tooltip="Micro-batches per optimizer step; the effective batch is batch_size x grad_accum x GPUs."),
-                io.String.Input("gpus", default="auto",
-                                tooltip="auto: every GPU ComfyUI sees, the CPU when there is none. Or a count ('2'), device ids "
-                                        "('0,2' or '[1]'), 'all', or 'cpu'. Several GPUs train with torchrun."),
-                io.Combo.Input("precision", options=PRECISIONS, default="auto",
-                               tooltip="auto: bf16 on GPU, fp32 on CPU. bf16 or fp32 to force one."),
-                io.Boolean.Input("gradient_checkpointing", default=True,
-                                 tooltip="Recompute block activations in the backward pass: less memory, slower steps."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF,
-                             tooltip="Seed of the LoRA initialisation, data order, noise and timesteps (same seed, same run)."),
-                io.Int.Input("checkpoint_every", default=100, min=0, max=1000000,
-                             tooltip="Write a resumable checkpoint every N steps (0: only at the end and when cancelled)."),
-                io.String.Input("resume", default="", optional=True,
-                                tooltip="Empty: new run. 'latest': newest checkpoint of this LoRA name. Or a checkpoint folder."),
-                io.Combo.Input("distributed", options=DISTRIBUTED, default="ddp", optional=True,
-                               tooltip="ddp: every GPU holds the whole model (1.3B). fsdp2: the base weights are sharded "
-                                       "across GPUs, for 14B on GPUs that cannot hold it whole."),
-                io.Combo.Input("init_lora", options=[NONE] + folder_paths.get_filename_list("loras"), default=NONE, optional=True,
-                               tooltip="The LoRA the candidates were sampled with (IPA LoRA Loader or LoraLoaderModelOnly): it "
-                                       "becomes part of the frozen reference, and the new LoRA trains on top. Several LoRAs: "
-                                       "run.json's init_lora list."),
-                io.Float.Input("init_lora_strength", default=1.0, min=-100.0, max=100.0, step=0.01, optional=True,
-                               tooltip="The strength init_lora had when sampling. The trainer refuses a strength or LoRA that "
-                                       "differs from what the samples record."),
-                io.String.Input("targets", default="self_attn_qkv", optional=True,
-                                tooltip="Layers the new LoRA trains, comma-separated: self_attn_qkv (paper), self_attn_out, "
-                                        "cross_attn, ffn, plus vace_blocks to put them on the VACE blocks too."),
-                io.Combo.Input("vace_module", options=[NONE] + folder_paths.get_filename_list("diffusion_models"), default=NONE,
-                               optional=True,
-                               tooltip="With a Wan2.1 text-to-video base_model: kijai's VACE module of the same size "
-                                       "(as IPA Load Wan + VACE Module loads it for sampling)."),
-                io.Boolean.Input("allow_other_base", default=False, optional=True,
-                                 tooltip="Train even when the samples were made by another base model, LoRA or patch than "
-                                         "this run's reference (a warning instead of a refusal). The alignment then targets "
-                                         "another model than the one that made the samples."),
-                io.Combo.Input("base_precision", options=BASE_PRECISIONS, default="bf16", optional=True,
-                               tooltip="bf16: the frozen base as the model file stores it (fp8 files stay fp8). fp8: store "
-                                       "the block weights of a bf16/fp16 file in fp8 (half the memory; the reference then "
-                                       "differs from the sampling model by the quantisation, about 2 %)."),
-                io.Int.Input("blocks_to_swap", default=0, min=0, max=48, optional=True,
-                             tooltip="Keep this many blocks (VACE blocks count) in CPU memory and copy each to the GPU just "
-                                     "before it runs. Needs gradient checkpointing and CPU memory for the swapped weights."),
-                io.Boolean.Input("activation_offload", default=False, optional=True,
-                                 tooltip="Keep the checkpointed block inputs in CPU memory between the forward and the "
-                                         "backward pass. Needs gradient checkpointing."),
-                io.String.Input("vram_budget_gb", default="auto", optional=True,
-                                tooltip="auto: the chosen GPU's free memory after ComfyUI unloads its models; the planner "
-                                        "then adds the cheapest memory savings that fit, or refuses before loading and says "
-                                        "what would fit. A number of GiB, or 'none' to use the settings as given."),
+                *train_inputs.dataset_inputs(dataset_choices(), diffusion_models),
+                *train_inputs.objective_inputs(),
+                *train_inputs.run_inputs(),
+                *train_inputs.reference_inputs(folder_paths.get_filename_list("loras"), diffusion_models),
+                *train_inputs.memory_inputs(),
             ],
-            outputs=[
-                io.String.Output(display_name="lora_name", tooltip="The saved LoRA as IPA LoRA Loader names it (ipa/<name>.safetensors)."),
-                io.Image.Output(display_name="loss_curve", tooltip="Loss and ipa_gap over the run, each on its own axis."),
-                io.String.Output(display_name="metrics", tooltip="Final metrics, where the LoRA and the run folder are, and any warnings."),
-            ],
+            outputs=train_inputs.outputs(),
             hidden=[io.Hidden.unique_id],
         )
 
@@ -336,47 +281,40 @@ class IPATrainLoRA(io.ComfyNode):
 
     @classmethod
     def build_config(cls, dataset_dir: Path, base_model_path: str, run_dir: Path, **settings) -> dict:
+        """The run.json the node writes: the widgets' run.json keys as they are, the reference keys only when set."""
+        def value(key):
+            return settings.get(key, BUILD_DEFAULTS[key]) if key in BUILD_DEFAULTS else settings[key]
+
         return {
             "dataset": str(dataset_dir),
             "base_model": base_model_path,
             "output_dir": str(run_dir),
-            "lora_name": settings["lora_name"],
-            "objective": settings["objective"],
-            "beta": settings["beta"],
-            "hand_weight": settings["hand_weight"],
-            "rank": settings["rank"],
-            "alpha": settings["alpha"],
-            "learning_rate": settings["learning_rate"],
-            "steps": settings["steps"],
-            "batch_size": settings["batch_size"],
-            "grad_accum": settings["grad_accum"],
-            "precision": settings["precision"],
-            "gradient_checkpointing": settings["gradient_checkpointing"],
-            "seed": settings["seed"],
-            "checkpoint_every": settings["checkpoint_every"],
-            "distributed": settings.get("distributed", "ddp"),
+            **{key: value(key) for key in train_inputs.TRAINING_KEYS},
             **reference_settings(settings),
-            "base_precision": settings.get("base_precision", "bf16"),
-            "blocks_to_swap": settings.get("blocks_to_swap", 0),
-            "activation_offload": settings.get("activation_offload", False),
-            "vram_budget_gb": settings.get("vram_budget_gb"),
+            **{key: value(key) for key in train_inputs.MEMORY_KEYS},
         }
 
     @classmethod
-    def execute(cls, dataset, base_model, lora_name, objective, beta, hand_weight, rank, alpha, learning_rate, steps, batch_size,
-                grad_accum, gpus, precision, gradient_checkpointing, seed, checkpoint_every, resume="",
-                distributed="ddp", init_lora=NONE, init_lora_strength=1.0, targets="self_attn_qkv", vace_module=NONE,
-                allow_other_base=False, base_precision="bf16", blocks_to_swap=0, activation_offload=False,
-                vram_budget_gb="auto") -> io.NodeOutput:
-        import comfy.utils
-        import folder_paths
-
+    def execute(cls, dataset, base_model, lora_name, gpus, resume="", vram_budget_gb="auto", **settings) -> io.NodeOutput:
+        """Checks everything, starts the trainer, follows it on the progress bar, then installs the LoRA (or says
+        where the checkpoint is after a cancel). ``settings``: the other inputs (optional ones may be left out)."""
+        settings = {**{k: v for k, v in train_inputs.OPTIONAL_DEFAULTS.items() if k not in ("resume", "vram_budget_gb")},
+                    **settings, "lora_name": lora_name}
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
-        dataset_dir, counts = check_dataset(dataset)
-        if objective == "dpo" and counts["rejected"] == 0:
-            raise ValueError(f"objective 'dpo' needs rejected samples too; dataset {dataset} has none. Use 'ipa' (preferred only)")
-        check_lora_name(lora_name)
-        base_model_path = folder_paths.get_full_path_or_raise("diffusion_models", base_model)
+        launch = cls._prepare(dataset, base_model, gpus, resume, vram_budget_gb, settings)
+        job = cls._start(launch, vram_budget_gb)
+        title = f"{settings['objective'].upper()} {lora_name}"
+        cancelled = cls._follow(job, settings["steps"], title, launch.stop_file)
+        outcome = job.finish()
+        if cancelled:
+            comfy.model_management.interrupt_current_processing(False)
+        loss_image = training_curves(outcome.events, title=title)
+        cls._raise_unless_finished(outcome, cancelled, launch.run_dir, node_id)
+        return cls._install(outcome, launch.run_dir, loss_image, node_id)
+
+    @staticmethod
+    def _devices(gpus: str) -> tuple[list[int], list, int]:
+        """(device ids as ComfyUI sees them, the ids the trainer gets, process count)."""
         # Device ids are the ones ComfyUI sees. When ComfyUI runs restricted (--cuda-device N sets CUDA_VISIBLE_DEVICES),
         # id i is the host's i-th visible device: the trainer must get that device, not physical GPU i.
         visible, host_devices = _visible_gpus()
@@ -387,50 +325,54 @@ class IPATrainLoRA(io.ComfyNode):
         except launcher.LaunchError as exc:
             raise ValueError(str(exc)) from None
         devices = [host_devices[i] for i in gpu_ids] if host_devices is not None else gpu_ids
-        checkpoint = _resolve_resume(resume, lora_name)
+        return gpu_ids, devices, processes
+
+    @classmethod
+    def _prepare(cls, dataset, base_model, gpus, resume, vram_budget_gb, settings: dict) -> _Launch:
+        """Every check that can fail before ComfyUI's models are unloaded or a run folder exists."""
+        import folder_paths
+
+        dataset_dir, counts = check_dataset(dataset)
+        if settings["objective"] == Objective.DPO and counts["rejected"] == 0:
+            raise ValueError(f"objective 'dpo' needs rejected samples too; dataset {dataset} has none. Use 'ipa' (preferred only)")
+        check_lora_name(settings["lora_name"])
+        base_model_path = folder_paths.get_full_path_or_raise("diffusion_models", base_model)
+        gpu_ids, devices, processes = cls._devices(gpus)
+        checkpoint = _resolve_resume(resume, settings["lora_name"])
         resolve_vram_budget(vram_budget_gb, [])  # a bad value fails here; 'auto' is measured once ComfyUI's models are unloaded
-        run_dir = checkpoint.parents[1] if checkpoint is not None else _new_run_dir(lora_name)
-        config = cls.build_config(dataset_dir, base_model_path, run_dir, lora_name=lora_name, objective=objective, beta=beta,
-                                  hand_weight=hand_weight, rank=rank, alpha=alpha, learning_rate=learning_rate, steps=steps,
-                                  batch_size=batch_size, grad_accum=grad_accum, precision=precision,
-                                  gradient_checkpointing=gradient_checkpointing, seed=seed, checkpoint_every=checkpoint_every,
-                                  distributed=distributed, init_lora=init_lora, init_lora_strength=init_lora_strength,
-                                  targets=targets, vace_module=vace_module, allow_other_base=allow_other_base,
-                                  base_precision=base_precision, blocks_to_swap=blocks_to_swap,
-                                  activation_offload=activation_offload, vram_budget_gb=None)
+        run_dir = checkpoint.parents[1] if checkpoint is not None else _new_run_dir(settings["lora_name"])
+        config = cls.build_config(dataset_dir, base_model_path, run_dir, **{**settings, "vram_budget_gb": None})
         try:
             stop_file = RunConfig.from_dict(config, source="IPA Train LoRA settings").stop_path  # bad values fail here, not in the job
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
-        _free_host_memory()
-        config["vram_budget_gb"] = resolve_vram_budget(vram_budget_gb, gpu_ids)  # the GPU's free memory now
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config_path = atomic_write_json(run_dir / "run.json", config)
-        extra = ["--resume", str(checkpoint)] if checkpoint is not None else []
-        command = launcher.build_command(config_path, processes, module=cls.trainer_module, extra_args=extra)
-        env = launcher.build_env(gpus=devices, pythonpath=cls.extra_pythonpath, processes=processes)
+        return _Launch(run_dir, checkpoint, gpu_ids, devices, processes, config, stop_file)
 
-        log.info("IPA Train LoRA: %s (run folder %s, GPUs %s)", " ".join(command), run_dir, gpu_ids or "cpu")
-        job = launcher.TrainingJob(command, env, cwd=launcher.PACKAGE_PARENT, log_path=run_dir / "train.log", stop_file=stop_file)
+    @classmethod
+    def _start(cls, launch: _Launch, vram_budget_gb) -> launcher.TrainingJob:
+        """Unloads ComfyUI's models, writes run.json (with the budget measured now) and starts the trainer."""
+        _free_host_memory()
+        launch.config["vram_budget_gb"] = resolve_vram_budget(vram_budget_gb, launch.gpu_ids)  # the GPU's free memory now
+        launch.run_dir.mkdir(parents=True, exist_ok=True)
+        config_path = atomic_write_json(launch.run_dir / "run.json", launch.config)
+        extra = ["--resume", str(launch.checkpoint)] if launch.checkpoint is not None else []
+        command = launcher.build_command(config_path, launch.processes, module=cls.trainer_module, extra_args=extra)
+        env = launcher.build_env(gpus=launch.devices, pythonpath=cls.extra_pythonpath, processes=launch.processes)
+        log.info("IPA Train LoRA: %s (run folder %s, GPUs %s)", " ".join(command), launch.run_dir, launch.gpu_ids or "cpu")
+        return launcher.TrainingJob(command, env, cwd=launcher.PACKAGE_PARENT, log_path=launch.run_dir / "train.log",
+                                    stop_file=launch.stop_file)
+
+    @classmethod
+    def _follow(cls, job: launcher.TrainingJob, steps: int, title: str, stop_file: Path) -> bool:
+        """The job's events on the progress bar (its preview: the live loss plot) until it ends; True if cancelled."""
+        import comfy.utils
+
         pbar = comfy.utils.ProgressBar(steps)
         cancelled = False
         try:
             while job.running() or not job.events.empty():
                 for event in job.poll(cls.poll_s):
-                    if event["event"] == STEP:
-                        plot = training_curves(job.history, title=f"{objective.upper()} {lora_name}")
-                        try:
-                            pbar.update_absolute(int(event.get("step", 0)), int(event.get("total", steps)), ("PNG", plot, plot.width))
-                        except comfy.model_management.InterruptProcessingException:
-                            cancelled = True
-                        _send("ipa.train.step", {k: v for k, v in event.items() if isinstance(v, (int, float, str))})
-                    elif event["event"] == STARTED:
-                        for warning in event.get("warnings") or []:
-                            log.warning("IPA Train LoRA: %s", warning)
-                        if memory_report(event):
-                            log.info("IPA Train LoRA: %s", memory_report(event))
-                    elif event["event"] == CHECKPOINT:
-                        log.info("IPA Train LoRA: checkpoint at step %s: %s", event.get("step"), event.get("path"))
+                    cancelled = _show_event(event, job, pbar, steps, title) or cancelled
                 if cancelled or comfy.model_management.processing_interrupted():
                     cancelled = True
                     log.info("IPA Train LoRA: cancel requested; stop file %s written, stopping after the current step "
@@ -440,11 +382,11 @@ class IPATrainLoRA(io.ComfyNode):
         except BaseException:
             job.stop(cls.stop_grace_s)  # never leave the trainer running when the node dies
             raise
-        outcome = job.finish()
-        if cancelled:
-            comfy.model_management.interrupt_current_processing(False)
-        loss_image = training_curves(outcome.events, title=f"{objective.upper()} {lora_name}")
+        return cancelled
 
+    @classmethod
+    def _raise_unless_finished(cls, outcome, cancelled: bool, run_dir: Path, node_id) -> None:
+        """A stop (with its checkpoint and how to resume), a cancel without checkpoint or a failure, as an error."""
         if outcome.status == "stopped":
             final = outcome.final
             message = (
@@ -465,6 +407,9 @@ class IPATrainLoRA(io.ComfyNode):
             raise RuntimeError(f"IPA training failed: {outcome.headline()}\nFull log: {run_dir / 'train.log'} "
                                f"(exit status {outcome.returncode})\n\n{outcome.error_text()}")
 
+    @classmethod
+    def _install(cls, outcome, run_dir: Path, loss_image, node_id) -> io.NodeOutput:
+        """Installs the trained LoRA under loras/ipa and reports it: the metrics output, and a summary under the node."""
         trained = Path(outcome.final["lora_path"])
         if not trained.is_file():
             raise RuntimeError(f"the trainer reported {trained} but the file does not exist")
@@ -473,23 +418,9 @@ class IPATrainLoRA(io.ComfyNode):
         target = lora_folder() / f"{trained.stem}.safetensors"
         kept = install_keeping_previous(trained, target)
         name = f"{LORA_SUBFOLDER}/{target.name}"
-        metrics = launcher.format_metrics(outcome) + f"\nsaved as: loras/{name}"
-        if kept is not None:
-            metrics += f" (the previous {target.name} is kept as loras/{LORA_SUBFOLDER}/{kept.name})"
-        metrics += f"\nrun folder: {run_dir}"
-        started = next((event for event in outcome.events if event.get("event") == STARTED), None)
-        if memory_report(started):
-            metrics += "\n" + memory_report(started)
         warnings = [w for event in outcome.events if event.get("event") == STARTED for w in event.get("warnings") or []]
-        if warnings:
-            metrics += "\n" + "\n".join(f"WARNING: {warning}" for warning in warnings)
-        final_metrics = (outcome.final or {}).get("metrics") or {}
-        summary = [f"saved as: loras/{name}" + (f" (previous kept as {kept.name})" if kept is not None else "")]
-        if isinstance(final_metrics.get("loss"), (int, float)):
-            summary.append(f"loss {final_metrics['loss']:.4g}, ipa_gap {final_metrics.get('ipa_gap', float('nan')):.3g} "
-                           f"after {outcome.final.get('step')} steps")
-        summary += [f"WARNING: {warning}" for warning in warnings]
-        _show_on_node("\n".join(summary), node_id)
+        metrics = _metrics_text(outcome, name, target, kept, run_dir, warnings)
+        _show_on_node("\n".join(_summary_lines(outcome, name, kept, warnings)), node_id)
         return io.NodeOutput(name, _to_image(loss_image), metrics, ui=ui.PreviewText(metrics))
 
     @staticmethod
@@ -498,6 +429,52 @@ class IPATrainLoRA(io.ComfyNode):
         log.info("IPA Train LoRA: %s", message)
         _show_on_node(short, node_id)
         _send("ipa.train.stopped", {"step": step, "checkpoint": checkpoint, "message": short})
+
+
+def _show_event(event: dict, job, pbar, steps: int, title: str) -> bool:
+    """One trainer event: a step moves the progress bar (True when the bar says the user cancelled), started and
+    checkpoint events go to the log."""
+    if event["event"] == STEP:
+        plot = training_curves(job.history, title=title)
+        cancelled = False
+        try:
+            pbar.update_absolute(int(event.get("step", 0)), int(event.get("total", steps)), ("PNG", plot, plot.width))
+        except comfy.model_management.InterruptProcessingException:
+            cancelled = True
+        _send("ipa.train.step", {k: v for k, v in event.items() if isinstance(v, (int, float, str))})
+        return cancelled
+    elif event["event"] == STARTED:
+        for warning in event.get("warnings") or []:
+            log.warning("IPA Train LoRA: %s", warning)
+        if memory_report(event):
+            log.info("IPA Train LoRA: %s", memory_report(event))
+    elif event["event"] == CHECKPOINT:
+        log.info("IPA Train LoRA: checkpoint at step %s: %s", event.get("step"), event.get("path"))
+    return False
+
+
+def _metrics_text(outcome, name: str, target: Path, kept: Path | None, run_dir: Path, warnings: list[str]) -> str:
+    """The node's metrics output: the final metrics, where the LoRA and the run folder are, the memory, warnings."""
+    metrics = launcher.format_metrics(outcome) + f"\nsaved as: loras/{name}"
+    if kept is not None:
+        metrics += f" (the previous {target.name} is kept as loras/{LORA_SUBFOLDER}/{kept.name})"
+    metrics += f"\nrun folder: {run_dir}"
+    started = next((event for event in outcome.events if event.get("event") == STARTED), None)
+    if memory_report(started):
+        metrics += "\n" + memory_report(started)
+    if warnings:
+        metrics += "\n" + "\n".join(f"WARNING: {warning}" for warning in warnings)
+    return metrics
+
+
+def _summary_lines(outcome, name: str, kept: Path | None, warnings: list[str]) -> list[str]:
+    """The short report under the node: where the LoRA is, the final loss and gap, the warnings."""
+    final_metrics = (outcome.final or {}).get("metrics") or {}
+    summary = [f"saved as: loras/{name}" + (f" (previous kept as {kept.name})" if kept is not None else "")]
+    if isinstance(final_metrics.get("loss"), (int, float)):
+        summary.append(f"loss {final_metrics['loss']:.4g}, ipa_gap {final_metrics.get('ipa_gap', float('nan')):.3g} "
+                       f"after {outcome.final.get('step')} steps")
+    return summary + [f"WARNING: {warning}" for warning in warnings]
 
 
 NODES = [IPATrainLoRA]

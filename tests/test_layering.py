@@ -22,7 +22,7 @@ HOST_MODULES = {"comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder
 # A module may import modules of its own room and of rooms on a strictly lower level.
 LEVELS = {
     "demo": 6, "study": 5, "training": 4, "jobs": 3, "memory": 3, "gallery": 3, "data": 2, "pose": 1, "wan": 1,
-    "fileio": 0, "__init__": 0,
+    "fileio": 0, "choices": 0, "__init__": 0,
 }
 # Libraries the host side of a job must never import: ComfyUI's process may hold a broken or CUDA-less torch, and a
 # job is launched, watched and cancelled without loading it.

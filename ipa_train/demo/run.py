@@ -286,17 +286,17 @@ class _Demo:
         log(f"[5/{self.STAGES}] dataset {self.dataset_dir}: {self.counts['preferred']} preferred, {self.counts['rejected']} rejected")
 
     def train(self) -> None:
-        from ..fileio import atomic_write_json
+        from ..choices import Objective, Precision
+        from ..jobs.config import RunConfig
 
         args = self.args
-        self.run_config = {
-            "dataset": str(self.dataset_dir), "base_model": str(self.model_path), "output_dir": str(self.out / "training"),
-            "lora_name": LORA_NAME, "objective": "ipa", "beta": 600.0, "hand_weight": 10.0, "rank": args.rank,
-            "learning_rate": args.learning_rate, "steps": args.steps, "batch_size": 1, "checkpoint_every": 0, "seed": args.seed,
-            "precision": "fp32",
-        }
-        # the trainer rewrites run.json with every default filled in
-        run_json = atomic_write_json(self.out / "training" / "run.json", self.run_config)
+        self.run_config = RunConfig(
+            dataset=str(self.dataset_dir), base_model=str(self.model_path), output_dir=str(self.out / "training"), lora_name=LORA_NAME,
+            objective=Objective.IPA, beta=600.0, hand_weight=10.0, rank=args.rank, learning_rate=args.learning_rate,
+            steps=args.steps, batch_size=1, checkpoint_every=0, seed=args.seed, precision=Precision.FP32,
+        )
+        self.run_config.validate("the demo's run config")
+        run_json = self.run_config.save(self.out / "training" / "run.json")
         how = f"torchrun, {args.nproc} ranks (gloo, CPU)" if args.nproc > 1 else "one process (CPU)"
         log(f"[6/{self.STAGES}] Flow-IPA training, {args.steps} steps, {how}: python -m ipa_train.train --config {run_json}")
         self.history, finished, self.timings["train"] = train_with_torchrun(run_json, self.out / "training", args.nproc)
@@ -336,7 +336,7 @@ class _Demo:
         def load_adapter():
             self.lora_metadata.update(load_lora(self.w.transformer, self.lora_path))
 
-        self.evaluation = evaluation_gaps(self.w.transformer, stored, self.run_config["hand_weight"], load_adapter)
+        self.evaluation = evaluation_gaps(self.w.transformer, stored, self.run_config.hand_weight, load_adapter)
 
     def write_report(self) -> dict[str, Any]:
         from ..fileio import atomic_write_json

@@ -12,40 +12,77 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from ..choices import BasePrecision, Choice, Distributed, LrScheduler, Objective, Precision, TimestepSampling
 from ..fileio import InvalidNameError, atomic_write_json, validate_name
 from .contract import STOP_FILE_NAME
 
-OBJECTIVES = ("ipa", "dpo", "sft")
-LR_SCHEDULERS = ("constant", "cosine")
-PRECISIONS = ("auto", "bf16", "fp32")
-TIMESTEP_SAMPLINGS = ("uniform", "logit_normal", "shifted")
-DISTRIBUTED = ("ddp", "fsdp2")
-BASE_PRECISIONS = ("bf16", "fp8")
 REQUIRED = ("dataset", "base_model", "output_dir")
+MAX_BLOCKS_TO_SWAP = 4096
+MAX_VRAM_BUDGET_GB = 1e5
 
-# Allowed range of every number: (minimum, maximum, minimum excluded). Values must also be finite: JSON allows
-# NaN and Infinity, and a beta of Infinity trains NaN weights. The ComfyUI node's widgets stay inside these.
-NUMBER_RANGES: dict[str, tuple[float, float, bool]] = {
-    "beta": (0, 1e6, False),
-    "hand_weight": (1, 1e4, False),
-    "rank": (0, 4096, True),
-    "alpha": (0, 1e5, True),
-    "dropout": (0, 0.999, False),
-    "learning_rate": (0, 1.0, True),
-    "weight_decay": (0, 10.0, False),
-    "warmup_steps": (0, 10**9, False),
-    "steps": (0, 10**9, True),
-    "batch_size": (0, 4096, True),
-    "grad_accum": (0, 65536, True),
-    "max_grad_norm": (0, 1e6, False),
-    "seed": (0, 2**63 - 1, False),
-    "checkpoint_every": (0, 10**9, False),
-    "keep_checkpoints": (0, 10**6, False),
-    "shift": (0, 1e3, True),
-    "logit_mean": (-100, 100, False),
-    "logit_std": (0, 100, True),
-}
-INTEGER_KEYS = ("rank", "warmup_steps", "steps", "batch_size", "grad_accum", "seed", "checkpoint_every", "keep_checkpoints")
+# ----------------------------------------------------------------------------------------------- the key schema
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """What one run.json key is, in one place: the validation, the trainer's flags, the ComfyUI node's widgets and
+    README's key table (``scripts/readme_run_json.py``) are all derived from it.
+
+    ``range``: (minimum, maximum, minimum excluded). ``generic``: the range, choice or flag is checked by the
+    common rule (False: the owner's check in ``validate`` has a message of its own). ``cli``: the flag of
+    ``python -m ipa_train.train``: ``value`` (--key VALUE), ``switch`` (--key sets true), ``list`` (--key A B ...)
+    or None (only ``--set key=JSON``). ``tooltip``: the node widget's text where the node mirrors the key."""
+
+    name: str
+    help: str
+    choices: Optional[type[Choice]] = None
+    range: Optional[tuple[float, float, bool]] = None
+    integer: bool = False
+    flag: bool = False
+    nullable: bool = False
+    generic: bool = True
+    cli: Optional[str] = "value"
+    shown_default: Optional[str] = None
+    tooltip: Optional[str] = None
+
+    @property
+    def cli_flag(self) -> str:
+        return "--output" if self.name == "output_dir" else "--" + self.name.replace("_", "-")
+
+    @property
+    def cli_type(self) -> type:
+        return int if self.integer else float if self.range else str
+
+    def allowed_text(self) -> str:
+        """What the key accepts, in words (README's table)."""
+        if self.choices is not None:
+            return ", ".join(f"`{value}`" for value in self.choices.values())
+        if self.flag:
+            return "true, false"
+        if self.range is None:
+            return ""
+        low, high, exclusive = self.range
+        text = f"{'>' if exclusive else '>='} {_number_text(low)}, <= {_number_text(high)}" + (" (integer)" if self.integer else "")
+        return text + (", or null" if self.nullable else "")
+
+
+def _number_text(value: float) -> str:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        value = int(value)
+    if isinstance(value, int) and value >= 10**6:
+        exponent = len(str(value)) - 1
+        if value == 10**exponent:
+            return f"1e{exponent}"
+        if value == 2**63 - 1:
+            return "2^63 - 1"
+    return repr(value)
+
+
+def key(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING, **spec: Any):
+    """A RunConfig field with its schema (see :class:`KeySpec`) in the field's metadata."""
+    if isinstance(default, bool) and "flag" not in spec:
+        spec["flag"] = True
+    return field(default=default, default_factory=factory, metadata={"spec": dict(help=help, **spec)})
 
 
 def _finite(value: float) -> bool:
@@ -61,47 +98,89 @@ class ConfigError(ValueError):
 
 @dataclass
 class RunConfig:
-    dataset: str = ""
-    base_model: str = ""  # single file, diffusers folder, or "tiny" (embedded tiny random-weight model)
-    output_dir: str = ""
-    lora_name: str = "ipa_lora"
-    objective: str = "ipa"
-    beta: float = 600.0
-    hand_weight: float = 10.0
-    rank: int = 128
-    alpha: Optional[float] = None  # None: alpha = rank (scale 1)
-    dropout: float = 0.0
-    targets: list = field(default_factory=lambda: ["self_attn_qkv"])
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.01
-    lr_scheduler: str = "constant"
-    warmup_steps: int = 0
-    steps: int = 1000
-    batch_size: int = 1
-    grad_accum: int = 1
-    max_grad_norm: float = 1.0  # 0 disables clipping
-    precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
-    gradient_checkpointing: bool = False
-    seed: int = 0
-    checkpoint_every: int = 250  # 0: only the final checkpoint
-    keep_checkpoints: int = 0  # 0: keep all; N: keep the newest N
-    timestep_sampling: str = "uniform"
-    shift: float = 3.0  # for "shifted": t' = shift * t / (1 + (shift - 1) * t)
-    logit_mean: float = 0.0  # for "logit_normal": t = sigmoid(N(logit_mean, logit_std))
-    logit_std: float = 1.0
-    dpo_time_weighting: bool = False
+    """run.json, flat: one field per key, each with its schema (``key(...)``; :data:`KEYS` collects them)."""
+
+    dataset: str = key("", "dataset folder (see Dataset format); only `preferred` samples train (`dpo` also pairs `rejected` ones)")
+    base_model: str = key("", "Wan2.1-VACE single file (original or ComfyUI layout), a diffusers folder, or `\"tiny\"` (embedded random test model)")
+    output_dir: str = key("", "receives `<lora_name>.safetensors`, `run.json` and `checkpoints/step-N/`")
+    lora_name: str = key("ipa_lora", "output file name; follows the dataset names' rule")
+    objective: str = key(Objective.IPA.value, "`ipa` (good samples only), `dpo` (needs rejected samples), `sft` (plain flow matching)",
+                         choices=Objective,
+                         tooltip="ipa: Flow-IPA on preferred samples only (the paper). dpo: Flow-DPO, needs rejected samples. "
+                                 "sft: plain flow matching on the preferred samples.")
+    beta: float = key(600.0, "Flow-IPA/DPO strength (paper: 600)", range=(0, 1e6, False),
+                      tooltip="Strength of the preference penalty (paper: 600). Higher keeps the LoRA closer to the base model.")
+    hand_weight: float = key(10.0, "hand emphasis (HALO; paper: 10); 1 = none", range=(1, 1e4, False),
+                             tooltip="How much more the hand region of the latent counts in the error (HALO; paper: 10). 1 = no hand emphasis.")
+    rank: int = key(128, "LoRA rank", range=(0, 4096, True), integer=True, tooltip="LoRA rank (paper: 128).")
+    alpha: Optional[float] = key(None, "LoRA alpha; the scale is alpha / rank (null: alpha = rank, scale 1)", range=(0, 1e5, True),
+                                 nullable=True, shown_default="= rank",
+                                 tooltip="LoRA alpha; the LoRA is scaled by alpha / rank (alpha = rank: scale 1).")
+    dropout: float = key(0.0, "LoRA dropout", range=(0, 0.999, False), cli=None)
+    targets: list = key(help="any of `self_attn_qkv`, `self_attn_out`, `cross_attn`, `ffn`, plus `vace_blocks` to put them on the VACE "
+                             "blocks too. Default regex `blocks\\.\\d+\\.attn1\\.to_[qkv]`",
+                        factory=lambda: ["self_attn_qkv"], cli="list", shown_default='`["self_attn_qkv"]`')
+    learning_rate: float = key(1e-4, "AdamW learning rate on the LoRA parameters only", range=(0, 1.0, True),
+                               tooltip="AdamW learning rate on the LoRA weights (paper: 1e-4).")
+    weight_decay: float = key(0.01, "AdamW weight decay", range=(0, 10.0, False), cli=None)
+    lr_scheduler: str = key(LrScheduler.CONSTANT.value, "after the linear warm-up: `constant` or `cosine`", choices=LrScheduler)
+    warmup_steps: int = key(0, "linear warm-up steps", range=(0, 10**9, False), integer=True)
+    steps: int = key(1000, "optimizer steps", range=(0, 10**9, True), integer=True, tooltip="Optimizer steps to train (paper: 1,000).")
+    batch_size: int = key(1, "samples per rank per micro-batch (only samples of one latent shape, reference frame count and text "
+                             "length share one: a bucket's last micro-batch of an epoch may be smaller)", range=(0, 4096, True), integer=True,
+                          tooltip="Samples per GPU per micro-batch.")
+    grad_accum: int = key(1, "micro-batches per optimizer step", range=(0, 65536, True), integer=True,
+                          tooltip="Micro-batches per optimizer step; the effective batch is batch_size x grad_accum x GPUs.")
+    max_grad_norm: float = key(1.0, "gradient clipping (0 = off)", range=(0, 1e6, False))
+    precision: str = key(Precision.AUTO.value, "`auto`: bf16 autocast on GPU, fp32 on CPU; `bf16`; `fp32`", choices=Precision,
+                         tooltip="auto: bf16 on GPU, fp32 on CPU. bf16 or fp32 to force one.")
+    gradient_checkpointing: bool = key(False, "recompute block activations in the backward pass (less memory, more time)", cli="switch",
+                                       tooltip="Recompute block activations in the backward pass: less memory, slower steps.")
+    seed: int = key(0, "LoRA initialisation, data order, noise and timesteps (deterministic on CPU)", range=(0, 2**63 - 1, False), integer=True,
+                    tooltip="Seed of the LoRA initialisation, data order, noise and timesteps (same seed, same run).")
+    checkpoint_every: int = key(250, "checkpoint period in steps (0: only at the end)", range=(0, 10**9, False), integer=True,
+                                tooltip="Write a resumable checkpoint every N steps (0: only at the end and when cancelled).")
+    keep_checkpoints: int = key(0, "keep the newest N checkpoints (0: all)", range=(0, 10**6, False), integer=True, cli=None)
+    timestep_sampling: str = key(TimestepSampling.UNIFORM.value, "`uniform` (Wan), `logit_normal` (`logit_mean`, `logit_std`), `shifted` (`shift`)",
+                                 choices=TimestepSampling)
+    shift: float = key(3.0, "for `shifted`: t' = s t / (1 + (s - 1) t)", range=(0, 1e3, True), cli=None)
+    logit_mean: float = key(0.0, "for `logit_normal`: t = sigmoid(N(logit_mean, logit_std))", range=(-100, 100, False), cli=None)
+    logit_std: float = key(1.0, "for `logit_normal`", range=(0, 100, True), cli=None)
+    dpo_time_weighting: bool = key(False, "weight the DPO logit by (1 - t)^2 as IPA does", cli=None)
     # A LoRA file, {"path": ..., "strength": s}, or a list of these: the LoRAs the samples were made with (their
     # strengths as sampled); frozen, part of the reference. A plain string means strength 1.
-    init_lora: Any = None
-    vace_module: Optional[str] = None  # kijai's VACE module file, with a Wan2.1 text-to-video base_model
-    allow_other_base: bool = False  # train even when the samples were made by another base model or patches
-    distributed: str = "ddp"
-    stop_file: Optional[str] = None  # None: <output_dir>/STOP. Its appearance asks for a graceful stop (no signal needed)
+    init_lora: Any = key(None, "the LoRA(s) the samples were sampled with: `\"file.safetensors\"` (strength 1), `{\"path\": "
+                               "\"file.safetensors\", \"strength\": 0.5}`, or a list of these. Each becomes part of the frozen reference "
+                               "at its strength and a fresh adapter trains on top", nullable=True, generic=False)
+    vace_module: Optional[str] = key(None, "with a Wan2.1 text-to-video `base_model`: kijai's VACE module file of the same size (see Model files)",
+                                     nullable=True, cli=None)
+    allow_other_base: bool = key(False, "train even when the samples were made by another base model, LoRA or patch than this run's "
+                                        "reference (a warning instead of a refusal)", cli=None,
+                                 tooltip="Train even when the samples were made by another base model, LoRA or patch than this run's "
+                                         "reference (a warning instead of a refusal). The alignment then targets another model than "
+                                         "the one that made the samples.")
+    distributed: str = key(Distributed.DDP.value, "`ddp` or `fsdp2` (shards the base weights: for 14B on GPUs that cannot hold a full copy each)",
+                           choices=Distributed,
+                           tooltip="ddp: every GPU holds the whole model (1.3B). fsdp2: the base weights are sharded across GPUs, "
+                                   "for 14B on GPUs that cannot hold it whole.")
+    stop_file: Optional[str] = key(None, "the stop file (null: `<output_dir>/STOP`); its appearance asks for a graceful stop (see Stopping)",
+                                   nullable=True)
     # Memory modes (README, Memory): how the frozen base is stored and where it and the checkpoints live.
-    base_precision: str = "bf16"  # "fp8": block linears in float8_e4m3fn + per-channel scale, computed in bf16
-    blocks_to_swap: int = 0  # blocks (VACE blocks count) whose weights stay in host memory, fetched per call
-    activation_offload: bool = False  # checkpointed block inputs in host memory between forward and backward
-    vram_budget_gb: Optional[float] = None  # the planner picks the cheapest settings that fit, or refuses
+    base_precision: str = key(BasePrecision.BF16.value, "`fp8`: the frozen block linears in float8_e4m3fn with a per-output-channel scale, "
+                                                        "computed in bf16 (see Memory)", choices=BasePrecision,
+                              tooltip="bf16: the frozen base as the model file stores it (fp8 files stay fp8). fp8: store the block "
+                                      "weights of a bf16/fp16 file in fp8 (half the memory; the reference then differs from the "
+                                      "sampling model by the quantisation, about 2 %).")
+    blocks_to_swap: int = key(0, "blocks (VACE blocks count) whose weights stay in host memory, fetched before each use (needs checkpointing)",
+                              range=(0, MAX_BLOCKS_TO_SWAP, False), integer=True, generic=False,
+                              tooltip="Keep this many blocks (VACE blocks count) in CPU memory and copy each to the GPU just before it "
+                                      "runs. Needs gradient checkpointing and CPU memory for the swapped weights.")
+    activation_offload: bool = key(False, "the checkpointed block inputs in host memory between forward and backward (needs checkpointing)",
+                                   cli="switch",
+                                   tooltip="Keep the checkpointed block inputs in CPU memory between the forward and the backward pass. "
+                                           "Needs gradient checkpointing.")
+    vram_budget_gb: Optional[float] = key(None, "GiB: the planner picks the cheapest settings that fit (never fewer savings than asked), or "
+                                                "refuses before loading", range=(0, MAX_VRAM_BUDGET_GB, True), nullable=True, generic=False)
 
     # ------------------------------------------------------------------------------------------- construction
 
@@ -109,10 +188,9 @@ class RunConfig:
     def from_dict(cls, values: Mapping[str, Any], source: str = "run config") -> "RunConfig":
         if not isinstance(values, Mapping):
             raise ConfigError(f"{source} must be a JSON object with keys such as dataset, base_model, output_dir")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(values) - set(KEYS))
         if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+            raise ConfigError(f"{source}: unknown key(s) {unknown}; known keys: {sorted(KEYS)}")
         config = cls(**{key: values[key] for key in values})
         config.validate(source)
         return config
@@ -129,7 +207,8 @@ class RunConfig:
         return cls.from_dict(values, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The run.json object: flat, every key, choices as plain strings."""
+        return {name: value.value if isinstance(value, Choice) else value for name, value in dataclasses.asdict(self).items()}
 
     def save(self, path: os.PathLike | str) -> Path:
         return atomic_write_json(path, self.to_dict())
@@ -145,8 +224,6 @@ class RunConfig:
             values[key] = value
         return RunConfig.from_dict(values, source=source)
 
-    # ------------------------------------------------------------------------------------------- validation
-
     @property
     def stop_path(self) -> Path:
         """The file whose existence asks the run to stop after the current step (see README, Training)."""
@@ -161,95 +238,125 @@ class RunConfig:
     def effective_alpha(self) -> float:
         return float(self.rank if self.alpha is None else self.alpha)
 
+    # ------------------------------------------------------------------------------------------- validation
+
     def validate(self, source: str = "run config") -> None:
-        def fail(key: str, message: str) -> None:
-            raise ConfigError(f"{source}: {key}={getattr(self, key)!r} {message}")
+        """Every key checked, by its owner: the paths, the generic types and ranges of the schema, the memory
+        modes with the distributed mode, the LoRA's name, targets and init LoRAs, the model's VACE module."""
+        _check_required(self, source)
+        _check_schema_values(self, source)
+        _check_memory(self, source)
+        _check_lora(self, source)
+        _check_model_and_paths(self, source)
 
-        for key in REQUIRED:
-            value = getattr(self, key)
-            if not isinstance(value, str) or not value.strip():
-                hint = ' or "tiny"' if key == "base_model" else ""
-                raise ConfigError(f"{source}: {key} is required (a path{hint})")
 
-        def number(key: str) -> None:
-            value = getattr(self, key)
-            integer = key in INTEGER_KEYS
-            low, high, exclusive = NUMBER_RANGES[key]
-            ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-            if isinstance(value, bool) or not ok_type:
-                fail(key, f"must be {'an integer' if integer else 'a number'}")
-            if not integer and not _finite(value):
-                fail(key, f"must be a finite number between {low} and {high}")
-            if not integer:
-                setattr(self, key, float(value))
-            if (value <= low if exclusive else value < low) or value > high:
-                fail(key, f"must be {'>' if exclusive else '>='} {low} and <= {high}")
+def _fail(config: RunConfig, source: str, key: str, message: str) -> None:
+    raise ConfigError(f"{source}: {key}={getattr(config, key)!r} {message}")
 
-        def choice(key: str, allowed: tuple[str, ...]) -> None:
-            if getattr(self, key) not in allowed:
-                fail(key, f"is not one of {list(allowed)}")
 
-        def flag(key: str) -> None:
-            if not isinstance(getattr(self, key), bool):
-                fail(key, "must be true or false")
+def _check_required(config: RunConfig, source: str) -> None:
+    for key in REQUIRED:
+        value = getattr(config, key)
+        if not isinstance(value, str) or not value.strip():
+            hint = ' or "tiny"' if key == "base_model" else ""
+            raise ConfigError(f"{source}: {key} is required (a path{hint})")
 
-        choice("objective", OBJECTIVES)
-        choice("lr_scheduler", LR_SCHEDULERS)
-        choice("precision", PRECISIONS)
-        choice("timestep_sampling", TIMESTEP_SAMPLINGS)
-        choice("distributed", DISTRIBUTED)
-        for key in NUMBER_RANGES:
-            if key != "alpha" or self.alpha is not None:
-                number(key)
-        flag("gradient_checkpointing")
-        flag("dpo_time_weighting")
-        choice("base_precision", BASE_PRECISIONS)
-        flag("activation_offload")
-        swap = self.blocks_to_swap
-        if isinstance(swap, bool) or not isinstance(swap, int) or not 0 <= swap <= 4096:
-            fail("blocks_to_swap", "must be a whole number of blocks, 0 or more (at most the model's block count)")
-        budget = self.vram_budget_gb
-        if budget is not None:  # GiB; null: no budget (the node resolves its 'auto' to the GPU's free memory)
-            if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not _finite(budget) or not 0 < budget <= 1e5:
-                fail("vram_budget_gb", "must be a number of GiB above 0 (at most 100000), or null for no budget")
-            self.vram_budget_gb = float(budget)
-        if self.blocks_to_swap and self.distributed == "fsdp2":
-            fail("blocks_to_swap", "cannot be combined with distributed 'fsdp2' (FSDP2 already shards the weights across "
-                 "GPUs); use distributed 'ddp' with block swap, or fsdp2 without it")
-        if self.base_precision == "fp8" and self.distributed == "fsdp2":
-            fail("base_precision", "cannot be combined with distributed 'fsdp2' (FSDP2 gathers the weights in bf16 and "
-                 "would drop their fp8 scales); use distributed 'ddp' with fp8 (and blocks_to_swap for 14B)")
-        if (self.blocks_to_swap or self.activation_offload) and not self.gradient_checkpointing:
-            key = "blocks_to_swap" if self.blocks_to_swap else "activation_offload"
-            fail(key, "needs gradient_checkpointing: true (swapped weights and offloaded inputs are fetched again in the "
-                 "checkpoint's recompute; without checkpointing the backward pass would keep them all on the GPU)")
-        if isinstance(self.lora_name, str) and self.lora_name.lower().endswith(".safetensors"):
-            self.lora_name = self.lora_name[: -len(".safetensors")]
-        try:
-            validate_name(self.lora_name, "lora_name")  # the dataset names' rule: checked here, not at the first checkpoint
-        except InvalidNameError as exc:
-            raise ConfigError(f"{source}: {exc} (the LoRA is written to output_dir/<lora_name>.safetensors)") from None
-        if isinstance(self.targets, str):
-            self.targets = [self.targets]
-        if not isinstance(self.targets, list) or not self.targets or not all(isinstance(t, str) for t in self.targets):
-            fail("targets", "must be a non-empty list of target names")
-        from ..wan.lora_targets import target_regex  # validates the names (clear error for unknown ones)
 
-        try:
-            target_regex(self.targets)
-        except ValueError as exc:
-            raise ConfigError(f"{source}: {exc}") from exc
-        try:
-            parse_init_lora(self.init_lora)
-        except ValueError as exc:
-            fail("init_lora", str(exc))
-        if self.vace_module is not None and (not isinstance(self.vace_module, str) or not self.vace_module.strip()):
-            fail("vace_module", "must be a VACE module file path or null")
-        if self.vace_module is not None and self.base_model == "tiny":
-            fail("vace_module", "goes with a Wan2.1 text-to-video base_model file, not with the embedded \"tiny\" model")
-        flag("allow_other_base")
-        if self.stop_file is not None and (not isinstance(self.stop_file, str) or not self.stop_file.strip()):
-            fail("stop_file", "must be a file path or null (null: <output_dir>/STOP)")
+def _check_number(config: RunConfig, source: str, spec: KeySpec) -> None:
+    value = getattr(config, spec.name)
+    low, high, exclusive = spec.range
+    ok_type = isinstance(value, int) if spec.integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type:
+        _fail(config, source, spec.name, f"must be {'an integer' if spec.integer else 'a number'}")
+    if not spec.integer and not _finite(value):
+        _fail(config, source, spec.name, f"must be a finite number between {low} and {high}")
+    if not spec.integer:
+        setattr(config, spec.name, float(value))
+    if (value <= low if exclusive else value < low) or value > high:
+        _fail(config, source, spec.name, f"must be {'>' if exclusive else '>='} {low} and <= {high}")
+
+
+def _check_schema_values(config: RunConfig, source: str) -> None:
+    """The common rule of every key with a generic check: its choice, its number range or true/false."""
+    for spec in KEYS.values():
+        if not spec.generic or (spec.nullable and getattr(config, spec.name) is None):
+            continue
+        if spec.choices is not None and getattr(config, spec.name) not in spec.choices.values():
+            _fail(config, source, spec.name, f"is not one of {list(spec.choices.values())}")
+        elif spec.range is not None:
+            _check_number(config, source, spec)
+        elif spec.flag and not isinstance(getattr(config, spec.name), bool):
+            _fail(config, source, spec.name, "must be true or false")
+
+
+def _check_memory(config: RunConfig, source: str) -> None:
+    """The memory modes (README, Memory), their ranges and what they cannot be combined with."""
+    swap = config.blocks_to_swap
+    if isinstance(swap, bool) or not isinstance(swap, int) or not 0 <= swap <= MAX_BLOCKS_TO_SWAP:
+        _fail(config, source, "blocks_to_swap", "must be a whole number of blocks, 0 or more (at most the model's block count)")
+    budget = config.vram_budget_gb
+    if budget is not None:  # GiB; null: no budget (the node resolves its 'auto' to the GPU's free memory)
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not _finite(budget) or not 0 < budget <= MAX_VRAM_BUDGET_GB:
+            _fail(config, source, "vram_budget_gb", "must be a number of GiB above 0 (at most 100000), or null for no budget")
+        config.vram_budget_gb = float(budget)
+    if config.blocks_to_swap and config.distributed == Distributed.FSDP2:
+        _fail(config, source, "blocks_to_swap", "cannot be combined with distributed 'fsdp2' (FSDP2 already shards the weights across "
+              "GPUs); use distributed 'ddp' with block swap, or fsdp2 without it")
+    if config.base_precision == BasePrecision.FP8 and config.distributed == Distributed.FSDP2:
+        _fail(config, source, "base_precision", "cannot be combined with distributed 'fsdp2' (FSDP2 gathers the weights in bf16 and "
+              "would drop their fp8 scales); use distributed 'ddp' with fp8 (and blocks_to_swap for 14B)")
+    if (config.blocks_to_swap or config.activation_offload) and not config.gradient_checkpointing:
+        key = "blocks_to_swap" if config.blocks_to_swap else "activation_offload"
+        _fail(config, source, key, "needs gradient_checkpointing: true (swapped weights and offloaded inputs are fetched again in the "
+              "checkpoint's recompute; without checkpointing the backward pass would keep them all on the GPU)")
+
+
+def _check_lora(config: RunConfig, source: str) -> None:
+    """The new LoRA's file name and target layers, and the init LoRAs of the reference."""
+    if isinstance(config.lora_name, str) and config.lora_name.lower().endswith(".safetensors"):
+        config.lora_name = config.lora_name[: -len(".safetensors")]
+    try:
+        validate_name(config.lora_name, "lora_name")  # the dataset names' rule: checked here, not at the first checkpoint
+    except InvalidNameError as exc:
+        raise ConfigError(f"{source}: {exc} (the LoRA is written to output_dir/<lora_name>.safetensors)") from None
+    if isinstance(config.targets, str):
+        config.targets = [config.targets]
+    if not isinstance(config.targets, list) or not config.targets or not all(isinstance(t, str) for t in config.targets):
+        _fail(config, source, "targets", "must be a non-empty list of target names")
+    from ..wan.lora_targets import target_regex  # validates the names (clear error for unknown ones)
+
+    try:
+        target_regex(config.targets)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+    try:
+        parse_init_lora(config.init_lora)
+    except ValueError as exc:
+        _fail(config, source, "init_lora", str(exc))
+
+
+def _check_model_and_paths(config: RunConfig, source: str) -> None:
+    """The VACE module that goes with a text-to-video base, and the stop file."""
+    if config.vace_module is not None and (not isinstance(config.vace_module, str) or not config.vace_module.strip()):
+        _fail(config, source, "vace_module", "must be a VACE module file path or null")
+    if config.vace_module is not None and config.base_model == "tiny":
+        _fail(config, source, "vace_module", "goes with a Wan2.1 text-to-video base_model file, not with the embedded \"tiny\" model")
+    if config.stop_file is not None and (not isinstance(config.stop_file, str) or not config.stop_file.strip()):
+        _fail(config, source, "stop_file", "must be a file path or null (null: <output_dir>/STOP)")
+
+
+KEYS: dict[str, KeySpec] = {f.name: KeySpec(name=f.name, **f.metadata["spec"]) for f in dataclasses.fields(RunConfig)}
+
+# Derived views, for the callers that check numbers and choices (the node's widgets stay inside these ranges).
+# Values must also be finite: JSON allows NaN and Infinity, and a beta of Infinity trains NaN weights.
+NUMBER_RANGES: dict[str, tuple[float, float, bool]] = {k: s.range for k, s in KEYS.items() if s.range is not None and s.generic}
+INTEGER_KEYS = tuple(k for k in NUMBER_RANGES if KEYS[k].integer)
+OBJECTIVES = Objective.values()
+LR_SCHEDULERS = LrScheduler.values()
+PRECISIONS = Precision.values()
+TIMESTEP_SAMPLINGS = TimestepSampling.values()
+DISTRIBUTED = Distributed.values()
+BASE_PRECISIONS = BasePrecision.values()
 
 
 @dataclass(frozen=True)

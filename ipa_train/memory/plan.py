@@ -37,6 +37,8 @@ from typing import Any, Optional
 
 import torch
 
+from ..choices import BasePrecision, Distributed, Objective, Precision
+
 GIB = 2**30
 CUDA_CONTEXT_BYTES = int(0.75 * GIB)  # CUDA context, cuBLAS/cuDNN workspaces: not in torch's allocator statistics
 ALLOCATOR_MARGIN = 0.05  # share of the activation terms added for the caching allocator's rounding and fragmentation
@@ -49,7 +51,7 @@ class PlanError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    base_precision: str = "bf16"
+    base_precision: str = BasePrecision.BF16.value
     blocks_to_swap: int = 0
     activation_offload: bool = False
     gradient_checkpointing: bool = True
@@ -72,11 +74,11 @@ class RunShape:
     text_tokens: int = 512
     rank: int = 128
     targets: tuple = ("self_attn_qkv",)
-    objective: str = "ipa"
+    objective: str = Objective.IPA.value
     init_lora_params: int = 0
     device: str = "cuda"  # "cuda": bf16 autocast, base in bf16; "cpu": float32 everywhere
-    precision: str = "auto"
-    distributed: str = "ddp"
+    precision: str = Precision.AUTO.value
+    distributed: str = Distributed.DDP.value
     world_size: int = 1
 
     @classmethod
@@ -94,7 +96,7 @@ class RunShape:
 
     @property
     def bf16(self) -> bool:
-        return self.precision == "bf16" or (self.precision == "auto" and self.device == "cuda")
+        return self.precision == Precision.BF16 or (self.precision == Precision.AUTO and self.device == "cuda")
 
 
 @dataclass
@@ -293,7 +295,7 @@ def _stored(spec: ModelSpec, precision: str, base: int) -> tuple[int, dict]:
             block = name.split(".", 2)[0] + "." + name.split(".", 2)[1] if name.startswith(("blocks.", "vace_blocks.")) else None
             if name in spec.stored_bytes:
                 size = spec.stored_bytes[name]
-            elif is_linear and (layer in spec.fp8_stored or (precision == "fp8" and block is not None)):
+            elif is_linear and (layer in spec.fp8_stored or (precision == BasePrecision.FP8 and block is not None)):
                 scale = {"none": 0, "tensor": 4}.get(spec.fp8_stored.get(layer), 4 * spec.linears[layer][1])
                 size = elements + scale
             else:
@@ -307,11 +309,11 @@ def _stored(spec: ModelSpec, precision: str, base: int) -> tuple[int, dict]:
 
 def weight_bytes(spec: ModelSpec, run: RunShape, settings: Settings) -> tuple[int, int, int]:
     """(bytes on the GPU, swap buffer bytes, bytes kept in host memory) of the frozen base."""
-    base = 2 if run.bf16 and run.distributed != "fsdp2" else 4
+    base = 2 if run.bf16 and run.distributed != Distributed.FSDP2 else 4
     total, per_block = _stored(spec, settings.base_precision, base)
     swapped = [per_block[b] for b in spec.block_names[: settings.blocks_to_swap]]
     on_gpu = total - sum(swapped)
-    if run.distributed == "fsdp2" and run.world_size > 1:
+    if run.distributed == Distributed.FSDP2 and run.world_size > 1:
         largest_block = max(per_block.values())
         on_gpu = on_gpu // run.world_size + 2 * largest_block // 2  # a shard, plus two blocks gathered in bf16
     buffers = 2 * max(swapped) if swapped else 0
@@ -320,7 +322,7 @@ def weight_bytes(spec: ModelSpec, run: RunShape, settings: Settings) -> tuple[in
 
 def predict(spec: ModelSpec, run: RunShape, settings: Settings) -> MemoryPlan:
     """Peak GPU memory of one training step of ``run`` on ``spec`` with ``settings`` (see the module docstring)."""
-    batch = run.batch_size * (2 if run.objective == "dpo" else 1)  # DPO runs winners and losers in one batch
+    batch = run.batch_size * (2 if run.objective == Objective.DPO else 1)  # DPO runs winners and losers in one batch
     tokens = tokens_of(spec, run)
     weights, swap_buffers, swapped_host = weight_bytes(spec, run, settings)
     acts = _activations(spec, run, settings, batch, tokens)
@@ -359,7 +361,7 @@ def _input_bytes(spec: ModelSpec, run: RunShape, batch: int, tokens: int) -> int
 
 def _fp8_dequant_bytes(spec: ModelSpec, run: RunShape, settings: Settings) -> int:
     """The largest fp8 linear's weight dequantised for its matmul (one at a time)."""
-    fp8_layers = [spec.linears[n] for n in spec.linears if n in spec.fp8_stored or (settings.base_precision == "fp8" and n.startswith(("blocks.", "vace_blocks.")))]
+    fp8_layers = [spec.linears[n] for n in spec.linears if n in spec.fp8_stored or (settings.base_precision == BasePrecision.FP8 and n.startswith(("blocks.", "vace_blocks.")))]
     return max((i * o * run.compute_bytes for i, o in fp8_layers), default=0)
 
 
@@ -382,7 +384,7 @@ def _activations(spec: ModelSpec, run: RunShape, settings: Settings, batch: int,
     vblock = block_memory(spec, run, batch, vace=True)
     phases: dict[str, int] = {}
     hints_forward = vace * h
-    reference = 2 * h + hints_forward + max(main.forward_peak, vblock.forward_peak) if run.objective != "sft" else 0
+    reference = 2 * h + hints_forward + max(main.forward_peak, vblock.forward_peak) if run.objective != Objective.SFT else 0
     if settings.gradient_checkpointing:
         # Each checkpoint keeps its inputs while the graph needs them: every transformer block's hidden state (the
         # first one is the patch embedding the VACE blocks share), and the VACE blocks' control states only when
@@ -412,7 +414,8 @@ def candidates(spec: ModelSpec, requested: Settings, fsdp2: bool = False) -> lis
     """Every setting at least as memory-saving as ``requested`` (nothing the user asked for is taken away). FSDP2
     shards the weights itself and gathers them in bf16: no block swap and no fp8 with it."""
     blocks = 0 if fsdp2 else len(spec.block_names)
-    precisions = ["fp8"] if requested.base_precision == "fp8" else ["bf16"] if fsdp2 or spec.fp8_stored else ["bf16", "fp8"]
+    precisions = ([BasePrecision.FP8.value] if requested.base_precision == BasePrecision.FP8 else [BasePrecision.BF16.value]
+                  if fsdp2 or spec.fp8_stored else list(BasePrecision.values()))
     out = []
     for precision in precisions:
         for checkpointing in ([True] if requested.gradient_checkpointing else [False, True]):
@@ -431,9 +434,9 @@ def cost(spec: ModelSpec, run: RunShape, plan: MemoryPlan, requested: Settings) 
     """Cheaper first: no fp8 conversion (it changes the numbers of a bf16/fp16 file), no added checkpointing (a
     recomputed forward per block), then the least host<->GPU traffic per step."""
     settings = plan.settings
-    converts = settings.base_precision == "fp8" and requested.base_precision != "fp8" and not spec.fp8_stored
+    converts = settings.base_precision == BasePrecision.FP8 and requested.base_precision != BasePrecision.FP8 and not spec.fp8_stored
     adds_checkpointing = settings.gradient_checkpointing and not requested.gradient_checkpointing
-    passes = 2 if run.objective == "sft" else 3  # swapped weights cross per forward pass and per recompute
+    passes = 2 if run.objective == Objective.SFT else 3  # swapped weights cross per forward pass and per recompute
     swapped = weight_bytes(spec, run, settings)[2]
     traffic = swapped * passes + 2 * (plan.host - swapped)  # offloaded checkpoints go out and come back
     return (converts, adds_checkpointing, traffic, settings.blocks_to_swap)
@@ -505,8 +508,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--rank", type=int, default=128)
     parser.add_argument("--targets", nargs="+", default=["self_attn_qkv"], choices=TARGET_NAMES)
-    parser.add_argument("--objective", default="ipa", choices=("ipa", "dpo", "sft"))
-    parser.add_argument("--base-precision", default="bf16", choices=("bf16", "fp8"))
+    parser.add_argument("--objective", default=Objective.IPA.value, choices=Objective.values())
+    parser.add_argument("--base-precision", default=BasePrecision.BF16.value, choices=BasePrecision.values())
     parser.add_argument("--blocks-to-swap", type=int, default=0)
     parser.add_argument("--activation-offload", action="store_true")
     parser.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false")

@@ -19,6 +19,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..choices import Objective, Precision
 from . import models, score, world
 
 # Pose seeds of the held-out sequences: disjoint from pretraining's (``pretrain.world_pool``: below 10**6).
@@ -137,13 +138,14 @@ def collect(w: World, videos: list[world.WorldVideo], per_pose: int, seed: int, 
 def train(w: World, dataset_dir: Path, run_dir: Path, objective: str, steps: int, seed: int, beta: float = 600.0,
           hand_weight: float = 10.0, rank: int = 16, learning_rate: float = 1e-3, batch_size: int = 2, processes: int = 1) -> Path:
     """One LoRA with the pack's trainer (``python -m ipa_train.train``); returns the LoRA file."""
-    from ..fileio import atomic_write_json
+    from ..jobs.config import RunConfig
     from ..jobs.launcher import run_cpu_job
 
-    config = {"dataset": str(dataset_dir), "base_model": str(w.model_path), "output_dir": str(run_dir), "lora_name": run_dir.name,
-              "objective": objective, "beta": beta, "hand_weight": hand_weight, "rank": rank, "learning_rate": learning_rate,
-              "steps": steps, "batch_size": batch_size, "checkpoint_every": 0, "seed": seed, "precision": "fp32"}
-    run_json = atomic_write_json(run_dir / "run.json", config)
+    config = RunConfig(dataset=str(dataset_dir), base_model=str(w.model_path), output_dir=str(run_dir), lora_name=run_dir.name,
+                       objective=objective, beta=beta, hand_weight=hand_weight, rank=rank, learning_rate=learning_rate,
+                       steps=steps, batch_size=batch_size, checkpoint_every=0, seed=seed, precision=Precision.FP32)
+    config.validate(f"the study's run config {run_dir.name}")
+    run_json = config.save(run_dir / "run.json")
     outcome, seconds = run_cpu_job(run_json, run_dir, processes)
     if outcome.status != "finished":
         raise RuntimeError(f"training {run_dir.name} ended {outcome.status} (exit {outcome.returncode}; log {run_dir / 'train.log'}):\n{outcome.error_text()}")
@@ -214,11 +216,12 @@ def plan(quick: bool, steps: Optional[int]) -> StudyPlan:
 
 def method_runs(p: StudyPlan) -> dict[str, dict]:
     """Name -> trainer settings; every run gets the same steps, seed and samples."""
-    runs = {"ipa": {"objective": "ipa", "beta": 600.0}, "sft": {"objective": "sft"}, "dpo": {"objective": "dpo", "beta": 600.0},
-            "ipa_no_halo": {"objective": "ipa", "beta": 600.0, "hand_weight": 1.0}}
+    runs = {"ipa": {"objective": Objective.IPA, "beta": 600.0}, "sft": {"objective": Objective.SFT},
+            "dpo": {"objective": Objective.DPO, "beta": 600.0},
+            "ipa_no_halo": {"objective": Objective.IPA, "beta": 600.0, "hand_weight": 1.0}}
     for beta in p.betas:
         if beta != 600.0:
-            runs[f"ipa_beta_{beta:g}"] = {"objective": "ipa", "beta": beta}
+            runs[f"ipa_beta_{beta:g}"] = {"objective": Objective.IPA, "beta": beta}
     return runs
 
 

@@ -17,6 +17,7 @@ from ..data.manifest import read_manifest
 from ..data.samples import load_preferred, load_sample
 from ..data.tensors import SampleTensors, validate_sample_tensors
 from ..jobs.config import RunConfig
+from ..choices import Objective, TimestepSampling
 from .distributed import Dist
 
 
@@ -43,7 +44,7 @@ def load_training_data(config: RunConfig) -> TrainingData:
     preferred = load_preferred(dataset_dir)
     entries = read_manifest(dataset_dir)
     rejected: list[tuple[str, SampleTensors, dict]] = []
-    if config.objective == "dpo":
+    if config.objective == Objective.DPO:
         for entry in entries:
             if entry.get("status") == "rejected":
                 tensors, meta = load_sample(dataset_dir, entry["id"])
@@ -55,7 +56,7 @@ def load_training_data(config: RunConfig) -> TrainingData:
                 "mark some samples as rejected, or use objective 'ipa' (good samples only)"
             )
     candidates: list[list[int]] = []
-    if config.objective == "dpo":
+    if config.objective == Objective.DPO:
         for sample_id, tensors, meta in preferred:
             same_shape = [j for j, (_, other, _) in enumerate(rejected) if shape_key(other) == shape_key(tensors)]
             same_prompt = [j for j in same_shape if meta.get("prompt") is not None and rejected[j][2].get("prompt") == meta.get("prompt")]
@@ -124,11 +125,11 @@ def collate(samples: list[SampleTensors], n_vace_layers: int, device: torch.devi
 
 def sample_t(config: RunConfig, n: int, generator: torch.Generator) -> torch.Tensor:
     """Flow time in [0, 1] (1 = noise): uniform (Wan's default), logit-normal, or uniform pushed by ``shift``."""
-    if config.timestep_sampling == "logit_normal":
+    if config.timestep_sampling == TimestepSampling.LOGIT_NORMAL:
         t = torch.sigmoid(config.logit_mean + config.logit_std * torch.randn(n, generator=generator))
     else:
         t = torch.rand(n, generator=generator)
-        if config.timestep_sampling == "shifted":
+        if config.timestep_sampling == TimestepSampling.SHIFTED:
             t = config.shift * t / (1 + (config.shift - 1) * t)
     return t.clamp(0.0, 1.0)
 

@@ -27,22 +27,24 @@ from ..fileio import read_json
 from ..jobs import rank_guard
 from .checkpoints import STATE_FILE, TrainingError, resume_checkpoint
 from ..jobs.config import ConfigError, RunConfig
+from ..jobs.config import KEYS, KeySpec
 from .distributed import Dist, Events, setup_distributed
 from ..jobs.contract import ERROR, EXIT_ERROR, EXIT_OK, EXIT_STOPPED
 from ..jobs.failures import hint_for, root_cause
-from ..wan.lora_targets import TARGET_NAMES
 from .loop import Trainer
 
 log = logging.getLogger("ipa_train.train")
 
 
-OVERRIDE_FLAGS = {
-    "dataset": str, "base_model": str, "output_dir": str, "lora_name": str, "objective": str, "beta": float,
-    "hand_weight": float, "rank": int, "alpha": float, "learning_rate": float, "lr_scheduler": str, "warmup_steps": int,
-    "steps": int, "batch_size": int, "grad_accum": int, "max_grad_norm": float, "precision": str, "seed": int,
-    "checkpoint_every": int, "timestep_sampling": str, "init_lora": str, "distributed": str, "stop_file": str,
-    "base_precision": str, "blocks_to_swap": int, "vram_budget_gb": float,
-}
+# The flags that override run.json keys, from the key schema (``KeySpec.cli``): --key VALUE, --key (sets true), --key A B.
+OVERRIDE_FLAGS = {name: spec.cli_type for name, spec in KEYS.items() if spec.cli == "value"}
+SWITCH_FLAGS = tuple(name for name, spec in KEYS.items() if spec.cli == "switch")
+LIST_FLAGS = tuple(name for name, spec in KEYS.items() if spec.cli == "list")
+
+
+def _override_help(spec: KeySpec) -> str:
+    allowed = spec.allowed_text().replace("`", "")
+    return f"override '{spec.name}': " + spec.help.replace("`", "").replace("%", "%%") + (f" ({allowed})" if allowed else "")
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -56,12 +58,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--config", help="run.json (see README, Training); optional with --resume (the checkpoint's config is used)")
     parser.add_argument("--resume", metavar="DIR", help="checkpoint folder (checkpoints/step-N), or an output folder: continue from its newest checkpoint")
     for key, kind in OVERRIDE_FLAGS.items():
-        flag = "--output" if key == "output_dir" else "--" + key.replace("_", "-")
-        parser.add_argument(flag, dest=key, type=kind, default=None, help=f"override '{key}'")
-    parser.add_argument("--gradient-checkpointing", dest="gradient_checkpointing", action="store_true", default=None)
-    parser.add_argument("--activation-offload", dest="activation_offload", action="store_true", default=None,
-                        help="keep the checkpointed block inputs in host memory between forward and backward")
-    parser.add_argument("--targets", nargs="+", default=None, help="LoRA targets: " + " ".join(TARGET_NAMES))
+        parser.add_argument(KEYS[key].cli_flag, dest=key, type=kind, default=None, help=_override_help(KEYS[key]))
+    for key in SWITCH_FLAGS:
+        parser.add_argument(KEYS[key].cli_flag, dest=key, action="store_true", default=None, help=_override_help(KEYS[key]))
+    for key in LIST_FLAGS:
+        parser.add_argument(KEYS[key].cli_flag, dest=key, nargs="+", default=None, help=_override_help(KEYS[key]))
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=JSON", help="override any config key, value as JSON")
     parser.add_argument("--dump-replicas", metavar="DIR", help="debugging: every rank writes its LoRA weights after every step to DIR")
     return parser.parse_args(argv)
@@ -75,7 +76,7 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         config = RunConfig.from_dict(read_json(checkpoint / STATE_FILE)["config"], source=f"{checkpoint}/{STATE_FILE}")
     else:
         raise ConfigError("give --config run.json (or --resume DIR to continue a run with its own config)")
-    overrides = {key: getattr(args, key) for key in list(OVERRIDE_FLAGS) + ["gradient_checkpointing", "activation_offload", "targets"]}
+    overrides = {key: getattr(args, key) for key in (*OVERRIDE_FLAGS, *SWITCH_FLAGS, *LIST_FLAGS)}
     for item in args.sets:
         key, sep, raw = item.partition("=")
         if not sep:

@@ -16,6 +16,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ..choices import Objective
+
 Tensor = torch.Tensor
 
 
@@ -188,4 +190,4 @@ def flow_sft_loss(
     return loss, {"model_error": loss.detach()}
 
 
-OBJECTIVES = ("ipa", "dpo", "sft")
+OBJECTIVES = Objective.values()

@@ -18,6 +18,7 @@ from typing import Any, Optional
 import torch
 
 from ..jobs.config import ConfigError, RunConfig
+from ..choices import BasePrecision, Distributed, Precision
 from .distributed import Dist
 
 log = logging.getLogger("ipa_train.train")
@@ -25,7 +26,7 @@ log = logging.getLogger("ipa_train.train")
 
 def compute_dtype(config: RunConfig, device: torch.device) -> torch.dtype:
     """What the run computes in: bf16 under autocast (``auto`` on a GPU, or ``bf16``), else float32."""
-    return torch.bfloat16 if config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda") else torch.float32
+    return torch.bfloat16 if config.precision == Precision.BF16 or (config.precision == Precision.AUTO and device.type == "cuda") else torch.float32
 
 
 def _init_lora_params(config: RunConfig) -> int:
@@ -52,7 +53,7 @@ def run_shape(config: RunConfig, data, dist_info: Dist):
         frames=int(frames), height=int(height), width=int(width), batch_size=config.batch_size,
         text_tokens=max(int(t.text_embedding.shape[0]) for t in samples), rank=config.rank, targets=tuple(config.targets),
         objective=config.objective, init_lora_params=_init_lora_params(config), device=dist_info.device.type,
-        precision=config.precision, distributed=config.distributed if dist_info.active else "ddp", world_size=dist_info.world,
+        precision=config.precision, distributed=config.distributed if dist_info.active else Distributed.DDP.value, world_size=dist_info.world,
     )
 
 
@@ -77,10 +78,10 @@ def plan_memory(config: RunConfig, data, dist_info: Dist, model_spec=None) -> tu
         run = run_shape(config, data, dist_info)
         requested = Settings(config.base_precision, config.blocks_to_swap, config.activation_offload, config.gradient_checkpointing)
         budget = int(config.vram_budget_gb * GIB) if config.vram_budget_gb else None
-        plan = choose(spec, run, requested, budget, host_memory_available() if budget else None, fsdp2=config.distributed == "fsdp2")
+        plan = choose(spec, run, requested, budget, host_memory_available() if budget else None, fsdp2=config.distributed == Distributed.FSDP2)
     except PlanError as exc:
         raise ConfigError(str(exc)) from exc
-    if spec.fp8_stored and config.distributed == "fsdp2":
+    if spec.fp8_stored and config.distributed == Distributed.FSDP2:
         raise ConfigError(f"base_model {Path(config.base_model).name} stores fp8 weights, which distributed 'fsdp2' cannot "
                           "shard (it gathers weights in bf16 and would drop their scales); use distributed 'ddp' (with "
                           "blocks_to_swap for 14B), or the fp16 file with fsdp2")
@@ -90,10 +91,10 @@ def plan_memory(config: RunConfig, data, dist_info: Dist, model_spec=None) -> tu
         config = config.with_overrides({"base_precision": chosen.base_precision, "blocks_to_swap": chosen.blocks_to_swap,
                                         "activation_offload": chosen.activation_offload,
                                         "gradient_checkpointing": chosen.gradient_checkpointing}, source="memory planner")
-    if chosen.base_precision == "fp8" or spec.fp8_stored:
+    if chosen.base_precision == BasePrecision.FP8 or spec.fp8_stored:
         problem = fp8_cast_problem(dist_info.device)
         if problem:
-            what = "base_precision 'fp8'" if chosen.base_precision == "fp8" else f"the fp8 file {Path(config.base_model).name}"
+            what = "base_precision 'fp8'" if chosen.base_precision == BasePrecision.FP8 else f"the fp8 file {Path(config.base_model).name}"
             raise ConfigError(f"{what} needs fp8 casting on the training device, but {problem}. Use base_precision 'bf16' "
                               "with an fp16/bf16 model file, or another device")
     return config, plan

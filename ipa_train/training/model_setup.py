@@ -13,6 +13,7 @@ import torch
 
 from . import lora as lora_setup
 from ..jobs.config import ConfigError, RunConfig
+from ..choices import BasePrecision, Distributed
 from .distributed import Dist
 
 
@@ -30,7 +31,7 @@ def build_model(config: RunConfig, dtype: torch.dtype, compute_dtype: Optional[t
         raise ConfigError(f"base_model {path} does not exist; give a Wan2.1-VACE .safetensors file, a diffusers folder, or \"tiny\"")
     from ..wan.model import load_transformer  # single-file and diffusers-folder loading
 
-    precision = config.base_precision if path.is_file() else "bf16"
+    precision = config.base_precision if path.is_file() else BasePrecision.BF16.value
     return load_transformer(str(path), torch_dtype=dtype, vace_module=config.vace_module, base_precision=precision,
                             compute_dtype=compute_dtype)
 
@@ -102,19 +103,19 @@ def prepare_model(config: RunConfig, data, dist_info: Dist, memory, autocast_dty
     from .reference_check import check_base_fingerprint
 
     device = dist_info.device
-    if config.distributed == "fsdp2" and dist_info.active and str(config.base_model).lower().endswith(".gguf"):
+    if config.distributed == Distributed.FSDP2 and dist_info.active and str(config.base_model).lower().endswith(".gguf"):
         raise ConfigError("distributed 'fsdp2' cannot shard a GGUF base (its weights are packed quantised blocks); use 'ddp' "
                           "or a safetensors base_model")
-    base_dtype = torch.bfloat16 if (autocast_dtype is not None and device.type == "cuda" and config.distributed == "ddp") else torch.float32
+    base_dtype = torch.bfloat16 if (autocast_dtype is not None and device.type == "cuda" and config.distributed == Distributed.DDP) else torch.float32
     model = build_model(config, base_dtype, memory.dtype) if model is None else model  # a file streams into fp8
     check_data_fits_model(data, model)
     # The samples' base against this one, as stored: with base_precision fp8 the file's own weights (the run
     # quantises them on purpose; fp8 files are fp8 on both sides).
-    streamed_fp8 = config.base_precision == "fp8" and Path(config.base_model).is_file()
+    streamed_fp8 = config.base_precision == BasePrecision.FP8 and Path(config.base_model).is_file()
     identity = (file_weights_fingerprint(config.base_model, config.vace_module) if streamed_fp8
                 else diffusers_model_fingerprint(model))
     warnings_ = check_base_fingerprint(data, config, identity)
-    if config.base_precision == "fp8":  # the tiny model, folders and given models: after the fingerprint
+    if config.base_precision == BasePrecision.FP8:  # the tiny model, folders and given models: after the fingerprint
         from ..wan.frozen_linear import quantize_block_linears
 
         quantize_block_linears(model, memory.dtype)

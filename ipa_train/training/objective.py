@@ -15,6 +15,8 @@ import torch
 from . import lora as lora_setup
 from .batching import Batch, Sampler, TrainingData, collate, sample_t
 from ..jobs.config import RunConfig
+from ..choices import Distributed
+from ..choices import Objective as ObjectiveName  # this module's Objective is the training step
 from .distributed import Dist
 from .loss import flow_dpo_loss, flow_ipa_loss, flow_sft_loss
 
@@ -62,7 +64,7 @@ class Objective:
         winners = [self.data.preferred[i][1] for i in indices]
         t = sample_t(c, len(winners), generator)
         dtype = self.autocast_dtype if device.type == "cuda" and self.autocast_dtype else torch.float32
-        if c.objective == "dpo":
+        if c.objective == ObjectiveName.DPO:
             losers = []
             for i in indices:
                 options = self.data.loser_candidates[i]
@@ -79,13 +81,13 @@ class Objective:
         x_t = (1.0 - tb) * batch.x0 + tb * noise
         target = noise - batch.x0
         common = dict(hand_weight=c.hand_weight, ref_frames=batch.ref_frames)
-        if c.objective == "sft":
+        if c.objective == ObjectiveName.SFT:
             pred = self.predict(self.forward_module, batch, x_t, t_full)
             loss, metrics = flow_sft_loss(pred, target, t_full, batch.hand_mask, **common)
         else:
             ref = self.reference(batch, x_t, t_full)
             pred = self.predict(self.forward_module, batch, x_t, t_full)
-            if c.objective == "ipa":
+            if c.objective == ObjectiveName.IPA:
                 loss, metrics = flow_ipa_loss(pred, ref, target, t_full, batch.hand_mask, beta=c.beta, **common)
             else:
                 n = len(winners)
@@ -109,7 +111,7 @@ class Objective:
                 sync = self.ddp.no_sync()
             else:
                 sync = nullcontext()
-                if c.distributed == "fsdp2" and self.dist.active:
+                if c.distributed == Distributed.FSDP2 and self.dist.active:
                     self.bare.set_requires_gradient_sync(last)
             with sync:
                 for key, value in self.micro_step(step, micro).items():

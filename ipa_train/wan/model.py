@@ -21,6 +21,8 @@ from typing import Any, Mapping, Optional
 
 import torch
 
+from ..choices import BasePrecision
+
 log = logging.getLogger(__name__)
 
 # diffusers' own tiny test configuration of the VACE transformer: same classes and module layout as the real
@@ -52,7 +54,7 @@ ORIGINAL_PREFIX = "model.diffusion_model."
 # model whose width is not a multiple of 128, explicit VACE layer positions) load back exactly.
 CONFIG_METADATA_KEY = "ipa_diffusers_config"
 # How the frozen base's block linears are stored: "bf16" as the run's precision, "fp8" float8_e4m3fn + scale.
-BASE_PRECISIONS = ("bf16", "fp8")
+BASE_PRECISIONS = BasePrecision.values()
 _CONFIG_FIELDS = (
     "patch_size", "num_attention_heads", "attention_head_dim", "in_channels", "out_channels", "text_dim",
     "freq_dim", "ffn_dim", "num_layers", "cross_attn_norm", "qk_norm", "eps", "image_dim", "added_kv_proj_dim",
@@ -510,7 +512,7 @@ def _load_gguf(path: Path, torch_dtype):
 
 
 def load_transformer(path: os.PathLike | str, torch_dtype: torch.dtype = torch.float32, vace_module: Optional[os.PathLike | str] = None,
-                     base_precision: str = "bf16", compute_dtype: Optional[torch.dtype] = None):
+                     base_precision: str = BasePrecision.BF16.value, compute_dtype: Optional[torch.dtype] = None):
     """Loads a Wan2.1-VACE transformer as diffusers' ``WanVACETransformer3DModel`` (eval mode), offline.
 
     ``path``: a single safetensors file in the original Wan layout (keys bare or ``model.diffusion_model.``),
@@ -548,7 +550,7 @@ def _load_folder(path: Path, torch_dtype, vace_module, base_precision: str, comp
     if vace_module:
         raise ModelLoadError(f"vace_module goes with a single-file text-to-video base, not with the diffusers folder {path}.")
     model = _load_diffusers_folder(path, torch_dtype)
-    if base_precision == "fp8":
+    if base_precision == BasePrecision.FP8:
         from .frozen_linear import quantize_block_linears
 
         quantize_block_linears(model, compute_dtype or torch_dtype)
@@ -561,7 +563,7 @@ def _check_gguf_options(path: Path, vace_module, base_precision: str) -> None:
             f"vace_module with a GGUF base ({path.name}) is not supported: use a GGUF that includes VACE (a Wan2.1-VACE GGUF), "
             "or the safetensors text-to-video base with the safetensors VACE module."
         )
-    if base_precision == "fp8":
+    if base_precision == BasePrecision.FP8:
         raise ModelLoadError(f"base_precision 'fp8' with the GGUF file {path.name}: its weights are quantised already; "
                              "use base_precision 'bf16' (the GGUF stays as stored)")
 
@@ -572,8 +574,8 @@ def _load_safetensors(path: Path, torch_dtype, vace_module, base_precision: str,
     described = ModelFile.describe(path, vace_module)
     _check_layout(described.name, described.config, described.shapes)
     sources = described.sources
-    if base_precision == "fp8" or any(source.layout.quantised for source in sources):
-        quantize = base_precision == "fp8"
+    if base_precision == BasePrecision.FP8 or any(source.layout.quantised for source in sources):
+        quantize = base_precision == BasePrecision.FP8
         return _load_streamed(sources, described.config, torch_dtype, compute_dtype or torch_dtype, quantize=quantize).eval()
     model = _from_single_file(_single_file_source(path, sources), described.config, torch_dtype)
     if any(p.is_meta for p in model.parameters()):
