@@ -15,13 +15,13 @@ HOST_MARKS = re.compile(r"requires_comfyui|pytest\.mark\.host")
 BROWSER_SIGNS = re.compile(r"\b(chromium|playwright)\b", re.I)
 
 
-def test_files(folder=None):
+def files_in(folder=None):
     return sorted((TESTS / folder if folder else TESTS).rglob("test_*.py"))
 
 
 def test_every_test_that_uses_comfyui_is_a_host_test():
     offenders = [
-        str(path.relative_to(TESTS)) for path in test_files()
+        str(path.relative_to(TESTS)) for path in files_in()
         if path.relative_to(TESTS).parts[0] not in ("host",) and path.name != "test_markers.py"
         and HOST_SIGNS.search(path.read_text()) and not HOST_MARKS.search(path.read_text())
     ]
@@ -29,11 +29,11 @@ def test_every_test_that_uses_comfyui_is_a_host_test():
 
 
 def test_browser_tests_live_in_the_browser_folder():
-    offenders = [str(path.relative_to(TESTS)) for path in test_files()
+    offenders = [str(path.relative_to(TESTS)) for path in files_in()
                  if path.relative_to(TESTS).parts[0] != "browser" and path.name != "test_markers.py" and BROWSER_SIGNS.search(path.read_text())]
     assert not offenders, f"drive a browser outside tests/browser/: {offenders}"
     assert all(BROWSER_SIGNS.search(path.read_text()) or "support.gallery_layout" in path.read_text() or "support.comfy_frontend" in path.read_text()
-               for path in test_files("browser")), "a test in tests/browser/ drives no browser"
+               for path in files_in("browser")), "a test in tests/browser/ drives no browser"
 
 
 def test_the_markers_are_registered_and_strict(pytestconfig):
