@@ -1,7 +1,7 @@
 """IPA Train LoRA: runs ``ipa_train.train`` in its own process (group) and shows its progress in the graph.
 
 ComfyUI's models are unloaded first, so the trainer gets the GPUs. Launch, environment, event parsing, graceful
-stop and the loss plot live in ``ipa_train.launcher``; this node maps them onto ComfyUI's progress bar (whose
+stop and the loss plot live in ``ipa_train.jobs.launcher`` and ``ipa_train.jobs.curves``; this node maps them onto ComfyUI's progress bar (whose
 preview image is the live loss plot), its cancel button and its error display.
 """
 

@@ -3,7 +3,7 @@
 Why: the table is one of the views of the schema (with the trainer's flags, its validation and the ComfyUI node's
 widgets), so it is written from it, never by hand. ``python scripts/readme_run_json.py`` rewrites the lines
 between the two marker comments in README.md; ``--check`` only says whether they are up to date (exit 1 if not;
-tests/test_run_config_schema.py checks the same).
+tests/jobs/test_run_config_schema.py checks the same).
 """
 
 from __future__ import annotations

@@ -33,6 +33,28 @@ def write_checkpoint(out, step):
     return checkpoint
 
 
+def report_broken_import():
+    """What the real trainer reports when torchvision breaks diffusers' imports."""
+    from ipa_train.jobs.failures import report_startup_failure
+
+    try:
+        try:
+            raise RuntimeError("operator torchvision::nms does not exist")
+        except RuntimeError as cause:
+            raise ModuleNotFoundError("Could not import module 'BloomPreTrainedModel'") from cause
+    except ModuleNotFoundError as exc:
+        sys.exit(report_startup_failure(exc))
+
+
+def write_lora(path: Path) -> Path:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    save_file({"diffusion_model.blocks.0.self_attn.q.lora_A.weight": np.zeros((2, 4), np.float32),
+               "diffusion_model.blocks.0.self_attn.q.lora_B.weight": np.zeros((4, 2), np.float32)}, str(path), metadata={"objective": "ipa"})
+    return path
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", required=True)
@@ -40,16 +62,8 @@ def main():
     args = parser.parse_args()
     config = json.loads(Path(args.config).read_text())
     mode = config.get("fake_mode") or os.environ.get("IPA_FAKE_TRAINER_MODE", "ok")
-    if mode == "broken_import":  # what the real trainer reports when torchvision breaks diffusers' imports
-        from ipa_train.jobs.failures import report_startup_failure
-
-        try:
-            try:
-                raise RuntimeError("operator torchvision::nms does not exist")
-            except RuntimeError as cause:
-                raise ModuleNotFoundError("Could not import module 'BloomPreTrainedModel'") from cause
-        except ModuleNotFoundError as exc:
-            sys.exit(report_startup_failure(exc))
+    if mode == "broken_import":
+        report_broken_import()
     out = Path(config["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     stop = {"requested": False}
@@ -90,12 +104,7 @@ def main():
             if worker is not None:
                 worker.terminate()
             sys.exit(EXIT_STOPPED)
-    lora = out / f"{config.get('lora_name', 'lora')}.safetensors"
-    import numpy as np
-    from safetensors.numpy import save_file
-
-    save_file({"diffusion_model.blocks.0.self_attn.q.lora_A.weight": np.zeros((2, 4), np.float32),
-               "diffusion_model.blocks.0.self_attn.q.lora_B.weight": np.zeros((4, 2), np.float32)}, str(lora), metadata={"objective": "ipa"})
+    lora = write_lora(out / f"{config.get('lora_name', 'lora')}.safetensors")
     emit(event=FINISHED, lora_path=str(lora), metrics={"loss": 0.7 / total, "ipa_gap": 0.01 * total, "steps": total})
     if worker is not None:
         worker.terminate()
