@@ -9,24 +9,14 @@ from pathlib import Path
 
 import torch
 
+from ipa_train.wan.model import TINY_VACE_CONFIG
+
 # A tiny model that ComfyUI's loader reads back as the same network: ComfyUI derives the head count as
 # width // 128, the text width is fixed at 4096 and VACE blocks sit at range(0, layers, layers // count).
-TINY_COMFY_VACE_CONFIG = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=1,
-    attention_head_dim=128,
-    in_channels=16,
-    out_channels=16,
-    text_dim=4096,
-    freq_dim=256,
-    ffn_dim=256,
-    num_layers=4,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-    rope_max_seq_len=1024,
-    vace_layers=[0, 2],
-    vace_in_channels=96,
-)
+TINY_COMFY_VACE_CONFIG = {
+    **TINY_VACE_CONFIG, "num_attention_heads": 1, "attention_head_dim": 128, "text_dim": 4096, "ffn_dim": 256, "num_layers": 4,
+    "rope_max_seq_len": 1024,
+}
 
 
 def build_tiny_comfy_transformer(seed: int = 0, **overrides):
