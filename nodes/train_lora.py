@@ -17,7 +17,7 @@ from pathlib import Path
 import comfy.model_management
 import numpy as np
 import torch
-from comfy_api.latest import io, ui
+from comfy_api.v0_0_2 import io, ui
 
 from ..ipa_train.jobs import launcher
 from ..ipa_train.jobs.config import BASE_PRECISIONS as RUN_BASE_PRECISIONS, DISTRIBUTED as RUN_DISTRIBUTED, OBJECTIVES as RUN_OBJECTIVES, PRECISIONS as RUN_PRECISIONS, ConfigError, RunConfig
