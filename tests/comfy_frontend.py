@@ -119,13 +119,16 @@ class Frontend:
     def open_template(self, pack_folder: str, name: str) -> None:
         """Workflow > Browse Templates, the pack's category, click the card: the frontend fetches
         /api/workflow_templates/<pack folder>/<name>.json and loads it as a template."""
+        self.js("() => { window.__ipaWorkflowBefore = app.extensionManager.workflow?.activeWorkflow; }")
         self.command("Comfy.BrowseTemplates")
         self.page.get_by_text(pack_folder, exact=True).first.click()
         card = self.page.locator(f'[data-testid="template-workflow-{name}"]')
         card.wait_for(timeout=30_000)
         card.click()
-        self.page.wait_for_function("(name) => app.extensionManager.workflow?.activeWorkflow?.filename === name", arg=name,
-                                    timeout=30_000)
+        # a newly opened workflow: the template's name, or "<name> (2)" when it is open already in another tab
+        self.page.wait_for_function("""(name) => { const active = app.extensionManager.workflow?.activeWorkflow;
+            return active && active !== window.__ipaWorkflowBefore && (active.filename === name || active.filename.startsWith(name + ' ('));
+        }""", arg=name, timeout=30_000)
 
     def template_cards(self, pack_folder: str) -> list[dict]:
         """Title, description and whether the thumbnail loaded, per card of the pack's category (dialog left open)."""
