@@ -9,7 +9,7 @@ that defines both gets only the V1 mapping registered).
 WEB_DIRECTORY = "./web"
 
 try:  # ComfyUI present: expose the V3 entry point.
-    import comfy_api.latest  # noqa: F401
+    import comfy_api.v0_0_2  # noqa: F401  (the versioned API the nodes import: nodes/__init__.py)
 except ImportError:  # Imported outside ComfyUI (tests, the trainer process): nothing to register.
     comfy_entrypoint = None
 else:

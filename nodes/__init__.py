@@ -4,7 +4,9 @@ A module may also define ``setup()`` (register model folders, server routes); it
 ``comfy_entrypoint``, because ComfyUI v0.8 never calls ``ComfyExtension.on_load``.
 """
 
-from comfy_api.latest import ComfyExtension, io
+# The versioned API (comfy_api.v0_0_2), not ``latest``, which may change under us: every node module imports it.
+# ComfyUI v0.8.0 (the oldest supported) and v0.28.0 both ship v0_0_2; there it re-exports latest's io/ui/ComfyExtension.
+from comfy_api.v0_0_2 import ComfyExtension, io
 
 from . import collector, dwpose, gallery, hand_mask, lora_loader, model_loader, train_lora, vace_sampler
 

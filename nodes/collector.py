@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 import torch
-from comfy_api.latest import io, ui
+from comfy_api.v0_0_2 import io, ui
 
 from ..ipa_train.data.collect import Candidate, store_candidates
 from ..ipa_train.data.layout import DatasetError, validate_dataset_name

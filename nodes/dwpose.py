@@ -11,7 +11,7 @@ import torch
 import comfy.model_management
 import comfy.utils
 import folder_paths
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..ipa_train.pose import dwpose
 

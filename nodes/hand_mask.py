@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..ipa_train.pose.hands import RESIZE_MODES, SHAPES, hand_boxes, hand_mask_preview, pose_to_hand_masks, resize_frames
 from .previews import looping_previews

@@ -17,7 +17,7 @@ import os
 import threading
 
 import torch
-from comfy_api.latest import io, ui
+from comfy_api.v0_0_2 import io, ui
 
 from ..ipa_train.wan.lora_io import LoraFileError, read_lora_file
 from ..ipa_train.wan.lora_meta import base_model_mismatch, summarize_metadata, training_metadata

@@ -10,7 +10,7 @@ reading its file), so the sampling model and the trainer's base are the same wei
 from __future__ import annotations
 
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..ipa_train.wan.vace_module import VaceModuleError, merge_vace_module
 

@@ -8,7 +8,7 @@ import os
 from typing import Sequence
 
 import torch
-from comfy_api.latest import io, ui
+from comfy_api.v0_0_2 import io, ui
 
 from ..ipa_train.data.previews import animated_webp
 from ..ipa_train.fileio import atomic_write_bytes

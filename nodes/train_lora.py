@@ -18,7 +18,7 @@ from pathlib import Path
 import comfy.model_management
 import numpy as np
 import torch
-from comfy_api.latest import io, ui
+from comfy_api.v0_0_2 import io, ui
 
 from ..ipa_train.jobs import launcher
 from ..ipa_train.data.layout import DatasetError, dataset_path, list_datasets

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..ipa_train.data.collect import Candidate
 from .model_identity import base_weights_fingerprint, describe_patches

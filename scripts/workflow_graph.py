@@ -3,7 +3,8 @@
 ``node_infos()`` reads the schemas of ComfyUI's core nodes and this pack's nodes in-process (what GET /object_info
 returns); ``Graph`` lays nodes out and links them by socket name; ``check_workflow`` verifies a workflow file against
 the schemas: every node type exists, every link joins an existing output to an input of the same type, and every
-node has exactly as many widget values as its schema has widgets.
+node has exactly as many widget values as its schema has widgets (a ComfyUI node may have gained outputs or optional
+widgets at the end on a newer host than the oldest supported one, which the templates are built on).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def node_infos(pack_module) -> dict[str, dict[str, Any]]:
     extension = asyncio.run(pack_module.comfy_entrypoint())
     for cls in asyncio.run(extension.get_node_list()):
         info = cls.GET_NODE_INFO_V1()
-        infos[info["name"]] = _normalise(info)
+        infos[info["name"]] = {**_normalise(info), "pack": True}
     return infos
 
 
@@ -200,6 +201,60 @@ class Graph:
         }
 
 
+def outputs_compatible(saved: list[str], live: list[str]) -> bool:
+    """Saved output types load on a host whose node has ``live`` outputs: the same, or a prefix of them (the node
+    gained outputs at the end on a newer ComfyUI, e.g. GetVideoComponents' INT in v0.28). The frontend keeps links
+    by slot, so links from the old slots stay valid; an output removed, retyped or inserted before others is not
+    compatible."""
+    return len(saved) <= len(live) and list(saved) == list(live[: len(saved)])
+
+
+def appended_optional_widgets(info: dict[str, Any], saved_count: int) -> bool:
+    """The widget slots past the first ``saved_count`` are optional inputs with a default (and their control
+    slots), which a newer host appended to the node (e.g. CreateVideo's bit_depth in v0.28): the frontend gives a
+    widget that has no saved value its default, and ComfyUI its own default when the prompt leaves it out."""
+    names = widget_names(info)
+    if saved_count > len(names):
+        return False
+    specs = {spec["name"]: spec for spec in info["inputs"]}
+    for name in names[saved_count:]:
+        spec = specs[name.split(":")[0]]
+        if not spec["optional"] or "default" not in spec["options"]:
+            return False
+    return True
+
+
+def as_built_on_older_host(built: dict[str, Any], committed: dict[str, Any], infos: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``built`` (a workflow made from this host's schemas) without what a newer host appended to a node, where the
+    committed workflow (built on the oldest supported host) lacks it: outputs at the end that carry no links
+    (:func:`outputs_compatible`), and optional widget inputs at the end left at their defaults
+    (:func:`appended_optional_widgets`). The committed templates stay built on the oldest host and compare equal to
+    a newer host's build modulo those. Nodes are matched by id; the pack's own nodes and anything else are left as
+    built."""
+    committed_nodes = {node["id"]: node for node in committed.get("nodes", [])}
+    nodes = []
+    for node in built["nodes"]:
+        old = committed_nodes.get(node["id"])
+        if old is None or old.get("type") != node["type"] or node["type"] not in infos or infos[node["type"]].get("pack"):
+            nodes.append(node)
+            continue
+        node = dict(node)
+        outputs, old_outputs = node.get("outputs", []), old.get("outputs", [])
+        if len(old_outputs) < len(outputs) and not any(o["links"] for o in outputs[len(old_outputs):]) \
+                and outputs_compatible([o["type"] for o in old_outputs], [o["type"] for o in outputs]):
+            node["outputs"] = outputs[: len(old_outputs)]
+        inputs, old_inputs = node.get("inputs", []), old.get("inputs", [])
+        values, old_values = node.get("widgets_values", []), old.get("widgets_values", [])
+        defaults = [spec["options"].get("default") for name in widget_names(infos[node["type"]])[len(old_values):]
+                    for spec in infos[node["type"]]["inputs"] if spec["name"] == name]
+        if len(old_inputs) < len(inputs) and [i["name"] for i in inputs[: len(old_inputs)]] == [i["name"] for i in old_inputs] \
+                and all("widget" in i and i.get("link") is None for i in inputs[len(old_inputs):]) \
+                and appended_optional_widgets(infos[node["type"]], len(old_values)) and values[len(old_values):] == defaults:
+            node["inputs"], node["widgets_values"] = inputs[: len(old_inputs)], values[: len(old_values)]
+        nodes.append(node)
+    return {**built, "nodes": nodes}
+
+
 def check_workflow(workflow: dict[str, Any], infos: dict[str, dict[str, Any]]) -> list[str]:
     """Problems found (empty when the workflow matches the schemas)."""
     problems = []
@@ -212,7 +267,11 @@ def check_workflow(workflow: dict[str, Any], infos: dict[str, dict[str, Any]]) -
             problems.append(f"node {node['id']}: unknown node type {node['type']} (missing node)")
             continue
         expected = widget_names(info)
-        if len(node.get("widgets_values", [])) != len(expected):
+        saved = len(node.get("widgets_values", []))
+        # the pack's own nodes match exactly (the templates are built from the same code); a ComfyUI node may have
+        # gained optional widgets at the end on a newer host
+        tolerated = not info.get("pack") and saved < len(expected) and appended_optional_widgets(info, saved)
+        if saved != len(expected) and not tolerated:
             problems.append(f"node {node['id']} {node['type']}: {len(node.get('widgets_values', []))} widget values, schema has {len(expected)} {expected}")
         input_names = {spec["name"]: spec for spec in info["inputs"]}
         for entry in node.get("inputs", []):
@@ -223,7 +282,7 @@ def check_workflow(workflow: dict[str, Any], infos: dict[str, dict[str, Any]]) -
                 linked = any(entry["name"] == spec["name"] and entry.get("link") for entry in node.get("inputs", []))
                 if not linked:
                     problems.append(f"node {node['id']} {node['type']}: required input {spec['name']} is not connected")
-        if [o["type"] for o in node.get("outputs", [])] != info["outputs"]:
+        if not outputs_compatible([o["type"] for o in node.get("outputs", [])], info["outputs"]):
             problems.append(f"node {node['id']} {node['type']}: outputs {[o['type'] for o in node.get('outputs', [])]} != {info['outputs']}")
     for link_id, source, slot, target, in_slot, kind in workflow["links"]:
         src, dst = nodes_by_id.get(source), nodes_by_id.get(target)

@@ -68,11 +68,12 @@ def screenshot_on_failure(ui, tmp_path, name):
 
 def _open(ui, key):
     """Opens the template and checks the frontend kept every widget value where the file has it (a missing
-    control_after_generate slot shifts every later value). Returns (missing-model dialog texts, the file)."""
+    control_after_generate slot shifts every later value). Returns (missing-model dialog or errors-panel texts, the
+    file)."""
     workflow = json.loads(template_path(key).read_text())
     ui.open_template(PACK_FOLDER, TEMPLATES[key])
-    ui.page.wait_for_timeout(500)  # the missing-model dialog opens after the graph is configured
-    dialogs = ui.close_dialogs() if ui.js("() => !!document.querySelector('.p-dialog')") else []
+    ui.page.wait_for_timeout(500)  # the missing-model dialog (or errors panel) opens after the graph is configured
+    dialogs = ui.missing_models_reports()
     loaded = ui.graph_widgets()
     for node in workflow["nodes"]:
         expected = node.get("widgets_values", [])
@@ -128,7 +129,8 @@ def test_curate_runs_as_loaded_and_shows_its_results(ui, comfy, tmp_path):
 
     with screenshot_on_failure(ui, tmp_path, "curate"):
         dialogs, workflow = _open(ui, "ipa_curate")
-        # the missing-model dialog names each file in its folder, from the template's `models` entries
+        # the missing-model dialog (errors panel on frontend 1.45) names each file in its folder, from the template's
+        # `models` entries
         assert len(dialogs) == 1 and "Missing Models" in dialogs[0], dialogs
         for folder, name in (("diffusion_models", "wan2.1_vace_1.3B_fp16.safetensors"), ("text_encoders", "umt5_xxl_fp8_e4m3fn_scaled.safetensors"),
                              ("vae", "wan_2.1_vae.safetensors")):

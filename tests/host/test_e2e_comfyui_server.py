@@ -3,7 +3,8 @@ example workflows converted to API format as the frontend would queue them, on t
 in ComfyUI's layouts. Curate (DWPose -> sample 2 candidates -> store pending; mark one preferred through the
 gallery route), align (the real trainer in a subprocess), animate (the new LoRA through IPA LoRA Loader, native
 VACE sampling, saved video), then POST /interrupt during training: a graceful stop (through the stop file) with a
-checkpoint and a resume hint in the node's error, and the hint (resume='latest') continuing the run to its end.
+checkpoint and a resume hint in the node's error, and the hint (resume='latest') continuing the run to its end; the
+same through the jobs API's cancels where the host has them (v0.26+; asserted absent on v0.8).
 
 One substitution: CLIPLoader + CLIPTextEncode become a test-only text node (see tests/support/e2e_base.py for why).
 Everything else runs the real nodes and files.
@@ -192,46 +193,101 @@ def _animate(comfy) -> None:
     assert float(np.std(np.stack(frames))) > 1.0  # decoded content, not a blank video
 
 
-def test_interrupt_stops_training_with_a_checkpoint_and_a_resume_hint(comfy):
-    from ipa_train.data.manifest import read_manifest
-    from ipa_train.data.marks import count_statuses
-    from support.comfy_server import execution_error
+def _needs_the_dataset(comfy):
 
     folder = comfy.base / "output" / "ipa_datasets" / DATASET
     if not folder.is_dir() or count_statuses(read_manifest(folder))["preferred"] == 0:
         pytest.skip("needs the dataset made by test_curate_align_animate_through_the_server")
-    started = time.monotonic()
-    align = _api(comfy, "ipa_align", IPATrainLoRA={**align_settings(), "lora_name": "ipa_cancel", "steps": 100000})
+
+
+def _train_until_a_step(comfy, lora_name: str):
+    """Queues a long training run; returns (prompt id, its train.log) once the trainer logged a step."""
+    align = _api(comfy, "ipa_align", IPATrainLoRA={**align_settings(), "lora_name": lora_name, "steps": 100000})
     prompt_id = comfy.queue(align)
     runs = comfy.base / "output" / "ipa_runs"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        logs = list(runs.glob("ipa_cancel-*/train.log"))
+        logs = list(runs.glob(f"{lora_name}-*/train.log"))
         if logs and '"event": "step"' in logs[0].read_text():
-            break
+            return prompt_id, logs[0]
         time.sleep(0.1)
-    else:
-        pytest.fail("the trainer never reported a step:\n" + comfy.log_tail())
-    comfy.post("/interrupt")
-    entry = comfy.wait(prompt_id, timeout=180)
-    # a cancel, as ComfyUI reports its own nodes' cancels: interrupted, no execution error
+    pytest.fail("the trainer never reported a step:\n" + comfy.log_tail())
+
+
+def _assert_stopped_with_a_checkpoint(comfy, entry: dict, log_path: Path, lora_name: str) -> Path:
+    """A cancel as ComfyUI reports its own nodes' cancels, the stop message with its resume hint, the checkpoint and
+    no LoRA; returns the checkpoint folder."""
+    from support.comfy_server import execution_error
+
     assert execution_error(entry) is None and "execution_interrupted" in [kind for kind, _ in entry["status"]["messages"]], entry["status"]
-    message = next(line for line in comfy.log_tail(20000).splitlines() if "IPA training stopped at step" in line)
+    message = next(line for line in comfy.log_tail(20000).splitlines() if "IPA training stopped at step" in line and f"{lora_name}-" in line)
     assert "resume='latest'" in message
-    run_dir = logs[0].parent
+    run_dir = log_path.parent
     checkpoint = Path(message.split("Checkpoint: ")[1].split(". To resume")[0])
     assert checkpoint.parent == run_dir / "checkpoints" and (checkpoint / "state.json").is_file()
-    log = logs[0].read_text()
+    log = log_path.read_text()
     assert '"reason": "stop file"' in log and "SIGINT" not in log  # stopped through the stop file, no signal
     assert not (run_dir / "STOP").exists()
-    assert not (comfy.base / "models" / "loras" / "ipa" / "ipa_cancel.safetensors").exists()
-    # the hint works: queued again with resume='latest', the run continues from that step and finishes
+    assert not (comfy.base / "models" / "loras" / "ipa" / f"{lora_name}.safetensors").exists()
+    return checkpoint
+
+
+def _assert_resume_finishes(comfy, checkpoint: Path, log_path: Path, lora_name: str) -> None:
+    """The hint works: queued again with resume='latest', the run continues from that step and finishes."""
     from support.comfy_server import run_prompt
 
     step = int(checkpoint.name.split("-")[1])
-    resumed = _api(comfy, "ipa_align", IPATrainLoRA={**align_settings(), "lora_name": "ipa_cancel", "steps": step + 1, "resume": "latest"})
+    resumed = _api(comfy, "ipa_align", IPATrainLoRA={**align_settings(), "lora_name": lora_name, "steps": step + 1, "resume": "latest"})
     run_prompt(comfy, resumed)
-    log = logs[0].read_text()
+    log = log_path.read_text()
     assert f'"start_step": {step}' in log and f'"event": "finished", "step": {step + 1}' in log
-    assert (comfy.base / "models" / "loras" / "ipa" / "ipa_cancel.safetensors").is_file()
+    assert (comfy.base / "models" / "loras" / "ipa" / f"{lora_name}.safetensors").is_file()
+
+
+def test_interrupt_stops_training_with_a_checkpoint_and_a_resume_hint(comfy):
+    _needs_the_dataset(comfy)
+    started = time.monotonic()
+    prompt_id, log_path = _train_until_a_step(comfy, "ipa_cancel")
+    comfy.post("/interrupt")
+    entry = comfy.wait(prompt_id, timeout=180)
+    checkpoint = _assert_stopped_with_a_checkpoint(comfy, entry, log_path, "ipa_cancel")
+    _assert_resume_finishes(comfy, checkpoint, log_path, "ipa_cancel")
     comfy.timings["cancel and resume"] = time.monotonic() - started
+
+
+def _jobs_cancel_routes(comfy) -> dict[str, object]:
+    """{route: its answer, or the HTTP status that refused it} for ComfyUI's jobs-API cancels (v0.26+), asked with
+    ids that match no job (a no-op where the routes exist). Detects the capability instead of reading a version."""
+    from support.comfy_server import ServerError
+
+    answers: dict[str, object] = {}
+    for route, body in (("/api/jobs/00000000-0000-4000-8000-000000000000/cancel", {}),
+                        ("/api/jobs/cancel", {"job_ids": ["00000000-0000-4000-8000-000000000000"]})):
+        try:
+            answers[route] = comfy.post(route, body)
+        except ServerError as error:
+            answers[route] = int(str(error).split(" -> ")[1].split(":")[0])
+    return answers
+
+
+def test_a_cancel_through_the_jobs_api_stops_training_as_interrupt_does(comfy):
+    """ComfyUI v0.26+ cancels a job by id (POST /api/jobs/{id}/cancel, or a batch: POST /api/jobs/cancel): a running
+    one through the same interrupt as /interrupt, so training stops with a checkpoint, the message and a working
+    resume hint. On a host without the routes (v0.8) the test asserts they are absent, both of them, rather than
+    skipping: a host that has only one of them, or answers them otherwise, fails here."""
+    answers = _jobs_cancel_routes(comfy)
+    if all(answer in (404, 405) for answer in answers.values()):
+        return  # v0.8: no jobs API; /interrupt (the test above) is the only way to cancel
+    assert all(answer == {"cancelled": False} for answer in answers.values()), answers
+    _needs_the_dataset(comfy)
+    started = time.monotonic()
+    prompt_id, log_path = _train_until_a_step(comfy, "ipa_jobs_cancel")
+    assert comfy.post(f"/api/jobs/{prompt_id}/cancel") == {"cancelled": True}
+    entry = comfy.wait(prompt_id, timeout=180)
+    checkpoint = _assert_stopped_with_a_checkpoint(comfy, entry, log_path, "ipa_jobs_cancel")
+    _assert_resume_finishes(comfy, checkpoint, log_path, "ipa_jobs_cancel")
+    # the batch route ("cancel all" in the queue panel) the same way
+    prompt_id, log_path = _train_until_a_step(comfy, "ipa_jobs_batch")
+    assert comfy.post("/api/jobs/cancel", {"job_ids": [prompt_id]}) == {"cancelled": True}
+    _assert_stopped_with_a_checkpoint(comfy, comfy.wait(prompt_id, timeout=180), log_path, "ipa_jobs_batch")
+    comfy.timings["jobs API cancel"] = time.monotonic() - started

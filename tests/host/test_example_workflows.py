@@ -100,16 +100,19 @@ def test_workflows_exist_and_are_well_formed():
 @requires_comfyui
 def test_workflows_match_the_live_schemas():
     from support.comfy_tiny import load_pack_cpu
-    from workflow_graph import check_workflow, node_infos
+    from workflow_graph import as_built_on_older_host, check_workflow, node_infos
 
     from build_example_workflows import build_all
 
     infos = node_infos(load_pack_cpu())
     for path in WORKFLOWS:
         assert check_workflow(json.loads(path.read_text()), infos) == [], path.name
-    # the committed files are what the builder makes from today's schemas
+    # the committed files are what the builder makes from today's schemas (built on the oldest supported host; a
+    # newer host's build may add outputs or optional widgets at the end of a node, e.g. v0.28's GetVideoComponents INT
+    # and CreateVideo bit_depth)
     for name, workflow in build_all(infos).items():
-        assert _load(name) == workflow, f"{name}: rebuild with scripts/build_example_workflows.py"
+        committed = _load(name)
+        assert committed == as_built_on_older_host(workflow, committed, infos), f"{name}: rebuild with scripts/build_example_workflows.py"
     # the API-format prompt the frontend would queue: widget values by name, links as [source id, slot]
     from workflow_graph import to_api_prompt
 
@@ -161,3 +164,40 @@ def test_pack_metadata_icon_and_node_count():
                 nodes += len(statement.value.elts)
     words = {5: "Five", 6: "Six", 7: "Seven", 8: "Eight", 9: "Nine", 10: "Ten"}
     assert re.search(rf"\b{words[nodes]} nodes\b", (REPO_ROOT / "README.md").read_text()), f"README: say {words[nodes]} nodes"
+
+
+def test_what_a_newer_host_appended_is_accepted_and_nothing_else():
+    """A template built on the oldest host loads on a newer one whose node gained outputs at the end (the frontend
+    keeps links by slot) or optional widgets with defaults at the end; removed, retyped or inserted outputs, required
+    widgets, linked extra outputs and non-default extra values are still told apart."""
+    from workflow_graph import Graph, appended_optional_widgets, as_built_on_older_host, outputs_compatible
+
+    assert outputs_compatible(["IMAGE", "AUDIO", "FLOAT"], ["IMAGE", "AUDIO", "FLOAT", "INT"])
+    assert outputs_compatible(["IMAGE"], ["IMAGE"])
+    assert not outputs_compatible(["IMAGE", "AUDIO", "FLOAT"], ["IMAGE", "FLOAT"])
+    assert not outputs_compatible(["IMAGE", "AUDIO"], ["IMAGE", "INT", "AUDIO"])
+    assert not outputs_compatible(["IMAGE", "INT"], ["IMAGE"])
+
+    def spec(name, kind, optional=False, **options):
+        return {"name": name, "type": kind, "options": options, "optional": optional}
+    old = {"name": "N", "inputs": [spec("images", "IMAGE"), spec("fps", "FLOAT", default=30.0)],
+           "outputs": ["VIDEO"], "output_names": ["VIDEO"]}
+    new = {**old, "inputs": old["inputs"] + [spec("bit_depth", "INT", optional=True, default=8)],
+           "outputs": ["VIDEO", "INT"], "output_names": ["VIDEO", "bit_depth"]}
+    assert appended_optional_widgets(new, 1) and not appended_optional_widgets(new, 0) and not appended_optional_widgets(new, 3)
+    required = {**new, "inputs": old["inputs"] + [spec("bit_depth", "INT", default=8)]}
+    assert not appended_optional_widgets(required, 1)
+
+    def build(infos, **widgets):
+        graph = Graph(infos)
+        graph.add("N", (0, 0), widgets)
+        return {"nodes": graph.nodes}
+    committed = build({"N": old})
+    assert as_built_on_older_host(build({"N": new}), committed, {"N": new}) == committed
+    changed = build({"N": new}, bit_depth=10)
+    assert as_built_on_older_host(changed, committed, {"N": new}) != committed
+    linked = build({"N": new})
+    linked["nodes"][0]["outputs"][1]["links"].append(5)
+    assert as_built_on_older_host(linked, committed, {"N": new}) != committed
+    retyped = {**new, "outputs": ["IMAGE", "INT"]}
+    assert as_built_on_older_host(build({"N": retyped}), committed, {"N": retyped}) != committed

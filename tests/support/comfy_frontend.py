@@ -119,13 +119,16 @@ class Frontend:
     def open_template(self, pack_folder: str, name: str) -> None:
         """Workflow > Browse Templates, the pack's category, click the card: the frontend fetches
         /api/workflow_templates/<pack folder>/<name>.json and loads it as a template."""
+        self.js("() => { window.__ipaWorkflowBefore = app.extensionManager.workflow?.activeWorkflow; }")
         self.command("Comfy.BrowseTemplates")
         self.page.get_by_text(pack_folder, exact=True).first.click()
         card = self.page.locator(f'[data-testid="template-workflow-{name}"]')
         card.wait_for(timeout=30_000)
         card.click()
-        self.page.wait_for_function("(name) => app.extensionManager.workflow?.activeWorkflow?.filename === name", arg=name,
-                                    timeout=30_000)
+        # a newly opened workflow: the template's name, or "<name> (2)" when it is open already in another tab
+        self.page.wait_for_function("""(name) => { const active = app.extensionManager.workflow?.activeWorkflow;
+            return active && active !== window.__ipaWorkflowBefore && (active.filename === name || active.filename.startsWith(name + ' ('));
+        }""", arg=name, timeout=30_000)
 
     def template_cards(self, pack_folder: str) -> list[dict]:
         """Title, description and whether the thumbnail loaded, per card of the pack's category (dialog left open)."""
@@ -161,6 +164,46 @@ class Frontend:
                 close?.click(); }""")
             self.page.wait_for_timeout(200)
         return texts
+
+    def missing_models_reports(self) -> list[str]:
+        """What the frontend told about missing models after a workflow loaded, as texts of the form
+        "Missing Models ... <folder> / <file>" (empty when it told nothing), and closes it. Which UI it shows is
+        detected by what is on the page, not by version: a dialog (frontend 1.35, ComfyUI v0.8), or an errors panel
+        (frontend 1.45, ComfyUI v0.28: a "N ERRORS ... Show missing models" toast that opens the right side
+        panel's Errors tab, one group per model folder)."""
+        if self.js("() => !!document.querySelector('.p-dialog')"):
+            return self.close_dialogs()
+        show = self.page.get_by_text("Show missing models", exact=True)
+        if not show.count():
+            return []
+        show.first.click()
+        group = self.page.locator('[data-testid="error-group-missing-model"]')
+        group.wait_for(timeout=15_000)
+        self.page.locator('[data-testid="error-group-missing-model"] [title$=".safetensors"]').first.wait_for(timeout=15_000)
+        text = self.js("""() => {
+            const group = document.querySelector('[data-testid="error-group-missing-model"]');
+            const lines = [group.innerText.split('\\n')[0]];
+            let folder = null;
+            for (const e of group.querySelectorAll('*')) {
+                const own = e.children.length ? '' : (e.innerText || '').trim();
+                const heading = own.match(/^([A-Za-z0-9_-]+) \\(\\d+\\)$/);
+                if (heading) folder = heading[1];
+                if (e.title && /\\.(safetensors|gguf|pt|pth|ckpt|bin)$/.test(e.title) && !lines.includes(`${folder} / ${e.title}`))
+                    lines.push(`${folder} / ${e.title}`);
+            }
+            return lines.join('\\n');
+        }""")
+        self.close_side_panel()
+        return [text]
+
+    def close_side_panel(self) -> None:
+        """Closes the right side panel (frontend 1.45) if it is open, with its own toggle in the panel's header."""
+        self.js("""() => { const panel = document.querySelector('[data-testid="properties-panel"]');
+            if (!panel) return;
+            const buttons = [...panel.querySelectorAll('button')].filter((b) => !b.dataset.testid);
+            const toggle = buttons.find((b) => /close|toggle|panel/i.test(b.getAttribute('aria-label') || '')) || buttons[0];
+            toggle?.click(); }""")
+        self.page.wait_for_timeout(300)
 
     def graph_widgets(self) -> dict[int, list]:
         """{node id: widgets_values} of the graph as the frontend would save it now."""
