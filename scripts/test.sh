@@ -28,4 +28,6 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; 
     echo "could not install chromium (no root or no apt): the gallery browser tests will skip"
   fi
 fi
+# The linter first (pyproject.toml [tool.ruff]: pyflakes and import order): a finding fails the run.
+"$VENV/bin/ruff" check .
 exec "$VENV/bin/python" -m pytest -q "$@"
