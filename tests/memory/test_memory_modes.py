@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from support.trainer_helpers import make_dataset, one_thread, tiny_config  # noqa: F401 (one_thread: a fixture)
 
 from ipa_train.fileio import load_safetensors
-from ipa_train.training import lora
 from ipa_train.jobs.config import ConfigError
+from ipa_train.training import lora
 from ipa_train.training.distributed import Dist, Events
 from ipa_train.training.loop import Trainer
 from ipa_train.wan.frozen_linear import FrozenLinear, dequantize, quantize_block_linears, quantize_fp8
 from ipa_train.wan.model import build_tiny_transformer
-
-from support.trainer_helpers import make_dataset, one_thread, tiny_config  # noqa: F401 (one_thread: a fixture)
 
 # Measured on the tiny model (seed 0, rank 4, lora_B ~ N(0, 0.1)): forward 1.9e-2, LoRA gradients up to 8.4e-2
 # relative (Frobenius), against a relative weight error of 2.4e-2. The bounds leave room for other seeds.
@@ -170,6 +169,43 @@ def test_swap_schedule_prefetches_in_pass_order_and_keeps_two_blocks(tmp_path):
         peak = max(peak, len(resident))
     assert peak == 2
     assert len(moves) == sum(len(trainer.memory.swapper.layers[name]) for name in fetched)  # every copy went through move
+
+
+def test_frozen_vace_blocks_are_not_prefetched_in_backward_nor_offloaded(tmp_path, monkeypatch):
+    """The VACE blocks frozen (the LoRA on the transformer blocks only): the backward pass never recomputes them, so
+    the swapper prefetches none of them there, and activation offload copies none of their inputs to host memory;
+    every tensor it copies is read back by the backward pass."""
+    from ipa_train.memory import activation_offload
+
+    monkeypatch.setattr(activation_offload, "MIN_OFFLOAD_BYTES", 0)
+    data = make_dataset(tmp_path / "ds", preferred=1)
+    read_back, packed = set(), set()
+    pack, unpack = activation_offload.ActivationOffload.pack, activation_offload.ActivationOffload.unpack
+
+    def observed_pack(self, tensor):
+        out = pack(self, tensor)
+        packed.add(id(out)) if isinstance(out, activation_offload._Packed) else None
+        return out
+
+    def observed_unpack(self, value):
+        read_back.add(id(value))
+        return unpack(self, value)
+
+    monkeypatch.setattr(activation_offload.ActivationOffload, "pack", observed_pack)
+    monkeypatch.setattr(activation_offload.ActivationOffload, "unpack", observed_unpack)
+    _, trainer, _ = _train(data, tmp_path / "out", steps=1, blocks_to_swap=5, activation_offload=True, targets=["self_attn_qkv"])
+    swapper, offload = trainer.memory.swapper, trainer.memory.offload
+    assert swapper.backward_names == ["blocks.0", "blocks.1", "blocks.2"]
+    log = swapper.stats.log
+    entered = [name for what, name in log if what in ("hit", "miss")]
+    forward = ["vace_blocks.0", "vace_blocks.1", "blocks.0", "blocks.1", "blocks.2"]
+    assert entered == forward + forward + ["blocks.2", "blocks.1", "blocks.0"]
+    backward_start = [i for i, (what, _) in enumerate(log) if what in ("hit", "miss")][2 * len(forward)]
+    assert [name for what, name in log[backward_start:] if what == "fetch"] == ["blocks.1", "blocks.0"]
+    # offload: the three transformer blocks' hidden states (not the VACE blocks' inputs), each read back
+    width = 24
+    assert [shape for what, shape in offload.stats.log if what == "pack" and shape == (1, 18, width)] == [(1, 18, width)] * 3
+    assert packed and packed <= read_back
 
 
 def test_offload_keeps_what_the_planner_counts(tmp_path, monkeypatch):
