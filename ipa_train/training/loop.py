@@ -157,7 +157,8 @@ class Trainer:
         """AdamW over the trained LoRA and its learning-rate schedule, with their state when resuming."""
         config, dist_info = self.config, self.dist
         self.params = [parameter for _, parameter in lora_setup.trained_parameters(model)]
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.learning_rate, weight_decay=config.weight_decay,
+                                           **adamw_options(dist_info.device))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(config, step))
         if self.resume_dir is not None:
             load_training_state(self.resume_dir, self.bare, self.optimizer, self.scheduler, dist_info,
@@ -299,6 +300,12 @@ class Trainer:
         final = {k: history[-1][k] for k in ("loss", "ipa_gap", "model_error", "reference_error")} if history else {}
         self.events.emit(FINISHED, step=step, lora_path=str(lora_path), checkpoint=str(last_checkpoint), metrics=final)
         return TrainResult("finished", step, str(lora_path), str(last_checkpoint), history, self.bare)
+
+
+def adamw_options(device: torch.device) -> dict[str, Any]:
+    """AdamW's implementation for the device: the fused kernel on CUDA (one launch for all the LoRA's tensors instead
+    of a loop over them; the same update), torch's default elsewhere (the CPU keeps its tested path)."""
+    return {"fused": True} if torch.device(device).type == "cuda" else {}
 
 
 def check_finite(step: int, loss: float, grad_norm: float, config: RunConfig, rank: int, last_checkpoint: Optional[Path]) -> None:

@@ -209,6 +209,29 @@ def test_dpo_and_sft_objectives_run(tmp_path):
     assert steps[0]["loss"] == pytest.approx(steps[0]["model_error"]) and steps[0]["ipa_gap"] is None
 
 
+def test_adamw_is_fused_on_cuda_and_the_cpu_keeps_its_path(tmp_path):
+    """The fused AdamW kernel on CUDA (one launch for the LoRA's tensors, not one per tensor); the CPU run as before.
+    The fused update is AdamW's own (compared where torch has both, on CPU)."""
+    from ipa_train.training.distributed import Dist, Events
+    from ipa_train.training.loop import Trainer, adamw_options
+
+    assert adamw_options(torch.device("cuda", 1)) == {"fused": True} and adamw_options(torch.device("cpu")) == {}
+    data = make_dataset(tmp_path / "ds", preferred=1)
+    trainer = Trainer(tiny_config(data, tmp_path / "out", steps=1), Dist(), Events(Dist(), stdout=False))
+    assert not trainer.optimizer.defaults["fused"]
+    torch.manual_seed(0)
+    plain = [torch.randn(4, 3, requires_grad=True) for _ in range(2)]
+    fused = [p.detach().clone().requires_grad_() for p in plain]
+    optimizers = [torch.optim.AdamW(plain, lr=1e-2, weight_decay=0.1), torch.optim.AdamW(fused, lr=1e-2, weight_decay=0.1, **adamw_options("cuda"))]
+    for _ in range(3):
+        for a, b in zip(plain, fused):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        for optimizer in optimizers:
+            optimizer.step()
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(plain, fused)) and optimizers[1].defaults["fused"] is True
+
+
 def test_stop_request_writes_a_checkpoint(tmp_path):
     data = make_dataset(tmp_path / "ds", preferred=2)
     config = tiny_config(data, tmp_path / "out", steps=50)
