@@ -17,15 +17,13 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..fileio import atomic_save_safetensors
+from ..jobs.checkpoint_files import CHECKPOINTS_DIR, recover_checkpoints
+from ..jobs.config import ConfigError, RunConfig
+from ..jobs.contract import CHECKPOINT, FINISHED, STARTED, STEP, STOPPED
 from ..wan.model import storage_summary
 from . import lora as lora_setup
 from .batching import Sampler, load_training_data, seed_for
-from ..jobs.checkpoint_files import CHECKPOINTS_DIR, recover_checkpoints
-from .checkpoints import (
-    TrainingError, resume_checkpoint, load_training_state, lora_metadata, optimizer_state_api, write_checkpoint,
-)
-from ..jobs.config import ConfigError, RunConfig
-from ..jobs.contract import CHECKPOINT, FINISHED, STARTED, STEP, STOPPED
+from .checkpoints import TrainingError, load_training_state, lora_metadata, optimizer_state_api, resume_checkpoint, write_checkpoint
 from .distributed import Dist, Events, full_tensor, peak_memory_gb, reduce_metrics, setup_distributed
 from .memory_setup import MemoryModes, compute_dtype, plan_memory
 from .model_setup import gathered_adapter, prepare_model, save_comfy_lora, shard_fsdp2

@@ -8,18 +8,17 @@ import math
 
 import pytest
 import torch
+from support.trainer_helpers import make_dataset, make_sample, one_thread, tiny_config  # noqa: F401 (one_thread: a fixture)
 
+from ipa_train.data.layout import DatasetError
+from ipa_train.fileio import load_safetensors, read_safetensors_metadata
+from ipa_train.jobs.config import ConfigError, RunConfig
 from ipa_train.training import lora
 from ipa_train.training.batching import load_training_data
 from ipa_train.training.checkpoints import TrainingError
 from ipa_train.training.loop import train
 from ipa_train.training.reference_check import sampling_patch_warning
-from ipa_train.jobs.config import ConfigError, RunConfig
-from ipa_train.data.layout import DatasetError
-from ipa_train.fileio import load_safetensors, read_safetensors_metadata
 from ipa_train.wan.model import build_tiny_transformer
-
-from support.trainer_helpers import make_dataset, make_sample, one_thread, tiny_config  # noqa: F401 (one_thread: a fixture)
 
 LOG2 = math.log(2.0)
 
@@ -154,8 +153,9 @@ def test_saved_lora_layout_metadata_and_reload(tmp_path):
         assert f"ipa.{key}" in meta, key
     assert meta["ipa.steps"] == "3" and meta["ipa.dataset_size"] == "2" and json.loads(meta["ipa.targets"]) == config.targets
     # a fresh model with the saved LoRA reproduces the trained prediction
-    from ipa_train.wan.lora_io import load_lora_for_peft, peft_config_kwargs
     from peft import LoraConfig, set_peft_model_state_dict
+
+    from ipa_train.wan.lora_io import load_lora_for_peft, peft_config_kwargs
 
     state, alphas, header = load_lora_for_peft(result.lora_path)
     assert header["ipa.objective"] == "ipa"
