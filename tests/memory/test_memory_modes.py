@@ -92,6 +92,59 @@ def test_per_channel_scales_keep_the_error_lower_than_one_scale_per_tensor():
     assert worst["channel"] < 0.035 < 0.045 < worst["tensor"]
 
 
+def test_fp8_matmul_is_chosen_by_the_device_by_contract(monkeypatch):
+    """torch._scaled_mm (fp8 tensor cores) where the device has it and the layer suits it; the dequantising path on
+    the CPU, before sm89, for row-wise scales before sm90, for other dtypes or shapes, and when turned off."""
+    from ipa_train.wan.frozen_linear import E4M3, FP8_MATMUL_ENV, fp8_matmul_kind
+
+    bf16 = torch.bfloat16
+    monkeypatch.delenv(FP8_MATMUL_ENV, raising=False)
+    assert fp8_matmul_kind("cpu", E4M3, False, 1536, 1536, bf16) == "dequant"
+    assert fp8_matmul_kind("cuda", E4M3, False, 1536, 1536, bf16, capability=(8, 6)) == "dequant"  # Ampere: no fp8 cores
+    assert fp8_matmul_kind("cuda", E4M3, False, 1536, 1536, bf16, capability=(8, 9)) == "scaled_mm"  # Ada, per tensor
+    assert fp8_matmul_kind("cuda", E4M3, True, 1536, 1536, bf16, capability=(8, 9)) == "dequant"  # row-wise needs sm90
+    assert fp8_matmul_kind("cuda", E4M3, True, 1536, 8960, bf16, capability=(9, 0)) == "scaled_mm"  # Hopper
+    assert fp8_matmul_kind("cuda", E4M3, True, 1536, 8960, torch.float32, capability=(9, 0)) == "dequant"
+    assert fp8_matmul_kind("cuda", torch.float8_e5m2, True, 1536, 8960, bf16, capability=(9, 0)) == "dequant"
+    assert fp8_matmul_kind("cuda", E4M3, True, 24, 1536, bf16, capability=(9, 0)) == "dequant"  # not a multiple of 16
+    monkeypatch.setenv(FP8_MATMUL_ENV, "dequant")
+    assert fp8_matmul_kind("cuda", E4M3, True, 1536, 8960, bf16, capability=(9, 0)) == "dequant"
+
+
+@pytest.mark.parametrize("granularity", ["channel", "tensor"])
+def test_fp8_matmul_runs_on_scaled_mm_when_chosen(monkeypatch, granularity):
+    """Where the device has fp8 tensor cores each fp8 layer's forward is one torch._scaled_mm call (run here on the
+    CPU's implementation), within the activations' e4m3 rounding of the dequantising path; its backward still
+    multiplies by the dequantised weight. On the CPU the decision keeps the dequantising path: no call."""
+    from ipa_train.wan import frozen_linear
+
+    g = torch.Generator().manual_seed(0)
+    linear = torch.nn.Linear(64, 48)
+    with torch.no_grad():
+        linear.weight.copy_(0.05 * torch.randn(48, 64, generator=g))
+    q, scale = quantize_fp8(linear.weight, granularity)
+    layer = FrozenLinear.from_linear(linear, q, scale, torch.bfloat16)
+    x = torch.randn(2, 5, 64, generator=g, dtype=torch.bfloat16, requires_grad=True)
+    calls = []
+    real = torch._scaled_mm
+    monkeypatch.setattr(torch, "_scaled_mm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    frozen_linear._KIND_CACHE.clear()
+    reference = layer(x)
+    reference.float().square().sum().backward()
+    reference_grad, x.grad = x.grad.clone(), None
+    assert calls == []  # the CPU dequantises
+    monkeypatch.setattr(frozen_linear, "fp8_matmul_kind", lambda *args, **kwargs: "scaled_mm")
+    frozen_linear._KIND_CACHE.clear()
+    try:
+        out = layer(x)
+        out.float().square().sum().backward()
+    finally:
+        frozen_linear._KIND_CACHE.clear()
+    assert len(calls) == 1 and out.dtype == torch.bfloat16 and out.shape == reference.shape
+    assert 0 < _relative(out.detach().float(), reference.detach().float()) < 0.05  # e4m3 activations: about 2^-4 per element, averaged
+    assert _relative(x.grad.float(), reference_grad.float()) < 0.05  # the backward's own matmul is the same
+
+
 # ---------------------------------------------------------------------------------------------- change no number
 
 
