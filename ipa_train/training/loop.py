@@ -26,7 +26,7 @@ from .batching import Sampler, load_training_data, seed_for
 from .checkpoints import TrainingError, load_training_state, lora_metadata, optimizer_state_api, resume_checkpoint, write_checkpoint
 from .distributed import Dist, Events, full_tensor, peak_memory_gb, reduce_metrics, setup_distributed
 from .memory_setup import MemoryModes, compute_dtype, plan_memory
-from .model_setup import gathered_adapter, prepare_model, save_comfy_lora, shard_fsdp2
+from .model_setup import gathered_adapter, prepare_model, save_comfy_lora
 from .objective import Objective
 from .reference_check import check_recorded_patches
 
@@ -134,7 +134,8 @@ class Trainer:
         return self.bare
 
     def _wrap_distributed(self, model) -> None:
-        """DDP (the trained LoRA synchronised, the frozen base left out) or FSDP2 shards; the objective on top."""
+        """DDP (the trained LoRA synchronised, the frozen base left out); FSDP2 already sharded the model as it was
+        prepared (``model_setup.shard_fsdp2``); the objective on top."""
         config, dist_info = self.config, self.dist
         self.ddp = None
         if dist_info.active and config.distributed == "ddp":
@@ -146,8 +147,6 @@ class Trainer:
             DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, frozen)
             device = dist_info.device
             self.ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        elif config.distributed == "fsdp2" and dist_info.active:
-            shard_fsdp2(model, dist_info, self.autocast_dtype)
         self.forward_module = self.ddp if self.ddp is not None else model
         self.objective = Objective(config, self.data, self.sampler, dist_info, model, self.forward_module, self.autocast_dtype, self.ddp)
 
