@@ -54,7 +54,11 @@ def describe_exit(code: Optional[int]) -> str:
 
 
 def is_lost_peer(message: str) -> bool:
+    """Whether a rank's error is only the consequence of a peer's death: a broken connection, or gloo's transport
+    "Read error" / "Write error" (what a survivor of a SIGKILLed rank reports on CPU)."""
     text = message.lower()
+    if "gloo" in text and ("read error" in text or "write error" in text):
+        return True
     return any(marker in text for marker in LOST_PEER_MARKERS)
 
 
@@ -161,6 +165,10 @@ def _event_text(event: Mapping[str, Any]) -> str:
     return f"rank {rank}: {message}"
 
 
+def _lost_peer(event: Mapping[str, Any]) -> bool:
+    return bool(event.get("lost_peer")) or is_lost_peer(str(event.get("message", "")))
+
+
 def failure_report(errors: Sequence[Mapping[str, Any]], failures: Sequence[RankFailure], returncode: Optional[int]) -> list[str]:
     """Lines that explain a failed job, the cause first.
 
@@ -168,7 +176,7 @@ def failure_report(errors: Sequence[Mapping[str, Any]], failures: Sequence[RankF
     exited non-zero without reporting anything (a SIGKILL leaves no message); then the first error reported; then
     the launched process's own exit status. Everything else follows as "then ..."."""
     reported = {int(event["rank"]) for event in errors if isinstance(event.get("rank"), int)}
-    real = [event for event in errors if not is_lost_peer(str(event.get("message", "")))]
+    real = [event for event in errors if not _lost_peer(event)]
     silent = [f for f in failures if f.rank not in reported and f.exitcode not in (EXIT_STOPPED, -int(signal.SIGTERM))]
     silent.sort(key=lambda f: (f.exitcode >= 0, f.rank))  # signals first: a crash explains an exit status 1 of a peer
     lines: list[str] = []
@@ -188,7 +196,7 @@ def failure_report(errors: Sequence[Mapping[str, Any]], failures: Sequence[RankF
         lines.append(f"what to do: {cause_event['hint']}")
     for event in errors:
         if event is not cause_event:
-            lost = " (a consequence: it lost its connection to the failed rank)" if is_lost_peer(str(event.get("message", ""))) else ""
+            lost = " (a consequence: it lost its connection to the failed rank)" if _lost_peer(event) else ""
             lines.append(f"then rank {event.get('rank', '?')}: {str(event.get('message', 'error')).splitlines()[0]}{lost}")
     for failure in failures:
         if not lines or not lines[0].startswith(f"rank {failure.rank} "):

@@ -43,6 +43,11 @@ class _Packed:
         self.host, self.device, self.event = host, device, event
 
 
+def needs_grad(block, args) -> bool:
+    """Whether the backward pass will recompute ``block``: an input or a parameter of it needs a gradient."""
+    return any(isinstance(a, torch.Tensor) and a.requires_grad for a in args) or any(p.requires_grad for p in block.parameters())
+
+
 class ActivationOffload:
     """The checkpointing function diffusers calls per block, with the checkpoint inputs kept in host memory.
 
@@ -58,6 +63,8 @@ class ActivationOffload:
         self.stats = OffloadStats()
 
     def __call__(self, block, *args):
+        if not needs_grad(block, args):  # a frozen VACE block: the backward never recomputes it, nothing to keep
+            return block(*args)
         with torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack):
             return checkpoint(block.__call__, *args, use_reentrant=False)
 

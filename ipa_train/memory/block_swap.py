@@ -41,6 +41,21 @@ def block_order(model) -> list[str]:
     return [f"vace_blocks.{i}" for i in range(len(model.vace_blocks))] + [f"blocks.{i}" for i in range(len(model.blocks))]
 
 
+def backward_blocks(model) -> set[str]:
+    """The blocks a checkpointed backward pass recomputes: those whose output needs a gradient, because they or a
+    block before them in forward order hold a trainable parameter (parameters outside the blocks count as before
+    all of them). Frozen VACE blocks never run in the backward pass: prefetching one there only wastes a copy."""
+    order = block_order(model)
+    inside = {id(p) for name in order for p in model.get_submodule(name).parameters()}
+    needs_grad = any(p.requires_grad for p in model.parameters() if id(p) not in inside)
+    out = set()
+    for name in order:
+        needs_grad = needs_grad or any(p.requires_grad for p in model.get_submodule(name).parameters())
+        if needs_grad:
+            out.add(name)
+    return out
+
+
 def swapped_blocks(model, count: int) -> list[str]:
     """The ``count`` blocks to swap: the first ones in forward order. The backward pass ends on the lowest of them,
     which the next forward pass then finds still on the GPU."""
@@ -92,6 +107,8 @@ class BlockSwapper:
         self.device = torch.device(device)
         self.order = block_order(model)
         self.names = [n for n in self.order if n in set(names)]  # forward order
+        recomputed = backward_blocks(model)  # with the adapters in place: which blocks the backward pass runs
+        self.backward_names = [n for n in self.names if n in recomputed]
         self.layers = {name: [m for m in model.get_submodule(name).modules() if isinstance(m, FrozenLinear)] for name in self.names}
         self.move = move or _default_move
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
@@ -119,10 +136,14 @@ class BlockSwapper:
         return hook
 
     def next_after(self, name: str, backward: bool) -> Optional[str]:
-        """The swapped block that runs after ``name``: the next in forward order, or the previous one while the
-        backward pass recomputes blocks in reverse. None at the end (no wrap-around)."""
-        i = self.names.index(name) + (-1 if backward else 1)
-        return self.names[i] if 0 <= i < len(self.names) else None
+        """The swapped block that runs after ``name``: the next in forward order, or the previous one that the
+        backward pass recomputes (``backward_blocks``) while it runs blocks in reverse. None at the end (no
+        wrap-around)."""
+        order = self.backward_names if backward else self.names
+        if name not in order:
+            return None
+        i = order.index(name) + (-1 if backward else 1)
+        return order[i] if 0 <= i < len(order) else None
 
     def enter(self, name: str) -> None:
         """``name`` is about to run: make its weights resident, release every other block's copy except the one

@@ -309,13 +309,13 @@ def _stored(spec: ModelSpec, precision: str, base: int) -> tuple[int, dict]:
 
 def weight_bytes(spec: ModelSpec, run: RunShape, settings: Settings) -> tuple[int, int, int]:
     """(bytes on the GPU, swap buffer bytes, bytes kept in host memory) of the frozen base."""
-    base = 2 if run.bf16 and run.distributed != Distributed.FSDP2 else 4
+    base = 2 if run.bf16 else 4  # FSDP2 too: it loads and shards the base in bf16 (training.model_setup)
     total, per_block = _stored(spec, settings.base_precision, base)
     swapped = [per_block[b] for b in spec.block_names[: settings.blocks_to_swap]]
     on_gpu = total - sum(swapped)
     if run.distributed == Distributed.FSDP2 and run.world_size > 1:
         largest_block = max(per_block.values())
-        on_gpu = on_gpu // run.world_size + 2 * largest_block // 2  # a shard, plus two blocks gathered in bf16
+        on_gpu = on_gpu // run.world_size + 2 * largest_block  # a shard, plus two blocks gathered (as stored)
     buffers = 2 * max(swapped) if swapped else 0
     return on_gpu, buffers, sum(swapped)
 

@@ -25,12 +25,11 @@ import torch.distributed as dist
 from ..data.layout import DatasetError
 from ..fileio import read_json
 from ..jobs import rank_guard
-from .checkpoints import STATE_FILE, TrainingError, resume_checkpoint
-from ..jobs.config import ConfigError, RunConfig
-from ..jobs.config import KEYS, KeySpec
-from .distributed import Dist, Events, setup_distributed
+from ..jobs.config import KEYS, ConfigError, KeySpec, RunConfig
 from ..jobs.contract import ERROR, EXIT_ERROR, EXIT_OK, EXIT_STOPPED
-from ..jobs.failures import hint_for, root_cause
+from ..jobs.failures import hint_for, is_lost_peer, root_cause
+from .checkpoints import STATE_FILE, TrainingError, resume_checkpoint
+from .distributed import Dist, Events, setup_distributed
 from .loop import Trainer
 
 log = logging.getLogger("ipa_train.train")
@@ -126,6 +125,26 @@ class StopFlag:
         log.warning("%s received: finishing the current step, then writing a checkpoint", self.signal_name)
 
 
+def error_fields(exc: BaseException, dist_info: Dist, user_error: bool) -> dict:
+    """The ``error`` event's fields for ``exc``. A survivor's error (its connection to a peer broke because that
+    peer died: ``failures.is_lost_peer``) says so, with ``lost_peer: true``, instead of reading as this rank's own
+    failure: under a bare torchrun nobody else sorts the ranks' reports, and the dead peer often wrote nothing."""
+    tail = traceback.format_exc().strip().splitlines()[-12:]
+    message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, KeyboardInterrupt) else "interrupted twice: stopped without a checkpoint"
+    fields: dict = {"rank": dist_info.rank}
+    if not user_error and dist_info.active and is_lost_peer(message):
+        fields["lost_peer"] = True
+        message = (f"rank {dist_info.rank} lost its connection to another rank, which failed or was killed first (this "
+                   f"rank did not fail by itself; torchrun's summary and that rank's own error name the cause): {message}")
+    fields.update(message=message, traceback="\n".join(tail))
+    # A library error that surfaced from an earlier one (an import failure deep in diffusers): name the first.
+    cause = None if user_error else root_cause(exc)
+    if cause is None and not user_error and hint_for(exc, message):
+        cause = {"hint": hint_for(exc, message)}
+    fields.update(cause or {})
+    return fields
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(
@@ -151,14 +170,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - every failure becomes an error event and status 1
-        tail = traceback.format_exc().strip().splitlines()[-12:]
-        message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, KeyboardInterrupt) else "interrupted twice: stopped without a checkpoint"
         user_error = isinstance(exc, (ConfigError, DatasetError, TrainingError))
-        # A library error that surfaced from an earlier one (an import failure deep in diffusers): name the first.
-        cause = None if user_error else root_cause(exc)
-        if cause is None and not user_error and hint_for(exc, message):
-            cause = {"hint": hint_for(exc, message)}
-        events.emit(ERROR, rank=dist_info.rank, message=message, traceback="\n".join(tail), **(cause or {}))
+        events.emit(ERROR, **error_fields(exc, dist_info, user_error))
         if user_error:
             log.error("%s", exc)  # bad input: the message says what to change; no traceback needed
         else:

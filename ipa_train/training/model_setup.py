@@ -11,9 +11,9 @@ from typing import Any, Optional
 
 import torch
 
-from . import lora as lora_setup
-from ..jobs.config import ConfigError, RunConfig
 from ..choices import BasePrecision, Distributed
+from ..jobs.config import ConfigError, RunConfig
+from . import lora as lora_setup
 from .distributed import Dist
 
 
@@ -70,6 +70,9 @@ def add_adapters(model, config: RunConfig, checkpointing_function=None) -> None:
 
 
 def shard_fsdp2(model, dist_info: Dist, autocast_dtype: Optional[torch.dtype]) -> None:
+    """Shards the model (on the CPU, as loaded) block by block: ``fully_shard`` moves one block's weights to the
+    device and keeps this rank's shard of them, so a GPU never holds more than its shards plus one block, and the
+    host copy of each block is freed as it goes. The model must not be moved to the device before."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -77,9 +80,19 @@ def shard_fsdp2(model, dist_info: Dist, autocast_dtype: Optional[torch.dtype]) -
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     mesh = init_device_mesh(dist_info.device.type, (dist_info.world,))
     policy = MixedPrecisionPolicy(param_dtype=autocast_dtype, reduce_dtype=torch.float32) if autocast_dtype and dist_info.device.type == "cuda" else MixedPrecisionPolicy()
-    for block in list(model.vace_blocks) + list(model.blocks):
-        fully_shard(block, mesh=mesh, mp_policy=policy)
-    fully_shard(model, mesh=mesh, mp_policy=policy)
+    for group in shard_groups(model):
+        fully_shard(group, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)  # what is left: the output modulation table, the rope tables
+
+
+def shard_groups(model) -> list:
+    """FSDP2's units, each gathered whole only while it runs: every VACE and transformer block, and each other
+    child that holds weights (the patch embeddings, the time and text embedders, the output projection: for 14B
+    together as large as a block, and the root group stays gathered for the whole step)."""
+    blocks = list(model.vace_blocks) + list(model.blocks)
+    others = [child for name, child in model.named_children()
+              if name not in ("blocks", "vace_blocks") and any(True for _ in child.parameters())]
+    return blocks + others
 
 
 @dataclass
@@ -95,8 +108,8 @@ def prepare_model(config: RunConfig, data, dist_info: Dist, memory, autocast_dty
     """Builds (or takes) the base, checks it against the samples' sampling model, stores it as the memory modes say,
     adds the adapters (and a resumed checkpoint's trained adapter) and moves it to the device.
 
-    Base weights bf16 on GPU with DDP (the adapters stay fp32); FSDP2 shards fp32 weights and gathers them in bf16
-    (its mixed-precision policy)."""
+    Base weights bf16 on a GPU with autocast (the adapters stay fp32). FSDP2 builds the base on the CPU in that
+    precision and shards it before anything moves (``shard_fsdp2``): never the whole model on one GPU."""
     from ..wan.fingerprint import diffusers_model_fingerprint, file_weights_fingerprint, model_fingerprint
     from .batching import check_data_fits_model
     from .checkpoints import load_adapter
@@ -106,7 +119,8 @@ def prepare_model(config: RunConfig, data, dist_info: Dist, memory, autocast_dty
     if config.distributed == Distributed.FSDP2 and dist_info.active and str(config.base_model).lower().endswith(".gguf"):
         raise ConfigError("distributed 'fsdp2' cannot shard a GGUF base (its weights are packed quantised blocks); use 'ddp' "
                           "or a safetensors base_model")
-    base_dtype = torch.bfloat16 if (autocast_dtype is not None and device.type == "cuda" and config.distributed == Distributed.DDP) else torch.float32
+    fsdp2 = config.distributed == Distributed.FSDP2 and dist_info.active
+    base_dtype = torch.bfloat16 if (autocast_dtype is not None and device.type == "cuda") else torch.float32
     model = build_model(config, base_dtype, memory.dtype) if model is None else model  # a file streams into fp8
     check_data_fits_model(data, model)
     # The samples' base against this one, as stored: with base_precision fp8 the file's own weights (the run
@@ -124,7 +138,10 @@ def prepare_model(config: RunConfig, data, dist_info: Dist, memory, autocast_dty
     add_adapters(model, config, memory.checkpointing_function())
     start_step = load_adapter(resume_dir, model, config) if resume_dir is not None else 0
     memory.attach(model)
-    model.to(device)
+    if fsdp2:
+        shard_fsdp2(model, dist_info, autocast_dtype)  # moves each block's shard, never the whole model
+    else:
+        model.to(device)
     model.train()
     if not lora_setup.trained_parameters(model):
         raise ConfigError(f"LoRA targets {config.targets} give no trainable parameters")

@@ -13,11 +13,15 @@ Why not diffusers' ``enable_layerwise_casting``: it stores without a scale (a bf
 cast straight to e4m3 loses precision, and ComfyUI's scaled files need their scale). Why not torchao's float8
 weight-only tensors: peft's torchao LoRA layer supports int8 weights only. The fp8 matmul runs in a small
 autograd function that keeps only the fp8 weight (1 byte per element) for the backward pass and dequantises it
-again there, instead of letting ``F.linear`` save a bf16 copy (2 bytes per element) per layer.
+again there, instead of letting ``F.linear`` save a bf16 copy (2 bytes per element) per layer. On GPUs with fp8
+tensor cores (sm89, sm90 and later) its forward multiplies in fp8 (``torch._scaled_mm``; ``fp8_matmul_kind``
+decides, ``IPA_TRAIN_FP8_MATMUL=dequant`` turns it off); the CPU and older GPUs dequantise.
 """
 
 from __future__ import annotations
 
+import os
+import warnings
 from typing import Callable, Optional
 
 import torch
@@ -65,13 +69,73 @@ def fp8_cast_problem(device: torch.device | str) -> Optional[str]:
     return None
 
 
+# "dequant" forces the dequantising matmul everywhere (ComfyUI's default path, for an exact comparison with it);
+# unset or "auto": torch._scaled_mm where fp8_matmul_kind allows it.
+FP8_MATMUL_ENV = "IPA_TRAIN_FP8_MATMUL"
+_KIND_CACHE: dict = {}
+
+
+def fp8_matmul_kind(device: torch.device | str, weight_dtype: torch.dtype, rowwise: bool, in_features: int, out_features: int,
+                    compute_dtype: torch.dtype, capability: Optional[tuple[int, int]] = None) -> str:
+    """How a frozen fp8 layer multiplies in the forward pass: ``"scaled_mm"`` (``torch._scaled_mm``, the fp8 tensor
+    cores of sm89/sm90 and later: activations quantised to e4m3 on the fly, per row when the weight has a scale
+    per output channel, else per tensor) or ``"dequant"`` (the weight dequantised to the compute dtype, then an
+    ordinary matmul: ComfyUI's default, and the CPU's path). ``_scaled_mm`` wants an e4m3 weight, a bf16 output,
+    both dimensions a multiple of 16, sm89 for per-tensor and sm90 for row-wise scales. ``capability``: the device's
+    compute capability (read from the device when not given)."""
+    device = torch.device(device)
+    if os.environ.get(FP8_MATMUL_ENV, "auto").lower() == "dequant" or device.type != "cuda" or not hasattr(torch, "_scaled_mm"):
+        return "dequant"
+    if weight_dtype != E4M3 or compute_dtype != torch.bfloat16 or in_features % 16 or out_features % 16:
+        return "dequant"
+    capability = tuple(capability or torch.cuda.get_device_capability(device))
+    return "scaled_mm" if capability >= ((9, 0) if rowwise else (8, 9)) else "dequant"
+
+
+def scaled_mm_linear(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                     dtype: torch.dtype) -> torch.Tensor:
+    """``F.linear(x, dequantize(weight, scale))`` on the fp8 tensor cores: ``x`` quantised to e4m3 with a scale per
+    row (a per-channel weight scale) or one per tensor, ``torch._scaled_mm`` applying both scales in its epilogue."""
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1])
+    tiny = torch.finfo(torch.float32).tiny
+    if scale is not None and scale.numel() > 1:
+        scale_a = (x2.abs().amax(dim=1, keepdim=True).float() / E4M3_MAX).clamp(min=tiny)
+        scale_b = scale.float().reshape(1, -1)
+    else:
+        scale_a = (x2.abs().amax().float() / E4M3_MAX).clamp(min=tiny).reshape(())
+        scale_b = (torch.ones((), device=x.device) if scale is None else scale.float()).reshape(())
+    xq = (x2.float() / scale_a).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
+    out = torch._scaled_mm(xq, weight.t(), scale_a=scale_a, scale_b=scale_b, out_dtype=dtype)
+    if bias is not None:
+        out = out + bias.to(dtype)
+    return out.reshape(*shape[:-1], weight.shape[0])
+
+
+def _matmul_kind(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor], dtype: torch.dtype) -> str:
+    rowwise = scale is not None and scale.numel() > 1
+    key = (x.device, weight.dtype, rowwise, weight.shape[1] % 16 == 0 and weight.shape[0] % 16 == 0, dtype,
+           os.environ.get(FP8_MATMUL_ENV, "auto"))
+    if key not in _KIND_CACHE:
+        _KIND_CACHE[key] = fp8_matmul_kind(x.device, weight.dtype, rowwise, weight.shape[1], weight.shape[0], dtype)
+    return _KIND_CACHE[key]
+
+
 class _Fp8Matmul(torch.autograd.Function):
-    """``F.linear`` with a frozen fp8 weight: saves the fp8 weight (not a dequantised copy) for the backward pass."""
+    """``F.linear`` with a frozen fp8 weight: saves the fp8 weight (not a dequantised copy) for the backward pass.
+    The forward runs on the fp8 tensor cores where ``fp8_matmul_kind`` says so; the backward (the input's gradient)
+    always multiplies by the dequantised weight: gradients are not quantised."""
 
     @staticmethod
     def forward(ctx, x, weight, scale, bias, dtype):
         ctx.save_for_backward(weight, scale)
         ctx.dtype, ctx.x_dtype = dtype, x.dtype
+        if _matmul_kind(x, weight, scale, dtype) == "scaled_mm":
+            try:
+                return scaled_mm_linear(x.to(dtype), weight, scale, bias, dtype)
+            except RuntimeError as exc:  # a device or torch build without this kernel: dequantise from now on
+                _KIND_CACHE.update({key: "dequant" for key, kind in _KIND_CACHE.items() if key[0] == x.device})
+                warnings.warn(f"torch._scaled_mm failed on {x.device} ({exc}); fp8 layers dequantise their weights instead")
         return F.linear(x.to(dtype), dequantize(weight, scale, dtype), None if bias is None else bias.to(dtype))
 
     @staticmethod

@@ -106,12 +106,43 @@ def read_lora_file(path: os.PathLike | str) -> tuple[dict[str, torch.Tensor], Co
         raise LoraFileError(f"{path} is not a readable safetensors file ({error}).") from error
     native, report = to_comfy_native(tensors, metadata)
     if not report.ok:
-        shown = ", ".join(list(tensors)[:5])
-        raise LoraFileError(
-            f"{path.name}: no key is a Wan2.1 LoRA weight in any supported layout (ComfyUI native, diffusers, "
-            f"DiffSynth/peft, kohya/musubi). First keys: {shown or '(none)'}"
-        )
+        raise LoraFileError(not_a_wan_lora_message(path.name, list(tensors), metadata))
     return native, report, metadata
+
+
+# Key fragments of other model families' LoRAs: which family a file that is not a Wan LoRA was probably made for.
+_OTHER_FAMILIES = (
+    (("double_blocks", "single_blocks", "single_transformer_blocks"), "Flux or HunyuanVideo"),
+    (("lora_unet_down_blocks", "lora_unet_up_blocks", "down_blocks.", "up_blocks.", "lora_unet_input_blocks", "input_blocks."),
+     "Stable Diffusion / SDXL (a UNet)"),
+    (("transformer_blocks.",), "another DiT family (Flux, LTX-Video, HunyuanVideo, CogVideoX, SD3 in diffusers names)"),
+    (("lora_te", "text_model.", "text_encoder"), "a text encoder"),
+)
+
+# The layouts read_lora_file accepts, each by one example key.
+ACCEPTED_LAYOUTS = (
+    "ComfyUI native (diffusion_model.blocks.0.self_attn.q.lora_A.weight, or lora_down/lora_up)",
+    "diffusers (transformer.blocks.0.attn1.to_q.lora_A.weight)",
+    "DiffSynth/peft (blocks.0.self_attn.q.lora_A.default.weight, base_model.model....)",
+    "kohya/musubi (lora_unet_blocks_0_self_attn_q.lora_down.weight)",
+)
+
+
+def not_a_wan_lora_message(name: str, keys: list[str], metadata: Optional[Mapping[str, Any]] = None) -> str:
+    """Why a file is not read as a Wan LoRA and what to check: the family its keys suggest, where the file came
+    from, and the layouts that are read (one example key each)."""
+    shown = ", ".join(keys[:5]) or "(none)"
+    lowered = " ".join(keys).lower()
+    family = next((label for markers, label in _OTHER_FAMILIES if any(marker in lowered for marker in markers)), None)
+    recorded = next((str(metadata[k]) for k in ("ss_base_model_version", "modelspec.architecture", "base_model")
+                     if metadata and metadata.get(k)), None)
+    guess = f" Its keys look like a LoRA for {family}." if family else ""
+    if recorded:
+        guess += f" Its metadata names the model {recorded!r}."
+    return (f"{name}: no key is a Wan2.1 LoRA weight in any supported layout (first keys: {shown}).{guess} Check: (1) the model "
+            "family: it must be a LoRA for Wan2.1 or Wan2.1-VACE (1.3B or 14B), not for SD/SDXL, Flux, HunyuanVideo or "
+            "LTX-Video; (2) where the file came from: its download page or the tool that trained it names its base model; "
+            "(3) the layout: these are read: " + "; ".join(ACCEPTED_LAYOUTS) + ".")
 
 
 def native_to_peft(native: Mapping[str, torch.Tensor], prefix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, float]]:

@@ -6,13 +6,10 @@ layouts ComfyUI reads natively are tested through an identity stand-in and the o
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import requires_comfyui
 
 pytestmark = requires_comfyui
@@ -137,6 +134,18 @@ def test_unreadable_lora_files_are_named(tiny, damage, looks_like):
         torch.save(state, path)
     with pytest.raises(ValueError, match=rf"LoRA {path} {looks_like}.*download or export it again"):
         IPALoRALoader.execute(tiny.model, name, 1.0)
+
+
+def test_a_lora_of_another_family_says_what_to_check(tiny):
+    """An SDXL LoRA: the node's error names the family its keys suggest, the file's origin and the layouts read."""
+    from comfyui_ipa_pack.nodes.lora_loader import IPALoRALoader
+
+    name = _write(tiny, "sdxl_style.safetensors", {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(RANK, DIM)})
+    with pytest.raises(ValueError) as info:
+        IPALoRALoader.execute(tiny.model, name, 1.0)
+    message = str(info.value)
+    assert message.startswith("sdxl_style.safetensors: no key is a Wan2.1 LoRA weight") and "Stable Diffusion / SDXL" in message
+    assert "where the file came from" in message and "ComfyUI native (diffusion_model.blocks.0.self_attn.q.lora_A.weight" in message
 
 
 def test_a_lora_for_another_model_is_an_error_not_a_silent_no_op(tiny, caplog):

@@ -13,12 +13,10 @@ import time
 from pathlib import Path
 
 import psutil
-
-from ipa_train.jobs import failures, rank_guard
-from ipa_train.jobs import contract
-from ipa_train.jobs.launcher import TrainingJob, build_command, build_env
-
 from support.trainer_helpers import REPO_ROOT, make_dataset, process_gone, subprocess_env, tiny_config
+
+from ipa_train.jobs import contract, failures, rank_guard
+from ipa_train.jobs.launcher import TrainingJob, build_command, build_env
 
 FAKE = str(Path(__file__).parents[1] / "support" / "fake_trainer_pkg")
 
@@ -126,6 +124,56 @@ def test_failure_report_blames_the_cause_not_the_survivor():
     assert failures.describe_exit(137).startswith("was killed by SIGKILL")  # 128 + 9, as a shell reports it
     assert failures.stopped_exit_status([failures.RankFailure(0, -15), failures.RankFailure(1, 3)])
     assert not failures.stopped_exit_status([failures.RankFailure(0, 3), failures.RankFailure(1, -9)])
+
+
+def test_a_survivors_error_says_it_lost_a_peer():
+    """training/cli.py's error event: a lost connection on a rank of a job is marked (``lost_peer``) and says a peer
+    was lost; the same text in a one-process run, and any other error, stays this rank's own."""
+    from ipa_train.jobs.config import ConfigError
+    from ipa_train.training.cli import error_fields
+    from ipa_train.training.distributed import Dist
+
+    gloo = RuntimeError("[../third_party/gloo/transport/tcp/pair.cc:546] Read error [127.0.0.1]:41234: Connection reset by peer")
+    assert failures.is_lost_peer(str(gloo)) and failures.is_lost_peer("[gloo/transport/tcp/pair.cc:1] Read error [::1]:5")
+    assert not failures.is_lost_peer("OSError: read error on /data/sample.safetensors")
+    fields = error_fields(gloo, Dist(rank=0, world=2), user_error=False)
+    assert fields["lost_peer"] is True and fields["rank"] == 0
+    assert fields["message"].startswith("rank 0 lost its connection to another rank, which failed or was killed first")
+    assert fields["message"].endswith("RuntimeError: " + str(gloo))
+    assert "lost_peer" not in error_fields(gloo, Dist(rank=0, world=1), user_error=False)
+    own = error_fields(ValueError("bad sample"), Dist(rank=1, world=2), user_error=False)
+    assert own["message"] == "ValueError: bad sample" and "lost_peer" not in own
+    assert "lost_peer" not in error_fields(ConfigError("connection refused by the config"), Dist(rank=0, world=2), user_error=True)
+    # the launcher's report puts the marked event after the cause, as a consequence
+    lines = failures.failure_report([dict(fields, event="error")], [failures.RankFailure(1, -9)], 1)
+    assert lines[0].startswith("rank 1 was killed by SIGKILL") and "(a consequence: it lost its connection" in lines[1]
+
+
+def test_bare_torchrun_marks_the_survivors_error_as_a_lost_peer(tmp_path):
+    """The README's cluster command (torchrun -m ipa_train.train, no launcher): rank 1 is SIGKILLed after a step.
+    What rank 0 reports says it lost a peer, never that rank 0 failed."""
+    data = make_dataset(tmp_path / "ds", preferred=2)
+    tiny_config(data, tmp_path / "out", steps=100000).save(tmp_path / "run.json")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m", "ipa_train.train",
+               "--config", str(tmp_path / "run.json")]
+    torchrun = subprocess.Popen(command, cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        events = []
+        for line in torchrun.stdout:
+            events.append(json.loads(line)) if line.startswith("{") else None
+            if events and events[-1]["event"] == "step":
+                break
+        ranks = {int(p.environ()["RANK"]): p for p in psutil.Process(torchrun.pid).children() if "RANK" in p.environ()}
+        ranks[1].send_signal(signal.SIGKILL)
+        out, _ = torchrun.communicate(timeout=180)
+    finally:
+        torchrun.kill()
+    events += [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    errors = [event for event in events if event["event"] == "error"]
+    assert torchrun.returncode != 0 and errors, events[-3:]
+    for error in errors:
+        assert error["rank"] == 0 and error["lost_peer"] is True, error
+        assert error["message"].startswith("rank 0 lost its connection to another rank"), error["message"]
 
 
 # ------------------------------------------------------------------------------------------------ the rank guard

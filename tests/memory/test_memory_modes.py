@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from support.trainer_helpers import make_dataset, one_thread, tiny_config  # noqa: F401 (one_thread: a fixture)
 
 from ipa_train.fileio import load_safetensors
-from ipa_train.training import lora
 from ipa_train.jobs.config import ConfigError
+from ipa_train.training import lora
 from ipa_train.training.distributed import Dist, Events
 from ipa_train.training.loop import Trainer
 from ipa_train.wan.frozen_linear import FrozenLinear, dequantize, quantize_block_linears, quantize_fp8
 from ipa_train.wan.model import build_tiny_transformer
-
-from support.trainer_helpers import make_dataset, one_thread, tiny_config  # noqa: F401 (one_thread: a fixture)
 
 # Measured on the tiny model (seed 0, rank 4, lora_B ~ N(0, 0.1)): forward 1.9e-2, LoRA gradients up to 8.4e-2
 # relative (Frobenius), against a relative weight error of 2.4e-2. The bounds leave room for other seeds.
@@ -91,6 +90,59 @@ def test_per_channel_scales_keep_the_error_lower_than_one_scale_per_tensor():
         worst[granularity] = float((error.norm(dim=1) / weight.norm(dim=1)).max())
         assert _relative(dequantize(q, scale, torch.float32), weight) < 0.03
     assert worst["channel"] < 0.035 < 0.045 < worst["tensor"]
+
+
+def test_fp8_matmul_is_chosen_by_the_device_by_contract(monkeypatch):
+    """torch._scaled_mm (fp8 tensor cores) where the device has it and the layer suits it; the dequantising path on
+    the CPU, before sm89, for row-wise scales before sm90, for other dtypes or shapes, and when turned off."""
+    from ipa_train.wan.frozen_linear import E4M3, FP8_MATMUL_ENV, fp8_matmul_kind
+
+    bf16 = torch.bfloat16
+    monkeypatch.delenv(FP8_MATMUL_ENV, raising=False)
+    assert fp8_matmul_kind("cpu", E4M3, False, 1536, 1536, bf16) == "dequant"
+    assert fp8_matmul_kind("cuda", E4M3, False, 1536, 1536, bf16, capability=(8, 6)) == "dequant"  # Ampere: no fp8 cores
+    assert fp8_matmul_kind("cuda", E4M3, False, 1536, 1536, bf16, capability=(8, 9)) == "scaled_mm"  # Ada, per tensor
+    assert fp8_matmul_kind("cuda", E4M3, True, 1536, 1536, bf16, capability=(8, 9)) == "dequant"  # row-wise needs sm90
+    assert fp8_matmul_kind("cuda", E4M3, True, 1536, 8960, bf16, capability=(9, 0)) == "scaled_mm"  # Hopper
+    assert fp8_matmul_kind("cuda", E4M3, True, 1536, 8960, torch.float32, capability=(9, 0)) == "dequant"
+    assert fp8_matmul_kind("cuda", torch.float8_e5m2, True, 1536, 8960, bf16, capability=(9, 0)) == "dequant"
+    assert fp8_matmul_kind("cuda", E4M3, True, 24, 1536, bf16, capability=(9, 0)) == "dequant"  # not a multiple of 16
+    monkeypatch.setenv(FP8_MATMUL_ENV, "dequant")
+    assert fp8_matmul_kind("cuda", E4M3, True, 1536, 8960, bf16, capability=(9, 0)) == "dequant"
+
+
+@pytest.mark.parametrize("granularity", ["channel", "tensor"])
+def test_fp8_matmul_runs_on_scaled_mm_when_chosen(monkeypatch, granularity):
+    """Where the device has fp8 tensor cores each fp8 layer's forward is one torch._scaled_mm call (run here on the
+    CPU's implementation), within the activations' e4m3 rounding of the dequantising path; its backward still
+    multiplies by the dequantised weight. On the CPU the decision keeps the dequantising path: no call."""
+    from ipa_train.wan import frozen_linear
+
+    g = torch.Generator().manual_seed(0)
+    linear = torch.nn.Linear(64, 48)
+    with torch.no_grad():
+        linear.weight.copy_(0.05 * torch.randn(48, 64, generator=g))
+    q, scale = quantize_fp8(linear.weight, granularity)
+    layer = FrozenLinear.from_linear(linear, q, scale, torch.bfloat16)
+    x = torch.randn(2, 5, 64, generator=g, dtype=torch.bfloat16, requires_grad=True)
+    calls = []
+    real = torch._scaled_mm
+    monkeypatch.setattr(torch, "_scaled_mm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    frozen_linear._KIND_CACHE.clear()
+    reference = layer(x)
+    reference.float().square().sum().backward()
+    reference_grad, x.grad = x.grad.clone(), None
+    assert calls == []  # the CPU dequantises
+    monkeypatch.setattr(frozen_linear, "fp8_matmul_kind", lambda *args, **kwargs: "scaled_mm")
+    frozen_linear._KIND_CACHE.clear()
+    try:
+        out = layer(x)
+        out.float().square().sum().backward()
+    finally:
+        frozen_linear._KIND_CACHE.clear()
+    assert len(calls) == 1 and out.dtype == torch.bfloat16 and out.shape == reference.shape
+    assert 0 < _relative(out.detach().float(), reference.detach().float()) < 0.05  # e4m3 activations: about 2^-4 per element, averaged
+    assert _relative(x.grad.float(), reference_grad.float()) < 0.05  # the backward's own matmul is the same
 
 
 # ---------------------------------------------------------------------------------------------- change no number
@@ -170,6 +222,43 @@ def test_swap_schedule_prefetches_in_pass_order_and_keeps_two_blocks(tmp_path):
         peak = max(peak, len(resident))
     assert peak == 2
     assert len(moves) == sum(len(trainer.memory.swapper.layers[name]) for name in fetched)  # every copy went through move
+
+
+def test_frozen_vace_blocks_are_not_prefetched_in_backward_nor_offloaded(tmp_path, monkeypatch):
+    """The VACE blocks frozen (the LoRA on the transformer blocks only): the backward pass never recomputes them, so
+    the swapper prefetches none of them there, and activation offload copies none of their inputs to host memory;
+    every tensor it copies is read back by the backward pass."""
+    from ipa_train.memory import activation_offload
+
+    monkeypatch.setattr(activation_offload, "MIN_OFFLOAD_BYTES", 0)
+    data = make_dataset(tmp_path / "ds", preferred=1)
+    read_back, packed = set(), set()
+    pack, unpack = activation_offload.ActivationOffload.pack, activation_offload.ActivationOffload.unpack
+
+    def observed_pack(self, tensor):
+        out = pack(self, tensor)
+        packed.add(id(out)) if isinstance(out, activation_offload._Packed) else None
+        return out
+
+    def observed_unpack(self, value):
+        read_back.add(id(value))
+        return unpack(self, value)
+
+    monkeypatch.setattr(activation_offload.ActivationOffload, "pack", observed_pack)
+    monkeypatch.setattr(activation_offload.ActivationOffload, "unpack", observed_unpack)
+    _, trainer, _ = _train(data, tmp_path / "out", steps=1, blocks_to_swap=5, activation_offload=True, targets=["self_attn_qkv"])
+    swapper, offload = trainer.memory.swapper, trainer.memory.offload
+    assert swapper.backward_names == ["blocks.0", "blocks.1", "blocks.2"]
+    log = swapper.stats.log
+    entered = [name for what, name in log if what in ("hit", "miss")]
+    forward = ["vace_blocks.0", "vace_blocks.1", "blocks.0", "blocks.1", "blocks.2"]
+    assert entered == forward + forward + ["blocks.2", "blocks.1", "blocks.0"]
+    backward_start = [i for i, (what, _) in enumerate(log) if what in ("hit", "miss")][2 * len(forward)]
+    assert [name for what, name in log[backward_start:] if what == "fetch"] == ["blocks.1", "blocks.0"]
+    # offload: the three transformer blocks' hidden states (not the VACE blocks' inputs), each read back
+    width = 24
+    assert [shape for what, shape in offload.stats.log if what == "pack" and shape == (1, 18, width)] == [(1, 18, width)] * 3
+    assert packed and packed <= read_back
 
 
 def test_offload_keeps_what_the_planner_counts(tmp_path, monkeypatch):

@@ -8,18 +8,17 @@ import math
 
 import pytest
 import torch
+from support.trainer_helpers import make_dataset, make_sample, one_thread, tiny_config  # noqa: F401 (one_thread: a fixture)
 
+from ipa_train.data.layout import DatasetError
+from ipa_train.fileio import load_safetensors, read_safetensors_metadata
+from ipa_train.jobs.config import ConfigError, RunConfig
 from ipa_train.training import lora
 from ipa_train.training.batching import load_training_data
 from ipa_train.training.checkpoints import TrainingError
 from ipa_train.training.loop import train
 from ipa_train.training.reference_check import sampling_patch_warning
-from ipa_train.jobs.config import ConfigError, RunConfig
-from ipa_train.data.layout import DatasetError
-from ipa_train.fileio import load_safetensors, read_safetensors_metadata
 from ipa_train.wan.model import build_tiny_transformer
-
-from support.trainer_helpers import make_dataset, make_sample, one_thread, tiny_config  # noqa: F401 (one_thread: a fixture)
 
 LOG2 = math.log(2.0)
 
@@ -154,8 +153,9 @@ def test_saved_lora_layout_metadata_and_reload(tmp_path):
         assert f"ipa.{key}" in meta, key
     assert meta["ipa.steps"] == "3" and meta["ipa.dataset_size"] == "2" and json.loads(meta["ipa.targets"]) == config.targets
     # a fresh model with the saved LoRA reproduces the trained prediction
-    from ipa_train.wan.lora_io import load_lora_for_peft, peft_config_kwargs
     from peft import LoraConfig, set_peft_model_state_dict
+
+    from ipa_train.wan.lora_io import load_lora_for_peft, peft_config_kwargs
 
     state, alphas, header = load_lora_for_peft(result.lora_path)
     assert header["ipa.objective"] == "ipa"
@@ -207,6 +207,29 @@ def test_dpo_and_sft_objectives_run(tmp_path):
     _, events = run(tiny_config(data, tmp_path / "sft", objective="sft", steps=2, gradient_checkpointing=True))
     steps = [e for e in events if e["event"] == "step"]
     assert steps[0]["loss"] == pytest.approx(steps[0]["model_error"]) and steps[0]["ipa_gap"] is None
+
+
+def test_adamw_is_fused_on_cuda_and_the_cpu_keeps_its_path(tmp_path):
+    """The fused AdamW kernel on CUDA (one launch for the LoRA's tensors, not one per tensor); the CPU run as before.
+    The fused update is AdamW's own (compared where torch has both, on CPU)."""
+    from ipa_train.training.distributed import Dist, Events
+    from ipa_train.training.loop import Trainer, adamw_options
+
+    assert adamw_options(torch.device("cuda", 1)) == {"fused": True} and adamw_options(torch.device("cpu")) == {}
+    data = make_dataset(tmp_path / "ds", preferred=1)
+    trainer = Trainer(tiny_config(data, tmp_path / "out", steps=1), Dist(), Events(Dist(), stdout=False))
+    assert not trainer.optimizer.defaults["fused"]
+    torch.manual_seed(0)
+    plain = [torch.randn(4, 3, requires_grad=True) for _ in range(2)]
+    fused = [p.detach().clone().requires_grad_() for p in plain]
+    optimizers = [torch.optim.AdamW(plain, lr=1e-2, weight_decay=0.1), torch.optim.AdamW(fused, lr=1e-2, weight_decay=0.1, **adamw_options("cuda"))]
+    for _ in range(3):
+        for a, b in zip(plain, fused):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        for optimizer in optimizers:
+            optimizer.step()
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(plain, fused)) and optimizers[1].defaults["fused"] is True
 
 
 def test_stop_request_writes_a_checkpoint(tmp_path):

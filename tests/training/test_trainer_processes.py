@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -10,13 +11,13 @@ import time
 
 import pytest
 import torch
+from support.trainer_helpers import REPO_ROOT, make_dataset, subprocess_env, tiny_config
+from support.trainer_support.faulty_trainer import MODULE as FAULTY
+from support.trainer_support.faulty_trainer import faulty_env
 
+from ipa_train.fileio import load_safetensors
 from ipa_train.jobs.contract import EXIT_ERROR, EXIT_STOPPED
 from ipa_train.training.loop import train
-from ipa_train.fileio import load_safetensors
-
-from support.trainer_helpers import REPO_ROOT, make_dataset, subprocess_env, tiny_config
-from support.trainer_support.faulty_trainer import MODULE as FAULTY, faulty_env
 
 torch.set_num_threads(1)
 
@@ -109,6 +110,54 @@ def test_two_ranks_fsdp2_finish_and_write_a_native_lora(tmp_path):
     lora, _ = load_safetensors(events[-1]["lora_path"])
     assert "diffusion_model.blocks.0.self_attn.q.lora_B.weight" in lora
     assert (tmp_path / "fsdp" / "checkpoints" / "step-1" / "rng-rank1.safetensors").is_file()
+
+
+def test_fsdp2_shards_at_load_and_trains_as_ddp(tmp_path):
+    """FSDP2 on two gloo ranks, watched by ``fsdp2_probe``: the model is never moved whole (no ``Module.to`` on it),
+    FSDP2 receives it group by group (a block or an embedder, never more than a fifth of the weights even in the
+    tiny model), each rank keeps about half the base weights, and two steps give exactly DDP's adapter (identical
+    gradients: the updates are bit-identical)."""
+    from support.trainer_support.faulty_trainer import HERE
+
+    data = make_dataset(tmp_path / "ds", preferred=3)
+    for name in ("fsdp2", "ddp"):
+        # no clipping: its norm sums squares in another order over shards (last-bit differences, 1e-7 relative)
+        tiny_config(data, tmp_path / name, steps=2, distributed=name, max_grad_norm=0).save(tmp_path / f"{name}.json")
+    env = dict(subprocess_env(), PYTHONPATH=f"{REPO_ROOT}{os.pathsep}{HERE}")
+    done = torchrun([str(tmp_path / "fsdp2.json"), str(tmp_path)], env=env, module="fsdp2_probe")
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):
+        record = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        full, local, groups = record["full_bytes"], record["local_bytes"], record["moved_groups"]
+        assert record["sharded"] == record["frozen"] > 0
+        assert not [call for call in record["to_calls"] if call["module"] == "WanVACETransformer3DModel"], record["to_calls"]
+        assert all(call["unsharded_bytes"] <= max(groups) for call in record["to_calls"])  # a traced block at most
+        assert sum(groups) == full and len(groups) == 5 + 5  # 2 VACE + 3 blocks, 4 embedders/projections, the root
+        assert 0.45 < local / full < 0.55 and max(groups) < 0.2 * full
+        assert local + max(groups) < 0.71 * full  # the most a GPU would hold: its shards and one group gathered
+    done = torchrun(["--config", str(tmp_path / "ddp.json")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    fsdp2, _ = load_safetensors(tmp_path / "fsdp2" / "checkpoints" / "step-2" / "adapter.safetensors")
+    ddp, _ = load_safetensors(tmp_path / "ddp" / "checkpoints" / "step-2" / "adapter.safetensors")
+    assert fsdp2.keys() == ddp.keys() and all(torch.equal(fsdp2[k], ddp[k]) for k in ddp)
+    assert any(float(v.abs().max()) > 0 for k, v in ddp.items() if "lora_B" in k)
+
+
+def test_fsdp2_groups_keep_a_rank_near_half_of_the_released_models():
+    """The released sizes (built on the meta device, no memory): on two ranks a GPU holds its half of the base
+    and at most one group gathered, about 52 % of the weights."""
+    from diffusers import WanVACETransformer3DModel
+
+    from ipa_train.training.model_setup import shard_groups
+    from ipa_train.wan.model import shipped_config
+
+    for name in ("wan2.1-vace-1.3b", "wan2.1-vace-14b"):
+        with torch.device("meta"):
+            model = WanVACETransformer3DModel(**{k: v for k, v in shipped_config(name).items() if not k.startswith("_")})
+        total = sum(p.numel() for p in model.parameters())
+        groups = [sum(p.numel() for p in group.parameters()) for group in shard_groups(model)]
+        assert sum(groups) >= 0.999 * total and len(groups) == len(model.blocks) + len(model.vace_blocks) + 4
+        assert 0.5 < (total / 2 + max(groups)) / total < 0.53, (name, max(groups) / total)
 
 
 def test_stop_file_under_torchrun_checkpoints_exits_3_and_resumes(tmp_path):

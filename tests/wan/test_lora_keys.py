@@ -282,7 +282,18 @@ def test_bad_lora_files(tmp_path):
     with pytest.raises(LoraFileError, match="only .safetensors"):
         read_lora_file(tmp_path / "x.pt")
     atomic_save_safetensors(tmp_path / "sdxl.safetensors", {"lora_unet_down_blocks_0_attn.lora_down.weight": torch.zeros(2, 2)})
-    with pytest.raises(LoraFileError, match="no key is a Wan2.1 LoRA"):
+    with pytest.raises(LoraFileError, match="no key is a Wan2.1 LoRA") as info:
         read_lora_file(tmp_path / "sdxl.safetensors")
+    # what to check: the family its keys suggest, the file's origin, and the layouts that are read
+    message = str(info.value)
+    assert "look like a LoRA for Stable Diffusion / SDXL" in message and "where the file came from" in message
+    assert "Wan2.1 or Wan2.1-VACE (1.3B or 14B)" in message
+    for example in ("diffusion_model.blocks.0.self_attn.q.lora_A.weight", "transformer.blocks.0.attn1.to_q.lora_A.weight",
+                    "blocks.0.self_attn.q.lora_A.default.weight", "lora_unet_blocks_0_self_attn_q.lora_down.weight"):
+        assert example in message
+    atomic_save_safetensors(tmp_path / "flux.safetensors", {"double_blocks.0.img_attn.qkv.lora_A.weight": torch.zeros(2, 2)},
+                            {"modelspec.architecture": "flux-1-dev/lora"})
+    with pytest.raises(LoraFileError, match=r"look like a LoRA for Flux or HunyuanVideo\. Its metadata names the model 'flux-1-dev/lora'"):
+        read_lora_file(tmp_path / "flux.safetensors")
     with pytest.raises(ValueError, match="Unexpected key"):
         save_comfy_lora(tmp_path / "y.safetensors", {"blocks.0.attn1.to_q.lora_magnitude_vector": torch.ones(3)}, 1.0, {})
