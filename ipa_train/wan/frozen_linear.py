@@ -14,8 +14,10 @@ cast straight to e4m3 loses precision, and ComfyUI's scaled files need their sca
 weight-only tensors: peft's torchao LoRA layer supports int8 weights only. The fp8 matmul runs in a small
 autograd function that keeps only the fp8 weight (1 byte per element) for the backward pass and dequantises it
 again there, instead of letting ``F.linear`` save a bf16 copy (2 bytes per element) per layer. On GPUs with fp8
-tensor cores (sm89, sm90 and later) its forward multiplies in fp8 (``torch._scaled_mm``; ``fp8_matmul_kind``
-decides, ``IPA_TRAIN_FP8_MATMUL=dequant`` turns it off); the CPU and older GPUs dequantise.
+tensor cores (sm89, sm90 and later) its forward can multiply in fp8 (``torch._scaled_mm``; ``fp8_matmul_kind``
+decides) when ``IPA_TRAIN_FP8_MATMUL=scaled_mm`` asks for it. Not by default: it rounds the activations to e4m3
+(2-5 % off a layer's output on CPU), so the model would no longer compute what ComfyUI sampled with, which the
+reference checks and the loss assume; the CPU and older GPUs always dequantise.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ def fp8_matmul_kind(device: torch.device | str, weight_dtype: torch.dtype, rowwi
     both dimensions a multiple of 16, sm89 for per-tensor and sm90 for row-wise scales. ``capability``: the device's
     compute capability (read from the device when not given)."""
     device = torch.device(device)
-    if os.environ.get(FP8_MATMUL_ENV, "auto").lower() == "dequant" or device.type != "cuda" or not hasattr(torch, "_scaled_mm"):
+    if os.environ.get(FP8_MATMUL_ENV, "dequant").lower() != "scaled_mm" or device.type != "cuda" or not hasattr(torch, "_scaled_mm"):
         return "dequant"
     if weight_dtype != E4M3 or compute_dtype != torch.bfloat16 or in_features % 16 or out_features % 16:
         return "dequant"
@@ -115,7 +117,7 @@ def scaled_mm_linear(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torc
 def _matmul_kind(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor], dtype: torch.dtype) -> str:
     rowwise = scale is not None and scale.numel() > 1
     key = (x.device, weight.dtype, rowwise, weight.shape[1] % 16 == 0 and weight.shape[0] % 16 == 0, dtype,
-           os.environ.get(FP8_MATMUL_ENV, "auto"))
+           os.environ.get(FP8_MATMUL_ENV, "dequant"))
     if key not in _KIND_CACHE:
         _KIND_CACHE[key] = fp8_matmul_kind(x.device, weight.dtype, rowwise, weight.shape[1], weight.shape[0], dtype)
     return _KIND_CACHE[key]

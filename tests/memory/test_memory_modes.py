@@ -93,12 +93,16 @@ def test_per_channel_scales_keep_the_error_lower_than_one_scale_per_tensor():
 
 
 def test_fp8_matmul_is_chosen_by_the_device_by_contract(monkeypatch):
-    """torch._scaled_mm (fp8 tensor cores) where the device has it and the layer suits it; the dequantising path on
-    the CPU, before sm89, for row-wise scales before sm90, for other dtypes or shapes, and when turned off."""
+    """By default the dequantising path everywhere (ComfyUI's own, so the trainer computes what sampling did). Asked
+    for (IPA_TRAIN_FP8_MATMUL=scaled_mm): torch._scaled_mm (fp8 tensor cores) where the device has it and the layer
+    suits it; still the dequantising path on the CPU, before sm89, for row-wise scales before sm90, for other dtypes
+    or shapes."""
     from ipa_train.wan.frozen_linear import E4M3, FP8_MATMUL_ENV, fp8_matmul_kind
 
     bf16 = torch.bfloat16
     monkeypatch.delenv(FP8_MATMUL_ENV, raising=False)
+    assert fp8_matmul_kind("cuda", E4M3, True, 1536, 8960, bf16, capability=(9, 0)) == "dequant"  # the default
+    monkeypatch.setenv(FP8_MATMUL_ENV, "scaled_mm")
     assert fp8_matmul_kind("cpu", E4M3, False, 1536, 1536, bf16) == "dequant"
     assert fp8_matmul_kind("cuda", E4M3, False, 1536, 1536, bf16, capability=(8, 6)) == "dequant"  # Ampere: no fp8 cores
     assert fp8_matmul_kind("cuda", E4M3, False, 1536, 1536, bf16, capability=(8, 9)) == "scaled_mm"  # Ada, per tensor
