@@ -161,3 +161,17 @@ def test_pack_metadata_icon_and_node_count():
                 nodes += len(statement.value.elts)
     words = {5: "Five", 6: "Six", 7: "Seven", 8: "Eight", 9: "Nine", 10: "Ten"}
     assert re.search(rf"\b{words[nodes]} nodes\b", (REPO_ROOT / "README.md").read_text()), f"README: say {words[nodes]} nodes"
+
+
+def test_no_two_templates_share_a_node_id():
+    """The frontend shows a running prompt's progress on the node with that id in whichever tab is open: with shared
+    ids the trainer's progress and live plot appeared on "Load Diffusion Model" in the curate tab."""
+    ids = {key: {node["id"] for node in _load(key)["nodes"]} for key in TEMPLATES}
+    for key, own in ids.items():
+        others = set().union(*(other for name, other in ids.items() if name != key))
+        assert not own & others, (key, sorted(own & others))
+    trainer = next(node["id"] for node in _load("ipa_align")["nodes"] if node["type"] == "IPATrainLoRA")
+    assert all(trainer not in ids[key] for key in TEMPLATES if key != "ipa_align")
+    for key in TEMPLATES:  # the frontend gives new nodes ids after last_node_id
+        workflow = _load(key)
+        assert workflow["last_node_id"] == max(ids[key])
