@@ -74,8 +74,18 @@ def parse_gpus(spec: str | int | None, available: Optional[int] = None) -> list[
     if not ids or len(set(ids)) != len(ids) or min(ids) < 0:
         raise LaunchError(f"gpus={spec!r}: device ids must be distinct and >= 0")
     if available is not None and max(ids) >= available:
-        raise LaunchError(f"gpus={spec!r} asks for device {max(ids)} but only {available} GPU(s) are visible (ids 0..{available - 1})")
+        raise LaunchError(_too_many_gpus(spec, ids, available, counted=not (text.startswith("[") or "," in text)))
     return ids
+
+
+def _too_many_gpus(spec, ids: list[int], available: int, counted: bool) -> str:
+    """The refusal in words: none visible (never "ids 0..-1"), too many counted, or a device id that does not exist."""
+    if available == 0:
+        return f"gpus={spec!r}: no GPU is visible on this machine; use 'cpu' (or 'auto', which trains on the CPU here)"
+    visible = f"{available} GPU{'s' if available != 1 else ''} visible (device ids 0..{available - 1})" if available > 1 else "1 GPU visible (device id 0)"
+    if counted:
+        return f"gpus={spec!r} asks for {len(ids)} GPUs but there {'are' if available > 1 else 'is'} only {visible}; lower gpus or use 'auto'"
+    return f"gpus={spec!r} asks for device {max(ids)} but there {'are' if available > 1 else 'is'} only {visible}; use ids that exist or 'auto'"
 
 
 def build_command(
