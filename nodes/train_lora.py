@@ -403,9 +403,13 @@ class IPATrainLoRA(io.ComfyNode):
                 message = f"IPA training was cancelled and did not write a checkpoint in time:\n{outcome.error_text()}"
                 cls._report_stop(message, message.splitlines()[0], node_id, step=None, checkpoint=None)
                 raise TrainingStopped(message)
-            # The cause first (the root of an import failure, the rank that died and how), then where the full log is.
+            # The cause once (the root of an import failure, the rank that died and how), then where the rest is: the
+            # traceback and the run config go to the log, not into the dialog (it repeated the cause three times).
+            log.error("IPA Train LoRA: training failed (exit status %s; full log %s):\n%s", outcome.returncode,
+                      run_dir / "train.log", outcome.error_text())
             raise RuntimeError(f"IPA training failed: {outcome.headline()}\nFull log: {run_dir / 'train.log'} "
-                               f"(exit status {outcome.returncode})\n\n{outcome.error_text()}")
+                               f"(exit status {outcome.returncode}): the trainer's traceback and the run config are there."
+                               + "".join(f"\n{line}" for line in outcome.advice()))
 
     @classmethod
     def _install(cls, outcome, run_dir: Path, loss_image, node_id) -> io.NodeOutput:

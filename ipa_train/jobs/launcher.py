@@ -170,6 +170,11 @@ class JobOutcome:
         lines = failure_report(errors, self.failures, self.returncode)
         return lines[0] if lines else f"the trainer exited with status {self.returncode}"
 
+    def advice(self) -> list[str]:
+        """The report's lines after the headline (what to do, what the other ranks said), without tracebacks or stderr."""
+        errors = [event for event in self.events if event.get("event") == ERROR]
+        return failure_report(errors, self.failures, self.returncode)[1:]
+
     def error_text(self, lines: int = 30) -> str:
         """The cause first (the failing rank's message and traceback, or the rank that died and how), then what the
         other ranks said, then the last stderr lines."""

@@ -284,6 +284,10 @@ def test_train_node_shows_the_root_cause_and_the_log(host, monkeypatch):
     assert f"Full log: {run_dir / 'train.log'}" in message.splitlines()[2]
     assert "(it surfaced as ModuleNotFoundError: Could not import module 'BloomPreTrainedModel')" in message
     assert "what to do: torchvision in the trainer's Python" in message
+    # the cause once; the traceback and the run config are in the log it names, not in the dialog
+    assert message.count("operator torchvision::nms does not exist") == 1, message
+    assert "Traceback" not in message and '"output_dir"' not in message and "the trainer's traceback and the run config are there" in message
+    assert "Traceback" in (run_dir / "train.log").read_text()
 
 
 def test_train_node_refuses_the_impossible_before_anything(host, monkeypatch):
