@@ -147,8 +147,9 @@ def test_curate_runs_as_loaded_and_shows_its_results(ui, comfy, tmp_path):
         assert ui.js("() => window.__ipa.widget('IPAVaceSampler', 'seed')") == 9
         folder = comfy.base / "output" / "ipa_datasets" / DATASET
         assert sorted(e["seed"] for e in read_manifest(folder)) == [7, 8]
-        # on the canvas: one looping clip per candidate, and Mark Preferred's summary under the node
-        ui.page.wait_for_function("(id) => app.nodeOutputs[String(id)]?.images?.length === 2", arg=sampler_id, timeout=10_000)
+        # on the canvas: a grid of the candidates with their seeds, then one looping clip per candidate, and Mark
+        # Preferred's summary under the node
+        ui.page.wait_for_function("(id) => app.nodeOutputs[String(id)]?.images?.length === 1 + 2", arg=sampler_id, timeout=10_000)
         outputs = ui.js("(id) => app.nodeOutputs[String(id)]", sampler_id)
         assert outputs["animated"] == [True] and all(image["filename"].endswith(".webp") for image in outputs["images"])
         ui.page.wait_for_function("() => (window.__ipa.nodeText('IPAMarkPreferred') || '').includes('Stored 2 new')", timeout=10_000)
