@@ -111,6 +111,20 @@ def _unknown_messages(ui):
     return [text for kind, text in ui.console if "Unknown message type" in text or ("Unhandled message" in text and "ipa" in text)]
 
 
+def _assert_refused_once(ui, node_id, reason, input_name):
+    """Queues, expects ComfyUI to refuse the whole prompt (HTTP 400), and checks what the page shows: the dialog says
+    ``reason`` once (ComfyUI files it under every input validate_inputs takes, and its dialog repeated it six times),
+    the node's kept error names ``input_name``, and the reason is written under the node."""
+    answer = ui.queue()
+    assert answer["http_status"] == 400 and str(node_id) in answer["node_errors"], answer
+    ui.page.wait_for_function("() => !!document.querySelector('.p-dialog')", timeout=10_000)
+    dialog = "\n".join(ui.close_dialogs())
+    assert dialog.count(reason) == 1 and "0..-1" not in dialog, dialog
+    kept = ui.js("(id) => app.lastNodeErrors[String(id)].errors.map((e) => e.extra_info?.input_name)", node_id)
+    assert kept == [input_name], kept
+    ui.page.wait_for_function("(reason) => (window.__ipa.nodeText('IPATrainLoRA') || '').includes(reason)", arg=reason, timeout=10_000)
+
+
 def test_template_browser_lists_the_packs_templates_with_thumbnails(ui, tmp_path):
     with screenshot_on_failure(ui, tmp_path, "browser"):
         cards = ui.template_cards(PACK_FOLDER)
@@ -167,6 +181,17 @@ def test_curate_runs_as_loaded_and_shows_its_results(ui, comfy, tmp_path):
         assert ui.js("(id) => !!app.lastNodeErrors?.[String(id)] || !!document.querySelector('.p-dialog')", mark_id)
         if ui.js("() => !!document.querySelector('.p-dialog')"):
             ui.close_dialogs()
+        # what the creator sees (it said nothing): the reason once, under the node, filed under `dataset`, and one
+        # toast saying the node did not run; nothing was stored
+        ui.page.wait_for_function("() => (window.__ipa.nodeText('IPAMarkPreferred') || '').startsWith('Refused: invalid dataset name')",
+                                  timeout=10_000)
+        text = ui.js("() => window.__ipa.nodeText('IPAMarkPreferred')")
+        assert text.count("invalid dataset name") == 1 and "nothing was stored" in text, text
+        kept = ui.js("(id) => app.lastNodeErrors[String(id)].errors.map((e) => [e.extra_info?.input_name, e.details])", mark_id)
+        assert len(kept) == 1 and kept[0][0] == "dataset" and kept[0][1].startswith("invalid dataset name"), kept
+        notes = [toast for toast in ui.toasts() if "did not run" in toast]
+        assert len(notes) == 1 and "IPA Mark Preferred did not run" in notes[0] and "Nothing was stored" in notes[0], ui.toasts()
+        assert sorted(e["seed"] for e in read_manifest(folder)) == [7, 8] and not (comfy.base / "output" / "elsewhere").exists()
     assert not _unknown_messages(ui)
 
 
@@ -179,9 +204,14 @@ def test_align_runs_as_shipped_on_a_cpu_machine_and_cancels_cleanly(ui, comfy, t
     entries = read_manifest(folder)
     comfy.post(f"/ipa/datasets/{DATASET}/marks", {"ids": [entries[0]["id"]], "status": "preferred"})  # as the gallery does
     with screenshot_on_failure(ui, tmp_path, "align"):
-        dialogs, _ = _open(ui, "ipa_align")
+        dialogs, workflow = _open(ui, "ipa_align")
         assert any("wan2.1_vace_1.3B_fp16.safetensors" in text for text in dialogs), dialogs
         assert ui.js("() => window.__ipa.widget('IPATrainLoRA', 'gpus')") == "auto"
+        train_id = next(n["id"] for n in workflow["nodes"] if n["type"] == "IPATrainLoRA")
+        # refused at queue time: each reason once in the dialog, filed under the input it is about, and under the node
+        ui.js(f"() => window.__ipa.setWidgets('IPATrainLoRA', {{dataset: '{DATASET}', base_model: '{UNET_FILE}', gpus: '2'}})")
+        _assert_refused_once(ui, train_id, "gpus='2': no GPU is visible on this machine", "gpus")
+        ui.js("() => window.__ipa.setWidgets('IPATrainLoRA', {gpus: 'auto'})")
         # as shipped but for the tiny model and a short run: gpus 'auto' and precision 'auto' on this GPU-less machine
         ui.js(f"""() => window.__ipa.setWidgets('IPATrainLoRA', {{dataset: '{DATASET}', base_model: '{UNET_FILE}', rank: 4, alpha: 4,
                                                                   steps: 3, learning_rate: 0.001}})""")
@@ -191,6 +221,11 @@ def test_align_runs_as_shipped_on_a_cpu_machine_and_cancels_cleanly(ui, comfy, t
         ui.page.wait_for_function("() => (window.__ipa.nodeText('IPATrainLoRA') || '').includes('saved as: loras/ipa/ipa_hands.safetensors')",
                                   timeout=10_000)
         ui.screenshot(tmp_path / "align-finished.png")
+        # resume='latest' left in the widget after the run completed: refused at queue time, the trainer never starts
+        ui.js("() => window.__ipa.setWidgets('IPATrainLoRA', {resume: 'latest'})")
+        _assert_refused_once(ui, train_id, "this run is complete", "resume")
+        assert "clear resume to train a new LoRA" in ui.js("() => window.__ipa.nodeText('IPATrainLoRA')")
+        ui.js("() => window.__ipa.setWidgets('IPATrainLoRA', {resume: ''})")
         # the live plot fits the node: the picture is no wider than the node and its preview area ends inside it
         layout = ui.js("""() => { const n = window.__ipa.byType('IPATrainLoRA')[0];
             const area = n.widgets.find((w) => w.name === '$$canvas-image-preview');
@@ -216,11 +251,12 @@ def test_align_runs_as_shipped_on_a_cpu_machine_and_cancels_cleanly(ui, comfy, t
         entry = comfy.wait(answer["prompt_id"], 180)
         kinds = [kind for kind, _ in entry["status"]["messages"]]
         assert "execution_interrupted" in kinds and "execution_error" not in kinds, kinds
-        ui.page.wait_for_function("() => [...document.querySelectorAll('.p-toast-message')].some((t) => t.innerText.includes('IPA training stopped'))",
+        ui.page.wait_for_function("() => [...document.querySelectorAll('.p-toast-message')].some((t) => t.innerText.includes('IPA training cancelled'))",
                                   timeout=15_000)
-        toast = next(text for text in ui.toasts() if "IPA training stopped" in text)
+        toast = next(text for text in ui.toasts() if "IPA training cancelled" in text)
         assert "resume='latest'" in toast and "checkpoint written: fe_cancel-" in toast and "/step-" in toast
-        assert "resume='latest'" in (ui.js("() => window.__ipa.nodeText('IPATrainLoRA')") or "")
+        node_text = ui.js("() => window.__ipa.nodeText('IPATrainLoRA')") or ""
+        assert "resume='latest'" in node_text and "(cancelled)" in node_text
         assert not ui.js("() => [...document.querySelectorAll('.p-dialog')].map((d) => d.innerText)")  # no error dialog
         ui.screenshot(tmp_path / "align-cancelled.png")
     assert not _unknown_messages(ui)
