@@ -2,8 +2,9 @@
 // frontend warns "Unknown message type ipa.train.step" on every step), a toast when a cancelled training run
 // stopped (an interruption carries no message to the frontend; frontend 1.35.9's queue lists every interrupted job
 // as "Failed" and offers no way to say "cancelled", so the toast and the node say it), a seed control on IPA VACE
-// Sampler that steps by the number of candidates, since one run samples seeds seed .. seed + candidates - 1, and
-// queue-time refusals of the pack's nodes shown once, on their node (see showRefusals).
+// Sampler that steps by the number of candidates, since one run samples seeds seed .. seed + candidates - 1 (and
+// starts after the dataset's highest stored seed, see continueAfterStoredSeeds), and queue-time refusals of the
+// pack's nodes shown once, on their node (see showRefusals).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
@@ -45,6 +46,58 @@ function stepSeedByCandidates(node) {
       return result;
     };
   }
+}
+
+// ---------------------------------------------------------------------------------------------- seeds never twice
+// A workflow (the curate template) opens with the seed it was saved with, so the first runs re-sampled seeds already
+// in the dataset. ComfyUI's convention is that the seed widget shows the seed the next run uses and its control moves
+// it after queueing; so when a graph opens or Mark Preferred's dataset changes, a seed at or below the dataset's
+// highest stored seed is moved, in the widget, to the next one after it, and the node says so before anything samples.
+// (Any sample's seed counts, whatever its settings: a skipped seed costs nothing, a repeated one costs GPU time.)
+
+async function highestSeed(dataset) {
+  const query = "sort=seed&order=desc&status=all&limit=500";
+  const response = await api.fetchApi(`/ipa/datasets/${encodeURIComponent(dataset)}/samples?${query}`);
+  if (!response.ok) return null; // no such dataset yet: nothing to continue after
+  const seeds = ((await response.json()).samples || []).map((s) => s.seed).filter((seed) => Number.isFinite(seed));
+  return seeds.length ? Math.max(...seeds) : null;
+}
+
+async function continueAfterStoredSeeds() {
+  const nodes = app.graph?.nodes ?? app.graph?._nodes ?? [];
+  const marks = nodes.filter((n) => n.type === "IPAMarkPreferred");
+  const datasets = [...new Set(marks.map((n) => n.widgets?.find((w) => w.name === "dataset")?.value).filter(Boolean))];
+  if (!datasets.length) return;
+  let highest = null;
+  let where = null;
+  for (const dataset of datasets) {
+    const top = await highestSeed(dataset).catch(() => null);
+    if (top !== null && (highest === null || top > highest)) [highest, where] = [top, dataset];
+  }
+  if (highest === null) return;
+  for (const sampler of nodes.filter((n) => n.type === "IPAVaceSampler")) {
+    const seed = sampler.widgets?.find((w) => w.name === "seed");
+    if (!seed || Number(seed.value) > highest) continue;
+    const before = Number(seed.value);
+    seed.value = Math.min(highest + 1, seed.options?.max ?? SEED_LIMIT);
+    seed.callback?.(seed.value);
+    const text = `Seed set to ${seed.value} (was ${before}): dataset '${where}' already holds samples up to seed ${highest}; ` +
+      "this continues after them so no seed is sampled twice.";
+    api.dispatchCustomEvent("progress_text", { nodeId: String(sampler.id), text });
+    toast("info", "IPA VACE Sampler: seed moved on", text, 10000);
+    app.graph.setDirtyCanvas?.(true, true);
+  }
+}
+
+function watchDataset(node) {
+  const widget = node.widgets?.find((w) => w.name === "dataset");
+  if (!widget) return;
+  const original = widget.callback;
+  widget.callback = function (...args) {
+    const result = original?.apply(this, args);
+    continueAfterStoredSeeds();
+    return result;
+  };
 }
 
 // ---------------------------------------------------------------------------------------------- queue-time refusals
@@ -147,12 +200,16 @@ function register() {
         toast("info", "IPA training cancelled", detail.message || `Cancelled at step ${detail.step}.`, 15000);
       });
     },
+    async afterConfigureGraph() {
+      await continueAfterStoredSeeds();
+    },
     beforeRegisterNodeDef(nodeType, nodeData) {
-      if (nodeData?.name !== "IPAVaceSampler") return;
+      const setup = { IPAVaceSampler: stepSeedByCandidates, IPAMarkPreferred: watchDataset }[nodeData?.name];
+      if (!setup) return;
       const created = nodeType.prototype.onNodeCreated;
       nodeType.prototype.onNodeCreated = function (...args) {
         const result = created?.apply(this, args);
-        stepSeedByCandidates(this);
+        setup(this);
         return result;
       };
     },

@@ -192,6 +192,14 @@ def test_curate_runs_as_loaded_and_shows_its_results(ui, comfy, tmp_path):
         notes = [toast for toast in ui.toasts() if "did not run" in toast]
         assert len(notes) == 1 and "IPA Mark Preferred did not run" in notes[0] and "Nothing was stored" in notes[0], ui.toasts()
         assert sorted(e["seed"] for e in read_manifest(folder)) == [7, 8] and not (comfy.base / "output" / "elsewhere").exists()
+        # reopened, the template's seed would re-sample stored seeds: it moves past the dataset's highest, and says so
+        _open(ui, "ipa_curate")
+        ui.js("() => window.__ipa.setWidgets('IPAVaceSampler', {seed: 0, candidates: 2})")
+        ui.js(f"() => window.__ipa.setWidgets('IPAMarkPreferred', {{dataset: '{DATASET}'}})")
+        ui.page.wait_for_function("() => window.__ipa.widget('IPAVaceSampler', 'seed') === 9", timeout=10_000)
+        ui.page.wait_for_function("() => (window.__ipa.nodeText('IPAVaceSampler') || '').includes('Seed set to 9 (was 0)')", timeout=10_000)
+        assert f"dataset '{DATASET}' already holds samples up to seed 8" in ui.js("() => window.__ipa.nodeText('IPAVaceSampler')")
+        assert any("Seed set to 9" in toast for toast in ui.toasts()), ui.toasts()
     assert not _unknown_messages(ui)
 
 
