@@ -193,9 +193,15 @@ def test_curate_runs_as_loaded_and_shows_its_results(ui, comfy, tmp_path):
         assert len(notes) == 1 and "IPA Mark Preferred did not run" in notes[0] and "Nothing was stored" in notes[0], ui.toasts()
         assert sorted(e["seed"] for e in read_manifest(folder)) == [7, 8] and not (comfy.base / "output" / "elsewhere").exists()
         # reopened, the template's seed would re-sample stored seeds: it moves past the dataset's highest, and says so
-        _open(ui, "ipa_curate")
-        ui.js("() => window.__ipa.setWidgets('IPAVaceSampler', {seed: 0, candidates: 2})")
-        ui.js(f"() => window.__ipa.setWidgets('IPAMarkPreferred', {{dataset: '{DATASET}'}})")
+        # (the template browser only switches to the open tab: load the template's graph as opening it does, its
+        # seed 0, with Mark Preferred's dataset set to this one)
+        reopened = json.loads(template_path("ipa_curate").read_text())
+        values = next(n for n in reopened["nodes"] if n["type"] == "IPAMarkPreferred")["widgets_values"]
+        values[values.index("hands")] = DATASET
+        ui.js("(workflow) => app.loadGraphData(workflow)", reopened)
+        ui.page.wait_for_timeout(500)
+        if ui.js("() => !!document.querySelector('.p-dialog')"):
+            ui.close_dialogs()
         ui.page.wait_for_function("() => window.__ipa.widget('IPAVaceSampler', 'seed') === 9", timeout=10_000)
         ui.page.wait_for_function("() => (window.__ipa.nodeText('IPAVaceSampler') || '').includes('Seed set to 9 (was 0)')", timeout=10_000)
         assert f"dataset '{DATASET}' already holds samples up to seed 8" in ui.js("() => window.__ipa.nodeText('IPAVaceSampler')")
