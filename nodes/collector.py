@@ -144,7 +144,8 @@ def canvas_summary(result, chosen) -> str:
     lines = [f"Stored {len(added)} new in '{result.dataset}'" + (f" (seeds {_seeds(added)})" if added and None not in added else "")]
     if again:
         lines.append(f"{len(again)} already in the dataset (identical; seeds {_seeds(again)}): these seeds were sampled before. "
-                     "Set the sampler's seed control to increment (it steps by the candidate count) or randomize.")
+                     "Give the sampler a seed above the dataset's highest (it moves there by itself when the workflow opens "
+                     "or the dataset changes, and steps by the candidate count after each run).")
     lines.append(f"Dataset: {counts.get('pending', 0)} pending, {counts.get('preferred', 0)} preferred, {counts.get('rejected', 0)} rejected.")
     if counts.get("pending"):
         lines.append("Curate them in the IPA gallery (IPA tab in the left sidebar).")

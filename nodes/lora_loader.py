@@ -20,7 +20,7 @@ import torch
 from comfy_api.v0_0_2 import io, ui
 
 from ..ipa_train.wan.lora_io import LoraFileError, read_lora_file
-from ..ipa_train.wan.lora_meta import base_model_mismatch, summarize_metadata, training_metadata
+from ..ipa_train.wan.lora_meta import KEY_ORDER, WAN_SIZES, base_model_mismatch, size_tag_from_name, training_metadata
 
 log = logging.getLogger(__name__)
 
@@ -195,9 +195,44 @@ class IPALoRALoader(io.ComfyNode):
             shown = unmatched[:20]
             lines.append("unmatched: " + ", ".join(shown) + (f" ... (+{len(unmatched) - 20})" if len(unmatched) > 20 else ""))
             log.warning("IPA LoRA Loader: %d keys of %s did not match: %s", len(unmatched), lora_name, shown)
-        lines.append("metadata:\n" + summarize_metadata(metadata))
+        lines.append(base_model_words(metadata, model_width(model)))
+        lines.append(settings_report(metadata))
         report = "\n".join(lines)
         return io.NodeOutput(patched, report, ui=ui.PreviewText(report))
+
+
+_UNSET = ("", "none", "null", "[]", "{}")
+
+
+def settings_report(metadata, max_value: int = 120) -> str:
+    """The LoRA's training settings for a person: only the keys that are set (an empty ``init_lora`` or
+    ``vace_module`` says nothing), without the fingerprints (``*_hash``: for the trainer's checks, not for reading)."""
+    settings = training_metadata(metadata)
+    keys = [key for key in KEY_ORDER if key in settings] + sorted(key for key in settings if key not in KEY_ORDER)
+    lines = []
+    for key in keys:
+        value = str(settings[key]).strip()
+        if key.endswith("_hash") or value.lower() in _UNSET:
+            continue
+        lines.append(f"{key}: {value if len(value) <= max_value else value[: max_value - 3] + '...'}")
+    return "training settings:\n" + "\n".join(lines) if lines else "training settings: none recorded in this LoRA"
+
+
+def base_model_words(metadata, width) -> str:
+    """One sentence: does the LoRA's base model (from its metadata) match the model it is applied to? Compared by
+    model size (the transformer's width), the only thing both sides reliably know."""
+    settings = training_metadata(metadata)
+    base = str(settings.get("base_model") or settings.get("ss_base_model_version") or "").strip()
+    current = WAN_SIZES.get(width or -1)
+    trained = size_tag_from_name(base)
+    name = os.path.basename(base) if base else ""
+    if not name:
+        return "base model: not recorded in the LoRA, so it cannot be checked (the weights applied above fit this model's shapes)"
+    if not trained or not current:
+        return f"base model: trained on {name}; its size could not be compared with this model's"
+    if trained == current:
+        return f"base model: matches (trained on {name}, Wan2.1 {trained}; this model is Wan2.1 {current})"
+    return f"base model: does NOT match (trained on {name}, Wan2.1 {trained}; this model is Wan2.1 {current})"
 
 
 def _nothing_applies(lora_name, state_dict, metadata, misfits, width) -> str:

@@ -27,7 +27,7 @@ from ..ipa_train.data.marks import count_statuses
 from ..ipa_train.choices import BasePrecision, Distributed, Objective
 from ..ipa_train.jobs.config import ConfigError, RunConfig
 from ..ipa_train.fileio import InvalidNameError, atomic_write_json, install_keeping_previous, validate_name
-from ..ipa_train.jobs.checkpoint_files import checkpoint_problem, pick_checkpoint
+from ..ipa_train.jobs.checkpoint_files import checkpoint_problem, pick_checkpoint, step_of
 from ..ipa_train.jobs.contract import CHECKPOINT, STARTED, STEP
 from ..ipa_train.jobs.curves import training_curves
 from .host import prompt_server
@@ -108,6 +108,18 @@ def _resolve_resume(resume: str, lora_name: str) -> Path | None:
     if problem:
         raise ValueError(f"resume={resume!r}: the checkpoint is incomplete ({problem}); use 'latest' (the newest complete one)")
     return path
+
+
+def check_resume(resume: str, lora_name: str, steps: int) -> Path | None:
+    """The checkpoint to resume, or None; a ValueError when the run it belongs to is already complete (its checkpoint
+    is at ``steps``): that is ``resume='latest'`` left in the widget after a resumed run finished, and the trainer
+    would start only to say "already at step N of N". Refused at queue time; training a new LoRA needs resume cleared."""
+    checkpoint = _resolve_resume(resume, lora_name)
+    done = step_of(checkpoint) if checkpoint is not None else None
+    if done is not None and done >= int(steps):
+        raise ValueError(f"resume={resume!r}: this run is complete ({checkpoint.parents[1].name} is at step {done} of steps={steps}); "
+                         "clear resume to train a new LoRA, or raise steps to train this one further")
+    return checkpoint
 
 
 def _new_run_dir(lora_name: str) -> Path:
@@ -268,13 +280,16 @@ class IPATrainLoRA(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, dataset, lora_name, gpus):
+    def validate_inputs(cls, dataset, lora_name, gpus, steps=1000, resume=""):
         """At queue time, before anything runs: the dataset exists and has preferred samples, the name and GPUs are
-        usable. (Taking ``dataset`` here also lets a dataset made after the page loaded pass the combo check.)"""
+        usable, a resumed run is not already complete. (Taking ``dataset`` here also lets a dataset made after the page
+        loaded pass the combo check.) ComfyUI files the one message under each of these inputs; the frontend extension
+        (web/ipa_nodes.js) shows it once."""
         try:
             check_dataset(dataset)
             check_lora_name(lora_name)
             launcher.parse_gpus(gpus, available=_visible_gpus()[0])
+            check_resume(resume, lora_name, steps)
         except (ValueError, launcher.LaunchError) as exc:
             return str(exc)
         return True
@@ -338,7 +353,7 @@ class IPATrainLoRA(io.ComfyNode):
         check_lora_name(settings["lora_name"])
         base_model_path = folder_paths.get_full_path_or_raise("diffusion_models", base_model)
         gpu_ids, devices, processes = cls._devices(gpus)
-        checkpoint = _resolve_resume(resume, settings["lora_name"])
+        checkpoint = check_resume(resume, settings["lora_name"], settings["steps"])
         resolve_vram_budget(vram_budget_gb, [])  # a bad value fails here; 'auto' is measured once ComfyUI's models are unloaded
         run_dir = checkpoint.parents[1] if checkpoint is not None else _new_run_dir(settings["lora_name"])
         config = cls.build_config(dataset_dir, base_model_path, run_dir, **{**settings, "vram_budget_gb": None})
@@ -403,9 +418,13 @@ class IPATrainLoRA(io.ComfyNode):
                 message = f"IPA training was cancelled and did not write a checkpoint in time:\n{outcome.error_text()}"
                 cls._report_stop(message, message.splitlines()[0], node_id, step=None, checkpoint=None)
                 raise TrainingStopped(message)
-            # The cause first (the root of an import failure, the rank that died and how), then where the full log is.
+            # The cause once (the root of an import failure, the rank that died and how), then where the rest is: the
+            # traceback and the run config go to the log, not into the dialog (it repeated the cause three times).
+            log.error("IPA Train LoRA: training failed (exit status %s; full log %s):\n%s", outcome.returncode,
+                      run_dir / "train.log", outcome.error_text())
             raise RuntimeError(f"IPA training failed: {outcome.headline()}\nFull log: {run_dir / 'train.log'} "
-                               f"(exit status {outcome.returncode})\n\n{outcome.error_text()}")
+                               f"(exit status {outcome.returncode}): the trainer's traceback and the run config are there."
+                               + "".join(f"\n{line}" for line in outcome.advice()))
 
     @classmethod
     def _install(cls, outcome, run_dir: Path, loss_image, node_id) -> io.NodeOutput:

@@ -15,7 +15,7 @@ from comfy_api.v0_0_2 import io
 
 from ..ipa_train.data.collect import Candidate
 from .model_identity import base_weights_fingerprint, describe_patches
-from .previews import looping_previews
+from .previews import candidate_previews
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ class IPAVaceSampler(io.ComfyNode):
                 sigmas=sigmas,
                 settings=dict(settings),
             ))
-        preview = looping_previews(frames_out, fps=16.0, prefix="ipa_candidates")  # Wan2.1's 16 fps
+        preview = candidate_previews(frames_out, [result.seed for result in results], fps=16.0)  # Wan2.1's 16 fps
         return io.NodeOutput(torch.cat(frames_out, dim=0), results, ui=preview)
 
 

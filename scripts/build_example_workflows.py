@@ -185,6 +185,10 @@ layouts.""")
 
 
 BUILDERS = {"ipa_curate": curate, "ipa_align": align, "ipa_animate": animate}
+# Node ids per template, in ranges no two templates share: ComfyUI's frontend shows a running prompt's progress (the
+# trainer's live plot included) on the node of that id in whichever tab is open, so a shared id put the training
+# progress on "Load Diffusion Model" in the curate tab.
+FIRST_NODE_ID = {"ipa_curate": 1, "ipa_align": 101, "ipa_animate": 201}
 
 
 def template_path(key: str) -> Path:
@@ -197,14 +201,14 @@ def build_all(infos):
 
     workflows = {}
     for name, build in BUILDERS.items():
-        graph = Graph(infos, MODEL_FILES)
+        graph = Graph(infos, MODEL_FILES, first_id=FIRST_NODE_ID[name])
         build(graph)
         workflows[name] = graph.to_json(f"ComfyUI-IPA template: {TEMPLATES[name]}")
     return workflows
 
 
 def main():
-    from comfy_tiny import load_pack_cpu
+    from support.comfy_tiny import load_pack_cpu
     from workflow_graph import check_workflow, dumps, node_infos
 
     infos = node_infos(load_pack_cpu())

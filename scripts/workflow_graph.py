@@ -98,8 +98,11 @@ GROUP_COLOUR = "#3f789e"
 
 
 class Graph:
-    def __init__(self, infos: dict[str, dict[str, Any]], model_files: Optional[dict[str, dict[str, str]]] = None):
+    def __init__(self, infos: dict[str, dict[str, Any]], model_files: Optional[dict[str, dict[str, str]]] = None, first_id: int = 1):
+        """``first_id``: the first node id. The frontend shows a running prompt's progress on the node with the same id
+        in whichever workflow tab is open, so templates that run long (the trainer) take ids no other template uses."""
         self.infos = infos
+        self.first_id = first_id
         self.model_files = model_files or {}  # file name -> {"url": ..., "directory": ...}
         self.nodes: list[dict[str, Any]] = []
         self.links: list[list[Any]] = []
@@ -121,9 +124,10 @@ class Graph:
             size: tuple[int, int] = (320, 200), models: Optional[list[str]] = None) -> int:
         """``models``: file names among this node's widget values to list in ``properties.models`` (with the download
         URL and folder from ``model_files``), which the frontend's missing-model dialog reads."""
-        node_id = len(self.nodes) + 1
+        node_id = self.first_id + len(self.nodes)
+        order = len(self.nodes)
         if node_type in FRONTEND_ONLY:
-            node = {"id": node_id, "type": node_type, "pos": list(pos), "size": list(size), "flags": {}, "order": node_id - 1,
+            node = {"id": node_id, "type": node_type, "pos": list(pos), "size": list(size), "flags": {}, "order": order,
                     "mode": 0, "inputs": [], "outputs": [], "properties": {}, "widgets_values": [widgets["text"]],
                     "color": "#432", "bgcolor": "#653"}
             if title:
@@ -166,7 +170,7 @@ class Graph:
             if missing:
                 raise ValueError(f"{node_type}: models {missing} are not among its widget values or have no download entry")
             properties["models"] = [{"name": name, **self.model_files[name]} for name in models]
-        node = {"id": node_id, "type": node_type, "pos": list(pos), "size": list(size), "flags": {}, "order": node_id - 1, "mode": 0,
+        node = {"id": node_id, "type": node_type, "pos": list(pos), "size": list(size), "flags": {}, "order": order, "mode": 0,
                 "inputs": inputs, "outputs": outputs, "properties": properties, "widgets_values": values}
         if title:
             node["title"] = title
@@ -174,7 +178,7 @@ class Graph:
         return node_id
 
     def link(self, source: int, output: str, target: int, input_name: str) -> None:
-        src, dst = self.nodes[source - 1], self.nodes[target - 1]
+        src, dst = self.nodes[source - self.first_id], self.nodes[target - self.first_id]
         slot = next(i for i, o in enumerate(src["outputs"]) if o["name"] == output)
         in_slot = next(i for i, n in enumerate(dst["inputs"]) if n["name"] == input_name)
         kind = src["outputs"][slot]["type"]
@@ -190,7 +194,7 @@ class Graph:
         return {
             "id": "00000000-0000-4000-8000-000000000000",
             "revision": 0,
-            "last_node_id": len(self.nodes),
+            "last_node_id": self.first_id + len(self.nodes) - 1,
             "last_link_id": len(self.links),
             "nodes": self.nodes,
             "links": self.links,

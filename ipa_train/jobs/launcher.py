@@ -74,8 +74,18 @@ def parse_gpus(spec: str | int | None, available: Optional[int] = None) -> list[
     if not ids or len(set(ids)) != len(ids) or min(ids) < 0:
         raise LaunchError(f"gpus={spec!r}: device ids must be distinct and >= 0")
     if available is not None and max(ids) >= available:
-        raise LaunchError(f"gpus={spec!r} asks for device {max(ids)} but only {available} GPU(s) are visible (ids 0..{available - 1})")
+        raise LaunchError(_too_many_gpus(spec, ids, available, counted=not (text.startswith("[") or "," in text)))
     return ids
+
+
+def _too_many_gpus(spec, ids: list[int], available: int, counted: bool) -> str:
+    """The refusal in words: none visible (never "ids 0..-1"), too many counted, or a device id that does not exist."""
+    if available == 0:
+        return f"gpus={spec!r}: no GPU is visible on this machine; use 'cpu' (or 'auto', which trains on the CPU here)"
+    visible = f"{available} GPU{'s' if available != 1 else ''} visible (device ids 0..{available - 1})" if available > 1 else "1 GPU visible (device id 0)"
+    if counted:
+        return f"gpus={spec!r} asks for {len(ids)} GPUs but there {'are' if available > 1 else 'is'} only {visible}; lower gpus or use 'auto'"
+    return f"gpus={spec!r} asks for device {max(ids)} but there {'are' if available > 1 else 'is'} only {visible}; use ids that exist or 'auto'"
 
 
 def build_command(
@@ -159,6 +169,11 @@ class JobOutcome:
         errors = [event for event in self.events if event.get("event") == ERROR]
         lines = failure_report(errors, self.failures, self.returncode)
         return lines[0] if lines else f"the trainer exited with status {self.returncode}"
+
+    def advice(self) -> list[str]:
+        """The report's lines after the headline (what to do, what the other ranks said), without tracebacks or stderr."""
+        errors = [event for event in self.events if event.get("event") == ERROR]
+        return failure_report(errors, self.failures, self.returncode)[1:]
 
     def error_text(self, lines: int = 30) -> str:
         """The cause first (the failing rank's message and traceback, or the rank that died and how), then what the

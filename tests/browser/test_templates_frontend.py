@@ -13,7 +13,6 @@ import contextlib
 import json
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -112,6 +111,20 @@ def _unknown_messages(ui):
     return [text for kind, text in ui.console if "Unknown message type" in text or ("Unhandled message" in text and "ipa" in text)]
 
 
+def _assert_refused_once(ui, node_id, reason, input_name):
+    """Queues, expects ComfyUI to refuse the whole prompt (HTTP 400), and checks what the page shows: the dialog says
+    ``reason`` once (ComfyUI files it under every input validate_inputs takes, and its dialog repeated it six times),
+    the node's kept error names ``input_name``, and the reason is written under the node."""
+    answer = ui.queue()
+    assert answer["http_status"] == 400 and str(node_id) in answer["node_errors"], answer
+    ui.page.wait_for_function("() => !!document.querySelector('.p-dialog')", timeout=10_000)
+    dialog = "\n".join(ui.close_dialogs())
+    assert dialog.count(reason) == 1 and "0..-1" not in dialog, dialog
+    kept = ui.js("(id) => app.lastNodeErrors[String(id)].errors.map((e) => e.extra_info?.input_name)", node_id)
+    assert kept == [input_name], kept
+    ui.page.wait_for_function("(reason) => (window.__ipa.nodeText('IPATrainLoRA') || '').includes(reason)", arg=reason, timeout=10_000)
+
+
 def test_template_browser_lists_the_packs_templates_with_thumbnails(ui, tmp_path):
     with screenshot_on_failure(ui, tmp_path, "browser"):
         cards = ui.template_cards(PACK_FOLDER)
@@ -122,6 +135,52 @@ def test_template_browser_lists_the_packs_templates_with_thumbnails(ui, tmp_path
             url = f"{ui.url}/api/workflow_templates/{PACK_FOLDER}/{card['id'].replace(' ', '%20')}.jpg"
             assert (200, url, "image/jpeg") in ui.responses, [r for r in ui.responses if ".jpg" in r[1]]
         ui.close_dialogs()
+
+
+def _check_bad_dataset_is_refused_on_the_node(ui, comfy, workflow, folder):
+    from ipa_train.data.manifest import read_manifest
+
+    sampler_id = next(n["id"] for n in workflow["nodes"] if n["type"] == "IPAVaceSampler")
+    # a bad dataset name is refused when queued: ComfyUI runs only the outputs that do not depend on Mark
+    # Preferred (here the hand-mask preview), so nothing is sampled for a dataset that cannot be written
+    ui.js("() => window.__ipa.setWidgets('IPAMarkPreferred', {dataset: '../elsewhere'})")
+    refused = ui.queue()
+    mark_id = next(n["id"] for n in workflow["nodes"] if n["type"] == "IPAMarkPreferred")
+    assert "invalid dataset name" in json.dumps(refused["node_errors"][str(mark_id)]), refused
+    if refused.get("prompt_id"):
+        partial = comfy.wait(refused["prompt_id"], 120)
+        assert str(sampler_id) not in partial["outputs"] and str(mark_id) not in partial["outputs"]
+    assert ui.js("(id) => !!app.lastNodeErrors?.[String(id)] || !!document.querySelector('.p-dialog')", mark_id)
+    if ui.js("() => !!document.querySelector('.p-dialog')"):
+        ui.close_dialogs()
+    # what the creator sees (it said nothing): the reason once, under the node, filed under `dataset`, and one
+    # toast saying the node did not run; nothing was stored
+    ui.page.wait_for_function("() => (window.__ipa.nodeText('IPAMarkPreferred') || '').startsWith('Refused: invalid dataset name')",
+                              timeout=10_000)
+    text = ui.js("() => window.__ipa.nodeText('IPAMarkPreferred')")
+    assert text.count("invalid dataset name") == 1 and "nothing was stored" in text, text
+    kept = ui.js("(id) => app.lastNodeErrors[String(id)].errors.map((e) => [e.extra_info?.input_name, e.details])", mark_id)
+    assert len(kept) == 1 and kept[0][0] == "dataset" and kept[0][1].startswith("invalid dataset name"), kept
+    notes = [toast for toast in ui.toasts() if "did not run" in toast]
+    assert len(notes) == 1 and "IPA Mark Preferred did not run" in notes[0] and "Nothing was stored" in notes[0], ui.toasts()
+    assert sorted(e["seed"] for e in read_manifest(folder)) == [7, 8] and not (comfy.base / "output" / "elsewhere").exists()
+
+
+def _check_reopening_continues_after_stored_seeds(ui):
+    # reopened, the template's seed would re-sample stored seeds: it moves past the dataset's highest, and says so
+    # (the template browser only switches to the open tab: load the template's graph as opening it does, its
+    # seed 0, with Mark Preferred's dataset set to this one)
+    reopened = json.loads(template_path("ipa_curate").read_text())
+    values = next(n for n in reopened["nodes"] if n["type"] == "IPAMarkPreferred")["widgets_values"]
+    values[values.index("hands")] = DATASET
+    ui.js("(workflow) => app.loadGraphData(workflow)", reopened)
+    ui.page.wait_for_timeout(500)
+    if ui.js("() => !!document.querySelector('.p-dialog')"):
+        ui.close_dialogs()
+    ui.page.wait_for_function("() => window.__ipa.widget('IPAVaceSampler', 'seed') === 9", timeout=10_000)
+    ui.page.wait_for_function("() => (window.__ipa.nodeText('IPAVaceSampler') || '').includes('Seed set to 9 (was 0)')", timeout=10_000)
+    assert f"dataset '{DATASET}' already holds samples up to seed 8" in ui.js("() => window.__ipa.nodeText('IPAVaceSampler')")
+    assert any("Seed set to 9" in toast for toast in ui.toasts()), ui.toasts()
 
 
 def test_curate_runs_as_loaded_and_shows_its_results(ui, comfy, tmp_path):
@@ -149,26 +208,41 @@ def test_curate_runs_as_loaded_and_shows_its_results(ui, comfy, tmp_path):
         assert ui.js("() => window.__ipa.widget('IPAVaceSampler', 'seed')") == 9
         folder = comfy.base / "output" / "ipa_datasets" / DATASET
         assert sorted(e["seed"] for e in read_manifest(folder)) == [7, 8]
-        # on the canvas: one looping clip per candidate, and Mark Preferred's summary under the node
-        ui.page.wait_for_function("(id) => app.nodeOutputs[String(id)]?.images?.length === 2", arg=sampler_id, timeout=10_000)
+        # on the canvas: a grid of the candidates with their seeds, then one looping clip per candidate, and Mark
+        # Preferred's summary under the node
+        ui.page.wait_for_function("(id) => app.nodeOutputs[String(id)]?.images?.length === 1 + 2", arg=sampler_id, timeout=10_000)
         outputs = ui.js("(id) => app.nodeOutputs[String(id)]", sampler_id)
         assert outputs["animated"] == [True] and all(image["filename"].endswith(".webp") for image in outputs["images"])
         ui.page.wait_for_function("() => (window.__ipa.nodeText('IPAMarkPreferred') || '').includes('Stored 2 new')", timeout=10_000)
         text = ui.js("() => window.__ipa.nodeText('IPAMarkPreferred')")
         assert f"in '{DATASET}' (seeds 7, 8)" in text and "2 pending, 0 preferred" in text, text
-        # a bad dataset name is refused when queued: ComfyUI runs only the outputs that do not depend on Mark
-        # Preferred (here the hand-mask preview), so nothing is sampled for a dataset that cannot be written
-        ui.js("() => window.__ipa.setWidgets('IPAMarkPreferred', {dataset: '../elsewhere'})")
-        refused = ui.queue()
-        mark_id = next(n["id"] for n in workflow["nodes"] if n["type"] == "IPAMarkPreferred")
-        assert "invalid dataset name" in json.dumps(refused["node_errors"][str(mark_id)]), refused
-        if refused.get("prompt_id"):
-            partial = comfy.wait(refused["prompt_id"], 120)
-            assert str(sampler_id) not in partial["outputs"] and str(mark_id) not in partial["outputs"]
-        assert ui.js("(id) => !!app.lastNodeErrors?.[String(id)] || !!document.querySelector('.p-dialog')", mark_id)
-        if ui.js("() => !!document.querySelector('.p-dialog')"):
-            ui.close_dialogs()
+        _check_bad_dataset_is_refused_on_the_node(ui, comfy, workflow, folder)
+        _check_reopening_continues_after_stored_seeds(ui)
     assert not _unknown_messages(ui)
+
+
+def _check_cancel_says_cancelled(ui, comfy, tmp_path):
+    # Cancel during a long run: interrupted as ComfyUI's own nodes are (no error event, no error dialog), and how to
+    # resume on screen. (Frontend 1.35.9's queue overlay counts every cancelled job, its own nodes' too, as failed.)
+    ui.js("() => window.__ipa.setWidgets('IPATrainLoRA', {lora_name: 'fe_cancel', steps: 100000})")
+    answer = ui.queue()
+    runs = comfy.base / "output" / "ipa_runs"
+    deadline = time.monotonic() + 180
+    while not any('"event": "step"' in log.read_text() for log in runs.glob("fe_cancel-*/train.log")):
+        assert time.monotonic() < deadline, "the trainer never reported a step:\n" + comfy.log_tail()
+        time.sleep(0.1)
+    ui.command("Comfy.Interrupt")  # the queue's cancel button
+    entry = comfy.wait(answer["prompt_id"], 180)
+    kinds = [kind for kind, _ in entry["status"]["messages"]]
+    assert "execution_interrupted" in kinds and "execution_error" not in kinds, kinds
+    ui.page.wait_for_function("() => [...document.querySelectorAll('.p-toast-message')].some((t) => t.innerText.includes('IPA training cancelled'))",
+                              timeout=15_000)
+    toast = next(text for text in ui.toasts() if "IPA training cancelled" in text)
+    assert "resume='latest'" in toast and "checkpoint written: fe_cancel-" in toast and "/step-" in toast
+    node_text = ui.js("() => window.__ipa.nodeText('IPATrainLoRA')") or ""
+    assert "resume='latest'" in node_text and "(cancelled)" in node_text
+    assert not ui.js("() => [...document.querySelectorAll('.p-dialog')].map((d) => d.innerText)")  # no error dialog
+    ui.screenshot(tmp_path / "align-cancelled.png")
 
 
 def test_align_runs_as_shipped_on_a_cpu_machine_and_cancels_cleanly(ui, comfy, tmp_path):
@@ -180,9 +254,14 @@ def test_align_runs_as_shipped_on_a_cpu_machine_and_cancels_cleanly(ui, comfy, t
     entries = read_manifest(folder)
     comfy.post(f"/ipa/datasets/{DATASET}/marks", {"ids": [entries[0]["id"]], "status": "preferred"})  # as the gallery does
     with screenshot_on_failure(ui, tmp_path, "align"):
-        dialogs, _ = _open(ui, "ipa_align")
+        dialogs, workflow = _open(ui, "ipa_align")
         assert any("wan2.1_vace_1.3B_fp16.safetensors" in text for text in dialogs), dialogs
         assert ui.js("() => window.__ipa.widget('IPATrainLoRA', 'gpus')") == "auto"
+        train_id = next(n["id"] for n in workflow["nodes"] if n["type"] == "IPATrainLoRA")
+        # refused at queue time: each reason once in the dialog, filed under the input it is about, and under the node
+        ui.js(f"() => window.__ipa.setWidgets('IPATrainLoRA', {{dataset: '{DATASET}', base_model: '{UNET_FILE}', gpus: '2'}})")
+        _assert_refused_once(ui, train_id, "gpus='2': no GPU is visible on this machine", "gpus")
+        ui.js("() => window.__ipa.setWidgets('IPATrainLoRA', {gpus: 'auto'})")
         # as shipped but for the tiny model and a short run: gpus 'auto' and precision 'auto' on this GPU-less machine
         ui.js(f"""() => window.__ipa.setWidgets('IPATrainLoRA', {{dataset: '{DATASET}', base_model: '{UNET_FILE}', rank: 4, alpha: 4,
                                                                   steps: 3, learning_rate: 0.001}})""")
@@ -192,6 +271,11 @@ def test_align_runs_as_shipped_on_a_cpu_machine_and_cancels_cleanly(ui, comfy, t
         ui.page.wait_for_function("() => (window.__ipa.nodeText('IPATrainLoRA') || '').includes('saved as: loras/ipa/ipa_hands.safetensors')",
                                   timeout=10_000)
         ui.screenshot(tmp_path / "align-finished.png")
+        # resume='latest' left in the widget after the run completed: refused at queue time, the trainer never starts
+        ui.js("() => window.__ipa.setWidgets('IPATrainLoRA', {resume: 'latest'})")
+        _assert_refused_once(ui, train_id, "this run is complete", "resume")
+        assert "clear resume to train a new LoRA" in ui.js("() => window.__ipa.nodeText('IPATrainLoRA')")
+        ui.js("() => window.__ipa.setWidgets('IPATrainLoRA', {resume: ''})")
         # the live plot fits the node: the picture is no wider than the node and its preview area ends inside it
         layout = ui.js("""() => { const n = window.__ipa.byType('IPATrainLoRA')[0];
             const area = n.widgets.find((w) => w.name === '$$canvas-image-preview');
@@ -204,26 +288,7 @@ def test_align_runs_as_shipped_on_a_cpu_machine_and_cancels_cleanly(ui, comfy, t
         ui.screenshot(tmp_path / "align-finished-light.png")
         ui.js("() => app.extensionManager.setting.set('Comfy.ColorPalette', 'dark')")
 
-        # Cancel during a long run: interrupted as ComfyUI's own nodes are (no error event, no error dialog), and how to
-        # resume on screen. (Frontend 1.35.9's queue overlay counts every cancelled job, its own nodes' too, as failed.)
-        ui.js("() => window.__ipa.setWidgets('IPATrainLoRA', {lora_name: 'fe_cancel', steps: 100000})")
-        answer = ui.queue()
-        runs = comfy.base / "output" / "ipa_runs"
-        deadline = time.monotonic() + 180
-        while not any('"event": "step"' in log.read_text() for log in runs.glob("fe_cancel-*/train.log")):
-            assert time.monotonic() < deadline, "the trainer never reported a step:\n" + comfy.log_tail()
-            time.sleep(0.1)
-        ui.command("Comfy.Interrupt")  # the queue's cancel button
-        entry = comfy.wait(answer["prompt_id"], 180)
-        kinds = [kind for kind, _ in entry["status"]["messages"]]
-        assert "execution_interrupted" in kinds and "execution_error" not in kinds, kinds
-        ui.page.wait_for_function("() => [...document.querySelectorAll('.p-toast-message')].some((t) => t.innerText.includes('IPA training stopped'))",
-                                  timeout=15_000)
-        toast = next(text for text in ui.toasts() if "IPA training stopped" in text)
-        assert "resume='latest'" in toast and "checkpoint written: fe_cancel-" in toast and "/step-" in toast
-        assert "resume='latest'" in (ui.js("() => window.__ipa.nodeText('IPATrainLoRA')") or "")
-        assert not ui.js("() => [...document.querySelectorAll('.p-dialog')].map((d) => d.innerText)")  # no error dialog
-        ui.screenshot(tmp_path / "align-cancelled.png")
+        _check_cancel_says_cancelled(ui, comfy, tmp_path)
     assert not _unknown_messages(ui)
 
 

@@ -112,9 +112,10 @@ def _curate(comfy) -> tuple[Path, list[dict]]:
                   IPAHandMaskFromPose=size, IPAMarkPreferred={"dataset": DATASET})
     entry = run_prompt(comfy, curate)
     comfy.timings["curate"] = time.monotonic() - started
-    # one looping clip per candidate on the sampler, one on the hand-mask node: animated WebPs in the temp folder
+    # the sampler: a grid of both candidates (the one the frontend shows), then one looping clip per candidate; one
+    # clip on the hand-mask node: animated WebPs in the temp folder
     sampler_ui, mask_ui = _node_output(entry, curate, "IPAVaceSampler"), _node_output(entry, curate, "IPAHandMaskFromPose")
-    assert len(sampler_ui["images"]) == 2 and len(mask_ui["images"]) == 1 and sampler_ui["animated"] == mask_ui["animated"] == [True]
+    assert len(sampler_ui["images"]) == 1 + 2 and len(mask_ui["images"]) == 1 and sampler_ui["animated"] == mask_ui["animated"] == [True]
     from PIL import Image
 
     for item in sampler_ui["images"] + mask_ui["images"]:

@@ -201,3 +201,17 @@ def test_what_a_newer_host_appended_is_accepted_and_nothing_else():
     assert as_built_on_older_host(linked, committed, {"N": new}) != committed
     retyped = {**new, "outputs": ["IMAGE", "INT"]}
     assert as_built_on_older_host(build({"N": retyped}), committed, {"N": retyped}) != committed
+
+
+def test_no_two_templates_share_a_node_id():
+    """The frontend shows a running prompt's progress on the node with that id in whichever tab is open: with shared
+    ids the trainer's progress and live plot appeared on "Load Diffusion Model" in the curate tab."""
+    ids = {key: {node["id"] for node in _load(key)["nodes"]} for key in TEMPLATES}
+    for key, own in ids.items():
+        others = set().union(*(other for name, other in ids.items() if name != key))
+        assert not own & others, (key, sorted(own & others))
+    trainer = next(node["id"] for node in _load("ipa_align")["nodes"] if node["type"] == "IPATrainLoRA")
+    assert all(trainer not in ids[key] for key in TEMPLATES if key != "ipa_align")
+    for key in TEMPLATES:  # the frontend gives new nodes ids after last_node_id
+        workflow = _load(key)
+        assert workflow["last_node_id"] == max(ids[key])

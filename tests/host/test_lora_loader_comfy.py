@@ -120,6 +120,31 @@ def test_metadata_of_another_base_model_warns(tiny, monkeypatch):
         assert "WARNING: this LoRA was trained on wan2.1_vace_14B_fp16.safetensors (14B) but the model is Wan2.1 1.3B" in report
 
 
+def test_report_lists_only_what_is_set_and_says_whether_the_base_model_matches(tiny, monkeypatch):
+    """The report printed empty ``init_lora:`` and ``vace_module:`` lines and raw hashes, and never said that the base
+    model matches."""
+    from comfyui_ipa_pack.nodes import lora_loader
+
+    state, _ = _layout("native", None)
+    monkeypatch.setattr(lora_loader, "model_width", lambda model: 1536)  # pretend the tiny model is the 1.3B
+    header = {"ipa.objective": "ipa", "ipa.steps": "1000", "ipa.init_lora": "", "ipa.vace_module": "",
+              "ipa.base_model": "/models/diffusion_models/wan2.1_vace_1.3B_fp16.safetensors",
+              "ipa.base_model_hash": "file-sha256:" + "ab" * 32, "ipa.dataset_hash": "cd" * 32}
+    name = _write(tiny, "report_same_base.safetensors", state, header)
+    _, report = lora_loader.IPALoRALoader.execute(tiny.model, name, 1.0).args
+    lines = report.splitlines()
+    assert "base model: matches (trained on wan2.1_vace_1.3B_fp16.safetensors, Wan2.1 1.3B; this model is Wan2.1 1.3B)" in lines
+    assert "objective: ipa" in lines and "steps: 1000" in lines
+    assert not [line for line in lines if line.rstrip().endswith(":") and line.strip() != "training settings:"], report
+    assert "init_lora" not in report and "vace_module" not in report and "hash" not in report and "abab" not in report
+    name = _write(tiny, "report_other_base.safetensors", state, {**header, "ipa.base_model": "wan2.1_vace_14B_fp16.safetensors"})
+    _, report = lora_loader.IPALoRALoader.execute(tiny.model, name, 1.0).args
+    assert "base model: does NOT match (trained on wan2.1_vace_14B_fp16.safetensors, Wan2.1 14B; this model is Wan2.1 1.3B)" in report
+    name = _write(tiny, "report_no_metadata.safetensors", state)
+    _, report = lora_loader.IPALoRALoader.execute(tiny.model, name, 1.0).args
+    assert "base model: not recorded in the LoRA, so it cannot be checked" in report and "training settings: none recorded" in report
+
+
 @pytest.mark.parametrize("damage, looks_like", [("truncated", "is truncated"), ("pickle", "is a PyTorch pickle archive")])
 def test_unreadable_lora_files_are_named(tiny, damage, looks_like):
     """A truncated file or a torch pickle under a .safetensors name gave safetensors' bare "invalid header length"."""

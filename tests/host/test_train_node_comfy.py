@@ -218,6 +218,25 @@ def test_resume_latest_picks_only_this_lora_names_runs(host, monkeypatch):
     assert first.name == "x-20260102-030405" and train_lora._new_run_dir("x").name == "x-20260102-030405-2"
 
 
+def test_resume_latest_on_a_complete_run_is_refused_at_queue_time(host, monkeypatch):
+    """resume='latest' stayed in the widget after a resumed run finished: the next Run started the trainer (about
+    10 s) only for it to fail with "already at step 1000 of 1000; raise --steps"."""
+    from comfyui_ipa_pack.nodes import train_lora
+
+    runs = host / "output" / "ipa_runs"
+    fake_checkpoint(runs / "done-20250101-000000" / "checkpoints" / "step-5", 5)
+    started = []
+    monkeypatch.setattr(train_lora, "_free_host_memory", lambda: started.append(True))
+    refusal = train_lora.IPATrainLoRA.validate_inputs(dataset="hands", lora_name="done", gpus="auto", steps=5, resume="latest")
+    assert refusal == ("resume='latest': this run is complete (done-20250101-000000 is at step 5 of steps=5); clear resume to train "
+                       "a new LoRA, or raise steps to train this one further")
+    with pytest.raises(ValueError, match="this run is complete"):
+        _run(lora_name="done", steps=5, resume="latest")
+    assert not started  # refused before ComfyUI's models were unloaded
+    assert train_lora.IPATrainLoRA.validate_inputs(dataset="hands", lora_name="done", gpus="auto", steps=6, resume="latest") is True
+    assert train_lora.IPATrainLoRA.validate_inputs(dataset="hands", lora_name="done", gpus="auto", steps=5, resume="") is True
+
+
 def test_resume_path_must_be_a_checkpoint_inside_the_runs_folder(host):
     from comfyui_ipa_pack.nodes import train_lora
 
@@ -284,6 +303,10 @@ def test_train_node_shows_the_root_cause_and_the_log(host, monkeypatch):
     assert f"Full log: {run_dir / 'train.log'}" in message.splitlines()[2]
     assert "(it surfaced as ModuleNotFoundError: Could not import module 'BloomPreTrainedModel')" in message
     assert "what to do: torchvision in the trainer's Python" in message
+    # the cause once; the traceback and the run config are in the log it names, not in the dialog
+    assert message.count("operator torchvision::nms does not exist") == 1, message
+    assert "Traceback" not in message and '"output_dir"' not in message and "the trainer's traceback and the run config are there" in message
+    assert "Traceback" in (run_dir / "train.log").read_text()
 
 
 def test_train_node_refuses_the_impossible_before_anything(host, monkeypatch):

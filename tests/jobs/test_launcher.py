@@ -37,6 +37,19 @@ def test_parse_gpus():
         parse_gpus("0,3", available=2)
 
 
+def test_parse_gpus_refusals_say_what_is_there():
+    """On a CPU-only machine the refusal read "only 0 GPU(s) are visible (ids 0..-1)"."""
+    with pytest.raises(LaunchError) as refused:
+        parse_gpus("2", available=0)
+    assert str(refused.value) == "gpus='2': no GPU is visible on this machine; use 'cpu' (or 'auto', which trains on the CPU here)"
+    with pytest.raises(LaunchError) as refused:
+        parse_gpus("3", available=2)
+    assert "asks for 3 GPUs but there are only 2 GPUs visible (device ids 0..1)" in str(refused.value)
+    with pytest.raises(LaunchError) as refused:
+        parse_gpus("[1]", available=1)
+    assert "asks for device 1 but there is only 1 GPU visible (device id 0)" in str(refused.value)
+
+
 def test_build_command():
     start = launcher.START_SCRIPT  # by absolute path: no PYTHONPATH needed (the Windows portable build ignores it)
     assert Path(start).is_absolute() and Path(start).parent == Path(launcher.PACKAGE_PARENT)
