@@ -6,7 +6,7 @@
 # adds or pins differently.
 #
 #   scripts/ci-second-host.sh                              # the host tests (marker host)
-#   scripts/ci-second-host.sh tests/host/test_x.py -k y    # pytest arguments instead
+#   scripts/ci-second-host.sh tests/host/test_graph_comfy.py -k parity    # pytest arguments instead
 #
 # Environment: IPA_VENV (the main venv, default .venv, made by scripts/setup-venv.sh), SECOND_HOST_VENV (the overlay
 # venv, default $IPA_VENV-comfyui-<version>), COMFYUI_VERSION (default v0.28.0), SHARED_TOOLS (the folder with

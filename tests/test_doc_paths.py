@@ -10,7 +10,7 @@ from pathlib import Path
 from conftest import REPO_ROOT
 
 DOTTED = re.compile(r"(?<![\w/.])ipa_train(?:\.[A-Za-z_]\w*)+")
-PATH = re.compile(r"(?<![\w/.])((?:ipa_train|nodes|scripts|benchmarks|web|tests)/[\w./-]*\w)")
+PATH = re.compile(r"(?<![\w/.])((?:ipa_train|nodes|scripts|benchmarks|web|tests)/[\w./<>-]*[\w>])")
 SOURCES = ["README.md", "__init__.py", "ipa_train", "nodes", "scripts", "benchmarks", "tests", "web", ".ci/run"]
 
 

@@ -10,7 +10,8 @@ import pytest
 
 from conftest import TESTS
 
-HOST_SIGNS = re.compile(r"\b(load_pack|load_pack_cpu|COMFYUI_PATH|comfyui_path|ComfyServer|comfy_frontend|comfy_server)\b")
+# Reading COMFYUI_PATH (not removing it from a child's environment), loading the pack, or starting ComfyUI.
+HOST_SIGNS = re.compile(r"""\b(load_pack|load_pack_cpu|comfyui_path\(|ComfyServer|comfy_frontend|comfy_server)\b|environ(\.get\(|\[)["']COMFYUI_PATH""")
 HOST_MARKS = re.compile(r"requires_comfyui|pytest\.mark\.host")
 BROWSER_SIGNS = re.compile(r"\b(chromium|playwright)\b", re.I)
 
@@ -25,6 +26,7 @@ def test_every_test_that_uses_comfyui_is_a_host_test():
         if path.relative_to(TESTS).parts[0] not in ("host",) and path.name != "test_markers.py"
         and HOST_SIGNS.search(path.read_text()) and not HOST_MARKS.search(path.read_text())
     ]
+    assert sum(bool(HOST_SIGNS.search(path.read_text())) for path in files_in("host")) >= 5, "HOST_SIGNS finds nothing: it is broken"
     assert not offenders, f"use ComfyUI without the host marker (move to tests/host/ or mark requires_comfyui): {offenders}"
 
 

@@ -2,11 +2,11 @@
 in ComfyUI's real frontend (needs COMFYUI_PATH, Playwright and Debian's Chromium): the three templates load with
 their widget values; every node, and every widget of the pack's nodes, is drawn as a non-empty box inside the
 canvas; curate's looping clip previews and align's live loss plot show inside their nodes; the curation gallery
-opens. Checked by geometry (element boxes), as tests/test_templates_frontend.py does for the canvas renderer.
+opens. Checked by geometry (element boxes), as tests/browser/test_templates_frontend.py does for the canvas renderer.
 
 The pack draws nothing of its own inside nodes (no DOM widgets): the previews are ComfyUI's own image outputs, so
 with Vue nodes they go through the renderer's image preview, and this test is what shows they still appear. Same
-set-up as tests/test_templates_frontend.py (tiny models, the text node stand-in), on its own server and page."""
+set-up as tests/browser/test_templates_frontend.py (tiny models, the text node stand-in), on its own server and page."""
 
 from __future__ import annotations
 

@@ -195,6 +195,8 @@ def _animate(comfy) -> None:
 
 
 def _needs_the_dataset(comfy):
+    from ipa_train.data.manifest import read_manifest
+    from ipa_train.data.marks import count_statuses
 
     folder = comfy.base / "output" / "ipa_datasets" / DATASET
     if not folder.is_dir() or count_statuses(read_manifest(folder))["preferred"] == 0:
