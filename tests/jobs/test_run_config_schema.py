@@ -99,7 +99,7 @@ def test_trainer_flags_are_derived_from_the_schema(tmp_path):
 
 @requires_comfyui
 def test_node_widgets_that_mirror_keys_take_choices_and_tooltips_from_the_schema():
-    from comfy_tiny import load_pack_cpu
+    from support.comfy_tiny import load_pack_cpu
 
     load_pack_cpu()
     from comfyui_ipa_pack.nodes.train_lora import IPATrainLoRA
