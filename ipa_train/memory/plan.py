@@ -610,9 +610,12 @@ def _refuse(spec: ModelSpec, run: RunShape, requested: Settings, budget_bytes: i
     """The ``PlanError`` when nothing fits: the most memory-saving setting, what it needs, and what would fit."""
     smallest = min(plans, key=lambda p: p.peak)
     hints = [f"a GPU with {budget_needed(smallest.peak) / GIB:.1f} GiB free"]
+    host_limit = host.budget(run.pinned) if host is not None else None
     for change, shape in _smaller_runs(run):
-        best = min((predict(spec, shape, s) for s in candidates(spec, requested, fsdp2)), key=lambda p: p.peak)
-        if best.peak <= usable:
+        smaller = [p for p in (predict(spec, shape, s) for s in candidates(spec, requested, fsdp2))
+                   if p.peak <= usable and (host_limit is None or p.host <= host_limit)]
+        if smaller:
+            best = min(smaller, key=lambda p: p.peak)
             hints.insert(0, f"{change} ({best.peak_gb:.1f} GiB with {best.settings.describe()})")
             break
     host_note = ""
@@ -623,7 +626,9 @@ def _refuse(spec: ModelSpec, run: RunShape, requested: Settings, budget_bytes: i
                      f"{'pinned and rounded up to powers of two, ' if run.pinned else ''}and may use "
                      f"{host.budget(run.pinned) / GIB:.1f} GiB: {host.describe(run.pinned)})")
         smallest = least
-        hints.insert(0, "more free RAM (close other programs, or restart ComfyUI so it holds fewer models)")
+        capped = run.pinned and host.pinned_cap is not None and host.pinned_cap < host.available
+        hints.insert(0, "more RAM (Windows lets a PC pin about half of it; Linux or WSL2 pins more)" if capped else
+                     "more free RAM (close other programs, or restart ComfyUI so it holds fewer models)")
     raise PlanError(
         f"No memory setting fits the budget of {budget_bytes / GIB:.1f} GiB ({usable / GIB:.1f} GiB usable after the margin): "
         f"the most memory-saving one ({smallest.settings.describe()}) needs {smallest.peak_gb:.1f} GiB{host_note} at {run.frames} "
