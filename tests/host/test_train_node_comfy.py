@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import requires_comfyui
 from support.trainer_helpers import fake_checkpoint, process_gone
 
@@ -27,7 +26,6 @@ def host(tmp_path, monkeypatch):
 
     load_pack_cpu()
     import folder_paths
-
     from comfyui_ipa_pack.ipa_train.data.samples import add_sample, create_dataset
     from comfyui_ipa_pack.ipa_train.data.tensors import SampleTensors
     from comfyui_ipa_pack.nodes.paths import dataset_root
@@ -137,7 +135,6 @@ def test_bad_names_fail_at_queue_time(host):
 
 def test_cancel_stops_gracefully_then_resume(host, monkeypatch):
     import comfy.model_management
-
     from comfyui_ipa_pack.nodes.train_lora import TrainingStopped
 
     monkeypatch.setenv("IPA_FAKE_TRAINER_MODE", "slow")
@@ -256,7 +253,6 @@ def test_models_kept_on_the_gpu_are_named_with_what_to_do(host, monkeypatch):
     says so, and what to do, instead of leaving the planner's "no memory setting fits" unexplained."""
     import comfy.model_management as mm
     from comfy.cli_args import args
-
     from comfyui_ipa_pack.nodes.train_lora import models_kept_on_gpu
 
     assert models_kept_on_gpu() == ""  # this host runs with --cpu: nothing is kept anywhere
@@ -273,7 +269,6 @@ def test_case6_init_lora_with_strength_and_targets_reach_run_json(host):
     """Issue case 6: the node has init_lora (with strength) and targets inputs, with tooltips, and they reach the
     trainer's run.json in the form the trainer reads (the LoRA's full path and the sampling strength)."""
     import folder_paths
-
     from comfyui_ipa_pack.nodes.train_lora import IPATrainLoRA
 
     inputs = {spec.id: spec for spec in IPATrainLoRA.define_schema().inputs}

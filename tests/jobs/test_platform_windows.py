@@ -9,14 +9,12 @@ import io
 import sys
 
 import pytest
-
-from ipa_train.jobs import launcher, process_tree
-from ipa_train.jobs import contract
-from ipa_train.jobs.config import ConfigError
-from ipa_train.training.distributed import process_group_backend
-from ipa_train.jobs.process_tree import CREATE_NEW_PROCESS_GROUP, CTRL_BREAK_EVENT, Platform, current_platform
-
 from conftest import REPO_ROOT
+
+from ipa_train.jobs import contract, launcher, process_tree
+from ipa_train.jobs.config import ConfigError
+from ipa_train.jobs.process_tree import CREATE_NEW_PROCESS_GROUP, CTRL_BREAK_EVENT, Platform, current_platform
+from ipa_train.training.distributed import process_group_backend
 
 WINDOWS, POSIX = Platform(windows=True), Platform(windows=False)
 
