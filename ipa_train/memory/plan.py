@@ -618,6 +618,9 @@ def _refuse(spec: ModelSpec, run: RunShape, requested: Settings, budget_bytes: i
             best = min(smaller, key=lambda p: p.peak)
             hints.insert(0, f"{change} ({best.peak_gb:.1f} GiB with {best.settings.describe()})")
             break
+    if smallest.breakdown.get("attention_matrix"):
+        hints.insert(0, f"precision 'fp32' (this GPU, compute capability {'.'.join(map(str, run.capability))}, has no fused bf16 "
+                        f"attention kernel: the math kernel's token x token scores take {smallest.breakdown['attention_matrix'] / GIB:.1f} GiB)")
     host_note = ""
     if on_gpu and host is not None:
         least = min(on_gpu, key=lambda p: p.host)

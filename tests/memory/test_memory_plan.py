@@ -187,7 +187,7 @@ def test_host_memory_counts_windows_cap_and_comfyuis_ram():
 
 def test_attention_backend_and_precision_follow_the_device():
     from ipa_train.jobs.config import ConfigError
-    from ipa_train.memory.plan import attention_backend
+    from ipa_train.memory.plan import PlanError, attention_backend, choose
     from ipa_train.training.memory_setup import check_precision
 
     assert attention_backend((8, 0), torch.bfloat16, 128) == "flash" and attention_backend((9, 0), torch.float16, 128) == "flash"
@@ -198,6 +198,8 @@ def test_attention_backend_and_precision_follow_the_device():
     ampere = predict(spec, RunShape.from_pixels(81, 480, 832, precision="bf16", capability=(8, 6)), Settings())
     assert ampere.breakdown["attention_matrix"] == 0 and turing.breakdown["attention_matrix"] > 20 * GIB  # S x S scores
     assert predict(spec, RunShape.from_pixels(81, 480, 832, precision="fp32", capability=(7, 5)), Settings()).breakdown["attention_matrix"] == 0
+    with pytest.raises(PlanError, match=r"What would fit: precision 'fp32' \(this GPU, compute capability 7\.5, has no fused bf16 attention"):
+        choose(spec, RunShape.from_pixels(81, 480, 832, precision="bf16", capability=(7, 5)), Settings(), 16 * GIB)
     check_precision("auto", "cuda", (8, 0))
     check_precision("auto", "cpu", None)
     check_precision("fp32", "cuda", (7, 5))
