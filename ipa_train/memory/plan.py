@@ -693,12 +693,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false")
     parser.add_argument("--vram-budget-gb", type=float, default=None, help="pick the cheapest settings that fit this many GiB")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cuda: bf16 autocast (default); cpu: float32")
+    parser.add_argument("--capability", type=float, default=None, help="the GPU's compute capability (e.g. 7.5): its attention kernel")
+    parser.add_argument("--local-ranks", type=int, default=1, help="DDP ranks on this machine (each pins its own host copies)")
     parser.add_argument("--json", action="store_true", help="print one JSON object (peak_gb, settings, breakdown_gb, ...)")
     args = parser.parse_args(argv)
     try:
         spec = describe_model(args.model)
         run = RunShape.from_pixels(args.frames, args.height, args.width, ref_frames=args.ref_frames, batch_size=args.batch_size,
-                                   rank=args.rank, targets=tuple(args.targets), objective=args.objective, device=args.device)
+                                   rank=args.rank, targets=tuple(args.targets), objective=args.objective, device=args.device,
+                                   capability=tuple(int(n) for n in f"{args.capability:.1f}".split(".")) if args.capability else None,
+                                   world_size=args.local_ranks, local_ranks=args.local_ranks)
         requested = Settings(args.base_precision, args.blocks_to_swap, args.activation_offload, args.gradient_checkpointing)
         budget = int(args.vram_budget_gb * GIB) if args.vram_budget_gb else None
         plan = choose(spec, run, requested, budget)

@@ -81,6 +81,9 @@ def test_plan_command_prints_json_and_refuses_clearly(tmp_path, capsys):
     result = json.loads(done.stdout)
     assert result["model"] == "wan2.1-vace-14b" and result["settings"]["blocks_to_swap"] == 40
     assert 0 < result["peak_gb"] <= 24 and {"weights", "lora", "activations", "cuda_context"} <= set(result["breakdown_gb"])
+    assert main(["--model", "wan2.1-vace-1.3b", "--capability", "7.5", "--local-ranks", "2", "--activation-offload", "--json"]) == 0
+    turing = json.loads(capsys.readouterr().out)
+    assert turing["breakdown_gb"]["attention_matrix"] > 20 and turing["host_gb"] == 2 * turing["host_per_rank_gb"] > 0
     assert main(["--model", "wan2.1-vace-1.3b", "--vram-budget-gb", "2", "--json"]) == 1
     assert "What would fit" in json.loads(capsys.readouterr().out)["error"]
     assert main(["--model", str(tmp_path / "none.safetensors")]) == 1
