@@ -109,8 +109,19 @@ def exact_bytes() -> None:
     del nn
 
 
+CUDA_EXTRAS = ("swap_release_wait", "ddp_buckets", "attention_matrix")
+
+
+def _held(spec, settings) -> int:
+    """The host bytes the tensors themselves hold (what the planner counted before the allocator's rounding)."""
+    from ipa_train.memory.plan import RunShape, predict
+
+    return predict(spec, RunShape.from_pixels(81, 480, 832, device="cpu", precision="bf16"), settings).host
+
+
 def predictions() -> None:
-    from ipa_train.memory.plan import GIB as G, PlanError, RunShape, Settings, choose, describe_model, predict
+    from ipa_train.memory.plan import GIB as G
+    from ipa_train.memory.plan import PlanError, RunShape, Settings, choose, describe_model, predict, vram_margin
 
     run = RunShape.from_pixels(81, 480, 832)
     print("\n## 2. Planner: 480x832, 81 frames (+1 reference frame: 34,320 tokens), batch 1, rank 128, IPA, bf16 autocast")
@@ -118,6 +129,7 @@ def predictions() -> None:
         spec = describe_model(name)
         blocks = len(spec.block_names)
         ladder = [("bf16", Settings()), ("bf16 + offload", Settings(activation_offload=True)),
+                  (f"bf16 + offload + swap {23 if blocks < 48 else 41}", Settings("bf16", 23 if blocks < 48 else 41, True)),
                   ("fp8 + offload", Settings("fp8", 0, True)), (f"fp8 + offload + swap {blocks // 2}", Settings("fp8", blocks // 2, True)),
                   (f"fp8 + offload + swap {blocks}", Settings("fp8", blocks, True))]
         print(f"{name}:")
@@ -126,14 +138,17 @@ def predictions() -> None:
             b = plan.breakdown
             print(f"  {label:28} {plan.peak_gb:6.2f} GiB  (weights {b['weights'] / G:.2f} + swap {b['swap_buffers'] / G:.2f} + LoRA "
                   f"{b['lora'] / G:.2f} + activations {b['activations'] / G:.2f} [block {b['of which block_working_set'] / G:.2f}, "
-                  f"checkpoints {b['of which checkpoints'] / G:.2f}] + other {(b['inputs'] + b['fp8_dequant'] + b['allocator_margin'] + b['cuda_context']) / G:.2f}); host {plan.host / G:.1f} GiB")
+                  f"checkpoints {b['of which checkpoints'] / G:.2f}] + other {(b['inputs'] + b['fp8_dequant'] + b['allocator_margin'] + b['cuda_context']) / G:.2f}"
+                  f" + CUDA extras {sum(b.get(k, 0) for k in CUDA_EXTRAS) / G:.2f}); host {plan.host / G:.1f} GiB pinned "
+                  f"({plan.host_per_rank and _held(spec, settings) / G:.1f} GiB of tensors)")
         best = predict(spec, run, Settings("fp8", blocks, True)).peak_gb
         goal = 24 if "14b" in name else 8
         print(f"  goal <= {goal} GiB with the best settings: {best:.2f} GiB -> {'met' if best <= goal else 'NOT met'}")
         for budget in (80, 48, 24, 16, 12, 8):
             try:
                 plan = choose(spec, run, Settings(), int(budget * G))
-                print(f"  budget {budget:>2} GiB: {plan.settings.describe()} -> {plan.peak_gb:.2f} GiB (host {plan.host / G:.1f} GiB)")
+                print(f"  budget {budget:>2} GiB (margin {vram_margin(int(budget * G)) / G:.1f}): {plan.settings.describe()} -> "
+                      f"{plan.peak_gb:.2f} GiB (host {plan.host / G:.1f} GiB pinned)")
             except PlanError as exc:
                 print(f"  budget {budget:>2} GiB: refused: {str(exc)[:150]}...")
 

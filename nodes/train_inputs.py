@@ -69,8 +69,9 @@ def run_inputs() -> list:
     """Where and how the job runs: devices, precision, checkpoints, resume, the distributed mode."""
     return [
         io.String.Input("gpus", default="auto",
-                        tooltip="auto: every GPU ComfyUI sees, the CPU when there is none. Or a count ('2'), device ids "
-                                "('0,2' or '[1]'), 'all', or 'cpu'. Several GPUs train with torchrun."),
+                        tooltip="auto: every GPU ComfyUI sees (one on Windows), the CPU when there is none. Or a device id "
+                                "('0' is the first GPU), device ids ('0,2' or '[1]'), a count ('x2': the first two GPUs), 'all', "
+                                "or 'cpu'. Several GPUs train with torchrun."),
         io.Combo.Input("precision", options=options("precision"), default=Precision.AUTO.value, tooltip=tooltip("precision")),
         io.Boolean.Input("gradient_checkpointing", default=True, tooltip=tooltip("gradient_checkpointing")),
         io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, tooltip=tooltip("seed")),

@@ -20,18 +20,19 @@ import numpy as np
 import torch
 from comfy_api.v0_0_2 import io, ui
 
-from ..ipa_train.jobs import launcher
+from ..ipa_train.choices import BasePrecision, Distributed, Objective
 from ..ipa_train.data.layout import DatasetError, dataset_path, list_datasets
 from ..ipa_train.data.manifest import read_manifest
 from ..ipa_train.data.marks import count_statuses
-from ..ipa_train.choices import BasePrecision, Distributed, Objective
-from ..ipa_train.jobs.config import ConfigError, RunConfig
 from ..ipa_train.fileio import InvalidNameError, atomic_write_json, install_keeping_previous, validate_name
 from ..ipa_train.jobs.checkpoint_files import checkpoint_problem, pick_checkpoint, step_of
+from ..ipa_train.jobs import launcher
+from ..ipa_train.jobs.checkpoint_files import checkpoint_problem, pick_checkpoint
+from ..ipa_train.jobs.config import ConfigError, RunConfig
 from ..ipa_train.jobs.contract import CHECKPOINT, STARTED, STEP
 from ..ipa_train.jobs.curves import training_curves
-from .host import prompt_server
 from . import train_inputs
+from .host import prompt_server
 from .paths import dataset_root
 from .train_inputs import NONE
 
@@ -139,6 +140,44 @@ def _free_host_memory() -> None:
     comfy.model_management.soft_empty_cache()
 
 
+def models_kept_on_gpu() -> str:
+    """Why the GPU may not be free after unloading: ComfyUI started with ``--highvram`` or ``--gpu-only`` (its
+    ``vram_state`` is HIGH_VRAM) keeps its models on the GPU when asked to unload them, and the planner would then
+    say "no memory setting fits" for a GPU the trainer could otherwise use. "" when ComfyUI unloads normally."""
+    state = getattr(comfy.model_management, "vram_state", None)
+    if state is None or getattr(state, "name", "") != "HIGH_VRAM":
+        return ""
+    try:
+        from comfy.cli_args import args
+
+        flags = [flag for flag, on in (("--highvram", args.highvram), ("--gpu-only", args.gpu_only)) if on]
+    except (ImportError, AttributeError):
+        flags = []
+    kept = 0.0
+    for loaded in list(getattr(comfy.model_management, "current_loaded_models", [])):
+        try:
+            kept += loaded.model_loaded_memory() / 2**30
+        except Exception:  # a model type without a size: the flag is what matters
+            pass
+    named = " / ".join(flags) or "high-VRAM mode"
+    return (f"ComfyUI runs with {named}: it keeps its models on the GPU when asked to unload them ({kept:.1f} GiB still loaded), "
+            f"so the trainer gets only what is left beside them. To train, restart ComfyUI without {named} (the "
+            "trainer's plan then has the whole GPU), or set vram_budget_gb to what the GPU has free beside ComfyUI's models")
+
+
+def comfyui_host_memory() -> dict:
+    """What the ComfyUI process holds in RAM (its unloaded models stay there) and has pinned, in GiB, measured at
+    launch for the trainer's host-memory check (run.json ``comfyui_ram_gb`` / ``comfyui_pinned_gb``)."""
+    try:
+        import psutil
+
+        ram = psutil.Process().memory_info().rss / 2**30
+    except (ImportError, OSError):
+        ram = None
+    pinned = getattr(comfy.model_management, "TOTAL_PINNED_MEMORY", 0) or 0
+    return {"comfyui_ram_gb": None if ram is None else round(ram, 3), "comfyui_pinned_gb": round(max(0, pinned) / 2**30, 3)}
+
+
 def resolve_vram_budget(spec: str, gpu_ids: list[int]) -> float | None:
     """``auto``: the smallest free memory among the chosen GPUs (measured after ComfyUI unloaded its models), None on
     CPU; ``none``/empty: no budget (the settings as given); else a number of GiB."""
@@ -240,6 +279,7 @@ class _Launch:
     processes: int
     config: dict
     stop_file: Path
+    notes: list  # what the user should know about this launch (gpus='auto' on Windows, models kept on the GPU)
 
 
 # What build_config writes for an optional widget left out of the call (vram_budget_gb: resolved after unloading).
@@ -318,29 +358,32 @@ class IPATrainLoRA(io.ComfyNode):
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
         launch = cls._prepare(dataset, base_model, gpus, resume, vram_budget_gb, settings)
         job = cls._start(launch, vram_budget_gb)
+        for note in launch.notes:
+            log.warning("IPA Train LoRA: %s", note)
+            _show_on_node(note, node_id)
         title = f"{settings['objective'].upper()} {lora_name}"
         cancelled = cls._follow(job, settings["steps"], title, launch.stop_file)
         outcome = job.finish()
         if cancelled:
             comfy.model_management.interrupt_current_processing(False)
         loss_image = training_curves(outcome.events, title=title)
-        cls._raise_unless_finished(outcome, cancelled, launch.run_dir, node_id)
+        cls._raise_unless_finished(outcome, cancelled, launch.run_dir, node_id, launch.notes)
         return cls._install(outcome, launch.run_dir, loss_image, node_id)
 
     @staticmethod
-    def _devices(gpus: str) -> tuple[list[int], list, int]:
-        """(device ids as ComfyUI sees them, the ids the trainer gets, process count)."""
+    def _devices(gpus: str) -> tuple[list[int], list, int, str]:
+        """(device ids as ComfyUI sees them, the ids the trainer gets, process count, a note on what 'auto' chose)."""
         # Device ids are the ones ComfyUI sees. When ComfyUI runs restricted (--cuda-device N sets CUDA_VISIBLE_DEVICES),
         # id i is the host's i-th visible device: the trainer must get that device, not physical GPU i.
         visible, host_devices = _visible_gpus()
         try:
-            gpu_ids = launcher.parse_gpus(gpus, available=visible)
+            gpu_ids, note = launcher.resolve_gpus(gpus, available=visible)
             processes = max(1, len(gpu_ids))  # one GPU or the CPU: a plain process, never torchrun
             launcher.check_launch(processes, gpu_ids)  # several GPUs on Windows: refused before anything loads
         except launcher.LaunchError as exc:
             raise ValueError(str(exc)) from None
         devices = [host_devices[i] for i in gpu_ids] if host_devices is not None else gpu_ids
-        return gpu_ids, devices, processes
+        return gpu_ids, devices, processes, note
 
     @classmethod
     def _prepare(cls, dataset, base_model, gpus, resume, vram_budget_gb, settings: dict) -> _Launch:
@@ -352,7 +395,7 @@ class IPATrainLoRA(io.ComfyNode):
             raise ValueError(f"objective 'dpo' needs rejected samples too; dataset {dataset} has none. Use 'ipa' (preferred only)")
         check_lora_name(settings["lora_name"])
         base_model_path = folder_paths.get_full_path_or_raise("diffusion_models", base_model)
-        gpu_ids, devices, processes = cls._devices(gpus)
+        gpu_ids, devices, processes, note = cls._devices(gpus)
         checkpoint = check_resume(resume, settings["lora_name"], settings["steps"])
         resolve_vram_budget(vram_budget_gb, [])  # a bad value fails here; 'auto' is measured once ComfyUI's models are unloaded
         run_dir = checkpoint.parents[1] if checkpoint is not None else _new_run_dir(settings["lora_name"])
@@ -361,13 +404,17 @@ class IPATrainLoRA(io.ComfyNode):
             stop_file = RunConfig.from_dict(config, source="IPA Train LoRA settings").stop_path  # bad values fail here, not in the job
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
-        return _Launch(run_dir, checkpoint, gpu_ids, devices, processes, config, stop_file)
+        return _Launch(run_dir, checkpoint, gpu_ids, devices, processes, config, stop_file, [note] if note else [])
 
     @classmethod
     def _start(cls, launch: _Launch, vram_budget_gb) -> launcher.TrainingJob:
         """Unloads ComfyUI's models, writes run.json (with the budget measured now) and starts the trainer."""
         _free_host_memory()
         launch.config["vram_budget_gb"] = resolve_vram_budget(vram_budget_gb, launch.gpu_ids)  # the GPU's free memory now
+        launch.config.update(comfyui_host_memory())  # what ComfyUI still holds: the trainer's host check counts it
+        kept = models_kept_on_gpu() if launch.gpu_ids else ""
+        if kept:
+            launch.notes.append(kept)
         launch.run_dir.mkdir(parents=True, exist_ok=True)
         config_path = atomic_write_json(launch.run_dir / "run.json", launch.config)
         extra = ["--resume", str(launch.checkpoint)] if launch.checkpoint is not None else []
@@ -400,8 +447,9 @@ class IPATrainLoRA(io.ComfyNode):
         return cancelled
 
     @classmethod
-    def _raise_unless_finished(cls, outcome, cancelled: bool, run_dir: Path, node_id) -> None:
-        """A stop (with its checkpoint and how to resume), a cancel without checkpoint or a failure, as an error."""
+    def _raise_unless_finished(cls, outcome, cancelled: bool, run_dir: Path, node_id, notes=()) -> None:
+        """A stop (with its checkpoint and how to resume), a cancel without checkpoint or a failure, as an error (with
+        the launch's notes: a planner refusal under --highvram is explained by them)."""
         if outcome.status == "stopped":
             final = outcome.final
             message = (
@@ -422,7 +470,8 @@ class IPATrainLoRA(io.ComfyNode):
             # traceback and the run config go to the log, not into the dialog (it repeated the cause three times).
             log.error("IPA Train LoRA: training failed (exit status %s; full log %s):\n%s", outcome.returncode,
                       run_dir / "train.log", outcome.error_text())
-            raise RuntimeError(f"IPA training failed: {outcome.headline()}\nFull log: {run_dir / 'train.log'} "
+            noted = "".join(f"\nNote: {note}" for note in notes)
+            raise RuntimeError(f"IPA training failed: {outcome.headline()}{noted}\nFull log: {run_dir / 'train.log'} "
                                f"(exit status {outcome.returncode}): the trainer's traceback and the run config are there."
                                + "".join(f"\n{line}" for line in outcome.advice()))
 

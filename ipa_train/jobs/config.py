@@ -132,8 +132,11 @@ class RunConfig:
     grad_accum: int = key(1, "micro-batches per optimizer step", range=(0, 65536, True), integer=True,
                           tooltip="Micro-batches per optimizer step; the effective batch is batch_size x grad_accum x GPUs.")
     max_grad_norm: float = key(1.0, "gradient clipping (0 = off)", range=(0, 1e6, False))
-    precision: str = key(Precision.AUTO.value, "`auto`: bf16 autocast on GPU, fp32 on CPU; `bf16`; `fp32`", choices=Precision,
-                         tooltip="auto: bf16 on GPU, fp32 on CPU. bf16 or fp32 to force one.")
+    precision: str = key(Precision.AUTO.value, "`auto`: bf16 autocast on a GPU of compute capability 8.0 or newer (refused on older GPUs, "
+                                               "which have no fused bf16 attention: use `fp32` there), fp32 on CPU; `bf16`; `fp32`",
+                         choices=Precision,
+                         tooltip="auto: bf16 on GPUs from compute capability 8.0 (RTX 30xx, A100), fp32 on CPU; refused on older GPUs "
+                                 "(use fp32 there). bf16 or fp32 to force one.")
     gradient_checkpointing: bool = key(False, "recompute block activations in the backward pass (less memory, more time)", cli="switch",
                                        tooltip="Recompute block activations in the backward pass: less memory, slower steps.")
     seed: int = key(0, "LoRA initialisation, data order, noise and timesteps (deterministic on CPU)", range=(0, 2**63 - 1, False), integer=True,
@@ -181,6 +184,12 @@ class RunConfig:
                                            "Needs gradient checkpointing.")
     vram_budget_gb: Optional[float] = key(None, "GiB: the planner picks the cheapest settings that fit (never fewer savings than asked), or "
                                                 "refuses before loading", range=(0, MAX_VRAM_BUDGET_GB, True), nullable=True, generic=False)
+    # What the ComfyUI process held when it launched the job (the node measures them): the planner's host check says
+    # so, and on Windows what ComfyUI pinned comes off the job's share of pinnable memory (about half the RAM).
+    comfyui_ram_gb: Optional[float] = key(None, "GiB of RAM the launching ComfyUI held (its unloaded models stay in RAM); written by the node",
+                                          range=(0, MAX_VRAM_BUDGET_GB, False), nullable=True, cli=None)
+    comfyui_pinned_gb: Optional[float] = key(None, "GiB ComfyUI had pinned at launch (counts against Windows' pinned-memory cap); written by "
+                                                   "the node", range=(0, MAX_VRAM_BUDGET_GB, False), nullable=True, cli=None)
 
     # ------------------------------------------------------------------------------------------- construction
 

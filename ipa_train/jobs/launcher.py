@@ -28,12 +28,19 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 from .contract import ERROR, EVENTS, EXIT_OK, FAILURES_ENV, FINAL_EVENTS, FINISHED, JOB_ENV, LAUNCHER_PID_ENV, STEP, STOPPED
 from .failures import RankFailure, failure_report, read_failures
 from .process_tree import LaunchRefused, Platform, ProcessTree, current_platform
+
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # the folder holding ``ipa_train``
 # The trainer's start script (see its docstring): it puts PACKAGE_PARENT and the folders in $IPA_TRAIN_PATH on
 # sys.path itself, because the Windows portable build's embedded Python ignores PYTHONPATH.
 START_SCRIPT = str(Path(PACKAGE_PARENT) / "ipa_train_start.py")
 PATH_ENV = "IPA_TRAIN_PATH"  # read by START_SCRIPT
 
+# The trainer's CUDA allocator configuration: set this variable (in ComfyUI's environment) to choose it yourself, e.g.
+# IPA_TRAIN_CUDA_ALLOC_CONF=expandable_segments:True,max_split_size_mb:512, or to "" for torch's defaults. Unset:
+# expandable segments (less fragmentation across the compute, swap and offload streams; what torch's own OOM message
+# recommends), except on Windows, where torch does not support them.
+ALLOC_CONF_ENV = "IPA_TRAIN_CUDA_ALLOC_CONF"
+DEFAULT_CUDA_ALLOC_CONF = "expandable_segments:True"
 # Inherited settings that would surprise the trainer: the host's allocator choice (ComfyUI sets cudaMallocAsync),
 # its device selection (ComfyUI's --cuda-device sets HIP_VISIBLE_DEVICES too, which ROCm applies before
 # CUDA_VISIBLE_DEVICES), and its import path (ComfyUI folders, import-only torchvision stand-ins).
@@ -48,44 +55,64 @@ class LaunchError(ValueError):
 # ----------------------------------------------------------------------------------------------- settings
 
 
-def parse_gpus(spec: str | int | None, available: Optional[int] = None) -> list[int]:
-    """``"cpu"``/``"0"``/``""`` -> ``[]`` (CPU); ``"2"`` -> the first two GPUs; ``"0,2"`` or ``"[1]"`` -> those ids;
-    ``"all"`` -> every available GPU; ``"auto"`` -> every available GPU, or the CPU when there is none (works on any
-    machine as shipped). Raises :class:`LaunchError` for anything else or ids that do not exist."""
+GPUS_FORMS = ("'auto' (every visible GPU, the CPU on a machine without one), a device id ('0' is the first GPU), device ids "
+              "('0,2' or '[1]'), a count ('x2': the first two GPUs), 'all' or 'cpu'")
+
+
+def parse_gpus(spec: str | int | None, available: Optional[int] = None, platform: Optional[Platform] = None) -> list[int]:
+    """The device ids ``spec`` names (see :func:`resolve_gpus`, which also says what ``auto`` decided)."""
+    return resolve_gpus(spec, available, platform)[0]
+
+
+def resolve_gpus(spec: str | int | None, available: Optional[int] = None, platform: Optional[Platform] = None) -> tuple[list[int], str]:
+    """(device ids, a note for the user or ""). A number is a device id, as in ComfyUI's ``--cuda-device`` and
+    ``CUDA_VISIBLE_DEVICES`` (``"0"`` is GPU 0, never the CPU); ``"0,2"`` / ``"[1]"``: those ids; ``"x2"``: a count,
+    the first two GPUs (``x`` as in "two times": it cannot be read as an id); ``"all"``: every GPU; ``"cpu"``: the
+    CPU; ``"auto"``: every GPU, the CPU on a machine without one, and one GPU on Windows (several need NCCL, which
+    Windows lacks). Empty and ``"none"`` (once the CPU) are refused with the forms. Raises :class:`LaunchError`."""
     text = str(spec if spec is not None else "").strip().lower()
-    if text in ("", "cpu", "none", "0"):
-        return []
+    if text == "cpu":
+        return [], ""
     if text == "auto":
-        return list(range(available or 0))
+        ids = list(range(available or 0))
+        if len(ids) > 1 and (platform or current_platform()).windows:
+            return [0], (f"gpus='auto': training on GPU 0 only ({len(ids)} are visible, but several GPUs need NCCL, which "
+                         "PyTorch does not provide on Windows); name another with its id, e.g. gpus='1'")
+        return ids, ""
     if text == "all":
         if not available:
             raise LaunchError("gpus='all' but no GPU is available; use 'cpu'")
-        return list(range(available))
+        return list(range(available)), ""
+    if text.startswith("x") and text[1:].strip().isdigit():
+        count = int(text[1:])
+        if count < 1 or (available is not None and count > available):
+            raise LaunchError(f"gpus={spec!r} asks for {count} GPUs but there {_visible(available or 0)}; write "
+                              f"{'x' + str(available) if available else 'cpu'} or {GPUS_FORMS}")
+        return list(range(count)), ""
     try:
-        if text.startswith("[") or "," in text:
-            ids = [int(part) for part in text.strip("[]").split(",") if part.strip()]
-        else:
-            count = int(text)
-            if count < 0:
-                raise ValueError
-            ids = list(range(count))
+        ids = [int(part) for part in text.strip("[]").split(",") if part.strip()]
     except ValueError:
-        raise LaunchError(f"gpus={spec!r}: write a count ('2'), a list of device ids ('0,2' or '[1]'), 'all' or 'cpu'") from None
+        raise LaunchError(f"gpus={spec!r}: write {GPUS_FORMS}") from None
     if not ids or len(set(ids)) != len(ids) or min(ids) < 0:
-        raise LaunchError(f"gpus={spec!r}: device ids must be distinct and >= 0")
+        raise LaunchError(f"gpus={spec!r}: write {GPUS_FORMS} (device ids distinct and >= 0)")
     if available is not None and max(ids) >= available:
-        raise LaunchError(_too_many_gpus(spec, ids, available, counted=not (text.startswith("[") or "," in text)))
-    return ids
+        raise LaunchError(_missing_device(spec, text, ids, available))
+    return ids, ""
 
 
-def _too_many_gpus(spec, ids: list[int], available: int, counted: bool) -> str:
-    """The refusal in words: none visible (never "ids 0..-1"), too many counted, or a device id that does not exist."""
+def _missing_device(spec, text: str, ids: list[int], available: int) -> str:
+    """The refusal in words: none visible (never "ids 0..-1"), or a device id that does not exist; a lone number was
+    a count before, so say how a count is written now."""
     if available == 0:
         return f"gpus={spec!r}: no GPU is visible on this machine; use 'cpu' (or 'auto', which trains on the CPU here)"
-    visible = f"{available} GPU{'s' if available != 1 else ''} visible (device ids 0..{available - 1})" if available > 1 else "1 GPU visible (device id 0)"
-    if counted:
-        return f"gpus={spec!r} asks for {len(ids)} GPUs but there {'are' if available > 1 else 'is'} only {visible}; lower gpus or use 'auto'"
-    return f"gpus={spec!r} asks for device {max(ids)} but there {'are' if available > 1 else 'is'} only {visible}; use ids that exist or 'auto'"
+    count = f" A number is a device id now: for a count write 'x{text}'." if len(ids) == 1 and "," not in text and "[" not in text else ""
+    return f"gpus={spec!r} asks for device {max(ids)} but there {_visible(available)}.{count} Write {GPUS_FORMS}"
+
+
+def _visible(available: int) -> str:
+    if available == 0:
+        return "is no GPU visible"
+    return f"are only {available} GPUs visible (device ids 0..{available - 1})" if available > 1 else "is only 1 GPU visible (device id 0)"
 
 
 def build_command(
@@ -125,16 +152,22 @@ def build_env(
     platform: Optional[Platform] = None,
 ) -> dict[str, str]:
     """The trainer's environment: the host's minus :data:`DROPPED_ENV`, ``CUDA_VISIBLE_DEVICES`` set from ``gpus``
-    (empty string = no GPU), ``$IPA_TRAIN_PATH`` (read by :data:`START_SCRIPT`, on any Python) and ``PYTHONPATH``
+    (empty string = no GPU), on GPUs ``PYTORCH_CUDA_ALLOC_CONF`` from :data:`ALLOC_CONF_ENV` (unset: expandable
+    segments, except on Windows), ``$IPA_TRAIN_PATH`` (read by :data:`START_SCRIPT`, on any Python) and ``PYTHONPATH``
     (for an ordinary Python's child processes) = the folder holding ``ipa_train`` (+ ``pythonpath``), and what
     ``processes`` processes need on this platform (Windows: ``USE_LIBUV=0`` for torchrun)."""
-    env = {key: value for key, value in (os.environ if base is None else base).items() if key not in DROPPED_ENV}
+    base = os.environ if base is None else base
+    platform = platform or current_platform()
+    env = {key: value for key, value in base.items() if key not in DROPPED_ENV}
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(gpu) for gpu in gpus)
+    alloc_conf = base.get(ALLOC_CONF_ENV, None if platform.windows else DEFAULT_CUDA_ALLOC_CONF)
+    if gpus and alloc_conf:
+        env["PYTORCH_CUDA_ALLOC_CONF"] = alloc_conf
     env[PATH_ENV] = env["PYTHONPATH"] = os.pathsep.join([PACKAGE_PARENT, *pythonpath])
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONNOUSERSITE"] = "1"
     env["PYTHONIOENCODING"] = "utf-8"  # the events are read as UTF-8 (Windows pipes default to the ANSI code page)
-    env.update((platform or current_platform()).distributed_env(processes))
+    env.update(platform.distributed_env(processes))
     return env
 
 

@@ -54,7 +54,7 @@ class Platform:
         if self.windows and processes > 1 and len(gpus) > 1:
             raise LaunchRefused(
                 f"training on {len(gpus)} GPUs needs NCCL, which PyTorch does not provide on Windows (gloo between GPUs "
-                "is not supported there either). Use one GPU (gpus='1'), or train under WSL2 or Linux for several GPUs."
+                "is not supported there either). Use one GPU (its device id, e.g. gpus='0'), or train under WSL2 or Linux for several GPUs."
             )
 
     def distributed_env(self, processes: int) -> dict[str, str]:

@@ -16,7 +16,20 @@ Terms (bytes), for one optimizer step at the run's largest sample:
   the real diffusers block with its LoRA on the meta device: ``memory_trace.py``); without checkpointing every
   block's saved activations instead.
 - ``inputs``: latents, noise, targets, VACE context, text, rotary tables.
-- ``fp8_dequant``: the largest fp8 layer dequantised for one matmul. ``cuda_context``: CUDA's own memory.
+- ``fp8_dequant``: the largest fp8 layer dequantised for one matmul (on CUDA two compute-precision temporaries: the
+  dequantised weight and the scaled product). ``cuda_context``: CUDA's own memory.
+- On CUDA also (what the caching allocator and the streams add, README, Memory): ``swap_release_wait``, a third swap
+  buffer (a released block's copy is freed only when the GPU has used it, ``record_stream``); ``ddp_buckets``, DDP's
+  gradient buckets (one float32 copy of the trained LoRA gradients) with several ranks; ``attention_matrix`` when
+  the device's attention backend is the math kernel (full S x S scores: bf16 before compute capability 8.0).
+  ``choose`` keeps ``vram_margin(budget)`` free (max(1.5 GiB, 6 %)): fragmentation across the compute, swap and
+  offload streams, and what the allocator reserves beyond what it hands out.
+
+Host memory (``host``): what the modes pin, per local rank, times the local ranks (each DDP rank pins its own copy).
+On CUDA every pinned tensor is rounded up to a power of two, as torch's CachingHostAllocator does
+(``pinned_bytes``): a 70.8 MB 14B feed-forward weight takes 128 MiB. ``HostMemory`` is what the job may pin:
+the RAM available at launch (ComfyUI's unloaded models stay in its RAM), and on Windows at most half the RAM minus
+what ComfyUI has pinned itself.
 
 The peak is the largest of the phases (reference forward, policy forward, backward through the transformer
 blocks, backward through the VACE blocks). GPU figures are predictions until calibrated against
@@ -42,11 +55,78 @@ from ..choices import BasePrecision, Distributed, Objective, Precision
 GIB = 2**30
 CUDA_CONTEXT_BYTES = int(0.75 * GIB)  # CUDA context, cuBLAS/cuDNN workspaces: not in torch's allocator statistics
 ALLOCATOR_MARGIN = 0.05  # share of the activation terms added for the caching allocator's rounding and fragmentation
+VRAM_MARGIN_MIN = int(1.5 * GIB)  # kept free of any budget on CUDA: max(1.5 GiB, 6 % of the budget)
+VRAM_MARGIN_SHARE = 0.06
+WINDOWS_PINNED_SHARE = 0.5  # Windows lets a system pin about half its RAM (ComfyUI limits itself to 45 %)
 PRESETS = {"wan2.1-vace-1.3b": "wan2.1-vace-1.3b", "wan2.1-vace-14b": "wan2.1-vace-14b"}
 
 
 class PlanError(ValueError):
     """No memory setting fits, or a setting cannot be honoured; the message names one that would fit."""
+
+
+def pinned_bytes(nbytes: int) -> int:
+    """What torch's CachingHostAllocator takes for one pinned tensor of ``nbytes``: the next power of two
+    (``c10::llvm::PowerOf2Ceil`` in torch 2.13's ``CachingHostAllocator.h``, under the default
+    ``pinned_max_round_threshold``). Why it matters: a 351 MB block input takes 512 MiB."""
+    return 0 if nbytes <= 0 else 1 << (int(nbytes) - 1).bit_length()
+
+
+def vram_margin(budget_bytes: int) -> int:
+    """GPU memory a budget keeps free on CUDA: fragmentation across three streams, the allocator's reserve."""
+    return max(VRAM_MARGIN_MIN, int(VRAM_MARGIN_SHARE * budget_bytes))
+
+
+def budget_needed(peak_bytes: int) -> int:
+    """The smallest budget whose usable part (budget minus ``vram_margin``) holds ``peak_bytes``."""
+    return max(peak_bytes + VRAM_MARGIN_MIN, int(peak_bytes / (1 - VRAM_MARGIN_SHARE)) + 1)
+
+
+@dataclass(frozen=True)
+class HostMemory:
+    """What a job may keep in host memory, measured when it starts (bytes). ``available``: RAM free for it now
+    (what ComfyUI holds, its unloaded models included, is already taken); ``total``: the machine's RAM;
+    ``comfyui_ram`` / ``comfyui_pinned``: what the ComfyUI process held and had pinned when it launched the job
+    (0: unknown, e.g. a run started by hand). Windows lets a system pin about half its RAM: ``pinned_cap``."""
+
+    available: int
+    total: int = 0
+    windows: bool = False
+    comfyui_ram: int = 0
+    comfyui_pinned: int = 0
+
+    @property
+    def pinned_cap(self) -> Optional[int]:
+        if not (self.windows and self.total):
+            return None
+        return max(0, int(WINDOWS_PINNED_SHARE * self.total) - self.comfyui_pinned)
+
+    def budget(self, pinned: bool) -> int:
+        cap = self.pinned_cap if pinned else None
+        return self.available if cap is None else min(self.available, cap)
+
+    def describe(self, pinned: bool) -> str:
+        parts = [f"{self.available / GIB:.1f} GiB of RAM available"]
+        if self.comfyui_ram:
+            parts.append(f"ComfyUI holds {self.comfyui_ram / GIB:.1f} GiB (its unloaded models stay in RAM)")
+        if pinned and self.pinned_cap is not None:
+            parts.append(f"Windows lets this job pin {self.pinned_cap / GIB:.1f} GiB (half the RAM, less "
+                         f"{self.comfyui_pinned / GIB:.1f} GiB ComfyUI pinned)")
+        return "; ".join(parts)
+
+
+def attention_backend(capability: Optional[tuple], dtype: torch.dtype, head_dim: int) -> str:
+    """The scaled-dot-product kernel torch picks on a CUDA device of compute ``capability`` for ``dtype``: ``flash``
+    (sm80+, fp16/bf16, head dim <= 256), ``efficient`` (memory-efficient: sm50+, fp16/fp32, and bf16 from sm80), or
+    ``math`` (the full S x S scores: e.g. bf16 on a T4 or a 2080 Ti). None (CPU): ``flash`` (torch's CPU kernel)."""
+    if capability is None:
+        return "flash"
+    sm = tuple(capability)
+    if sm >= (8, 0) and dtype in (torch.float16, torch.bfloat16) and head_dim <= 256:
+        return "flash"
+    if sm >= (5, 0) and (dtype in (torch.float16, torch.float32) or (dtype == torch.bfloat16 and sm >= (8, 0))):
+        return "efficient"
+    return "math"
 
 
 @dataclass(frozen=True)
@@ -80,6 +160,8 @@ class RunShape:
     precision: str = Precision.AUTO.value
     distributed: str = Distributed.DDP.value
     world_size: int = 1
+    capability: Optional[tuple] = None  # the CUDA device's compute capability (None: unknown or CPU)
+    local_ranks: int = 1  # ranks on this machine: each pins its own swapped weights and offloaded inputs
 
     @classmethod
     def from_pixels(cls, frames: int, height: int, width: int, ref_frames: int = 1, **kwargs) -> "RunShape":
@@ -98,6 +180,11 @@ class RunShape:
     def bf16(self) -> bool:
         return self.precision == Precision.BF16 or (self.precision == Precision.AUTO and self.device == "cuda")
 
+    @property
+    def pinned(self) -> bool:
+        """Host copies are pinned (and rounded by the caching host allocator) only on CUDA."""
+        return self.device == "cuda"
+
 
 @dataclass
 class ModelSpec:
@@ -113,6 +200,11 @@ class ModelSpec:
     @property
     def block_names(self) -> list[str]:
         return [f"vace_blocks.{i}" for i in range(len(self.config["vace_layers"]))] + [f"blocks.{i}" for i in range(self.config["num_layers"])]
+
+    @property
+    def gguf(self) -> bool:
+        """A GGUF file: its quantised weights stay packed; no block swap and no fp8 with it (``check_settings``)."""
+        return self.name.lower().endswith(".gguf")
 
     @property
     def total_params(self) -> int:
@@ -217,8 +309,11 @@ class MemoryPlan:
     breakdown: dict  # term -> bytes
     peak: int
     phase: str  # which phase sets the peak
-    host: int  # host memory the modes need (swapped weights, offloaded checkpoints)
+    host: int  # host memory the modes need (swapped weights, offloaded checkpoints), all local ranks, pinned as rounded
     tokens: int
+    host_per_rank: int = 0
+    budget: Optional[int] = None  # the GPU budget it was chosen for (bytes), with ``reason``: why these settings
+    reason: str = ""
 
     @property
     def peak_gb(self) -> float:
@@ -231,7 +326,10 @@ class MemoryPlan:
             "breakdown_gb": {k: round(v / GIB, 3) for k, v in self.breakdown.items()},
             "phase": self.phase,
             "host_gb": round(self.host / GIB, 3),
+            "host_per_rank_gb": round(self.host_per_rank / GIB, 3),
             "tokens": self.tokens,
+            **({"budget_gb": round(self.budget / GIB, 3), "vram_margin_gb": round(vram_margin(self.budget) / GIB, 3),
+                "reason": self.reason} if self.budget is not None else {}),
         }
 
     def table(self) -> str:
@@ -239,7 +337,10 @@ class MemoryPlan:
         width = max(len(k) for k in self.breakdown)
         for key, value in self.breakdown.items():
             lines.append(f"  {key:<{width}}  {value / GIB:8.3f} GiB")
-        lines.append(f"  {'host memory':<{width}}  {self.host / GIB:8.3f} GiB (swapped weights, offloaded checkpoints)")
+        lines.append(f"  {'host memory':<{width}}  {self.host / GIB:8.3f} GiB (swapped weights, offloaded checkpoints; "
+                     "pinned on CUDA, each tensor rounded up to a power of two; every local rank)")
+        if self.reason:
+            lines.append(self.reason)
         return "\n".join(lines)
 
 
@@ -282,13 +383,14 @@ def block_memory(spec: ModelSpec, run: RunShape, batch: int, vace: bool):
     return _TRACE_CACHE[key]
 
 
-def _stored(spec: ModelSpec, precision: str, base: int) -> tuple[int, dict]:
-    """(all frozen base bytes at their storage precision, per block: its linear weights' bytes)."""
+def _stored(spec: ModelSpec, precision: str, base: int) -> tuple[int, dict, dict]:
+    """(all frozen base bytes at their storage precision, per block: its linear weights' bytes (with fp8 scales), per
+    block: the bytes of each linear weight tensor, the tensors block swap pins)."""
     key = (precision, base)
     cache = spec.__dict__.setdefault("_stored_cache", {})
     if key not in cache:
         blocks = spec.block_names
-        total, per_block = 0, {b: 0 for b in blocks}
+        total, per_block, tensors = 0, {b: 0 for b in blocks}, {b: [] for b in blocks}
         for name, elements in spec.params.items():
             layer = name[: -len(".weight")] if name.endswith(".weight") else None
             is_linear = layer in spec.linears
@@ -303,14 +405,24 @@ def _stored(spec: ModelSpec, precision: str, base: int) -> tuple[int, dict]:
             total += size
             if is_linear and block is not None:
                 per_block[block] += size
-        cache[key] = (total, per_block)
+                tensors[block].append(spec.stored_bytes.get(name, elements if size != elements * base else size))
+        cache[key] = (total, per_block, tensors)
     return cache[key]
+
+
+def pinned_weight_bytes(spec: ModelSpec, run: RunShape, settings: Settings) -> int:
+    """Host bytes of one rank's swapped weights as block swap keeps them: one tensor per linear weight, pinned and
+    rounded up to a power of two on CUDA (``pinned_bytes``), as they are on CPU. fp8 scales stay on the GPU."""
+    base = 2 if run.bf16 and run.distributed != Distributed.FSDP2 else 4
+    tensors = _stored(spec, settings.base_precision, base)[2]
+    sizes = [size for block in spec.block_names[: settings.blocks_to_swap] for size in tensors[block]]
+    return sum(pinned_bytes(size) if run.pinned else size for size in sizes)
 
 
 def weight_bytes(spec: ModelSpec, run: RunShape, settings: Settings) -> tuple[int, int, int]:
     """(bytes on the GPU, swap buffer bytes, bytes kept in host memory) of the frozen base."""
     base = 2 if run.bf16 else 4  # FSDP2 too: it loads and shards the base in bf16 (training.model_setup)
-    total, per_block = _stored(spec, settings.base_precision, base)
+    total, per_block, _ = _stored(spec, settings.base_precision, base)
     swapped = [per_block[b] for b in spec.block_names[: settings.blocks_to_swap]]
     on_gpu = total - sum(swapped)
     if run.distributed == Distributed.FSDP2 and run.world_size > 1:
@@ -329,22 +441,46 @@ def predict(spec: ModelSpec, run: RunShape, settings: Settings) -> MemoryPlan:
     phase = max(acts.phases, key=acts.phases.get)
     activations = acts.phases[phase]
     on_cuda = run.device == "cuda"
+    trained = lora_params(spec, run)
     breakdown = {
         "weights": weights,
         "swap_buffers": swap_buffers,
-        "lora": 16 * lora_params(spec, run) + run.init_lora_params * (2 if run.bf16 else 4),
+        "lora": 16 * trained + run.init_lora_params * (2 if run.bf16 else 4),
         "inputs": _input_bytes(spec, run, batch, tokens),
         "activations": activations,
-        "fp8_dequant": _fp8_dequant_bytes(spec, run, settings),
+        "fp8_dequant": _fp8_dequant_bytes(spec, run, settings) * (2 if on_cuda else 1),
         "allocator_margin": int(ALLOCATOR_MARGIN * activations) if on_cuda else 0,
         "cuda_context": CUDA_CONTEXT_BYTES if on_cuda else 0,
+        **_cuda_extras(spec, run, swap_buffers, trained, batch, tokens),
     }
     peak = sum(breakdown.values())
     # Reported, not summed: what the activation term of the peak phase consists of.
     breakdown = {**breakdown, "of which checkpoints": acts.checkpoints, "of which block_working_set": acts.working,
                  "of which vace_hints": acts.hints}
-    host = swapped_host + (acts.checkpoint_all if settings.gradient_checkpointing and settings.activation_offload else 0)
-    return MemoryPlan(settings, breakdown, peak, phase, host, tokens)
+    offloaded = settings.gradient_checkpointing and settings.activation_offload
+    if run.pinned:
+        h = batch * tokens * _hidden_width(spec) * run.compute_bytes  # one offloaded block input: one pinned tensor
+        per_rank = pinned_weight_bytes(spec, run, settings) + ((acts.checkpoint_all // h) * pinned_bytes(h) if offloaded else 0)
+    else:
+        per_rank = swapped_host + (acts.checkpoint_all if offloaded else 0)
+    local = max(1, run.local_ranks)
+    return MemoryPlan(settings, breakdown, peak, phase, per_rank * local, tokens, host_per_rank=per_rank)
+
+
+def _cuda_extras(spec: ModelSpec, run: RunShape, swap_buffers: int, trained: int, batch: int, tokens: int) -> dict:
+    """What CUDA adds beyond the tensors: a third swap buffer (a released copy is freed only once the GPU has used
+    it), DDP's gradient buckets (a float32 copy of the LoRA gradients, with several ranks), and the math attention
+    kernel's full S x S scores and probabilities when the device has no fused kernel for the dtype."""
+    if run.device != "cuda":
+        return {}
+    cfg = spec.config
+    dtype = torch.bfloat16 if run.bf16 else torch.float32
+    math = attention_backend(run.capability, dtype, cfg["attention_head_dim"]) == "math"
+    return {
+        "swap_release_wait": swap_buffers // 2,
+        "ddp_buckets": 4 * trained if run.world_size > 1 and run.distributed == Distributed.DDP else 0,
+        "attention_matrix": 2 * batch * cfg["num_attention_heads"] * tokens * tokens * run.compute_bytes if math else 0,
+    }
 
 
 def _hidden_width(spec: ModelSpec) -> int:
@@ -412,10 +548,11 @@ def _activations(spec: ModelSpec, run: RunShape, settings: Settings, batch: int,
 
 def candidates(spec: ModelSpec, requested: Settings, fsdp2: bool = False) -> list[Settings]:
     """Every setting at least as memory-saving as ``requested`` (nothing the user asked for is taken away). FSDP2
-    shards the weights itself and gathers them in bf16: no block swap and no fp8 with it."""
-    blocks = 0 if fsdp2 else len(spec.block_names)
+    shards the weights itself and gathers them in bf16: no block swap and no fp8 with it. A GGUF file's weights stay
+    packed: no block swap (the swapped copy would reach the matmul still packed) and no fp8 either."""
+    blocks = 0 if fsdp2 or spec.gguf else len(spec.block_names)
     precisions = ([BasePrecision.FP8.value] if requested.base_precision == BasePrecision.FP8 else [BasePrecision.BF16.value]
-                  if fsdp2 or spec.fp8_stored else list(BasePrecision.values()))
+                  if fsdp2 or spec.fp8_stored or spec.gguf else list(BasePrecision.values()))
     out = []
     for precision in precisions:
         for checkpointing in ([True] if requested.gradient_checkpointing else [False, True]):
@@ -443,30 +580,63 @@ def cost(spec: ModelSpec, run: RunShape, plan: MemoryPlan, requested: Settings) 
 
 
 def choose(spec: ModelSpec, run: RunShape, requested: Settings, budget_bytes: Optional[int],
-           host_budget_bytes: Optional[int] = None, fsdp2: bool = False) -> MemoryPlan:
-    """The plan for ``requested``, or with a budget the cheapest candidate that fits it (GPU, and host memory when
-    ``host_budget_bytes`` is given). Raises ``PlanError`` naming what would fit when none does."""
+           host: "HostMemory | int | None" = None, fsdp2: bool = False) -> MemoryPlan:
+    """The plan for ``requested``, or with a budget the cheapest candidate that fits it: on CUDA the peak within the
+    budget less ``vram_margin``, and with ``host`` (``HostMemory``, or plain bytes available) the pinned host memory
+    within what the job may pin. Its ``reason`` says why. Raises ``PlanError`` naming what would fit when none does."""
     check_settings(spec, requested)
     if budget_bytes is None:
         return predict(spec, run, requested)
+    host = HostMemory(available=int(host)) if isinstance(host, (int, float)) else host
+    margin = vram_margin(budget_bytes) if run.device == "cuda" else 0
+    usable = budget_bytes - margin
+    host_limit = host.budget(run.pinned) if host is not None else None
     plans = [predict(spec, run, s) for s in candidates(spec, requested, fsdp2)]
-    fitting = [p for p in plans if p.peak <= budget_bytes and (host_budget_bytes is None or p.host <= host_budget_bytes)]
+    on_gpu = [p for p in plans if p.peak <= usable]
+    fitting = [p for p in on_gpu if host_limit is None or p.host <= host_limit]
     if fitting:
-        return min(fitting, key=lambda p: cost(spec, run, p, requested))
+        best = min(fitting, key=lambda p: cost(spec, run, p, requested))
+        best.budget = budget_bytes
+        best.reason = (f"memory planner: {best.settings.describe()}: predicted peak {best.peak_gb:.1f} GiB of {usable / GIB:.1f} GiB usable "
+                       f"({budget_bytes / GIB:.1f} GiB budget less a {margin / GIB:.1f} GiB margin for fragmentation and the allocator)"
+                       + (f", host {best.host / GIB:.1f} GiB of {host_limit / GIB:.1f} GiB ({host.describe(run.pinned)})" if host_limit is not None else "")
+                       + ("" if best.settings == requested else f"; asked for {requested.describe()}, which does not fit"))
+        return best
+    _refuse(spec, run, requested, budget_bytes, usable, plans, on_gpu, host, fsdp2)
+
+
+def _refuse(spec: ModelSpec, run: RunShape, requested: Settings, budget_bytes: int, usable: int, plans: list, on_gpu: list,
+            host: Optional[HostMemory], fsdp2: bool) -> None:
+    """The ``PlanError`` when nothing fits: the most memory-saving setting, what it needs, and what would fit."""
     smallest = min(plans, key=lambda p: p.peak)
-    hints = [f"a GPU with {smallest.peak_gb:.1f} GiB free"]
+    hints = [f"a GPU with {budget_needed(smallest.peak) / GIB:.1f} GiB free"]
+    host_limit = host.budget(run.pinned) if host is not None else None
     for change, shape in _smaller_runs(run):
-        best = min((predict(spec, shape, s) for s in candidates(spec, requested, fsdp2)), key=lambda p: p.peak)
-        if best.peak <= budget_bytes:
+        smaller = [p for p in (predict(spec, shape, s) for s in candidates(spec, requested, fsdp2))
+                   if p.peak <= usable and (host_limit is None or p.host <= host_limit)]
+        if smaller:
+            best = min(smaller, key=lambda p: p.peak)
             hints.insert(0, f"{change} ({best.peak_gb:.1f} GiB with {best.settings.describe()})")
             break
+    if smallest.breakdown.get("attention_matrix"):
+        hints.insert(0, f"precision 'fp32' (this GPU, compute capability {'.'.join(map(str, run.capability))}, has no fused bf16 "
+                        f"attention kernel: the math kernel's token x token scores take {smallest.breakdown['attention_matrix'] / GIB:.1f} GiB)")
     host_note = ""
-    if host_budget_bytes is not None and smallest.peak <= budget_bytes:
-        host_note = f" (it fits the GPU but needs {smallest.host / GIB:.1f} GiB of host memory, {host_budget_bytes / GIB:.1f} GiB available)"
+    if on_gpu and host is not None:
+        least = min(on_gpu, key=lambda p: p.host)
+        ranks = f" ({run.local_ranks} ranks, {least.host_per_rank / GIB:.1f} GiB each)" if run.local_ranks > 1 else ""
+        host_note = (f" (it fits the GPU but needs {least.host / GIB:.1f} GiB of host memory{ranks}, "
+                     f"{'pinned and rounded up to powers of two, ' if run.pinned else ''}and may use "
+                     f"{host.budget(run.pinned) / GIB:.1f} GiB: {host.describe(run.pinned)})")
+        smallest = least
+        capped = run.pinned and host.pinned_cap is not None and host.pinned_cap < host.available
+        hints.insert(0, "more RAM (Windows lets a PC pin about half of it; Linux or WSL2 pins more)" if capped else
+                     "more free RAM (close other programs, or restart ComfyUI so it holds fewer models)")
     raise PlanError(
-        f"No memory setting fits the budget of {budget_bytes / GIB:.1f} GiB: the most memory-saving one "
-        f"({smallest.settings.describe()}) needs {smallest.peak_gb:.1f} GiB{host_note} at {run.frames} latent frames of "
-        f"{run.height * 8}x{run.width * 8}, batch {run.batch_size}, rank {run.rank}. What would fit: " + "; or ".join(hints) + "."
+        f"No memory setting fits the budget of {budget_bytes / GIB:.1f} GiB ({usable / GIB:.1f} GiB usable after the margin): "
+        f"the most memory-saving one ({smallest.settings.describe()}) needs {smallest.peak_gb:.1f} GiB{host_note} at {run.frames} "
+        f"latent frames of {run.height * 8}x{run.width * 8}, batch {run.batch_size}, rank {run.rank}. What would fit: "
+        + "; or ".join(hints) + "."
     )
 
 
@@ -480,6 +650,14 @@ def _smaller_runs(run: RunShape):
 
 def check_settings(spec: ModelSpec, settings: Settings) -> None:
     blocks = len(spec.block_names)
+    if spec.gguf and settings.blocks_to_swap:
+        raise PlanError(
+            f"blocks_to_swap={settings.blocks_to_swap} with the GGUF file {spec.name}: its weights stay packed, and a swapped "
+            "block would reach the matmul still packed. Use blocks_to_swap 0 (a GGUF is already small: Q8_0 14B is about "
+            "half of bf16), or the bf16/fp16 .safetensors file with blocks_to_swap")
+    if spec.gguf and settings.base_precision == BasePrecision.FP8:
+        raise PlanError(f"base_precision 'fp8' with the GGUF file {spec.name}: its weights are quantised already; use "
+                        "base_precision 'bf16' (the GGUF stays as stored)")
     if settings.blocks_to_swap > blocks:
         raise PlanError(
             f"blocks_to_swap={settings.blocks_to_swap} but {spec.name} has {blocks} blocks ({spec.config['num_layers']} "
@@ -515,12 +693,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false")
     parser.add_argument("--vram-budget-gb", type=float, default=None, help="pick the cheapest settings that fit this many GiB")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cuda: bf16 autocast (default); cpu: float32")
+    parser.add_argument("--capability", type=float, default=None, help="the GPU's compute capability (e.g. 7.5): its attention kernel")
+    parser.add_argument("--local-ranks", type=int, default=1, help="DDP ranks on this machine (each pins its own host copies)")
     parser.add_argument("--json", action="store_true", help="print one JSON object (peak_gb, settings, breakdown_gb, ...)")
     args = parser.parse_args(argv)
     try:
         spec = describe_model(args.model)
         run = RunShape.from_pixels(args.frames, args.height, args.width, ref_frames=args.ref_frames, batch_size=args.batch_size,
-                                   rank=args.rank, targets=tuple(args.targets), objective=args.objective, device=args.device)
+                                   rank=args.rank, targets=tuple(args.targets), objective=args.objective, device=args.device,
+                                   capability=tuple(int(n) for n in f"{args.capability:.1f}".split(".")) if args.capability else None,
+                                   world_size=args.local_ranks, local_ranks=args.local_ranks)
         requested = Settings(args.base_precision, args.blocks_to_swap, args.activation_offload, args.gradient_checkpointing)
         budget = int(args.vram_budget_gb * GIB) if args.vram_budget_gb else None
         plan = choose(spec, run, requested, budget)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import requires_comfyui
 from support.trainer_helpers import fake_checkpoint, process_gone
 
@@ -27,7 +26,6 @@ def host(tmp_path, monkeypatch):
 
     load_pack_cpu()
     import folder_paths
-
     from comfyui_ipa_pack.ipa_train.data.samples import add_sample, create_dataset
     from comfyui_ipa_pack.ipa_train.data.tensors import SampleTensors
     from comfyui_ipa_pack.nodes.paths import dataset_root
@@ -80,6 +78,8 @@ def test_train_node_runs_reports_progress_and_saves(host, monkeypatch):
     log = (run_dirs[0] / "train.log").read_text()
     started = json.loads(next(line[9:] for line in log.splitlines() if '"started"' in line))
     assert started["env_cuda"] == "" and started["alloc"] is None 
+    # what ComfyUI held at launch reaches the trainer's host-memory check
+    assert config["comfyui_ram_gb"] > 0.05 and config["comfyui_pinned_gb"] >= 0
     from comfyui_ipa_pack.ipa_train.jobs.launcher import PACKAGE_PARENT
 
     assert started["pythonpath"] == os.pathsep.join([PACKAGE_PARENT, FAKE])  # nothing of ComfyUI's path inherited
@@ -135,7 +135,6 @@ def test_bad_names_fail_at_queue_time(host):
 
 def test_cancel_stops_gracefully_then_resume(host, monkeypatch):
     import comfy.model_management
-
     from comfyui_ipa_pack.nodes.train_lora import TrainingStopped
 
     monkeypatch.setenv("IPA_FAKE_TRAINER_MODE", "slow")
@@ -268,11 +267,27 @@ def test_gpu_ids_are_the_hosts_visible_devices(host, monkeypatch):
         _run(gpus="[2]")
 
 
+def test_models_kept_on_the_gpu_are_named_with_what_to_do(host, monkeypatch):
+    """ComfyUI started with --highvram (or --gpu-only) keeps its models on the GPU when asked to unload them: the node
+    says so, and what to do, instead of leaving the planner's "no memory setting fits" unexplained."""
+    import comfy.model_management as mm
+    from comfy.cli_args import args
+    from comfyui_ipa_pack.nodes.train_lora import models_kept_on_gpu
+
+    assert models_kept_on_gpu() == ""  # this host runs with --cpu: nothing is kept anywhere
+    monkeypatch.setattr(mm, "vram_state", mm.VRAMState.HIGH_VRAM)
+    monkeypatch.setattr(args, "highvram", True)
+    note = models_kept_on_gpu()
+    assert "--highvram" in note and "keeps its models on the GPU" in note and "restart ComfyUI without --highvram" in note
+    monkeypatch.setattr(args, "highvram", False)
+    monkeypatch.setattr(args, "gpu_only", True)
+    assert "--gpu-only" in models_kept_on_gpu()
+
+
 def test_case6_init_lora_with_strength_and_targets_reach_run_json(host):
     """Issue case 6: the node has init_lora (with strength) and targets inputs, with tooltips, and they reach the
     trainer's run.json in the form the trainer reads (the LoRA's full path and the sampling strength)."""
     import folder_paths
-
     from comfyui_ipa_pack.nodes.train_lora import IPATrainLoRA
 
     inputs = {spec.id: spec for spec in IPATrainLoRA.define_schema().inputs}
@@ -330,8 +345,11 @@ def test_train_node_refuses_the_impossible_before_anything(host, monkeypatch):
     monkeypatch.setattr(launcher, "current_platform", lambda os_name=None: Platform(windows=True))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     with pytest.raises(ValueError, match="training on 2 GPUs needs NCCL, which PyTorch does not provide on Windows"):
-        _run(gpus="2")
+        _run(gpus="x2")
     assert unloaded == [] and not (host / "output" / "ipa_runs").exists()
+    # the default on that Windows PC: one GPU, and the node says so (it is shown under the node and logged)
+    gpu_ids, devices, processes, note = train_lora.IPATrainLoRA._devices("auto")
+    assert gpu_ids == [0] and devices == ["0"] and processes == 1 and "GPU 0 only" in note
 
 
 def test_node_widgets_stay_inside_the_trainers_ranges(host):

@@ -11,30 +11,46 @@ import time
 from pathlib import Path
 
 import pytest
-
-from ipa_train.jobs import launcher
-from ipa_train.jobs import curves
-from ipa_train.jobs.checkpoint_files import pick_checkpoint
-from ipa_train.jobs.launcher import LaunchError, TrainingJob, build_command, build_env, parse_event, parse_gpus
-
 from support.trainer_helpers import process_gone
 
+from ipa_train.jobs import curves, launcher
+from ipa_train.jobs.checkpoint_files import pick_checkpoint
+from ipa_train.jobs.launcher import LaunchError, TrainingJob, build_command, build_env, parse_event, parse_gpus, resolve_gpus
+from ipa_train.jobs.process_tree import current_platform
+
 FAKE = str(Path(__file__).parents[1] / "support" / "fake_trainer_pkg")
+WINDOWS, POSIX = current_platform("nt"), current_platform("posix")
 
 
 def test_parse_gpus():
-    assert parse_gpus("cpu") == [] and parse_gpus("") == [] and parse_gpus("0") == []
-    assert parse_gpus("2", available=4) == [0, 1]
+    # a number is a device id ("0" is GPU 0, never the CPU); a count is written "xN"
+    assert parse_gpus("cpu") == [] and parse_gpus("CPU", available=2) == []
+    assert parse_gpus("0", available=1) == [0] and parse_gpus("2", available=4) == [2] and parse_gpus(1, available=2) == [1]
+    assert parse_gpus("x2", available=4) == [0, 1] and parse_gpus("X3", available=3) == [0, 1, 2]
     assert parse_gpus("0,2", available=4) == [0, 2]
     assert parse_gpus("[1]", available=2) == [1]
     assert parse_gpus("all", available=3) == [0, 1, 2]
     # the node's default: every GPU there is, the CPU on a machine without one (no error either way)
-    assert parse_gpus("auto", available=2) == [0, 1] and parse_gpus("auto", available=0) == [] and parse_gpus("AUTO") == []
-    for bad in ("two", "0,0", "-1"):
-        with pytest.raises(LaunchError):
+    assert parse_gpus("auto", available=2, platform=POSIX) == [0, 1] and parse_gpus("auto", available=0) == [] and parse_gpus("AUTO") == []
+    for bad in ("two", "0,0", "-1", "x0", "x", "", "none"):
+        with pytest.raises(LaunchError, match="'x2'"):  # every refusal shows the forms, the count among them
             parse_gpus(bad, available=4)
     with pytest.raises(LaunchError, match="only 2 GPU"):
         parse_gpus("0,3", available=2)
+    # an old count ("2" meant two GPUs) on a machine with two: refused, with the new way to write it
+    with pytest.raises(LaunchError, match=r"only 2 GPUs visible \(device ids 0\.\.1\)\. A number is a device id now: for a count write 'x2'"):
+        parse_gpus("2", available=2)
+    with pytest.raises(LaunchError, match="asks for 3 GPU"):
+        parse_gpus("x3", available=2)
+
+
+def test_auto_on_a_windows_pc_with_several_gpus_uses_one_and_says_so():
+    ids, note = resolve_gpus("auto", available=2, platform=WINDOWS)
+    assert ids == [0] and "GPU 0 only" in note and "NCCL" in note
+    assert resolve_gpus("auto", available=1, platform=WINDOWS) == ([0], "")
+    assert resolve_gpus("auto", available=2, platform=POSIX) == ([0, 1], "")
+    with pytest.raises(LaunchError, match="needs NCCL"):  # asked for by name: refused, as before
+        launcher.check_launch(2, parse_gpus("x2", available=2, platform=WINDOWS), WINDOWS)
 
 
 def test_parse_gpus_refusals_say_what_is_there():
@@ -44,6 +60,9 @@ def test_parse_gpus_refusals_say_what_is_there():
     assert str(refused.value) == "gpus='2': no GPU is visible on this machine; use 'cpu' (or 'auto', which trains on the CPU here)"
     with pytest.raises(LaunchError) as refused:
         parse_gpus("3", available=2)
+    assert "asks for device 3 but there are only 2 GPUs visible (device ids 0..1)" in str(refused.value)
+    with pytest.raises(LaunchError) as refused:
+        parse_gpus("x3", available=2)
     assert "asks for 3 GPUs but there are only 2 GPUs visible (device ids 0..1)" in str(refused.value)
     with pytest.raises(LaunchError) as refused:
         parse_gpus("[1]", available=1)
@@ -66,7 +85,14 @@ def test_build_env_is_explicit():
     env = build_env(host, gpus=[0, 2])
     assert env["CUDA_VISIBLE_DEVICES"] == "0,2"
     assert "HIP_VISIBLE_DEVICES" not in env  # ComfyUI's --cuda-device sets it; ROCm would apply it before ours
-    assert "PYTORCH_CUDA_ALLOC_CONF" not in env
+    # on GPUs the trainer gets expandable segments, never ComfyUI's cudaMallocAsync, unless the user sets its own
+    assert env["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    assert build_env(host, gpus=[0], platform=POSIX)["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in build_env(host, gpus=[0], platform=WINDOWS)  # torch has no expandable segments there
+    own = {**host, launcher.ALLOC_CONF_ENV: "max_split_size_mb:512"}
+    assert build_env(own, gpus=[0], platform=WINDOWS)["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:512"
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in build_env({**host, launcher.ALLOC_CONF_ENV: ""}, gpus=[0])  # "": torch's defaults
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in build_env(host, gpus=[])  # the CPU: nothing to configure
     assert env["PYTHONPATH"] == launcher.PACKAGE_PARENT
     assert env[launcher.PATH_ENV] == launcher.PACKAGE_PARENT  # what the start script puts on sys.path itself
     assert build_env(host, gpus=[], pythonpath=["/x", "/y"])[launcher.PATH_ENV] == os.pathsep.join([launcher.PACKAGE_PARENT, "/x", "/y"])

@@ -9,14 +9,12 @@ import io
 import sys
 
 import pytest
-
-from ipa_train.jobs import launcher, process_tree
-from ipa_train.jobs import contract
-from ipa_train.jobs.config import ConfigError
-from ipa_train.training.distributed import process_group_backend
-from ipa_train.jobs.process_tree import CREATE_NEW_PROCESS_GROUP, CTRL_BREAK_EVENT, Platform, current_platform
-
 from conftest import REPO_ROOT
+
+from ipa_train.jobs import contract, launcher, process_tree
+from ipa_train.jobs.config import ConfigError
+from ipa_train.jobs.process_tree import CREATE_NEW_PROCESS_GROUP, CTRL_BREAK_EVENT, Platform, current_platform
+from ipa_train.training.distributed import process_group_backend
 
 WINDOWS, POSIX = Platform(windows=True), Platform(windows=False)
 
@@ -46,7 +44,7 @@ def test_one_gpu_or_the_cpu_is_a_plain_process_on_both_platforms():
 
 
 def test_several_gpus_on_windows_are_refused_before_anything_loads():
-    with pytest.raises(launcher.LaunchError, match="needs NCCL, which PyTorch does not provide on Windows.*gpus='1'.*WSL2"):
+    with pytest.raises(launcher.LaunchError, match="needs NCCL, which PyTorch does not provide on Windows.*gpus='0'.*WSL2"):
         launcher.check_launch(2, [0, 1], WINDOWS)
     launcher.check_launch(2, [0, 1], POSIX)
     launcher.check_launch(2, [], WINDOWS)  # CPU processes talk gloo: allowed

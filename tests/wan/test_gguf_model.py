@@ -6,13 +6,13 @@ from __future__ import annotations
 import gguf
 import pytest
 import torch
+from support.comfy_tiny import build_tiny_comfy_transformer
+from support.trainer_helpers import make_sample, tiny_config
 
 from ipa_train.data.samples import add_sample, create_dataset
 from ipa_train.training.loop import train
 from ipa_train.wan.fingerprint import diffusers_model_fingerprint, weights_fingerprint
-from support.comfy_tiny import build_tiny_comfy_transformer
 from ipa_train.wan.model import ModelLoadError, load_transformer, save_original_wan_single_file
-from support.trainer_helpers import make_sample, tiny_config
 
 
 def write_city96_gguf(path, state, quant=gguf.GGMLQuantizationType.Q8_0, arch="wan", prefix=""):
@@ -124,3 +124,36 @@ def test_bad_gguf_files_are_refused_clearly(files, tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_gguf)
     with pytest.raises(ModelLoadError, match="needs the 'gguf' package"):
         load_transformer(path)
+
+
+def test_gguf_base_is_never_swapped_nor_fp8(files, tmp_path, monkeypatch):
+    """Block swap would hand the matmul a still-packed GGUF weight ("self and mat2 must have the same dtype"), and the
+    loader refuses fp8 for GGUF: the planner never offers either, and the trainer refuses them before any weight loads."""
+    from ipa_train.jobs.config import ConfigError
+    from ipa_train.memory.plan import GIB, PlanError, RunShape, Settings, candidates, check_settings, choose, describe_model
+    from ipa_train.wan import model as wan_model
+
+    _, _, path = files
+    spec = describe_model(str(path))
+    assert spec.gguf and not describe_model("tiny").gguf
+    offered = candidates(spec, Settings())
+    assert offered and all(s.blocks_to_swap == 0 and s.base_precision == "bf16" for s in offered)
+    assert any(s.blocks_to_swap for s in candidates(describe_model("tiny"), Settings()))  # the same model as a safetensors: offered
+    with pytest.raises(PlanError, match="blocks_to_swap=2 with the GGUF file tiny-Q8_0.gguf: its weights stay packed"):
+        check_settings(spec, Settings(blocks_to_swap=2, activation_offload=True))
+    with pytest.raises(PlanError, match="base_precision 'fp8' with the GGUF file"):
+        check_settings(spec, Settings("fp8"))
+    with pytest.raises(PlanError, match=r"No memory setting fits.*blocks_to_swap 0"):  # nothing left to offer: swap is not
+        choose(spec, RunShape(frames=2, height=4, width=4, text_tokens=8, rank=2), Settings(), int(1e-3 * GIB))
+
+    folder = create_dataset(tmp_path, "g")
+    add_sample(folder, make_sample(0, frames=2, h=4, w=4, text_dim=4096), status="preferred")
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("weights were loaded before the refusal")
+
+    monkeypatch.setattr(wan_model, "load_transformer", no_loading)
+    for settings, message in ((dict(blocks_to_swap=2, gradient_checkpointing=True), "blocks_to_swap=2 with the GGUF file"),
+                              (dict(base_precision="fp8"), "base_precision 'fp8' with the GGUF file")):
+        with pytest.raises(ConfigError, match=message):
+            train(tiny_config(folder, tmp_path / "out", base_model=str(path), steps=1, rank=2, **settings))
