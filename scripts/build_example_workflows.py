@@ -50,12 +50,16 @@ DESCRIPTIONS = {
 }
 
 # The saved view each template opens with (LiteGraph's extra.ds: screen = (graph + offset) * scale): the whole graph
-# at a zoom the frontend draws readably (65 % or more; it draws blank boxes near 50 %) in a 1600x1000 window.
-VIEWS = {
-    "ipa_curate": {"scale": 0.65, "offset": [20, 40]},
-    "ipa_align": {"scale": 0.85, "offset": [20, 40]},
-    "ipa_animate": {"scale": 0.68, "offset": [20, 40]},
-}
+# at a zoom the frontend draws readably (65 % or more; it draws blank boxes near 50 %) in a 1600x1000 window, clear of
+# the frontend's left side bar (about 50 px) and its tab bar (about 40 px) drawn over the canvas.
+VIEW_MARGIN = (60, 50)  # screen px: where the graph's top-left corner (x 0, y -30: the note's title bar) lands
+
+
+def _view(scale: float) -> dict:
+    return {"scale": scale, "offset": [round(VIEW_MARGIN[0] / scale), round(VIEW_MARGIN[1] / scale + 30)]}
+
+
+VIEWS = {"ipa_curate": _view(0.65), "ipa_align": _view(0.85), "ipa_animate": _view(0.68)}
 
 MODEL_NOTES = f"""## Model files
 Missing ones are offered for download when the workflow opens. From [Comfy-Org/Wan_2.1_ComfyUI_repackaged](https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged):

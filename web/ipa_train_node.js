@@ -2,7 +2,7 @@
 // loss plot is drawn under the widgets, so at 100 % zoom it sat off screen. The inputs a run usually changes stay
 // visible; the others are marked advanced, which the frontend (1.35.9's LiteGraph) hides until the node's context menu
 // says "Show Advanced" (remembered per node in the workflow as showAdvanced). Values, links and the prompt are unchanged:
-// hidden widgets still send their values.
+// hidden widgets still send their values (the frontend queues every widget's value, shown or not).
 import { app } from "../../scripts/app.js";
 
 const NODE = "IPATrainLoRA";
@@ -13,8 +13,15 @@ function collapseAdvanced(node) {
   let hidden = 0;
   for (const widget of node.widgets || []) {
     if (ESSENTIAL_INPUTS.includes(widget.name) || widget.name?.startsWith("$$")) continue;
-    // control_after_generate and similar companions follow the widget they belong to
     widget.advanced = true;
+    // LiteGraph 1.35.9 skips advanced widgets when drawing but still lays them out (only `hidden` frees their space):
+    // hidden follows the node's Show Advanced, so the plot moves up to the visible inputs.
+    let own = widget.hidden;
+    Object.defineProperty(widget, "hidden", {
+      configurable: true,
+      get: () => !!own || !node.showAdvanced,
+      set: (value) => (own = value),
+    });
     hidden++;
   }
   if (!hidden) return;
