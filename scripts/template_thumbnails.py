@@ -59,9 +59,9 @@ def main():
 
     import conftest  # noqa: F401  (repository on sys.path)
     from build_example_workflows import TEMPLATES
-    from comfy_frontend import Frontend
-    from comfy_server import ComfyServer
-    from e2e_base import make_base
+    from support.comfy_frontend import Frontend
+    from support.comfy_server import ComfyServer
+    from support.e2e_base import make_base
 
     with tempfile.TemporaryDirectory(prefix="ipa_thumbnails_") as folder:
         base = make_base(Path(folder) / "comfy", returning_user=True)
