@@ -113,8 +113,9 @@ def curate(g):
 ## Curate
 1. Load a reference image (the person) and a driving video (someone moving; `length` frames are used).
 2. Queue: IPA DWPose Estimator turns the video into pose keypoints and a pose video (the VACE control); IPA VACE
-   Sampler samples `candidates` videos, shown as looping clips (candidate i = seed + i; the seed steps by
-   `candidates` after each run, so runs never repeat a seed); IPA Mark Preferred stores them, pending, in the
+   Sampler samples `candidates` videos, shown as one grid of looping clips with the seed on each (candidate
+   i = seed + i; the seed steps by `candidates` after each run, so runs never repeat a seed); IPA Mark Preferred
+   stores them, pending, in the
    dataset `hands` with the hand mask from the keypoints (the loss weights the hands; the mask node shows it).
 3. Queue again for more candidates (a few hundred is a good start), then open the **IPA** tab in the left sidebar
    and mark the good ones preferred. Next: *IPA 2 Train the hand LoRA*.
