@@ -15,7 +15,7 @@ from comfy_api.v0_0_2 import io
 
 from ..ipa_train.data.collect import Candidate
 from .model_identity import base_weights_fingerprint, describe_patches
-from .previews import candidate_previews
+from .previews import candidate_grid_preview
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class IPAVaceSampler(io.ComfyNode):
             ],
             outputs=[
                 io.Image.Output(display_name="images", tooltip="All candidates' frames, one after another (the node itself "
-                                                               "shows one looping clip per candidate)."),
+                                                               "shows them as a grid of looping clips, the seed on each)."),
                 CANDIDATES.Output(display_name="candidates", tooltip="Everything IPA Mark Preferred stores: latents, VACE "
                                                                      "context, text conditioning, seeds, sigmas, settings."),
             ],
@@ -152,7 +152,8 @@ class IPAVaceSampler(io.ComfyNode):
                 sigmas=sigmas,
                 settings=dict(settings),
             ))
-        preview = candidate_previews(frames_out, [result.seed for result in results], fps=16.0)  # Wan2.1's 16 fps
+        # one grid of looping clips, each tile with its seed (Wan2.1's 16 fps)
+        preview = candidate_grid_preview(frames_out, [f"seed {c.seed}" for c in results], fps=16.0, prefix="ipa_candidates")
         return io.NodeOutput(torch.cat(frames_out, dim=0), results, ui=preview)
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
@@ -35,6 +36,32 @@ TEMPLATES = {
     "ipa_animate": "IPA 3 Animate with the hand LoRA",
 }
 
+# What each template does and needs: the first lines of its Read me note, and `extra.description` in the file (the
+# template browser of frontend 1.35.9 shows only the file name, so web/ipa_templates.js puts this on the card).
+DESCRIPTIONS = {
+    "ipa_curate": "Samples hand candidates with Wan2.1-VACE from a reference image and a driving video, and stores them "
+                  "in a dataset to mark in the IPA gallery. Needs the Wan2.1-VACE, UMT5 and Wan VAE files and the two "
+                  "DWPose .onnx files.",
+    "ipa_align": "Trains the hand LoRA (Flow-IPA) on the samples marked preferred, in its own process, with a live loss "
+                 "plot. Needs a curated dataset and the VACE model the samples came from; a GPU (or a lot of patience "
+                 "on the CPU).",
+    "ipa_animate": "Animates the reference image along the driving pose with native Wan2.1-VACE and the trained hand "
+                   "LoRA, and reports whether the LoRA matches the base model. Needs the LoRA from template 2 and the "
+                   "same model files as template 1.",
+}
+
+# The saved view each template opens with (LiteGraph's extra.ds: screen = (graph + offset) * scale): the whole graph
+# at a zoom the frontend draws readably (65 % or more; it draws blank boxes near 50 %) in a 1600x1000 window, clear of
+# the frontend's left side bar (about 50 px) and its tab bar (about 40 px) drawn over the canvas.
+VIEW_MARGIN = (60, 50)  # screen px: where the graph's top-left corner (x 0, y -30: the note's title bar) lands
+
+
+def _view(scale: float) -> dict:
+    return {"scale": scale, "offset": [round(VIEW_MARGIN[0] / scale), round(VIEW_MARGIN[1] / scale + 30)]}
+
+
+VIEWS = {"ipa_curate": _view(0.65), "ipa_align": _view(0.85), "ipa_animate": _view(0.68)}
+
 MODEL_NOTES = f"""## Model files
 Missing ones are offered for download when the workflow opens. From [Comfy-Org/Wan_2.1_ComfyUI_repackaged](https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged):
 - `models/diffusion_models/{UNET}` (or `wan2.1_vace_14B_fp16.safetensors`: pick it in every loader)
@@ -50,16 +77,21 @@ NEGATIVE = "deformed hands, extra fingers, fused fingers, blurry, low quality"
 NOTE_WIDTH = 460
 
 
-def loaders(g, x, y):
+def loaders(g, x, y, prompt_box: bool = False):
+    """Model loaders and the two prompts. ``prompt_box``: the positive prompt is typed in a String (Multiline) node
+    that the caller adds at ``(x + 370, y)`` and links (so one text feeds the encoder and whatever stores it); the
+    caller then groups the prompts."""
     unet = g.add("UNETLoader", (x, y), {"unet_name": UNET, "weight_dtype": "default"}, size=(320, 82), models=[UNET])
     clip = g.add("CLIPLoader", (x, y + 130), {"clip_name": CLIP, "type": "wan", "device": "default"}, size=(320, 106), models=[CLIP])
     vae = g.add("VAELoader", (x, y + 290), {"vae_name": VAE}, size=(320, 58), models=[VAE])
     g.group("Models", [unet, clip, vae])
-    pos = g.add("CLIPTextEncode", (x + 370, y), {"text": POSITIVE}, title="Positive prompt", size=(400, 150))
-    neg = g.add("CLIPTextEncode", (x + 370, y + 200), {"text": NEGATIVE}, title="Negative prompt", size=(400, 150))
+    pos_y, pos_h = (y + 150, 60) if prompt_box else (y, 150)
+    pos = g.add("CLIPTextEncode", (x + 370, pos_y), {"text": POSITIVE}, title="Positive prompt", size=(400, pos_h))
+    neg = g.add("CLIPTextEncode", (x + 370, pos_y + pos_h + 50), {"text": NEGATIVE}, title="Negative prompt", size=(400, 100 if prompt_box else 150))
     g.link(clip, "CLIP", pos, "clip")
     g.link(clip, "CLIP", neg, "clip")
-    g.group("Prompts", [pos, neg])
+    if not prompt_box:
+        g.group("Prompts", [pos, neg])
     return unet, vae, pos, neg
 
 
@@ -77,13 +109,14 @@ def control_inputs(g, x, y):
 
 
 def curate(g):
-    g.note((0, 0), NOTE_WIDTH, 760, MODEL_NOTES + """
+    g.note((0, 0), NOTE_WIDTH, 820, DESCRIPTIONS["ipa_curate"] + "\n\n" + MODEL_NOTES + """
 
 ## Curate
 1. Load a reference image (the person) and a driving video (someone moving; `length` frames are used).
 2. Queue: IPA DWPose Estimator turns the video into pose keypoints and a pose video (the VACE control); IPA VACE
-   Sampler samples `candidates` videos, shown as looping clips (candidate i = seed + i; the seed steps by
-   `candidates` after each run, so runs never repeat a seed); IPA Mark Preferred stores them, pending, in the
+   Sampler samples `candidates` videos, shown as one grid of looping clips with the seed on each (candidate
+   i = seed + i; the seed steps by `candidates` after each run, so runs never repeat a seed); IPA Mark Preferred
+   stores them, pending, in the
    dataset `hands` with the hand mask from the keypoints (the loss weights the hands; the mask node shows it).
 3. Queue again for more candidates (a few hundred is a good start), then open the **IPA** tab in the left sidebar
    and mark the good ones preferred. Next: *IPA 2 Train the hand LoRA*.
@@ -91,7 +124,7 @@ def curate(g):
 Sizes: width/height multiples of 16, length 4k+1 (81 frames at 16 fps in the paper). Keep the hand mask node's
 width and height equal to the sampler's. Outside good videos: IPA Encode Good Video -> IPA Mark Preferred.""")
     left = NOTE_WIDTH + 60
-    unet, vae, pos, neg = loaders(g, left, 60)
+    unet, vae, pos, neg = loaders(g, left, 60, prompt_box=True)
     ref, frames, pose = control_inputs(g, left, 560)
     sampler = g.add("IPAVaceSampler", (left + 850, 60), {"width": 832, "height": 480, "length": 81, "steps": 20, "cfg": 6.0, "shift": 8.0,
                                                         "sampler_name": "uni_pc", "scheduler": "simple", "candidates": 4, "seed": 0,
@@ -99,7 +132,7 @@ width and height equal to the sampler's. Outside good videos: IPA Encode Good Vi
     for source, output, name in ((unet, "MODEL", "model"), (pos, "CONDITIONING", "positive"), (neg, "CONDITIONING", "negative"),
                                  (vae, "VAE", "vae"), (ref, "IMAGE", "reference_image"), (pose, "pose_video", "control_video")):
         g.link(source, output, sampler, name)
-    g.group("Sample candidates (looping previews)", [sampler])
+    g.group("Sample candidates", [sampler])
     mark = g.add("IPAMarkPreferred", (left + 1330, 60), {"dataset": "hands", "mark": "pending", "select": "", "prompt_text": POSITIVE,
                                                          "fps": 16.0}, size=(420, 330))
     g.link(sampler, "candidates", mark, "candidates")
@@ -110,10 +143,16 @@ width and height equal to the sampler's. Outside good videos: IPA Encode Good Vi
     g.link(pose, "pose_keypoints", hands, "pose_keypoint")
     g.link(frames, "images", hands, "frames")
     g.group("Store for curation", [mark, hands])
+    # The prompt is typed once: it feeds the positive encoder and is stored with each sample (added last, so the
+    # other nodes keep their ids).
+    prompt = g.add("PrimitiveStringMultiline", (left + 370, 60), {"value": POSITIVE}, title="Prompt (sampled and stored)", size=(400, 100))
+    g.link(prompt, "STRING", pos, "text")
+    g.link(prompt, "STRING", mark, "prompt_text")
+    g.group("Prompts", [prompt, pos, neg])
 
 
 def align(g):
-    g.note((0, 0), NOTE_WIDTH, 620, f"""## Model files
+    g.note((0, 0), NOTE_WIDTH, 680, DESCRIPTIONS["ipa_align"] + f"""\n\n## Model files
 - `models/diffusion_models/{UNET}`: the same VACE file the candidates were sampled with (offered for download when
   missing; or the 14B).
 
@@ -132,7 +171,7 @@ replaces is kept as `<lora_name>_00001`, ...), so *IPA 3 Animate with the hand L
                                                "beta": 600.0, "hand_weight": 10.0, "rank": 128, "alpha": 128.0, "learning_rate": 1e-4,
                                                "steps": 1000, "batch_size": 1, "grad_accum": 1, "gpus": "auto", "precision": "auto",
                                                "gradient_checkpointing": True, "seed": 0, "seed:control_after_generate": "fixed",
-                                               "checkpoint_every": 100, "resume": ""}, size=(480, 1040), models=[UNET])
+                                               "checkpoint_every": 100, "resume": ""}, size=(480, 560), models=[UNET])
     plot = g.add("PreviewImage", (left + 530, 60), title="Loss curve", size=(500, 360))
     g.link(train, "loss_curve", plot, "images")
     metrics = g.add("PreviewAny", (left + 530, 480), title="Final metrics", size=(500, 300))
@@ -141,7 +180,7 @@ replaces is kept as `<lora_name>_00001`, ...), so *IPA 3 Animate with the hand L
 
 
 def animate(g):
-    g.note((0, 0), NOTE_WIDTH, 640, MODEL_NOTES + """
+    g.note((0, 0), NOTE_WIDTH, 700, DESCRIPTIONS["ipa_animate"] + "\n\n" + MODEL_NOTES + """
 - `models/loras/ipa/ipa_hands.safetensors`: written by *IPA 2 Train the hand LoRA*.
 
 ## Animate
@@ -176,10 +215,11 @@ layouts.""")
     decode = g.add("VAEDecode", (left + 1260, 990), size=(340, 50))
     g.link(trim, "LATENT", decode, "samples")
     g.link(vae, "VAE", decode, "vae")
-    g.group("Sample (native VACE)", [sampling, vace, sampler, trim, decode])
-    video = g.add("CreateVideo", (left + 1650, 60), {"fps": 16.0}, size=(400, 80))
+    g.group("Sample (VACE)", [sampling, vace, sampler, trim, decode])
+    # under the LoRA group, so the whole graph fits a 1600x1000 window at a readable zoom
+    video = g.add("CreateVideo", (left + 850, 650), {"fps": 16.0}, size=(360, 80))
     g.link(decode, "IMAGE", video, "images")
-    save = g.add("SaveVideo", (left + 1650, 200), {"filename_prefix": "video/ipa_animate", "format": "auto", "codec": "auto"}, size=(400, 480))
+    save = g.add("SaveVideo", (left + 850, 790), {"filename_prefix": "video/ipa_animate", "format": "auto", "codec": "auto"}, size=(360, 440))
     g.link(video, "VIDEO", save, "video")
     g.group("Save the video", [video, save])
 
@@ -203,7 +243,7 @@ def build_all(infos):
     for name, build in BUILDERS.items():
         graph = Graph(infos, MODEL_FILES, first_id=FIRST_NODE_ID[name])
         build(graph)
-        workflows[name] = graph.to_json(f"ComfyUI-IPA template: {TEMPLATES[name]}")
+        workflows[name] = graph.to_json(f"ComfyUI-IPA template: {TEMPLATES[name]}", description=DESCRIPTIONS[name], view=VIEWS[name])
     return workflows
 
 

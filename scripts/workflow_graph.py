@@ -189,8 +189,15 @@ class Graph:
         src["outputs"][slot]["links"].append(link_id)
         dst["inputs"][in_slot]["link"] = link_id
 
-    def to_json(self, notes: str) -> dict[str, Any]:
-        """The workflow; without ``extra.ds`` (a saved view), so the frontend fits the whole graph into the window."""
+    def to_json(self, notes: str, description: str = "", view: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+        """The workflow. ``view``: the saved view (``extra.ds``: scale and offset) it opens with; without one the
+        frontend fits the whole graph into the window, at whatever zoom that takes. ``description``: what the
+        template does and needs (``extra.description``)."""
+        extra: dict[str, Any] = {"ipa_notes": notes}
+        if description:
+            extra["description"] = description
+        if view:
+            extra["ds"] = {"scale": view["scale"], "offset": list(view["offset"])}
         return {
             "id": "00000000-0000-4000-8000-000000000000",
             "revision": 0,
@@ -200,7 +207,7 @@ class Graph:
             "links": self.links,
             "groups": self.groups,
             "config": {},
-            "extra": {"ipa_notes": notes},
+            "extra": extra,
             "version": 0.4,
         }
 
@@ -259,9 +266,37 @@ def as_built_on_older_host(built: dict[str, Any], committed: dict[str, Any], inf
     return {**built, "nodes": nodes}
 
 
-def check_workflow(workflow: dict[str, Any], infos: dict[str, dict[str, Any]]) -> list[str]:
-    """Problems found (empty when the workflow matches the schemas)."""
+GROUP_TITLE_CHAR_WIDTH = 0.6  # of the font size: a generous average for LiteGraph's sans-serif group titles
+
+
+def _overlap(a, b) -> bool:
+    """Whether two [x, y, width, height] boxes overlap (touching edges do not)."""
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def layout_problems(workflow: dict[str, Any]) -> list[str]:
+    """What a person would see as broken layout: groups over each other, a group title longer than its group (it
+    runs into the next group's title), nodes over each other (their title bars included)."""
     problems = []
+    groups = workflow.get("groups", [])
+    for index, group in enumerate(groups):
+        title_width = group.get("font_size", 24) * GROUP_TITLE_CHAR_WIDTH * len(group["title"]) + 16
+        if title_width > group["bounding"][2]:
+            problems.append(f"group {group['title']!r}: its title (about {title_width:.0f} px) is wider than the group ({group['bounding'][2]} px)")
+        for other in groups[index + 1:]:
+            if _overlap(group["bounding"], other["bounding"]):
+                problems.append(f"groups {group['title']!r} and {other['title']!r} overlap")
+    boxes = [(n, [n["pos"][0], n["pos"][1] - NODE_TITLE_HEIGHT, n["size"][0], n["size"][1] + NODE_TITLE_HEIGHT]) for n in workflow["nodes"]]
+    for index, (node, box) in enumerate(boxes):
+        for other, other_box in boxes[index + 1:]:
+            if _overlap(box, other_box):
+                problems.append(f"nodes {node['id']} {node['type']} and {other['id']} {other['type']} overlap")
+    return problems
+
+
+def check_workflow(workflow: dict[str, Any], infos: dict[str, dict[str, Any]]) -> list[str]:
+    """Problems found (empty when the workflow matches the schemas and its layout is clean)."""
+    problems = layout_problems(workflow)
     nodes_by_id = {node["id"]: node for node in workflow["nodes"]}
     for node in workflow["nodes"]:
         if node["type"] in FRONTEND_ONLY:

@@ -19,6 +19,7 @@ function closeGallery() {
   overlay?.remove();
   gallery = null;
   overlay = null;
+  refreshLaunchers();
 }
 
 function openGallery(dataset) {
@@ -35,13 +36,45 @@ function openGallery(dataset) {
   overlay.append(inner);
   overlay.addEventListener("mousedown", (event) => event.target === overlay && closeGallery());
   document.body.append(overlay);
-  gallery = createGallery(inner, { apiBase: apiBase(), dataset, onClose: closeGallery, handScoreGpu });
+  gallery = createGallery(inner, { apiBase: apiBase(), dataset, onClose: closeGallery, onCounts: refreshLaunchers, handScoreGpu });
 }
 
 function handScoreGpu() {
   const setting = app.extensionManager?.setting;
   if (setting?.get) return !!setting.get(GPU_SETTING_ID);
   return !!app.ui?.settings?.getSettingValue?.(GPU_SETTING_ID);
+}
+
+// The sidebar's counts follow the datasets: refreshed when the gallery marks (its onCounts), when it closes, when a
+// prompt finishes (IPA Mark Preferred stores samples), and by a cheap poll (GET /ipa/datasets answers from the
+// manifest cache) every few seconds while the tab is on screen, for samples stored by anything else.
+const SIDEBAR_POLL_MS = 4000;
+const launchers = new Set();
+
+function refreshLaunchers() {
+  for (const launcher of [...launchers]) launcher.refresh();
+}
+
+function countsText(d) {
+  const c = d.counts || {};
+  return d.error
+    ? d.error
+    : `${(c.preferred || 0).toLocaleString()} preferred, ${(c.rejected || 0).toLocaleString()} rejected, ${(c.pending || 0).toLocaleString()} pending`;
+}
+
+function datasetItem(d) {
+  const item = document.createElement("div");
+  item.className = "ipa-ds";
+  item.dataset.name = d.name;
+  const name = document.createElement("b");
+  name.textContent = d.name;
+  const counts = document.createElement("div");
+  counts.className = "ipa-ds-counts";
+  counts.style.opacity = "0.75";
+  counts.textContent = countsText(d);
+  item.append(name, counts);
+  item.addEventListener("click", () => openGallery(d.name));
+  return item;
 }
 
 function renderLauncher(element) {
@@ -57,32 +90,40 @@ function renderLauncher(element) {
   list.textContent = "Loading datasets…";
   box.append(open, list);
   element.replaceChildren(box);
-  fetch(`${apiBase()}/ipa/datasets`)
-    .then((response) => (response.ok ? response.json() : Promise.reject(new Error(response.statusText))))
-    .then((body) => {
-      if (!body.datasets.length) {
-        list.textContent = "No datasets yet: collect samples with the IPA collector node.";
-        return;
+  let shown = "";
+  let busy = false;
+  let mounted = false; // the frontend may call render before it attaches the element
+  const born = Date.now();
+  const launcher = {
+    async refresh() {
+      if (box.isConnected) mounted = true;
+      else if (mounted || Date.now() - born > 60000) return stop(); // closed (or never shown): a new render starts anew
+      if (busy || document.visibilityState === "hidden") return;
+      busy = true;
+      try {
+        const response = await fetch(`${apiBase()}/ipa/datasets`);
+        if (!response.ok) throw new Error(response.statusText);
+        const body = await response.json();
+        const text = JSON.stringify(body.datasets);
+        if (text === shown) return; // nothing changed: the list (and its hover state) stays as it is
+        shown = text;
+        if (!body.datasets.length) list.textContent = "No datasets yet: collect samples with the IPA collector node.";
+        else list.replaceChildren(...body.datasets.map(datasetItem));
+      } catch (error) {
+        shown = "";
+        list.textContent = `Could not list datasets: ${error.message}`;
+      } finally {
+        busy = false;
       }
-      list.replaceChildren(
-        ...body.datasets.map((d) => {
-          const item = document.createElement("div");
-          item.className = "ipa-ds";
-          const c = d.counts || {};
-          const name = document.createElement("b");
-          name.textContent = d.name;
-          const counts = document.createElement("div");
-          counts.style.opacity = "0.75";
-          counts.textContent = d.error
-            ? d.error
-            : `${(c.preferred || 0).toLocaleString()} preferred, ${(c.rejected || 0).toLocaleString()} rejected, ${(c.pending || 0).toLocaleString()} pending`;
-          item.append(name, counts);
-          item.addEventListener("click", () => openGallery(d.name));
-          return item;
-        }),
-      );
-    })
-    .catch((error) => (list.textContent = `Could not list datasets: ${error.message}`));
+    },
+  };
+  const timer = setInterval(() => launcher.refresh(), SIDEBAR_POLL_MS);
+  function stop() {
+    clearInterval(timer);
+    launchers.delete(launcher);
+  }
+  launchers.add(launcher);
+  launcher.refresh();
 }
 
 // ComfyUI may serve web/ twice (WEB_DIRECTORY under the folder name and pyproject's [tool.comfy] web under the
@@ -110,6 +151,11 @@ app.registerExtension({
     },
   ],
   setup() {
+    // A finished prompt may have stored samples (IPA Mark Preferred): the sidebar and an open gallery catch up.
+    api.addEventListener("execution_success", () => {
+      refreshLaunchers();
+      gallery?.refresh();
+    });
     const manager = app.extensionManager;
     if (manager?.registerSidebarTab) {
       manager.registerSidebarTab({

@@ -7,6 +7,7 @@ Pillow writes animated WebP natively (``save_all=True``), so no video encoder is
 from __future__ import annotations
 
 import io
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -47,6 +48,60 @@ def animated_webp(frames: torch.Tensor, fps: float = 16.0, max_side: int = 512, 
     scale = preview_scale(width, height, max_side)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     images = _pil_frames(frames, size)
+    buffer = io.BytesIO()
+    duration = max(1, int(round(1000.0 / max(fps, 0.1))))
+    images[0].save(buffer, format="WEBP", save_all=True, append_images=images[1:], duration=duration, loop=0, quality=quality)
+    return buffer.getvalue(), size
+
+
+GRID_GAP = 4  # px between the tiles of a candidate grid
+GRID_BACKGROUND = (24, 26, 30)
+
+
+def grid_shape(count: int) -> tuple[int, int]:
+    """(columns, rows) for ``count`` tiles: as square as it gets, wider than tall (2x2 for 4, 3x2 for 6)."""
+    columns = max(1, math.ceil(math.sqrt(count)))
+    rows = -(-count // columns)
+    return columns, rows
+
+
+def _label(image, text: str) -> None:
+    """``text`` in a dark box in the top-left corner of ``image`` (the tile's seed)."""
+    from PIL import ImageDraw, ImageFont
+
+    draw = ImageDraw.Draw(image)
+    try:
+        font = ImageFont.load_default(size=max(12, image.height // 14))
+    except (TypeError, OSError, ImportError):
+        font = ImageFont.load_default()
+    box = draw.textbbox((6, 4), text, font=font)
+    draw.rectangle([box[0] - 4, box[1] - 3, box[2] + 4, box[3] + 3], fill=(0, 0, 0))
+    draw.text((6, 4), text, fill=(255, 255, 255), font=font)
+
+
+def candidate_grid_webp(clips: Sequence[torch.Tensor], labels: Sequence[str], fps: float = 16.0, max_side: int = 1024,
+                        quality: int = 80) -> tuple[bytes, tuple[int, int]]:
+    """One looping animated WebP with every clip as a tile of a grid, each labelled (its seed). The frontend shows
+    a node's animated previews one at a time (the first, with no counter or arrows), so the sampler's candidates go in
+    one picture. A shorter clip holds its last frame. Returns the bytes and the picture's size."""
+    from PIL import Image
+
+    if not clips or len(clips) != len(labels):
+        raise ValueError(f"give one label per clip ({len(clips)} clips, {len(labels)} labels)")
+    columns, rows = grid_shape(len(clips))
+    _, height, width, _ = clips[0].shape
+    scale = preview_scale(width * columns + GRID_GAP * (columns - 1), height * rows + GRID_GAP * (rows - 1), max_side)
+    tile = (max(1, round(width * scale)), max(1, round(height * scale)))
+    tiles = [_pil_frames(clip, tile) for clip in clips]
+    size = (tile[0] * columns + GRID_GAP * (columns - 1), tile[1] * rows + GRID_GAP * (rows - 1))
+    images = []
+    for index in range(max(len(frames) for frames in tiles)):
+        canvas = Image.new("RGB", size, GRID_BACKGROUND)
+        for number, (frames, text) in enumerate(zip(tiles, labels)):
+            image = frames[min(index, len(frames) - 1)].copy()
+            _label(image, text)
+            canvas.paste(image, ((number % columns) * (tile[0] + GRID_GAP), (number // columns) * (tile[1] + GRID_GAP)))
+        images.append(canvas)
     buffer = io.BytesIO()
     duration = max(1, int(round(1000.0 / max(fps, 0.1))))
     images[0].save(buffer, format="WEBP", save_all=True, append_images=images[1:], duration=duration, loop=0, quality=quality)

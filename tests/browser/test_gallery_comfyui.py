@@ -113,6 +113,7 @@ def test_routes_and_sidebar_gallery_in_comfyui(comfyui):
             assert page.evaluate("() => window.app.extensionManager.setting.get('IPA.Gallery.HandScoreOnGPU')") is False
             mark_in_the_sidebar_gallery(page, dataset_dir)
             mark_at_scale(page, scale_dir)
+            sidebar_counts_follow(page, dataset_dir)
         finally:
             browser.close()
     assert not [e for e in errors if "ipa" in e.lower() or "gallery" in e.lower()], errors
@@ -195,3 +196,22 @@ def mark_at_scale(page, scale_dir: Path) -> None:
         time.sleep(0.1)
     page.keyboard.press("Escape")
     assert page.locator(".ipa-overlay").count() == 0
+
+
+def sidebar_item_text(page, name: str) -> str:
+    return page.inner_text(f".ipa-sidebar .ipa-ds[data-name='{name}']")
+
+
+def sidebar_counts_follow(page, dataset_dir: Path) -> None:
+    """The sidebar, left open, follows the marks made in the gallery and samples stored while it is on screen (it
+    used to keep the counts it first showed: 0 preferred, 0 rejected, 3 pending)."""
+    from support.gallery_fixture import tiny_tensors
+    from ipa_train.data.samples import add_sample
+
+    page.wait_for_function("() => document.querySelector(\".ipa-sidebar .ipa-ds[data-name='hands_v1']\")?.innerText.includes('1 preferred, 1 rejected, 1 pending')",
+                           timeout=10_000)
+    assert "150 preferred, 151 rejected, 299 pending" in sidebar_item_text(page, "scale_600")  # the tile marked at scale
+    for seed in (900, 901):  # a curate run storing two more samples
+        add_sample(dataset_dir, tiny_tensors(seed), meta={"seed": seed, "prompt": "late"}, summary={"seed": seed, "prompt": "late"})
+    page.wait_for_function("() => document.querySelector(\".ipa-sidebar .ipa-ds[data-name='hands_v1']\")?.innerText.includes('1 preferred, 1 rejected, 3 pending')",
+                           timeout=15_000)

@@ -4,6 +4,8 @@ status line whole (element geometry); tiles mark with the mouse; the first view 
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from support.gallery_fixture import make_dataset
@@ -177,3 +179,111 @@ def test_a_narrow_window_keeps_one_whole_card_per_row(tmp_path, browser, width):
         wait_cards(page, 60)
         geometry = check_page_layout(page, ".ipa-gallery", 60)
         assert geometry["columns"] == 1
+
+
+# Cards entirely inside the grid's visible area (what a person sees without scrolling).
+VISIBLE_CARDS_JS = """
+() => {
+  const grid = document.querySelector(".ipa-grid");
+  const g = grid.getBoundingClientRect();
+  const bottom = g.top + grid.clientHeight;
+  return [...grid.querySelectorAll(".ipa-card")].filter((c) => {
+    const r = c.getBoundingClientRect();
+    return r.top >= g.top - 0.5 && r.bottom <= bottom + 0.5 && r.left >= g.left - 0.5 && r.right <= g.right + 0.5;
+  }).length;
+}
+"""
+
+# The message box against the visible part of every mark button and selection corner (the grid clips what is
+# scrolled out of it).
+TOAST_OVERLAPS_JS = """
+() => {
+  const t = document.querySelector(".ipa-toast").getBoundingClientRect();
+  const grid = document.querySelector(".ipa-grid");
+  const g = grid.getBoundingClientRect();
+  const bottom = g.top + grid.clientHeight;
+  const hit = (r) => {
+    const top = Math.max(r.top, g.top), end = Math.min(r.bottom, bottom);
+    return end > top && r.left < t.right && r.right > t.left && top < t.bottom && end > t.top;
+  };
+  return [...grid.querySelectorAll(".ipa-act, .ipa-check")].filter((b) => hit(b.getBoundingClientRect())).length;
+}
+"""
+
+
+@contextlib.contextmanager
+def screenshot_on_failure(page, tmp_path, name: str):
+    """A failure keeps a picture of the page in the test's folder, named in the error."""
+    try:
+        yield
+    except BaseException as error:
+        path = tmp_path / f"{name}-failure.png"
+        page.screenshot(path=str(path))
+        raise AssertionError(f"{error}\n(screenshot: {path})") from error
+
+
+def pager_starts(page, text: str) -> None:
+    page.wait_for_function(f"() => document.querySelector('.ipa-pager-text').textContent.startsWith('{text}')")
+
+
+def test_home_end_compact_cards_and_messages_that_cover_no_button_at_2400_samples(tmp_path, browser):
+    root = tmp_path / "ipa_datasets"
+    dataset_dir = make_large_dataset(root, "big_2400", 2400)
+    errors = []
+    with ServerThread(root) as server:
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(server.url)
+        wait_cards(page, 60)
+        with screenshot_on_failure(page, tmp_path, "gallery-at-scale"):
+            home_end_compact_and_messages(page, dataset_dir)
+    assert errors == []
+
+
+def home_end_compact_and_messages(page, dataset_dir) -> None:
+    """End and Home (and the « » buttons), Compact cards (40 and more on screen, remembered), and the status line
+    that holds the messages."""
+    # End: the last page of the 1,200 pending samples in one key (it took 19 presses of "]"), focus on its last
+    # card; Home: back to the first. The pager's « » buttons do the same.
+    page.keyboard.press("2")
+    pager_starts(page, "1–60 of 1,200")
+    page.keyboard.press("End")
+    pager_starts(page, "1,141–1,200 of 1,200")
+    wait_cards(page, 60)
+    ids = card_ids(page)
+    assert page.get_attribute(".ipa-card.ipa-focus", "data-id") == ids[-1]
+    assert page.is_disabled(".ipa-last") and page.is_disabled(".ipa-next") and not page.is_disabled(".ipa-first")
+    page.keyboard.press("Home")
+    pager_starts(page, "1–60 of 1,200")
+    assert page.is_disabled(".ipa-first")
+    page.click(".ipa-last")
+    pager_starts(page, "1,141–")
+    page.click(".ipa-first")
+    pager_starts(page, "1–60 of 1,200")
+
+    # Large cards: 15 or so on screen; compact cards: 40 and more, every one whole, and the choice is remembered.
+    large = page.evaluate(VISIBLE_CARDS_JS)
+    page.keyboard.press("c")
+    page.wait_for_selector(".ipa-gallery.ipa-compact-cards")
+    assert page.get_attribute(".ipa-compact", "aria-pressed") == "true"
+    check_page_layout(page, ".ipa-gallery", 60, thumb_min=70)
+    compact = page.evaluate(VISIBLE_CARDS_JS)
+    assert compact >= 40 and compact > 2 * large, (large, compact)
+    page.reload()
+    wait_cards(page, 60)
+    page.wait_for_selector(".ipa-gallery.ipa-compact-cards")
+
+    # A mark's message sits in the status line under the grid: it covers none of the bottom row's buttons.
+    for compact_cards in (True, False):
+        if not compact_cards:
+            page.click(".ipa-compact")
+            page.wait_for_selector(".ipa-gallery:not(.ipa-compact-cards)")
+        visible = page.evaluate(VISIBLE_CARDS_JS)
+        target = card_ids(page)[visible - 1]  # the last whole card: the bottom row
+        page.click(f".ipa-card[data-id='{target}'] .ipa-act-rejected")
+        assert wait_for_disk(dataset_dir, {target: "rejected"})[target] == "rejected"
+        page.wait_for_selector(".ipa-toast.ipa-show")
+        assert page.inner_text(".ipa-toast") == "Marked rejected"
+        assert page.evaluate(TOAST_OVERLAPS_JS) == 0
+        toast, grid = page.locator(".ipa-toast").bounding_box(), page.locator(".ipa-grid").bounding_box()
+        assert toast["y"] >= grid["y"] + grid["height"] - 0.5

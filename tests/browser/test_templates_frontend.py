@@ -23,7 +23,7 @@ pytest.importorskip("playwright.sync_api", reason="Playwright's Python package i
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
-from build_example_workflows import TEMPLATES, template_path  # noqa: E402
+from build_example_workflows import DESCRIPTIONS, TEMPLATES, template_path  # noqa: E402
 from support.comfy_frontend import Frontend, chromium_executable  # noqa: E402
 from support.e2e_base import H, LENGTH, TEXT_NODE_TYPE, UNET_FILE, VAE_FILE, W, make_base  # noqa: E402
 
@@ -73,6 +73,8 @@ def _open(ui, key):
     ui.open_template(PACK_FOLDER, TEMPLATES[key])
     ui.page.wait_for_timeout(500)  # the missing-model dialog (or errors panel) opens after the graph is configured
     dialogs = ui.missing_models_reports()
+    # the saved view: readable (65 % or more; fitting the graph gave 46-52 %, where nodes draw as blank boxes)
+    assert ui.js("() => app.canvas.ds.scale") >= 0.65
     loaded = ui.graph_widgets()
     for node in workflow["nodes"]:
         expected = node.get("widgets_values", [])
@@ -128,9 +130,19 @@ def _assert_refused_once(ui, node_id, reason, input_name):
 def test_template_browser_lists_the_packs_templates_with_thumbnails(ui, tmp_path):
     with screenshot_on_failure(ui, tmp_path, "browser"):
         cards = ui.template_cards(PACK_FOLDER)
+        # the pack's extension puts each template's description on its card once it has read the files
+        ui.page.wait_for_function("(texts) => texts.every((t) => document.body.innerText.includes(t))",
+                                  arg=list(DESCRIPTIONS.values()), timeout=15_000)
+        texts = ui.js("""() => Object.fromEntries([...document.querySelectorAll('[data-testid^="template-workflow-"]')].map((card) =>
+            [card.dataset.testid.slice('template-workflow-'.length),
+             [...card.querySelectorAll('h3, p, span, div')].filter((e) => !e.children.length).map((e) => e.innerText.trim()).filter(Boolean)]))""")
+        cards = [{**card, "texts": texts[card["id"]]} for card in cards]
         assert sorted(card["id"] for card in cards) == sorted(TEMPLATES.values())
         for card in cards:
             assert card["id"] in card["texts"], card  # the title the frontend shows is the file name
+            # ... and, in place of the name repeated, what the template does and needs
+            key = next(k for k, name in TEMPLATES.items() if name == card["id"])
+            assert card["texts"].count(card["id"]) == 1 and DESCRIPTIONS[key] in card["texts"], card
             assert card["image"] and card["image"]["loaded"] and card["image"]["width"] >= 256, card
             url = f"{ui.url}/api/workflow_templates/{PACK_FOLDER}/{card['id'].replace(' ', '%20')}.jpg"
             assert (200, url, "image/jpeg") in ui.responses, [r for r in ui.responses if ".jpg" in r[1]]
@@ -208,9 +220,9 @@ def test_curate_runs_as_loaded_and_shows_its_results(ui, comfy, tmp_path):
         assert ui.js("() => window.__ipa.widget('IPAVaceSampler', 'seed')") == 9
         folder = comfy.base / "output" / "ipa_datasets" / DATASET
         assert sorted(e["seed"] for e in read_manifest(folder)) == [7, 8]
-        # on the canvas: a grid of the candidates with their seeds, then one looping clip per candidate, and Mark
-        # Preferred's summary under the node
-        ui.page.wait_for_function("(id) => app.nodeOutputs[String(id)]?.images?.length === 1 + 2", arg=sampler_id, timeout=10_000)
+        # on the canvas: one looping grid of the candidates (the frontend shows one animated preview per node), and
+        # Mark Preferred's summary under the node
+        ui.page.wait_for_function("(id) => app.nodeOutputs[String(id)]?.images?.length === 1", arg=sampler_id, timeout=10_000)
         outputs = ui.js("(id) => app.nodeOutputs[String(id)]", sampler_id)
         assert outputs["animated"] == [True] and all(image["filename"].endswith(".webp") for image in outputs["images"])
         ui.page.wait_for_function("() => (window.__ipa.nodeText('IPAMarkPreferred') || '').includes('Stored 2 new')", timeout=10_000)
@@ -282,6 +294,12 @@ def test_align_runs_as_shipped_on_a_cpu_machine_and_cancels_cleanly(ui, comfy, t
             return {node: n.size, image: (n.imgs || []).map((i) => [i.naturalWidth, i.naturalHeight]), area: area && [area.y, area.computedHeight]}; }""")
         assert layout["image"] and layout["image"][-1][0] <= layout["node"][0], layout
         assert layout["area"] and layout["area"][0] + layout["area"][1] <= layout["node"][1], layout
+        # ... and it is on screen: the inputs a run usually changes stay visible, the rest are advanced (the node's
+        # menu: Show Advanced), so the plot starts right under them (it sat under 29 widgets)
+        visible = ui.js("""() => { const n = window.__ipa.byType('IPATrainLoRA')[0];
+            return n.widgets.filter((w) => n.isWidgetVisible(w) && !w.name.startsWith('$$')).map((w) => w.name); }""")
+        assert visible == ["dataset", "base_model", "lora_name", "objective", "steps", "gpus", "resume"], visible
+        assert layout["area"][0] < 400, layout
         # (the plot has its own opaque dark panel; a screenshot in the light theme is kept with the test's files)
         ui.js("() => app.extensionManager.setting.set('Comfy.ColorPalette', 'light')")
         ui.page.wait_for_timeout(500)

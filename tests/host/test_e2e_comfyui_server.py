@@ -106,18 +106,20 @@ def _curate(comfy) -> tuple[Path, list[dict]]:
 
     base = comfy.base
     size = {"width": W, "height": H}
+    from PIL import Image
+
     started = time.monotonic()
     curate = _api(comfy, "ipa_curate",
                   IPAVaceSampler={**size, "length": LENGTH, "steps": 2, "candidates": 2, "seed": 7, "sampler_name": "euler"},
                   IPAHandMaskFromPose=size, IPAMarkPreferred={"dataset": DATASET})
     entry = run_prompt(comfy, curate)
     comfy.timings["curate"] = time.monotonic() - started
-    # the sampler: a grid of both candidates (the one the frontend shows), then one looping clip per candidate; one
-    # clip on the hand-mask node: animated WebPs in the temp folder
+    # one looping grid of the candidates on the sampler (side by side for 2), one clip on the hand-mask node:
+    # animated WebPs in the temp folder
     sampler_ui, mask_ui = _node_output(entry, curate, "IPAVaceSampler"), _node_output(entry, curate, "IPAHandMaskFromPose")
-    assert len(sampler_ui["images"]) == 1 + 2 and len(mask_ui["images"]) == 1 and sampler_ui["animated"] == mask_ui["animated"] == [True]
-    from PIL import Image
-
+    assert len(sampler_ui["images"]) == 1 and len(mask_ui["images"]) == 1 and sampler_ui["animated"] == mask_ui["animated"] == [True]
+    with Image.open(base / "temp" / sampler_ui["images"][0]["subfolder"] / sampler_ui["images"][0]["filename"]) as grid:
+        assert grid.size[0] > 2 * grid.size[1] * W / H * 0.9  # two tiles wide, one high
     for item in sampler_ui["images"] + mask_ui["images"]:
         with Image.open(base / "temp" / item["subfolder"] / item["filename"]) as clip:
             assert clip.format == "WEBP" and clip.n_frames == LENGTH and clip.info.get("loop") == 0

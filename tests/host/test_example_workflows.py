@@ -13,8 +13,30 @@ from conftest import REPO_ROOT, requires_comfyui
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
 from build_example_workflows import MODEL_FILES, TEMPLATES, template_path  # noqa: E402
+from workflow_graph import layout_problems  # noqa: E402
 
 WORKFLOWS = sorted((REPO_ROOT / "example_workflows").glob("*.json"))
+
+
+def _boxes(workflow):
+    """[x, y, width, height] of every node (title bar included) and group."""
+    return [[n["pos"][0], n["pos"][1] - 30, n["size"][0], n["size"][1] + 30] for n in workflow["nodes"]] + [g["bounding"] for g in workflow["groups"]]
+
+
+def test_layout_checks_find_overlapping_group_titles_and_nodes():
+    # the curate template's former "Sample candidates (looping previews)" title ran into "Store for curation"
+    groups = [{"title": "Sample candidates (looping previews)", "bounding": [1356, -28, 448, 862], "font_size": 34},
+              {"title": "Store for curation", "bounding": [1836, -28, 448, 1130], "font_size": 34}]
+    nodes = [{"id": 1, "type": "A", "pos": [0, 0], "size": [100, 100]}, {"id": 2, "type": "B", "pos": [50, 90], "size": [100, 100]}]
+    problems = layout_problems({"groups": groups, "nodes": nodes})
+    assert len(problems) == 2 and "wider than the group" in problems[0] and "overlap" in problems[1], problems
+    assert layout_problems({"groups": groups[1:], "nodes": nodes[:1]}) == []
+
+
+def test_the_curate_prompt_is_typed_once():
+    curate = _load("ipa_curate")
+    assert _links_into(curate, "IPAMarkPreferred")["prompt_text"] == ("PrimitiveStringMultiline", "STRING")
+    assert _links_into(curate, "CLIPTextEncode")["text"] == ("PrimitiveStringMultiline", "STRING")
 
 
 def _load(key):
@@ -58,8 +80,19 @@ def test_template_browser_metadata():
         assert thumbnail.stat().st_size < 150_000  # small, committed
     for key in TEMPLATES:
         workflow = _load(key)
-        # no saved view: the frontend fits the whole graph (notes included) into the window
-        assert "ds" not in workflow["extra"]
+        # a saved view that opens readable: 65 % zoom or more, with the whole graph (notes included) in a 1600x1000
+        # window (fitting the graph instead gave 46-52 %, where nodes draw as blank boxes)
+        view = workflow["extra"]["ds"]
+        assert view["scale"] >= 0.65, key
+        for x, y, w, h in _boxes(workflow):
+            left, top = (x + view["offset"][0]) * view["scale"], (y + view["offset"][1]) * view["scale"]
+            # clear of the side bar (left) and the tab bar (top) the frontend draws over the canvas
+            assert left >= 48 and top >= 40 and left + w * view["scale"] <= 1600 and top + h * view["scale"] <= 1000, (key, x, y, w, h)
+        # what the template does and needs, in the file and at the top of its Read me note
+        description = workflow["extra"]["description"]
+        assert "Needs" in description and len(description) > 100, key
+        assert next(n for n in workflow["nodes"] if n["type"] == "MarkdownNote")["widgets_values"][0].startswith(description)
+        assert layout_problems(workflow) == [], key
         nodes = workflow["nodes"]
         note = next(n for n in nodes if n["type"] == "MarkdownNote")
         assert note["pos"][0] <= min(n["pos"][0] for n in nodes) and note["pos"][1] <= min(n["pos"][1] for n in nodes)

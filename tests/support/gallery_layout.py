@@ -44,7 +44,7 @@ def make_large_dataset(root: Path, name: str, count: int) -> Path:
 # Everything measured in one evaluation: card, preview, status line and buttons of every card on the page, against
 # each other, the card and the grid (the scroll container).
 GEOMETRY_JS = """
-(scope) => {
+([scope, thumbMin]) => {
   const root = document.querySelector(scope);
   const grid = root.querySelector(".ipa-grid");
   const box = (e) => e.getBoundingClientRect();
@@ -65,7 +65,7 @@ GEOMETRY_JS = """
     const say = (what) => problems.push(`card ${i}: ${what}`);
     if (card.scrollHeight > card.clientHeight + 0.5 || card.scrollWidth > card.clientWidth + 0.5) say(`content clipped (${card.scrollWidth}x${card.scrollHeight} in ${card.clientWidth}x${card.clientHeight})`);
     for (const [name, r] of [["preview", t], ["status line", f], ["buttons", a]]) if (!inside(r, c)) say(`${name} outside the card`);
-    if (t.height < %(thumb)d - 0.5) say(`preview only ${t.height.toFixed(1)} px tall`);
+    if (t.height < thumbMin - 0.5) say(`preview only ${t.height.toFixed(1)} px tall`);
     if (Math.abs(t.height - (t.width * 9) / 16) > 1) say(`preview not 16:9 (${t.width.toFixed(1)}x${t.height.toFixed(1)})`);
     if (Math.abs(im.width - t.width) > 0.5 || Math.abs(im.height - t.height) > 0.5) say("image does not fill its preview box");
     if (!(t.bottom <= f.top + 0.5 && f.bottom <= a.top + 0.5)) say("preview, status line and buttons overlap");
@@ -96,7 +96,7 @@ GEOMETRY_JS = """
     problems: problems.slice(0, 20),
   };
 }
-""" % {"thumb": THUMB_MIN_HEIGHT}
+"""
 
 # After scrolling the grid to its end: the last card is entirely inside the grid's visible area.
 LAST_CARD_VISIBLE_JS = """
@@ -110,10 +110,11 @@ LAST_CARD_VISIBLE_JS = """
 """
 
 
-def check_page_layout(page, scope: str, expected_cards: int) -> dict:
+def check_page_layout(page, scope: str, expected_cards: int, thumb_min: float = THUMB_MIN_HEIGHT) -> dict:
     """Asserts the geometry of the page shown: every card the same size, preview and status line whole, the grid
-    as tall as its rows (so it scrolls rather than squeezing the cards) and scrolling reaching the last card."""
-    geometry = page.evaluate(GEOMETRY_JS, scope)
+    as tall as its rows (so it scrolls rather than squeezing the cards) and scrolling reaching the last card.
+    ``thumb_min``: the least preview height (compact cards are smaller by choice)."""
+    geometry = page.evaluate(GEOMETRY_JS, [scope, thumb_min])
     assert geometry["count"] == expected_cards, geometry
     assert geometry["problems"] == [], geometry["problems"]
     assert len(geometry["sizes"]) == 1, f"cards of different sizes: {geometry['sizes']}"

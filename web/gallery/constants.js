@@ -36,6 +36,8 @@ export const KEYS_HELP = [
   ["A", "select the whole page; Esc clears the selection"],
   ["U / Ctrl+Z", "undo the last mark"],
   ["[ ]  PgUp PgDn", "previous, next page"],
+  ["Home End", "first, last page"],
+  ["C", "compact cards (more on screen) or large cards"],
   ["1 2 3 4", "show all, pending, preferred, rejected"],
   ["?", "this help"],
 ];

@@ -39,7 +39,7 @@ export function createGallery(root, options = {}) {
 
 function wireControls(g) {
   const { state } = g;
-  const { datasetSelect, sortSelect, sizeSelect, prevButton, nextButton, panel } = g.dom;
+  const { datasetSelect, sortSelect, sizeSelect, firstButton, prevButton, nextButton, lastButton, compactButton, panel } = g.dom;
   datasetSelect.addEventListener("change", () => {
     state.dataset = datasetSelect.value;
     state.offset = 0;
@@ -60,8 +60,19 @@ function wireControls(g) {
     g.loadPage();
     panel.focus();
   });
-  prevButton.addEventListener("click", () => g.changePage(-1));
-  nextButton.addEventListener("click", () => g.changePage(1));
+  // The keys keep working after a click on the pager (a button that becomes disabled would drop the focus).
+  const pager = (action) => () => {
+    action();
+    panel.focus();
+  };
+  firstButton.addEventListener("click", pager(() => g.jumpPage("first")));
+  prevButton.addEventListener("click", pager(() => g.changePage(-1)));
+  nextButton.addEventListener("click", pager(() => g.changePage(1)));
+  lastButton.addEventListener("click", pager(() => g.jumpPage("last")));
+  compactButton.addEventListener("click", () => {
+    g.setCompact(!state.compact);
+    panel.focus();
+  });
   panel.addEventListener("keydown", g.onKey);
 }
 

@@ -2,11 +2,13 @@
 // empty-view message. Importing this module does nothing; createGallery installs it.
 import { FILTERS, STATUSES, TILE_ACTIONS } from "./constants.js";
 import { el, fmt, score } from "./dom.js";
+import { saveState } from "./state.js";
 
 export function installGrid(g) {
   const { state } = g;
   const { fileUrl } = g.api;
-  const { datasetSelect, filterBar, sortSelect, sizeSelect, pagerText, prevButton, nextButton, selectionBar, grid, empty, detail, panel } = g.dom;
+  const { datasetSelect, filterBar, sortSelect, sizeSelect, pagerText, firstButton, prevButton, nextButton, lastButton, compactButton, selectionBar, grid, empty, detail, panel } =
+    g.dom;
 
   function renderDatasets() {
     datasetSelect.replaceChildren(
@@ -68,6 +70,7 @@ export function installGrid(g) {
             class: `ipa-act ipa-act-${status}`,
             type: "button",
             title: `Mark ${status} (${key})`,
+            "aria-label": `Mark ${status}`,
             dataset: { status },
             onclick: (event) => {
               event.stopPropagation();
@@ -75,7 +78,7 @@ export function installGrid(g) {
             },
           },
           el("span", { "aria-hidden": "true", text: icon }),
-          label,
+          el("span", { class: "ipa-act-label", text: label }),
         ),
       ),
     );
@@ -109,9 +112,19 @@ export function installGrid(g) {
       el(
         "div",
         { class: "ipa-card-info" },
-        el("span", { class: "ipa-seed ipa-muted", title: sample.seed !== undefined ? `seed ${sample.seed}` : null, text: sample.seed !== undefined ? `seed ${sample.seed}` : "no seed" }),
+        // The words "seed" and "hand" are dropped on compact cards (the tooltips keep them).
+        el(
+          "span",
+          { class: "ipa-seed ipa-muted", title: sample.seed !== undefined ? `seed ${sample.seed}` : null },
+          sample.seed !== undefined ? [el("span", { class: "ipa-word", text: "seed " }), String(sample.seed)] : "no seed",
+        ),
         el("span", { class: "ipa-spacer" }),
-        el("span", { class: "ipa-score", title: "hand score (higher: hands agree better with the driving pose)", text: `hand ${score(sample.hand_score)}` }),
+        el(
+          "span",
+          { class: "ipa-score", title: "hand score (higher: hands agree better with the driving pose)" },
+          el("span", { class: "ipa-word", text: "hand " }),
+          el("span", { class: "ipa-score-value", text: score(sample.hand_score) }),
+        ),
       ),
       actions,
     );
@@ -127,7 +140,7 @@ export function installGrid(g) {
     card.setAttribute("aria-selected", state.selected.has(sample.id) ? "true" : "false");
     for (const button of card.querySelectorAll(".ipa-act")) button.setAttribute("aria-pressed", button.dataset.status === sample.status ? "true" : "false");
     card.querySelector(".ipa-check").setAttribute("aria-pressed", state.selected.has(sample.id) ? "true" : "false");
-    card.querySelector(".ipa-score").textContent = `hand ${score(sample.hand_score)}`;
+    card.querySelector(".ipa-score-value").textContent = score(sample.hand_score);
   }
 
   // The middle of the grid area says why it is empty and offers the views that are not.
@@ -166,8 +179,10 @@ export function installGrid(g) {
     const first = state.total ? state.offset + 1 : 0;
     const last = state.offset + state.samples.length;
     pagerText.textContent = `${fmt(first)}–${fmt(last)} of ${fmt(state.total)}`;
-    prevButton.disabled = state.offset === 0;
-    nextButton.disabled = state.offset + state.limit - g.leftFilterOnPage() >= state.total - g.leftFilterOnPage();
+    prevButton.disabled = firstButton.disabled = state.offset === 0;
+    nextButton.disabled = lastButton.disabled = state.offset + state.limit - g.leftFilterOnPage() >= state.total - g.leftFilterOnPage();
+    panel.classList.toggle("ipa-compact-cards", state.compact);
+    compactButton.setAttribute("aria-pressed", state.compact ? "true" : "false");
     // Rebuild cards only when the page changed; otherwise update classes in place so previews keep playing.
     const existing = grid.children;
     const sameIds = existing.length === state.samples.length && state.samples.every((s, i) => existing[i].dataset.id === s.id);
@@ -195,5 +210,15 @@ export function installGrid(g) {
     }
   }
 
-  Object.assign(g, { renderDatasets, renderCounts, cardFor, updateCard, renderEmpty, emptyMessage, render });
+  // Compact cards: smaller previews and icon-only buttons (their names stay in the tooltips), so 40 and more
+  // samples fit on a 1600x1000 screen; large cards keep the preview tall enough to judge the hands.
+  function setCompact(on) {
+    state.compact = !!on;
+    saveState(state);
+    render();
+    const focused = grid.children[state.focus];
+    if (focused) focused.scrollIntoView({ block: "nearest" });
+  }
+
+  Object.assign(g, { setCompact, renderDatasets, renderCounts, cardFor, updateCard, renderEmpty, emptyMessage, render });
 }

@@ -35,6 +35,9 @@ export function installKeys(g) {
     } else if (lower === "u") g.undo();
     else if (key === "[" || key === "PageUp") g.changePage(-1);
     else if (key === "]" || key === "PageDown") g.changePage(1);
+    else if (key === "Home") g.jumpPage("first");
+    else if (key === "End") g.jumpPage("last");
+    else if (lower === "c") g.setCompact(!state.compact);
     else if (["1", "2", "3", "4"].includes(key)) g.setFilter(FILTERS[Number(key) - 1]);
     else if (key === "?") toggleHelp();
     else if (key === "Escape") {

@@ -77,6 +77,7 @@ export function installMarks(g) {
         const dataset = state.datasets.find((d) => d.name === state.dataset);
         if (dataset) dataset.counts = body.counts;
         g.renderCounts();
+        g.options.onCounts?.(state.dataset, body.counts); // the page around the gallery (ComfyUI's sidebar) follows
         batch.forEach((item) => item.resolve(true));
       } catch (error) {
         // Back to what was on disk before this batch: the earliest mark's previous status wins.

@@ -114,6 +114,21 @@ export function installPages(g) {
     return true;
   }
 
+  // Home / End: the first or the last page at once (the last of 2,400 pending samples is one key, not 39 "]").
+  // Samples marked out of the filter have left the listing on the server: the last page is counted without them.
+  function jumpPage(where) {
+    const remaining = state.total - leftFilterOnPage();
+    const offset = where === "first" ? 0 : Math.max(0, Math.floor((remaining - 1) / state.limit) * state.limit);
+    if (offset === state.offset && !leftFilterOnPage()) {
+      g.showToast(where === "first" ? "This is the first page" : "This is the last page");
+      return false;
+    }
+    state.offset = offset;
+    state.selected.clear();
+    loadPage(where === "first" ? "first" : "last");
+    return true;
+  }
+
   function setFilter(filter) {
     if (!FILTERS.includes(filter)) return;
     state.filter = filter;
@@ -158,5 +173,5 @@ export function installPages(g) {
     g.render();
   }
 
-  Object.assign(g, { loadDatasets, resetView, loadPage, leftFilterOnPage, changePage, setFilter, columns, move, toggleSelect });
+  Object.assign(g, { loadDatasets, resetView, loadPage, leftFilterOnPage, changePage, jumpPage, setFilter, columns, move, toggleSelect });
 }

@@ -31,12 +31,17 @@ export function buildDom(g) {
     PAGE_SIZES.map((n) => el("option", { value: String(n), text: `${n} / page` })),
   );
   const pagerText = el("span", { class: "ipa-pager-text" });
-  const prevButton = el("button", { class: "ipa-btn", title: "Previous page ([)", text: "‹" });
-  const nextButton = el("button", { class: "ipa-btn", title: "Next page (])", text: "›" });
+  const firstButton = el("button", { class: "ipa-btn ipa-first", title: "First page (Home)", "aria-label": "first page", text: "«" });
+  const prevButton = el("button", { class: "ipa-btn ipa-prev", title: "Previous page ([)", "aria-label": "previous page", text: "‹" });
+  const nextButton = el("button", { class: "ipa-btn ipa-next", title: "Next page (])", "aria-label": "next page", text: "›" });
+  const lastButton = el("button", { class: "ipa-btn ipa-last", title: "Last page (End)", "aria-label": "last page", text: "»" });
+  const compactButton = el("button", { class: "ipa-btn ipa-compact", title: "Compact cards: more samples on screen (C)", text: "Compact", "aria-pressed": "false" });
   const selectionBar = el("div", { class: "ipa-selection", hidden: true });
   const grid = el("div", { class: "ipa-grid", role: "grid" });
   const empty = el("div", { class: "ipa-empty", hidden: true });
+  // Messages go in a status line of their own under the grid: they never cover a card's buttons.
   const toast = el("div", { class: "ipa-toast", role: "status", "aria-live": "polite" });
+  const statusLine = el("footer", { class: "ipa-statusline" }, toast, el("span", { class: "ipa-spacer" }), el("span", { class: "ipa-muted ipa-keys-hint", text: "? keys" }));
   const help = helpPanel();
   const detail = el("div", { class: "ipa-detail", hidden: true });
   const scoreButton = el("button", { class: "ipa-btn ipa-score-btn", text: "Score hands", onclick: (event) => g.onScoreButton(event) });
@@ -57,7 +62,7 @@ export function buildDom(g) {
       datasetSelect,
       filterBar,
       sortSelect,
-      el("div", { class: "ipa-pager" }, prevButton, pagerText, nextButton, sizeSelect),
+      el("div", { class: "ipa-pager" }, firstButton, prevButton, pagerText, nextButton, lastButton, sizeSelect, compactButton),
       selectionBar,
       el("span", { class: "ipa-spacer" }),
       el("span", { class: "ipa-score-tools" }, scoreButton, scoreProgress),
@@ -68,8 +73,8 @@ export function buildDom(g) {
     detail,
     help,
     scoreInfo,
-    toast,
+    statusLine,
   );
 
-  return { datasetSelect, filterBar, sortSelect, sizeSelect, pagerText, prevButton, nextButton, selectionBar, grid, empty, toast, help, detail, scoreButton, scoreProgress, scoreInfo, closeButton, panel };
+  return { datasetSelect, filterBar, sortSelect, sizeSelect, pagerText, firstButton, prevButton, nextButton, lastButton, compactButton, selectionBar, grid, empty, toast, statusLine, help, detail, scoreButton, scoreProgress, scoreInfo, closeButton, panel };
 }

@@ -11,9 +11,9 @@ function loadState() {
 }
 
 export function saveState(state) {
-  const { dataset, filter, sort, limit, offset } = state;
+  const { dataset, filter, sort, limit, offset, compact } = state;
   try {
-    localStorage.setItem(STATE_KEY, JSON.stringify({ dataset, filter, sort, limit, offset }));
+    localStorage.setItem(STATE_KEY, JSON.stringify({ dataset, filter, sort, limit, offset, compact }));
   } catch {
     /* private mode: the view simply starts fresh next time */
   }
@@ -29,6 +29,8 @@ export function createState(options) {
     sort: SORTS.some(([v]) => v === saved.sort) ? saved.sort : "date:desc",
     limit: PAGE_SIZES.includes(saved.limit) ? saved.limit : 60,
     offset: Number.isInteger(saved.offset) && saved.offset >= 0 ? saved.offset : 0,
+    // Compact cards: about 50 on a 1600x1000 screen instead of 15, for sweeping through thousands of samples.
+    compact: saved.compact === true,
     total: 0,
     counts: { pending: 0, preferred: 0, rejected: 0 },
     samples: [],
