@@ -108,7 +108,6 @@ def bench_dataset(spec: dict, tmp: Path) -> Path:
     import torch
 
     from ipa_train.data.samples import add_sample, create_dataset
-
     from ipa_train.data.tensors import SampleTensors
     channels, frames, height, width = spec["latent"]
     data = create_dataset(tmp, "bench")

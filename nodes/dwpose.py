@@ -5,16 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-import torch
-
 import comfy.model_management
 import comfy.utils
 import folder_paths
+import numpy as np
+import torch
 from comfy_api.v0_0_2 import io
 
 from ..ipa_train.pose import dwpose
-
 from ..ipa_train.pose import render as pose_render
 
 WEIGHTS_FOLDER = "dwpose"

@@ -25,9 +25,8 @@ from ..ipa_train.data.layout import DatasetError, dataset_path, list_datasets
 from ..ipa_train.data.manifest import read_manifest
 from ..ipa_train.data.marks import count_statuses
 from ..ipa_train.fileio import InvalidNameError, atomic_write_json, install_keeping_previous, validate_name
-from ..ipa_train.jobs.checkpoint_files import checkpoint_problem, pick_checkpoint, step_of
 from ..ipa_train.jobs import launcher
-from ..ipa_train.jobs.checkpoint_files import checkpoint_problem, pick_checkpoint
+from ..ipa_train.jobs.checkpoint_files import checkpoint_problem, pick_checkpoint, step_of
 from ..ipa_train.jobs.config import ConfigError, RunConfig
 from ..ipa_train.jobs.contract import CHECKPOINT, STARTED, STEP
 from ..ipa_train.jobs.curves import training_curves

@@ -248,8 +248,9 @@ def build_all(infos):
 
 
 def main():
-    from support.comfy_tiny import load_pack_cpu
     from workflow_graph import check_workflow, dumps, node_infos
+
+    from support.comfy_tiny import load_pack_cpu
 
     infos = node_infos(load_pack_cpu())
     out = ROOT / "example_workflows"

@@ -56,10 +56,10 @@ def capture_graph(ui):
 
 
 def main():
-    from PIL import Image
+
+    from build_example_workflows import TEMPLATES
 
     import conftest  # noqa: F401  (repository on sys.path)
-    from build_example_workflows import TEMPLATES
     from support.comfy_frontend import Frontend
     from support.comfy_server import ComfyServer
     from support.e2e_base import make_base

@@ -28,12 +28,12 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from ..wan.latents import normalize_latent, text_length, vace_context_from_conditioning
 from .manifest import read_manifest
 from .marks import count_statuses
+from .previews import animated_webp, boxes_from_masks, hand_closeup_webp, preview_scale, scale_boxes
 from .samples import AddResult, add_sample, create_dataset
 from .tensors import SampleTensors
-from .previews import animated_webp, boxes_from_masks, hand_closeup_webp, preview_scale, scale_boxes
-from ..wan.latents import normalize_latent, text_length, vace_context_from_conditioning
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ from typing import Iterable, Mapping
 
 import torch
 
+
 def content_hash(tensors: Mapping[str, torch.Tensor]) -> str:
     """SHA-256 over keys, dtypes, shapes and bytes of the tensors, in key order."""
     digest = hashlib.sha256()

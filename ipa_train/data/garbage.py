@@ -11,6 +11,7 @@ from ..fileio import remove_stale_temp_files
 from .layout import SAMPLE_ID_RE, SAMPLES_DIR, DatasetError
 from .manifest import read_manifest
 
+
 def remove_stale_staging(dataset_dir: os.PathLike | str, older_than_s: float = 3600.0) -> int:
     """Deletes temporary folders left by killed writers; returns how many were removed."""
     removed = 0

@@ -55,7 +55,7 @@ def _open_no_follow(path: Path, flags: int) -> int:
         return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o644)
     except FileNotFoundError:
         raise
-    except OSError as exc:
+    except OSError:
         if path.is_symlink():
             raise JournalError(f"{path} is a symbolic link; the status journal must be a plain file: remove the link") from None
         raise

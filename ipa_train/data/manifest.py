@@ -17,6 +17,7 @@ from ..fileio import atomic_write_text
 from . import journal
 from .layout import MANIFEST, STATUSES, DatasetError, check_format_version, manifest_lock
 
+
 @dataclass
 class ManifestState:
     """The manifest as read, with the journal applied, and what was read: ``manifest_key`` identifies the manifest

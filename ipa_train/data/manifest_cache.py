@@ -19,6 +19,7 @@ from .layout import MANIFEST, DatasetError
 from .manifest import apply_marks, compact, read_manifest_state
 from .marks import count_statuses
 
+
 @dataclass
 class CachedManifest:
     key: tuple  # the manifest file's (inode, size, mtime): every rewrite replaces the file

@@ -13,6 +13,7 @@ from . import journal
 from .layout import DATASET_FILE, FORMAT_VERSION, STATUSES, DatasetError, check_format_version, manifest_lock, utc_now, validate_sample_id
 from .manifest import read_manifest
 
+
 def count_statuses(entries: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     counts = {status: 0 for status in STATUSES}
     for entry in entries:

@@ -19,12 +19,23 @@ from ..fileio import FileReadError, atomic_save_safetensors, atomic_write_bytes,
 from .fingerprint import content_hash
 from .garbage import remove_stale_garbage
 from .layout import (
-    DATASET_FILE, FORMAT_VERSION, MANIFEST, META_FILE, SAMPLES_DIR, STATUSES, TENSORS_FILE, DatasetError, dataset_path, manifest_lock,
-    sample_path, utc_now,
+    DATASET_FILE,
+    FORMAT_VERSION,
+    MANIFEST,
+    META_FILE,
+    SAMPLES_DIR,
+    STATUSES,
+    TENSORS_FILE,
+    DatasetError,
+    dataset_path,
+    manifest_lock,
+    sample_path,
+    utc_now,
 )
 from .manifest import read_manifest, write_manifest
 from .marks import count_statuses
 from .tensors import SampleTensors, validate_sample_tensors
+
 
 def create_dataset(root: os.PathLike | str, name: str) -> Path:
     """Creates dataset ``name`` under ``root`` if it does not exist; returns its folder."""

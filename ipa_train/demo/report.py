@@ -70,9 +70,7 @@ def frames_sheet(
 def hand_masks_sheet(control: torch.Tensor, pixel_masks: torch.Tensor, latent_mask: torch.Tensor, boxes, picks: Sequence[int], scale: int = 2):
     """Top: pixel hand masks and boxes over the control frames. Bottom: the latent cells each frame falls into
     (latent frame ``(i + 3) // 4``), blown up to pixels: what the loss weights ``hand_weight`` x."""
-    from PIL import Image
-
-    from PIL import ImageDraw
+    from PIL import Image, ImageDraw
 
     top = hand_mask_preview(pixel_masks, control, boxes)
     cells = latent_mask[0, 0].float()

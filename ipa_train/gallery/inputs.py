@@ -11,6 +11,7 @@ from aiohttp import web
 
 from ..data.layout import STATUSES, DatasetError, validate_sample_id
 
+
 def error_response(status: int, message: str) -> web.Response:
     """The gallery's error answer: ``{"error": message}``, the message saying what was wrong and what to do."""
     return web.json_response({"error": message}, status=status)

@@ -21,6 +21,7 @@ from ..data.layout import MANIFEST, SAMPLES_DIR, DatasetError, dataset_path, sam
 from ..data.manifest_cache import ManifestCache
 from .inputs import error_response
 
+
 def plain_path(root: Path, *parts: str, last_is_file: bool = False) -> bool:
     """Whether ``root/part/...`` exists with no symlink in any component below ``root`` (checked with ``lstat``,
     one component at a time: ``is_file()`` and ``resolve()`` follow links, a symlinked manifest would pass them)."""

@@ -16,7 +16,6 @@ import numpy as np
 
 from . import world
 
-
 SCORED_BAD = world.BAD_QUALITIES + ("none",)
 # A good hand must also lie within this distance of the good glyph (as the VAE renders it). Reconstructions of
 # true glyphs give 0 for good and 0.021 .. 0.088 for the bad ones; the pretrained model's hands are softer than

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import torch
 
+from ..choices import Objective, TimestepSampling
 from ..data.fingerprint import dataset_fingerprint
 from ..data.layout import DatasetError
 from ..data.manifest import read_manifest
 from ..data.samples import load_preferred, load_sample
 from ..data.tensors import SampleTensors, validate_sample_tensors
 from ..jobs.config import RunConfig
-from ..choices import Objective, TimestepSampling
 from .distributed import Dist
 
 

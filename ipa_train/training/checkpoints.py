@@ -19,13 +19,24 @@ import torch
 
 from .. import __version__
 from ..fileio import FileReadError, atomic_save_safetensors, atomic_write_json, load_safetensors, read_json
-from . import lora as lora_setup
 from ..jobs.checkpoint_files import (
-    ADAPTER_FILE, CHECKPOINTS_DIR, OPTIMIZER_JSON, OPTIMIZER_TENSORS, SCHEDULER_JSON, STAGING_PREFIX, STATE_FILE,
-    checkpoint_problem, complete_checkpoints, pick_checkpoint, prune_checkpoints, replace_checkpoint, write_listing,
+    ADAPTER_FILE,
+    CHECKPOINTS_DIR,
+    OPTIMIZER_JSON,
+    OPTIMIZER_TENSORS,
+    SCHEDULER_JSON,
+    STAGING_PREFIX,
+    STATE_FILE,
+    checkpoint_problem,
+    complete_checkpoints,
+    pick_checkpoint,
+    prune_checkpoints,
+    replace_checkpoint,
+    write_listing,
 )
 from ..jobs.config import RunConfig
 from ..wan.lora_targets import target_regex
+from . import lora as lora_setup
 from .distributed import Dist, full_tensor
 
 log = logging.getLogger("ipa_train.train")

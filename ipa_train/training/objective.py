@@ -12,11 +12,11 @@ from typing import Optional
 
 import torch
 
-from . import lora as lora_setup
-from .batching import Batch, Sampler, TrainingData, collate, sample_t
-from ..jobs.config import RunConfig
 from ..choices import Distributed
 from ..choices import Objective as ObjectiveName  # this module's Objective is the training step
+from ..jobs.config import RunConfig
+from . import lora as lora_setup
+from .batching import Batch, Sampler, TrainingData, collate, sample_t
 from .distributed import Dist
 from .loss import flow_dpo_loss, flow_ipa_loss, flow_sft_loss
 

@@ -23,9 +23,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Optional
 
+from ..jobs.config import ConfigError, InitLora, RunConfig
 from ..wan.fingerprint import lora_group_digest, native_lora_patch_digests
 from .batching import TrainingData
-from ..jobs.config import ConfigError, InitLora, RunConfig
 
 OUTSIDE_SOURCES = ("outside_video",)
 # Patch kinds the trainer cannot reproduce, with what they usually come from.

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from support.gallery_fixture import add_driving_poses, make_dataset, skin_detector
 from ipa_train.data.manifest import read_manifest
 from ipa_train.gallery.api import create_app
+from support.gallery_fixture import add_driving_poses, make_dataset, skin_detector
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("IPA_CHROMIUM", "/usr/bin/chromium")

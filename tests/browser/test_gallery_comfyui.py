@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from conftest import comfyui_path, requires_comfyui
+from ipa_train.data.manifest import read_manifest
 from support.gallery_fixture import add_driving_poses, make_dataset
 from support.gallery_layout import check_page_layout, make_large_dataset
 from support.tiny_dwpose_models import build_weights
-from ipa_train.data.manifest import read_manifest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("IPA_CHROMIUM", "/usr/bin/chromium")
@@ -205,8 +205,8 @@ def sidebar_item_text(page, name: str) -> str:
 def sidebar_counts_follow(page, dataset_dir: Path) -> None:
     """The sidebar, left open, follows the marks made in the gallery and samples stored while it is on screen (it
     used to keep the counts it first showed: 0 preferred, 0 rejected, 3 pending)."""
-    from support.gallery_fixture import tiny_tensors
     from ipa_train.data.samples import add_sample
+    from support.gallery_fixture import tiny_tensors
 
     page.wait_for_function("() => document.querySelector(\".ipa-sidebar .ipa-ds[data-name='hands_v1']\")?.innerText.includes('1 preferred, 1 rejected, 1 pending')",
                            timeout=10_000)

@@ -7,10 +7,10 @@ from __future__ import annotations
 import contextlib
 
 import pytest
+from test_gallery_browser import ServerThread, browser, card_ids, statuses_on_disk, wait_for_disk  # noqa: F401 (fixture)
 
 from support.gallery_fixture import make_dataset
 from support.gallery_layout import PAGE_SIZES, THUMB_MIN_HEIGHT, check_page_layout, make_large_dataset
-from test_gallery_browser import ServerThread, browser, card_ids, statuses_on_disk, wait_for_disk  # noqa: F401 (fixture)
 
 VIEWPORTS = [(1600, 1000), (1280, 720), (820, 600)]
 

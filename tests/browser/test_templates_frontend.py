@@ -24,8 +24,9 @@ pytest.importorskip("playwright.sync_api", reason="Playwright's Python package i
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
 from build_example_workflows import DESCRIPTIONS, TEMPLATES, template_path  # noqa: E402
+
 from support.comfy_frontend import Frontend, chromium_executable  # noqa: E402
-from support.e2e_base import H, LENGTH, TEXT_NODE_TYPE, UNET_FILE, VAE_FILE, W, make_base  # noqa: E402
+from support.e2e_base import LENGTH, TEXT_NODE_TYPE, UNET_FILE, VAE_FILE, H, W, make_base  # noqa: E402
 
 if chromium_executable() is None:
     pytest.skip("no Chromium: install Debian's package (apt-get install -y chromium)", allow_module_level=True)

@@ -21,7 +21,15 @@ pytestmark = requires_comfyui
 pytest.importorskip("playwright.sync_api", reason="Playwright's Python package is not installed (requirements-dev.txt)")
 
 from test_templates_frontend import (  # noqa: E402
-    DATASET, LENGTH, SIZE, UNET_FILE, _assert_success, _open, _run, _use_tiny_models, screenshot_on_failure,
+    DATASET,
+    LENGTH,
+    SIZE,
+    UNET_FILE,
+    _assert_success,
+    _open,
+    _run,
+    _use_tiny_models,
+    screenshot_on_failure,
 )
 
 VUE_SETTING = "Comfy.VueNodes.Enabled"

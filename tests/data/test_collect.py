@@ -14,16 +14,14 @@ import pytest
 import torch
 
 from ipa_train.data import collect
-
+from ipa_train.data.collect import Candidate, candidate_to_sample, store_candidates
 from ipa_train.data.garbage import remove_stale_staging
 from ipa_train.data.layout import sample_path
 from ipa_train.data.manifest import read_manifest
+from ipa_train.data.previews import animated_webp, boxes_from_masks
 from ipa_train.data.samples import create_dataset, load_preferred
 from ipa_train.data.tensors import validate_sample_tensors
-
 from ipa_train.wan import latents as wan_latents
-from ipa_train.data.collect import Candidate, candidate_to_sample, store_candidates
-from ipa_train.data.previews import animated_webp, boxes_from_masks
 
 
 def make_candidate(seed: int = 0, frames: int = 3, ref: int = 1, h: int = 4, w: int = 6, tokens: int = 512, with_frames: bool = True) -> Candidate:
@@ -139,8 +137,8 @@ def test_driving_pose_goes_into_meta_as_the_gallery_reads_it(tmp_path):
     """The collector's pose-derived meta (driving_pose + driving_pose_resize, hand_boxes) is what the gallery's hand
     score and close-ups read: its fit of the stored pose lands where the collector's hand boxes are, scoring that
     pose against itself gives 1, and the boxes parse into hand tracks."""
-    from ipa_train.pose import hand_crops
     from ipa_train.gallery import hand_scoring
+    from ipa_train.pose import hand_crops
     from ipa_train.pose.hands import hand_boxes, pose_to_hand_masks
     from ipa_train.pose.synthetic import synthetic_pose_sequence
 

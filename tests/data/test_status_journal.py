@@ -11,14 +11,14 @@ import time
 
 import pytest
 
-from support.gallery_fixture import tiny_tensors
+from ipa_train.data import journal
 from ipa_train.data.layout import FORMAT_VERSION, MANIFEST, DatasetError, check_format_version
 from ipa_train.data.manifest import compact, read_manifest, update_entries
 from ipa_train.data.marks import count_statuses, set_status, set_statuses
 from ipa_train.data.samples import add_sample, create_dataset, load_preferred
-from ipa_train.data import journal
-from ipa_train.training.batching import load_training_data
 from ipa_train.jobs.config import RunConfig
+from ipa_train.training.batching import load_training_data
+from support.gallery_fixture import tiny_tensors
 
 
 def make(tmp_path, count=4, name="d"):

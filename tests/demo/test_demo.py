@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from conftest import REPO_ROOT
-from ipa_train.demo import run as demo
 from ipa_train.__main__ import main
 from ipa_train.data.manifest import read_manifest
 from ipa_train.data.samples import load_sample
+from ipa_train.demo import run as demo
 from ipa_train.fileio import load_safetensors
 from ipa_train.study import models
 from support.trainer_support.faulty_trainer import launch_through_it

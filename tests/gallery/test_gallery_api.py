@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 from yarl import URL
 
-from support.gallery_fixture import make_dataset, serve, tiny_tensors
 from ipa_train.data.layout import SAMPLES_DIR
 from ipa_train.data.manifest import read_manifest, update_entries
 from ipa_train.data.marks import set_status
 from ipa_train.data.samples import add_sample, create_dataset
+from support.gallery_fixture import make_dataset, serve, tiny_tensors
 
 
 @pytest.fixture()

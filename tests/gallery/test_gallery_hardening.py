@@ -8,11 +8,11 @@ import os
 
 import pytest
 
-from support.gallery_fixture import make_dataset, serve
+from ipa_train.data import journal
 from ipa_train.data.layout import MANIFEST
 from ipa_train.data.manifest import read_manifest
-from ipa_train.data import journal
 from ipa_train.gallery.security import host_origin_problem
+from support.gallery_fixture import make_dataset, serve
 
 
 @pytest.fixture()

@@ -11,10 +11,10 @@ import time
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from support.gallery_fixture import add_driving_poses, make_dataset, skin_detector
 from ipa_train.data.manifest import read_manifest
 from ipa_train.gallery.api import GALLERY_API_KEY, create_app
 from ipa_train.gallery.hand_score_jobs import DetectorSource, DetectorUnavailable, dwpose_source
+from support.gallery_fixture import add_driving_poses, make_dataset, skin_detector
 
 URL = "/ipa/datasets/hands_v1/hand_scores"
 

@@ -9,10 +9,10 @@ import json
 
 import pytest
 
-from support.gallery_fixture import PREVIEW_SIZE, add_driving_poses, hand_boxes, hand_from_box, make_dataset, skin_detector
 from ipa_train.data.manifest import read_manifest
 from ipa_train.gallery.api import create_app
 from ipa_train.gallery.hand_scoring import ScoringCancelled, fit_driving_pose, score_dataset, score_sample
+from support.gallery_fixture import PREVIEW_SIZE, add_driving_poses, hand_boxes, hand_from_box, make_dataset, skin_detector
 
 
 @pytest.fixture()

@@ -15,8 +15,8 @@ from conftest import comfyui_path, requires_comfyui
 from ipa_train.fileio import load_safetensors
 from ipa_train.wan.lora_io import load_lora_for_peft, peft_config_kwargs, save_comfy_lora
 from ipa_train.wan.lora_keys import to_comfy_native
-from support.comfy_tiny import build_tiny_comfy_transformer
 from ipa_train.wan.model import load_transformer, save_original_wan_single_file
+from support.comfy_tiny import build_tiny_comfy_transformer
 
 pytestmark = requires_comfyui
 
@@ -170,7 +170,7 @@ def _diffusers_velocity(model, inp):
 
 
 def test_native_and_diffusers_models_give_the_same_velocity(checkpoint, lora):
-    from peft import set_peft_model_state_dict, inject_adapter_in_model, LoraConfig
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
 
     comfy = _comfy()
     _, path = checkpoint

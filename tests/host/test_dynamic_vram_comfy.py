@@ -90,10 +90,11 @@ def _weights_through_the_pack(tiny) -> dict:
     """Loads the model, applies the LoRA with IPA LoRA Loader and reads the weights and fingerprints as the pack does,
     outside and inside ComfyUI's load context, loading twice; samples one candidate and encodes one good video."""
     import comfy.model_management
-    from support.comfy_tiny import pose_video, reference_image, text_conditioning
     from comfyui_ipa_pack.nodes.collector import IPAEncodeGoodVideo
     from comfyui_ipa_pack.nodes.lora_loader import IPALoRALoader
     from comfyui_ipa_pack.nodes.model_identity import base_weights_fingerprint
+
+    from support.comfy_tiny import pose_video, reference_image, text_conditioning
 
     key = "diffusion_model.blocks.0.self_attn.q.weight"
     model = tiny.load_model()

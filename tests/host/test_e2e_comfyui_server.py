@@ -26,7 +26,7 @@ pytestmark = requires_comfyui
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
-from support.e2e_base import H, LENGTH, TEXT_NODE_TYPE, UNET_FILE, VAE_FILE, W, make_base  # noqa: E402
+from support.e2e_base import LENGTH, TEXT_NODE_TYPE, UNET_FILE, VAE_FILE, H, W, make_base  # noqa: E402
 
 DATASET = "e2e_hands"
 LORA_NAME = "ipa_e2e"
@@ -155,7 +155,6 @@ def _mark_one_preferred(comfy, folder: Path, entries: list[dict]) -> None:
 def _align(comfy) -> None:
     """The real trainer in a subprocess, the LoRA copied to models/loras/ipa."""
     from ipa_train.fileio import read_safetensors_metadata
-
     from support.comfy_server import run_prompt
 
     started = time.monotonic()

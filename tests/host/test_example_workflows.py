@@ -132,10 +132,10 @@ def test_workflows_exist_and_are_well_formed():
 
 @requires_comfyui
 def test_workflows_match_the_live_schemas():
-    from support.comfy_tiny import load_pack_cpu
+    from build_example_workflows import build_all
     from workflow_graph import as_built_on_older_host, check_workflow, node_infos
 
-    from build_example_workflows import build_all
+    from support.comfy_tiny import load_pack_cpu
 
     infos = node_infos(load_pack_cpu())
     for path in WORKFLOWS:

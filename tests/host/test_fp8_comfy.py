@@ -68,9 +68,8 @@ def _comfy_velocities(patcher, inputs):
 
 
 def _trainer_velocities(model_files: list[Path], inputs, tmp_path: Path) -> list[torch.Tensor]:
-    from safetensors.torch import load_file, save_file
-
     from comfyui_ipa_pack.ipa_train.wan.latents import vace_context_from_conditioning
+    from safetensors.torch import load_file, save_file
 
     save_file({"x_t": torch.stack(inputs["x_t"]).contiguous(), "sigmas": torch.tensor(inputs["sigmas"]),
                "text": inputs["text"][0].contiguous(),
@@ -86,7 +85,6 @@ def _trainer_velocities(model_files: list[Path], inputs, tmp_path: Path) -> list
 
 def test_fp8_files_give_comfyuis_velocity(comfy, tmp_path):
     import nodes
-
     from support.fp8_layouts import write_fp8_file
 
     inputs = _inputs()

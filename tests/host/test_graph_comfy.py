@@ -51,9 +51,10 @@ def _sample(comfy, candidates=2, seed=5, steps=3, strength=1.0, sampler="euler",
 
 
 def test_candidates_equal_the_native_graph(comfy):
-    import nodes
     from comfy_extras.nodes_model_advanced import ModelSamplingSD3
     from comfy_extras.nodes_wan import TrimVideoLatent, WanVaceToVideo
+
+    import nodes
 
     images, candidates = _sample(comfy, candidates=2, seed=5)
     assert images.shape == (2 * LENGTH, H, W, 3) and len(candidates) == 2
@@ -169,11 +170,12 @@ def test_encode_good_video_matches_native_conditioning(comfy):
 
 
 def test_parity_native_comfyui_vs_diffusers_on_stored_tensors(comfy, tmp_path):
-    from support.comfy_tiny import comfy_velocities, write_diffusers_config
     from comfyui_ipa_pack.ipa_train.data.layout import dataset_path
     from comfyui_ipa_pack.ipa_train.data.samples import load_preferred
     from comfyui_ipa_pack.nodes.collector import IPAMarkPreferred
     from comfyui_ipa_pack.nodes.paths import dataset_root
+
+    from support.comfy_tiny import comfy_velocities, write_diffusers_config
 
     _, candidates = _sample(comfy, candidates=1, seed=31, steps=2, strength=0.7)
     IPAMarkPreferred.execute(candidates, "parity", "preferred")
@@ -212,7 +214,6 @@ def test_parity_native_comfyui_vs_diffusers_on_stored_tensors(comfy, tmp_path):
 
 def test_comfyui_latent_constants_equal_ours(comfy):
     import comfy.latent_formats  # noqa: F811  (the fixture is only needed to have ComfyUI importable)
-
     from comfyui_ipa_pack.ipa_train.wan import latents as wan_latents
 
     wan21 = comfy.latent_formats.Wan21()

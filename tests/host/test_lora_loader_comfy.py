@@ -10,6 +10,7 @@ import logging
 
 import pytest
 import torch
+
 from conftest import requires_comfyui
 
 pytestmark = requires_comfyui

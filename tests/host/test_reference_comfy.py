@@ -35,9 +35,10 @@ def comfy(tmp_path_factory):
 
 def _sample(comfy, model, dataset, positive=None, seed=0):
     """One candidate sampled by ``model`` and stored as preferred in ``dataset``; returns the candidate."""
-    from support.comfy_tiny import pose_video, reference_image, text_conditioning
     from comfyui_ipa_pack.nodes.collector import IPAMarkPreferred
     from comfyui_ipa_pack.nodes.vace_sampler import IPAVaceSampler
+
+    from support.comfy_tiny import pose_video, reference_image, text_conditioning
 
     positive = positive if positive is not None else text_conditioning(seed=3)
     _, candidates = IPAVaceSampler.execute(
@@ -57,6 +58,7 @@ def _trainer(comfy, dataset, load=False, **overrides):
     import copy
 
     from comfyui_ipa_pack.nodes.paths import dataset_root
+
     from ipa_train.jobs.config import RunConfig
     from ipa_train.training.distributed import Dist, Events
     from ipa_train.training.loop import Trainer
@@ -75,8 +77,8 @@ def _trainer(comfy, dataset, load=False, **overrides):
 
 def _assert_same_velocity(comfy, trainer, model, candidate, index=0):
     """The trainer's reference prediction on the stored sample equals ComfyUI's prediction by ``model``."""
-    from support.comfy_tiny import comfy_velocities
     from ipa_train.training.batching import collate
+    from support.comfy_tiny import comfy_velocities
 
     stored = trainer.data.preferred[index][1]
     generator = torch.Generator().manual_seed(1)
@@ -92,8 +94,9 @@ def _assert_same_velocity(comfy, trainer, model, candidate, index=0):
 
 
 def test_fingerprint_is_the_same_on_both_sides_and_ignores_patched_in_loras(comfy):
-    import nodes
     from comfyui_ipa_pack.nodes.model_identity import base_weights_fingerprint
+
+    import nodes
     from ipa_train.wan.fingerprint import diffusers_model_fingerprint
     from ipa_train.wan.model import load_transformer
 
@@ -114,6 +117,7 @@ def test_fingerprint_is_the_same_on_both_sides_and_ignores_patched_in_loras(comf
 
 def test_case2_lora_strength_is_reproduced_or_refused(comfy):
     from comfyui_ipa_pack.nodes.lora_loader import IPALoRALoader
+
     from ipa_train.training.reference_check import ReferenceMismatch
 
     model = IPALoRALoader.execute(comfy.model, comfy.lora_path.name, 0.5).args[0]
@@ -132,6 +136,7 @@ def test_case2_lora_strength_is_reproduced_or_refused(comfy):
 
 def test_case3_scalerope_is_refused(comfy):
     from comfy_extras.nodes_rope import ScaleROPE
+
     from ipa_train.training.reference_check import ReferenceMismatch
 
     model = ScaleROPE.execute(comfy.model, 2.0, 0.0, 1.0, 0.0, 1.0, 0.0).args[0]
@@ -183,9 +188,10 @@ def test_case7_text_lengths_at_batch_size_two(comfy):
 
 @pytest.mark.parametrize("prefix", ["", "model.diffusion_model."])
 def test_vace_module_beside_a_t2v_base(comfy, prefix):
+    from comfy.model_base import WAN21_Vace
     from comfyui_ipa_pack.nodes.model_identity import base_weights_fingerprint
     from comfyui_ipa_pack.nodes.model_loader import IPALoadWanVaceModule
-    from comfy.model_base import WAN21_Vace
+
     from ipa_train.fileio import atomic_save_safetensors, load_safetensors
 
     tensors, _ = load_safetensors(comfy.unet_path)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from conftest import requires_comfyui
 from support.trainer_helpers import fake_checkpoint, process_gone
 

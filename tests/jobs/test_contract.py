@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 from ipa_train.jobs import contract
-
 from support.trainer_helpers import REPO_ROOT
 
 CONTRACT = Path(contract.__file__).resolve()

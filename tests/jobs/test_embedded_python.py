@@ -27,7 +27,6 @@ import pytest
 
 from ipa_train.fileio import load_safetensors
 from ipa_train.jobs import launcher
-
 from support.trainer_helpers import make_dataset, tiny_config
 
 pytestmark = [

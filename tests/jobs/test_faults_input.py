@@ -17,16 +17,15 @@ from ipa_train.data.garbage import GARBAGE_GRACE_S
 from ipa_train.data.layout import MANIFEST, SAMPLES_DIR, TENSORS_FILE, DatasetError, validate_dataset_name
 from ipa_train.data.manifest import read_manifest
 from ipa_train.data.samples import create_dataset
-from ipa_train.training.batching import load_training_data
-from ipa_train.training.checkpoints import TrainingError, resume_checkpoint
 from ipa_train.fileio import FileReadError, atomic_write_json, load_safetensors, read_json, validate_name
 from ipa_train.jobs import checkpoint_files as cf
-from ipa_train.training import objective
 from ipa_train.jobs.config import INTEGER_KEYS, NUMBER_RANGES, ConfigError, RunConfig
+from ipa_train.training import objective
+from ipa_train.training.batching import load_training_data
+from ipa_train.training.checkpoints import TrainingError, resume_checkpoint
 from ipa_train.training.loop import clean_output_dir, train
 from ipa_train.wan.lora_io import LoraFileError, read_lora_file, save_comfy_lora
 from ipa_train.wan.model import ModelLoadError, build_tiny_transformer, load_transformer, save_original_wan_single_file
-
 from support.trainer_helpers import make_dataset, tiny_config
 
 torch.set_num_threads(1)

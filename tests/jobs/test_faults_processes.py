@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import psutil
-from support.trainer_helpers import REPO_ROOT, make_dataset, process_gone, subprocess_env, tiny_config
 
 from ipa_train.jobs import contract, failures, rank_guard
 from ipa_train.jobs.launcher import TrainingJob, build_command, build_env
+from support.trainer_helpers import REPO_ROOT, make_dataset, process_gone, subprocess_env, tiny_config
 
 FAKE = str(Path(__file__).parents[1] / "support" / "fake_trainer_pkg")
 

@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-from support.trainer_helpers import process_gone
 
 from ipa_train.jobs import curves, launcher
 from ipa_train.jobs.checkpoint_files import pick_checkpoint
 from ipa_train.jobs.launcher import LaunchError, TrainingJob, build_command, build_env, parse_event, parse_gpus, resolve_gpus
 from ipa_train.jobs.process_tree import current_platform
+from support.trainer_helpers import process_gone
 
 FAKE = str(Path(__file__).parents[1] / "support" / "fake_trainer_pkg")
 WINDOWS, POSIX = current_platform("nt"), current_platform("posix")

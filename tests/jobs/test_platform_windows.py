@@ -9,8 +9,8 @@ import io
 import sys
 
 import pytest
-from conftest import REPO_ROOT
 
+from conftest import REPO_ROOT
 from ipa_train.jobs import contract, launcher, process_tree
 from ipa_train.jobs.config import ConfigError
 from ipa_train.jobs.process_tree import CREATE_NEW_PROCESS_GROUP, CTRL_BREAK_EVENT, Platform, current_platform

@@ -9,8 +9,8 @@ import json
 import re
 
 import pytest
-from conftest import REPO_ROOT, requires_comfyui
 
+from conftest import REPO_ROOT, requires_comfyui
 from ipa_train.choices import BasePrecision, Distributed, Objective, Precision
 from ipa_train.jobs.config import KEYS, NUMBER_RANGES, ConfigError, RunConfig
 from ipa_train.training import cli

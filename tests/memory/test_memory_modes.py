@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from support.trainer_helpers import make_dataset, one_thread, tiny_config  # noqa: F401 (one_thread: a fixture)
 
 from ipa_train.fileio import load_safetensors
 from ipa_train.jobs.config import ConfigError
@@ -15,6 +14,7 @@ from ipa_train.training.distributed import Dist, Events
 from ipa_train.training.loop import Trainer
 from ipa_train.wan.frozen_linear import FrozenLinear, dequantize, quantize_block_linears, quantize_fp8
 from ipa_train.wan.model import build_tiny_transformer
+from support.trainer_helpers import make_dataset, one_thread, tiny_config  # noqa: F401 (one_thread: a fixture)
 
 # Measured on the tiny model (seed 0, rank 4, lora_B ~ N(0, 0.1)): forward 1.9e-2, LoRA gradients up to 8.4e-2
 # relative (Frobenius), against a relative weight error of 2.4e-2. The bounds leave room for other seeds.

@@ -11,12 +11,12 @@ from dataclasses import replace
 
 import pytest
 import torch
-from support.trainer_helpers import REPO_ROOT, subprocess_env
 from torch import nn
 
 from ipa_train.memory.plan import GIB, RunShape, Settings, describe_model, lora_params, predict, weight_bytes
 from ipa_train.training import lora
 from ipa_train.wan.model import empty_transformer, shipped_config
+from support.trainer_helpers import REPO_ROOT, subprocess_env
 
 # Parameter counts of the released models (README, NOTES): 2.15 B / 17.3 B; rank-128 self-attention q/k/v LoRA 35 M / 157 M.
 RELEASED = {"wan2.1-vace-1.3b": (2.15e9, 35.4e6), "wan2.1-vace-14b": (17.34e9, 157.3e6)}

@@ -9,7 +9,6 @@ import pytest
 from ipa_train.pose import dwpose
 from support.tiny_dwpose_models import HAND_OFFSETS, build_pose, build_weights, cross_frame
 
-
 # ----------------------------------------------------------------------------------- letterbox and resize
 
 

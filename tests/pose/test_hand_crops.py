@@ -7,8 +7,8 @@ import io
 import pytest
 from PIL import Image
 
-from support.gallery_fixture import hand_boxes, preview_webp
 from ipa_train.pose.hand_crops import crop_square, hand_tracks_from_meta, parse_hand_boxes, render_hand_crop, track_hands
+from support.gallery_fixture import hand_boxes, preview_webp
 
 
 def test_tracks_follow_each_hand_when_the_order_of_boxes_changes():

@@ -12,11 +12,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
-from support.gallery_fixture import tiny_tensors
 from ipa_train.data.samples import add_sample, create_dataset
-from ipa_train.pose import dwpose
 from ipa_train.gallery.api import create_app
 from ipa_train.gallery.hand_score_jobs import dwpose_source
+from ipa_train.pose import dwpose
+from support.gallery_fixture import tiny_tensors
 
 pytest.importorskip("onnxruntime")
 tiny = pytest.importorskip("tiny_dwpose_models")

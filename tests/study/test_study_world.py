@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
-from support.trainer_helpers import subprocess_env
 from ipa_train.pose.synthetic import MOTIONS, dance_pose_sequence
 from ipa_train.study import models, score, world
+from support.trainer_helpers import subprocess_env
 
 
 @pytest.mark.parametrize("motion", MOTIONS)

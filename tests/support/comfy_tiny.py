@@ -4,7 +4,6 @@ folder, for tests that run the pack inside a real ComfyUI checkout (``COMFYUI_PA
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch

@@ -70,9 +70,9 @@ def driving_video(path: Path, frames: int, width: int, height: int) -> None:
 def make_base(base: Path, returning_user: bool = False) -> Path:
     """Fills ``base`` (ComfyUI's --base-directory). ``returning_user``: a settings file that skips the frontend's
     first-run templates dialog."""
-    from support.comfy_tiny import load_pack_cpu, write_tiny_vace, write_tiny_vae
     from PIL import Image
 
+    from support.comfy_tiny import load_pack_cpu, write_tiny_vace, write_tiny_vae
     from support.tiny_dwpose_models import build_weights
 
     (base / "custom_nodes" / "e2e_tiny_text").mkdir(parents=True)

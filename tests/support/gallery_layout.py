@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from support.gallery_fixture import preview_webp
 from ipa_train.data.layout import MANIFEST, SAMPLES_DIR
 from ipa_train.data.samples import create_dataset
+from support.gallery_fixture import preview_webp
 
 THUMB_MIN_HEIGHT = 136  # px: below this the hands in a 16:9 preview are too small to judge
 PAGE_SIZES = (30, 60, 120, 240)

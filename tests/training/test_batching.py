@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from ipa_train.data.samples import add_sample, create_dataset
-from ipa_train.training.batching import collate, seed_for, shape_key
-from ipa_train.training.loop import train
-from ipa_train.training.batching import load_training_data, Sampler
+from ipa_train.training.batching import Sampler, collate, load_training_data, seed_for, shape_key
 from ipa_train.training.distributed import Dist
+from ipa_train.training.loop import train
 from ipa_train.wan.model import build_tiny_transformer
 from support.trainer_helpers import make_sample, tiny_config
 

@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ipa_train.training.checkpoints import TrainingError, resume_checkpoint
-from ipa_train.training.loop import train
 from ipa_train.fileio import load_safetensors
 from ipa_train.jobs import checkpoint_files as cf
-
+from ipa_train.training.checkpoints import TrainingError, resume_checkpoint
+from ipa_train.training.loop import train
 from support.trainer_helpers import REPO_ROOT, fake_checkpoint, make_dataset, subprocess_env, tiny_config
-from support.trainer_support.faulty_trainer import MODULE as FAULTY, faulty_env, report_phases
+from support.trainer_support.faulty_trainer import MODULE as FAULTY
+from support.trainer_support.faulty_trainer import faulty_env, report_phases
 
 torch.set_num_threads(1)
 

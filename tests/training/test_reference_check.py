@@ -8,11 +8,14 @@ import pytest
 import torch
 
 from ipa_train.data.samples import add_sample, create_dataset
-from ipa_train.training.loop import train
 from ipa_train.jobs.config import ConfigError, InitLora, RunConfig, parse_init_lora
+from ipa_train.training.loop import train
 from ipa_train.training.reference_check import ReferenceMismatch
 from ipa_train.wan.fingerprint import (
-    diffusers_model_fingerprint, lora_group_digest, native_lora_patch_digests, weights_fingerprint,
+    diffusers_model_fingerprint,
+    lora_group_digest,
+    native_lora_patch_digests,
+    weights_fingerprint,
 )
 from ipa_train.wan.lora_io import read_lora_file, save_comfy_lora
 from ipa_train.wan.model import build_tiny_transformer

@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-from support.trainer_helpers import make_dataset, make_sample, one_thread, tiny_config  # noqa: F401 (one_thread: a fixture)
 
 from ipa_train.data.layout import DatasetError
 from ipa_train.fileio import load_safetensors, read_safetensors_metadata
@@ -19,6 +18,7 @@ from ipa_train.training.checkpoints import TrainingError
 from ipa_train.training.loop import train
 from ipa_train.training.reference_check import sampling_patch_warning
 from ipa_train.wan.model import build_tiny_transformer
+from support.trainer_helpers import make_dataset, make_sample, one_thread, tiny_config  # noqa: F401 (one_thread: a fixture)
 
 LOG2 = math.log(2.0)
 

@@ -11,13 +11,13 @@ import time
 
 import pytest
 import torch
-from support.trainer_helpers import REPO_ROOT, make_dataset, subprocess_env, tiny_config
-from support.trainer_support.faulty_trainer import MODULE as FAULTY
-from support.trainer_support.faulty_trainer import faulty_env
 
 from ipa_train.fileio import load_safetensors
 from ipa_train.jobs.contract import EXIT_ERROR, EXIT_STOPPED
 from ipa_train.training.loop import train
+from support.trainer_helpers import REPO_ROOT, make_dataset, subprocess_env, tiny_config
+from support.trainer_support.faulty_trainer import MODULE as FAULTY
+from support.trainer_support.faulty_trainer import faulty_env
 
 torch.set_num_threads(1)
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import gguf
 import pytest
 import torch
-from support.comfy_tiny import build_tiny_comfy_transformer
-from support.trainer_helpers import make_sample, tiny_config
 
 from ipa_train.data.samples import add_sample, create_dataset
 from ipa_train.training.loop import train
 from ipa_train.wan.fingerprint import diffusers_model_fingerprint, weights_fingerprint
 from ipa_train.wan.model import ModelLoadError, load_transformer, save_original_wan_single_file
+from support.comfy_tiny import build_tiny_comfy_transformer
+from support.trainer_helpers import make_sample, tiny_config
 
 
 def write_city96_gguf(path, state, quant=gguf.GGMLQuantizationType.Q8_0, arch="wan", prefix=""):

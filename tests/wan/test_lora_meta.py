@@ -25,11 +25,10 @@ def test_reads_what_the_real_trainer_writes(tmp_path):
     """A LoRA from the real trainer: its ``ipa.*`` header is what the loader summarises and checks."""
     import torch
 
+    from ipa_train.fileio import read_safetensors_metadata
     from ipa_train.training.distributed import Dist, Events
     from ipa_train.training.loop import Trainer
-    from ipa_train.fileio import read_safetensors_metadata
     from ipa_train.wan.model import build_tiny_transformer
-
     from support.trainer_helpers import make_dataset, tiny_config
 
     torch.set_num_threads(1)

@@ -2,11 +2,11 @@
 
 import pytest
 
+from ipa_train.fileio import atomic_save_safetensors, load_safetensors
 from ipa_train.memory.plan import PlanError, describe_model
+from ipa_train.wan.frozen_linear import FrozenLinear
 from ipa_train.wan.model import ModelFile, ModelLoadError, load_transformer, save_original_wan_single_file
 from support.comfy_tiny import build_tiny_comfy_transformer
-from ipa_train.fileio import atomic_save_safetensors, load_safetensors
-from ipa_train.wan.frozen_linear import FrozenLinear
 
 
 def split_vace_files(full_path, folder):

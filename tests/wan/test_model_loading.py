@@ -8,12 +8,11 @@ import socket
 import pytest
 import torch
 
-from support.comfy_tiny import build_tiny_comfy_transformer
 from ipa_train.fileio import atomic_save_safetensors, load_safetensors
 from ipa_train.wan.model import (
     CONFIG_METADATA_KEY,
-    ModelLoadError,
     SHIPPED_CONFIGS,
+    ModelLoadError,
     build_tiny_transformer,
     detect_config,
     diffusers_key_to_original,
@@ -21,6 +20,7 @@ from ipa_train.wan.model import (
     save_original_wan_single_file,
     shipped_config,
 )
+from support.comfy_tiny import build_tiny_comfy_transformer
 
 
 def _inputs(model, seed=1):
@@ -155,10 +155,9 @@ def _tiny_tensors(tmp_path, tiny):
 def test_fp8_files_load_as_stored(tmp_path, layout):
     """kijai's plain fp8, ComfyUI's fp8_scaled and comfy_quant files: the block linears stay float8_e4m3fn (with the
     file's per-tensor scale) and the model computes what a full-precision model holding the dequantised weights does."""
-    from support.fp8_layouts import write_fp8_file
-
     from ipa_train.wan.frozen_linear import FrozenLinear
     from ipa_train.wan.model import storage_summary
+    from support.fp8_layouts import write_fp8_file
 
     source = build_tiny_comfy_transformer(seed=4)
     full = save_original_wan_single_file(source, tmp_path / "full.safetensors", record_config=False)

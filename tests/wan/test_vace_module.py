@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from ipa_train.fileio import atomic_save_safetensors, load_safetensors
-from support.comfy_tiny import build_tiny_comfy_transformer
 from ipa_train.wan.model import ModelLoadError, load_transformer, save_original_wan_single_file
 from ipa_train.wan.vace_module import VaceModuleError, is_vace_module, merge_vace_module
+from support.comfy_tiny import build_tiny_comfy_transformer
 
 MODULE_PARTS = ("vace_blocks.", "vace_patch_embedding.")
 
@@ -71,10 +71,9 @@ def test_wrong_pairs_are_refused(full, tmp_path):
 def test_fp8_module_and_fp8_mode_with_a_split_pair(full, tmp_path):
     """kijai ships VACE modules in fp8 too: the module's fp8 linears stay fp8 as stored next to a bf16 base, and
     base_precision fp8 quantises both files while they stream in; the planner reads the same pair from the headers."""
-    from support.fp8_layouts import write_fp8_file
-
     from ipa_train.memory.plan import describe_model
     from ipa_train.wan.frozen_linear import FrozenLinear
+    from support.fp8_layouts import write_fp8_file
 
     folder, model, path = full
     base, module = split_vace_files(path, folder)
