@@ -33,6 +33,20 @@ async def json_body(request: web.Request, usage: str) -> tuple[Any, Optional[web
         return None, error_response(400, f"the body must be JSON ({reason}); {usage}")
 
 
+async def parsed_body(request: web.Request, usage: str, parse, optional: bool = False) -> tuple[Any, Optional[web.Response]]:
+    """``parse`` applied to the request's JSON body (:func:`json_body`), or the answer that refuses it: a
+    ``ValueError`` from ``parse`` is a 400 with its message. ``optional``: no body at all is parsed as ``None``."""
+    body: Any = None
+    if not optional or request.can_read_body:
+        body, refused = await json_body(request, usage)
+        if refused is not None:
+            return None, refused
+    try:
+        return parse(body), None
+    except ValueError as exc:
+        return None, error_response(400, str(exc))
+
+
 SORTS = ("date", "updated", "seed", "hand_score")
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 60

@@ -39,7 +39,7 @@ from ..data.manifest_cache import ManifestCache, as_number
 from ..data.marks import append_statuses
 from ..pose.hand_crops import hand_tracks_from_meta, render_hand_crop
 from .hand_score_jobs import DetectorSource, DetectorUnavailable, HandScoreJobs, JobRunning
-from .inputs import HAND_SCORE_USAGE, MARKS_USAGE, error_response, json_body, parse_hand_score_options, parse_listing_query, parse_marks
+from .inputs import HAND_SCORE_USAGE, MARKS_USAGE, error_response, parse_hand_score_options, parse_listing_query, parse_marks, parsed_body
 from .security import resolve_dataset_dir, resolve_sample_dir
 
 PREVIEW_FILE = "preview.webp"
@@ -294,13 +294,9 @@ class GalleryAPI:
 
     async def post_marks(self, request: web.Request) -> web.Response:
         dataset_dir = self._dataset_dir(request.match_info["name"])
-        body, refused = await json_body(request, MARKS_USAGE)
+        statuses, refused = await parsed_body(request, MARKS_USAGE, parse_marks)
         if refused is not None:
             return refused
-        try:
-            statuses = parse_marks(body)
-        except ValueError as exc:
-            return error_response(400, str(exc))
 
         def work():
             # The ids are checked against the cached manifest (a fresh parse only when the manifest changed: samples
@@ -353,15 +349,9 @@ class GalleryAPI:
 
     async def post_hand_scores(self, request: web.Request) -> web.Response:
         dataset_dir = self._dataset_dir(request.match_info["name"])
-        body: Any = None
-        if request.can_read_body:
-            body, refused = await json_body(request, HAND_SCORE_USAGE)
-            if refused is not None:
-                return refused
-        try:
-            body = parse_hand_score_options(body)
-        except ValueError as exc:
-            return error_response(400, str(exc))
+        body, refused = await parsed_body(request, HAND_SCORE_USAGE, parse_hand_score_options, optional=True)
+        if refused is not None:
+            return refused
         if body.get("cancel"):
             return await self.delete_hand_scores(request)
         problem = await asyncio.to_thread(self._detector_problem)

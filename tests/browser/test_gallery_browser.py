@@ -88,6 +88,16 @@ def browser():
             browser.close()
 
 
+def open_gallery(browser, server, errors: list, width: int = 1280, height: int = 800, wait_for: str = ".ipa-card"):
+    """A page on the standalone gallery, its script errors collected in ``errors``, once ``wait_for`` is shown."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(server.url)
+    if wait_for:
+        page.wait_for_selector(wait_for)
+    return page
+
+
 def statuses_on_disk(dataset_dir: Path) -> dict[str, str]:
     return {entry["id"]: entry["status"] for entry in read_manifest(dataset_dir)}
 
@@ -118,10 +128,7 @@ def test_mark_with_the_keyboard_reload_and_find_the_marks_on_disk(tmp_path, brow
     dataset_dir, _ = make_dataset(root, "hands_v1", count=8)
     errors = []
     with ServerThread(root) as server:
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(server.url)
-        page.wait_for_selector(".ipa-card")
+        page = open_gallery(browser, server, errors)
         # The panel opens on all samples of the first dataset (nothing remembered yet), focus on the first card.
         assert page.input_value(".ipa-dataset") == "hands_v1"
         assert page.get_attribute(".ipa-filter.ipa-active", "data-filter") == "all"
@@ -259,10 +266,7 @@ def test_score_hands_button_shows_progress_scores_tiles_and_explains_missing_wei
 
     errors = []
     with ServerThread(root, hand_scoring=DetectorSource(check=lambda: None, load=lambda gpu: detector)) as server:
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(server.url)
-        page.wait_for_selector(".ipa-card")
+        page = open_gallery(browser, server, errors)
         assert page.inner_text(".ipa-score-btn") == "Score hands"
         assert set(page.eval_on_selector_all(".ipa-score", "s => s.map(e => e.textContent)")) == {"hand –"}
         page.click(".ipa-score-btn")
@@ -283,10 +287,7 @@ def test_score_hands_button_shows_progress_scores_tiles_and_explains_missing_wei
 
     # Without weights: the button is shown as unavailable and explains which files go where; marking still works.
     with ServerThread(root) as server:
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(server.url)
-        page.wait_for_selector(".ipa-card")
+        page = open_gallery(browser, server, errors)
         page.wait_for_selector(".ipa-score-btn.ipa-unavailable")
         assert page.get_attribute(".ipa-score-btn", "aria-disabled") == "true"
         page.click(".ipa-score-btn", force=True)  # aria-disabled: Playwright would wait for it to be enabled

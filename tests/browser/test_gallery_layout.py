@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 
 import pytest
-from test_gallery_browser import ServerThread, browser, card_ids, statuses_on_disk, wait_for_disk  # noqa: F401 (fixture)
+from test_gallery_browser import ServerThread, browser, card_ids, open_gallery, statuses_on_disk, wait_for_disk  # noqa: F401 (fixture)
 
 from support.gallery_fixture import make_dataset
 from support.gallery_layout import PAGE_SIZES, THUMB_MIN_HEIGHT, check_page_layout, make_large_dataset
@@ -29,10 +29,7 @@ def test_cards_keep_their_size_and_the_grid_scrolls_at_600_and_2400_samples_at_e
         make_large_dataset(root, name, count)
     errors = []
     with ServerThread(root) as server:
-        page = browser.new_page(viewport={"width": VIEWPORTS[0][0], "height": VIEWPORTS[0][1]})
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(server.url)
-        page.wait_for_selector(".ipa-card")
+        page = open_gallery(browser, server, errors, width=VIEWPORTS[0][0], height=VIEWPORTS[0][1])
         card_size = {}
         for name, count in sizes.items():
             page.select_option(".ipa-dataset", name)
@@ -69,10 +66,7 @@ def test_mouse_curation_on_tiles_selection_and_the_large_view(tmp_path, browser)
     dataset_dir, _ = make_dataset(root, "hands_v1", count=6)
     errors = []
     with ServerThread(root) as server:
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(server.url)
-        page.wait_for_selector(".ipa-card")
+        page = open_gallery(browser, server, errors)
         ids = card_ids(page)
         card = lambda i: f".ipa-card[data-id='{ids[i]}']"  # noqa: E731
 
@@ -132,9 +126,7 @@ def test_a_curated_dataset_opens_on_all_and_an_empty_view_says_so_in_the_middle(
     set_statuses(dataset_dir, {ids[0]: "preferred", ids[1]: "preferred", ids[2]: "rejected", ids[3]: "rejected", ids[4]: "rejected"})
     errors = []
     with ServerThread(root) as server:
-        page = browser.new_page(viewport={"width": 1280, "height": 800})  # a fresh profile: nothing remembered
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(server.url)
+        page = open_gallery(browser, server, errors, wait_for=None)  # a fresh profile: nothing remembered
         wait_cards(page, 5)
         assert page.get_attribute(".ipa-filter.ipa-active", "data-filter") == "all"
         assert page.is_hidden(".ipa-empty")
@@ -231,9 +223,7 @@ def test_home_end_compact_cards_and_messages_that_cover_no_button_at_2400_sample
     dataset_dir = make_large_dataset(root, "big_2400", 2400)
     errors = []
     with ServerThread(root) as server:
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(server.url)
+        page = open_gallery(browser, server, errors, width=1600, height=1000, wait_for=None)
         wait_cards(page, 60)
         with screenshot_on_failure(page, tmp_path, "gallery-at-scale"):
             home_end_compact_and_messages(page, dataset_dir)

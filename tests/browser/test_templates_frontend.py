@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from build_example_workflows import DESCRIPTIONS, TEMPLATES, template_path  # noqa: E402
 
 from support.comfy_frontend import Frontend, chromium_executable  # noqa: E402
-from support.e2e_base import LENGTH, TEXT_NODE_TYPE, UNET_FILE, VAE_FILE, H, W, make_base  # noqa: E402
+from support.e2e_base import LENGTH, TEXT_NODE_TYPE, UNET_FILE, VAE_FILE, H, W  # noqa: E402
 
 if chromium_executable() is None:
     pytest.skip("no Chromium: install Debian's package (apt-get install -y chromium)", allow_module_level=True)
@@ -38,14 +38,10 @@ SIZE = {"width": W, "height": H}
 
 @pytest.fixture(scope="module")
 def comfy(tmp_path_factory):
-    from support.comfy_server import ComfyServer
+    from support.e2e_base import returning_user_server
 
-    base = make_base(tmp_path_factory.mktemp("frontend"), returning_user=True)
-    server = ComfyServer(base, tmp_path_factory.getbasetemp() / "frontend_comfyui.log")
-    try:
+    with returning_user_server(tmp_path_factory, "frontend") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

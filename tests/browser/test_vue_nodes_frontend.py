@@ -37,15 +37,10 @@ VUE_SETTING = "Comfy.VueNodes.Enabled"
 
 @pytest.fixture(scope="module")
 def comfy(tmp_path_factory):
-    from support.comfy_server import ComfyServer
-    from support.e2e_base import make_base
+    from support.e2e_base import returning_user_server
 
-    base = make_base(tmp_path_factory.mktemp("vue_nodes"), returning_user=True)
-    server = ComfyServer(base, tmp_path_factory.getbasetemp() / "vue_nodes_comfyui.log")
-    try:
+    with returning_user_server(tmp_path_factory, "vue_nodes") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

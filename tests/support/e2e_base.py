@@ -10,6 +10,7 @@ tokens, seeded by the text).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -90,3 +91,16 @@ def make_base(base: Path, returning_user: bool = False) -> Path:
         settings.parent.mkdir(parents=True)
         settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))
     return base
+
+
+@contextlib.contextmanager
+def returning_user_server(tmp_path_factory, name: str):
+    """A ComfyUI server on a fresh base folder (the tiny models, a returning user's settings), stopped afterwards."""
+    from support.comfy_server import ComfyServer
+
+    base = make_base(tmp_path_factory.mktemp(name), returning_user=True)
+    server = ComfyServer(base, tmp_path_factory.getbasetemp() / f"{name}_comfyui.log")
+    try:
+        yield server
+    finally:
+        server.stop()
