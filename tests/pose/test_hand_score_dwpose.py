@@ -19,7 +19,7 @@ from ipa_train.pose import dwpose
 from support.gallery_fixture import tiny_tensors
 
 pytest.importorskip("onnxruntime")
-tiny = pytest.importorskip("tiny_dwpose_models")
+from support import tiny_dwpose_models as tiny  # noqa: E402
 
 WIDTH, HEIGHT, FRAMES = 160, 96, 6
 
