@@ -32,6 +32,7 @@ from ..ipa_train.jobs.contract import CHECKPOINT, STARTED, STEP
 from ..ipa_train.jobs.curves import training_curves
 from . import train_inputs
 from .host import prompt_server
+from .lora_cache import release_cached_lora
 from .paths import dataset_root
 from .train_inputs import NONE
 
@@ -483,11 +484,14 @@ class IPATrainLoRA(io.ComfyNode):
         # The newest training of a name is always loras/ipa/<name>.safetensors, so a workflow that loads it by name
         # (the animate template) gets what was just trained; the file it replaces is kept as <name>_NNNNN.
         target = lora_folder() / f"{trained.stem}.safetensors"
-        kept = install_keeping_previous(trained, target)
-        name = f"{LORA_SUBFOLDER}/{target.name}"
+        release_cached_lora(target)  # ComfyUI's LoRA loaders keep it memory-mapped: Windows cannot replace it then
+        installed = install_keeping_previous(trained, target)
+        name = f"{LORA_SUBFOLDER}/{installed.path.name}"
         warnings = [w for event in outcome.events if event.get("event") == STARTED for w in event.get("warnings") or []]
-        metrics = _metrics_text(outcome, name, target, kept, run_dir, warnings)
-        _show_on_node("\n".join(_summary_lines(outcome, name, kept, warnings)), node_id)
+        if installed.locked:
+            warnings.append(locked_warning(target, installed.path))
+        metrics = _metrics_text(outcome, name, target, installed.kept, run_dir, warnings)
+        _show_on_node("\n".join(_summary_lines(outcome, name, installed.kept, warnings)), node_id)
         return io.NodeOutput(name, _to_image(loss_image), metrics, ui=ui.PreviewText(metrics))
 
     @staticmethod
@@ -518,6 +522,13 @@ def _show_event(event: dict, job, pbar, steps: int, title: str) -> bool:
     elif event["event"] == CHECKPOINT:
         log.info("IPA Train LoRA: checkpoint at step %s: %s", event.get("step"), event.get("path"))
     return False
+
+
+def locked_warning(target: Path, saved: Path) -> str:
+    """What the node says when the previous LoRA could not be replaced (still open in another program or node)."""
+    return (f"{target.name} is in use (a loaded LoRA stays memory-mapped on Windows, or another program holds it open), so "
+            f"it could not be replaced: the new LoRA is saved as loras/{LORA_SUBFOLDER}/{saved.name}, and {target.name} is "
+            f"still the previous one. Load {LORA_SUBFOLDER}/{saved.name}, or restart ComfyUI and rename it to {target.name}")
 
 
 def _metrics_text(outcome, name: str, target: Path, kept: Path | None, run_dir: Path, warnings: list[str]) -> str:
