@@ -26,7 +26,7 @@ from ..ipa_train.data.manifest import read_manifest
 from ..ipa_train.data.marks import count_statuses
 from ..ipa_train.fileio import InvalidNameError, atomic_write_json, install_keeping_previous, validate_name
 from ..ipa_train.jobs import launcher
-from ..ipa_train.jobs.checkpoint_files import checkpoint_problem, pick_checkpoint, step_of
+from ..ipa_train.jobs.checkpoint_files import check_checkpoint_paths, checkpoint_problem, pick_checkpoint, step_of
 from ..ipa_train.jobs.config import ConfigError, RunConfig
 from ..ipa_train.jobs.contract import CHECKPOINT, STARTED, STEP
 from ..ipa_train.jobs.curves import training_curves
@@ -121,6 +121,14 @@ def check_resume(resume: str, lora_name: str, steps: int) -> Path | None:
         raise ValueError(f"resume={resume!r}: this run is complete ({checkpoint.parents[1].name} is at step {done} of steps={steps}); "
                          "clear resume to train a new LoRA, or raise steps to train this one further")
     return checkpoint
+
+
+def check_run_paths(run_dir: Path | None, lora_name: str, steps: int, processes: int = 1) -> None:
+    """On Windows without long paths: refuses a run whose checkpoint files would pass MAX_PATH (a ValueError naming
+    the limit and what to do). ``run_dir`` None: a new run's folder, with the longest name ``_new_run_dir`` gives."""
+    if run_dir is None:
+        run_dir = runs_root() / f"{lora_name}-{'0' * 8}-{'0' * 6}-99"
+    check_checkpoint_paths(run_dir, lora_name, steps, ranks=processes)
 
 
 def _new_run_dir(lora_name: str) -> Path:
@@ -328,8 +336,9 @@ class IPATrainLoRA(io.ComfyNode):
         try:
             check_dataset(dataset)
             check_lora_name(lora_name)
-            launcher.parse_gpus(gpus, available=_visible_gpus()[0])
-            check_resume(resume, lora_name, steps)
+            processes = max(1, len(launcher.parse_gpus(gpus, available=_visible_gpus()[0]) or []))
+            checkpoint = check_resume(resume, lora_name, steps)
+            check_run_paths(checkpoint.parents[1] if checkpoint is not None else None, lora_name, steps, processes)
         except (ValueError, launcher.LaunchError) as exc:
             return str(exc)
         return True
@@ -399,6 +408,7 @@ class IPATrainLoRA(io.ComfyNode):
         checkpoint = check_resume(resume, settings["lora_name"], settings["steps"])
         resolve_vram_budget(vram_budget_gb, [])  # a bad value fails here; 'auto' is measured once ComfyUI's models are unloaded
         run_dir = checkpoint.parents[1] if checkpoint is not None else _new_run_dir(settings["lora_name"])
+        check_run_paths(run_dir, settings["lora_name"], settings["steps"], processes)
         config = cls.build_config(dataset_dir, base_model_path, run_dir, **{**settings, "vram_budget_gb": None})
         try:
             stop_file = RunConfig.from_dict(config, source="IPA Train LoRA settings").stop_path  # bad values fail here, not in the job

@@ -17,9 +17,10 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..fileio import atomic_save_safetensors
-from ..jobs.checkpoint_files import CHECKPOINTS_DIR, recover_checkpoints
+from ..jobs.checkpoint_files import CHECKPOINTS_DIR, check_checkpoint_paths, recover_checkpoints
 from ..jobs.config import ConfigError, RunConfig
 from ..jobs.contract import CHECKPOINT, FINISHED, STARTED, STEP, STOPPED
+from ..jobs.process_tree import LaunchRefused
 from ..wan.model import storage_summary
 from . import lora as lora_setup
 from .batching import Sampler, load_training_data, seed_for
@@ -364,6 +365,10 @@ def train(
 ) -> TrainResult:
     """In-process entry point (one process unless torchrun's environment is set)."""
     dist_info = setup_distributed()
+    try:  # Windows without long paths: refused now, not when the first checkpoint is written
+        check_checkpoint_paths(config.output_dir, config.lora_name, config.steps, ranks=dist_info.world)
+    except LaunchRefused as exc:
+        raise ConfigError(str(exc)) from None
     events = Events(dist_info, callback, stdout=stdout)
     trainer = Trainer(config, dist_info, events, resume=resume, stop_requested=stop_requested, dump_replicas=dump_replicas)
     return trainer.run()
