@@ -33,7 +33,7 @@ from ..ipa_train.jobs.curves import training_curves
 from . import train_inputs
 from .host import prompt_server
 from .lora_cache import release_cached_lora
-from .paths import dataset_root
+from .paths import dataset_root, model_file
 from .train_inputs import NONE
 
 log = logging.getLogger(__name__)
@@ -44,14 +44,12 @@ LORA_SUBFOLDER = "ipa"
 def reference_settings(settings: dict) -> dict:
     """run.json keys for the reference (init_lora with its strength, vace_module, allow_other_base) and the LoRA targets,
     only those set; model names resolved to paths in ComfyUI's model folders."""
-    import folder_paths
-
     out: dict = {}
     if settings.get("init_lora", NONE) not in (None, "", NONE):
-        out["init_lora"] = [{"path": folder_paths.get_full_path_or_raise("loras", settings["init_lora"]),
+        out["init_lora"] = [{"path": model_file("loras", settings["init_lora"], "init_lora"),
                              "strength": float(settings.get("init_lora_strength", 1.0))}]
     if settings.get("vace_module", NONE) not in (None, "", NONE):
-        out["vace_module"] = folder_paths.get_full_path_or_raise("diffusion_models", settings["vace_module"])
+        out["vace_module"] = model_file("diffusion_models", settings["vace_module"], "vace_module")
     targets = [name.strip() for name in str(settings.get("targets") or "").replace(";", ",").split(",") if name.strip()]
     if targets and targets != ["self_attn_qkv"]:
         out["targets"] = targets
@@ -80,29 +78,43 @@ def lora_folder() -> Path:
     return Path(folder_paths.get_folder_paths("loras")[0]) / LORA_SUBFOLDER
 
 
+def _in_runs_folder(path: Path, root: Path) -> bool:
+    """Whether the resolved ``path`` is ``<root>/<run>/checkpoints/step-N`` (``root`` resolved too)."""
+    return (path.parent.name == "checkpoints" and len(path.parents) >= 3 and path.parents[2] == root
+            and path.name.startswith("step-"))
+
+
+def _latest_checkpoint(root: Path, lora_name: str) -> Path:
+    """The newest complete checkpoint of a run named ``lora_name``; run folders and checkpoint folders that are links
+    leading out of the runs folder are passed over."""
+    # Run folders are "<lora_name>-YYYYmmdd-HHMMSS[-N]": match the whole pattern, so "hands" never picks "hands-v2-...".
+    own = re.compile(re.escape(lora_name) + r"-\d{8}-\d{6}(?:-\d+)?")
+    runs = sorted((p for p in root.glob(f"{glob.escape(lora_name)}-*") if p.is_dir() and not p.is_symlink() and own.fullmatch(p.name)),
+                  key=lambda p: p.stat().st_mtime, reverse=True)
+    for run in runs:
+        checkpoint = pick_checkpoint(run)
+        if checkpoint is not None and _in_runs_folder(checkpoint.resolve(), root):
+            return checkpoint.resolve()
+    raise ValueError(f"resume='latest': no checkpoint of a run named {lora_name!r} under {root}; clear resume to start fresh")
+
+
 def _resolve_resume(resume: str, lora_name: str) -> Path | None:
     resume = (resume or "").strip()
     if not resume:
         return None
     root = runs_root().resolve()
     if resume == "latest":
-        # Run folders are "<lora_name>-YYYYmmdd-HHMMSS[-N]": match the whole pattern, so "hands" never picks "hands-v2-...".
-        own = re.compile(re.escape(lora_name) + r"-\d{8}-\d{6}(?:-\d+)?")
-        runs = sorted((p for p in root.glob(f"{glob.escape(lora_name)}-*") if p.is_dir() and own.fullmatch(p.name)),
-                      key=lambda p: p.stat().st_mtime, reverse=True)
-        for run in runs:
-            checkpoint = pick_checkpoint(run)
-            if checkpoint is not None:
-                return checkpoint
-        raise ValueError(f"resume='latest': no checkpoint of a run named {lora_name!r} under {root}; clear resume to start fresh")
+        return _latest_checkpoint(root, lora_name)
     path = Path(resume)
     path = (path if path.is_absolute() else root / path).resolve()
     if path.parent == root and path.is_dir():  # a run folder: its newest complete checkpoint
-        path = pick_checkpoint(path) or path
+        path = (pick_checkpoint(path) or path).resolve()
+    if not path.is_relative_to(root):  # '..', another folder, or a link leading out of the runs folder
+        raise ValueError(f"resume={resume!r} resolves to {path}, outside the runs folder {root} ('..', another folder or a "
+                         "link leading out of it); use 'latest' or a checkpoint path the node reported")
     # Only <runs>/<run>/checkpoints/step-N: the run folder (where run.json and the new checkpoints go) is taken
     # from it, so anything shallower or elsewhere would put the run outside the runs folder.
-    if (path.parent.name != "checkpoints" or len(path.parents) < 3 or path.parents[2] != root or not path.name.startswith("step-")
-            or not (path / "state.json").is_file()):
+    if not _in_runs_folder(path, root) or not (path / "state.json").is_file():
         raise ValueError(f"resume={resume!r} is not a checkpoint folder (<run>/checkpoints/step-N) under {root}; "
                          "use 'latest' or a path the node reported")
     problem = checkpoint_problem(path)
@@ -403,7 +415,7 @@ class IPATrainLoRA(io.ComfyNode):
         if settings["objective"] == Objective.DPO and counts["rejected"] == 0:
             raise ValueError(f"objective 'dpo' needs rejected samples too; dataset {dataset} has none. Use 'ipa' (preferred only)")
         check_lora_name(settings["lora_name"])
-        base_model_path = folder_paths.get_full_path_or_raise("diffusion_models", base_model)
+        base_model_path = model_file("diffusion_models", base_model, "base_model")
         gpu_ids, devices, processes, note = cls._devices(gpus)
         checkpoint = check_resume(resume, settings["lora_name"], settings["steps"])
         resolve_vram_budget(vram_budget_gb, [])  # a bad value fails here; 'auto' is measured once ComfyUI's models are unloaded
