@@ -409,7 +409,6 @@ class IPATrainLoRA(io.ComfyNode):
     @classmethod
     def _prepare(cls, dataset, base_model, gpus, resume, vram_budget_gb, settings: dict) -> _Launch:
         """Every check that can fail before ComfyUI's models are unloaded or a run folder exists."""
-
         dataset_dir, counts = check_dataset(dataset)
         if settings["objective"] == Objective.DPO and counts["rejected"] == 0:
             raise ValueError(f"objective 'dpo' needs rejected samples too; dataset {dataset} has none. Use 'ipa' (preferred only)")
