@@ -72,6 +72,10 @@ class Trainer:
         Built in the order that fails cheapest first: the output folder and the resume checkpoint, the data (all
         validation before any model is built), the memory plan, the model and its adapters, the distributed
         wrapping, the optimizer."""
+        try:  # Windows without long paths: refused now, not when the first checkpoint is written hours later
+            check_checkpoint_paths(config.output_dir, config.lora_name, config.steps, ranks=dist_info.world)
+        except LaunchRefused as exc:
+            raise ConfigError(str(exc)) from None
         self.config = config
         self.dist = dist_info
         self.events = events
@@ -365,10 +369,6 @@ def train(
 ) -> TrainResult:
     """In-process entry point (one process unless torchrun's environment is set)."""
     dist_info = setup_distributed()
-    try:  # Windows without long paths: refused now, not when the first checkpoint is written
-        check_checkpoint_paths(config.output_dir, config.lora_name, config.steps, ranks=dist_info.world)
-    except LaunchRefused as exc:
-        raise ConfigError(str(exc)) from None
     events = Events(dist_info, callback, stdout=stdout)
     trainer = Trainer(config, dist_info, events, resume=resume, stop_requested=stop_requested, dump_replicas=dump_replicas)
     return trainer.run()
