@@ -13,6 +13,7 @@ import os
 import re
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
@@ -66,6 +67,24 @@ def _temporary_beside(path: Path) -> str:
     raise FileExistsError(f"cannot create a temporary file next to {path}")
 
 
+# Waits between tries of a rename refused with PermissionError: 5 tries over about 2 s.
+RENAME_RETRY_DELAYS_S = (0.1, 0.3, 0.6, 1.0)
+
+
+def replace_retrying(source: os.PathLike | str, target: os.PathLike | str) -> None:
+    """``os.replace`` that tries again on PermissionError. Why: on Windows, antivirus scanners and the search indexer
+    open a freshly written file for a moment, and a rename onto or from it then fails although nothing is wrong; a
+    file that stays locked (memory-mapped by a process that loaded it) still fails after the last try."""
+    for delay in (*RENAME_RETRY_DELAYS_S, None):
+        try:
+            os.replace(source, target)
+            return
+        except PermissionError:
+            if delay is None:
+                raise
+            time.sleep(delay)
+
+
 def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,7 +96,7 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
             os.chmod(tmp, mode)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        replace_retrying(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -204,33 +223,79 @@ def read_json(path: os.PathLike | str) -> Any:
             raise FileReadError(f"{path} is not valid JSON{where}; it may be truncated or edited by hand") from exc
 
 
-def install_keeping_previous(source: os.PathLike | str, target: os.PathLike | str) -> Optional[Path]:
-    """Copies ``source`` to ``target`` atomically, so ``target`` always names the newest file (what a workflow that
-    loads it by name expects). A file already at ``target`` is kept first under the next free ``<stem>_NNNNN<suffix>``
-    (00001 = the oldest), so nothing saved is lost; returns that path, or ``None`` when there was nothing to keep."""
+@dataclass(frozen=True)
+class Installed:
+    """Where :func:`install_keeping_previous` put things: ``path`` holds the new file; ``kept`` the previous one when
+    it was kept under a new name; ``locked`` is True when the target could not be replaced (another process holds it
+    open: on Windows a loaded, memory-mapped safetensors file), so the new file went to ``path``, a kept name, instead."""
+
+    path: Path
+    kept: Optional[Path] = None
+    locked: bool = False
+
+
+def _next_kept_name(target: Path, counter: int) -> Path:
+    return target.with_name(f"{target.stem}_{counter:05d}{target.suffix}")
+
+
+def _keep_previous(target: Path) -> Path:
+    """Keeps the file at ``target`` under the next free ``<stem>_NNNNN<suffix>``: a hard link, or a copy."""
     import shutil
 
-    target = Path(target)
-    kept = None
-    if target.exists():
-        counter = 1
-        while True:
-            candidate = target.with_name(f"{target.stem}_{counter:05d}{target.suffix}")
-            try:
-                os.link(target, candidate)  # fails if taken: no race overwrites a kept file
-                kept = candidate
-                break
-            except FileExistsError:
+    counter = 1
+    while True:
+        candidate = _next_kept_name(target, counter)
+        try:
+            os.link(target, candidate)  # fails if taken: no race overwrites a kept file
+            return candidate
+        except FileExistsError:
+            counter += 1
+        except OSError:  # no hard links on this file system: copy (atomically) instead
+            if candidate.exists():
                 counter += 1
-            except OSError:  # no hard links on this file system: copy (atomically) instead
-                if candidate.exists():
-                    counter += 1
-                    continue
-                _atomic_write(candidate, lambda path: shutil.copyfile(target, path))
-                kept = candidate
-                break
-    _atomic_write(target, lambda path: shutil.copyfile(source, path))
-    return kept
+                continue
+            _atomic_write(candidate, lambda path: shutil.copyfile(target, path))
+            return candidate
+
+
+def _install_under_kept_name(source: Path, target: Path) -> Path:
+    """The new file under the next free kept name (the target is locked), claimed with O_EXCL so no race overwrites one."""
+    import shutil
+
+    counter = 1
+    while True:
+        candidate = _next_kept_name(target, counter)
+        try:
+            os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
+        except FileExistsError:
+            counter += 1
+            continue
+        return _atomic_write(candidate, lambda path: shutil.copyfile(source, path))
+
+
+def install_keeping_previous(source: os.PathLike | str, target: os.PathLike | str) -> Installed:
+    """Copies ``source`` to ``target`` atomically, so ``target`` always names the newest file (what a workflow that
+    loads it by name expects). A file already at ``target`` is kept first under the next free ``<stem>_NNNNN<suffix>``
+    (00001 = the oldest), so nothing saved is lost.
+
+    When ``target`` stays locked (Windows refuses to replace a file another process has memory-mapped, such as a LoRA
+    ComfyUI still holds), the new file is saved under the next kept name instead and ``locked`` says so; the
+    duplicate name made for the previous file is removed again when Windows allows it."""
+    import shutil
+
+    source, target = Path(source), Path(target)
+    kept = _keep_previous(target) if target.exists() else None
+    try:
+        _atomic_write(target, lambda path: shutil.copyfile(source, path))
+    except PermissionError:
+        if kept is not None:
+            try:
+                os.unlink(kept)  # the previous file is still at target: no second name needed
+                kept = None
+            except OSError:
+                pass
+        return Installed(_install_under_kept_name(source, target), kept, locked=True)
+    return Installed(target, kept)
 
 
 def safetensors_dtypes() -> dict[str, "torch.dtype"]:

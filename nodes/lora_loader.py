@@ -21,6 +21,7 @@ from comfy_api.v0_0_2 import io, ui
 
 from ..ipa_train.wan.lora_io import LoraFileError, read_lora_file
 from ..ipa_train.wan.lora_meta import KEY_ORDER, WAN_SIZES, base_model_mismatch, size_tag_from_name, training_metadata
+from .paths import model_file
 
 log = logging.getLogger(__name__)
 
@@ -158,9 +159,7 @@ class IPALoRALoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, lora_name, strength) -> io.NodeOutput:
-        import folder_paths
-
-        path = folder_paths.get_full_path_or_raise("loras", lora_name)
+        path = model_file("loras", lora_name, "lora_name")  # inside ComfyUI's loras folders, links included
         try:  # errors name the file: truncated, a pickle (.pt/.ckpt, never loaded), no Wan LoRA key in any layout
             native, conversion, metadata = read_lora_file(path)
         except LoraFileError as exc:

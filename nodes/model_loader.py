@@ -13,6 +13,7 @@ import torch
 from comfy_api.v0_0_2 import io
 
 from ..ipa_train.wan.vace_module import VaceModuleError, merge_vace_module
+from .paths import model_file
 
 WEIGHT_DTYPES = ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]  # UNETLoader's choices, same meaning
 
@@ -57,13 +58,12 @@ class IPALoadWanVaceModule(io.ComfyNode):
     def execute(cls, unet_name, vace_module, weight_dtype="default") -> io.NodeOutput:
         import comfy.sd
         import comfy.utils
-        import folder_paths
 
         for name in (unet_name, vace_module):
             if not name.lower().endswith(".safetensors"):
                 raise ValueError(f"{name}: only .safetensors files are loaded here (no pickle files, no GGUF)")
-        base_path = folder_paths.get_full_path_or_raise("diffusion_models", unet_name)
-        module_path = folder_paths.get_full_path_or_raise("diffusion_models", vace_module)
+        base_path = model_file("diffusion_models", unet_name, "unet_name")
+        module_path = model_file("diffusion_models", vace_module, "vace_module")
         base, metadata = comfy.utils.load_torch_file(base_path, safe_load=True, return_metadata=True)
         module = comfy.utils.load_torch_file(module_path, safe_load=True)
         try:

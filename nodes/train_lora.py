@@ -26,13 +26,14 @@ from ..ipa_train.data.manifest import read_manifest
 from ..ipa_train.data.marks import count_statuses
 from ..ipa_train.fileio import InvalidNameError, atomic_write_json, install_keeping_previous, validate_name
 from ..ipa_train.jobs import launcher
-from ..ipa_train.jobs.checkpoint_files import checkpoint_problem, pick_checkpoint, step_of
+from ..ipa_train.jobs.checkpoint_files import check_checkpoint_paths, checkpoint_problem, pick_checkpoint, step_of
 from ..ipa_train.jobs.config import ConfigError, RunConfig
 from ..ipa_train.jobs.contract import CHECKPOINT, STARTED, STEP
 from ..ipa_train.jobs.curves import training_curves
 from . import train_inputs
 from .host import prompt_server
-from .paths import dataset_root
+from .lora_cache import release_cached_lora
+from .paths import dataset_root, model_file
 from .train_inputs import NONE
 
 log = logging.getLogger(__name__)
@@ -43,14 +44,12 @@ LORA_SUBFOLDER = "ipa"
 def reference_settings(settings: dict) -> dict:
     """run.json keys for the reference (init_lora with its strength, vace_module, allow_other_base) and the LoRA targets,
     only those set; model names resolved to paths in ComfyUI's model folders."""
-    import folder_paths
-
     out: dict = {}
     if settings.get("init_lora", NONE) not in (None, "", NONE):
-        out["init_lora"] = [{"path": folder_paths.get_full_path_or_raise("loras", settings["init_lora"]),
+        out["init_lora"] = [{"path": model_file("loras", settings["init_lora"], "init_lora"),
                              "strength": float(settings.get("init_lora_strength", 1.0))}]
     if settings.get("vace_module", NONE) not in (None, "", NONE):
-        out["vace_module"] = folder_paths.get_full_path_or_raise("diffusion_models", settings["vace_module"])
+        out["vace_module"] = model_file("diffusion_models", settings["vace_module"], "vace_module")
     targets = [name.strip() for name in str(settings.get("targets") or "").replace(";", ",").split(",") if name.strip()]
     if targets and targets != ["self_attn_qkv"]:
         out["targets"] = targets
@@ -79,29 +78,43 @@ def lora_folder() -> Path:
     return Path(folder_paths.get_folder_paths("loras")[0]) / LORA_SUBFOLDER
 
 
+def _in_runs_folder(path: Path, root: Path) -> bool:
+    """Whether the resolved ``path`` is ``<root>/<run>/checkpoints/step-N`` (``root`` resolved too)."""
+    return (path.parent.name == "checkpoints" and len(path.parents) >= 3 and path.parents[2] == root
+            and path.name.startswith("step-"))
+
+
+def _latest_checkpoint(root: Path, lora_name: str) -> Path:
+    """The newest complete checkpoint of a run named ``lora_name``; run folders and checkpoint folders that are links
+    leading out of the runs folder are passed over."""
+    # Run folders are "<lora_name>-YYYYmmdd-HHMMSS[-N]": match the whole pattern, so "hands" never picks "hands-v2-...".
+    own = re.compile(re.escape(lora_name) + r"-\d{8}-\d{6}(?:-\d+)?")
+    runs = sorted((p for p in root.glob(f"{glob.escape(lora_name)}-*") if p.is_dir() and not p.is_symlink() and own.fullmatch(p.name)),
+                  key=lambda p: p.stat().st_mtime, reverse=True)
+    for run in runs:
+        checkpoint = pick_checkpoint(run)
+        if checkpoint is not None and _in_runs_folder(checkpoint.resolve(), root):
+            return checkpoint.resolve()
+    raise ValueError(f"resume='latest': no checkpoint of a run named {lora_name!r} under {root}; clear resume to start fresh")
+
+
 def _resolve_resume(resume: str, lora_name: str) -> Path | None:
     resume = (resume or "").strip()
     if not resume:
         return None
     root = runs_root().resolve()
     if resume == "latest":
-        # Run folders are "<lora_name>-YYYYmmdd-HHMMSS[-N]": match the whole pattern, so "hands" never picks "hands-v2-...".
-        own = re.compile(re.escape(lora_name) + r"-\d{8}-\d{6}(?:-\d+)?")
-        runs = sorted((p for p in root.glob(f"{glob.escape(lora_name)}-*") if p.is_dir() and own.fullmatch(p.name)),
-                      key=lambda p: p.stat().st_mtime, reverse=True)
-        for run in runs:
-            checkpoint = pick_checkpoint(run)
-            if checkpoint is not None:
-                return checkpoint
-        raise ValueError(f"resume='latest': no checkpoint of a run named {lora_name!r} under {root}; clear resume to start fresh")
+        return _latest_checkpoint(root, lora_name)
     path = Path(resume)
     path = (path if path.is_absolute() else root / path).resolve()
     if path.parent == root and path.is_dir():  # a run folder: its newest complete checkpoint
-        path = pick_checkpoint(path) or path
+        path = (pick_checkpoint(path) or path).resolve()
+    if not path.is_relative_to(root):  # '..', another folder, or a link leading out of the runs folder
+        raise ValueError(f"resume={resume!r} resolves to {path}, outside the runs folder {root} ('..', another folder or a "
+                         "link leading out of it); use 'latest' or a checkpoint path the node reported")
     # Only <runs>/<run>/checkpoints/step-N: the run folder (where run.json and the new checkpoints go) is taken
     # from it, so anything shallower or elsewhere would put the run outside the runs folder.
-    if (path.parent.name != "checkpoints" or len(path.parents) < 3 or path.parents[2] != root or not path.name.startswith("step-")
-            or not (path / "state.json").is_file()):
+    if not _in_runs_folder(path, root) or not (path / "state.json").is_file():
         raise ValueError(f"resume={resume!r} is not a checkpoint folder (<run>/checkpoints/step-N) under {root}; "
                          "use 'latest' or a path the node reported")
     problem = checkpoint_problem(path)
@@ -120,6 +133,14 @@ def check_resume(resume: str, lora_name: str, steps: int) -> Path | None:
         raise ValueError(f"resume={resume!r}: this run is complete ({checkpoint.parents[1].name} is at step {done} of steps={steps}); "
                          "clear resume to train a new LoRA, or raise steps to train this one further")
     return checkpoint
+
+
+def check_run_paths(run_dir: Path | None, lora_name: str, steps: int, processes: int = 1) -> None:
+    """On Windows without long paths: refuses a run whose checkpoint files would pass MAX_PATH (a ValueError naming
+    the limit and what to do). ``run_dir`` None: a new run's folder, with the longest name ``_new_run_dir`` gives."""
+    if run_dir is None:
+        run_dir = runs_root() / f"{lora_name}-{'0' * 8}-{'0' * 6}-99"
+    check_checkpoint_paths(run_dir, lora_name, steps, ranks=processes)
 
 
 def _new_run_dir(lora_name: str) -> Path:
@@ -327,8 +348,9 @@ class IPATrainLoRA(io.ComfyNode):
         try:
             check_dataset(dataset)
             check_lora_name(lora_name)
-            launcher.parse_gpus(gpus, available=_visible_gpus()[0])
-            check_resume(resume, lora_name, steps)
+            processes = max(1, len(launcher.parse_gpus(gpus, available=_visible_gpus()[0]) or []))
+            checkpoint = check_resume(resume, lora_name, steps)
+            check_run_paths(checkpoint.parents[1] if checkpoint is not None else None, lora_name, steps, processes)
         except (ValueError, launcher.LaunchError) as exc:
             return str(exc)
         return True
@@ -387,17 +409,16 @@ class IPATrainLoRA(io.ComfyNode):
     @classmethod
     def _prepare(cls, dataset, base_model, gpus, resume, vram_budget_gb, settings: dict) -> _Launch:
         """Every check that can fail before ComfyUI's models are unloaded or a run folder exists."""
-        import folder_paths
-
         dataset_dir, counts = check_dataset(dataset)
         if settings["objective"] == Objective.DPO and counts["rejected"] == 0:
             raise ValueError(f"objective 'dpo' needs rejected samples too; dataset {dataset} has none. Use 'ipa' (preferred only)")
         check_lora_name(settings["lora_name"])
-        base_model_path = folder_paths.get_full_path_or_raise("diffusion_models", base_model)
+        base_model_path = model_file("diffusion_models", base_model, "base_model")
         gpu_ids, devices, processes, note = cls._devices(gpus)
         checkpoint = check_resume(resume, settings["lora_name"], settings["steps"])
         resolve_vram_budget(vram_budget_gb, [])  # a bad value fails here; 'auto' is measured once ComfyUI's models are unloaded
         run_dir = checkpoint.parents[1] if checkpoint is not None else _new_run_dir(settings["lora_name"])
+        check_run_paths(run_dir, settings["lora_name"], settings["steps"], processes)
         config = cls.build_config(dataset_dir, base_model_path, run_dir, **{**settings, "vram_budget_gb": None})
         try:
             stop_file = RunConfig.from_dict(config, source="IPA Train LoRA settings").stop_path  # bad values fail here, not in the job
@@ -483,11 +504,14 @@ class IPATrainLoRA(io.ComfyNode):
         # The newest training of a name is always loras/ipa/<name>.safetensors, so a workflow that loads it by name
         # (the animate template) gets what was just trained; the file it replaces is kept as <name>_NNNNN.
         target = lora_folder() / f"{trained.stem}.safetensors"
-        kept = install_keeping_previous(trained, target)
-        name = f"{LORA_SUBFOLDER}/{target.name}"
+        release_cached_lora(target)  # ComfyUI's LoRA loaders keep it memory-mapped: Windows cannot replace it then
+        installed = install_keeping_previous(trained, target)
+        name = f"{LORA_SUBFOLDER}/{installed.path.name}"
         warnings = [w for event in outcome.events if event.get("event") == STARTED for w in event.get("warnings") or []]
-        metrics = _metrics_text(outcome, name, target, kept, run_dir, warnings)
-        _show_on_node("\n".join(_summary_lines(outcome, name, kept, warnings)), node_id)
+        if installed.locked:
+            warnings.append(locked_warning(target, installed.path))
+        metrics = _metrics_text(outcome, name, target, installed.kept, run_dir, warnings)
+        _show_on_node("\n".join(_summary_lines(outcome, name, installed.kept, warnings)), node_id)
         return io.NodeOutput(name, _to_image(loss_image), metrics, ui=ui.PreviewText(metrics))
 
     @staticmethod
@@ -518,6 +542,13 @@ def _show_event(event: dict, job, pbar, steps: int, title: str) -> bool:
     elif event["event"] == CHECKPOINT:
         log.info("IPA Train LoRA: checkpoint at step %s: %s", event.get("step"), event.get("path"))
     return False
+
+
+def locked_warning(target: Path, saved: Path) -> str:
+    """What the node says when the previous LoRA could not be replaced (still open in another program or node)."""
+    return (f"{target.name} is in use (a loaded LoRA stays memory-mapped on Windows, or another program holds it open), so "
+            f"it could not be replaced: the new LoRA is saved as loras/{LORA_SUBFOLDER}/{saved.name}, and {target.name} is "
+            f"still the previous one. Load {LORA_SUBFOLDER}/{saved.name}, or restart ComfyUI and rename it to {target.name}")
 
 
 def _metrics_text(outcome, name: str, target: Path, kept: Path | None, run_dir: Path, warnings: list[str]) -> str:

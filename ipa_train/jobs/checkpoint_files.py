@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from ..fileio import remove_stale_temp_files
+from ..fileio import TEMP_SUFFIX, remove_stale_temp_files
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "state.json"
@@ -120,6 +120,29 @@ def pick_checkpoint(path: os.PathLike | str) -> Optional[Path]:
         if complete:
             return complete[-1]
     return None
+
+
+# ------------------------------------------------------------------------------------------------ path lengths
+
+
+def longest_checkpoint_path(output_dir: os.PathLike | str, lora_name: str, steps: int, ranks: int = 1) -> str:
+    """The longest path a run's checkpoints will write: a temporary file of an atomic write
+    (``.<name>.<12 hex>.tmp``, see ``fileio``) in the staging folder ``.tmp-step-<steps>`` (as long as
+    ``.old-step-N`` and longer than ``step-N``), for every file a checkpoint holds."""
+    folder = Path(os.path.abspath(output_dir)) / CHECKPOINTS_DIR / f"{STAGING_PREFIX}{max(int(steps), 1)}"
+    last_rank = max(int(ranks), 1) - 1
+    names = (*RESUME_FILES, STATE_FILE, f"{lora_name}.safetensors", f"rng-rank{last_rank}.safetensors", f"rng-rank{last_rank}.json")
+    temporary = [f".{name}.{'0' * 12}{TEMP_SUFFIX}" for name in names]
+    return str(folder / max(temporary, key=len))
+
+
+def check_checkpoint_paths(output_dir: os.PathLike | str, lora_name: str, steps: int, ranks: int = 1, platform=None) -> None:
+    """Refuses (``process_tree.LaunchRefused``, naming the limit and what to do) a run whose checkpoint paths would
+    pass Windows' MAX_PATH; a no-op elsewhere and where long paths are enabled."""
+    from .process_tree import current_platform
+
+    path = longest_checkpoint_path(output_dir, lora_name, steps, ranks)
+    (platform or current_platform()).check_path_length(path, "a checkpoint file of this run")
 
 
 # ------------------------------------------------------------------------------------------------ replacing

@@ -26,6 +26,9 @@ CREATE_NEW_PROCESS_GROUP = 0x00000200  # subprocess.CREATE_NEW_PROCESS_GROUP, de
 CTRL_BREAK_EVENT = 1  # signal.CTRL_BREAK_EVENT, defined on Windows only
 
 
+MAX_PATH = 260  # Windows' path limit in characters, the terminating NUL included, unless long paths are enabled
+
+
 class LaunchRefused(ValueError):
     """A launch this platform cannot do; the message says what would work."""
 
@@ -35,6 +38,7 @@ class Platform:
     """What differs between POSIX and Windows for launching and stopping the trainer."""
 
     windows: bool
+    long_paths: bool = False  # Windows with LongPathsEnabled: no MAX_PATH limit for Python
 
     def popen_options(self) -> dict:
         """Windows: a new process group (so CTRL_BREAK reaches only the job); POSIX: a new session and group."""
@@ -57,14 +61,39 @@ class Platform:
                 "is not supported there either). Use one GPU (its device id, e.g. gpus='0'), or train under WSL2 or Linux for several GPUs."
             )
 
+    def check_path_length(self, path: str, what: str) -> None:
+        """Windows without long-path support cannot create a file whose path has MAX_PATH (260) characters or more:
+        refused before the run starts, not when its first checkpoint is written hours later."""
+        if not self.windows or self.long_paths or len(path) < MAX_PATH:
+            return
+        raise LaunchRefused(
+            f"{what} would be {len(path)} characters long ({path}), and Windows allows at most {MAX_PATH - 1} "
+            f"(MAX_PATH {MAX_PATH}) unless long paths are enabled. Use a shorter lora_name or a shorter output folder "
+            "(ComfyUI's --output-directory), or enable long paths: set LongPathsEnabled to 1 under "
+            "HKEY_LOCAL_MACHINE\\SYSTEM\\CurrentControlSet\\Control\\FileSystem (administrator), then restart ComfyUI."
+        )
+
     def distributed_env(self, processes: int) -> dict[str, str]:
         """Environment for several processes: PyTorch's Windows wheels lack libuv, which torchrun's store asks for
         by default ("use_libuv was requested but PyTorch was build without libuv support")."""
         return {"USE_LIBUV": "0"} if self.windows and processes > 1 else {}
 
 
+def _windows_long_paths() -> bool:
+    """Whether Windows lets this Python use paths past MAX_PATH (the LongPathsEnabled registry value; Python's own
+    manifest declares itself long-path aware)."""
+    try:
+        import winreg
+
+        with winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE, r"SYSTEM\CurrentControlSet\Control\FileSystem") as key:
+            return int(winreg.QueryValueEx(key, "LongPathsEnabled")[0]) == 1
+    except (ImportError, OSError, ValueError):
+        return False
+
+
 def current_platform(os_name: Optional[str] = None) -> Platform:
-    return Platform(windows=(os.name if os_name is None else os_name) == "nt")
+    windows = (os.name if os_name is None else os_name) == "nt"
+    return Platform(windows=windows, long_paths=windows and os.name == "nt" and _windows_long_paths())
 
 
 # ----------------------------------------------------------------------------------------------- the tree

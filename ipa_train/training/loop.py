@@ -17,9 +17,10 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..fileio import atomic_save_safetensors
-from ..jobs.checkpoint_files import CHECKPOINTS_DIR, recover_checkpoints
+from ..jobs.checkpoint_files import CHECKPOINTS_DIR, check_checkpoint_paths, recover_checkpoints
 from ..jobs.config import ConfigError, RunConfig
 from ..jobs.contract import CHECKPOINT, FINISHED, STARTED, STEP, STOPPED
+from ..jobs.process_tree import LaunchRefused
 from ..wan.model import storage_summary
 from . import lora as lora_setup
 from .batching import Sampler, load_training_data, seed_for
@@ -71,6 +72,10 @@ class Trainer:
         Built in the order that fails cheapest first: the output folder and the resume checkpoint, the data (all
         validation before any model is built), the memory plan, the model and its adapters, the distributed
         wrapping, the optimizer."""
+        try:  # Windows without long paths: refused now, not when the first checkpoint is written hours later
+            check_checkpoint_paths(config.output_dir, config.lora_name, config.steps, ranks=dist_info.world)
+        except LaunchRefused as exc:
+            raise ConfigError(str(exc)) from None
         self.config = config
         self.dist = dist_info
         self.events = events

@@ -100,6 +100,9 @@ def read_lora_file(path: os.PathLike | str) -> tuple[dict[str, torch.Tensor], Co
         raise LoraFileError(f"{path.name}: only .safetensors LoRA files are loaded (no pickle files).")
     try:
         tensors, metadata = load_safetensors(path)
+        # Copies: safe_open's tensors keep the file memory-mapped for as long as they live (in ComfyUI: as long as the
+        # patched model stays cached), and on Windows a mapped file cannot be replaced when the LoRA is retrained.
+        tensors = {key: value.clone() for key, value in tensors.items()}
     except FileReadError as error:  # names the file and what it looks like (truncated, a pickle, empty)
         raise LoraFileError(f"LoRA {error}; download or export it again as .safetensors") from None
     except Exception as error:

@@ -225,3 +225,75 @@ def test_loader_reruns_when_the_file_under_its_name_changes(tiny):
 
     os.utime(tiny.loras / name, ns=(1, 1))
     assert IPALoRALoader.fingerprint_inputs(lora_name=name, strength=1.0) != before
+
+
+def _mapped(path) -> bool:
+    """Whether this process has ``path`` memory-mapped (Linux: /proc/self/maps), what keeps it locked on Windows."""
+    import os
+
+    with open("/proc/self/maps") as maps:
+        return os.path.realpath(path) in maps.read()
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/maps"), reason="reads /proc/self/maps (Linux)")
+def test_the_loaded_lora_file_is_not_kept_mapped(tiny):
+    """A patched model in ComfyUI's output cache must not hold the file mapped: Windows could not replace it when
+    the LoRA is retrained under the same name."""
+    import gc
+
+    from comfyui_ipa_pack.nodes.lora_loader import IPALoRALoader
+
+    state, _ = _layout("native", None)
+    name = _write(tiny, "mapped.safetensors", state)
+    patched, _ = IPALoRALoader.execute(tiny.model, name, 1.0).args
+    gc.collect()
+    assert patched.patches and not _mapped(tiny.loras / name)
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/maps"), reason="reads /proc/self/maps (Linux)")
+def test_comfyuis_cached_lora_is_released_before_the_file_is_replaced(tiny):
+    """ComfyUI's LoraLoader keeps the last file in ``loaded_lora`` (memory-mapped); the train node clears the entry
+    that holds the file it replaces, and only that one."""
+    import gc
+
+    import folder_paths
+    from comfyui_ipa_pack.nodes.lora_cache import release_cached_lora
+
+    comfy_nodes = __import__("sys").modules["nodes"]  # ComfyUI's nodes.py, as load_pack_cpu imported it
+    state, _ = _layout("native", None)
+    name, other = _write(tiny, "cached.safetensors", state), _write(tiny, "other_cached.safetensors", state)
+    loader, only_model, keeper = comfy_nodes.LoraLoader(), comfy_nodes.LoraLoaderModelOnly(), comfy_nodes.LoraLoaderModelOnly()
+    loader.load_lora(tiny.model, None, name, 1.0, 0.0)
+    only_model.load_lora_model_only(tiny.model, name, 1.0)
+    keeper.load_lora_model_only(tiny.model, other, 1.0)
+    assert loader.loaded_lora[0] == folder_paths.get_full_path("loras", name) and _mapped(tiny.loras / name)
+    assert release_cached_lora(tiny.loras / name) == 2
+    gc.collect()
+    assert loader.loaded_lora is None and only_model.loaded_lora is None and not _mapped(tiny.loras / name)
+    assert keeper.loaded_lora is not None and _mapped(tiny.loras / other)  # another file's cache stays
+    assert release_cached_lora(tiny.loras / name) == 0
+
+
+def test_lora_names_resolve_inside_the_loras_folders(tiny, tmp_path):
+    """A widget value from a request: '..', an absolute path or a link leading out of models/loras is refused with
+    what to do; a link to a file inside the folder still works."""
+    import os
+
+    import folder_paths
+    from comfyui_ipa_pack.nodes.lora_loader import IPALoRALoader
+
+    state, _ = _layout("native", None)
+    outside = tmp_path / "outside.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in state.items()}, str(outside))
+    for bad in ("../outside.safetensors", "ipa/../../outside.safetensors", str(outside), "..\\outside.safetensors"):
+        with pytest.raises(ValueError, match="is not a file name in ComfyUI's loras folder: pick one from the list"):
+            IPALoRALoader.execute(tiny.model, bad, 1.0)
+    os.symlink(outside, tiny.loras / "escape.safetensors")
+    folder_paths.filename_list_cache.clear()
+    with pytest.raises(ValueError, match="resolves to .*outside.safetensors, outside ComfyUI's loras folders .*extra_model_paths.yaml"):
+        IPALoRALoader.execute(tiny.model, "escape.safetensors", 1.0)
+    # a link to a file inside the folder is fine
+    os.symlink(tiny.loras / _write(tiny, "inside.safetensors", state), tiny.loras / "alias.safetensors")
+    assert "2 weights patched" in IPALoRALoader.execute(tiny.model, "alias.safetensors", 1.0).args[1]

@@ -250,10 +250,97 @@ def test_resume_path_must_be_a_checkpoint_inside_the_runs_folder(host):
     # a run folder means its newest checkpoint; the run folder (parents[1]) then stays inside the runs folder
     assert train_lora._resolve_resume("hands-20250101-000000", "hands") == checkpoint.resolve()
     (runs / "other").mkdir()
-    for bad in ("other", "hands-20250101-000000/checkpoints", "hands-20250101-000000/checkpoints/step-2", "..", str(host),
-                "/checkpoints/step-1"):
+    for bad in ("other", "hands-20250101-000000/checkpoints", "hands-20250101-000000/checkpoints/step-2"):
         with pytest.raises(ValueError, match="not a checkpoint folder"):
             train_lora._resolve_resume(bad, "hands")
+    for bad in ("..", str(host), "/checkpoints/step-1", "../ipa_runs/../x/checkpoints/step-4"):
+        with pytest.raises(ValueError, match="outside the runs folder .*use 'latest' or a checkpoint path the node reported"):
+            train_lora._resolve_resume(bad, "hands")
+
+
+def test_resume_never_follows_a_link_out_of_the_runs_folder(host):
+    """A run folder or checkpoints folder that is a link to somewhere else is not resumed from (its run.json and new
+    checkpoints would be written there), neither by path nor by 'latest'."""
+    from comfyui_ipa_pack.nodes import train_lora
+
+    runs = host / "output" / "ipa_runs"
+    elsewhere = host / "elsewhere"
+    fake_checkpoint(elsewhere / "hands-20250101-000000" / "checkpoints" / "step-4", 4)
+    runs.mkdir(parents=True, exist_ok=True)
+    os.symlink(elsewhere / "hands-20250101-000000", runs / "hands-20250101-000000")
+    (runs / "hands-20250101-000001").mkdir()
+    os.symlink(elsewhere / "hands-20250101-000000" / "checkpoints", runs / "hands-20250101-000001" / "checkpoints")
+    for resume in ("hands-20250101-000000", "hands-20250101-000000/checkpoints/step-4", "hands-20250101-000001",
+                   str(runs / "hands-20250101-000001" / "checkpoints" / "step-4")):
+        with pytest.raises(ValueError, match="outside the runs folder"):
+            train_lora._resolve_resume(resume, "hands")
+    with pytest.raises(ValueError, match="resume='latest': no checkpoint of a run named 'hands'"):
+        train_lora._resolve_resume("latest", "hands")
+
+
+def test_model_names_from_widgets_stay_inside_their_folders(host):
+    """base_model, init_lora and vace_module: '..', absolute paths and links leading out of the folder are refused
+    before anything runs."""
+    from comfyui_ipa_pack.nodes import train_lora
+
+    outside = host / "outside.safetensors"
+    outside.write_bytes(b"x")
+    os.symlink(outside, host / "models" / "diffusion_models" / "escape.safetensors")
+    os.symlink(outside, host / "models" / "loras" / "escape.safetensors")
+    for bad in ("../outside.safetensors", str(outside)):
+        with pytest.raises(ValueError, match="base_model .* is not a file name in ComfyUI's diffusion_models folder"):
+            _run(base_model=bad)
+    with pytest.raises(ValueError, match="base_model 'escape.safetensors' resolves to .*outside ComfyUI's diffusion_models folders"):
+        _run(base_model="escape.safetensors")
+    with pytest.raises(ValueError, match="init_lora 'escape.safetensors' resolves to .*outside ComfyUI's loras folders"):
+        train_lora.reference_settings({"init_lora": "escape.safetensors"})
+    with pytest.raises(ValueError, match="vace_module '../outside.safetensors' is not a file name"):
+        train_lora.reference_settings({"vace_module": "../outside.safetensors"})
+    assert not (host / "output" / "ipa_runs").exists()  # refused before a run folder was made
+
+
+def test_checkpoint_paths_past_windows_max_path_are_refused_before_the_run(host, monkeypatch):
+    from comfyui_ipa_pack.ipa_train.jobs import process_tree
+    from comfyui_ipa_pack.nodes import train_lora
+
+    started = []
+    monkeypatch.setattr(train_lora, "_free_host_memory", lambda: started.append(True))
+    monkeypatch.setattr(process_tree, "current_platform", lambda os_name=None: process_tree.Platform(windows=True))
+    name = "n" * 128  # the longest lora_name: twice in the path (run folder and file), over 260 characters with the rest
+    limit = "would be .* characters long .*Windows allows at most 259 \\(MAX_PATH 260\\) unless long paths are enabled. Use a shorter lora_name"
+    refusal = train_lora.IPATrainLoRA.validate_inputs(dataset="hands", lora_name=name, gpus="cpu", steps=5, resume="")
+    assert isinstance(refusal, str) and __import__("re").search(limit, refusal), refusal
+    with pytest.raises(ValueError, match=limit):
+        _run(lora_name=name)
+    assert not started
+    assert train_lora.IPATrainLoRA.validate_inputs(dataset="hands", lora_name="short", gpus="cpu", steps=5, resume="") is True
+    monkeypatch.setattr(process_tree, "current_platform", lambda os_name=None: process_tree.Platform(windows=True, long_paths=True))
+    assert train_lora.IPATrainLoRA.validate_inputs(dataset="hands", lora_name=name, gpus="cpu", steps=5, resume="") is True
+
+
+def test_a_lora_that_stays_locked_is_saved_under_the_next_kept_name(host, monkeypatch):
+    """Windows: the previous LoRA is still memory-mapped by something ComfyUI could not release; the new one is saved
+    as <name>_NNNNN and the node says so."""
+    from comfyui_ipa_pack.ipa_train import fileio
+
+    _run()
+    lora = host / "models" / "loras" / "ipa" / "hands_lora.safetensors"
+    first = lora.read_bytes()
+    real = os.replace
+
+    def locked(source, target):
+        if str(target) == str(lora):
+            raise PermissionError(13, "being used by another process", str(target))
+        return real(source, target)
+
+    monkeypatch.setattr(fileio.os, "replace", locked)
+    monkeypatch.setattr(fileio.time, "sleep", lambda s: None)
+    name, _, metrics = _run().args
+    assert name == "ipa/hands_lora_00001.safetensors" and lora.read_bytes() == first
+    assert (host / "models" / "loras" / "ipa" / "hands_lora_00001.safetensors").is_file()
+    assert "saved as: loras/ipa/hands_lora_00001.safetensors" in metrics
+    assert ("WARNING: hands_lora.safetensors is in use (a loaded LoRA stays memory-mapped on Windows, or another program holds it "
+            "open), so it could not be replaced: the new LoRA is saved as loras/ipa/hands_lora_00001.safetensors") in metrics
 
 
 def test_gpu_ids_are_the_hosts_visible_devices(host, monkeypatch):

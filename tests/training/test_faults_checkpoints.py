@@ -140,3 +140,18 @@ def test_killed_while_replacing_a_real_checkpoint_then_resume_is_exact(tmp_path)
     assert set(state["files"]) >= set(cf.RESUME_FILES) | {"rng-rank0.safetensors", "ipa_lora.safetensors"} and all(
         (root / "step-3" / name).stat().st_size == size for name, size in state["files"].items()
     )
+
+
+def test_the_trainer_refuses_checkpoint_paths_past_windows_max_path_at_its_start(tmp_path, monkeypatch):
+    """The trainer started by hand (or by the launcher) checks what the node checks, before loading anything; the
+    longest path counts the ranks' files."""
+    from ipa_train.jobs import process_tree
+    from ipa_train.jobs.config import ConfigError
+
+    output = tmp_path / ("o" * 120)
+    config = tiny_config(tmp_path / "no_dataset_needed", output, lora_name="n" * 128, steps=1000)
+    monkeypatch.setattr(process_tree, "current_platform", lambda os_name=None: process_tree.Platform(windows=True))
+    with pytest.raises(ConfigError, match=r"a checkpoint file of this run would be \d+ characters long .*MAX_PATH 260"):
+        train(config)
+    assert not output.exists()  # refused before anything was written
+    assert cf.longest_checkpoint_path(output, "n", 1000, ranks=16).endswith(".rng-rank15.safetensors.000000000000.tmp")
