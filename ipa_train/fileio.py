@@ -21,6 +21,12 @@ if TYPE_CHECKING:  # torch is imported where tensors are handled: the job's host
     import torch
 
 TEMP_SUFFIX = ".tmp"  # temporary files are ".<target name>.<random>.tmp" beside their target
+TEMP_TOKEN_LENGTH = 12  # hex digits of the random part
+
+
+def temporary_name(name: str, token: str) -> str:
+    """The name of a temporary file written beside ``name``: ``.<name>.<token>.tmp``."""
+    return f".{name}.{token}{TEMP_SUFFIX}"
 
 
 class FileReadError(ValueError):
@@ -58,7 +64,7 @@ def _temporary_beside(path: Path) -> str:
     would (mode 0o666 minus the umask), so the renamed file gets the mode a user expects, not mkstemp's 0600."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     for _ in range(100):
-        tmp = str(path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}")
+        tmp = str(path.parent / temporary_name(path.name, uuid.uuid4().hex[:TEMP_TOKEN_LENGTH]))
         try:
             os.close(os.open(tmp, flags, 0o666))
             return tmp

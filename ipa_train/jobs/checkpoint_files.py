@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from ..fileio import TEMP_SUFFIX, remove_stale_temp_files
+from ..fileio import TEMP_TOKEN_LENGTH, remove_stale_temp_files, temporary_name
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "state.json"
@@ -132,7 +132,7 @@ def longest_checkpoint_path(output_dir: os.PathLike | str, lora_name: str, steps
     folder = Path(os.path.abspath(output_dir)) / CHECKPOINTS_DIR / f"{STAGING_PREFIX}{max(int(steps), 1)}"
     last_rank = max(int(ranks), 1) - 1
     names = (*RESUME_FILES, STATE_FILE, f"{lora_name}.safetensors", f"rng-rank{last_rank}.safetensors", f"rng-rank{last_rank}.json")
-    temporary = [f".{name}.{'0' * 12}{TEMP_SUFFIX}" for name in names]
+    temporary = [temporary_name(name, "0" * TEMP_TOKEN_LENGTH) for name in names]
     return str(folder / max(temporary, key=len))
 
 
