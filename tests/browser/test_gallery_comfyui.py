@@ -210,7 +210,10 @@ def sidebar_counts_follow(page, dataset_dir: Path) -> None:
 
     page.wait_for_function("() => document.querySelector(\".ipa-sidebar .ipa-ds[data-name='hands_v1']\")?.innerText.includes('1 preferred, 1 rejected, 1 pending')",
                            timeout=10_000)
-    assert "150 preferred, 151 rejected, 299 pending" in sidebar_item_text(page, "scale_600")  # the tile marked at scale
+    # the tile marked at scale: the list a refresh shows may predate that mark; the next refresh (a 4 s poll) has it
+    page.wait_for_function("() => document.querySelector(\".ipa-sidebar .ipa-ds[data-name='scale_600']\")?.innerText.includes('150 preferred, 151 rejected, 299 pending')",
+                           timeout=10_000)
+    assert "150 preferred, 151 rejected, 299 pending" in sidebar_item_text(page, "scale_600")
     for seed in (900, 901):  # a curate run storing two more samples
         add_sample(dataset_dir, tiny_tensors(seed), meta={"seed": seed, "prompt": "late"}, summary={"seed": seed, "prompt": "late"})
     page.wait_for_function("() => document.querySelector(\".ipa-sidebar .ipa-ds[data-name='hands_v1']\")?.innerText.includes('1 preferred, 1 rejected, 3 pending')",
