@@ -15,12 +15,25 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from comfy_api.v0_0_2 import io, ui
 
 from ..ipa_train.wan.lora_io import LoraFileError, read_lora_file
-from ..ipa_train.wan.lora_meta import KEY_ORDER, WAN_SIZES, base_model_mismatch, size_tag_from_name, training_metadata
+from ..ipa_train.wan.lora_meta import (
+    EXPERT_WORDS,
+    EXPERTS,
+    KEY_ORDER,
+    WAN_SIZES,
+    base_model_mismatch,
+    expert_from_metadata,
+    expert_from_name,
+    pair_partner_name,
+    size_tag_from_name,
+    training_metadata,
+)
 from .paths import model_file
 
 log = logging.getLogger(__name__)
@@ -129,75 +142,167 @@ class IPALoRALoader(io.ComfyNode):
             category="IPA",
             description=(
                 "Applies a Wan LoRA to the model in any common layout (ComfyUI native, diffusers, DiffSynth/peft, kohya/musubi, "
-                "VACE blocks included). Reports matched and unmatched keys and the LoRA's training metadata."
+                "VACE blocks included). Reports matched and unmatched keys and the LoRA's training metadata. With a two-expert "
+                "model (Wan2.2-VACE-Fun A14B) connect both experts: each LoRA goes to the expert its metadata names, and a "
+                "<name>_high / <name>_low pair is applied each to its own."
             ),
             inputs=[
-                io.Model.Input("model", tooltip="The Wan2.1-VACE model (from Load Diffusion Model) to apply the LoRA to."),
+                io.Model.Input("model", tooltip="The Wan VACE model (from Load Diffusion Model) to apply the LoRA to; with "
+                                                "model_low_noise connected, the high-noise expert."),
                 io.Combo.Input("lora_name", options=folder_paths.get_filename_list("loras"),
-                               tooltip="A LoRA in models/loras; IPA Train LoRA saves to ipa/<name>.safetensors."),
+                               tooltip="A LoRA in models/loras; IPA Train LoRA saves to ipa/<name>.safetensors, and for two "
+                                       "experts ipa/<name>_low.safetensors and/or ipa/<name>_high.safetensors: pick either "
+                                       "file of a pair, its partner is found next to it."),
                 io.Float.Input("strength", default=1.0, min=-100.0, max=100.0, step=0.01,
-                               tooltip="How strongly the LoRA applies (1 = as trained, 0 = not at all)."),
+                               tooltip="How strongly the LoRA applies (1 = as trained, 0 = not at all); both files of a pair."),
+                io.Model.Input("model_low_noise", optional=True,
+                               tooltip="The low-noise expert of a two-expert model (Wan2.2-VACE-Fun A14B). Connected, each LoRA "
+                                       "goes to the expert its metadata (ipa.expert) or name names; one naming neither goes "
+                                       "to both."),
             ],
             outputs=[
-                io.Model.Output(display_name="model", tooltip="The model with the LoRA's weights that fit it applied."),
-                io.String.Output(display_name="report", tooltip="Weights applied, keys that did not match or fit, "
-                                                                "base-model warnings, and the LoRA's training settings."),
+                io.Model.Output(display_name="model", tooltip="The model (high-noise expert) with the LoRA weights meant for "
+                                                              "it that fit it applied."),
+                io.String.Output(display_name="report", tooltip="Which LoRA went to which expert, weights applied, keys that "
+                                                                "did not match or fit, base-model warnings, the training settings."),
+                io.Model.Output(display_name="model_low_noise", tooltip="The low-noise expert with its LoRA applied (nothing "
+                                                                        "when model_low_noise is not connected)."),
             ],
         )
 
     @classmethod
     def fingerprint_inputs(cls, lora_name, strength, **_):
-        """Re-run when the file changes under the same name (a retrained LoRA replaces ipa/<name>.safetensors)."""
-        import folder_paths
-
-        path = folder_paths.get_full_path("loras", lora_name)
-        try:
-            stat = os.stat(path) if path else None
-        except OSError:
-            stat = None
-        return (lora_name, strength, stat.st_mtime_ns if stat else None, stat.st_size if stat else None)
+        """Re-run when the file (or its pair's partner) changes under the same name: a retrained LoRA replaces
+        ipa/<name>.safetensors."""
+        return (lora_name, strength, _file_stamp(lora_name), _file_stamp(pair_partner_name(lora_name)))
 
     @classmethod
-    def execute(cls, model, lora_name, strength) -> io.NodeOutput:
-        path = model_file("loras", lora_name, "lora_name")  # inside ComfyUI's loras folders, links included
-        try:  # errors name the file: truncated, a pickle (.pt/.ckpt, never loaded), no Wan LoRA key in any layout
-            native, conversion, metadata = read_lora_file(path)
-        except LoraFileError as exc:
-            raise ValueError(str(exc)) from None
-        unconverted = list(_report_list(conversion, "unmatched"))
-        lines = [f"LoRA {lora_name}"]
-        warning = base_model_mismatch(metadata, model_width(model))
-        if warning:
-            log.warning("IPA LoRA Loader: %s", warning)
-            lines.append(f"WARNING: {warning}")
-        misfits = {}
-        if strength == 0:
-            lines.append("strength 0: the model is returned unchanged")
-            patched, matched, unmatched = model, 0, []
-        else:
-            patched, matched, unmatched, misfits = apply_native_lora(model, native, strength)
-            # Count source keys only: an .alpha the converter wrote for a file without one is not the file's key.
-            written_alphas = {f"{module}.alpha" for module, source in conversion.alpha_from.items() if source != "file"}
-            unmatched = [key for key in unmatched if key not in written_alphas]
-            if matched == 0:
-                raise ValueError(_nothing_applies(lora_name, native, metadata, misfits, model_width(model)))
-            patched.model_options.setdefault("ipa_loras", []).append({"name": lora_name, "strength": strength, "weights": matched})
-        unmatched = unconverted + unmatched
-        lines.append(f"strength {strength}: {matched} weights patched, {len(unmatched)} keys unmatched"
-                     + (f", {len(misfits)} weights left out (their shapes do not fit this model)" if misfits else ""))
-        if misfits:
-            first, message = next(iter(misfits.items()))
-            text = f"{len(misfits)} weights of {lora_name} do not fit this model and were left out, e.g. {first}: {message}"
-            log.warning("IPA LoRA Loader: %s", text)
-            lines.append(f"WARNING: {text}")
-        if unmatched:
-            shown = unmatched[:20]
-            lines.append("unmatched: " + ", ".join(shown) + (f" ... (+{len(unmatched) - 20})" if len(unmatched) > 20 else ""))
-            log.warning("IPA LoRA Loader: %d keys of %s did not match: %s", len(unmatched), lora_name, shown)
-        lines.append(base_model_words(metadata, model_width(model)))
-        lines.append(settings_report(metadata))
-        report = "\n".join(lines)
-        return io.NodeOutput(patched, report, ui=ui.PreviewText(report))
+    def execute(cls, model, lora_name, strength, model_low_noise=None) -> io.NodeOutput:
+        first = read_lora(lora_name)
+        if model_low_noise is None:
+            patched, lines = apply_lora_file(model, first, strength)
+            if first.expert:
+                lines.insert(1, f"trained for the {EXPERT_WORDS[first.expert]} expert of a two-expert model "
+                                f"({first.expert_source}); applied to model, the only model connected: that must be "
+                                f"the {EXPERT_WORDS[first.expert]} expert")
+            report = "\n".join(lines)
+            return io.NodeOutput(patched, report, None, ui=ui.PreviewText(report))
+        routes = route_to_experts(first)
+        sockets = {"high": model, "low": model_low_noise}
+        summary, sections = [], []
+        for lora, experts in routes:
+            for expert in experts:
+                sockets[expert], lines = apply_lora_file(sockets[expert], lora, strength)
+                sections.append("\n".join(lines))
+            summary.append(f"{lora.name} -> {' and '.join(_SOCKETS[e] for e in experts)} ({lora.expert_source})")
+        for expert in EXPERTS:
+            if not any(expert in experts for _, experts in routes):
+                summary.append(f"{_SOCKETS[expert]}: no LoRA for the {EXPERT_WORDS[expert]} expert, returned unchanged")
+        report = "\n".join(["applied: " + "; ".join(summary)] + sections)
+        return io.NodeOutput(sockets["high"], report, sockets["low"], ui=ui.PreviewText(report))
+
+
+_SOCKETS = {"high": "model (high-noise expert)", "low": "model_low_noise (low-noise expert)"}
+
+
+def _file_stamp(lora_name):
+    import folder_paths
+
+    path = folder_paths.get_full_path("loras", lora_name) if lora_name else None
+    try:
+        stat = os.stat(path) if path else None
+    except OSError:
+        stat = None
+    return (stat.st_mtime_ns, stat.st_size) if stat else None
+
+
+@dataclass
+class LoraFile:
+    """One LoRA file as read for applying: native keys, the conversion report, metadata, and its expert."""
+
+    name: str
+    native: dict
+    conversion: object
+    metadata: dict
+    expert: Optional[str]  # "high" / "low" from the metadata, else from the name; None: neither says
+    expert_source: str  # how the expert was told, for the report
+
+
+def read_lora(lora_name: str) -> LoraFile:
+    """Reads a LoRA named by the widget; refuses a file whose name and metadata claim different experts."""
+    path = model_file("loras", lora_name, "lora_name")  # inside ComfyUI's loras folders, links included
+    try:  # errors name the file: truncated, a pickle (.pt/.ckpt, never loaded), no Wan LoRA key in any layout
+        native, conversion, metadata = read_lora_file(path)
+    except LoraFileError as exc:
+        raise ValueError(str(exc)) from None
+    recorded, named = expert_from_metadata(metadata), expert_from_name(lora_name)
+    if recorded and named and recorded != named:
+        right = pair_partner_name(lora_name)
+        raise ValueError(
+            f"{lora_name} is named for the {EXPERT_WORDS[named]} expert, but its metadata (ipa.expert = {recorded}) says "
+            f"it was trained for the {EXPERT_WORDS[recorded]} expert: the files of a pair were swapped or renamed. Rename "
+            f"it to {os.path.basename(right)} (and its partner the other way), then pick it again")
+    if recorded:
+        return LoraFile(lora_name, native, conversion, metadata, recorded, "ipa.expert in its metadata")
+    if named:
+        return LoraFile(lora_name, native, conversion, metadata, named, "from its name; no ipa.expert in its metadata")
+    return LoraFile(lora_name, native, conversion, metadata, None, "no expert in its metadata or name: applied to both")
+
+
+def route_to_experts(first: LoraFile) -> list[tuple[LoraFile, list[str]]]:
+    """Which expert(s) each LoRA goes to: a LoRA naming an expert goes to it, with its pair's partner (found by name
+    next to it) going to the other; a LoRA naming none goes to both."""
+    import folder_paths
+
+    if first.expert is None:
+        return [(first, list(EXPERTS))]
+    routes = [(first, [first.expert])]
+    partner_name = pair_partner_name(first.name)
+    if partner_name and folder_paths.get_full_path("loras", partner_name):
+        partner = read_lora(partner_name)  # its name claims the other expert; read_lora refuses metadata saying otherwise
+        routes.append((partner, [partner.expert]))
+    return routes
+
+
+def apply_lora_file(model, lora: LoraFile, strength: float):
+    """One LoRA onto one model, ComfyUI's own way; returns the patched model and the report's lines."""
+    native, conversion, metadata, lora_name = lora.native, lora.conversion, lora.metadata, lora.name
+    unconverted = list(_report_list(conversion, "unmatched"))
+    lines = [f"LoRA {lora_name}"]
+    warning = base_model_mismatch(metadata, model_width(model))
+    if warning:
+        log.warning("IPA LoRA Loader: %s", warning)
+        lines.append(f"WARNING: {warning}")
+    misfits = {}
+    if strength == 0:
+        lines.append("strength 0: the model is returned unchanged")
+        patched, matched, unmatched = model, 0, []
+    else:
+        patched, matched, unmatched, misfits = apply_native_lora(model, native, strength)
+        # Count source keys only: an .alpha the converter wrote for a file without one is not the file's key.
+        written_alphas = {f"{module}.alpha" for module, source in conversion.alpha_from.items() if source != "file"}
+        unmatched = [key for key in unmatched if key not in written_alphas]
+        if matched == 0:
+            raise ValueError(_nothing_applies(lora_name, native, metadata, misfits, model_width(model)))
+        entry = {"name": lora_name, "strength": strength, "weights": matched}
+        if lora.expert:
+            entry["expert"] = lora.expert
+        patched.model_options.setdefault("ipa_loras", []).append(entry)
+    unmatched = unconverted + unmatched
+    lines.append(f"strength {strength}: {matched} weights patched, {len(unmatched)} keys unmatched"
+                 + (f", {len(misfits)} weights left out (their shapes do not fit this model)" if misfits else ""))
+    if misfits:
+        first, message = next(iter(misfits.items()))
+        text = f"{len(misfits)} weights of {lora_name} do not fit this model and were left out, e.g. {first}: {message}"
+        log.warning("IPA LoRA Loader: %s", text)
+        lines.append(f"WARNING: {text}")
+    if unmatched:
+        shown = unmatched[:20]
+        lines.append("unmatched: " + ", ".join(shown) + (f" ... (+{len(unmatched) - 20})" if len(unmatched) > 20 else ""))
+        log.warning("IPA LoRA Loader: %d keys of %s did not match: %s", len(unmatched), lora_name, shown)
+    lines.append(base_model_words(metadata, model_width(model)))
+    lines.append(settings_report(metadata))
+    return patched, lines
 
 
 _UNSET = ("", "none", "null", "[]", "{}")

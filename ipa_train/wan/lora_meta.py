@@ -67,3 +67,58 @@ def base_model_mismatch(metadata: Mapping[str, str], model_width: Optional[int])
         return (f"this LoRA was trained on {base} ({trained}) but the model is Wan2.1 {current}: "
                 "it will not work as intended; load the matching base model")
     return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Two-expert models (Wan2.2-VACE-Fun A14B): which expert a LoRA was trained for
+
+EXPERTS = ("high", "low")
+EXPERT_WORDS = {"high": "high-noise", "low": "low-noise"}
+EXPERT_KEY = "expert"  # written as ipa.expert by the trainer: "high" or "low"
+
+# A name's expert hint: the trainer's "<name>_high" / "<name>_low" suffix, or Comfy-Org's "high_noise" / "low_noise".
+_SUFFIX_RE = re.compile(r"_(high|low)$", re.IGNORECASE)
+_NOISE_RE = re.compile(r"(high|low)_noise", re.IGNORECASE)
+
+
+def expert_from_metadata(metadata: Mapping[str, str]) -> Optional[str]:
+    """The expert recorded in a LoRA's metadata (``ipa.expert``), or None when none is recorded."""
+    value = str(training_metadata(metadata).get(EXPERT_KEY) or "").strip().lower()
+    return value if value in EXPERTS else None
+
+
+def _stem(name: str) -> str:
+    base = str(name).replace("\\", "/").rsplit("/", 1)[-1]
+    return base[: -len(".safetensors")] if base.lower().endswith(".safetensors") else base
+
+
+def expert_from_name(name: str) -> Optional[str]:
+    """The expert a file name claims ("<name>_high", "..._low_noise_14B..."), or None. Only a hint: metadata wins
+    where it exists, and a name that disagrees with its metadata is an error for the caller to raise."""
+    stem = _stem(name)
+    suffix = _SUFFIX_RE.search(stem)
+    if suffix:
+        return suffix.group(1).lower()
+    found = {match.lower() for match in _NOISE_RE.findall(stem)}
+    return found.pop() if len(found) == 1 else None
+
+
+def _swap_case_like(word: str, like: str) -> str:
+    return word.upper() if like.isupper() else word.capitalize() if like[:1].isupper() else word
+
+
+def pair_partner_name(name: str) -> Optional[str]:
+    """The other expert's file of a pair (``ipa/hands_high.safetensors`` -> ``ipa/hands_low.safetensors``, and
+    ``..._high_noise...`` -> ``..._low_noise...``), in the same folder; None when the name claims no expert."""
+    text = str(name)
+    cut = max(text.rfind("/"), text.rfind("\\")) + 1
+    folder, stem = text[:cut], _stem(text)
+    extension = text[cut + len(stem):]
+    suffix = _SUFFIX_RE.search(stem)
+    matches = [suffix] if suffix else list(_NOISE_RE.finditer(stem))
+    if not matches or len({match.group(1).lower() for match in matches}) != 1:
+        return None
+    last = matches[-1]
+    word = last.group(1)
+    other = _swap_case_like("low" if word.lower() == "high" else "high", word)
+    return folder + stem[: last.start(1)] + other + stem[last.end(1):] + extension

@@ -99,7 +99,7 @@ def _weights_through_the_pack(tiny) -> dict:
     key = "diffusion_model.blocks.0.self_attn.q.weight"
     model = tiny.load_model()
     base = model.model.state_dict()[key].clone()
-    patched, _ = IPALoRALoader.execute(model, tiny.lora_path.name, 0.8).args
+    patched, _ = IPALoRALoader.execute(model, tiny.lora_path.name, 0.8).args[:2]
     out = {"base": base, "fingerprint_outside": base_weights_fingerprint(patched)}
     comfy.model_management.load_models_gpu([patched])
     out["loaded_once"] = patched.model.state_dict()[key].clone()

@@ -77,7 +77,7 @@ def test_every_layout_applies_exactly(tiny, layout, alpha):
     state, expected = _layout(layout, alpha)
     name = _write(tiny, f"{layout}_{alpha}.safetensors", state)
     strength = 0.8
-    patched, report = IPALoRALoader.execute(tiny.model, name, strength).args
+    patched, report = IPALoRALoader.execute(tiny.model, name, strength).args[:2]
     assert "2 weights patched, 0 keys unmatched" in report
     scale = (alpha / RANK) if alpha is not None else 1.0
     base = {k: v.clone() for k, v in tiny.model.model.diffusion_model.state_dict().items()}
@@ -101,7 +101,7 @@ def test_unmatched_keys_are_reported_and_nothing_matching_is_an_error(tiny):
     state["diffusion_model.blocks.9.self_attn.q.lora_A.weight"] = torch.zeros(RANK, DIM)
     state["diffusion_model.blocks.9.self_attn.q.lora_B.weight"] = torch.zeros(DIM, RANK)
     name = _write(tiny, "partial.safetensors", state, {"ipa.objective": "ipa", "ipa.beta": "600", "ipa.steps": "1000", "ipa.base_model": "wan2.1_vace_1.3B_fp16.safetensors"})
-    _, report = IPALoRALoader.execute(tiny.model, name, 1.0).args
+    _, report = IPALoRALoader.execute(tiny.model, name, 1.0).args[:2]
     assert "2 weights patched, 2 keys unmatched" in report and "blocks.9.self_attn.q.lora_A.weight" in report
     assert "objective: ipa\nbeta: 600\nsteps: 1000" in report
     nothing = _write(tiny, "nothing.safetensors", {"diffusion_model.blocks.9.self_attn.q.lora_A.weight": torch.zeros(RANK, DIM),
@@ -117,7 +117,7 @@ def test_metadata_of_another_base_model_warns(tiny, monkeypatch):
     monkeypatch.setattr(lora_loader, "model_width", lambda model: 1536)  # pretend the tiny model is the 1.3B
     for key in ("ipa.base_model", "base_model"):  # the trainer's header, and other tools' bare key
         name = _write(tiny, f"other_base_{key}.safetensors", state, {key: "wan2.1_vace_14B_fp16.safetensors"})
-        _, report = lora_loader.IPALoRALoader.execute(tiny.model, name, 1.0).args
+        _, report = lora_loader.IPALoRALoader.execute(tiny.model, name, 1.0).args[:2]
         assert "WARNING: this LoRA was trained on wan2.1_vace_14B_fp16.safetensors (14B) but the model is Wan2.1 1.3B" in report
 
 
@@ -132,17 +132,17 @@ def test_report_lists_only_what_is_set_and_says_whether_the_base_model_matches(t
               "ipa.base_model": "/models/diffusion_models/wan2.1_vace_1.3B_fp16.safetensors",
               "ipa.base_model_hash": "file-sha256:" + "ab" * 32, "ipa.dataset_hash": "cd" * 32}
     name = _write(tiny, "report_same_base.safetensors", state, header)
-    _, report = lora_loader.IPALoRALoader.execute(tiny.model, name, 1.0).args
+    _, report = lora_loader.IPALoRALoader.execute(tiny.model, name, 1.0).args[:2]
     lines = report.splitlines()
     assert "base model: matches (trained on wan2.1_vace_1.3B_fp16.safetensors, Wan2.1 1.3B; this model is Wan2.1 1.3B)" in lines
     assert "objective: ipa" in lines and "steps: 1000" in lines
     assert not [line for line in lines if line.rstrip().endswith(":") and line.strip() != "training settings:"], report
     assert "init_lora" not in report and "vace_module" not in report and "hash" not in report and "abab" not in report
     name = _write(tiny, "report_other_base.safetensors", state, {**header, "ipa.base_model": "wan2.1_vace_14B_fp16.safetensors"})
-    _, report = lora_loader.IPALoRALoader.execute(tiny.model, name, 1.0).args
+    _, report = lora_loader.IPALoRALoader.execute(tiny.model, name, 1.0).args[:2]
     assert "base model: does NOT match (trained on wan2.1_vace_14B_fp16.safetensors, Wan2.1 14B; this model is Wan2.1 1.3B)" in report
     name = _write(tiny, "report_no_metadata.safetensors", state)
-    _, report = lora_loader.IPALoRALoader.execute(tiny.model, name, 1.0).args
+    _, report = lora_loader.IPALoRALoader.execute(tiny.model, name, 1.0).args[:2]
     assert "base model: not recorded in the LoRA, so it cannot be checked" in report and "training settings: none recorded" in report
 
 
@@ -195,7 +195,7 @@ def test_a_lora_for_another_model_is_an_error_not_a_silent_no_op(tiny, caplog):
     state, expected = _layout("native", None)
     state.update({key: value for key, value in other.items() if ".blocks.1." in key})
     name = _write(tiny, "half_fits.safetensors", state)
-    patched, report = IPALoRALoader.execute(tiny.model, name, 1.0).args
+    patched, report = IPALoRALoader.execute(tiny.model, name, 1.0).args[:2]
     assert "2 weights patched, 0 keys unmatched, 3 weights left out (their shapes do not fit this model)" in report
     assert "WARNING: 3 weights of half_fits.safetensors do not fit this model" in report
     base = {k: v.clone() for k, v in tiny.model.model.diffusion_model.state_dict().items()}
@@ -245,7 +245,7 @@ def test_the_loaded_lora_file_is_not_kept_mapped(tiny):
 
     state, _ = _layout("native", None)
     name = _write(tiny, "mapped.safetensors", state)
-    patched, _ = IPALoRALoader.execute(tiny.model, name, 1.0).args
+    patched, _ = IPALoRALoader.execute(tiny.model, name, 1.0).args[:2]
     gc.collect()
     assert patched.patches and not _mapped(tiny.loras / name)
 
@@ -297,3 +297,136 @@ def test_lora_names_resolve_inside_the_loras_folders(tiny, tmp_path):
     # a link to a file inside the folder is fine
     os.symlink(tiny.loras / _write(tiny, "inside.safetensors", state), tiny.loras / "alias.safetensors")
     assert "2 weights patched" in IPALoRALoader.execute(tiny.model, "alias.safetensors", 1.0).args[1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Two experts (Wan2.2-VACE-Fun A14B): model = high-noise expert, model_low_noise = low-noise expert
+
+@pytest.fixture(scope="module")
+def low_model(tiny):
+    """A second tiny VACE model (other weights) standing for the low-noise expert."""
+    import nodes
+    from support.comfy_tiny import write_tiny_vace
+
+    name = "tiny_wan22_vace_low_noise.safetensors"
+    write_tiny_vace(tiny.diffusion_models / name, seed=7)
+    return nodes.UNETLoader().load_unet(name, "default")[0]
+
+
+def _q_lora(seed, expert=None):
+    """A LoRA on main block 0 self-attn q only; ``expert`` written as ipa.expert like the trainer does."""
+    a, b = _ab(seed)
+    state = {"diffusion_model.blocks.0.self_attn.q.lora_A.weight": a, "diffusion_model.blocks.0.self_attn.q.lora_B.weight": b}
+    return state, (b @ a), ({"ipa.expert": expert, "ipa.objective": "ipa"} if expert else {})
+
+
+def _q_weight(model, patched=True):
+    """blocks.0.self_attn.q.weight of a ModelPatcher, with its patches applied (or as loaded)."""
+    if not patched:
+        return model.model.diffusion_model.state_dict()["blocks.0.self_attn.q.weight"].clone()
+    model.patch_model()
+    try:
+        return model.model.diffusion_model.state_dict()["blocks.0.self_attn.q.weight"].clone()
+    finally:
+        model.unpatch_model()
+
+
+def _write_pair(tiny, stem, high_expert="high", low_expert="low"):
+    high_state, high_delta, high_meta = _q_lora(11, high_expert)
+    low_state, low_delta, low_meta = _q_lora(12, low_expert)
+    (tiny.loras / "ipa").mkdir(exist_ok=True)
+    _write(tiny, f"ipa/{stem}_high.safetensors", high_state, high_meta)
+    _write(tiny, f"ipa/{stem}_low.safetensors", low_state, low_meta)
+    return high_delta, low_delta
+
+
+@pytest.mark.parametrize("picked", ["high", "low"])
+def test_a_pair_goes_each_file_to_its_own_expert(tiny, low_model, picked):
+    """Either file of <name>_high / <name>_low picked: each is applied to its own expert, exactly, and the report says
+    what went where."""
+    from comfyui_ipa_pack.nodes.lora_loader import IPALoRALoader
+
+    high_delta, low_delta = _write_pair(tiny, "pair")
+    high_base, low_base = _q_weight(tiny.model, False), _q_weight(low_model, False)
+    high, report, low = IPALoRALoader.execute(tiny.model, f"ipa/pair_{picked}.safetensors", 0.5, model_low_noise=low_model).args
+    assert torch.allclose(_q_weight(high), high_base + 0.5 * high_delta, atol=1e-6)
+    assert torch.allclose(_q_weight(low), low_base + 0.5 * low_delta, atol=1e-6)
+    first = report.splitlines()[0]
+    assert "ipa/pair_high.safetensors -> model (high-noise expert) (ipa.expert in its metadata)" in first
+    assert "ipa/pair_low.safetensors -> model_low_noise (low-noise expert) (ipa.expert in its metadata)" in first
+    assert report.count("1 weights patched, 0 keys unmatched") == 2
+    assert [entry["expert"] for entry in high.model_options["ipa_loras"]] == ["high"]
+    assert [entry["expert"] for entry in low.model_options["ipa_loras"]] == ["low"]
+    assert torch.equal(_q_weight(tiny.model), high_base) and torch.equal(_q_weight(low_model), low_base)  # inputs untouched
+
+
+def test_one_experts_lora_leaves_the_other_expert_unchanged(tiny, low_model):
+    """The trainer's default (expert low) writes only <name>_low: the high-noise expert passes through as it came."""
+    from comfyui_ipa_pack.nodes.lora_loader import IPALoRALoader
+
+    state, delta, meta = _q_lora(13, "low")
+    (tiny.loras / "ipa").mkdir(exist_ok=True)
+    name = _write(tiny, "ipa/only_low.safetensors", state, meta)  # no _low suffix: routed by its metadata alone
+    high, report, low = IPALoRALoader.execute(tiny.model, name, 1.0, model_low_noise=low_model).args
+    assert high is tiny.model and torch.allclose(_q_weight(low), _q_weight(low_model, False) + delta, atol=1e-6)
+    assert "model (high-noise expert): no LoRA for the high-noise expert, returned unchanged" in report
+    assert "ipa/only_low.safetensors -> model_low_noise (low-noise expert) (ipa.expert in its metadata)" in report
+
+
+def test_names_alone_route_a_pair_without_metadata(tiny, low_model):
+    """LoRAs from other tools (Comfy-Org style *_high_noise / *_low_noise, no ipa.expert) go by their names, and the
+    report says so; a LoRA naming no expert goes to both."""
+    from comfyui_ipa_pack.nodes.lora_loader import IPALoRALoader
+
+    high_state, high_delta, _ = _q_lora(14)
+    low_state, low_delta, _ = _q_lora(15)
+    _write(tiny, "wan22_hands_high_noise.safetensors", high_state)
+    _write(tiny, "wan22_hands_low_noise.safetensors", low_state)
+    high, report, low = IPALoRALoader.execute(tiny.model, "wan22_hands_low_noise.safetensors", 1.0, model_low_noise=low_model).args
+    assert torch.allclose(_q_weight(high), _q_weight(tiny.model, False) + high_delta, atol=1e-6)
+    assert torch.allclose(_q_weight(low), _q_weight(low_model, False) + low_delta, atol=1e-6)
+    assert "wan22_hands_high_noise.safetensors -> model (high-noise expert) (from its name; no ipa.expert in its metadata)" in report
+    state, delta, _ = _q_lora(16)
+    name = _write(tiny, "style_for_both.safetensors", state)
+    high, report, low = IPALoRALoader.execute(tiny.model, name, 1.0, model_low_noise=low_model).args
+    assert torch.allclose(_q_weight(high), _q_weight(tiny.model, False) + delta, atol=1e-6)
+    assert torch.allclose(_q_weight(low), _q_weight(low_model, False) + delta, atol=1e-6)
+    assert "style_for_both.safetensors -> model (high-noise expert) and model_low_noise (low-noise expert)" in report
+
+
+@pytest.mark.parametrize("picked", ["high", "low"])
+def test_a_pair_the_wrong_way_round_is_caught_from_the_metadata(tiny, low_model, picked):
+    """<name>_high holding the low-noise LoRA (files swapped or renamed): an error naming the fix, whichever file is
+    picked, and with one model connected too."""
+    from comfyui_ipa_pack.nodes.lora_loader import IPALoRALoader
+
+    _write_pair(tiny, "swapped", high_expert="low", low_expert="high")
+    with pytest.raises(ValueError) as info:
+        IPALoRALoader.execute(tiny.model, f"ipa/swapped_{picked}.safetensors", 1.0, model_low_noise=low_model)
+    message = str(info.value)
+    assert "is named for the" in message and "but its metadata (ipa.expert = " in message and "swapped or renamed" in message
+    assert "Rename it to swapped_low.safetensors" in message or "Rename it to swapped_high.safetensors" in message
+    with pytest.raises(ValueError, match=r"ipa/swapped_high.safetensors is named for the high-noise expert, but its metadata "
+                                         r"\(ipa.expert = low\).*Rename it to swapped_low.safetensors"):
+        IPALoRALoader.execute(tiny.model, "ipa/swapped_high.safetensors", 1.0)
+
+
+def test_one_model_connected_says_which_expert_the_lora_was_for(tiny):
+    from comfyui_ipa_pack.nodes.lora_loader import IPALoRALoader
+
+    _write_pair(tiny, "single")
+    patched, report, low = IPALoRALoader.execute(tiny.model, "ipa/single_low.safetensors", 1.0).args
+    assert low is None and "1 weights patched" in report
+    assert ("trained for the low-noise expert of a two-expert model (ipa.expert in its metadata); applied to model, the "
+            "only model connected: that must be the low-noise expert") in report.splitlines()[1]
+
+
+def test_loader_reruns_when_the_pairs_partner_changes(tiny):
+    import os
+
+    from comfyui_ipa_pack.nodes.lora_loader import IPALoRALoader
+
+    _write_pair(tiny, "rerun")
+    before = IPALoRALoader.fingerprint_inputs(lora_name="ipa/rerun_high.safetensors", strength=1.0)
+    os.utime(tiny.loras / "ipa" / "rerun_low.safetensors", ns=(1, 1))
+    assert IPALoRALoader.fingerprint_inputs(lora_name="ipa/rerun_high.safetensors", strength=1.0) != before

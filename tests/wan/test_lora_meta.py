@@ -1,3 +1,5 @@
+import pytest
+
 from ipa_train.wan.lora_meta import base_model_mismatch, size_tag_from_name, summarize_metadata
 
 
@@ -45,3 +47,26 @@ def test_reads_what_the_real_trainer_writes(tmp_path):
     warning = base_model_mismatch(metadata, 1536)  # applied to a 1.3B model
     assert warning and "wan2.1_vace_14B_fp16.safetensors (14B)" in warning and "1.3B" in warning
     assert base_model_mismatch(metadata, 5120) is None
+
+
+@pytest.mark.parametrize("name, expert, partner", [
+    ("ipa/hands_high.safetensors", "high", "ipa/hands_low.safetensors"),
+    ("ipa\\hands_LOW.safetensors", "low", "ipa\\hands_HIGH.safetensors"),
+    ("wan2.2_fun_vace_high_noise_14B_fp16.safetensors", "high", "wan2.2_fun_vace_low_noise_14B_fp16.safetensors"),
+    ("Wan2.2_Fun_VACE_Low_Noise_14B_fp8_scaled.safetensors", "low", "Wan2.2_Fun_VACE_High_Noise_14B_fp8_scaled.safetensors"),
+    ("hands.safetensors", None, None),
+    ("highlights_lowkey.safetensors", None, None),  # words that merely contain high/low
+    ("high_noise_to_low_noise.safetensors", None, None),  # both: no hint
+])
+def test_expert_and_pair_partner_from_a_file_name(name, expert, partner):
+    from ipa_train.wan.lora_meta import expert_from_name, pair_partner_name
+
+    assert expert_from_name(name) == expert
+    assert pair_partner_name(name) == partner
+
+
+def test_expert_from_metadata_reads_only_high_or_low():
+    from ipa_train.wan.lora_meta import expert_from_metadata
+
+    assert expert_from_metadata({"ipa.expert": "Low"}) == "low" and expert_from_metadata({"expert": "high"}) == "high"
+    assert expert_from_metadata({}) is None and expert_from_metadata({"ipa.expert": "both"}) is None
