@@ -51,6 +51,7 @@ from typing import Any, Optional
 import torch
 
 from ..choices import BasePrecision, Distributed, Objective, Precision
+from ..wan.lora_meta import expert_from_name
 
 GIB = 2**30
 CUDA_CONTEXT_BYTES = int(0.75 * GIB)  # CUDA context, cuBLAS/cuDNN workspaces: not in torch's allocator statistics
@@ -58,7 +59,9 @@ ALLOCATOR_MARGIN = 0.05  # share of the activation terms added for the caching a
 VRAM_MARGIN_MIN = int(1.5 * GIB)  # kept free of any budget on CUDA: max(1.5 GiB, 6 % of the budget)
 VRAM_MARGIN_SHARE = 0.06
 WINDOWS_PINNED_SHARE = 0.5  # Windows lets a system pin about half its RAM (ComfyUI limits itself to 45 %)
-PRESETS = {"wan2.1-vace-1.3b": "wan2.1-vace-1.3b", "wan2.1-vace-14b": "wan2.1-vace-14b"}
+PRESETS = {"wan2.1-vace-1.3b": "wan2.1-vace-1.3b", "wan2.1-vace-14b": "wan2.1-vace-14b",
+           "wan2.2-vace-fun-a14b": "wan2.1-vace-14b"}  # A14B: two experts, each the VACE-14B network (one planned at a time)
+TWO_EXPERT_PRESETS = {"wan2.2-vace-fun-a14b"}
 
 
 class PlanError(ValueError):
@@ -196,6 +199,7 @@ class ModelSpec:
     linears: dict  # linear layer name -> (in, out)
     fp8_stored: dict = field(default_factory=dict)  # linear name -> "tensor" | "none": stored fp8 in the file
     stored_bytes: dict = field(default_factory=dict)  # parameter name -> bytes, for GGUF-quantised weights (kept as stored)
+    experts: tuple = ()  # a two-expert preset: ("high", "low"), each expert this network (see ``plan_experts``)
 
     @property
     def block_names(self) -> list[str]:
@@ -215,7 +219,7 @@ class ModelSpec:
 
 
 def describe_model(model: str, vace_module: Optional[str] = None) -> ModelSpec:
-    """``wan2.1-vace-1.3b``, ``wan2.1-vace-14b``, ``tiny``, a single file (header only; with its ``vace_module``), a
+    """``wan2.1-vace-1.3b``, ``wan2.1-vace-14b``, ``wan2.2-vace-fun-a14b`` (each expert), ``tiny``, a single file (header only; with its ``vace_module``), a
     GGUF file or a diffusers folder."""
     from ..wan.model import TINY_VACE_CONFIG, shipped_config
 
@@ -230,6 +234,8 @@ def describe_model(model: str, vace_module: Optional[str] = None) -> ModelSpec:
         config, fp8_stored, stored_bytes, name = _describe_file(Path(model), vace_module)
     spec = describe_config(config, name, fp8_stored)
     spec.stored_bytes = stored_bytes
+    if key in TWO_EXPERT_PRESETS:
+        spec.experts = ("high", "low")
     return spec
 
 
@@ -257,7 +263,7 @@ def _describe_file(path: Path, vace_module: Optional[str] = None) -> tuple[dict,
             raise PlanError(f"{path} is a folder without config.json")
         return json.loads(config_file.read_text()), {}, {}, path.name
     if not path.is_file():
-        raise PlanError(f"--model {path}: no such file; give wan2.1-vace-1.3b, wan2.1-vace-14b or a .safetensors file")
+        raise PlanError(f"--model {path}: no such file; give wan2.1-vace-1.3b, wan2.1-vace-14b, wan2.2-vace-fun-a14b or a .safetensors file")
     if path.suffix.lower() == ".gguf":
         return _describe_gguf(path)
     try:
@@ -665,6 +671,68 @@ def check_settings(spec: ModelSpec, settings: Settings) -> None:
         )
 
 
+# ------------------------------------------------------------------------------------------------ two experts
+
+
+@dataclass
+class ExpertsPlan:
+    """A two-expert run (Wan2.2-VACE-Fun A14B) planned one expert at a time: the trainer trains one expert, frees it,
+    then loads the next (``expert: both``), so the run's GPU peak is the larger expert's peak, never the sum, and the
+    memory settings are chosen per expert (an fp8_scaled high-noise file and an fp16 low-noise file differ)."""
+
+    plans: dict  # expert -> MemoryPlan
+
+    @property
+    def peak(self) -> int:
+        return max(plan.peak for plan in self.plans.values())
+
+    @property
+    def host(self) -> int:
+        """Host memory the modes pin at once: one expert's (the first one's pinned copies go with its model)."""
+        return max(plan.host for plan in self.plans.values())
+
+    def describe(self) -> str:
+        largest = max(self.plans, key=lambda expert: self.plans[expert].peak)
+        whose = "each expert's" if len({p.peak for p in self.plans.values()}) == 1 else f"the {largest}-noise expert's"
+        each = "; ".join(f"{expert}: {plan.peak_gb:.1f} GiB with {plan.settings.describe()}" for expert, plan in self.plans.items())
+        return (f"two experts, trained one at a time: GPU peak {self.peak / GIB:.1f} GiB ({whose}, not the sum; "
+                f"{each}). Host memory the run pins: {self.host / GIB:.1f} GiB, one expert's at a time. Not counted: the "
+                "RAM ComfyUI still holds after sampling (both experts stay in its RAM, already taken from what is available "
+                "at launch) and each expert's file while it streams in")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"peak_gb": round(self.peak / GIB, 3), "host_gb": round(self.host / GIB, 3), "one_expert_at_a_time": True,
+                "experts": {expert: plan.to_json() for expert, plan in self.plans.items()}}
+
+
+def plan_experts(specs: dict, run: RunShape, requested: Settings, budget_bytes: Optional[int] = None,
+                 host: "HostMemory | int | None" = None, fsdp2: bool = False) -> ExpertsPlan:
+    """Each expert's plan (``choose`` on its own: the same budget, the same run shape), as the trainer runs them: one
+    after the other. ``specs``: expert -> ModelSpec ({"high": ..., "low": ...}). A refusal names the expert."""
+    plans = {}
+    for expert, spec in specs.items():
+        try:
+            plans[expert] = choose(spec, run, requested, budget_bytes, host, fsdp2)
+        except PlanError as exc:
+            raise PlanError(f"the {expert}-noise expert ({spec.name}): {exc}") from None
+    return ExpertsPlan(plans)
+
+
+def expert_specs(model: str, low_noise_model: Optional[str] = None) -> Optional[dict]:
+    """{"high": spec, "low": spec} for a two-expert preset or a pair of files; None for a single model."""
+    spec = describe_model(model)
+    if low_noise_model:
+        low = describe_model(low_noise_model)
+        hints = (expert_from_name(spec.name), expert_from_name(low.name))  # names are hints only: refuse only a clear swap
+        if hints == ("low", "high"):
+            raise PlanError(f"the high-noise expert is {spec.name} and the low-noise one {low.name}: their names say the "
+                            "other way round; swap them (--model the high-noise file, --low-noise-model the low-noise one)")
+        return {"high": spec, "low": low}
+    if spec.experts:
+        return {expert: spec for expert in spec.experts}
+    return None
+
+
 # ------------------------------------------------------------------------------------------------ command line
 
 
@@ -678,7 +746,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ipa_train.plan", description=(
         "Predicts the peak GPU memory of an IPA training run before anything is loaded, with its breakdown. "
         "With --vram-budget-gb it picks the cheapest memory settings that fit (never fewer savings than asked for)."))
-    parser.add_argument("--model", default="wan2.1-vace-14b", help="wan2.1-vace-1.3b, wan2.1-vace-14b, or a model file / diffusers folder")
+    parser.add_argument("--model", default="wan2.1-vace-14b", help="wan2.1-vace-1.3b, wan2.1-vace-14b, wan2.2-vace-fun-a14b (two "
+                        "experts, planned one at a time), or a model file / diffusers folder (with --low-noise-model: the high-noise expert)")
+    parser.add_argument("--low-noise-model", default=None, help="a two-expert model's low-noise expert file (--model is the high-noise one)")
     parser.add_argument("--frames", type=int, default=81, help="video frames (4k+1)")
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=832)
@@ -698,24 +768,41 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object (peak_gb, settings, breakdown_gb, ...)")
     args = parser.parse_args(argv)
     try:
-        spec = describe_model(args.model)
+        specs = expert_specs(args.model, args.low_noise_model)
+        spec = specs["high"] if specs else describe_model(args.model)
         run = RunShape.from_pixels(args.frames, args.height, args.width, ref_frames=args.ref_frames, batch_size=args.batch_size,
                                    rank=args.rank, targets=tuple(args.targets), objective=args.objective, device=args.device,
                                    capability=tuple(int(n) for n in f"{args.capability:.1f}".split(".")) if args.capability else None,
                                    world_size=args.local_ranks, local_ranks=args.local_ranks)
         requested = Settings(args.base_precision, args.blocks_to_swap, args.activation_offload, args.gradient_checkpointing)
         budget = int(args.vram_budget_gb * GIB) if args.vram_budget_gb else None
-        plan = choose(spec, run, requested, budget)
+        plan = plan_experts(specs, run, requested, budget) if specs else choose(spec, run, requested, budget)
     except PlanError as exc:
         if args.json:
             print(json.dumps({"error": str(exc)}))
         else:
             print(f"error: {exc}", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps({"model": spec.name, "parameters": spec.total_params, "lora_parameters": lora_params(spec, run), **plan.to_json()}))
-    else:
-        print(f"{spec.name}: {spec.total_params / 1e9:.2f} B parameters, LoRA {lora_params(spec, run) / 1e6:.1f} M, "
-              f"{args.frames} frames at {args.width}x{args.height} -> {plan.tokens} tokens, batch {args.batch_size}")
-        print(plan.table())
+    _print_plan(args, spec, run, plan)
     return 0
+
+
+def _print_plan(args, spec: ModelSpec, run: RunShape, plan) -> None:
+    head = {"model": spec.name, "parameters": spec.total_params, "lora_parameters": lora_params(spec, run)}
+    if args.json:
+        print(json.dumps({**head, **plan.to_json()}))
+        return
+    per_expert = " per expert" if isinstance(plan, ExpertsPlan) else ""
+    print(f"{spec.name}: {spec.total_params / 1e9:.2f} B parameters{per_expert}, LoRA {lora_params(spec, run) / 1e6:.1f} M, "
+          f"{args.frames} frames at {args.width}x{args.height} -> {tokens_of(spec, run)} tokens, batch {args.batch_size}")
+    if isinstance(plan, ExpertsPlan):
+        print(plan.describe())
+        for expert, one in plan.plans.items():
+            print(f"{expert}-noise expert ({_expert_model(args, expert)}):")
+            print(one.table())
+    else:
+        print(plan.table())
+
+
+def _expert_model(args, expert: str) -> str:
+    return (args.low_noise_model if expert == "low" and args.low_noise_model else args.model)
