@@ -56,3 +56,11 @@ class Distributed(Choice):
 class BasePrecision(Choice):
     BF16 = "bf16"  # the frozen base as the file stores it
     FP8 = "fp8"  # block linears in float8_e4m3fn with a per-channel scale
+
+
+class Expert(Choice):
+    """Which expert of a two-expert model (Wan2.2-VACE-Fun A14B) a run trains."""
+
+    LOW = "low"  # the low-noise expert: sigma <= the switch sigma (details, fingers)
+    HIGH = "high"  # the high-noise expert: sigma above the switch (layout, motion)
+    BOTH = "both"  # the low one, then the high one: one LoRA each

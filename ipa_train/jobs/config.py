@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from ..choices import BasePrecision, Choice, Distributed, LrScheduler, Objective, Precision, TimestepSampling
+from ..choices import BasePrecision, Choice, Distributed, Expert, LrScheduler, Objective, Precision, TimestepSampling
 from ..fileio import InvalidNameError, atomic_write_json, validate_name
 from .contract import STOP_FILE_NAME
 
@@ -103,6 +103,15 @@ class RunConfig:
     dataset: str = key("", "dataset folder (see Dataset format); only `preferred` samples train (`dpo` also pairs `rejected` ones)")
     base_model: str = key("", "Wan2.1-VACE single file (original or ComfyUI layout), a diffusers folder, or `\"tiny\"` (embedded random test model)")
     output_dir: str = key("", "receives `<lora_name>.safetensors`, `run.json` and `checkpoints/step-N/`")
+    low_noise_model: Optional[str] = key(None, "two-expert samples (Wan2.2-VACE-Fun A14B): the low-noise expert's file or diffusers "
+                                               "folder (`base_model` is then the high-noise one); needed by `expert` `low` and `both`",
+                                         nullable=True, generic=False)
+    expert: str = key(Expert.LOW.value, "two-expert samples: the expert that trains: `low` (sigma <= the samples' switch sigma), `high` "
+                                        "(above it) or `both` (low, then high); writes `<lora_name>_<expert>.safetensors`. Ignored "
+                                        "for single-model samples", choices=Expert,
+                      tooltip="Wan2.2-VACE-Fun A14B samples (two models): low trains a LoRA for the low-noise model (hands, "
+                              "details), high one for the high-noise model, both the two one after the other "
+                              "(<name>_low and <name>_high). Ignored for single-model samples.")
     lora_name: str = key("ipa_lora", "output file name; follows the dataset names' rule")
     objective: str = key(Objective.IPA.value, "`ipa` (good samples only), `dpo` (needs rejected samples), `sft` (plain flow matching)",
                          choices=Objective,
@@ -345,11 +354,16 @@ def _check_lora(config: RunConfig, source: str) -> None:
 
 
 def _check_model_and_paths(config: RunConfig, source: str) -> None:
-    """The VACE module that goes with a text-to-video base, and the stop file."""
+    """The VACE module that goes with a text-to-video base, the low-noise expert's file, and the stop file."""
     if config.vace_module is not None and (not isinstance(config.vace_module, str) or not config.vace_module.strip()):
         _fail(config, source, "vace_module", "must be a VACE module file path or null")
     if config.vace_module is not None and config.base_model == "tiny":
         _fail(config, source, "vace_module", "goes with a Wan2.1 text-to-video base_model file, not with the embedded \"tiny\" model")
+    if config.low_noise_model is not None and (not isinstance(config.low_noise_model, str) or not config.low_noise_model.strip()):
+        _fail(config, source, "low_noise_model", "must be the low-noise expert's file or diffusers folder, or null")
+    if config.low_noise_model is not None and config.vace_module is not None:
+        _fail(config, source, "low_noise_model", "cannot be combined with vace_module (the Wan2.2-VACE-Fun experts are VACE models "
+              "themselves); clear vace_module")
     if config.stop_file is not None and (not isinstance(config.stop_file, str) or not config.stop_file.strip()):
         _fail(config, source, "stop_file", "must be a file path or null (null: <output_dir>/STOP)")
 
@@ -366,6 +380,7 @@ PRECISIONS = Precision.values()
 TIMESTEP_SAMPLINGS = TimestepSampling.values()
 DISTRIBUTED = Distributed.values()
 BASE_PRECISIONS = BasePrecision.values()
+EXPERTS = Expert.values()
 
 
 @dataclass(frozen=True)

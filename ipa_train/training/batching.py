@@ -5,9 +5,11 @@ the uninterrupted run would."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -19,6 +21,7 @@ from ..data.samples import load_preferred, load_sample
 from ..data.tensors import SampleTensors, validate_sample_tensors
 from ..jobs.config import RunConfig
 from .distributed import Dist
+from .experts import Switch, data_switch, expert_view
 
 
 @dataclass
@@ -27,6 +30,16 @@ class TrainingData:
     rejected: list[tuple[str, SampleTensors, dict]]
     loser_candidates: list[list[int]]  # per preferred sample: indices into ``rejected`` usable as its loser
     fingerprint: str
+    switch: Optional[Switch] = None  # two-expert samples: where the sampler switched experts (``experts``)
+    expert: Optional[str] = None  # the expert whose view this is (its settings in the samples' meta)
+    t_range: tuple[float, float] = (0.0, 1.0)  # the flow times this run trains on
+
+    def for_expert(self, expert: str) -> "TrainingData":
+        """The samples as ``expert`` saw them: its own sampling record as their settings, its t range."""
+        if self.switch is None:
+            return self
+        return dataclasses.replace(self, preferred=expert_view(self.preferred, expert), rejected=expert_view(self.rejected, expert),
+                                   expert=expert, t_range=self.switch.t_range(expert))
 
 
 def shape_key(tensors: SampleTensors) -> tuple:
@@ -68,7 +81,7 @@ def load_training_data(config: RunConfig) -> TrainingData:
                 )
             candidates.append(same_prompt or same_shape)
     hashes = [(sid, meta.get("content_hash", "")) for sid, _, meta in preferred + rejected]
-    return TrainingData(preferred, rejected, candidates, dataset_fingerprint(hashes))
+    return TrainingData(preferred, rejected, candidates, dataset_fingerprint(hashes), switch=data_switch(preferred + rejected))
 
 
 def check_data_fits_model(data: TrainingData, model) -> None:

@@ -13,7 +13,7 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -115,8 +115,11 @@ def write_checkpoint(
     optimizer_state: dict,
     scheduler_state: dict,
     write_lora: Callable[[Path], None],
+    lora_name: str = "",
+    listing: Optional[dict] = None,
 ) -> Path:
-    """Writes ``checkpoints/step-<step>/``: every rank its RNG state, rank 0 the rest; all ranks call it."""
+    """Writes ``checkpoints/step-<step>/``: every rank its RNG state, rank 0 the rest; all ranks call it. ``lora_name``:
+    the LoRA's file name when it is not ``config.lora_name`` (one expert of two); ``listing``: more state.json fields."""
     root = output_dir / CHECKPOINTS_DIR
     final = root / f"step-{step}"
     staging = root / f"{STAGING_PREFIX}{step}"
@@ -137,9 +140,9 @@ def write_checkpoint(
         atomic_save_safetensors(staging / OPTIMIZER_TENSORS, tensors)
         atomic_write_json(staging / OPTIMIZER_JSON, info)
         atomic_write_json(staging / SCHEDULER_JSON, scheduler_state)
-        write_lora(staging / f"{config.lora_name}.safetensors")
+        write_lora(staging / f"{lora_name or config.lora_name}.safetensors")
         write_listing(staging, {"step": step, "world_size": dist_info.world, "config": config.to_dict(),
-                                "pack_version": __version__, "time": time.time()})
+                                "pack_version": __version__, "time": time.time(), **(listing or {})})
         replace_checkpoint(staging, final)
         prune_checkpoints(root, config.keep_checkpoints)
     dist_info.barrier()
@@ -160,8 +163,9 @@ def _read(checkpoint: Path, name: str, tensors: bool = False):
         raise TrainingError(f"checkpoint {checkpoint}: {exc}; {hint}") from None
 
 
-def load_adapter(checkpoint: Path, model, config: RunConfig) -> int:
-    """Loads the trained adapter of ``checkpoint`` into ``model``; returns the checkpoint's step."""
+def load_adapter(checkpoint: Path, model, config: RunConfig, step_offset: int = 0) -> int:
+    """Loads the trained adapter of ``checkpoint`` into ``model``; returns the checkpoint's step (less ``step_offset``:
+    the steps of an expert trained before this one)."""
     from peft import set_peft_model_state_dict
 
     state = _read(checkpoint, STATE_FILE)
@@ -177,7 +181,7 @@ def load_adapter(checkpoint: Path, model, config: RunConfig) -> int:
             raise TrainingError(f"checkpoint {checkpoint}: {key} has shape {tuple(tensors[key].shape)}, this config gives {tuple(value.shape)} (rank changed?)")
     set_peft_model_state_dict(model, tensors, adapter_name=lora_setup.TRAINED_ADAPTER)
     lora_setup.freeze_all_but_trained(model)
-    step = int(state["step"])
+    step = int(state["step"]) - step_offset
     if step >= config.steps:
         raise TrainingError(f"checkpoint {checkpoint} is already at step {step} of {config.steps}; raise --steps to train further")
     return step
@@ -204,10 +208,12 @@ def load_training_state(checkpoint: Path, model, optimizer, scheduler, dist_info
         reseed()
 
 
-def lora_metadata(config: RunConfig, step: int, base_fingerprint: str, dataset_size: int, dataset_rejected: int, dataset_hash: str) -> dict[str, str]:
-    """The ``ipa.*`` metadata written into every LoRA file (read back by IPA LoRA Loader)."""
+def lora_metadata(config: RunConfig, step: int, base_fingerprint: str, dataset_size: int, dataset_rejected: int, dataset_hash: str,
+                  expert: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """The ``ipa.*`` metadata written into every LoRA file (read back by IPA LoRA Loader); ``expert``: the keys of one
+    expert of two (``experts.Phase.metadata``)."""
     c = config
-    return {
+    return {**(expert or {}),
         "ipa.objective": c.objective,
         "ipa.beta": str(c.beta),
         "ipa.hand_weight": str(c.hand_weight),

@@ -30,7 +30,7 @@ from ..jobs.contract import ERROR, EXIT_ERROR, EXIT_OK, EXIT_STOPPED
 from ..jobs.failures import hint_for, is_lost_peer, root_cause
 from .checkpoints import STATE_FILE, TrainingError, resume_checkpoint
 from .distributed import Dist, Events, setup_distributed
-from .loop import Trainer
+from .expert_runs import train_experts
 
 log = logging.getLogger("ipa_train.train")
 
@@ -164,8 +164,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         dist_info = setup_distributed()
         events = Events(dist_info)
         log.info("run config: %s", json.dumps(config.to_dict()))
-        trainer = Trainer(config, dist_info, events, resume=args.resume, stop_requested=stop, dump_replicas=args.dump_replicas)
-        result = trainer.run()
+        result = train_experts(config, dist_info, events, resume=args.resume, stop_requested=stop, dump_replicas=args.dump_replicas)
         code = EXIT_STOPPED if result.status == "stopped" else EXIT_OK
     except SystemExit:
         raise

@@ -23,9 +23,10 @@ from ..jobs.contract import CHECKPOINT, FINISHED, STARTED, STEP, STOPPED
 from ..jobs.process_tree import LaunchRefused
 from ..wan.model import storage_summary
 from . import lora as lora_setup
-from .batching import Sampler, load_training_data, seed_for
+from .batching import Sampler, TrainingData, load_training_data, seed_for
 from .checkpoints import TrainingError, load_training_state, lora_metadata, optimizer_state_api, resume_checkpoint, write_checkpoint
 from .distributed import Dist, Events, full_tensor, peak_memory_gb, reduce_metrics, setup_distributed
+from .experts import Phase, phase_config, single_phase, user_config
 from .memory_setup import MemoryModes, compute_dtype, plan_memory
 from .model_setup import gathered_adapter, prepare_model, save_comfy_lora
 from .objective import Objective
@@ -53,6 +54,7 @@ class TrainResult:
     checkpoint_path: Optional[str] = None
     history: list = field(default_factory=list)
     model: Any = None  # the bare transformer with its adapters (tests inspect it)
+    lora_paths: dict = field(default_factory=dict)  # two experts: each trained expert's LoRA ({"low": ..., "high": ...})
 
 
 class Trainer:
@@ -65,18 +67,29 @@ class Trainer:
         stop_requested: Callable[[], bool] = lambda: False,
         dump_replicas: Optional[str] = None,
         model=None,
+        phase: Optional[Phase] = None,
+        data: Optional[TrainingData] = None,
     ):
         """``model``: an already built base transformer to train instead of loading ``config.base_model``
-        (benchmarks, the demo); ``config.base_model`` then only names it in the metadata.
+        (benchmarks, the demo); ``config.base_model`` then only names it in the metadata. ``phase``: the expert this
+        trainer trains of two-expert samples (``experts``; ``train`` runs one Trainer per expert); ``data``: the
+        samples when already loaded.
 
-        Built in the order that fails cheapest first: the output folder and the resume checkpoint, the data (all
-        validation before any model is built), the memory plan, the model and its adapters, the distributed
-        wrapping, the optimizer."""
+        Built in the order that fails cheapest first: the data (all validation before any model is built), the output
+        folder and the resume checkpoint, the memory plan, the model and its adapters, the distributed wrapping, the
+        optimizer."""
+        data = data if data is not None else load_training_data(config)
+        self.run_config = config  # as the user gave it: run.json and the checkpoints keep it
+        self.phase = phase if phase is not None else single_phase(config, data.switch)
+        config = phase_config(config, self.phase)
+        self.offset = self.phase.offset if self.phase else 0  # the steps of an expert trained before this one
+        self.total = self.phase.total if self.phase else config.steps
         try:  # Windows without long paths: refused now, not when the first checkpoint is written hours later
-            check_checkpoint_paths(config.output_dir, config.lora_name, config.steps, ranks=dist_info.world)
+            check_checkpoint_paths(config.output_dir, config.lora_name, self.total, ranks=dist_info.world)
         except LaunchRefused as exc:
             raise ConfigError(str(exc)) from None
         self.config = config
+        self.finished_loras: dict[str, str] = {}  # two experts: the LoRAs of the experts trained before this one
         self.dist = dist_info
         self.events = events
         self.stop_requested = stop_requested
@@ -86,7 +99,7 @@ class Trainer:
         self.output_dir = Path(config.output_dir)
         self.last_checkpoint: Optional[Path] = None
         self._prepare_run(resume)
-        self.data = load_training_data(config)
+        self.data = data.for_expert(self.phase.expert) if self.phase else data
         self.sampler = Sampler(config, self.data, dist_info)
         # the samples' sampler against this run's reference: LoRAs and other patches now, the base weights once loaded
         self.reference_warnings = check_recorded_patches(self.data, config)
@@ -127,7 +140,7 @@ class Trainer:
     def _build_model(self, model):
         """The base with its adapters: the reference identity checked against the samples, memory modes attached,
         the resumed adapter loaded. Returns the bare model (``self.bare``)."""
-        prepared = prepare_model(self.config, self.data, self.dist, self.memory, self.autocast_dtype, model, self.resume_dir)
+        prepared = prepare_model(self.config, self.data, self.dist, self.memory, self.autocast_dtype, model, self.resume_dir, self.offset)
         self.reference_warnings += prepared.warnings
         if self.dist.main:
             for warning in self.reference_warnings:
@@ -210,7 +223,12 @@ class Trainer:
         return gathered_adapter(self.bare)
 
     def lora_metadata(self, step: int) -> dict[str, str]:
-        return lora_metadata(self.config, step, self.base_fingerprint, len(self.data.preferred), len(self.data.rejected), self.data.fingerprint)
+        return lora_metadata(self.config, step, self.base_fingerprint, len(self.data.preferred), len(self.data.rejected), self.data.fingerprint,
+                             self.phase.metadata() if self.phase else None)
+
+    def saved_config(self) -> RunConfig:
+        """The config run.json and the checkpoints keep: the user's (both experts), with the planner's choices."""
+        return user_config(self.run_config, self.config, self.phase)
 
     def _write_lora(self, path: Path, adapter: dict, step: int) -> None:
         save_comfy_lora(path, adapter, self.config.effective_alpha, self.lora_metadata(step))
@@ -220,8 +238,10 @@ class Trainer:
         StateDictOptions, get_optimizer_state_dict, _ = optimizer_state_api()
         adapter = self.gathered_adapter()
         optimizer_state = get_optimizer_state_dict(self.bare, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return write_checkpoint(self.output_dir, step, self.dist, self.config, adapter, optimizer_state, self.scheduler.state_dict(),
-                                write_lora=lambda path: self._write_lora(path, adapter, step))
+        listing = {"expert": self.phase.expert, "experts": self.phase.count} if self.phase else None
+        return write_checkpoint(self.output_dir, self.offset + step, self.dist, self.saved_config(), adapter, optimizer_state,
+                                self.scheduler.state_dict(), write_lora=lambda path: self._write_lora(path, adapter, step),
+                                lora_name=self.config.lora_name, listing=listing)
 
     def save_lora(self, step: int) -> Path:
         adapter = self.gathered_adapter()
@@ -241,8 +261,8 @@ class Trainer:
         c = self.config
         self.events.emit(
             STARTED,
-            total=c.steps,
-            start_step=self.start_step,
+            total=self.total,
+            start_step=self.offset + self.start_step,
             world_size=self.dist.world,
             device=str(self.dist.device),
             distributed=c.distributed if self.dist.active else "none",
@@ -254,19 +274,28 @@ class Trainer:
             output_dir=str(self.output_dir),
             warnings=list(self.reference_warnings),
             memory={**self.memory_plan.to_json(), "budget_gb": c.vram_budget_gb, "base_storage": storage_summary(self.bare)},
+            **({"expert": self.phase.expert, "t_range": list(self.phase.t_range), "base_model": c.base_model} if self.phase else {}),
         )
 
     def _checkpoint(self, step: int) -> Path:
         path = self.save_checkpoint(step)
         self.last_checkpoint = path
-        self.events.emit(CHECKPOINT, step=step, path=str(path))
+        self.events.emit(CHECKPOINT, step=self.offset + step, path=str(path))
         return path
+
+    def _stopped(self, step: int, checkpoint: Path, history: list) -> TrainResult:
+        """A stop asked for (signal, stop file): the checkpoint written at global ``step`` and how to resume."""
+        hint = f"python -m ipa_train.train --resume {checkpoint}"
+        self._consume_stop_file()
+        self.events.emit(STOPPED, step=step, total=self.total, checkpoint=str(checkpoint), resume=hint,
+                         reason=self.stop_reason or "another rank")
+        return TrainResult("stopped", step, None, str(checkpoint), history, self.bare)
 
     def run(self) -> TrainResult:
         c = self.config
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if self.dist.main:
-            c.save(self.output_dir / "run.json")
+            self.saved_config().save(self.output_dir / "run.json")
         self._started()
         history = []
         step = self.start_step
@@ -279,7 +308,7 @@ class Trainer:
             step += 1
             metrics, stop = reduce_metrics(self.dist, metrics, self._stop_asked())
             elapsed = time.perf_counter() - started
-            record = step_record(step, c.steps, metrics, elapsed / (step - self.start_step), time.perf_counter() - t0,
+            record = step_record(self.offset + step, self.total, metrics, elapsed / (step - self.start_step), time.perf_counter() - t0,
                                  peak_memory_gb(self.dist.device))
             history.append(record)
             self.events.emit(STEP, **record)
@@ -290,18 +319,20 @@ class Trainer:
             if c.checkpoint_every and step % c.checkpoint_every == 0 and step < c.steps:
                 last_checkpoint = self._checkpoint(step)
         if stop and step < c.steps:
-            last_checkpoint = self._checkpoint(step)
-            hint = f"python -m ipa_train.train --resume {last_checkpoint}"
-            self._consume_stop_file()
-            self.events.emit(STOPPED, step=step, total=c.steps, checkpoint=str(last_checkpoint), resume=hint,
-                             reason=self.stop_reason or "another rank")
-            return TrainResult("stopped", step, None, str(last_checkpoint), history, self.bare)
+            return self._stopped(self.offset + step, self._checkpoint(step), history)
         last_checkpoint = self._checkpoint(step)
         lora_path = self.save_lora(step)
+        loras = {**self.finished_loras, self.phase.expert: str(lora_path)} if self.phase else {}
+        if self.phase is not None and self.phase.index + 1 < self.phase.count:  # the next expert trains next: not finished yet
+            if stop:  # asked during this expert's last step: its checkpoint starts the next expert on resume
+                return self._stopped(self.offset + step, last_checkpoint, history)
+            log.info("the %s-noise expert's LoRA is %s; the next expert trains now", self.phase.expert, lora_path)
+            return TrainResult("finished", self.offset + step, str(lora_path), str(last_checkpoint), history, self.bare, loras)
         self._consume_stop_file()  # a stop asked for during the last step: the run is over anyway
         final = {k: history[-1][k] for k in ("loss", "ipa_gap", "model_error", "reference_error")} if history else {}
-        self.events.emit(FINISHED, step=step, lora_path=str(lora_path), checkpoint=str(last_checkpoint), metrics=final)
-        return TrainResult("finished", step, str(lora_path), str(last_checkpoint), history, self.bare)
+        self.events.emit(FINISHED, step=self.offset + step, lora_path=str(lora_path), checkpoint=str(last_checkpoint), metrics=final,
+                         **({"lora_paths": loras} if loras else {}))
+        return TrainResult("finished", self.offset + step, str(lora_path), str(last_checkpoint), history, self.bare, loras)
 
 
 def adamw_options(device: torch.device) -> dict[str, Any]:
@@ -368,7 +399,8 @@ def train(
     dump_replicas: Optional[str] = None,
 ) -> TrainResult:
     """In-process entry point (one process unless torchrun's environment is set)."""
+    from .expert_runs import train_experts
+
     dist_info = setup_distributed()
     events = Events(dist_info, callback, stdout=stdout)
-    trainer = Trainer(config, dist_info, events, resume=resume, stop_requested=stop_requested, dump_replicas=dump_replicas)
-    return trainer.run()
+    return train_experts(config, dist_info, events, resume=resume, stop_requested=stop_requested, dump_replicas=dump_replicas)

@@ -104,7 +104,7 @@ class PreparedModel:
 
 
 def prepare_model(config: RunConfig, data, dist_info: Dist, memory, autocast_dtype: Optional[torch.dtype], model=None,
-                  resume_dir: Optional[Path] = None) -> PreparedModel:
+                  resume_dir: Optional[Path] = None, step_offset: int = 0) -> PreparedModel:
     """Builds (or takes) the base, checks it against the samples' sampling model, stores it as the memory modes say,
     adds the adapters (and a resumed checkpoint's trained adapter) and moves it to the device.
 
@@ -136,7 +136,7 @@ def prepare_model(config: RunConfig, data, dist_info: Dist, memory, autocast_dty
     base_fingerprint = model_fingerprint(config.base_model, model)
     memory.prepare_layers(model)
     add_adapters(model, config, memory.checkpointing_function())
-    start_step = load_adapter(resume_dir, model, config) if resume_dir is not None else 0
+    start_step = load_adapter(resume_dir, model, config, step_offset) if resume_dir is not None else 0
     memory.attach(model)
     if fsdp2:
         shard_fsdp2(model, dist_info, autocast_dtype)  # moves each block's shard, never the whole model

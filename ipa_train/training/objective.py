@@ -18,6 +18,7 @@ from ..jobs.config import RunConfig
 from . import lora as lora_setup
 from .batching import Batch, Sampler, TrainingData, collate, sample_t
 from .distributed import Dist
+from .experts import map_t
 from .loss import flow_dpo_loss, flow_ipa_loss, flow_sft_loss
 
 
@@ -62,7 +63,7 @@ class Objective:
         generator = self.sampler.generator(step, micro)
         indices = self.sampler.indices(step, micro)
         winners = [self.data.preferred[i][1] for i in indices]
-        t = sample_t(c, len(winners), generator)
+        t = map_t(sample_t(c, len(winners), generator), self.data.t_range)  # two experts: the trained one's range
         dtype = self.autocast_dtype if device.type == "cuda" and self.autocast_dtype else torch.float32
         if c.objective == ObjectiveName.DPO:
             losers = []
