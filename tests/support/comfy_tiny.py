@@ -138,6 +138,45 @@ class TinyComfy:
         return nodes.VAELoader().load_vae(self.vae_name)[0]
 
 
+# Two experts of a tiny Wan2.2-VACE-Fun A14B: the same architecture, different random weights; the names carry
+# "high_noise" / "low_noise" as Comfy-Org's repackaged files do.
+TINY_EXPERT_NAMES = {"high": "tiny_wan2.2_fun_vace_high_noise.safetensors", "low": "tiny_wan2.2_fun_vace_low_noise.safetensors"}
+TINY_EXPERT_SEEDS = {"high": 20, "low": 21}
+
+
+def write_tiny_vace_experts(folder: Path) -> tuple[Path, Path]:
+    """The two expert files (``write_tiny_vace`` with two seeds) in ``folder``: ``(high_path, low_path)``. Files
+    already there are kept (the same seeds write the same bytes)."""
+    paths = []
+    for expert in ("high", "low"):
+        path = Path(folder) / TINY_EXPERT_NAMES[expert]
+        if not path.exists():
+            write_tiny_vace(path, seed=TINY_EXPERT_SEEDS[expert])
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+class TinyComfyExperts(TinyComfy):
+    """:class:`TinyComfy` plus the two tiny experts in ``models/diffusion_models``, loaded by the real UNETLoader."""
+
+    def __init__(self, base: Path):
+        super().__init__(base)
+        self.high_path, self.low_path = write_tiny_vace_experts(self.diffusion_models)
+        self.high_name, self.low_name = self.high_path.name, self.low_path.name
+
+    def load_expert(self, expert: str):
+        """``expert``: "high" or "low"; a fresh ModelPatcher from ``UNETLoader`` (weight dtype "default")."""
+        import nodes
+
+        return nodes.UNETLoader().load_unet(TINY_EXPERT_NAMES[expert], "default")[0]
+
+    def load_high(self):
+        return self.load_expert("high")
+
+    def load_low(self):
+        return self.load_expert("low")
+
+
 def text_conditioning(tokens: int = 512, real: int = 7, seed: int = 3) -> list:
     """A positive conditioning like CLIPTextEncode's for Wan: [1, tokens, 4096] with zero rows after ``real``."""
     generator = torch.Generator().manual_seed(seed)
