@@ -64,14 +64,28 @@ def _randomize(module: torch.nn.Module, seed: int) -> None:
                 param.copy_(torch.randn(param.shape, generator=generator) / max(fan_in, 1) ** 0.5)
 
 
-def write_tiny_vace(path: Path, seed: int = 0) -> Path:
-    """A VaceWanModel state dict with ``model.diffusion_model.`` keys, as ComfyUI's repackaged files have them."""
+def write_tiny_vace(path: Path, seed: int = 0, **overrides) -> Path:
+    """A VaceWanModel state dict with ``model.diffusion_model.`` keys, as ComfyUI's repackaged files have them.
+    ``overrides`` change :data:`TINY_DIT` (e.g. ``num_layers=4``: a model of another size)."""
     import comfy.ldm.wan.model
+
+    return _write_tiny_wan(path, comfy.ldm.wan.model.VaceWanModel, seed, {**TINY_DIT, **overrides})
+
+
+def write_tiny_wan_t2v(path: Path, seed: int = 0) -> Path:
+    """A plain Wan2.1 text-to-video model (no VACE blocks) of the tiny size: ComfyUI loads it as ``WAN21``."""
+    import comfy.ldm.wan.model
+
+    dit = {key: value for key, value in TINY_DIT.items() if key not in ("vace_layers", "vace_in_dim")}
+    return _write_tiny_wan(path, comfy.ldm.wan.model.WanModel, seed, dit)
+
+
+def _write_tiny_wan(path: Path, model_class, seed: int, dit: dict) -> Path:
     import comfy.ops
     from safetensors.torch import save_file
 
     with torch.inference_mode(False):
-        model = comfy.ldm.wan.model.VaceWanModel(text_dim=TEXT_DIM, operations=comfy.ops.disable_weight_init, **TINY_DIT)
+        model = model_class(text_dim=TEXT_DIM, operations=comfy.ops.disable_weight_init, **dit)
         _randomize(model, seed)
         state = {f"model.diffusion_model.{key}": value.detach().float().contiguous() for key, value in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
