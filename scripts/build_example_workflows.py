@@ -22,8 +22,14 @@ REPACKAGED = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolv
 DWPOSE = "https://huggingface.co/yzd-v/DWPose/resolve/main"
 # `properties.models` entries: the frontend's missing-model dialog offers these downloads when the file is missing
 # (it only downloads .safetensors, so the two DWPose .onnx files are named with their links in the notes instead).
+# Wan2.2-VACE-Fun A14B: two experts, Comfy-Org's fp8_scaled files (the fp16 ones, ..._14B_fp16, train alike).
+UNET_HIGH = "wan2.2_fun_vace_high_noise_14B_fp8_scaled.safetensors"
+UNET_LOW = "wan2.2_fun_vace_low_noise_14B_fp8_scaled.safetensors"
+REPACKAGED_22 = "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files"
 MODEL_FILES = {
     UNET: {"url": f"{REPACKAGED}/diffusion_models/{UNET}", "directory": "diffusion_models"},
+    UNET_HIGH: {"url": f"{REPACKAGED_22}/diffusion_models/{UNET_HIGH}", "directory": "diffusion_models"},
+    UNET_LOW: {"url": f"{REPACKAGED_22}/diffusion_models/{UNET_LOW}", "directory": "diffusion_models"},
     CLIP: {"url": f"{REPACKAGED}/text_encoders/{CLIP}", "directory": "text_encoders"},
     VAE: {"url": f"{REPACKAGED}/vae/{VAE}", "directory": "vae"},
 }
@@ -34,6 +40,9 @@ TEMPLATES = {
     "ipa_curate": "IPA 1 Curate hand candidates",
     "ipa_align": "IPA 2 Train the hand LoRA",
     "ipa_animate": "IPA 3 Animate with the hand LoRA",
+    "ipa_a14b_curate": "IPA 4 A14B Curate hand candidates",
+    "ipa_a14b_align": "IPA 5 A14B Train the hand LoRAs",
+    "ipa_a14b_animate": "IPA 6 A14B Animate with the hand LoRAs",
 }
 
 # What each template does and needs: the first lines of its Read me note, and `extra.description` in the file (the
@@ -48,6 +57,16 @@ DESCRIPTIONS = {
     "ipa_animate": "Animates the reference image along the driving pose with native Wan2.1-VACE and the trained hand "
                    "LoRA, and reports whether the LoRA matches the base model. Needs the LoRA from template 2 and the "
                    "same model files as template 1.",
+    "ipa_a14b_curate": "Samples hand candidates with Wan2.2-VACE-Fun A14B (two experts: the high-noise model lays out the "
+                       "motion, the low-noise one draws the details) as ComfyUI's native two-KSamplerAdvanced graph does, and "
+                       "stores them in a dataset to mark in the IPA gallery. Needs the two VACE-Fun expert files, UMT5, the "
+                       "Wan VAE and the two DWPose .onnx files.",
+    "ipa_a14b_align": "Trains one hand LoRA per expert of Wan2.2-VACE-Fun A14B (Flow-IPA; expert both: the low-noise one, "
+                      "then the high-noise one, one model in memory at a time), each on its own noise range. Needs a dataset "
+                      "curated with template 4 and the two expert files it was sampled with; a GPU.",
+    "ipa_a14b_animate": "Animates the reference image along the driving pose with native Wan2.2-VACE-Fun A14B (two "
+                        "KSamplerAdvanced) and the trained pair of hand LoRAs, each applied to its own expert. Needs the "
+                        "LoRAs from template 5 and the same model files as template 4.",
 }
 
 # The saved view each template opens with (LiteGraph's extra.ds: screen = (graph + offset) * scale): the whole graph
@@ -60,7 +79,8 @@ def _view(scale: float) -> dict:
     return {"scale": scale, "offset": [round(VIEW_MARGIN[0] / scale), round(VIEW_MARGIN[1] / scale + 30)]}
 
 
-VIEWS = {"ipa_curate": _view(0.65), "ipa_align": _view(0.85), "ipa_animate": _view(0.68)}
+VIEWS = {"ipa_curate": _view(0.65), "ipa_align": _view(0.85), "ipa_animate": _view(0.68),
+         "ipa_a14b_curate": _view(0.65), "ipa_a14b_align": _view(0.85), "ipa_a14b_animate": _view(0.65)}
 
 MODEL_NOTES = f"""## Model files
 Missing ones are offered for download when the workflow opens. From [Comfy-Org/Wan_2.1_ComfyUI_repackaged](https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged):
@@ -77,14 +97,24 @@ NEGATIVE = "deformed hands, extra fingers, fused fingers, blurry, low quality"
 NOTE_WIDTH = 460
 
 
-def loaders(g, x, y, prompt_box: bool = False):
+def loaders(g, x, y, prompt_box: bool = False, experts: bool = False):
     """Model loaders and the two prompts. ``prompt_box``: the positive prompt is typed in a String (Multiline) node
     that the caller adds at ``(x + 370, y)`` and links (so one text feeds the encoder and whatever stores it); the
-    caller then groups the prompts."""
-    unet = g.add("UNETLoader", (x, y), {"unet_name": UNET, "weight_dtype": "default"}, size=(320, 82), models=[UNET])
+    caller then groups the prompts. ``experts``: two UNETLoaders (Wan2.2-VACE-Fun A14B's high- and low-noise experts);
+    the first value returned is then the pair (high, low)."""
+    if experts:
+        high = g.add("UNETLoader", (x, y), {"unet_name": UNET_HIGH, "weight_dtype": "default"}, title="High-noise expert",
+                     size=(320, 82), models=[UNET_HIGH])
+        low = g.add("UNETLoader", (x, y + 130), {"unet_name": UNET_LOW, "weight_dtype": "default"}, title="Low-noise expert",
+                    size=(320, 82), models=[UNET_LOW])
+        unet, unets, y = (high, low), [high, low], y + 130
+    else:
+        unet = g.add("UNETLoader", (x, y), {"unet_name": UNET, "weight_dtype": "default"}, size=(320, 82), models=[UNET])
+        unets = [unet]
     clip = g.add("CLIPLoader", (x, y + 130), {"clip_name": CLIP, "type": "wan", "device": "default"}, size=(320, 106), models=[CLIP])
     vae = g.add("VAELoader", (x, y + 290), {"vae_name": VAE}, size=(320, 58), models=[VAE])
-    g.group("Models", [unet, clip, vae])
+    g.group("Models", [*unets, clip, vae])
+    y -= 130 if experts else 0
     pos_y, pos_h = (y + 150, 60) if prompt_box else (y, 150)
     pos = g.add("CLIPTextEncode", (x + 370, pos_y), {"text": POSITIVE}, title="Positive prompt", size=(400, pos_h))
     neg = g.add("CLIPTextEncode", (x + 370, pos_y + pos_h + 50), {"text": NEGATIVE}, title="Negative prompt", size=(400, 100 if prompt_box else 150))
@@ -108,11 +138,7 @@ def control_inputs(g, x, y):
     return ref, frames, pose
 
 
-def curate(g):
-    g.note((0, 0), NOTE_WIDTH, 820, DESCRIPTIONS["ipa_curate"] + "\n\n" + MODEL_NOTES + """
-
-## Curate
-1. Load a reference image (the person) and a driving video (someone moving; `length` frames are used).
+CURATE_STEPS = """1. Load a reference image (the person) and a driving video (someone moving; `length` frames are used).
 2. Queue: IPA DWPose Estimator turns the video into pose keypoints and a pose video (the VACE control); IPA VACE
    Sampler samples `candidates` videos, shown as one grid of looping clips with the seed on each (candidate
    i = seed + i; the seed steps by `candidates` after each run, so runs never repeat a seed); IPA Mark Preferred
@@ -122,16 +148,54 @@ def curate(g):
    and mark the good ones preferred. Next: *IPA 2 Train the hand LoRA*.
 
 Sizes: width/height multiples of 16, length 4k+1 (81 frames at 16 fps in the paper). Keep the hand mask node's
-width and height equal to the sampler's. Outside good videos: IPA Encode Good Video -> IPA Mark Preferred.""")
+width and height equal to the sampler's. Outside good videos: IPA Encode Good Video -> IPA Mark Preferred."""
+
+A14B_MODEL_NOTES = f"""## Model files
+Missing ones are offered for download when the workflow opens. The two Wan2.2-VACE-Fun A14B experts from
+[Comfy-Org/Wan_2.2_ComfyUI_Repackaged](https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged) (or the
+`..._14B_fp16` files: pick the same pair in every template), the rest from
+[Comfy-Org/Wan_2.1_ComfyUI_repackaged](https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged):
+- `models/diffusion_models/{UNET_HIGH}` (the high-noise expert)
+- `models/diffusion_models/{UNET_LOW}` (the low-noise expert)
+- `models/text_encoders/{CLIP}`
+- `models/vae/{VAE}`
+
+For IPA DWPose Estimator, from [yzd-v/DWPose]({DWPOSE.rsplit('/resolve', 1)[0]}):
+- `models/dwpose/yolox_l.onnx`: {DWPOSE}/yolox_l.onnx
+- `models/dwpose/dw-ll_ucoco_384.onnx`: {DWPOSE}/dw-ll_ucoco_384.onnx"""
+
+A14B_SWITCH = """Two experts: the high-noise model (`model`) samples steps 0..`switch_step` with the noise added, the low-noise
+model (`model_low_noise`) from `switch_step` to the end, exactly as two KSamplerAdvanced do in the native graph
+(template 6); each candidate records both models and the switch."""
+
+
+def curate(g):
+    g.note((0, 0), NOTE_WIDTH, 820, DESCRIPTIONS["ipa_curate"] + "\n\n" + MODEL_NOTES + "\n\n## Curate\n" + CURATE_STEPS)
+    _curate_graph(g, experts=False)
+
+
+def curate_a14b(g):
+    steps = CURATE_STEPS.replace("*IPA 2 Train the hand LoRA*", "*IPA 5 A14B Train the hand LoRAs*")
+    g.note((0, 0), NOTE_WIDTH, 980, DESCRIPTIONS["ipa_a14b_curate"] + "\n\n" + A14B_MODEL_NOTES + "\n\n## Curate\n" + steps
+           + "\n\n" + A14B_SWITCH)
+    _curate_graph(g, experts=True)
+
+
+def _curate_graph(g, experts: bool):
     left = NOTE_WIDTH + 60
-    unet, vae, pos, neg = loaders(g, left, 60, prompt_box=True)
-    ref, frames, pose = control_inputs(g, left, 560)
-    sampler = g.add("IPAVaceSampler", (left + 850, 60), {"width": 832, "height": 480, "length": 81, "steps": 20, "cfg": 6.0, "shift": 8.0,
-                                                        "sampler_name": "uni_pc", "scheduler": "simple", "candidates": 4, "seed": 0,
-                                                        "seed:control_after_generate": "increment", "strength": 1.0}, size=(420, 760))
-    for source, output, name in ((unet, "MODEL", "model"), (pos, "CONDITIONING", "positive"), (neg, "CONDITIONING", "negative"),
+    unet, vae, pos, neg = loaders(g, left, 60, prompt_box=True, experts=experts)
+    ref, frames, pose = control_inputs(g, left, 690 if experts else 560)
+    widgets = {"width": 832, "height": 480, "length": 81, "steps": 20, "cfg": 6.0, "shift": 8.0, "sampler_name": "uni_pc",
+               "scheduler": "simple", "candidates": 4, "seed": 0, "seed:control_after_generate": "increment", "strength": 1.0}
+    if experts:
+        widgets.update(cfg=3.5, switch_step=10)
+    sampler = g.add("IPAVaceSampler", (left + 850, 60), widgets, size=(420, 820 if experts else 760))
+    high = unet[0] if experts else unet
+    for source, output, name in ((high, "MODEL", "model"), (pos, "CONDITIONING", "positive"), (neg, "CONDITIONING", "negative"),
                                  (vae, "VAE", "vae"), (ref, "IMAGE", "reference_image"), (pose, "pose_video", "control_video")):
         g.link(source, output, sampler, name)
+    if experts:
+        g.link(unet[1], "MODEL", sampler, "model_low_noise")
     g.group("Sample candidates", [sampler])
     mark = g.add("IPAMarkPreferred", (left + 1330, 60), {"dataset": "hands", "mark": "pending", "select": "", "prompt_text": POSITIVE,
                                                          "fps": 16.0}, size=(420, 330))
@@ -224,15 +288,105 @@ layouts.""")
     g.group("Save the video", [video, save])
 
 
-BUILDERS = {"ipa_curate": curate, "ipa_align": align, "ipa_animate": animate}
+def align_a14b(g):
+    g.note((0, 0), NOTE_WIDTH, 760, DESCRIPTIONS["ipa_a14b_align"] + f"""\n\n## Model files
+- `models/diffusion_models/{UNET_HIGH}` (`base_model`: the high-noise expert) and
+  `models/diffusion_models/{UNET_LOW}` (`low_noise_model`): the pair the candidates were sampled with.
+
+## Train
+`expert` picks what trains: `low` (the default: the low-noise expert, where hands are drawn), `high`, or `both` (the
+low-noise expert, then the high-noise one; one model in memory at a time, so no more GPU memory than one 14B model).
+Each expert's LoRA trains only on its own noise range (the low-noise one on sigma <= the samples' switch sigma) against
+that expert as the reference. Paper settings otherwise (beta 600, hand weight 10, rank 128, 1,000 steps per expert).
+
+The LoRAs are saved as `models/loras/ipa/<lora_name>_low.safetensors` and `<lora_name>_high.safetensors`, each with
+its expert in its metadata, so *IPA 6 A14B Animate with the hand LoRAs* applies each to its own expert.""")
+    left = NOTE_WIDTH + 60
+    train = g.add("IPATrainLoRA", (left, 60), {"dataset": "hands", "base_model": UNET_HIGH, "lora_name": "ipa_hands_a14b", "objective": "ipa",
+                                               "beta": 600.0, "hand_weight": 10.0, "rank": 128, "alpha": 128.0, "learning_rate": 1e-4,
+                                               "steps": 1000, "batch_size": 1, "grad_accum": 1, "gpus": "auto", "precision": "auto",
+                                               "gradient_checkpointing": True, "seed": 0, "seed:control_after_generate": "fixed",
+                                               "checkpoint_every": 100, "resume": "", "expert": "both", "low_noise_model": UNET_LOW},
+                  size=(480, 640), models=[UNET_HIGH, UNET_LOW])
+    plot = g.add("PreviewImage", (left + 530, 60), title="Loss curve", size=(500, 360))
+    g.link(train, "loss_curve", plot, "images")
+    metrics = g.add("PreviewAny", (left + 530, 480), title="Final metrics", size=(500, 300))
+    g.link(train, "metrics", metrics, "source")
+    g.group("Train the LoRAs", [train, plot, metrics])
+
+
+def animate_a14b(g):
+    g.note((0, 0), NOTE_WIDTH, 860, DESCRIPTIONS["ipa_a14b_animate"] + "\n\n" + A14B_MODEL_NOTES + """
+- `models/loras/ipa/ipa_hands_a14b_low.safetensors` (and `_high`): written by *IPA 5 A14B Train the hand LoRAs*.
+
+## Animate
+The native Wan2.2-VACE-Fun graph: two experts, one WanVaceToVideo, two KSamplerAdvanced (the high-noise model for steps
+0..10 with the noise added and the leftover noise returned, the low-noise model from step 10 to the end). IPA LoRA
+Loader takes both experts: pick either file of the pair; each LoRA goes to the expert its metadata names, and its
+report says what went where (an expert without a LoRA passes through unchanged).""")
+    left = NOTE_WIDTH + 60
+    (high, low), vae, pos, neg = loaders(g, left, 60, experts=True)
+    ref, frames, pose = control_inputs(g, left, 690)
+    lora = g.add("IPALoRALoader", (left + 810, 60), {"lora_name": "ipa/ipa_hands_a14b_low.safetensors", "strength": 1.0}, size=(330, 130))
+    g.link(high, "MODEL", lora, "model")
+    g.link(low, "MODEL", lora, "model_low_noise")
+    report = g.add("PreviewAny", (left + 810, 250), title="LoRA report", size=(330, 280))
+    g.link(lora, "report", report, "source")
+    g.group("Hand LoRAs", [lora, report])
+    decode = _two_expert_sampling(g, left + 1180, lora, pos, neg, vae, pose, ref)
+    video = g.add("CreateVideo", (left + 810, 670), {"fps": 16.0}, size=(330, 80))
+    g.link(decode, "IMAGE", video, "images")
+    save = g.add("SaveVideo", (left + 810, 810), {"filename_prefix": "video/ipa_a14b_animate", "format": "auto", "codec": "auto"},
+                 size=(330, 440))
+    g.link(video, "VIDEO", save, "video")
+    g.group("Save the video", [video, save])
+
+
+def _two_expert_sampling(g, x, lora, pos, neg, vae, pose, ref):
+    """ModelSamplingSD3 per expert, one WanVaceToVideo, KSamplerAdvanced high (0..10) then low (10..end), trim, decode."""
+    shifted = {}
+    for index, (output, name) in enumerate((("model", "high"), ("model_low_noise", "low"))):
+        shifted[name] = g.add("ModelSamplingSD3", (x + 330 * index, 60), {"shift": 8.0}, title=f"Shift ({name}-noise)", size=(300, 60))
+        g.link(lora, output, shifted[name], "model")
+    vace = g.add("WanVaceToVideo", (x, 180), {"width": 832, "height": 480, "length": 81, "batch_size": 1, "strength": 1.0}, size=(300, 280))
+    for source, output, name in ((pos, "CONDITIONING", "positive"), (neg, "CONDITIONING", "negative"), (vae, "VAE", "vae"),
+                                 (pose, "pose_video", "control_video"), (ref, "IMAGE", "reference_image")):
+        g.link(source, output, vace, name)
+    common = {"steps": 20, "cfg": 3.5, "sampler_name": "uni_pc", "scheduler": "simple"}
+    first = g.add("KSamplerAdvanced", (x + 330, 180), {"add_noise": "enable", "noise_seed": 0, "noise_seed:control_after_generate": "randomize",
+                                                      **common, "start_at_step": 0, "end_at_step": 10, "return_with_leftover_noise": "enable"},
+                  title="KSampler (high-noise, steps 0-10)", size=(300, 340))
+    second = g.add("KSamplerAdvanced", (x + 330, 580), {"add_noise": "disable", "noise_seed": 0, **common, "start_at_step": 10,
+                                                       "end_at_step": 10000, "return_with_leftover_noise": "disable"},
+                   title="KSampler (low-noise, steps 10-end)", size=(300, 340))
+    g.link(shifted["high"], "MODEL", first, "model")
+    g.link(shifted["low"], "MODEL", second, "model")
+    for sampler in (first, second):
+        g.link(vace, "positive", sampler, "positive")
+        g.link(vace, "negative", sampler, "negative")
+    g.link(vace, "latent", first, "latent_image")
+    g.link(first, "LATENT", second, "latent_image")
+    trim = g.add("TrimVideoLatent", (x, 520), {"trim_amount": 0}, size=(300, 80))
+    g.link(second, "LATENT", trim, "samples")
+    g.link(vace, "trim_latent", trim, "trim_amount")
+    decode = g.add("VAEDecode", (x, 660), size=(300, 50))
+    g.link(trim, "LATENT", decode, "samples")
+    g.link(vae, "VAE", decode, "vae")
+    g.group("Sample (two experts)", [*shifted.values(), vace, first, second, trim, decode])
+    return decode
+
+
+BUILDERS = {"ipa_curate": curate, "ipa_align": align, "ipa_animate": animate,
+            "ipa_a14b_curate": curate_a14b, "ipa_a14b_align": align_a14b, "ipa_a14b_animate": animate_a14b}
 # Node ids per template, in ranges no two templates share: ComfyUI's frontend shows a running prompt's progress (the
 # trainer's live plot included) on the node of that id in whichever tab is open, so a shared id put the training
 # progress on "Load Diffusion Model" in the curate tab.
-FIRST_NODE_ID = {"ipa_curate": 1, "ipa_align": 101, "ipa_animate": 201}
+FIRST_NODE_ID = {"ipa_curate": 1, "ipa_align": 101, "ipa_animate": 201, "ipa_a14b_curate": 301, "ipa_a14b_align": 401,
+                 "ipa_a14b_animate": 501}
 
 
 def template_path(key: str) -> Path:
-    """example_workflows/<file>.json of a template key (ipa_curate, ipa_align, ipa_animate)."""
+    """example_workflows/<file>.json of a template key (ipa_curate, ipa_align, ipa_animate, ipa_a14b_*)."""
     return ROOT / "example_workflows" / f"{TEMPLATES[key]}.json"
 
 
