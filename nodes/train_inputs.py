@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..ipa_train.choices import BasePrecision, Distributed, Objective, Precision
+from ..ipa_train.choices import BasePrecision, Distributed, Expert, Objective, Precision
 from ..ipa_train.jobs.config import KEYS
 
 NONE = "none"
@@ -20,7 +20,7 @@ NONE = "none"
 OPTIONAL_DEFAULTS = {
     "resume": "", "distributed": Distributed.DDP.value, "init_lora": NONE, "init_lora_strength": 1.0, "targets": "self_attn_qkv",
     "vace_module": NONE, "allow_other_base": False, "base_precision": BasePrecision.BF16.value, "blocks_to_swap": 0, "activation_offload": False,
-    "vram_budget_gb": "auto",
+    "vram_budget_gb": "auto", "expert": Expert.LOW.value, "low_noise_model": NONE,
 }
 
 
@@ -116,9 +116,23 @@ def memory_inputs() -> list:
     ]
 
 
+def expert_inputs(diffusion_models: list[str]) -> list:
+    """Two-expert models (Wan2.2-VACE-Fun A14B): which expert trains, and the low-noise expert's file (base_model is
+    then the high-noise one). Last, so workflows saved before them keep their widgets' positions."""
+    return [
+        io.Combo.Input("expert", options=options("expert"), **_optional("expert"), tooltip=tooltip("expert")),
+        io.Combo.Input("low_noise_model", options=[NONE] + diffusion_models, **_optional("low_noise_model"),
+                       tooltip="Wan2.2-VACE-Fun A14B: the low-noise model file the candidates were sampled with (the second "
+                               "model of IPA VACE Sampler; base_model is then the high-noise one). Needed by expert low and "
+                               "both; none for single-model samples."),
+    ]
+
+
 def outputs() -> list:
     return [
-        io.String.Output(display_name="lora_name", tooltip="The saved LoRA as IPA LoRA Loader names it (ipa/<name>.safetensors)."),
+        io.String.Output(display_name="lora_name", tooltip="The saved LoRA as IPA LoRA Loader names it (ipa/<name>.safetensors; "
+                                                           "two experts: ipa/<name>_low.safetensors, or _high when only that "
+                                                           "expert trained)."),
         io.Image.Output(display_name="loss_curve", tooltip="Loss and ipa_gap over the run, each on its own axis."),
         io.String.Output(display_name="metrics", tooltip="Final metrics, where the LoRA and the run folder are, and any warnings."),
     ]
@@ -129,3 +143,4 @@ def outputs() -> list:
 TRAINING_KEYS = ("lora_name", "objective", "beta", "hand_weight", "rank", "alpha", "learning_rate", "steps", "batch_size",
                  "grad_accum", "precision", "gradient_checkpointing", "seed", "checkpoint_every", "distributed")
 MEMORY_KEYS = ("base_precision", "blocks_to_swap", "activation_offload", "vram_budget_gb")
+EXPERT_KEYS = ("expert",)  # low_noise_model: written by ``reference_settings`` only when set

@@ -20,13 +20,13 @@ import numpy as np
 import torch
 from comfy_api.v0_0_2 import io, ui
 
-from ..ipa_train.choices import BasePrecision, Distributed, Objective
+from ..ipa_train.choices import BasePrecision, Distributed, Expert, Objective
 from ..ipa_train.data.layout import DatasetError, dataset_path, list_datasets
 from ..ipa_train.data.manifest import read_manifest
 from ..ipa_train.data.marks import count_statuses
 from ..ipa_train.fileio import InvalidNameError, atomic_write_json, install_keeping_previous, validate_name
 from ..ipa_train.jobs import launcher
-from ..ipa_train.jobs.checkpoint_files import check_checkpoint_paths, checkpoint_problem, pick_checkpoint, step_of
+from ..ipa_train.jobs.checkpoint_files import check_checkpoint_paths, checkpoint_problem, experts_in, pick_checkpoint, step_of
 from ..ipa_train.jobs.config import ConfigError, RunConfig
 from ..ipa_train.jobs.contract import CHECKPOINT, STARTED, STEP
 from ..ipa_train.jobs.curves import training_curves
@@ -42,8 +42,8 @@ LORA_SUBFOLDER = "ipa"
 
 
 def reference_settings(settings: dict) -> dict:
-    """run.json keys for the reference (init_lora with its strength, vace_module, allow_other_base) and the LoRA targets,
-    only those set; model names resolved to paths in ComfyUI's model folders."""
+    """run.json keys for the reference (init_lora with its strength, vace_module, allow_other_base, the low-noise expert's
+    file) and the LoRA targets, only those set; model names resolved to paths in ComfyUI's model folders."""
     out: dict = {}
     if settings.get("init_lora", NONE) not in (None, "", NONE):
         out["init_lora"] = [{"path": model_file("loras", settings["init_lora"], "init_lora"),
@@ -55,6 +55,8 @@ def reference_settings(settings: dict) -> dict:
         out["targets"] = targets
     if settings.get("allow_other_base"):
         out["allow_other_base"] = True
+    if settings.get("low_noise_model", NONE) not in (None, "", NONE):
+        out["low_noise_model"] = model_file("diffusion_models", settings["low_noise_model"], "low_noise_model")
     return out
 
 
@@ -129,8 +131,10 @@ def check_resume(resume: str, lora_name: str, steps: int) -> Path | None:
     would start only to say "already at step N of N". Refused at queue time; training a new LoRA needs resume cleared."""
     checkpoint = _resolve_resume(resume, lora_name)
     done = step_of(checkpoint) if checkpoint is not None else None
-    if done is not None and done >= int(steps):
-        raise ValueError(f"resume={resume!r}: this run is complete ({checkpoint.parents[1].name} is at step {done} of steps={steps}); "
+    experts = experts_in(checkpoint) if checkpoint is not None else 1  # expert 'both': steps per expert, one after the other
+    if done is not None and done >= int(steps) * experts:
+        of = f"steps={steps}" if experts == 1 else f"{int(steps) * experts} (steps={steps} for each of {experts} experts)"
+        raise ValueError(f"resume={resume!r}: this run is complete ({checkpoint.parents[1].name} is at step {done} of {of}); "
                          "clear resume to train a new LoRA, or raise steps to train this one further")
     return checkpoint
 
@@ -304,7 +308,7 @@ class _Launch:
 
 # What build_config writes for an optional widget left out of the call (vram_budget_gb: resolved after unloading).
 BUILD_DEFAULTS = {"distributed": Distributed.DDP.value, "base_precision": BasePrecision.BF16.value, "blocks_to_swap": 0,
-                  "activation_offload": False, "vram_budget_gb": None}
+                  "activation_offload": False, "vram_budget_gb": None, "expert": Expert.LOW.value}
 
 
 class IPATrainLoRA(io.ComfyNode):
@@ -334,6 +338,7 @@ class IPATrainLoRA(io.ComfyNode):
                 *train_inputs.run_inputs(),
                 *train_inputs.reference_inputs(folder_paths.get_filename_list("loras"), diffusion_models),
                 *train_inputs.memory_inputs(),
+                *train_inputs.expert_inputs(diffusion_models),
             ],
             outputs=train_inputs.outputs(),
             hidden=[io.Hidden.unique_id],
@@ -368,6 +373,7 @@ class IPATrainLoRA(io.ComfyNode):
             **{key: value(key) for key in train_inputs.TRAINING_KEYS},
             **reference_settings(settings),
             **{key: value(key) for key in train_inputs.MEMORY_KEYS},
+            **{key: value(key) for key in train_inputs.EXPERT_KEYS},
         }
 
     @classmethod
@@ -497,21 +503,27 @@ class IPATrainLoRA(io.ComfyNode):
 
     @classmethod
     def _install(cls, outcome, run_dir: Path, loss_image, node_id) -> io.NodeOutput:
-        """Installs the trained LoRA under loras/ipa and reports it: the metrics output, and a summary under the node."""
-        trained = Path(outcome.final["lora_path"])
-        if not trained.is_file():
-            raise RuntimeError(f"the trainer reported {trained} but the file does not exist")
-        # The newest training of a name is always loras/ipa/<name>.safetensors, so a workflow that loads it by name
-        # (the animate template) gets what was just trained; the file it replaces is kept as <name>_NNNNN.
-        target = lora_folder() / f"{trained.stem}.safetensors"
-        release_cached_lora(target)  # ComfyUI's LoRA loaders keep it memory-mapped: Windows cannot replace it then
-        installed = install_keeping_previous(trained, target)
-        name = f"{LORA_SUBFOLDER}/{installed.path.name}"
+        """Installs the trained LoRA(s) under loras/ipa and reports them: the metrics output, and a summary under the node.
+        Two experts (``both``): both files, ``<name>_low`` and ``<name>_high``; the output names the low-noise one."""
+        reported = outcome.final.get("lora_paths") or {"": outcome.final["lora_path"]}
         warnings = [w for event in outcome.events if event.get("event") == STARTED for w in event.get("warnings") or []]
-        if installed.locked:
-            warnings.append(locked_warning(target, installed.path))
-        metrics = _metrics_text(outcome, name, target, installed.kept, run_dir, warnings)
-        _show_on_node("\n".join(_summary_lines(outcome, name, installed.kept, warnings)), node_id)
+        saved = []  # (name under loras, the LoRA it replaced, target)
+        for trained in sorted((Path(p) for p in reported.values()), key=lambda p: not p.stem.endswith("_low")):
+            if not trained.is_file():
+                raise RuntimeError(f"the trainer reported {trained} but the file does not exist")
+            # The newest training of a name is always loras/ipa/<name>.safetensors, so a workflow that loads it by name
+            # (the animate template) gets what was just trained; the file it replaces is kept as <name>_NNNNN.
+            target = lora_folder() / f"{trained.stem}.safetensors"
+            release_cached_lora(target)  # ComfyUI's LoRA loaders keep it memory-mapped: Windows cannot replace it then
+            installed = install_keeping_previous(trained, target)
+            if installed.locked:
+                warnings.append(locked_warning(target, installed.path))
+            saved.append((f"{LORA_SUBFOLDER}/{installed.path.name}", installed.kept, target))
+        name, kept, target = saved[0]
+        others = [f"also saved as: loras/{other}" + (f" (previous kept as {k.name})" if k is not None else "") for other, k, _ in saved[1:]]
+        metrics = "\n".join([_metrics_text(outcome, name, target, kept, run_dir, warnings), *others])
+        summary = _summary_lines(outcome, name, kept, warnings)
+        _show_on_node("\n".join(summary[:1] + others + summary[1:]), node_id)
         return io.NodeOutput(name, _to_image(loss_image), metrics, ui=ui.PreviewText(metrics))
 
     @staticmethod

@@ -43,6 +43,16 @@ def step_of(path: Path, prefix: str = STEP_PREFIX) -> Optional[int]:
     return None
 
 
+def experts_in(checkpoint: Path) -> int:
+    """How many experts the run of ``checkpoint`` trains one after the other (its steps run to steps x this): 2 for a
+    two-expert ``both`` run (state.json ``experts``), else 1."""
+    try:
+        count = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8")).get("experts", 1)
+    except (OSError, ValueError, AttributeError):
+        return 1
+    return count if isinstance(count, int) and not isinstance(count, bool) and count >= 1 else 1
+
+
 # ------------------------------------------------------------------------------------------------ completeness
 
 

@@ -193,7 +193,7 @@ def test_node_inputs_are_trainer_config_keys(host):
     settings["vram_budget_gb"] = None  # the node resolves 'auto' (the GPU's free memory; None on CPU) before writing
     assert inputs["base_precision"].options == list(run_config.BASE_PRECISIONS)
     written = IPATrainLoRA.build_config(host / "ds", str(host / "base.safetensors"), host / "run", **settings)
-    at_default = {"init_lora", "targets", "vace_module", "allow_other_base"}  # written only when set (the trainer's defaults)
+    at_default = {"init_lora", "targets", "vace_module", "allow_other_base", "low_noise_model"}  # written only when set
     assert set(written) == set(inputs) - launch_only - folded - at_default | {"output_dir"}
     config = run_config.RunConfig.from_dict(written)
     assert config.stop_path == host / "run" / "STOP" and config.effective_alpha == settings["alpha"]
@@ -469,3 +469,51 @@ def test_memory_inputs_reach_the_trainer_and_the_report(host):
     assert memory_report(started) == ("memory: predicted peak 21.23 GiB of 23.5 GiB (base fp8, blocks_to_swap 40, "
                                       "activation_offload on, gradient_checkpointing on)")
     assert memory_report({"event": "started"}) == ""
+
+
+def test_both_experts_reach_run_json_and_both_loras_are_installed(host, monkeypatch):
+    """Issue 21: expert and low_noise_model (a diffusion_models file, resolved inside its folder) reach run.json; a
+    'both' run installs <name>_low and <name>_high under loras/ipa and says where; its progress counts both experts."""
+    import comfy.utils
+    import folder_paths
+    from comfyui_ipa_pack.nodes.train_lora import IPATrainLoRA
+
+    inputs = {spec.id: spec for spec in IPATrainLoRA.define_schema().inputs}
+    assert list(inputs)[-2:] == ["expert", "low_noise_model"]  # last: saved workflows keep their widgets' positions
+    assert inputs["expert"].options == ["low", "high", "both"] and inputs["expert"].default == "low" and inputs["expert"].optional
+    assert inputs["low_noise_model"].options[0] == "none" and inputs["low_noise_model"].optional
+    (host / "models" / "diffusion_models" / "wan2.2_fun_vace_low_noise_14B_fp16.safetensors").write_bytes(b"not read by the stand-in")
+    folder_paths.filename_list_cache.clear()
+    updates = []
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda value, total, preview, node_id=None: updates.append((value, total)))
+    name, _, metrics = _run(lora_name="a14b", expert="both", low_noise_model="wan2.2_fun_vace_low_noise_14B_fp16.safetensors", steps=2).args
+    run_dir = max((host / "output" / "ipa_runs").iterdir(), key=lambda p: p.stat().st_mtime)
+    config = json.loads((run_dir / "run.json").read_text())
+    assert config["expert"] == "both"
+    assert config["low_noise_model"] == str(host / "models" / "diffusion_models" / "wan2.2_fun_vace_low_noise_14B_fp16.safetensors")
+    assert name == "ipa/a14b_low.safetensors"
+    for expert in ("low", "high"):
+        assert (host / "models" / "loras" / "ipa" / f"a14b_{expert}.safetensors").is_file()
+    assert "saved as: loras/ipa/a14b_low.safetensors" in metrics and "also saved as: loras/ipa/a14b_high.safetensors" in metrics
+    assert updates[-1] == (4, 4)
+    # left at its defaults: expert low is written, low_noise_model is not
+    _run(lora_name="single", steps=1)
+    run_dir = max((host / "output" / "ipa_runs").iterdir(), key=lambda p: p.stat().st_mtime)
+    config = json.loads((run_dir / "run.json").read_text())
+    assert config["expert"] == "low" and "low_noise_model" not in config
+    with pytest.raises(ValueError, match="low_noise_model"):
+        _run(low_noise_model="../outside.safetensors", steps=1)
+
+
+def test_resume_of_a_both_run_counts_both_experts(host):
+    from comfyui_ipa_pack.nodes import train_lora
+
+    runs = host / "output" / "ipa_runs"
+    for step in (5, 10):
+        folder = fake_checkpoint(runs / f"pair{step}-20250101-000000" / "checkpoints" / f"step-{step}", step)
+        state = json.loads((folder / "state.json").read_text())
+        (folder / "state.json").write_text(json.dumps({**state, "expert": "high" if step > 5 else "low", "experts": 2}))
+    # step 5 of steps=5 per expert: the low expert is done, the high one is still to train
+    assert train_lora.check_resume("latest", "pair5", 5) == (runs / "pair5-20250101-000000" / "checkpoints" / "step-5").resolve()
+    with pytest.raises(ValueError, match=r"at step 10 of 10 \(steps=5 for each of 2 experts\)"):
+        train_lora.check_resume("latest", "pair10", 5)

@@ -77,7 +77,8 @@ def main():
         worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # a 'rank' in our group
         Path(out / "worker.pid").write_text(str(worker.pid))
     start = int(Path(args.resume).name.split("-")[1]) if args.resume else 0
-    total = int(config.get("steps", 5))
+    two_experts = config.get("expert") == "both" and bool(config.get("low_noise_model"))
+    total = int(config.get("steps", 5)) * (2 if two_experts else 1)  # 'both': steps per expert, numbered on
     emit(event=STARTED, total=total, resume_step=start, env_cuda=os.environ.get("CUDA_VISIBLE_DEVICES"),
          alloc=os.environ.get("PYTORCH_CUDA_ALLOC_CONF"), pythonpath=os.environ.get("PYTHONPATH"))
     print("human log line on stderr", file=sys.stderr, flush=True)
@@ -104,8 +105,13 @@ def main():
             if worker is not None:
                 worker.terminate()
             sys.exit(EXIT_STOPPED)
-    lora = write_lora(out / f"{config.get('lora_name', 'lora')}.safetensors")
-    emit(event=FINISHED, lora_path=str(lora), metrics={"loss": 0.7 / total, "ipa_gap": 0.01 * total, "steps": total})
+    name = config.get("lora_name", "lora")
+    if two_experts:  # the trainer's contract for expert 'both': one LoRA per expert, all named in the finished event
+        paths = {expert: str(write_lora(out / f"{name}_{expert}.safetensors")) for expert in ("low", "high")}
+        emit(event=FINISHED, lora_path=paths["high"], lora_paths=paths, metrics={"loss": 0.7 / total, "ipa_gap": 0.01 * total, "steps": total})
+    else:
+        lora = write_lora(out / f"{name}.safetensors")
+        emit(event=FINISHED, lora_path=str(lora), metrics={"loss": 0.7 / total, "ipa_gap": 0.01 * total, "steps": total})
     if worker is not None:
         worker.terminate()
 
