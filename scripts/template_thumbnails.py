@@ -2,7 +2,9 @@
 frontend draws it after loading it from the template browser, fitted to a square canvas (needs a ComfyUI checkout,
 Playwright and Chromium; runs a headless server with the tiny test models):
 
-    COMFYUI_PATH=/path/to/ComfyUI PYTHONPATH=<torchvision stand-ins if no torchvision> python scripts/template_thumbnails.py
+    COMFYUI_PATH=/path/to/ComfyUI PYTHONPATH=<torchvision stand-ins if no torchvision> python scripts/template_thumbnails.py [KEY ...]
+
+KEY: template keys of build_example_workflows.TEMPLATES (e.g. ipa_a14b_curate) to draw only those; none: all.
 
 The files are committed; tests/host/test_example_workflows.py checks they exist and stay small.
 """
@@ -75,7 +77,8 @@ def main():
                     await app.extensionManager.setting.set('LiteGraph.Canvas.MinFontSizeForLOD', 1);  // full detail when zoomed out
                 }""")
                 ui.command("Workspace.ToggleFocusMode")  # no menus or side bars over the canvas
-                for name in TEMPLATES.values():
+                wanted = sys.argv[1:] or list(TEMPLATES)
+                for name in (TEMPLATES[key] for key in wanted):
                     ui.open_template("ComfyUI-IPA", name)
                     ui.page.wait_for_timeout(500)
                     if ui.js("() => !!document.querySelector('.p-dialog')"):

@@ -67,6 +67,45 @@ def test_curate_and_animate_are_driven_by_the_packs_dwpose():
         assert "models/dwpose/yolox_l.onnx" in notes and "dw-ll_ucoco_384.onnx" in notes
 
 
+def _sources(workflow, node):
+    """{input name: (source node, output name)} of ``node`` (a node dict)."""
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    return {node["inputs"][in_slot]["name"]: (nodes[source], nodes[source]["outputs"][slot]["name"])
+            for _, source, slot, dest, in_slot, _ in workflow["links"] if dest == node["id"]}
+
+
+def test_the_a14b_templates_wire_both_experts():
+    """Curate samples with both experts (the sampler's model_low_noise and switch_step), align trains both (expert both,
+    low_noise_model), animate applies the pair with IPA LoRA Loader and samples as the native graph does: two
+    ModelSamplingSD3, one WanVaceToVideo, KSamplerAdvanced high (0..10, noise added, leftover returned) then low."""
+    from build_example_workflows import UNET_HIGH, UNET_LOW
+
+    curate, align, animate = _load("ipa_a14b_curate"), _load("ipa_a14b_align"), _load("ipa_a14b_animate")
+    unet = {n["widgets_values"][0]: n["id"] for w in (curate, animate) for n in w["nodes"] if n["type"] == "UNETLoader"}
+    assert set(unet) == {UNET_HIGH, UNET_LOW}
+    sampler = next(n for n in curate["nodes"] if n["type"] == "IPAVaceSampler")
+    wired = _sources(curate, sampler)
+    assert wired["model"][0]["widgets_values"][0] == UNET_HIGH and wired["model_low_noise"][0]["widgets_values"][0] == UNET_LOW
+    assert wired["control_video"][0]["type"] == "IPADWPoseEstimator"
+    assert sampler["widgets_values"][-1] == 10 and sampler["widgets_values"][3] == 20  # switch_step 10 of 20 steps
+    train = next(n for n in align["nodes"] if n["type"] == "IPATrainLoRA")
+    assert train["widgets_values"][1] == UNET_HIGH and train["widgets_values"][-2:] == ["both", UNET_LOW]
+    lora = next(n for n in animate["nodes"] if n["type"] == "IPALoRALoader")
+    wired = _sources(animate, lora)
+    assert wired["model"][0]["widgets_values"][0] == UNET_HIGH and wired["model_low_noise"][0]["widgets_values"][0] == UNET_LOW
+    assert lora["widgets_values"][0] == "ipa/ipa_hands_a14b_low.safetensors"
+    first, second = (n for n in animate["nodes"] if n["type"] == "KSamplerAdvanced")
+    for sampler, output, noise, start, end, leftover in ((first, "model", "enable", 0, 10, "enable"),
+                                                         (second, "model_low_noise", "disable", 10, 10000, "disable")):
+        shift = _sources(animate, sampler)["model"][0]
+        assert shift["type"] == "ModelSamplingSD3" and _sources(animate, shift)["model"] == (lora, output)
+        values = sampler["widgets_values"]
+        assert (values[0], values[-3], values[-2], values[-1]) == (noise, start, end, leftover)
+        assert _sources(animate, sampler)["positive"][0]["type"] == "WanVaceToVideo"
+    assert _sources(animate, second)["latent_image"] == (first, "LATENT")
+    assert _sources(animate, next(n for n in animate["nodes"] if n["type"] == "TrimVideoLatent"))["samples"] == (second, "LATENT")
+
+
 def test_template_browser_metadata():
     """What ComfyUI's template browser (frontend 1.35.9) shows for a pack: the file name as title and description, and
     <name>.jpg next to the JSON as the card's thumbnail (served under /api/workflow_templates/<pack folder>/)."""
@@ -110,7 +149,8 @@ def test_template_browser_metadata():
         listed = {m["name"]: m for n in nodes for m in n.get("properties", {}).get("models", [])}
         assert selected and set(listed) == selected, key
         for name, entry in listed.items():
-            assert entry["url"].startswith("https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/")
+            repository = "Wan_2.2_ComfyUI_Repackaged" if name.startswith("wan2.2_") else "Wan_2.1_ComfyUI_repackaged"
+            assert entry["url"].startswith(f"https://huggingface.co/Comfy-Org/{repository}/resolve/main/split_files/")
             assert entry["url"].endswith("/" + name) and entry["directory"] in ("diffusion_models", "text_encoders", "vae")
     notes = next(n["widgets_values"][0] for n in _load("ipa_curate")["nodes"] if n["type"] == "MarkdownNote")
     assert "https://huggingface.co/yzd-v/DWPose/resolve/main/yolox_l.onnx" in notes
