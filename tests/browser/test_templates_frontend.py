@@ -356,3 +356,24 @@ def test_animate_loads_the_trained_lora(ui, comfy, tmp_path):
         saved = next(out for out in entry["outputs"].values() if out.get("images") and out["images"][0]["filename"].endswith(".mp4"))
         assert (comfy.base / "output" / saved["images"][0]["subfolder"] / saved["images"][0]["filename"]).stat().st_size > 0
     assert not _unknown_messages(ui) and not [e for e in ui.page_errors if "ipa" in e.lower()], ui.page_errors
+
+
+@pytest.mark.parametrize("key", ["ipa_a14b_curate", "ipa_a14b_align", "ipa_a14b_animate"])
+def test_the_a14b_templates_load_as_shipped(ui, tmp_path, key):
+    """The Wan2.2-VACE-Fun A14B templates, picked in the template browser: every widget value where the file has it
+    (``_open``), every link kept (the loader's and sampler's optional model_low_noise sockets included), and the
+    missing-model dialog names both expert files."""
+    from build_example_workflows import UNET_HIGH, UNET_LOW
+
+    with screenshot_on_failure(ui, tmp_path, key):
+        dialogs, workflow = _open(ui, key)
+        assert len(dialogs) == 1 and "Missing Models" in dialogs[0], dialogs
+        for name in (UNET_HIGH, UNET_LOW):
+            assert f"diffusion_models / {name}" in dialogs[0], dialogs
+        nodes = {node["id"]: node for node in workflow["nodes"]}
+        expected = sorted((target, nodes[target]["inputs"][slot]["name"]) for _, _, _, target, slot, _ in workflow["links"])
+        loaded = ui.js("""() => (app.graph._nodes ?? app.graph.nodes).flatMap((node) =>
+            (node.inputs ?? []).filter((input) => input.link != null).map((input) => [node.id, input.name]))""")
+        assert sorted(map(tuple, loaded)) == expected
+        ui.close_dialogs()
+    assert not [e for e in ui.page_errors if "ipa" in e.lower()], ui.page_errors
