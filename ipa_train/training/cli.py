@@ -30,7 +30,7 @@ from ..jobs.contract import ERROR, EXIT_ERROR, EXIT_OK, EXIT_STOPPED
 from ..jobs.failures import hint_for, is_lost_peer, root_cause
 from .checkpoints import STATE_FILE, TrainingError, resume_checkpoint
 from .distributed import Dist, Events, setup_distributed
-from .expert_runs import train_experts
+from .loop import train_experts
 
 log = logging.getLogger("ipa_train.train")
 

@@ -1,5 +1,6 @@
 """The run loop: builds a run from its config (data, model, adapters, distributed wrapping, optimizer), then
-trains step by step, emitting events, writing checkpoints, honouring a stop request, and saving the LoRA.
+trains step by step, emitting events, writing checkpoints, honouring a stop request, and saving the LoRA. Two-expert
+samples (``experts``) train one Trainer per expert, one after the other (``train_experts``).
 
 The parts live beside it: ``distributed`` (torchrun set-up, events), ``batching`` (data, micro-batches, the
 deterministic draw), ``objective`` (predictions and loss), ``checkpoints`` (files), ``model_setup`` (base and
@@ -7,6 +8,7 @@ adapters) and ``cli`` (``python -m ipa_train.train``)."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import time
@@ -16,8 +18,9 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..fileio import atomic_save_safetensors
-from ..jobs.checkpoint_files import CHECKPOINTS_DIR, check_checkpoint_paths, recover_checkpoints
+from ..choices import Expert
+from ..fileio import atomic_save_safetensors, read_json
+from ..jobs.checkpoint_files import CHECKPOINTS_DIR, STATE_FILE, check_checkpoint_paths, recover_checkpoints
 from ..jobs.config import ConfigError, RunConfig
 from ..jobs.contract import CHECKPOINT, FINISHED, STARTED, STEP, STOPPED
 from ..jobs.process_tree import LaunchRefused
@@ -26,7 +29,7 @@ from . import lora as lora_setup
 from .batching import Sampler, TrainingData, load_training_data, seed_for
 from .checkpoints import TrainingError, load_training_state, lora_metadata, optimizer_state_api, resume_checkpoint, write_checkpoint
 from .distributed import Dist, Events, full_tensor, peak_memory_gb, reduce_metrics, setup_distributed
-from .experts import Phase, phase_config, single_phase, user_config
+from .experts import Phase, checkpoint_phase, finished_lora, phase_config, phases, single_phase, user_config
 from .memory_setup import MemoryModes, compute_dtype, plan_memory
 from .model_setup import gathered_adapter, prepare_model, save_comfy_lora
 from .objective import Objective
@@ -78,16 +81,15 @@ class Trainer:
         Built in the order that fails cheapest first: the data (all validation before any model is built), the output
         folder and the resume checkpoint, the memory plan, the model and its adapters, the distributed wrapping, the
         optimizer."""
-        data = data if data is not None else load_training_data(config)
+        if data is None:
+            refuse_long_paths(config.output_dir, config.lora_name, config.steps, dist_info.world)
+            data = load_training_data(config)
         self.run_config = config  # as the user gave it: run.json and the checkpoints keep it
         self.phase = phase if phase is not None else single_phase(config, data.switch)
         config = phase_config(config, self.phase)
         self.offset = self.phase.offset if self.phase else 0  # the steps of an expert trained before this one
         self.total = self.phase.total if self.phase else config.steps
-        try:  # Windows without long paths: refused now, not when the first checkpoint is written hours later
-            check_checkpoint_paths(config.output_dir, config.lora_name, self.total, ranks=dist_info.world)
-        except LaunchRefused as exc:
-            raise ConfigError(str(exc)) from None
+        refuse_long_paths(config.output_dir, config.lora_name, self.total, dist_info.world)  # one expert's name: longer
         self.config = config
         self.finished_loras: dict[str, str] = {}  # two experts: the LoRAs of the experts trained before this one
         self.dist = dist_info
@@ -257,26 +259,6 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------- loop
 
-    def _started(self) -> None:
-        c = self.config
-        self.events.emit(
-            STARTED,
-            total=self.total,
-            start_step=self.offset + self.start_step,
-            world_size=self.dist.world,
-            device=str(self.dist.device),
-            distributed=c.distributed if self.dist.active else "none",
-            objective=c.objective,
-            samples=len(self.data.preferred),
-            rejected=len(self.data.rejected),
-            trainable_parameters=sum(p.numel() for p in self.params),
-            resumed_from=str(self.resume_dir) if self.resume_dir else None,
-            output_dir=str(self.output_dir),
-            warnings=list(self.reference_warnings),
-            memory={**self.memory_plan.to_json(), "budget_gb": c.vram_budget_gb, "base_storage": storage_summary(self.bare)},
-            **({"expert": self.phase.expert, "t_range": list(self.phase.t_range), "base_model": c.base_model} if self.phase else {}),
-        )
-
     def _checkpoint(self, step: int) -> Path:
         path = self.save_checkpoint(step)
         self.last_checkpoint = path
@@ -296,11 +278,10 @@ class Trainer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if self.dist.main:
             self.saved_config().save(self.output_dir / "run.json")
-        self._started()
+        emit_started(self)
         history = []
         step = self.start_step
         started = time.perf_counter()
-        last_checkpoint: Optional[Path] = None
         stop = False
         while step < c.steps:
             t0 = time.perf_counter()
@@ -317,22 +298,60 @@ class Trainer:
             if stop:
                 break
             if c.checkpoint_every and step % c.checkpoint_every == 0 and step < c.steps:
-                last_checkpoint = self._checkpoint(step)
+                self._checkpoint(step)
         if stop and step < c.steps:
             return self._stopped(self.offset + step, self._checkpoint(step), history)
-        last_checkpoint = self._checkpoint(step)
-        lora_path = self.save_lora(step)
-        loras = {**self.finished_loras, self.phase.expert: str(lora_path)} if self.phase else {}
-        if self.phase is not None and self.phase.index + 1 < self.phase.count:  # the next expert trains next: not finished yet
-            if stop:  # asked during this expert's last step: its checkpoint starts the next expert on resume
-                return self._stopped(self.offset + step, last_checkpoint, history)
-            log.info("the %s-noise expert's LoRA is %s; the next expert trains now", self.phase.expert, lora_path)
-            return TrainResult("finished", self.offset + step, str(lora_path), str(last_checkpoint), history, self.bare, loras)
-        self._consume_stop_file()  # a stop asked for during the last step: the run is over anyway
-        final = {k: history[-1][k] for k in ("loss", "ipa_gap", "model_error", "reference_error")} if history else {}
-        self.events.emit(FINISHED, step=self.offset + step, lora_path=str(lora_path), checkpoint=str(last_checkpoint), metrics=final,
-                         **({"lora_paths": loras} if loras else {}))
-        return TrainResult("finished", self.offset + step, str(lora_path), str(last_checkpoint), history, self.bare, loras)
+        return finish_run(self, step, stop, history)
+
+
+def emit_started(trainer: Trainer) -> None:
+    """The ``started`` event: the run's size, devices, data, warnings, memory plan (and its expert, of two)."""
+    t, c = trainer, trainer.config
+    t.events.emit(
+        STARTED,
+        total=t.total,
+        start_step=t.offset + t.start_step,
+        world_size=t.dist.world,
+        device=str(t.dist.device),
+        distributed=c.distributed if t.dist.active else "none",
+        objective=c.objective,
+        samples=len(t.data.preferred),
+        rejected=len(t.data.rejected),
+        trainable_parameters=sum(p.numel() for p in t.params),
+        resumed_from=str(t.resume_dir) if t.resume_dir else None,
+        output_dir=str(t.output_dir),
+        warnings=list(t.reference_warnings),
+        memory={**t.memory_plan.to_json(), "budget_gb": c.vram_budget_gb, "base_storage": storage_summary(t.bare)},
+        **({"expert": t.phase.expert, "t_range": list(t.phase.t_range), "base_model": c.base_model} if t.phase else {}),
+    )
+
+
+def finish_run(trainer: Trainer, step: int, stop: bool, history: list) -> TrainResult:
+    """The last checkpoint and the LoRA; the ``finished`` event, unless another expert trains next (then a stop asked
+    for during this expert's last step stops here: its checkpoint starts the next expert on resume)."""
+    t, phase = trainer, trainer.phase
+    last_checkpoint = t._checkpoint(step)
+    lora_path = t.save_lora(step)
+    loras = {**t.finished_loras, phase.expert: str(lora_path)} if phase else {}
+    if phase is not None and phase.index + 1 < phase.count:
+        if stop:
+            return t._stopped(t.offset + step, last_checkpoint, history)
+        log.info("the %s-noise expert's LoRA is %s; the next expert trains now", phase.expert, lora_path)
+        return TrainResult("finished", t.offset + step, str(lora_path), str(last_checkpoint), history, t.bare, loras)
+    t._consume_stop_file()  # a stop asked for during the last step: the run is over anyway
+    final = {k: history[-1][k] for k in ("loss", "ipa_gap", "model_error", "reference_error")} if history else {}
+    t.events.emit(FINISHED, step=t.offset + step, lora_path=str(lora_path), checkpoint=str(last_checkpoint), metrics=final,
+                  **({"lora_paths": loras} if loras else {}))
+    return TrainResult("finished", t.offset + step, str(lora_path), str(last_checkpoint), history, t.bare, loras)
+
+
+def refuse_long_paths(output_dir: str, lora_name: str, steps: int, world: int) -> None:
+    """Windows without long paths: a run whose checkpoint files would pass MAX_PATH is refused now, not when the
+    first checkpoint is written hours later."""
+    try:
+        check_checkpoint_paths(output_dir, lora_name, steps, ranks=world)
+    except LaunchRefused as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def adamw_options(device: torch.device) -> dict[str, Any]:
@@ -390,6 +409,40 @@ def clean_output_dir(output_dir: Path) -> dict[str, list[str]]:
     return done
 
 
+def train_experts(config: RunConfig, dist_info: Dist, events: Events, resume: Optional[str] = None,
+                  stop_requested: Callable[[], bool] = lambda: False, dump_replicas: Optional[str] = None) -> TrainResult:
+    """Trains what ``config`` asks for; returns the last expert's result (``lora_paths``: every expert's LoRA)."""
+    refuse_long_paths(config.output_dir, config.lora_name, config.steps, dist_info.world)  # before anything loads
+    data = load_training_data(config)
+    plan = phases(config, data.switch)
+    options = dict(stop_requested=stop_requested, dump_replicas=dump_replicas, data=data)
+    if plan == [None]:
+        if config.expert != Expert.LOW and dist_info.main:
+            log.info("expert '%s' is ignored: the samples were made by one model", config.expert)
+        return Trainer(config, dist_info, events, resume=resume, **options).run()
+    start, inside = 0, False
+    if resume:
+        checkpoint = resume_checkpoint(resume)
+        start, inside = checkpoint_phase(read_json(checkpoint / STATE_FILE), plan, checkpoint)
+    loras = {phase.expert: str(finished_lora(config.output_dir, config, phase)) for phase in plan[:start]}
+    result: Optional[TrainResult] = None
+    for phase in plan[start:]:
+        if result is not None:  # the previous expert's model leaves memory before the next one loads
+            result.model = None
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        trainer = Trainer(config, dist_info, events, resume=resume if phase.index == start and inside else None, phase=phase, **options)
+        trainer.finished_loras = dict(loras)
+        result = trainer.run()
+        del trainer
+        if result.status != "finished":
+            return result
+        loras[phase.expert] = result.lora_path
+    result.lora_paths = loras
+    return result
+
+
 def train(
     config: RunConfig,
     resume: Optional[str] = None,
@@ -399,8 +452,6 @@ def train(
     dump_replicas: Optional[str] = None,
 ) -> TrainResult:
     """In-process entry point (one process unless torchrun's environment is set)."""
-    from .expert_runs import train_experts
-
     dist_info = setup_distributed()
     events = Events(dist_info, callback, stdout=stdout)
     return train_experts(config, dist_info, events, resume=resume, stop_requested=stop_requested, dump_replicas=dump_replicas)
