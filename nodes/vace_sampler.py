@@ -157,15 +157,16 @@ class IPAVaceSampler(io.ComfyNode):
             experts = TwoExperts(sampling_model, ModelSamplingSD3().patch(model_low_noise, shift)[0], switch_step, steps, sampler_name, scheduler)
             settings.update(experts.settings(model, fingerprint, patches, model_low_noise))
 
+        seeds = [(seed + index) % 2**64 for index in range(candidates)]  # wraps like the seed widget's range (64-bit)
+        callback_at = partial(_progress_callback, previewer, pbar, total)  # (steps done before) -> the step callback
+        if experts is None:  # one candidate after the other, each decoded before the next is sampled
+            sampled = (_sample_one(sampling_model, latent_image, positive_c, negative_c, candidate_seed, steps, cfg, sampler_name,
+                                   scheduler, callback_at(index * steps)) for index, candidate_seed in enumerate(seeds))
+        else:
+            sampled = experts.sample(latent_image, positive_c, negative_c, seeds, cfg, callback_at)
+
         frames_out, results = [], []
-        for index in range(candidates):
-            candidate_seed = (seed + index) % 2**64  # wraps like the seed widget's range (torch seeds are 64-bit)
-            callback_at = partial(_progress_callback, previewer, pbar, total, index * steps)  # (step offset) -> callback
-            if experts is None:
-                samples, sigmas = _sample_one(sampling_model, latent_image, positive_c, negative_c, candidate_seed, steps, cfg,
-                                              sampler_name, scheduler, callback_at(0))
-            else:
-                samples, sigmas = experts.sample(latent_image, positive_c, negative_c, candidate_seed, cfg, callback_at)
+        for candidate_seed, (samples, sigmas) in zip(seeds, sampled):
             images = _decode(vae, samples, trim_latent)
             frames_out.append(images)
             results.append(Candidate(
@@ -250,6 +251,8 @@ class TwoExperts:
         # The sigmas each KSamplerAdvanced slices (comfy.samplers.KSampler.sample): the high one [0..S], the low one [S..].
         self.high_sigmas = self._schedule(high)[: switch_step + 1]
         self.low_sigmas = self._schedule(low)[switch_step:]
+        log.info("IPA VACE Sampler: two experts, the low-noise model takes over at step %d of %d (sigma %.4f)", switch_step, steps,
+                 self.low_sigmas[0])
 
     def _schedule(self, model) -> list[float]:
         import comfy.samplers
@@ -274,16 +277,25 @@ class TwoExperts:
             "switch_step": self.switch_step, "switch_sigma": self.switch_sigma,
         }
 
-    def sample(self, latent_image, positive, negative, seed: int, cfg: float, callback_at) -> tuple[torch.Tensor, list[float]]:
-        """One candidate: the latent after both stages and the sigmas of the whole schedule. ``callback_at(offset)``
-        makes the step callback of a stage that starts ``offset`` steps into the candidate."""
-        common = dict(seed=seed, steps=self.steps, cfg=cfg, sampler_name=self.sampler_name, scheduler=self.scheduler,
-                      positive=positive, negative=negative)
-        leftover = _ksampler_advanced(self.high, latent_image, add_noise=True, start_step=0, last_step=self.switch_step,
-                                      return_with_leftover_noise=True, callback=callback_at(0), **common)
-        samples = _ksampler_advanced(self.low, leftover, add_noise=False, start_step=self.switch_step, last_step=10000,
-                                     return_with_leftover_noise=False, callback=callback_at(self.switch_step), **common)
-        return samples, self.high_sigmas + self.low_sigmas[1:]
+    def sample(self, latent_image, positive, negative, seeds: list[int], cfg: float, callback_at) -> list[tuple[torch.Tensor, list[float]]]:
+        """Every candidate's latent after both stages, with the sigmas of the whole schedule. The high-noise stage of
+        all candidates runs first, then the low-noise stage: each model is loaded once, not once per candidate (two
+        14B experts rarely fit in VRAM together), and each stage is the same computation as in the native graph.
+        ``callback_at(done)`` makes the step callback of a stage that starts after ``done`` steps of the run."""
+        common = dict(steps=self.steps, cfg=cfg, sampler_name=self.sampler_name, scheduler=self.scheduler, positive=positive, negative=negative)
+        high_steps, low_steps = self.switch_step, self.steps - self.switch_step
+        leftovers = [
+            _ksampler_advanced(self.high, latent_image, seed=seed, add_noise=True, start_step=0, last_step=self.switch_step,
+                               return_with_leftover_noise=True, callback=callback_at(index * high_steps), **common)
+            for index, seed in enumerate(seeds)
+        ]
+        done = len(seeds) * high_steps
+        sigmas = self.high_sigmas + self.low_sigmas[1:]
+        return [
+            (_ksampler_advanced(self.low, leftover, seed=seed, add_noise=False, start_step=self.switch_step, last_step=10000,
+                                return_with_leftover_noise=False, callback=callback_at(done + index * low_steps), **common), list(sigmas))
+            for index, (seed, leftover) in enumerate(zip(seeds, leftovers))
+        ]
 
 
 def _expert_record(model, fingerprint: str, patches: dict, sigmas: list[float]) -> dict:
@@ -307,12 +319,11 @@ def _ksampler_advanced(model, latent_image, seed, steps, cfg, sampler_name, sche
                                force_full_denoise=not return_with_leftover_noise, noise_mask=None, callback=callback, disable_pbar=True, seed=seed)
 
 
-def _progress_callback(previewer, pbar, total: int, offset: int, stage_offset: int = 0):
+def _progress_callback(previewer, pbar, total: int, offset: int):
     """The sampler's step callback: honours Cancel, and moves the node's progress bar with a preview. The step the
-    sampler reports counts from its own first step, ``offset + stage_offset`` steps into the whole run."""
+    sampler reports counts from its own first step, ``offset`` steps into the whole run."""
     import comfy.model_management
 
-    offset += stage_offset
     def callback(step, x0, x, total_steps):
         comfy.model_management.throw_exception_if_processing_interrupted()
         preview = previewer.decode_latent_to_preview_image("JPEG", x0) if previewer else None

@@ -97,7 +97,7 @@ def test_candidates_equal_the_native_two_sampler_graph(experts, monkeypatch):
     _RecordingProgressBar.positions = []
     images, candidates = _sample(experts, candidates=2, seed=5)
     assert images.shape == (2 * LENGTH, H, W, 3) and [c.seed for c in candidates] == [5, 6]
-    # progress runs through both experts of each candidate, one step at a time
+    # progress runs one step at a time through the high-noise stage of both candidates, then the low-noise stage
     assert _RecordingProgressBar.positions == list(range(1, 2 * STEPS + 1))
     for index, candidate in enumerate(candidates):
         native, decoded = _native_two_experts(experts, 5 + index)
@@ -207,11 +207,12 @@ def test_cancel_stops_the_low_noise_stage(experts, monkeypatch):
     import comfy.utils
 
     monkeypatch.setattr(comfy.utils, "ProgressBar", _RecordingProgressBar)
-    _RecordingProgressBar.positions, _RecordingProgressBar.cancel_at = [], SWITCH + 1  # the low-noise model's first step
+    # the high-noise stage runs for both candidates first: 2 * SWITCH + 1 is the low-noise model's first step
+    _RecordingProgressBar.positions, _RecordingProgressBar.cancel_at = [], 2 * SWITCH + 1
     try:
         with pytest.raises(comfy.model_management.InterruptProcessingException):
             _sample(experts, candidates=2)
     finally:
         _RecordingProgressBar.cancel_at = None
         comfy.model_management.interrupt_current_processing(False)
-    assert _RecordingProgressBar.positions == list(range(1, SWITCH + 2))
+    assert _RecordingProgressBar.positions == list(range(1, 2 * SWITCH + 2))
