@@ -112,11 +112,14 @@ def test_candidates_equal_the_native_two_sampler_graph(experts, monkeypatch):
     assert "experts" not in single.settings and "switch_step" not in single.settings  # one model: settings as before
 
 
-def test_ancestral_sampler_uses_the_seed_in_both_stages(experts):
-    # an ancestral sampler draws fresh noise in each stage from the seed: the low stage's noise_seed is the candidate's
-    (_, (candidate,)) = _sample(experts, candidates=1, seed=9, sampler="euler_ancestral")
-    native, _ = _native_two_experts(experts, 9, sampler="euler_ancestral")
+@pytest.mark.parametrize("sampler", ["euler_ancestral", "uni_pc"])
+def test_other_samplers_equal_the_native_graph_too(experts, sampler):
+    # euler_ancestral draws fresh noise in each stage from the seed (the low stage's noise_seed is the candidate's);
+    # uni_pc, the node's default, is multistep and drops the penultimate sigma of its schedule
+    (_, (candidate,)) = _sample(experts, candidates=1, seed=9, sampler=sampler)
+    native, _ = _native_two_experts(experts, 9, sampler=sampler)
     assert torch.equal(candidate.latent, native["samples"].float())
+    assert candidate.settings["experts"]["low"]["sigmas"][0] == candidate.sigmas[SWITCH] == candidate.settings["switch_sigma"]
 
 
 def test_settings_record_both_experts_and_the_switch(experts):
