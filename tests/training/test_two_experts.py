@@ -13,9 +13,10 @@ import torch
 from ipa_train.data.layout import DatasetError
 from ipa_train.data.manifest import read_manifest
 from ipa_train.data.samples import add_sample, create_dataset
+from ipa_train.data.two_experts import Switch
 from ipa_train.fileio import load_safetensors, read_safetensors_metadata
 from ipa_train.jobs.config import ConfigError, RunConfig
-from ipa_train.training.experts import Switch, map_t
+from ipa_train.training.experts import map_t
 from ipa_train.training.loop import train
 from ipa_train.training.objective import Objective
 from ipa_train.training.reference_check import ReferenceMismatch
