@@ -159,6 +159,11 @@ def checkpoint_phase(state: dict, plan: list[Optional[Phase]], checkpoint: Path)
     """(phase index, resume inside it) for a checkpoint's ``state.json``; refuses a checkpoint of another expert than
     the one its step falls in (``steps`` changed since) or of a run whose experts differ."""
     step = int(state.get("step", 0))
+    recorded_steps = (state.get("config") or {}).get("steps")
+    if (len(plan) > 1 or int(state.get("experts", 1)) > 1) and plan[0] is not None and recorded_steps != plan[0].steps:
+        raise ConfigError(f"resume {checkpoint}: that run trained its experts one after the other with steps {recorded_steps} "
+                          f"each, and its steps are numbered so (the high expert's after the low expert's): resume it with steps "
+                          f"{recorded_steps}. To train one expert further, resume a run of that expert alone")
     index, inside = phase_of_checkpoint(step, plan)
     phase = plan[index]
     recorded = state.get("expert")
