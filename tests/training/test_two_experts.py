@@ -1,7 +1,7 @@
 """Two-expert samples (Wan2.2-VACE-Fun A14B, issue 21) in the trainer, CPU only: each expert's t range, its own
 reference, the refusals, `both` writing one LoRA per expert with its metadata, and resume of `both`. The experts are
 two tiny random VACE transformers saved as diffusers folders (the diffusers layout); the ComfyUI layout and the
-velocity parity with ComfyUI are in tests/host/test_two_experts_comfy.py."""
+velocity parity with ComfyUI are in tests/host/test_two_experts_train_comfy.py."""
 
 from __future__ import annotations
 
