@@ -24,6 +24,7 @@ from ..ipa_train.choices import BasePrecision, Distributed, Expert, Objective
 from ..ipa_train.data.layout import DatasetError, dataset_path, list_datasets
 from ..ipa_train.data.manifest import read_manifest
 from ..ipa_train.data.marks import count_statuses
+from ..ipa_train.data.two_experts import read_switch
 from ..ipa_train.fileio import InvalidNameError, atomic_write_json, install_keeping_previous, validate_name
 from ..ipa_train.jobs import launcher
 from ..ipa_train.jobs.checkpoint_files import check_checkpoint_paths, checkpoint_problem, experts_in, pick_checkpoint, step_of
@@ -280,6 +281,19 @@ def check_dataset(dataset: str) -> tuple[Path, dict[str, int]]:
     return dataset_dir, counts
 
 
+def check_experts(dataset_dir: Path, expert: str, low_noise_model: str) -> None:
+    """Two-expert samples (Wan2.2-VACE-Fun A14B) need the low-noise model for expert low and both: refused before
+    ComfyUI's models are unloaded, as are samples that disagree on the switch."""
+    try:
+        switch = read_switch(dataset_dir)
+    except DatasetError as exc:
+        raise ValueError(str(exc)) from None
+    if switch is not None and expert != Expert.HIGH and low_noise_model in (None, "", NONE):
+        raise ValueError(f"dataset {dataset_dir.name} was sampled by two models (Wan2.2-VACE-Fun A14B, the low-noise one from step "
+                         f"{switch.step}): expert '{expert}' needs low_noise_model, the low-noise model file the IPA VACE Sampler "
+                         "used (base_model is the high-noise one); or set expert to high")
+
+
 def check_lora_name(lora_name: str) -> None:
     """The same rule as dataset names (``fileio.validate_name``), checked before anything is written."""
     try:
@@ -418,6 +432,7 @@ class IPATrainLoRA(io.ComfyNode):
         dataset_dir, counts = check_dataset(dataset)
         if settings["objective"] == Objective.DPO and counts["rejected"] == 0:
             raise ValueError(f"objective 'dpo' needs rejected samples too; dataset {dataset} has none. Use 'ipa' (preferred only)")
+        check_experts(dataset_dir, settings["expert"], settings["low_noise_model"])
         check_lora_name(settings["lora_name"])
         base_model_path = model_file("diffusion_models", base_model, "base_model")
         gpu_ids, devices, processes, note = cls._devices(gpus)

@@ -19,9 +19,10 @@ from ..data.layout import DatasetError
 from ..data.manifest import read_manifest
 from ..data.samples import load_preferred, load_sample
 from ..data.tensors import SampleTensors, validate_sample_tensors
+from ..data.two_experts import Switch, data_switch
 from ..jobs.config import RunConfig
 from .distributed import Dist
-from .experts import Switch, data_switch, expert_view
+from .experts import expert_view
 
 
 @dataclass

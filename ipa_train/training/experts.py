@@ -24,25 +24,13 @@ from typing import Optional
 import torch
 
 from ..choices import Expert
-from ..data.layout import DatasetError
+from ..data.two_experts import Switch
 from ..jobs.config import ConfigError, RunConfig
 
 # The order ``both`` trains them in: the low-noise expert first (hands are settled late in denoising: if the run is
 # stopped half way, the LoRA that matters most is done).
 BOTH_ORDER = (Expert.LOW.value, Expert.HIGH.value)
 EXPERT_FILE_KEY = {Expert.HIGH.value: "base_model", Expert.LOW.value: "low_noise_model"}
-
-
-@dataclass(frozen=True)
-class Switch:
-    """Where the samples' sampler handed over from the high-noise to the low-noise expert."""
-
-    step: int
-    sigma: float
-
-    def t_range(self, expert: str) -> tuple[float, float]:
-        """The flow times (t = sigma) ``expert`` denoised: low [0, sigma], high (sigma, 1]."""
-        return (0.0, self.sigma) if expert == Expert.LOW else (self.sigma, 1.0)
 
 
 @dataclass(frozen=True)
@@ -76,40 +64,6 @@ class Phase:
 
 def _settings(meta: dict) -> dict:
     return meta.get("settings") if isinstance(meta.get("settings"), dict) else {}
-
-
-def sample_switch(sample_id: str, meta: dict) -> Optional[Switch]:
-    """The sample's switch when it was made by two experts (None: one model); a record that names experts but lacks
-    one of them or its switch is refused."""
-    settings = _settings(meta)
-    experts = settings.get("experts")
-    if experts is None:
-        return None
-    if not isinstance(experts, dict) or not all(isinstance(experts.get(e), dict) for e in (Expert.HIGH, Expert.LOW)):
-        raise DatasetError(f"sample {sample_id}: its settings name experts but not both 'high' and 'low' ({experts!r}); "
-                           "collect it again with the IPA VACE Sampler")
-    step, sigma = settings.get("switch_step"), settings.get("switch_sigma")
-    if isinstance(step, bool) or not isinstance(step, int) or isinstance(sigma, bool) or not isinstance(sigma, (int, float)) \
-            or not 0.0 < float(sigma) < 1.0:
-        raise DatasetError(f"sample {sample_id}: a two-expert sample needs switch_step (an integer) and switch_sigma (between "
-                           f"0 and 1) in its settings, got {step!r} and {sigma!r}; collect it again with the IPA VACE Sampler")
-    return Switch(int(step), float(sigma))
-
-
-def data_switch(samples: list[tuple[str, object, dict]]) -> Optional[Switch]:
-    """The one switch all samples share (None: single-model samples). Refuses a mix of single- and two-expert samples
-    and samples that disagree on the switch, naming them."""
-    switches: dict[Optional[Switch], list[str]] = {}
-    for sample_id, _, meta in samples:
-        if meta.get("source") == "outside_video":
-            continue  # encoded from a video, not sampled: fits any expert
-        switches.setdefault(sample_switch(sample_id, meta), []).append(sample_id)
-    if len(switches) <= 1:
-        return next(iter(switches), None)
-    described = "; ".join(f"{'one model' if s is None else f'switch_step {s.step} (sigma {s.sigma:.6g})'}: "
-                          f"{', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}" for s, ids in switches.items())
-    raise DatasetError("the preferred samples were not all sampled with the same two-expert switch, so no expert has one t "
-                       f"range to train on: {described}. Mark only samples of one switch preferred (or reject the others).")
 
 
 def expert_view(samples: list, expert: str) -> list:
@@ -205,6 +159,11 @@ def checkpoint_phase(state: dict, plan: list[Optional[Phase]], checkpoint: Path)
     """(phase index, resume inside it) for a checkpoint's ``state.json``; refuses a checkpoint of another expert than
     the one its step falls in (``steps`` changed since) or of a run whose experts differ."""
     step = int(state.get("step", 0))
+    recorded_steps = (state.get("config") or {}).get("steps")
+    if (len(plan) > 1 or int(state.get("experts", 1)) > 1) and plan[0] is not None and recorded_steps != plan[0].steps:
+        raise ConfigError(f"resume {checkpoint}: that run trained its experts one after the other with steps {recorded_steps} "
+                          f"each, and its steps are numbered so (the high expert's after the low expert's): resume it with steps "
+                          f"{recorded_steps}. To train one expert further, resume a run of that expert alone")
     index, inside = phase_of_checkpoint(step, plan)
     phase = plan[index]
     recorded = state.get("expert")

@@ -517,3 +517,25 @@ def test_resume_of_a_both_run_counts_both_experts(host):
     assert train_lora.check_resume("latest", "pair5", 5) == (runs / "pair5-20250101-000000" / "checkpoints" / "step-5").resolve()
     with pytest.raises(ValueError, match=r"at step 10 of 10 \(steps=5 for each of 2 experts\)"):
         train_lora.check_resume("latest", "pair10", 5)
+
+
+def test_two_expert_samples_without_the_low_noise_model_are_refused_before_unloading(host, monkeypatch):
+    from comfyui_ipa_pack.ipa_train.data.samples import add_sample, create_dataset
+    from comfyui_ipa_pack.ipa_train.data.tensors import SampleTensors
+    from comfyui_ipa_pack.nodes import train_lora
+    from comfyui_ipa_pack.nodes.paths import dataset_root
+
+    folder = create_dataset(dataset_root(), "a14b_hands")
+    record = {"base_fingerprint": "f", "patches": {}}
+    settings = {"experts": {"high": record, "low": record}, "switch_step": 10, "switch_sigma": 0.9}
+    tensors = SampleTensors(latent=torch.zeros(16, 2, 2, 2), vace_context=torch.zeros(96, 2, 2, 2),
+                            text_embedding=torch.ones(4, 8), hand_mask=torch.zeros(1, 1, 2, 2), ref_frames=1)
+    add_sample(folder, tensors, meta={"settings": settings, "source": "ipa_vace_sampler"}, status="preferred")
+    started = []
+    monkeypatch.setattr(train_lora, "_free_host_memory", lambda: started.append(True))
+    for expert in ("low", "both"):
+        with pytest.raises(ValueError, match=f"expert '{expert}' needs low_noise_model, the low-noise model file"):
+            _run(dataset="a14b_hands", expert=expert, steps=1)
+    assert not started
+    _run(dataset="a14b_hands", expert="high", steps=1)  # the high-noise expert needs base_model only
+    assert started

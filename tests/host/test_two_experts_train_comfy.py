@@ -126,3 +126,40 @@ def test_each_expert_is_checked_against_its_own_record(experts):
     # the high-noise file given as the low expert: the low record's fingerprint is the low file's
     with pytest.raises(ReferenceMismatch, match="another base model"):
         _trainer(tiny, "low", low_noise_model=str(tiny.files["high"]))
+
+
+def test_both_trains_the_comfyui_files_into_two_loras_that_comfyui_loads(experts):
+    """expert 'both' on the two ComfyUI-layout files (each expert with its own init_lora would differ: here without
+    LoRAs, so the samples' records are those of the bare experts): two LoRAs, each with its expert's metadata, each
+    loaded by ComfyUI's own LoraLoaderModelOnly onto its expert."""
+    import dataclasses
+
+    from comfyui_ipa_pack.nodes.collector import IPAMarkPreferred
+    from comfyui_ipa_pack.nodes.model_identity import base_weights_fingerprint
+    from comfyui_ipa_pack.nodes.paths import dataset_root
+
+    import nodes
+    from ipa_train.fileio import load_safetensors, read_safetensors_metadata
+    from ipa_train.jobs.config import RunConfig
+    from ipa_train.training.loop import train
+
+    tiny = experts
+    bare = {expert: nodes.UNETLoader().load_unet(path.name, "default")[0] for expert, path in tiny.files.items()}
+    record = {expert: {"base_fingerprint": base_weights_fingerprint(model), "patches": {}, "model_class": "WAN21_Vace"}
+              for expert, model in bare.items()}
+    settings = {**tiny.candidate.settings, "base_fingerprint": record["high"]["base_fingerprint"], "patches": {}, "experts": record}
+    IPAMarkPreferred.execute([dataclasses.replace(tiny.candidate, settings=settings)], "two_experts_bare", "preferred")
+    output = tiny.base / "runs" / "both"
+    result = train(RunConfig.from_dict(dict(
+        dataset=str(dataset_root() / "two_experts_bare"), base_model=str(tiny.files["high"]), low_noise_model=str(tiny.files["low"]),
+        output_dir=str(output), lora_name="pair", expert="both", rank=2, steps=1, checkpoint_every=0, precision="fp32")))
+    assert result.status == "finished" and sorted(result.lora_paths) == ["high", "low"]
+    for expert in ("low", "high"):
+        path = output / f"pair_{expert}.safetensors"
+        meta = read_safetensors_metadata(path)
+        assert meta["ipa.expert"] == expert and meta["ipa.base_model"] == tiny.files[expert].name
+        assert meta["ipa.switch_step"] == str(SWITCH_STEP) and float(meta["ipa.switch_sigma"]) == tiny.switch_sigma
+        (tiny.loras / path.name).write_bytes(path.read_bytes())
+        patched = nodes.LoraLoaderModelOnly().load_lora_model_only(bare[expert], path.name, 1.0)[0]
+        modules = [key for key in load_safetensors(path)[0] if key.endswith(("lora_A.weight", "lora_down.weight"))]
+        assert len(modules) == 6 and len(patched.patches) == len(modules)  # every LoRA module maps onto ComfyUI's model

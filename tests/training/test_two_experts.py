@@ -13,9 +13,10 @@ import torch
 from ipa_train.data.layout import DatasetError
 from ipa_train.data.manifest import read_manifest
 from ipa_train.data.samples import add_sample, create_dataset
+from ipa_train.data.two_experts import Switch
 from ipa_train.fileio import load_safetensors, read_safetensors_metadata
 from ipa_train.jobs.config import ConfigError, RunConfig
-from ipa_train.training.experts import Switch, map_t
+from ipa_train.training.experts import map_t
 from ipa_train.training.loop import train
 from ipa_train.training.objective import Objective
 from ipa_train.training.reference_check import ReferenceMismatch
@@ -229,6 +230,11 @@ def test_resume_refuses_a_missing_earlier_lora_and_another_experts_checkpoint(tm
     (tmp_path / "out" / "hands_low.safetensors").unlink()
     with pytest.raises(ConfigError, match="hands_low.safetensors is gone"):
         run(cfg, resume=str(tmp_path / "out"))
-    # steps raised from 2 to 4: step 3 (the high expert's) now falls in the low expert's steps
-    with pytest.raises(ConfigError, match="high-noise expert's checkpoint.*belongs to the low-noise expert"):
+    # steps changed: the global numbering (the high expert's steps after the low expert's) would move
+    with pytest.raises(ConfigError, match="with steps 2 each.*resume it with steps 2"):
         run(cfg.with_overrides({"steps": 4}), resume=str(tmp_path / "out" / "checkpoints" / "step-3"))
+    # a checkpoint of a run of the high expert alone does not continue as the low expert of 'both'
+    high_only = config(tmp_path / "h", data, experts, expert="high", steps=3, checkpoint_every=1)
+    run(high_only, stop_requested=StopAt(1))
+    with pytest.raises(ConfigError, match="high-noise expert's checkpoint.*step 1 belongs to the low-noise expert"):
+        run(high_only.with_overrides({"expert": "both"}), resume=str(tmp_path / "h" / "out"))
