@@ -189,6 +189,7 @@ class IPALoRALoader(io.ComfyNode):
             return io.NodeOutput(patched, report, None, ui=ui.PreviewText(report))
         routes = route_to_experts(first)
         sockets = {"high": model, "low": model_low_noise}
+        checks = [line for lora, _ in routes if (line := check_expert_socket(lora, dict(sockets)))]
         summary, sections = [], []
         for lora, experts in routes:
             for expert in experts:
@@ -198,7 +199,7 @@ class IPALoRALoader(io.ComfyNode):
         for expert in EXPERTS:
             if not any(expert in experts for _, experts in routes):
                 summary.append(f"{_SOCKETS[expert]}: no LoRA for the {EXPERT_WORDS[expert]} expert, returned unchanged")
-        report = "\n".join(["applied: " + "; ".join(summary)] + sections)
+        report = "\n".join(["applied: " + "; ".join(summary)] + checks + sections)
         return io.NodeOutput(sockets["high"], report, sockets["low"], ui=ui.PreviewText(report))
 
 
@@ -247,6 +248,36 @@ def read_lora(lora_name: str) -> LoraFile:
     if named:
         return LoraFile(lora_name, native, conversion, metadata, named, "from its name; no ipa.expert in its metadata")
     return LoraFile(lora_name, native, conversion, metadata, None, "no expert in its metadata or name: applied to both")
+
+
+def check_expert_socket(lora: LoraFile, sockets: dict) -> Optional[str]:
+    """Are the experts connected the right way round for this LoRA? Its metadata names the file it was trained on
+    (``ipa.base_model``); when that file is in ComfyUI's diffusion_models, its weights fingerprint (the one the sampler
+    records, ``wan.fingerprint``) is compared with each connected expert's. The other expert's socket holding those
+    weights is an error naming the fix; neither holding them (another precision of the file, say) is a report line."""
+    import folder_paths
+
+    from ..ipa_train.wan.fingerprint import file_weights_fingerprint
+    from .model_identity import base_weights_fingerprint
+
+    base = str(training_metadata(lora.metadata).get("base_model") or "").strip()
+    path = folder_paths.get_full_path("diffusion_models", base) if lora.expert and base else None
+    if not path or not base.lower().endswith(".safetensors"):
+        return None
+    try:
+        trained_on = file_weights_fingerprint(path)
+    except (OSError, ValueError) as exc:
+        return f"expert check: {base} could not be read ({exc}); not checked"
+    own, other = lora.expert, next(expert for expert in EXPERTS if expert != lora.expert)
+    if base_weights_fingerprint(sockets[own]) == trained_on:
+        return f"expert check: {_SOCKETS[own]} holds {base}, the model {lora.name} was trained on"
+    if base_weights_fingerprint(sockets[other]) == trained_on:
+        raise ValueError(
+            f"{lora.name} was trained on the {EXPERT_WORDS[own]} expert {base}, but that model is connected to "
+            f"{_SOCKETS[other].split(' ')[0]}: the experts are connected the other way round. Connect the high-noise expert "
+            "(..._high_noise_...) to model and the low-noise one (..._low_noise_...) to model_low_noise")
+    return (f"expert check: neither connected model holds the weights of {base}, the model {lora.name} was trained on "
+            "(another file or precision of it?)")
 
 
 def route_to_experts(first: LoraFile) -> list[tuple[LoraFile, list[str]]]:

@@ -2,7 +2,8 @@
 two tiny random-weight experts in ComfyUI's layout: curate samples 2 candidates with both experts (switch after step
 1 of 2) and stores them; one is marked preferred through the gallery route; align trains expert both (2 steps each,
 the real trainer in its subprocess) and installs <name>_low and <name>_high; animate applies the pair with IPA LoRA
-Loader, each to its own expert, and samples with the native two-KSamplerAdvanced graph. The templates are converted
+Loader, each to its own expert (checked against the weights on each socket), and samples with the native
+two-KSamplerAdvanced graph. The templates are converted
 to API format as the frontend would queue them. Same single substitution as test_e2e_comfyui_server.py: the text
 encoder (tests/support/e2e_base.py says why)."""
 
@@ -138,6 +139,9 @@ def _animate_with_the_pair(comfy) -> None:
     assert f"ipa/{LORA_NAME}_high.safetensors -> model (high-noise expert) (ipa.expert in its metadata)" in first, report
     assert f"ipa/{LORA_NAME}_low.safetensors -> model_low_noise (low-noise expert) (ipa.expert in its metadata)" in first, report
     assert report.count("6 weights patched, 0 keys unmatched") == 2 and "WARNING" not in report, report
+    # each LoRA names its expert's file, and the loader finds those weights on the socket it applies it to
+    for socket, expert in (("model (high-noise expert)", "high"), ("model_low_noise (low-noise expert)", "low")):
+        assert f"expert check: {socket} holds {comfy.experts[expert]}, the model ipa/{LORA_NAME}_{expert}" in report, report
     saved = _output(entry, animate, "SaveVideo")["images"][0]
     with av.open(str(comfy.base / "output" / saved["subfolder"] / saved["filename"])) as container:
         frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]

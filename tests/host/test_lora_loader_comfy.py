@@ -430,3 +430,26 @@ def test_loader_reruns_when_the_pairs_partner_changes(tiny):
     before = IPALoRALoader.fingerprint_inputs(lora_name="ipa/rerun_high.safetensors", strength=1.0)
     os.utime(tiny.loras / "ipa" / "rerun_low.safetensors", ns=(1, 1))
     assert IPALoRALoader.fingerprint_inputs(lora_name="ipa/rerun_high.safetensors", strength=1.0) != before
+
+
+def test_experts_connected_the_other_way_round_are_caught_from_the_weights(tiny, low_model):
+    """The LoRA's metadata names the file it was trained on (ipa.base_model); with that file in diffusion_models, the
+    loader compares its weights fingerprint with each connected expert: swapped sockets are an error naming the fix,
+    the right way round says so in the report."""
+    from comfyui_ipa_pack.nodes.lora_loader import IPALoRALoader
+
+    high_state, _, high_meta = _q_lora(21, "high")
+    low_state, _, low_meta = _q_lora(22, "low")
+    (tiny.loras / "ipa").mkdir(exist_ok=True)
+    _write(tiny, "ipa/wired_high.safetensors", high_state, {**high_meta, "ipa.base_model": tiny.unet_name})
+    _write(tiny, "ipa/wired_low.safetensors", low_state, {**low_meta, "ipa.base_model": "tiny_wan22_vace_low_noise.safetensors"})
+    _, report, _ = IPALoRALoader.execute(tiny.model, "ipa/wired_low.safetensors", 1.0, model_low_noise=low_model).args
+    assert f"expert check: model (high-noise expert) holds {tiny.unet_name}, the model ipa/wired_high.safetensors was trained on" in report
+    assert "expert check: model_low_noise (low-noise expert) holds tiny_wan22_vace_low_noise.safetensors" in report
+    with pytest.raises(ValueError, match=r"ipa/wired_(high|low).safetensors was trained on the (high|low)-noise expert .*"
+                                         r"the experts are connected the other way round. Connect the high-noise expert"):
+        IPALoRALoader.execute(low_model, "ipa/wired_low.safetensors", 1.0, model_low_noise=tiny.model)
+    # a base file that is not there (trained elsewhere): nothing to compare, nothing said
+    _write(tiny, "ipa/elsewhere_low.safetensors", low_state, {**low_meta, "ipa.base_model": "not_here.safetensors"})
+    _, report, _ = IPALoRALoader.execute(tiny.model, "ipa/elsewhere_low.safetensors", 1.0, model_low_noise=low_model).args
+    assert "expert check" not in report
