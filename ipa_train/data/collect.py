@@ -33,7 +33,7 @@ from .manifest import read_manifest
 from .marks import count_statuses
 from .previews import animated_webp, boxes_from_masks, hand_closeup_webp, preview_scale, scale_boxes
 from .samples import AddResult, add_sample, create_dataset
-from .tensors import SampleTensors
+from .tensors import MODEL_TYPE_ANIMATE, MODEL_TYPE_VACE, SampleTensors
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,13 @@ def candidate_to_sample(
     pose); derived from the masks when ``None``. ``driving_pose``: the POSE_KEYPOINT frames of the video
     (:func:`driving_pose_frames`), stored as ``meta["driving_pose"]``.
     """
-    tensors, latent_shape, sampled_tokens = candidate_tensors(candidate, pixel_hand_masks)
+    animate = getattr(candidate, "model_type", MODEL_TYPE_VACE) == MODEL_TYPE_ANIMATE
+    if animate:
+        from .animate_samples import animate_candidate_tensors
+
+        tensors, latent_shape, sampled_tokens = animate_candidate_tensors(candidate, pixel_hand_masks)
+    else:
+        tensors, latent_shape, sampled_tokens = candidate_tensors(candidate, pixel_hand_masks)
     hand_area = float(tensors.hand_mask.mean())
     meta: dict[str, Any] = {
         "source": candidate.source,
@@ -158,9 +164,13 @@ def candidate_to_sample(
         "hand_mask_source": "none" if pixel_hand_masks is None else ("pose" if driving_pose is not None else "mask"),
         "hand_area": hand_area,
     }
+    if animate:
+        from .animate_samples import animate_meta
+
+        meta.update(animate_meta(candidate))
     if driving_pose is not None:
         meta["driving_pose"] = driving_pose
-        meta["driving_pose_resize"] = DRIVING_POSE_RESIZE
+        meta["driving_pose_resize"] = DRIVING_POSE_RESIZE  # WanAnimateToVideo fits its pose video the same way
     previews: dict[str, bytes] = {}
     if candidate.frames is not None:
         previews, video_meta = video_previews(candidate.frames, pixel_hand_masks, hand_boxes, fps, preview_max_side)

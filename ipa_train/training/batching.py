@@ -33,7 +33,23 @@ def shape_key(tensors: SampleTensors) -> tuple:
     """What samples of one micro-batch must share: latent shape, reference frames and the text length each had when it
     was sampled. The Wan text embedder has no attention mask, so padding a shorter text with zero rows to batch it
     would change that sample's velocity; samples are batched only within one key (a bucket) instead."""
-    return (tuple(tensors.latent.shape), int(tensors.ref_frames), int(tensors.text_embedding.shape[0]))
+    key = (tuple(tensors.latent.shape), int(tensors.ref_frames), int(tensors.text_embedding.shape[0]))
+    if tensors.animate is not None:  # and for Animate the face frames and the CLIP-vision tokens
+        key += (tuple(tensors.animate.face_pixels.shape), tuple(tensors.animate.image_embedding.shape))
+    return key
+
+
+def check_one_model_type(dataset_dir: Path, samples: list[tuple[str, SampleTensors, dict]]) -> str:
+    """The dataset's model type; a dataset mixing types (e.g. folders copied in by hand) is refused."""
+    types: dict[str, str] = {}
+    for sample_id, tensors, meta in samples:
+        if meta.get("model_type") not in (None, tensors.model_type):
+            raise DatasetError(f"sample {sample_id}: meta.json says {meta['model_type']} but its tensors are a {tensors.model_type} sample; collect it again")
+        types.setdefault(tensors.model_type, sample_id)
+    if len(types) > 1:
+        listed = ", ".join(f"{kind} (e.g. {sample_id})" for kind, sample_id in sorted(types.items()))
+        raise DatasetError(f"dataset {dataset_dir.name} mixes model types: {listed}. A run trains one model: keep one type per dataset")
+    return next(iter(types))
 
 
 def load_training_data(config: RunConfig) -> TrainingData:
@@ -67,6 +83,7 @@ def load_training_data(config: RunConfig) -> TrainingData:
                     "pair with; reject a sample of that size or drop this one"
                 )
             candidates.append(same_prompt or same_shape)
+    check_one_model_type(dataset_dir, preferred + rejected)
     hashes = [(sid, meta.get("content_hash", "")) for sid, _, meta in preferred + rejected]
     return TrainingData(preferred, rejected, candidates, dataset_fingerprint(hashes))
 
@@ -77,9 +94,13 @@ def check_data_fits_model(data: TrainingData, model) -> None:
     for sample_id, tensors, _ in data.preferred + data.rejected:
         channels, frames, height, width = tensors.latent.shape
         problems = []
-        if channels != cfg.in_channels:
+        if tensors.animate is None and channels != cfg.in_channels:
             problems.append(f"latent has {channels} channels, the model takes {cfg.in_channels}")
-        if tensors.vace_context.shape[0] != cfg.vace_in_channels:
+        if tensors.animate is not None:
+            problems += _animate_misfits(tensors, cfg)
+        elif not hasattr(cfg, "vace_in_channels"):
+            problems.append("it is a Wan2.1-VACE sample but the base model is not a VACE model")
+        elif tensors.vace_context.shape[0] != cfg.vace_in_channels:
             problems.append(f"vace_context has {tensors.vace_context.shape[0]} channels, the model takes {cfg.vace_in_channels}")
         if tensors.text_embedding.shape[1] != cfg.text_dim:
             problems.append(f"text_embedding width {tensors.text_embedding.shape[1]} differs from the model's text_dim {cfg.text_dim}")
@@ -87,6 +108,19 @@ def check_data_fits_model(data: TrainingData, model) -> None:
             problems.append(f"latent size {(frames, height, width)} is not divisible by the patch size {tuple(cfg.patch_size)}")
         if problems:
             raise DatasetError(f"sample {sample_id} does not fit the base model: " + "; ".join(problems) + ". Was it collected with another model?")
+
+
+def _animate_misfits(tensors: SampleTensors, cfg) -> list[str]:
+    """What keeps an Animate sample from the base model's config (diffusers' WanAnimateTransformer3DModel)."""
+    if getattr(cfg, "motion_encoder_size", None) is None:
+        return ["it is a Wan2.2-Animate sample but the base model is not an Animate model"]
+    problems = []
+    channels = tensors.latent.shape[0] + tensors.animate.concat_latent.shape[0]
+    if channels != cfg.in_channels:
+        problems.append(f"latent + concat_latent have {channels} channels, the model takes {cfg.in_channels}")
+    if tensors.animate.image_embedding.shape[1] != cfg.image_dim:
+        problems.append(f"image_embedding width {tensors.animate.image_embedding.shape[1]} differs from the model's image_dim {cfg.image_dim}")
+    return problems
 
 
 def seed_for(*parts: int) -> int:
