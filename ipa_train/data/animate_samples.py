@@ -27,6 +27,7 @@ from typing import Any, Optional
 import torch
 
 from ..wan.latents import normalize_latent, text_length
+from .hand_masks import latent_mask_from_pixels
 from .tensors import FACE_PIXELS_DTYPE, MODEL_TYPE_ANIMATE, AnimateTensors, SampleTensors
 
 
@@ -76,8 +77,6 @@ def animate_pose_frames(pose_keypoint: Any, offset: int, length: int) -> list:
 
 def animate_candidate_tensors(candidate: AnimateCandidate, pixel_hand_masks: Optional[torch.Tensor] = None) -> tuple[SampleTensors, list[int], int]:
     """The sample's tensors (see ``tensors.py``), the latent's shape and the number of text tokens sampled with."""
-    from .collect import latent_mask_from_pixels
-
     latent = _batch_of_one(candidate.latent, "latent", 5)
     _, _, frames, latent_h, latent_w = latent.shape
     if int(candidate.trim_latent) != 1:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -18,6 +19,7 @@ from ..data.manifest import read_manifest
 from ..data.samples import load_preferred, load_sample
 from ..data.tensors import SampleTensors, validate_sample_tensors
 from ..jobs.config import RunConfig
+from ..wan.animate import AnimateInputs
 from .distributed import Dist
 
 
@@ -130,18 +132,30 @@ def seed_for(*parts: int) -> int:
 @dataclass
 class Batch:
     x0: torch.Tensor
-    context: torch.Tensor
+    context: Optional[torch.Tensor]  # VACE: control_hidden_states; None for Animate
     text: torch.Tensor
     hand_mask: torch.Tensor
-    scale: torch.Tensor
+    scale: Optional[torch.Tensor]  # VACE: control_hidden_states_scale; None for Animate
     ref_frames: int
+    animate: Optional[AnimateInputs] = None  # Animate: what AnimateWanModel saw besides x_t, t and the text
 
 
 def collate(samples: list[SampleTensors], n_vace_layers: int, device: torch.device, dtype: torch.dtype) -> Batch:
+    """One micro-batch: VACE samples give ``context`` and ``scale``, Animate samples ``animate`` (``n_vace_layers`` unused)."""
     keys = {shape_key(s) for s in samples}
     if len(keys) > 1:  # the Sampler never builds such a batch; padding would change the shorter texts' velocity
         raise ValueError(f"a micro-batch needs one latent shape, reference frame count and text length, got {sorted(keys)}")
     text = torch.stack([s.text_embedding.float() for s in samples])  # each text exactly as it was when sampled
+    if samples[0].animate is not None:
+        return Batch(
+            x0=torch.stack([s.latent.float() for s in samples]).to(device),
+            context=None,
+            text=text.to(device, dtype),
+            hand_mask=torch.stack([s.hand_mask.float() for s in samples]).to(device),
+            scale=None,
+            ref_frames=int(samples[0].ref_frames),
+            animate=animate_inputs(samples, device, dtype),
+        )
     strengths = torch.tensor([float(s.vace_strength) for s in samples])
     if bool((strengths == strengths[0]).all()):
         scale = strengths[0] * torch.ones(n_vace_layers)
@@ -154,6 +168,17 @@ def collate(samples: list[SampleTensors], n_vace_layers: int, device: torch.devi
         hand_mask=torch.stack([s.hand_mask.float() for s in samples]).to(device),
         scale=scale.to(device, dtype),
         ref_frames=int(samples[0].ref_frames),
+    )
+
+
+def animate_inputs(samples: list[SampleTensors], device: torch.device, dtype: torch.dtype) -> AnimateInputs:
+    """The Animate samples' inputs stacked on a batch dim, in the compute dtype (ComfyUI too casts every input to the
+    model's dtype). The float16 face pixels go straight to it: no float32 copy of the largest tensor."""
+    return AnimateInputs(
+        concat_latent=torch.stack([s.animate.concat_latent for s in samples]).to(device, dtype),
+        pose_latent=torch.stack([s.animate.pose_latent for s in samples]).to(device, dtype),
+        face_pixels=torch.stack([s.animate.face_pixels for s in samples]).to(device, dtype),
+        image_embedding=torch.stack([s.animate.image_embedding for s in samples]).to(device, dtype),
     )
 
 
