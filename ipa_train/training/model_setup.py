@@ -99,6 +99,10 @@ def add_adapters(model, config: RunConfig, checkpointing_function=None) -> None:
         parameter.data = parameter.data.float()
     if config.gradient_checkpointing:
         model.enable_gradient_checkpointing(checkpointing_function)  # None: torch's non-reentrant checkpoint
+        if hasattr(model, "face_adapter"):  # Wan2.2-Animate: its face adapter runs outside the blocks' checkpoints
+            from ..wan.animate import checkpoint_face_adapter
+
+            checkpoint_face_adapter(model)
 
 
 def shard_fsdp2(model, dist_info: Dist, autocast_dtype: Optional[torch.dtype]) -> None:

@@ -113,3 +113,56 @@ def test_trainer_velocity_equals_comfyui_with_the_lora(animate):
     with lora_setup.reference_mode(animate.trainer_model):
         base = _trainer_velocity(animate.trainer_model, x_t[-1], SIGMAS[-1], captured[-1])
     assert (base - captured[-1]["velocity"]).abs().max() / captured[-1]["velocity"].abs().max() > 1e-2
+
+
+def _patched_qkv(patcher) -> dict:
+    patcher.patch_model()
+    try:
+        state = patcher.model.diffusion_model.state_dict()
+        return {k: v.detach().float().clone() for k, v in state.items() if ".self_attn." in k and k.endswith((".q.weight", ".k.weight", ".v.weight"))}
+    finally:
+        patcher.unpatch_model()
+
+
+def test_the_trainer_lora_loads_natively_and_through_ipa_lora_loader_as_trained(animate):
+    import importlib
+
+    import nodes
+    from ipa_train.training import lora as lora_setup
+
+    loader = importlib.import_module(f"{animate.pack.__name__}.nodes.lora_loader").IPALoRALoader
+    native = nodes.LoraLoaderModelOnly().load_lora_model_only(animate.load_model(), animate.lora_name, 1.0)[0]
+    ipa, report = loader.execute(animate.load_model(), animate.lora_name, 1.0).args
+    assert "15" in report  # 5 blocks x q, k, v applied
+    native_w, ipa_w = _patched_qkv(native), _patched_qkv(ipa)
+    assert len(native_w) == 15 and native_w.keys() == ipa_w.keys()
+    base = {k: v.detach().float() for k, v in animate.load_model().model.diffusion_model.state_dict().items()}
+    trainer = dict(animate.trainer_model.named_modules())
+    for key, weight in native_w.items():
+        assert torch.equal(weight, ipa_w[key]), key
+        block, _, proj = key[len("blocks."):].split(".")[:3]
+        layer = trainer[f"blocks.{block}.attn1.to_{proj}"]  # peft's LoraLayer: W + alpha / r * B @ A
+        delta = ALPHA / RANK * layer.lora_B[lora_setup.TRAINED_ADAPTER].weight @ layer.lora_A[lora_setup.TRAINED_ADAPTER].weight
+        torch.testing.assert_close(weight - base[key], delta.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_comfyui_and_trainer_fingerprint_the_animate_model_alike(animate):
+    import importlib
+
+    from ipa_train.wan.animate import load_animate_transformer
+    from ipa_train.wan.fingerprint import diffusers_model_fingerprint, file_weights_fingerprint
+
+    identity = importlib.import_module(f"{animate.pack.__name__}.nodes.model_identity").base_weights_fingerprint
+    comfy_print = identity(animate.load_model())
+    assert comfy_print == diffusers_model_fingerprint(load_animate_transformer(animate.unet_path))
+    assert comfy_print == file_weights_fingerprint(animate.unet_path)
+    # Animate's own parts count: another face encoder is another model
+    from support.animate_tiny import tiny_animate_state_dict
+
+    other = tiny_animate_state_dict(seed=0)
+    other["model.diffusion_model.face_encoder.out_proj.weight"] += 1.0
+    from safetensors.torch import save_file
+
+    path = animate.folders["diffusion_models"] / "other_face.safetensors"
+    save_file(other, str(path))
+    assert file_weights_fingerprint(path) != comfy_print
