@@ -753,7 +753,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ipa_train.plan", description=(
         "Predicts the peak GPU memory of an IPA training run before anything is loaded, with its breakdown. "
         "With --vram-budget-gb it picks the cheapest memory settings that fit (never fewer savings than asked for)."))
-    parser.add_argument("--model", default="wan2.1-vace-14b", help="wan2.1-vace-1.3b, wan2.1-vace-14b, or a model file / diffusers folder")
+    parser.add_argument("--model", default="wan2.1-vace-14b", help="wan2.1-vace-1.3b, wan2.1-vace-14b, wan2.2-animate-14b, or a model file / diffusers folder")
     parser.add_argument("--frames", type=int, default=81, help="video frames (4k+1)")
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=832)
