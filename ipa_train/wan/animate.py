@@ -55,6 +55,12 @@ TINY_ANIMATE_CONFIG = dict(
 )
 
 
+def model_type_of(transformer) -> str:
+    """The samples' ``model_type`` a loaded transformer trains on: ``"wan_animate"`` or ``"wan_vace"``."""
+    bare = getattr(transformer, "module", transformer)
+    return MODEL_TYPE if hasattr(bare, "face_adapter") and hasattr(bare, "motion_encoder") else "wan_vace"
+
+
 def is_animate_weights(shapes: Mapping[str, Any]) -> bool:
     """Whether bare or prefixed Wan weight names are a Wan2.2-Animate model."""
     _, bare = _strip_wan_prefix(shapes)
