@@ -1,6 +1,6 @@
 """The trainer on Wan2.2-Animate (tiny random WanAnimateTransformer3DModel): Flow-IPA, SFT and DPO run two steps and
-write a LoRA; the reference equals the base at step 0; gradient checkpointing covers the face adapter; block swap
-runs over its blocks.
+write a LoRA; the reference equals the base at step 0; gradient checkpointing covers the face adapter; block swap and
+activation offload run over its blocks.
 
 The samples are hand-built with the issue-22 contract's tensors, batched by a stand-in collate into ``AnimateInputs``
 (the dataset format and the real collate are i22-collect's; its end-to-end test runs them)."""
@@ -113,10 +113,14 @@ def test_reference_equals_the_base_at_step_0_and_face_adapter_is_checkpointed(an
     assert sum(type(fn).__name__ == "_FaceBlockCall" for fn in calls) >= 1
 
 
-def test_block_swap_over_animate_blocks_gives_the_same_velocity(animate_data, tmp_path):
+def test_block_swap_and_activation_offload_over_animate_blocks_give_the_same_velocity(animate_data, tmp_path, monkeypatch):
+    from ipa_train.memory import activation_offload
     from ipa_train.training.distributed import Dist, Events
 
-    config = tiny_config(tmp_path / "ds", tmp_path / "out", steps=1, gradient_checkpointing=True, blocks_to_swap=3)
+    monkeypatch.setattr(activation_offload, "MIN_OFFLOAD_BYTES", 0)
+
+    config = tiny_config(tmp_path / "ds", tmp_path / "out", steps=1, gradient_checkpointing=True, blocks_to_swap=3,
+                         activation_offload=True)
     trainer = loop.Trainer(config, Dist(), Events(Dist(), stdout=False), model=build_tiny_animate_transformer(seed=0))
     assert trainer.memory.swapped == ["blocks.0", "blocks.1", "blocks.2"]
     batch = collate_animate([s for _, s, _ in animate_data.preferred[:1]], 0, torch.device("cpu"), torch.float32)
@@ -126,3 +130,6 @@ def test_block_swap_over_animate_blocks_gives_the_same_velocity(animate_data, tm
         torch.testing.assert_close(trainer.objective.reference(batch, batch.x0, t), expected, rtol=1e-5, atol=1e-6)
     result = trainer.run()
     assert result.status == "finished"
+    packed = [shape for what, shape in trainer.memory.offload.stats.log if what == "pack"]
+    motion_tokens = [s for s in packed if len(s) == 4 and s[2] == 5]  # [B, F, face heads + 1, width]: a face block's input
+    assert packed and motion_tokens  # the blocks' and the face adapter's checkpoint inputs went to host memory
