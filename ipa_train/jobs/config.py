@@ -101,7 +101,7 @@ class RunConfig:
     """run.json, flat: one field per key, each with its schema (``key(...)``; :data:`KEYS` collects them)."""
 
     dataset: str = key("", "dataset folder (see Dataset format); only `preferred` samples train (`dpo` also pairs `rejected` ones)")
-    base_model: str = key("", "Wan2.1-VACE single file (original or ComfyUI layout), a diffusers folder, or `\"tiny\"` (embedded random test model)")
+    base_model: str = key("", "Wan2.1-VACE or Wan2.2-Animate single file (original or ComfyUI layout), a Wan2.1-VACE diffusers folder, or `\"tiny\"` (embedded random test model)")
     output_dir: str = key("", "receives `<lora_name>.safetensors`, `run.json` and `checkpoints/step-N/`")
     lora_name: str = key("ipa_lora", "output file name; follows the dataset names' rule")
     objective: str = key(Objective.IPA.value, "`ipa` (good samples only), `dpo` (needs rejected samples), `sft` (plain flow matching)",

@@ -43,12 +43,39 @@ FACE_SIZE = 512  # the motion encoder's fixed input resolution
 FACE_BLOCK_EVERY = 5  # ComfyUI applies a face-adapter block after blocks 0, 5, 10, ... (fixed in AnimateWanModel)
 # ComfyUI's Blur layers store their fixed 4x4 kernels; diffusers rebuilds them (non-persistent buffers).
 _BLUR_KERNEL = re.compile(r"^motion_encoder\..*\.kernel$")
+# A tiny random-weight WanAnimateTransformer3DModel for the trainer's CPU tests: the real classes and module layout,
+# its motion encoder shrunk to 16x16 face frames (ComfyUI fixes 512: the ComfyUI-loadable tiny model is in
+# tests/support/animate_tiny.py).
+TINY_ANIMATE_CONFIG = dict(
+    patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=36, latent_channels=16, out_channels=16,
+    text_dim=32, freq_dim=256, ffn_dim=32, num_layers=5, cross_attn_norm=True, qk_norm="rms_norm_across_heads", image_dim=16,
+    added_kv_proj_dim=24, rope_max_seq_len=32, motion_encoder_size=16, motion_style_dim=32, motion_dim=4, motion_encoder_dim=32,
+    face_encoder_hidden_dim=16, face_encoder_num_heads=4, inject_face_latents_blocks=5, motion_encoder_batch_size=8,
+    motion_encoder_channel_sizes={"4": 32, "8": 32, "16": 16},
+)
+
+
+def model_type_of(transformer) -> str:
+    """The samples' ``model_type`` a loaded transformer trains on: ``"wan_animate"`` or ``"wan_vace"``."""
+    bare = getattr(transformer, "module", transformer)
+    return MODEL_TYPE if hasattr(bare, "face_adapter") and hasattr(bare, "motion_encoder") else "wan_vace"
 
 
 def is_animate_weights(shapes: Mapping[str, Any]) -> bool:
     """Whether bare or prefixed Wan weight names are a Wan2.2-Animate model."""
     _, bare = _strip_wan_prefix(shapes)
     return any(marker in bare for marker in ANIMATE_MARKERS)
+
+
+def build_tiny_animate_transformer(seed: int = 0, **overrides):
+    """A tiny random-weight ``WanAnimateTransformer3DModel`` (float32, eval mode)."""
+    from diffusers import WanAnimateTransformer3DModel
+
+    torch.manual_seed(seed)
+    model = WanAnimateTransformer3DModel(**{**TINY_ANIMATE_CONFIG, **overrides})
+    with torch.no_grad():  # diffusers initialises the face encoder's padding tokens to zero: make them count
+        model.face_encoder.padding_tokens.normal_(0, 0.5)
+    return model.eval()
 
 
 def shipped_animate_config() -> dict:
@@ -193,15 +220,15 @@ class AnimateInputs:
         return AnimateInputs(self.concat_latent, self.pose_latent, torch.full_like(self.face_pixels, -1.0), self.image_embedding)
 
 
-def check_animate_inputs(x_t: torch.Tensor, inputs: AnimateInputs) -> None:
+def check_animate_inputs(x_t: torch.Tensor, inputs: AnimateInputs, face_size: int = FACE_SIZE) -> None:
     b, _, frames, h, w = x_t.shape
     problems = []
     if tuple(inputs.concat_latent.shape[:1] + inputs.concat_latent.shape[2:]) != (b, frames, h, w):
         problems.append(f"concat_latent {tuple(inputs.concat_latent.shape)} does not match the latent {tuple(x_t.shape)}")
     if tuple(inputs.pose_latent.shape[:1] + inputs.pose_latent.shape[2:]) != (b, frames - 1, h, w):
         problems.append(f"pose_latent {tuple(inputs.pose_latent.shape)} is not [B, 16, F - 1, h, w] for the latent {tuple(x_t.shape)}")
-    if tuple(inputs.face_pixels.shape[-2:]) != (FACE_SIZE, FACE_SIZE) or inputs.face_pixels.shape[0] != b:
-        problems.append(f"face_pixels {tuple(inputs.face_pixels.shape)} is not [B, 3, T, 512, 512]")
+    if tuple(inputs.face_pixels.shape[-2:]) != (face_size, face_size) or inputs.face_pixels.shape[0] != b:
+        problems.append(f"face_pixels {tuple(inputs.face_pixels.shape)} is not [B, 3, T, {face_size}, {face_size}]")
     if problems:
         raise ValueError("Wan2.2-Animate inputs do not fit: " + "; ".join(problems))
 
@@ -231,8 +258,8 @@ def animate_velocity(transformer, x_t: torch.Tensor, t: torch.Tensor, text_embed
     ``x_t`` [B, 16, F, h, w] (model space, reference frame(s) in front), ``t`` [B] in 0..1 (timestep ``1000 t``, float),
     ``text_embedding`` [B, L, 4096], ``inputs`` batched :class:`AnimateInputs`. ``transformer`` may be wrapped (DDP):
     it is called as is, its face encoder found on the bare module."""
-    check_animate_inputs(x_t, inputs)
     bare = getattr(transformer, "module", transformer)
+    check_animate_inputs(x_t, inputs, bare.config.motion_encoder_size)
     dtype = x_t.dtype
     with _face_tokens_as_comfy(bare, x_t.shape[2]):
         return transformer(
@@ -244,3 +271,41 @@ def animate_velocity(transformer, x_t: torch.Tensor, t: torch.Tensor, text_embed
             face_pixel_values=inputs.face_pixels,
             return_dict=False,
         )[0]
+
+
+def checkpoint_face_adapter(transformer) -> int:
+    """With gradient checkpointing on, checkpoints each face-adapter block as well, with the function the blocks use.
+
+    diffusers runs the face adapter (a cross-attention after every 5th block) outside the blocks' checkpoints, so each
+    would keep its activations for the backward pass: about 1.4 GiB per face block for 14B at 81 frames of 832x480
+    (``memory/animate_terms``), 11 GiB for its 8. Returns the number of blocks wrapped."""
+    if not getattr(transformer, "gradient_checkpointing", False):
+        return 0
+    for block in transformer.face_adapter:
+        if getattr(block, "_ipa_checkpointed", False):
+            continue
+        call = _FaceBlockCall(block, block.forward)
+
+        def checkpointed(hidden_states, encoder_hidden_states=None, attention_mask=None, _call=call):
+            checkpoint = transformer._gradient_checkpointing_func  # read per call: the blocks' function, as it is now
+            if torch.is_grad_enabled() and transformer.gradient_checkpointing and checkpoint is not None:
+                return checkpoint(_call, hidden_states, encoder_hidden_states, attention_mask)
+            return _call(hidden_states, encoder_hidden_states, attention_mask)
+
+        block.forward = checkpointed
+        block._ipa_checkpointed = True
+    return len(transformer.face_adapter)
+
+
+class _FaceBlockCall:
+    """A face-adapter block's own forward, as the checkpointing functions take a block: callable, with ``parameters``
+    (the trainer's activation offload asks whether the block needs a gradient)."""
+
+    def __init__(self, block, forward):
+        self.block, self.forward = block, forward
+
+    def parameters(self):
+        return self.block.parameters()
+
+    def __call__(self, *args):
+        return self.forward(*args)

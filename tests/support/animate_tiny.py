@@ -66,3 +66,87 @@ def write_tiny_animate_lora(path: Path, seed: int = 0, rank: int = 4, alpha: flo
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path))
     return path
+
+
+class TinyAnimateComfy:
+    """ComfyUI's folders pointed at ``base`` with a tiny Animate model, the tiny Wan VAE and a LoRA folder in place."""
+
+    unet_name = "tiny_wan22_animate.safetensors"
+    vae_name = "tiny_wan21_vae.safetensors"
+
+    def __init__(self, base: Path):
+        import folder_paths
+
+        from support.comfy_tiny import write_tiny_vae
+
+        self.base = Path(base)
+        folder_paths.set_output_directory(str(self.base / "output"))
+        folder_paths.set_temp_directory(str(self.base / "temp"))
+        self.folders = {kind: self.base / "models" / kind for kind in ("diffusion_models", "vae", "loras")}
+        for kind, folder in self.folders.items():
+            folder.mkdir(parents=True, exist_ok=True)
+            folder_paths.add_model_folder_path(kind, str(folder), is_default=True)
+        write_tiny_animate(self.unet_path)
+        write_tiny_vae(self.folders["vae"] / self.vae_name)
+
+    @property
+    def unet_path(self) -> Path:
+        return self.folders["diffusion_models"] / self.unet_name
+
+    def load_model(self):
+        import nodes
+
+        return nodes.UNETLoader().load_unet(self.unet_name, "default")[0]
+
+    def load_vae(self):
+        import nodes
+
+        return nodes.VAELoader().load_vae(self.vae_name)[0]
+
+
+def clip_vision_output(tokens: int = 257, seed: int = 6):
+    """What CLIPVisionEncode gives WanAnimateToVideo (only ``penultimate_hidden_states`` is read for Wan), with random
+    values: no CLIP-vision model is loaded."""
+    import comfy.clip_vision
+
+    output = comfy.clip_vision.Output()
+    output["penultimate_hidden_states"] = torch.randn(1, tokens, CLIP_DIM, generator=torch.Generator().manual_seed(seed)) * 0.5
+    return output
+
+
+def face_video(frames: int, size: int = 64, seed: int = 7) -> torch.Tensor:
+    """A face crop video, IMAGE layout ``[T, size, size, 3]`` (WanAnimateToVideo resizes it to 512x512)."""
+    return torch.rand(frames, size, size, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def comfy_animate_capture(model, conditioning, x_t_list, sigmas, shift: float = 8.0) -> list:
+    """ComfyUI's own velocity of ``model`` (a ModelPatcher, with its patches) through the sampler's conditioning path,
+    and the inputs the diffusion model got (``c_concat``, ``clip_fea``, ``pose_latents``, ``face_pixel_values``,
+    ``c_crossattn``), at each noisy latent (model space) and sigma. ``conditioning``: one side of WanAnimateToVideo's
+    output (the positive, or the negative to get the unconditional prediction)."""
+    import comfy.samplers
+    from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+
+    model = ModelSamplingSD3().patch(model, shift)[0].clone()
+    seen = []
+
+    def wrapper(apply_model, args):
+        seen.append({k: v.detach().float().cpu().clone() for k, v in args["c"].items() if isinstance(v, torch.Tensor)})
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    model.set_model_unet_function_wrapper(wrapper)
+    outputs = []
+
+    def evaluate(model_wrap, x, sigmas_in, extra_args=None, callback=None, disable=None):
+        s_in = x.new_ones([x.shape[0]])
+        for x_t, sigma in zip(x_t_list, sigmas):
+            x_in = x_t.unsqueeze(0).to(x)
+            denoised = model_wrap(x_in, sigma * s_in, **extra_args)
+            outputs.append({"velocity": ((x_in - denoised) / sigma)[0].detach().float().cpu(), **seen[-1]})
+        return x
+
+    latent = torch.zeros((1,) + tuple(x_t_list[0].shape))
+    comfy.samplers.sample(model, torch.zeros_like(latent), conditioning, conditioning, 1.0, model.load_device,
+                          comfy.samplers.KSAMPLER(evaluate), torch.tensor([1.0, 0.0]), model_options=model.model_options,
+                          latent_image=latent, seed=0)
+    return outputs
