@@ -67,6 +67,22 @@ def test_curate_and_animate_are_driven_by_the_packs_dwpose():
         assert "models/dwpose/yolox_l.onnx" in notes and "dw-ll_ucoco_384.onnx" in notes
 
 
+def test_the_animate_character_template_runs_native_wan_animate_with_the_lora():
+    """Wan2.2-Animate's native graph: the DWPose pose video, the driving frames as the face video, CLIP vision of the
+    character, the LoRA through IPA LoRA Loader; the notes say how to collect and train on Animate."""
+    workflow = _load("ipa_animate_character")
+    into = _links_into(workflow, "WanAnimateToVideo")
+    assert into["pose_video"] == ("IPADWPoseEstimator", "pose_video") and into["face_video"] == ("GetVideoComponents", "images")
+    assert into["clip_vision_output"] == ("CLIPVisionEncode", "CLIP_VISION_OUTPUT") and into["reference_image"] == ("LoadImage", "IMAGE")
+    assert _links_into(workflow, "ModelSamplingSD3")["model"] == ("IPALoRALoader", "model")
+    assert _links_into(workflow, "KSampler")["positive"] == ("WanAnimateToVideo", "positive")
+    assert _links_into(workflow, "TrimVideoLatent")["trim_amount"] == ("WanAnimateToVideo", "trim_latent")
+    unet = next(node for node in workflow["nodes"] if node["type"] == "UNETLoader")
+    assert unet["widgets_values"][0] == "wan2.2_animate_14B_bf16.safetensors"
+    notes = next(node["widgets_values"][0] for node in workflow["nodes"] if node["type"] == "MarkdownNote")
+    assert "IPA Animate Sampler" in notes and "IPA Mark Preferred" in notes and "models/clip_vision/clip_vision_h.safetensors" in notes
+
+
 def test_template_browser_metadata():
     """What ComfyUI's template browser (frontend 1.35.9) shows for a pack: the file name as title and description, and
     <name>.jpg next to the JSON as the card's thumbnail (served under /api/workflow_templates/<pack folder>/)."""
@@ -110,8 +126,10 @@ def test_template_browser_metadata():
         listed = {m["name"]: m for n in nodes for m in n.get("properties", {}).get("models", [])}
         assert selected and set(listed) == selected, key
         for name, entry in listed.items():
-            assert entry["url"].startswith("https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/")
-            assert entry["url"].endswith("/" + name) and entry["directory"] in ("diffusion_models", "text_encoders", "vae")
+            assert entry["url"].startswith(("https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/",
+                                            "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/"))
+            assert entry["url"].endswith(f"/{entry['directory']}/{name}")
+            assert entry["directory"] in ("diffusion_models", "text_encoders", "vae", "clip_vision")
     notes = next(n["widgets_values"][0] for n in _load("ipa_curate")["nodes"] if n["type"] == "MarkdownNote")
     assert "https://huggingface.co/yzd-v/DWPose/resolve/main/yolox_l.onnx" in notes
 
