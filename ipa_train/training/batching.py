@@ -36,8 +36,9 @@ def shape_key(tensors: SampleTensors) -> tuple:
     was sampled. The Wan text embedder has no attention mask, so padding a shorter text with zero rows to batch it
     would change that sample's velocity; samples are batched only within one key (a bucket) instead."""
     key = (tuple(tensors.latent.shape), int(tensors.ref_frames), int(tensors.text_embedding.shape[0]))
-    if tensors.animate is not None:  # and for Animate the face frames and the CLIP-vision tokens
-        key += (tuple(tensors.animate.face_pixels.shape), tuple(tensors.animate.image_embedding.shape))
+    animate = getattr(tensors, "animate", None)  # (duck-typed samples without it batch as before)
+    if animate is not None:  # Animate: also the face frames and the CLIP-vision tokens
+        key += (tuple(animate.face_pixels.shape), tuple(animate.image_embedding.shape))
     return key
 
 

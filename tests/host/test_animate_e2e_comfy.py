@@ -2,7 +2,8 @@
 file in ComfyUI's layout (tests/support/animate_tiny.py), the tiny Wan VAE and DWPose models: collect (DWPose -> IPA
 Animate Sampler -> IPA Mark Preferred, 2 candidates stored preferred), train 2 Flow-IPA steps (the real trainer in its
 subprocess, through the align template), then sample again with the trained LoRA through the animate-character
-template, once with IPA LoRA Loader and once with ComfyUI's LoraLoaderModelOnly: the same LoRA, the same video.
+template, once with IPA LoRA Loader and once with ComfyUI's LoraLoaderModelOnly: the same LoRA, the same video. The face
+video is the first driving frame (ImageFromBatch), to keep the motion encoder's CPU time down.
 
 Two substitutions, both for files that cannot be tiny: CLIPLoader + CLIPTextEncode become the test-only text node of
 tests/support/e2e_base.py, and CLIPVisionLoader + CLIPVisionEncode a test-only node that gives CLIPVisionEncode's
@@ -32,6 +33,9 @@ UNET_FILE = "tiny_wan22_animate.safetensors"
 DATASET = "e2e_animate_hands"
 LORA_NAME = "ipa_e2e_animate"
 VISION_NODE_TYPE = "E2ETinyClipVisionEncode"
+# The face video: the first driving frame only (AnimateWanModel pads the motion tokens); the fixed-size motion encoder on
+# 512x512 frames is what costs time on a CPU, so each model call encodes one frame.
+FACE_FRAMES = 1
 
 VISION_NODE = '''"""Test-only stand-in for CLIPVisionLoader + CLIPVisionEncode (Wan): see tests/host/test_animate_e2e_comfy.py."""
 import torch
@@ -112,8 +116,9 @@ def _collect_prompt() -> dict:
                                                             "draw_body": True, "draw_hands": True, "draw_face": True, "resolution": 0}},
         "10": {"class_type": "IPAAnimateSampler", "inputs": {
             "model": ["1", 0], "positive": ["3", 0], "negative": ["4", 0], "vae": ["2", 0], "clip_vision_output": ["6", 0],
-            "reference_image": ["5", 0], "pose_video": ["9", 1], "face_video": ["8", 0], **size, "length": LENGTH, "steps": 1,
+            "reference_image": ["5", 0], "pose_video": ["9", 1], "face_video": ["12", 0], **size, "length": LENGTH, "steps": 1,
             "cfg": 1.0, "shift": 8.0, "sampler_name": "euler", "scheduler": "simple", "candidates": 2, "seed": 7}},
+        "12": {"class_type": "ImageFromBatch", "inputs": {"image": ["8", 0], "batch_index": 0, "length": FACE_FRAMES}},
         "11": {"class_type": "IPAMarkPreferred", "inputs": {"candidates": ["10", 1], "dataset": DATASET, "mark": "preferred",
                                                            "pose_keypoint": ["9", 0], "prompt_text": "a dancer waves both hands"}},
     }
@@ -138,6 +143,10 @@ def _template_prompt(comfy, key: str, **widgets) -> dict:
             node["inputs"]["unet_name"] = UNET_FILE
         elif kind == "VAELoader":
             node["inputs"]["vae_name"] = VAE_FILE
+        elif kind == "WanAnimateToVideo":
+            prompt["face_frames"] = {"class_type": "ImageFromBatch", "inputs": {"image": node["inputs"]["face_video"], "batch_index": 0,
+                                                                               "length": FACE_FRAMES}}
+            node["inputs"]["face_video"] = ["face_frames", 0]
         if kind in widgets:
             assert set(widgets[kind]) <= set(node["inputs"]), f"{kind} has no inputs {set(widgets[kind]) - set(node['inputs'])}"
             node["inputs"].update(widgets[kind])
@@ -173,7 +182,7 @@ def _collect(comfy) -> None:
     assert meta["model_type"] == "wan_animate" and meta["hand_mask_source"] == "pose" and len(meta["driving_pose"]) == LENGTH
     assert tuple(tensors.latent.shape) == (16, 3, H // 8, W // 8) and tuple(tensors.animate.concat_latent.shape) == (20, 3, H // 8, W // 8)
     assert tuple(tensors.animate.pose_latent.shape) == (16, 2, H // 8, W // 8)
-    assert tuple(tensors.animate.face_pixels.shape) == (3, LENGTH, 512, 512) and tuple(tensors.animate.image_embedding.shape) == (257, 1280)
+    assert tuple(tensors.animate.face_pixels.shape) == (3, FACE_FRAMES, 512, 512) and tuple(tensors.animate.image_embedding.shape) == (257, 1280)
     assert entries[0]["hand_area"] > 0  # DWPose found the hands: they weight the loss
 
 
