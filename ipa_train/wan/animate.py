@@ -273,9 +273,9 @@ def animate_velocity(transformer, x_t: torch.Tensor, t: torch.Tensor, text_embed
             hidden_states=torch.cat([x_t, inputs.concat_latent.to(dtype)], dim=1),
             timestep=1000.0 * t,
             encoder_hidden_states=text_embedding,
-            encoder_hidden_states_image=inputs.image_embedding,
+            encoder_hidden_states_image=inputs.image_embedding.to(dtype),
             pose_hidden_states=inputs.pose_latent.to(dtype),
-            face_pixel_values=inputs.face_pixels,
+            face_pixel_values=inputs.face_pixels.to(dtype),  # stored float16 perhaps: computed as x_t is
             return_dict=False,
         )[0]
 

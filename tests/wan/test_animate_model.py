@@ -58,6 +58,9 @@ def test_inputs_that_do_not_fit_are_named():
     with pytest.raises(ValueError, match="face_pixels"):
         animate_velocity(model, x, torch.tensor([0.5]), text, AnimateInputs(good.concat_latent, good.pose_latent,
                                                                              good.face_pixels[..., :8, :8], good.image_embedding))
+    half = AnimateInputs(good.concat_latent.half(), good.pose_latent.half(), good.face_pixels.half(), good.image_embedding.half())
+    with torch.no_grad():  # inputs stored in float16 are computed as x_t is (float32 here)
+        assert animate_velocity(model, x, torch.tensor([0.5]), text, half).dtype == torch.float32
     both = AnimateInputs.cat([good, good.unconditional_face()])
     assert both.face_pixels.shape[0] == 2 and bool((both.take([1]).face_pixels == -1).all())
     assert model_type_of(model) == "wan_animate" and model_type_of(build_tiny_transformer()) == "wan_vace"
