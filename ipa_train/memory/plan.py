@@ -16,6 +16,10 @@ Terms (bytes), for one optimizer step at the run's largest sample:
   the real diffusers block with its LoRA on the meta device: ``memory_trace.py``); without checkpointing every
   block's saved activations instead.
 - ``inputs``: latents, noise, targets, VACE context, text, rotary tables.
+- Wan2.2-Animate (``animate_terms.py``): no VACE blocks; its motion encoder, face encoder, face adapter and pose patch
+  embedding are in ``weights``; the face-adapter blocks' activations (kept unless checkpointed, which the trainer does
+  with gradient checkpointing) and the motion encoder's pass over the face video in the activations; the face video,
+  pose latents, CLIP-vision tokens and ``c_concat`` in ``inputs``; the cross-attention reads 257 image tokens more.
 - ``fp8_dequant``: the largest fp8 layer dequantised for one matmul (on CUDA two compute-precision temporaries: the
   dequantised weight and the scaled product). ``cuda_context``: CUDA's own memory.
 - On CUDA also (what the caching allocator and the streams add, README, Memory): ``swap_release_wait``, a third swap

@@ -102,6 +102,17 @@ def detect_animate_config(shapes: Mapping[str, Any]) -> dict:
         return config
     if dim % 128:
         raise ModelLoadError(f"A Wan2.2-Animate model {dim} wide: ComfyUI and the trainer need a multiple of 128 (128-wide heads).")
+    try:
+        _derive_sizes(config, shapes, dim, in_channels, patch, num_layers)
+    except KeyError as exc:
+        raise ModelLoadError(f"The Wan2.2-Animate weights lack {exc.args[0]}: the file is truncated or not a whole model.") from None
+    expected_faces = num_layers // FACE_BLOCK_EVERY
+    if _count_blocks(shapes, "face_adapter.fuser_blocks.") != expected_faces:
+        raise ModelLoadError(f"The weights have {num_layers} blocks but not {expected_faces} face-adapter blocks: not a whole Wan2.2-Animate model.")
+    return config
+
+
+def _derive_sizes(config: dict, shapes: Mapping[str, tuple], dim: int, in_channels: int, patch: list, num_layers: int) -> None:
     conv1 = shapes["face_encoder.conv1_local.conv.weight"]  # [hidden * heads, motion_dim_out, 3]; ComfyUI: 4 heads
     heads = config["face_encoder_num_heads"]
     config.update(
@@ -113,10 +124,6 @@ def detect_animate_config(shapes: Mapping[str, Any]) -> dict:
         motion_dim=shapes["motion_encoder.dec.direction.weight"][1], motion_encoder_dim=conv1[1],
         face_encoder_hidden_dim=conv1[0] // heads,
     )
-    expected_faces = num_layers // FACE_BLOCK_EVERY
-    if _count_blocks(shapes, "face_adapter.fuser_blocks.") != expected_faces:
-        raise ModelLoadError(f"The weights have {num_layers} blocks but not {expected_faces} face-adapter blocks: not a whole Wan2.2-Animate model.")
-    return config
 
 
 def empty_animate_transformer(config: Mapping[str, Any]):
@@ -160,7 +167,7 @@ def load_animate_transformer(path: os.PathLike | str, torch_dtype: torch.dtype =
     if path.suffix.lower() != ".safetensors":
         raise ModelLoadError(f"{path.name}: Wan2.2-Animate is read from .safetensors files only (bf16/fp16/fp32, ComfyUI's layout).")
     shapes, dtypes, _ = read_checkpoint_header(path)
-    if any("float8" in str(d) for d in dtypes.values()) or any(k.endswith("scale_weight") for k in shapes):
+    if any(str(d).upper().startswith(("F8", "FLOAT8")) for d in dtypes.values()) or any(k.endswith("scale_weight") for k in shapes):
         raise ModelLoadError(f"{path.name} stores fp8 weights: the trainer reads Wan2.2-Animate only in bf16/fp16/fp32 "
                              "(e.g. Wan2_2-Animate-14B_bf16.safetensors) for now.")
     prefix, bare = _strip_wan_prefix(shapes)
@@ -266,9 +273,9 @@ def animate_velocity(transformer, x_t: torch.Tensor, t: torch.Tensor, text_embed
             hidden_states=torch.cat([x_t, inputs.concat_latent.to(dtype)], dim=1),
             timestep=1000.0 * t,
             encoder_hidden_states=text_embedding,
-            encoder_hidden_states_image=inputs.image_embedding,
+            encoder_hidden_states_image=inputs.image_embedding.to(dtype),
             pose_hidden_states=inputs.pose_latent.to(dtype),
-            face_pixel_values=inputs.face_pixels,
+            face_pixel_values=inputs.face_pixels.to(dtype),  # stored float16 perhaps: computed as x_t is
             return_dict=False,
         )[0]
 
