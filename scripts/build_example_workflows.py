@@ -36,12 +36,13 @@ MODEL_FILES = {
 }
 
 # Template file names: the template browser of ComfyUI's frontend 1.35.9 shows a custom node pack's template by its
-# file name (title and description) and its thumbnail as <name>.jpg next to it.
+# file name (title and description) and its thumbnail as <name>.jpg next to it. No "-" in a name: the frontend writes it
+# as a space in the description, which web/ipa_templates.js then does not find to replace.
 TEMPLATES = {
     "ipa_curate": "IPA 1 Curate hand candidates",
     "ipa_align": "IPA 2 Train the hand LoRA",
     "ipa_animate": "IPA 3 Animate with the hand LoRA",
-    "ipa_animate_character": "IPA 7 Animate a character on Wan2.2-Animate with the hand LoRA",
+    "ipa_animate_character": "IPA 7 Animate a character on Wan2.2 Animate with the hand LoRA",
 }
 
 # What each template does and needs: the first lines of its Read me note, and `extra.description` in the file (the
