@@ -201,6 +201,10 @@ def _train(comfy) -> None:
     assert metadata["ipa.objective"] == "ipa" and metadata["ipa.steps"] == "2" and metadata["ipa.dataset_size"] == "2"
     assert metadata["ipa.base_model"] == UNET_FILE
     assert "loss:" in _output_of(entry, align, "PreviewAny")["text"][0]
+    # the trainer's base is the sampling model: the samples' recorded fingerprints match, nothing to warn about
+    log = next((comfy.base / "output" / "ipa_runs").glob(f"{LORA_NAME}-*/train.log")).read_text().splitlines()
+    started_event = next(json.loads(line[line.index("{\""):]) for line in log if "\"event\": \"started\"" in line)
+    assert started_event["warnings"] == [] and started_event["samples"] == 2, started_event
 
 
 def _sample(comfy, loader: str) -> np.ndarray:
