@@ -8,13 +8,14 @@ A module may also define ``setup()`` (register model folders, server routes); it
 # ComfyUI v0.8.0 (the oldest supported) and v0.28.0 both ship v0_0_2; there it re-exports latest's io/ui/ComfyExtension.
 from comfy_api.v0_0_2 import ComfyExtension, io
 
-from . import collector, dwpose, gallery, hand_mask, lora_loader, model_loader, train_lora, vace_sampler
+from . import animate_sampler, collector, dwpose, gallery, hand_mask, lora_loader, model_loader, train_lora, vace_sampler
 
 NODE_MODULES = [
     dwpose,
     hand_mask,
     model_loader,
     vace_sampler,
+    animate_sampler,
     collector,
     train_lora,
     lora_loader,

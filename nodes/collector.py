@@ -45,15 +45,18 @@ def _parse_selection(selection: str, count: int) -> list[int]:
     return sorted(set(indices))
 
 
-def _hands_from_pose(pose_keypoint, width: int, height: int, frames: int):
+def _hands_from_pose(pose_keypoint, width: int, height: int, frames: int, candidate=None):
     """(pixel hand masks, hand boxes, driving pose) of the video frames from POSE_KEYPOINT frames."""
+    from ..ipa_train.data.animate_samples import AnimateCandidate, animate_pose_frames
     from ..ipa_train.data.collect import driving_pose_frames
     from ..ipa_train.pose.hands import hand_boxes, pose_to_hand_masks
 
+    if isinstance(candidate, AnimateCandidate):  # the pose frames WanAnimateToVideo used: from the offset, padded
+        pose_keypoint = animate_pose_frames(pose_keypoint, candidate.pose_frame_offset, frames)
     if isinstance(pose_keypoint, dict):
         pose_keypoint = [pose_keypoint]
     pose_keypoint = list(pose_keypoint)[:frames]
-    # The control video is fitted with a centre crop by WanVaceToVideo; fit the keypoints the same way.
+    # WanVaceToVideo and WanAnimateToVideo fit the control / pose video with a centre crop; fit the keypoints the same way.
     masks = pose_to_hand_masks(pose_keypoint, width, height, resize="crop")
     boxes = hand_boxes(pose_keypoint, width, height, resize="crop")
     driving = driving_pose_frames(pose_keypoint, frames)
@@ -68,13 +71,13 @@ class IPAMarkPreferred(io.ComfyNode):
             display_name="IPA Mark Preferred",
             category="IPA",
             description=(
-                "Stores candidates in a named IPA dataset in the trainer's exact layout (normalised latent, 96-channel "
-                "VACE context, text embedding, latent hand mask) with an animated preview and a hand close-up. "
+                "Stores candidates in a named IPA dataset in the trainer's exact layout (normalised latent, the VACE "
+                "context or the Animate inputs, text embedding, latent hand mask) with an animated preview and a hand close-up. "
                 "Writes are atomic and locked; identical content is stored once. 'mark' sets the status."
             ),
             is_output_node=True,
             inputs=[
-                CANDIDATES.Input("candidates", tooltip="From IPA VACE Sampler or IPA Encode Good Video."),
+                CANDIDATES.Input("candidates", tooltip="From IPA VACE Sampler, IPA Animate Sampler or IPA Encode Good Video."),
                 io.String.Input("dataset", default="hands",
                                 tooltip="Dataset name: a folder under output/ipa_datasets, made on first use (letters, digits, . _ -)."),
                 io.Combo.Input("mark", options=["pending", "preferred"], default="pending",
@@ -82,7 +85,7 @@ class IPAMarkPreferred(io.ComfyNode):
                 io.String.Input("select", default="", optional=True,
                                 tooltip="Which candidates to store, e.g. '0,2' or '1-3'. Empty: all."),
                 PoseKeypoint.Input("pose_keypoint", optional=True,
-                                   tooltip="DWPose keypoints of the control video: hands become the HALO mask."),
+                                   tooltip="DWPose keypoints of the control / pose video: hands become the HALO mask."),
                 io.Mask.Input("hand_mask", optional=True, tooltip="Pixel hand masks per video frame (instead of keypoints)."),
                 io.String.Input("prompt_text", default="", multiline=True, optional=True,
                                 tooltip="The prompt, kept in the sample's metadata for the gallery."),
@@ -120,7 +123,7 @@ class IPAMarkPreferred(io.ComfyNode):
         video_frames = (first.video_latent_frames - 1) * 4 + 1
         pixel_masks, boxes, driving = None, None, None
         if pose_keypoint is not None:
-            pixel_masks, boxes, driving = _hands_from_pose(pose_keypoint, width, height, video_frames)
+            pixel_masks, boxes, driving = _hands_from_pose(pose_keypoint, width, height, video_frames, first)
         elif hand_mask is not None:
             pixel_masks = hand_mask
         result = store_candidates(

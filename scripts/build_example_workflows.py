@@ -25,6 +25,10 @@ DWPOSE = "https://huggingface.co/yzd-v/DWPose/resolve/main"
 # Wan2.2-VACE-Fun A14B: two experts, Comfy-Org's fp8_scaled files (the fp16 ones, ..._14B_fp16, train alike).
 UNET_HIGH = "wan2.2_fun_vace_high_noise_14B_fp8_scaled.safetensors"
 UNET_LOW = "wan2.2_fun_vace_low_noise_14B_fp8_scaled.safetensors"
+# Wan2.2-Animate-14B and the CLIP-vision encoder it takes the reference image through (the Wan2.2 files are in their
+# own Comfy-Org repository; the CLIP-vision file is Wan2.1's).
+ANIMATE_UNET = "wan2.2_animate_14B_bf16.safetensors"
+CLIP_VISION = "clip_vision_h.safetensors"
 REPACKAGED_22 = "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files"
 MODEL_FILES = {
     UNET: {"url": f"{REPACKAGED}/diffusion_models/{UNET}", "directory": "diffusion_models"},
@@ -32,10 +36,13 @@ MODEL_FILES = {
     UNET_LOW: {"url": f"{REPACKAGED_22}/diffusion_models/{UNET_LOW}", "directory": "diffusion_models"},
     CLIP: {"url": f"{REPACKAGED}/text_encoders/{CLIP}", "directory": "text_encoders"},
     VAE: {"url": f"{REPACKAGED}/vae/{VAE}", "directory": "vae"},
+    ANIMATE_UNET: {"url": f"{REPACKAGED_22}/diffusion_models/{ANIMATE_UNET}", "directory": "diffusion_models"},
+    CLIP_VISION: {"url": f"{REPACKAGED}/clip_vision/{CLIP_VISION}", "directory": "clip_vision"},
 }
 
 # Template file names: the template browser of ComfyUI's frontend 1.35.9 shows a custom node pack's template by its
-# file name (title and description) and its thumbnail as <name>.jpg next to it.
+# file name (title and description) and its thumbnail as <name>.jpg next to it. No "-" in a name: the frontend writes it
+# as a space in the description, which web/ipa_templates.js then does not find to replace.
 TEMPLATES = {
     "ipa_curate": "IPA 1 Curate hand candidates",
     "ipa_align": "IPA 2 Train the hand LoRA",
@@ -43,6 +50,7 @@ TEMPLATES = {
     "ipa_a14b_curate": "IPA 4 A14B Curate hand candidates",
     "ipa_a14b_align": "IPA 5 A14B Train the hand LoRAs",
     "ipa_a14b_animate": "IPA 6 A14B Animate with the hand LoRAs",
+    "ipa_animate_character": "IPA 7 Animate a character on Wan2.2 Animate with the hand LoRA",
 }
 
 # What each template does and needs: the first lines of its Read me note, and `extra.description` in the file (the
@@ -67,6 +75,10 @@ DESCRIPTIONS = {
     "ipa_a14b_animate": "Animates the reference image along the driving pose with native Wan2.2-VACE-Fun A14B (two "
                         "KSamplerAdvanced) and the trained pair of hand LoRAs, each applied to its own expert. Needs the "
                         "LoRAs from template 5 and the same model files as template 4.",
+    "ipa_animate_character": "Animates a character image along a driving video with native Wan2.2-Animate-14B "
+                             "(WanAnimateToVideo: pose video from IPA DWPose, face video, CLIP-vision of the character) "
+                             "and a hand LoRA trained on Animate samples. Needs the Wan2.2-Animate-14B, UMT5, Wan VAE and "
+                             "CLIP-vision H files, the two DWPose .onnx files and a LoRA trained on Animate samples.",
 }
 
 # The saved view each template opens with (LiteGraph's extra.ds: screen = (graph + offset) * scale): the whole graph
@@ -80,7 +92,8 @@ def _view(scale: float) -> dict:
 
 
 VIEWS = {"ipa_curate": _view(0.65), "ipa_align": _view(0.85), "ipa_animate": _view(0.68),
-         "ipa_a14b_curate": _view(0.65), "ipa_a14b_align": _view(0.85), "ipa_a14b_animate": _view(0.65)}
+         "ipa_a14b_curate": _view(0.65), "ipa_a14b_align": _view(0.85), "ipa_a14b_animate": _view(0.65),
+         "ipa_animate_character": _view(0.65)}
 
 MODEL_NOTES = f"""## Model files
 Missing ones are offered for download when the workflow opens. From [Comfy-Org/Wan_2.1_ComfyUI_repackaged](https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged):
@@ -97,11 +110,11 @@ NEGATIVE = "deformed hands, extra fingers, fused fingers, blurry, low quality"
 NOTE_WIDTH = 460
 
 
-def loaders(g, x, y, prompt_box: bool = False, experts: bool = False):
+def loaders(g, x, y, prompt_box: bool = False, experts: bool = False, unet_name: str = UNET):
     """Model loaders and the two prompts. ``prompt_box``: the positive prompt is typed in a String (Multiline) node
     that the caller adds at ``(x + 370, y)`` and links (so one text feeds the encoder and whatever stores it); the
     caller then groups the prompts. ``experts``: two UNETLoaders (Wan2.2-VACE-Fun A14B's high- and low-noise experts);
-    the first value returned is then the pair (high, low)."""
+    the first value returned is then the pair (high, low); otherwise one UNETLoader of ``unet_name``."""
     if experts:
         high = g.add("UNETLoader", (x, y), {"unet_name": UNET_HIGH, "weight_dtype": "default"}, title="High-noise expert",
                      size=(320, 82), models=[UNET_HIGH])
@@ -109,7 +122,7 @@ def loaders(g, x, y, prompt_box: bool = False, experts: bool = False):
                     size=(320, 82), models=[UNET_LOW])
         unet, unets, y = (high, low), [high, low], y + 130
     else:
-        unet = g.add("UNETLoader", (x, y), {"unet_name": UNET, "weight_dtype": "default"}, size=(320, 82), models=[UNET])
+        unet = g.add("UNETLoader", (x, y), {"unet_name": unet_name, "weight_dtype": "default"}, size=(320, 82), models=[unet_name])
         unets = [unet]
     clip = g.add("CLIPLoader", (x, y + 130), {"clip_name": CLIP, "type": "wan", "device": "default"}, size=(320, 106), models=[CLIP])
     vae = g.add("VAELoader", (x, y + 290), {"vae_name": VAE}, size=(320, 58), models=[VAE])
@@ -342,6 +355,73 @@ report says what went where (an expert without a LoRA passes through unchanged).
     g.group("Save the video", [video, save])
 
 
+ANIMATE_NOTES = f"""## Model files
+Missing ones are offered for download when the workflow opens:
+- `models/diffusion_models/{ANIMATE_UNET}` ([Comfy-Org/Wan_2.2_ComfyUI_Repackaged](https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged))
+- `models/text_encoders/{CLIP}`, `models/vae/{VAE}` and `models/clip_vision/{CLIP_VISION}` ([Comfy-Org/Wan_2.1_ComfyUI_repackaged](https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged))
+- `models/loras/ipa/ipa_animate_hands.safetensors`: a LoRA trained on Animate samples (below)
+
+For IPA DWPose Estimator, from [yzd-v/DWPose]({DWPOSE.rsplit('/resolve', 1)[0]}):
+- `models/dwpose/yolox_l.onnx`: {DWPOSE}/yolox_l.onnx
+- `models/dwpose/dw-ll_ucoco_384.onnx`: {DWPOSE}/dw-ll_ucoco_384.onnx"""
+
+
+def animate_character(g):
+    g.note((0, 0), NOTE_WIDTH, 900, DESCRIPTIONS["ipa_animate_character"] + "\n\n" + ANIMATE_NOTES + f"""
+
+## Animate
+The native Wan2.2-Animate graph (animation mode): IPA DWPose Estimator turns the driving video into the pose video,
+the driving frames are the face video (WanAnimateToVideo centre-crops them to 512x512; face crops of the driving video
+work better), CLIP Vision Encode reads the character. IPA LoRA Loader applies the hand LoRA and reports how many
+weights applied; LoraLoaderModelOnly loads it too. Replacement mode: connect background_video and character_mask.
+
+## Collect and train on Animate
+Replace WanAnimateToVideo + KSampler with **IPA Animate Sampler** (the same inputs plus steps, cfg, seed and
+`candidates`: candidate i is what this graph makes with seed + i) and connect its candidates and the DWPose keypoints
+to **IPA Mark Preferred** (dataset e.g. `animate_hands`: one dataset holds one model type). Curate in the IPA tab,
+then train with *IPA 2 Train the hand LoRA*, `base_model` = `{ANIMATE_UNET}`.""")
+    left = NOTE_WIDTH + 60
+    unet, vae, pos, neg = loaders(g, left, 60, unet_name=ANIMATE_UNET)
+    ref, frames, pose = control_inputs(g, left, 560)
+    lora = g.add("IPALoRALoader", (left + 850, 60), {"lora_name": "ipa/ipa_animate_hands.safetensors", "strength": 1.0}, size=(360, 110))
+    g.link(unet, "MODEL", lora, "model")
+    report = g.add("PreviewAny", (left + 850, 230), title="LoRA report", size=(360, 200))
+    g.link(lora, "report", report, "source")
+    g.group("The aligned LoRA", [lora, report])
+    vision = g.add("CLIPVisionLoader", (left + 850, 540), {"clip_name": CLIP_VISION}, size=(360, 58), models=[CLIP_VISION])
+    encode = g.add("CLIPVisionEncode", (left + 850, 650), {"crop": "none"}, size=(360, 80))
+    g.link(vision, "CLIP_VISION", encode, "clip_vision")
+    g.link(ref, "IMAGE", encode, "image")
+    g.group("Character", [vision, encode])
+    sampling = g.add("ModelSamplingSD3", (left + 1260, 60), {"shift": 8.0}, size=(340, 60))
+    g.link(lora, "model", sampling, "model")
+    condition = g.add("WanAnimateToVideo", (left + 1260, 180), {"width": 832, "height": 480, "length": 77, "batch_size": 1,
+                                                                "continue_motion_max_frames": 5, "video_frame_offset": 0}, size=(340, 330))
+    for source, output, name in ((pos, "CONDITIONING", "positive"), (neg, "CONDITIONING", "negative"), (vae, "VAE", "vae"),
+                                 (encode, "CLIP_VISION_OUTPUT", "clip_vision_output"), (ref, "IMAGE", "reference_image"),
+                                 (frames, "images", "face_video"), (pose, "pose_video", "pose_video")):
+        g.link(source, output, condition, name)
+    sampler = g.add("KSampler", (left + 1260, 570), {"seed": 0, "seed:control_after_generate": "randomize", "steps": 20, "cfg": 1.0,
+                                                     "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}, size=(340, 270))
+    g.link(sampling, "MODEL", sampler, "model")
+    g.link(condition, "positive", sampler, "positive")
+    g.link(condition, "negative", sampler, "negative")
+    g.link(condition, "latent", sampler, "latent_image")
+    trim = g.add("TrimVideoLatent", (left + 1260, 900), {"trim_amount": 0}, size=(340, 80))
+    g.link(sampler, "LATENT", trim, "samples")
+    g.link(condition, "trim_latent", trim, "trim_amount")
+    decode = g.add("VAEDecode", (left + 1260, 1040), size=(340, 50))
+    g.link(trim, "LATENT", decode, "samples")
+    g.link(vae, "VAE", decode, "vae")
+    g.group("Sample (Animate)", [sampling, condition, sampler, trim, decode])
+    video = g.add("CreateVideo", (left + 850, 840), {"fps": 16.0}, size=(360, 80))
+    g.link(decode, "IMAGE", video, "images")
+    save = g.add("SaveVideo", (left + 850, 980), {"filename_prefix": "video/ipa_animate_character", "format": "auto", "codec": "auto"},
+                 size=(360, 400))
+    g.link(video, "VIDEO", save, "video")
+    g.group("Save the video", [video, save])
+
+
 def _two_expert_sampling(g, x, lora, pos, neg, vae, pose, ref):
     """ModelSamplingSD3 per expert, one WanVaceToVideo, KSamplerAdvanced high (0..10) then low (10..end), trim, decode."""
     shifted = {}
@@ -377,12 +457,13 @@ def _two_expert_sampling(g, x, lora, pos, neg, vae, pose, ref):
 
 
 BUILDERS = {"ipa_curate": curate, "ipa_align": align, "ipa_animate": animate,
-            "ipa_a14b_curate": curate_a14b, "ipa_a14b_align": align_a14b, "ipa_a14b_animate": animate_a14b}
+            "ipa_a14b_curate": curate_a14b, "ipa_a14b_align": align_a14b, "ipa_a14b_animate": animate_a14b,
+            "ipa_animate_character": animate_character}
 # Node ids per template, in ranges no two templates share: ComfyUI's frontend shows a running prompt's progress (the
 # trainer's live plot included) on the node of that id in whichever tab is open, so a shared id put the training
 # progress on "Load Diffusion Model" in the curate tab.
 FIRST_NODE_ID = {"ipa_curate": 1, "ipa_align": 101, "ipa_animate": 201, "ipa_a14b_curate": 301, "ipa_a14b_align": 401,
-                 "ipa_a14b_animate": 501}
+                 "ipa_a14b_animate": 501, "ipa_animate_character": 701}
 
 
 def template_path(key: str) -> Path:

@@ -63,6 +63,9 @@ async function highestSeed(dataset) {
   return seeds.length ? Math.max(...seeds) : null;
 }
 
+// The pack's samplers whose seed steps by the candidate count (candidate i = seed + i).
+const SAMPLER_TYPES = ["IPAVaceSampler", "IPAAnimateSampler"];
+
 async function continueAfterStoredSeeds() {
   const nodes = app.graph?.nodes ?? app.graph?._nodes ?? [];
   const marks = nodes.filter((n) => n.type === "IPAMarkPreferred");
@@ -75,7 +78,7 @@ async function continueAfterStoredSeeds() {
     if (top !== null && (highest === null || top > highest)) [highest, where] = [top, dataset];
   }
   if (highest === null) return;
-  for (const sampler of nodes.filter((n) => n.type === "IPAVaceSampler")) {
+  for (const sampler of nodes.filter((n) => SAMPLER_TYPES.includes(n.type))) {
     const seed = sampler.widgets?.find((w) => w.name === "seed");
     if (!seed || Number(seed.value) > highest) continue;
     const before = Number(seed.value);
@@ -84,7 +87,7 @@ async function continueAfterStoredSeeds() {
     const text = `Seed set to ${seed.value} (was ${before}): dataset '${where}' already holds samples up to seed ${highest}; ` +
       "this continues after them so no seed is sampled twice.";
     api.dispatchCustomEvent("progress_text", { nodeId: String(sampler.id), text });
-    toast("info", "IPA VACE Sampler: seed moved on", text, 10000);
+    toast("info", `${sampler.title || sampler.type}: seed moved on`, text, 10000);
     app.graph.setDirtyCanvas?.(true, true);
   }
 }
@@ -204,7 +207,7 @@ function register() {
       await continueAfterStoredSeeds();
     },
     beforeRegisterNodeDef(nodeType, nodeData) {
-      const setup = { IPAVaceSampler: stepSeedByCandidates, IPAMarkPreferred: watchDataset }[nodeData?.name];
+      const setup = { IPAVaceSampler: stepSeedByCandidates, IPAAnimateSampler: stepSeedByCandidates, IPAMarkPreferred: watchDataset }[nodeData?.name];
       if (!setup) return;
       const created = nodeType.prototype.onNodeCreated;
       nodeType.prototype.onNodeCreated = function (...args) {

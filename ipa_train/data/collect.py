@@ -29,11 +29,12 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ..wan.latents import normalize_latent, text_length, vace_context_from_conditioning
+from .hand_masks import fit_pixel_masks, latent_mask_from_pixels, pixel_frames_for  # noqa: F401 (re-exported)
 from .manifest import read_manifest
 from .marks import count_statuses
 from .previews import animated_webp, boxes_from_masks, hand_closeup_webp, preview_scale, scale_boxes
 from .samples import AddResult, add_sample, create_dataset
-from .tensors import SampleTensors
+from .tensors import MODEL_TYPE_ANIMATE, MODEL_TYPE_VACE, SampleTensors
 
 log = logging.getLogger(__name__)
 
@@ -61,27 +62,6 @@ class Candidate:
     @property
     def video_latent_frames(self) -> int:
         return self.latent_frames - int(self.trim_latent)
-
-
-def fit_pixel_masks(masks: torch.Tensor, frames: int, height: int, width: int) -> torch.Tensor:
-    """``[T, H', W']`` masks -> ``[frames, height, width]``: resized to cover and centre-cropped as ComfyUI's
-    ``common_upscale(..., "center")`` does with the control video, cut to ``frames`` or padded with zeros."""
-    if masks.dim() == 2:
-        masks = masks.unsqueeze(0)
-    if masks.dim() != 3:
-        raise ValueError(f"hand masks must be [T, H, W], got {tuple(masks.shape)}")
-    masks = masks.float()
-    _, mask_h, mask_w = masks.shape
-    if (mask_h, mask_w) != (height, width):
-        scale = max(height / mask_h, width / mask_w)
-        new_h, new_w = max(height, round(mask_h * scale)), max(width, round(mask_w * scale))
-        masks = torch.nn.functional.interpolate(masks.unsqueeze(1), size=(new_h, new_w), mode="bilinear", align_corners=False)[:, 0]
-        top, left = (new_h - height) // 2, (new_w - width) // 2
-        masks = masks[:, top : top + height, left : left + width]
-    masks = masks[:frames]
-    if masks.shape[0] < frames:
-        masks = torch.cat([masks, masks.new_zeros((frames - masks.shape[0], height, width))], dim=0)
-    return masks.clamp(0, 1)
 
 
 POSE_PARTS = ("pose_keypoints_2d", "hand_left_keypoints_2d", "hand_right_keypoints_2d")  # face points are not kept
@@ -113,21 +93,6 @@ def driving_pose_frames(pose_keypoint: Any, frames: int) -> list[dict]:
     return kept
 
 
-def pixel_frames_for(latent_frames: int) -> int:
-    return (latent_frames - 1) * 4 + 1
-
-
-def latent_mask_from_pixels(pixel_masks: torch.Tensor, latent_frames: int, latent_h: int, latent_w: int) -> torch.Tensor:
-    """Pixel hand masks of the video frames -> ``[1, latent_frames, h, w]`` via ``hands.latent_hand_mask``."""
-    from ..pose.hands import latent_hand_mask
-
-    frames = pixel_frames_for(latent_frames)
-    fitted = fit_pixel_masks(pixel_masks, frames, latent_h * 8, latent_w * 8)
-    mask = latent_hand_mask(fitted)
-    mask = mask.reshape(1, latent_frames, latent_h, latent_w)
-    return mask.float().clamp(0, 1)
-
-
 def candidate_to_sample(
     candidate: Candidate,
     pixel_hand_masks: Optional[torch.Tensor] = None,
@@ -144,7 +109,13 @@ def candidate_to_sample(
     pose); derived from the masks when ``None``. ``driving_pose``: the POSE_KEYPOINT frames of the video
     (:func:`driving_pose_frames`), stored as ``meta["driving_pose"]``.
     """
-    tensors, latent_shape, sampled_tokens = candidate_tensors(candidate, pixel_hand_masks)
+    animate = getattr(candidate, "model_type", MODEL_TYPE_VACE) == MODEL_TYPE_ANIMATE
+    if animate:
+        from .animate_samples import animate_candidate_tensors
+
+        tensors, latent_shape, sampled_tokens = animate_candidate_tensors(candidate, pixel_hand_masks)
+    else:
+        tensors, latent_shape, sampled_tokens = candidate_tensors(candidate, pixel_hand_masks)
     hand_area = float(tensors.hand_mask.mean())
     meta: dict[str, Any] = {
         "source": candidate.source,
@@ -158,9 +129,13 @@ def candidate_to_sample(
         "hand_mask_source": "none" if pixel_hand_masks is None else ("pose" if driving_pose is not None else "mask"),
         "hand_area": hand_area,
     }
+    if animate:
+        from .animate_samples import animate_meta
+
+        meta.update(animate_meta(candidate))
     if driving_pose is not None:
         meta["driving_pose"] = driving_pose
-        meta["driving_pose_resize"] = DRIVING_POSE_RESIZE
+        meta["driving_pose_resize"] = DRIVING_POSE_RESIZE  # WanAnimateToVideo fits its pose video the same way
     previews: dict[str, bytes] = {}
     if candidate.frames is not None:
         previews, video_meta = video_previews(candidate.frames, pixel_hand_masks, hand_boxes, fps, preview_max_side)

@@ -34,7 +34,7 @@ from .layout import (
 )
 from .manifest import read_manifest, write_manifest
 from .marks import count_statuses
-from .tensors import SampleTensors, validate_sample_tensors
+from .tensors import MODEL_TYPE_VACE, SampleTensors, validate_sample_tensors
 
 
 def create_dataset(root: os.PathLike | str, name: str) -> Path:
@@ -76,12 +76,28 @@ def add_sample(
     if not (dataset_dir / MANIFEST).is_file():
         raise DatasetError(f"{dataset_dir} is not an IPA dataset; call create_dataset first")
     validate_sample_tensors(tensors)
+    check_model_type(dataset_dir, read_manifest(dataset_dir), tensors.model_type)  # before any file is written
     tensor_dict = tensors.to_dict()
     digest = content_hash(tensor_dict)
     final = sample_path(dataset_dir, digest[:16])
     if not final.exists():
         _store_sample_folder(dataset_dir, final, tensor_dict, _sample_meta(meta, tensors, tensor_dict, digest), previews or {})
-    return _list_sample(dataset_dir, digest, status, int(tensors.latent.shape[1]), summary or {})
+    return _list_sample(dataset_dir, digest, status, int(tensors.latent.shape[1]), {"model_type": tensors.model_type, **(summary or {})})
+
+
+def entry_model_type(entry: Mapping[str, Any]) -> str:
+    """A manifest line's model type; lines written before Animate samples existed are VACE samples."""
+    return str(entry.get("model_type") or MODEL_TYPE_VACE)
+
+
+def check_model_type(dataset_dir: Path, entries: list[dict[str, Any]], model_type: str) -> None:
+    """One dataset holds samples of one model type: the trainer builds one model for all of them."""
+    others = sorted({entry_model_type(entry) for entry in entries} - {model_type})
+    if others:
+        raise DatasetError(
+            f"dataset {Path(dataset_dir).name} holds {', '.join(others)} samples; a {model_type} sample cannot join them "
+            "(one dataset trains one model). Store it in a new dataset: give the collector another dataset name"
+        )
 
 
 def _sample_meta(meta: Optional[Mapping[str, Any]], tensors: SampleTensors, tensor_dict: Mapping[str, Any], digest: str) -> dict[str, Any]:
@@ -90,6 +106,7 @@ def _sample_meta(meta: Optional[Mapping[str, Any]], tensors: SampleTensors, tens
     meta.setdefault("format_version", FORMAT_VERSION)
     meta.setdefault("shapes", {key: list(value.shape) for key, value in tensor_dict.items()})
     meta["ref_frames"] = int(tensors.ref_frames)
+    meta["model_type"] = tensors.model_type
     meta["content_hash"] = digest
     return meta
 
@@ -124,6 +141,7 @@ def _list_sample(dataset_dir: Path, digest: str, status: str, frames: int, summa
         for entry in entries:
             if entry.get("content_hash") == digest:
                 return AddResult(entry["id"], False, entry.get("status", "pending"), entry)
+        check_model_type(dataset_dir, entries, summary["model_type"])  # again under the lock: a writer may have raced
         now = utc_now()
         entry = {"id": digest[:16], "status": status, "created": now, "updated": now, "content_hash": digest, "frames": frames}
         for key, value in summary.items():
@@ -149,6 +167,8 @@ def load_sample(dataset_dir: os.PathLike | str, sample_id: str) -> tuple[SampleT
         meta = read_json(meta_file) if meta_file.is_file() else {}
     except FileReadError as exc:
         raise DatasetError(f"sample {sample_id}: {exc}; {advice}") from None
+    if meta.get("model_type") not in (None, tensors.model_type):
+        raise DatasetError(f"sample {sample_id}: meta.json says {meta['model_type']} but the tensors are a {tensors.model_type} sample; {advice}")
     return tensors, meta
 
 

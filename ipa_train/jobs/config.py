@@ -101,7 +101,7 @@ class RunConfig:
     """run.json, flat: one field per key, each with its schema (``key(...)``; :data:`KEYS` collects them)."""
 
     dataset: str = key("", "dataset folder (see Dataset format); only `preferred` samples train (`dpo` also pairs `rejected` ones)")
-    base_model: str = key("", "Wan2.1-VACE single file (original or ComfyUI layout), a diffusers folder, or `\"tiny\"` (embedded random test model)")
+    base_model: str = key("", "Wan2.1-VACE or Wan2.2-Animate single file (original or ComfyUI layout), a Wan2.1-VACE diffusers folder, or `\"tiny\"` (embedded random test model)")
     output_dir: str = key("", "receives `<lora_name>.safetensors`, `run.json` and `checkpoints/step-N/`")
     low_noise_model: Optional[str] = key(None, "two-expert samples (Wan2.2-VACE-Fun A14B): the low-noise expert's file or diffusers "
                                                "folder (`base_model` is then the high-noise one); needed by `expert` `low` and `both`",

@@ -38,7 +38,8 @@ def in_backward() -> bool:
 def block_order(model) -> list[str]:
     """Module names of the blocks in the order the forward pass runs them: VACE blocks first (they make the
     hints), then the transformer blocks."""
-    return [f"vace_blocks.{i}" for i in range(len(model.vace_blocks))] + [f"blocks.{i}" for i in range(len(model.blocks))]
+    vace = getattr(model, "vace_blocks", None) or []  # Wan2.2-Animate has none
+    return [f"vace_blocks.{i}" for i in range(len(vace))] + [f"blocks.{i}" for i in range(len(model.blocks))]
 
 
 def backward_blocks(model) -> set[str]:
@@ -62,7 +63,7 @@ def swapped_blocks(model, count: int) -> list[str]:
     order = block_order(model)
     if count > len(order):
         raise ValueError(f"blocks_to_swap={count} but the model has {len(order)} blocks "
-                         f"({len(model.blocks)} transformer + {len(model.vace_blocks)} VACE); use at most {len(order)}")
+                         f"({len(model.blocks)} transformer + {len(order) - len(model.blocks)} VACE); use at most {len(order)}")
     return order[:count]
 
 

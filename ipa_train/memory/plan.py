@@ -16,6 +16,10 @@ Terms (bytes), for one optimizer step at the run's largest sample:
   the real diffusers block with its LoRA on the meta device: ``memory_trace.py``); without checkpointing every
   block's saved activations instead.
 - ``inputs``: latents, noise, targets, VACE context, text, rotary tables.
+- Wan2.2-Animate (``animate_terms.py``): no VACE blocks; its motion encoder, face encoder, face adapter and pose patch
+  embedding are in ``weights``; the face-adapter blocks' activations (kept unless checkpointed, which the trainer does
+  with gradient checkpointing) and the motion encoder's pass over the face video in the activations; the face video,
+  pose latents, CLIP-vision tokens and ``c_concat`` in ``inputs``; the cross-attention reads 257 image tokens more.
 - ``fp8_dequant``: the largest fp8 layer dequantised for one matmul (on CUDA two compute-precision temporaries: the
   dequantised weight and the scaled product). ``cuda_context``: CUDA's own memory.
 - On CUDA also (what the caching allocator and the streams add, README, Memory): ``swap_release_wait``, a third swap
@@ -60,7 +64,8 @@ VRAM_MARGIN_MIN = int(1.5 * GIB)  # kept free of any budget on CUDA: max(1.5 GiB
 VRAM_MARGIN_SHARE = 0.06
 WINDOWS_PINNED_SHARE = 0.5  # Windows lets a system pin about half its RAM (ComfyUI limits itself to 45 %)
 PRESETS = {"wan2.1-vace-1.3b": "wan2.1-vace-1.3b", "wan2.1-vace-14b": "wan2.1-vace-14b",
-           "wan2.2-vace-fun-a14b": "wan2.1-vace-14b"}  # A14B: two experts, each the VACE-14B network (one planned at a time)
+           "wan2.2-vace-fun-a14b": "wan2.1-vace-14b",  # A14B: two experts, each the VACE-14B network (one planned at a time)
+           "wan2.2-animate-14b": "wan2.2-animate-14b"}
 TWO_EXPERT_PRESETS = {"wan2.2-vace-fun-a14b"}
 
 
@@ -203,7 +208,18 @@ class ModelSpec:
 
     @property
     def block_names(self) -> list[str]:
-        return [f"vace_blocks.{i}" for i in range(len(self.config["vace_layers"]))] + [f"blocks.{i}" for i in range(self.config["num_layers"])]
+        return [f"vace_blocks.{i}" for i in range(self.vace_blocks)] + [f"blocks.{i}" for i in range(self.config["num_layers"])]
+
+    @property
+    def vace_blocks(self) -> int:
+        return len(self.config.get("vace_layers") or [])
+
+    @property
+    def animate(self) -> bool:
+        """Wan2.2-Animate: no VACE blocks; a motion encoder, face encoder and face adapter (``animate_terms``)."""
+        from .animate_terms import is_animate
+
+        return is_animate(self.config)
 
     @property
     def gguf(self) -> bool:
@@ -243,10 +259,12 @@ def describe_config(config: dict, name: str = "model", fp8_stored: Optional[dict
     """The ``ModelSpec`` of a diffusers ``WanVACETransformer3DModel`` config (built on the meta device)."""
     from torch import nn
 
+    from ..wan.animate import empty_animate_transformer
     from ..wan.model import empty_transformer
+    from .animate_terms import is_animate
 
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(config).items()}
-    meta = empty_transformer(config)
+    meta = empty_animate_transformer(config) if is_animate(config) else empty_transformer(config)
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(meta.config).items()}  # with the defaults
     params = {n: p.numel() for n, p in meta.named_parameters()}
     linears = {n: (m.in_features, m.out_features) for n, m in meta.named_modules() if isinstance(m, nn.Linear)}
@@ -263,14 +281,29 @@ def _describe_file(path: Path, vace_module: Optional[str] = None) -> tuple[dict,
             raise PlanError(f"{path} is a folder without config.json")
         return json.loads(config_file.read_text()), {}, {}, path.name
     if not path.is_file():
-        raise PlanError(f"--model {path}: no such file; give wan2.1-vace-1.3b, wan2.1-vace-14b, wan2.2-vace-fun-a14b or a .safetensors file")
+        raise PlanError(f"--model {path}: no such file; give wan2.1-vace-1.3b, wan2.1-vace-14b, wan2.2-vace-fun-a14b, wan2.2-animate-14b or a .safetensors file")
     if path.suffix.lower() == ".gguf":
         return _describe_gguf(path)
+    animate = _describe_animate(path)
+    if animate is not None:
+        return animate
     try:
         described = ModelFile.describe(path, vace_module)
     except ModelLoadError as exc:
         raise PlanError(str(exc)) from exc
     return described.config, described.fp8_linears(), {}, described.name
+
+
+def _describe_animate(path: Path) -> Optional[tuple[dict, dict, dict, str]]:
+    """A Wan2.2-Animate file's config (from its header), or None for any other model."""
+    from ..wan.animate import detect_animate_config, is_animate_weights
+    from ..wan.model import ModelLoadError, read_checkpoint_header
+
+    try:
+        shapes = read_checkpoint_header(path)[0]
+        return (detect_animate_config(shapes), {}, {}, path.name) if is_animate_weights(shapes) else None
+    except ModelLoadError as exc:
+        raise PlanError(str(exc)) from exc
 
 
 def _describe_gguf(path: Path) -> tuple[dict, dict, dict, str]:
@@ -377,14 +410,29 @@ def tokens_of(spec: ModelSpec, run: RunShape) -> int:
 _TRACE_CACHE: dict = {}
 
 
+def context_tokens(spec: ModelSpec, run: RunShape) -> int:
+    """What the cross-attention reads: the text, and on Wan2.2-Animate the CLIP-vision image tokens in front of it."""
+    from .animate_terms import IMAGE_TOKENS
+
+    return run.text_tokens + (IMAGE_TOKENS if spec.animate else 0)
+
+
+def animate_terms(spec: ModelSpec, run: RunShape, batch: int, tokens: int):
+    from .animate_terms import animate_memory
+
+    return animate_memory(spec.config, batch, run.frames, run.height, run.width, tokens,
+                          torch.bfloat16 if run.bf16 else torch.float32)
+
+
 def block_memory(spec: ModelSpec, run: RunShape, batch: int, vace: bool):
     from .memory_trace import trace_block
 
     dtype = torch.bfloat16 if run.bf16 else torch.float32
-    key = (json.dumps(spec.config, sort_keys=True), vace, batch, tokens_of(spec, run), run.text_tokens, str(dtype),
+    context = context_tokens(spec, run)
+    key = (json.dumps(spec.config, sort_keys=True), vace, batch, tokens_of(spec, run), context, str(dtype),
            lora_block_regex(run.targets, vace), run.rank)
     if key not in _TRACE_CACHE:
-        _TRACE_CACHE[key] = trace_block(spec.config, vace, batch, tokens_of(spec, run), run.text_tokens, dtype,
+        _TRACE_CACHE[key] = trace_block(spec.config, vace, batch, tokens_of(spec, run), context, dtype,
                                         lora_block_regex(run.targets, vace), run.rank)
     return _TRACE_CACHE[key]
 
@@ -496,8 +544,13 @@ def _hidden_width(spec: ModelSpec) -> int:
 def _input_bytes(spec: ModelSpec, run: RunShape, batch: int, tokens: int) -> int:
     """The step's inputs: latents (fp32, with their noise and targets), control video, text states, rotary tables."""
     cfg, a = spec.config, run.compute_bytes
-    latent = batch * cfg["in_channels"] * run.frames * run.height * run.width
-    return (6 * latent * 4 + batch * cfg["vace_in_channels"] * run.frames * run.height * run.width * a
+    if spec.animate:  # x_t is 16 of the 36 input channels; the other 20 (c_concat) and the pose/face/image inputs
+        latent = batch * cfg["latent_channels"] * run.frames * run.height * run.width
+        conditions = batch * 20 * run.frames * run.height * run.width * a + animate_terms(spec, run, batch, tokens).inputs
+    else:
+        latent = batch * cfg["in_channels"] * run.frames * run.height * run.width
+        conditions = batch * cfg["vace_in_channels"] * run.frames * run.height * run.width * a
+    return (6 * latent * 4 + conditions
             + batch * run.text_tokens * (cfg["text_dim"] + _hidden_width(spec)) * a + 2 * tokens * cfg["attention_head_dim"] * 4)
 
 
@@ -516,17 +569,39 @@ class _Activations:
     hints: int  # the VACE hints the main blocks read
 
 
+@dataclass
+class _FaceTerms:
+    """Wan2.2-Animate's face adapter and motion encoder (``animate_terms``); all 0 for other models."""
+
+    saved: int = 0  # face-adapter activations kept for the backward pass (none when they are checkpointed)
+    peak: int = 0  # one face-adapter block's forward peak without a graph
+    motion_encoder: int = 0
+
+    @classmethod
+    def of(cls, spec: ModelSpec, run: RunShape, settings: Settings, batch: int, tokens: int) -> "_FaceTerms":
+        if not spec.animate:
+            return cls()
+        terms = animate_terms(spec, run, batch, tokens)
+        # With gradient checkpointing the trainer checkpoints each face-adapter block too (wan.animate): it keeps only
+        # its inputs, the hidden state the next block's checkpoint holds anyway and the small motion tokens.
+        saved = 0 if settings.gradient_checkpointing else terms.face_blocks * terms.face_block_saved
+        return cls(saved, terms.face_block_peak, terms.motion_encoder_peak)
+
+
 def _activations(spec: ModelSpec, run: RunShape, settings: Settings, batch: int, tokens: int) -> _Activations:
     """Activation bytes per phase of the step: the VACE blocks' shared input (1) and their control state, the hints
     they leave for the main blocks."""
-    layers, vace = spec.config["num_layers"], len(spec.config["vace_layers"])
+    layers, vace = spec.config["num_layers"], spec.vace_blocks
     h = batch * tokens * _hidden_width(spec) * run.compute_bytes  # one hidden-state tensor
-    vace_trains = lora_block_regex(run.targets, vace=True) is not None
+    vace_trains = vace > 0 and lora_block_regex(run.targets, vace=True) is not None
     main = block_memory(spec, run, batch, vace=False)
-    vblock = block_memory(spec, run, batch, vace=True)
+    from .memory_trace import BlockMemory
+
+    vblock = block_memory(spec, run, batch, vace=True) if vace else BlockMemory(0, 0, 0)
+    face = _FaceTerms.of(spec, run, settings, batch, tokens)
     phases: dict[str, int] = {}
     hints_forward = vace * h
-    reference = 2 * h + hints_forward + max(main.forward_peak, vblock.forward_peak) if run.objective != Objective.SFT else 0
+    reference = 2 * h + hints_forward + max(main.forward_peak, vblock.forward_peak, face.peak) if run.objective != Objective.SFT else 0
     if settings.gradient_checkpointing:
         # Each checkpoint keeps its inputs while the graph needs them: every transformer block's hidden state (the
         # first one is the patch embedding the VACE blocks share), and the VACE blocks' control states only when
@@ -535,17 +610,19 @@ def _activations(spec: ModelSpec, run: RunShape, settings: Settings, batch: int,
         checkpoints = 2 * h if settings.activation_offload else checkpoint_all
         vace_checkpoints = 2 * h if settings.activation_offload else (vace + 1) * h if vace_trains else 0
         hint_grads = vace * h if vace_trains else 0
-        phases["policy forward"] = max(vace_checkpoints + hints_forward, checkpoints) + max(main.forward_peak, vblock.forward_peak) + h
-        phases["backward, transformer blocks"] = checkpoints + main.backward_peak + hint_grads
+        phases["policy forward"] = max(vace_checkpoints + hints_forward, checkpoints) + max(main.forward_peak, vblock.forward_peak) + h + face.saved
+        phases["backward, transformer blocks"] = checkpoints + main.backward_peak + hint_grads + face.saved
         if vace_trains:
             phases["backward, VACE blocks"] = vace_checkpoints + hint_grads + vblock.backward_peak
         working = main.backward_peak
     else:
-        saved_all = layers * main.saved + (vace * vblock.saved if vace_trains else 0)
+        saved_all = layers * main.saved + (vace * vblock.saved if vace_trains else 0) + face.saved
         phases["backward, transformer blocks"] = saved_all + hints_forward + (main.backward_peak - main.saved)
         checkpoints, checkpoint_all, working = 0, 0, saved_all
     if reference:
         phases["reference forward"] = reference
+    if face.motion_encoder:  # before the blocks: the patch embedding and one chunk of face frames in the motion encoder
+        phases["face motion encoding"] = 2 * h + face.motion_encoder
     return _Activations(phases, checkpoints, checkpoint_all, working, hints_forward)
 
 
@@ -558,7 +635,7 @@ def candidates(spec: ModelSpec, requested: Settings, fsdp2: bool = False) -> lis
     packed: no block swap (the swapped copy would reach the matmul still packed) and no fp8 either."""
     blocks = 0 if fsdp2 or spec.gguf else len(spec.block_names)
     precisions = ([BasePrecision.FP8.value] if requested.base_precision == BasePrecision.FP8 else [BasePrecision.BF16.value]
-                  if fsdp2 or spec.fp8_stored or spec.gguf else list(BasePrecision.values()))
+                  if fsdp2 or spec.fp8_stored or spec.gguf or spec.animate else list(BasePrecision.values()))
     out = []
     for precision in precisions:
         for checkpointing in ([True] if requested.gradient_checkpointing else [False, True]):
@@ -664,10 +741,13 @@ def check_settings(spec: ModelSpec, settings: Settings) -> None:
     if spec.gguf and settings.base_precision == BasePrecision.FP8:
         raise PlanError(f"base_precision 'fp8' with the GGUF file {spec.name}: its weights are quantised already; use "
                         "base_precision 'bf16' (the GGUF stays as stored)")
+    if spec.animate and settings.base_precision == BasePrecision.FP8:
+        raise PlanError(f"base_precision 'fp8' with Wan2.2-Animate ({spec.name}) is not supported yet: use 'bf16' with "
+                        "blocks_to_swap and gradient checkpointing to save memory")
     if settings.blocks_to_swap > blocks:
         raise PlanError(
             f"blocks_to_swap={settings.blocks_to_swap} but {spec.name} has {blocks} blocks ({spec.config['num_layers']} "
-            f"transformer + {len(spec.config['vace_layers'])} VACE); use at most {blocks}"
+            f"transformer + {spec.vace_blocks} VACE); use at most {blocks}"
         )
 
 
@@ -747,7 +827,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         "Predicts the peak GPU memory of an IPA training run before anything is loaded, with its breakdown. "
         "With --vram-budget-gb it picks the cheapest memory settings that fit (never fewer savings than asked for)."))
     parser.add_argument("--model", default="wan2.1-vace-14b", help="wan2.1-vace-1.3b, wan2.1-vace-14b, wan2.2-vace-fun-a14b (two "
-                        "experts, planned one at a time), or a model file / diffusers folder (with --low-noise-model: the high-noise expert)")
+                        "experts, planned one at a time), wan2.2-animate-14b, or a model file / diffusers folder (with "
+                        "--low-noise-model: the high-noise expert)")
     parser.add_argument("--low-noise-model", default=None, help="a two-expert model's low-noise expert file (--model is the high-noise one)")
     parser.add_argument("--frames", type=int, default=81, help="video frames (4k+1)")
     parser.add_argument("--height", type=int, default=480)

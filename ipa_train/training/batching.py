@@ -21,6 +21,7 @@ from ..data.samples import load_preferred, load_sample
 from ..data.tensors import SampleTensors, validate_sample_tensors
 from ..data.two_experts import Switch, data_switch
 from ..jobs.config import RunConfig
+from ..wan.animate import AnimateInputs
 from .distributed import Dist
 from .experts import expert_view
 
@@ -47,7 +48,24 @@ def shape_key(tensors: SampleTensors) -> tuple:
     """What samples of one micro-batch must share: latent shape, reference frames and the text length each had when it
     was sampled. The Wan text embedder has no attention mask, so padding a shorter text with zero rows to batch it
     would change that sample's velocity; samples are batched only within one key (a bucket) instead."""
-    return (tuple(tensors.latent.shape), int(tensors.ref_frames), int(tensors.text_embedding.shape[0]))
+    key = (tuple(tensors.latent.shape), int(tensors.ref_frames), int(tensors.text_embedding.shape[0]))
+    animate = getattr(tensors, "animate", None)  # (duck-typed samples without it batch as before)
+    if animate is not None:  # Animate: also the face frames and the CLIP-vision tokens
+        key += (tuple(animate.face_pixels.shape), tuple(animate.image_embedding.shape))
+    return key
+
+
+def check_one_model_type(dataset_dir: Path, samples: list[tuple[str, SampleTensors, dict]]) -> str:
+    """The dataset's model type; a dataset mixing types (e.g. folders copied in by hand) is refused."""
+    types: dict[str, str] = {}
+    for sample_id, tensors, meta in samples:
+        if meta.get("model_type") not in (None, tensors.model_type):
+            raise DatasetError(f"sample {sample_id}: meta.json says {meta['model_type']} but its tensors are a {tensors.model_type} sample; collect it again")
+        types.setdefault(tensors.model_type, sample_id)
+    if len(types) > 1:
+        listed = ", ".join(f"{kind} (e.g. {sample_id})" for kind, sample_id in sorted(types.items()))
+        raise DatasetError(f"dataset {dataset_dir.name} mixes model types: {listed}. A run trains one model: keep one type per dataset")
+    return next(iter(types))
 
 
 def load_training_data(config: RunConfig) -> TrainingData:
@@ -81,6 +99,7 @@ def load_training_data(config: RunConfig) -> TrainingData:
                     "pair with; reject a sample of that size or drop this one"
                 )
             candidates.append(same_prompt or same_shape)
+    check_one_model_type(dataset_dir, preferred + rejected)
     hashes = [(sid, meta.get("content_hash", "")) for sid, _, meta in preferred + rejected]
     return TrainingData(preferred, rejected, candidates, dataset_fingerprint(hashes), switch=data_switch(preferred + rejected))
 
@@ -91,9 +110,13 @@ def check_data_fits_model(data: TrainingData, model) -> None:
     for sample_id, tensors, _ in data.preferred + data.rejected:
         channels, frames, height, width = tensors.latent.shape
         problems = []
-        if channels != cfg.in_channels:
+        if tensors.animate is None and channels != cfg.in_channels:
             problems.append(f"latent has {channels} channels, the model takes {cfg.in_channels}")
-        if tensors.vace_context.shape[0] != cfg.vace_in_channels:
+        if tensors.animate is not None:
+            problems += _animate_misfits(tensors, cfg)
+        elif not hasattr(cfg, "vace_in_channels"):
+            problems.append("it is a Wan2.1-VACE sample but the base model is not a VACE model")
+        elif tensors.vace_context.shape[0] != cfg.vace_in_channels:
             problems.append(f"vace_context has {tensors.vace_context.shape[0]} channels, the model takes {cfg.vace_in_channels}")
         if tensors.text_embedding.shape[1] != cfg.text_dim:
             problems.append(f"text_embedding width {tensors.text_embedding.shape[1]} differs from the model's text_dim {cfg.text_dim}")
@@ -103,6 +126,19 @@ def check_data_fits_model(data: TrainingData, model) -> None:
             raise DatasetError(f"sample {sample_id} does not fit the base model: " + "; ".join(problems) + ". Was it collected with another model?")
 
 
+def _animate_misfits(tensors: SampleTensors, cfg) -> list[str]:
+    """What keeps an Animate sample from the base model's config (diffusers' WanAnimateTransformer3DModel)."""
+    if getattr(cfg, "motion_encoder_size", None) is None:
+        return ["it is a Wan2.2-Animate sample but the base model is not an Animate model"]
+    problems = []
+    channels = tensors.latent.shape[0] + tensors.animate.concat_latent.shape[0]
+    if channels != cfg.in_channels:
+        problems.append(f"latent + concat_latent have {channels} channels, the model takes {cfg.in_channels}")
+    if tensors.animate.image_embedding.shape[1] != cfg.image_dim:
+        problems.append(f"image_embedding width {tensors.animate.image_embedding.shape[1]} differs from the model's image_dim {cfg.image_dim}")
+    return problems
+
+
 def seed_for(*parts: int) -> int:
     return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little") & (2**63 - 1)
 
@@ -110,18 +146,30 @@ def seed_for(*parts: int) -> int:
 @dataclass
 class Batch:
     x0: torch.Tensor
-    context: torch.Tensor
+    context: Optional[torch.Tensor]  # VACE: control_hidden_states; None for Animate
     text: torch.Tensor
     hand_mask: torch.Tensor
-    scale: torch.Tensor
+    scale: Optional[torch.Tensor]  # VACE: control_hidden_states_scale; None for Animate
     ref_frames: int
+    animate: Optional[AnimateInputs] = None  # Animate: what AnimateWanModel saw besides x_t, t and the text
 
 
 def collate(samples: list[SampleTensors], n_vace_layers: int, device: torch.device, dtype: torch.dtype) -> Batch:
+    """One micro-batch: VACE samples give ``context`` and ``scale``, Animate samples ``animate`` (``n_vace_layers`` unused)."""
     keys = {shape_key(s) for s in samples}
     if len(keys) > 1:  # the Sampler never builds such a batch; padding would change the shorter texts' velocity
         raise ValueError(f"a micro-batch needs one latent shape, reference frame count and text length, got {sorted(keys)}")
     text = torch.stack([s.text_embedding.float() for s in samples])  # each text exactly as it was when sampled
+    if samples[0].animate is not None:
+        return Batch(
+            x0=torch.stack([s.latent.float() for s in samples]).to(device),
+            context=None,
+            text=text.to(device, dtype),
+            hand_mask=torch.stack([s.hand_mask.float() for s in samples]).to(device),
+            scale=None,
+            ref_frames=int(samples[0].ref_frames),
+            animate=animate_inputs(samples, device, dtype),
+        )
     strengths = torch.tensor([float(s.vace_strength) for s in samples])
     if bool((strengths == strengths[0]).all()):
         scale = strengths[0] * torch.ones(n_vace_layers)
@@ -134,6 +182,17 @@ def collate(samples: list[SampleTensors], n_vace_layers: int, device: torch.devi
         hand_mask=torch.stack([s.hand_mask.float() for s in samples]).to(device),
         scale=scale.to(device, dtype),
         ref_frames=int(samples[0].ref_frames),
+    )
+
+
+def animate_inputs(samples: list[SampleTensors], device: torch.device, dtype: torch.dtype) -> AnimateInputs:
+    """The Animate samples' inputs stacked on a batch dim, in the compute dtype (ComfyUI too casts every input to the
+    model's dtype). The float16 face pixels go straight to it: no float32 copy of the largest tensor."""
+    return AnimateInputs(
+        concat_latent=torch.stack([s.animate.concat_latent for s in samples]).to(device, dtype),
+        pose_latent=torch.stack([s.animate.pose_latent for s in samples]).to(device, dtype),
+        face_pixels=torch.stack([s.animate.face_pixels for s in samples]).to(device, dtype),
+        image_embedding=torch.stack([s.animate.image_embedding for s in samples]).to(device, dtype),
     )
 
 

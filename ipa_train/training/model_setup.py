@@ -29,11 +29,43 @@ def build_model(config: RunConfig, dtype: torch.dtype, compute_dtype: Optional[t
     path = Path(config.base_model)
     if not path.exists():
         raise ConfigError(f"base_model {path} does not exist; give a Wan2.1-VACE .safetensors file, a diffusers folder, or \"tiny\"")
+    if is_animate_file(path):
+        return _build_animate(config, path, dtype)
     from ..wan.model import load_transformer  # single-file and diffusers-folder loading
 
     precision = config.base_precision if path.is_file() else BasePrecision.BF16.value
     return load_transformer(str(path), torch_dtype=dtype, vace_module=config.vace_module, base_precision=precision,
                             compute_dtype=compute_dtype)
+
+
+def is_animate_file(path: Path) -> bool:
+    """A single safetensors file holding Wan2.2-Animate (read from its header only)."""
+    from ..wan.animate import is_animate_weights
+    from ..wan.model import read_checkpoint_header
+
+    if not (path.is_file() and path.suffix.lower() == ".safetensors"):
+        return False
+    return is_animate_weights(read_checkpoint_header(path)[0])
+
+
+def _build_animate(config: RunConfig, path: Path, dtype: torch.dtype):
+    """Wan2.2-Animate (``WanAnimateTransformer3DModel``), with the memory modes verified on it; the others refused."""
+    from ..wan.animate import load_animate_transformer
+    from ..wan.model import ModelLoadError
+
+    refused = []
+    if config.base_precision == BasePrecision.FP8:
+        refused.append("base_precision 'fp8' (use 'bf16'; blocks_to_swap and gradient checkpointing save memory instead)")
+    if config.vace_module:
+        refused.append("vace_module (Animate has no VACE blocks: leave it empty)")
+    if config.distributed == Distributed.FSDP2:
+        refused.append("distributed 'fsdp2' (not verified on Animate yet: use 'ddp')")
+    if refused:
+        raise ConfigError(f"base_model {path.name} is Wan2.2-Animate, which the trainer does not run with: " + "; ".join(refused))
+    try:
+        return load_animate_transformer(path, torch_dtype=dtype)
+    except ModelLoadError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def load_init_lora(path: str):
@@ -67,6 +99,10 @@ def add_adapters(model, config: RunConfig, checkpointing_function=None) -> None:
         parameter.data = parameter.data.float()
     if config.gradient_checkpointing:
         model.enable_gradient_checkpointing(checkpointing_function)  # None: torch's non-reentrant checkpoint
+        if hasattr(model, "face_adapter"):  # Wan2.2-Animate: its face adapter runs outside the blocks' checkpoints
+            from ..wan.animate import checkpoint_face_adapter
+
+            checkpoint_face_adapter(model)
 
 
 def shard_fsdp2(model, dist_info: Dist, autocast_dtype: Optional[torch.dtype]) -> None:
@@ -89,7 +125,7 @@ def shard_groups(model) -> list:
     """FSDP2's units, each gathered whole only while it runs: every VACE and transformer block, and each other
     child that holds weights (the patch embeddings, the time and text embedders, the output projection: for 14B
     together as large as a block, and the root group stays gathered for the whole step)."""
-    blocks = list(model.vace_blocks) + list(model.blocks)
+    blocks = list(getattr(model, "vace_blocks", None) or []) + list(model.blocks)
     others = [child for name, child in model.named_children()
               if name not in ("blocks", "vace_blocks") and any(True for _ in child.parameters())]
     return blocks + others

@@ -15,6 +15,7 @@ import torch
 from ..choices import Distributed
 from ..choices import Objective as ObjectiveName  # this module's Objective is the training step
 from ..jobs.config import RunConfig
+from ..wan.animate import animate_velocity
 from . import lora as lora_setup
 from .batching import Batch, Sampler, TrainingData, collate, sample_t
 from .distributed import Dist
@@ -35,7 +36,7 @@ class Objective:
         self.forward_module = forward_module  # the same, or its DDP wrapper (what the policy runs through)
         self.autocast_dtype = autocast_dtype
         self.ddp = ddp
-        self.n_vace_layers = len(bare.config.vace_layers)
+        self.n_vace_layers = len(bare.config.get("vace_layers") or [])  # none on Wan2.2-Animate
 
     def autocast(self):
         if self.autocast_dtype is None:
@@ -43,6 +44,10 @@ class Objective:
         return torch.autocast(device_type=self.dist.device.type, dtype=self.autocast_dtype)
 
     def predict(self, module, batch: Batch, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        animate = getattr(batch, "animate", None)  # Wan2.2-Animate samples: their AnimateInputs
+        if animate is not None:
+            with self.autocast():
+                return animate_velocity(module, x_t, t, batch.text, animate)
         with self.autocast():
             return module(
                 hidden_states=x_t,

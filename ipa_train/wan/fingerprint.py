@@ -78,6 +78,14 @@ FINGERPRINT_KEYS = (
     "head.head.weight",
     "head.modulation",
 )
+# Wan2.2-Animate's own parts (pose embedding, face adapter, face and motion encoders), covered only when the model has
+# them (a VACE model's fingerprint stays what it was). Original name -> diffusers name (WanAnimateTransformer3DModel).
+ANIMATE_FINGERPRINT_KEYS = {
+    "pose_patch_embedding.weight": "pose_patch_embedding.weight",
+    "face_adapter.fuser_blocks.0.linear1_q.weight": "face_adapter.0.to_q.weight",
+    "face_encoder.out_proj.weight": "face_encoder.out_proj.weight",
+    "motion_encoder.enc.fc.4.weight": "motion_encoder.motion_network.4.weight",
+}
 _PLAIN_GGUF_TYPES = ("F32", "F16", "BF16")
 
 
@@ -132,7 +140,8 @@ def weights_fingerprint(get_weight: Callable[[str], Optional[torch.Tensor]]) -> 
     """
     digest = hashlib.sha256(b"ipa-wan-weights-v1\n")
     found = 0
-    for key in FINGERPRINT_KEYS:
+    animate = get_weight("pose_patch_embedding.weight") is not None
+    for key in FINGERPRINT_KEYS + (tuple(ANIMATE_FINGERPRINT_KEYS) if animate else ()):
         tensor = get_weight(key)
         if tensor is None:
             digest.update(f"{key}|absent\n".encode())
@@ -199,20 +208,21 @@ def file_weights_fingerprint(path: os.PathLike | str, vace_module: Optional[os.P
     for file in [path] + ([vace_module] if vace_module else []):
         keys = read_checkpoint_header(file)[0]
         prefix = next((p for p in PREFIXES if any(k.startswith(p) for k in keys)), "")
-        wanted = [prefix + key for key in FINGERPRINT_KEYS if prefix + key in keys]
+        wanted = [prefix + key for key in FINGERPRINT_KEYS + tuple(ANIMATE_FINGERPRINT_KEYS) if prefix + key in keys]
         weights.update({key[len(prefix):]: tensor for key, tensor in iter_safetensors(file, wanted)})
     return weights_fingerprint(weights.get)
 
 
 def diffusers_model_fingerprint(model: torch.nn.Module) -> str:
-    """:func:`weights_fingerprint` of a diffusers ``WanVACETransformer3DModel`` (the trainer's base), read under the
+    """:func:`weights_fingerprint` of a diffusers ``WanVACETransformer3DModel`` or ``WanAnimateTransformer3DModel`` (the trainer's base), read under the
     original Wan names. Call it before adapters are added (peft renames the wrapped weights to ``base_layer``)."""
     from .model import diffusers_key_to_original
 
     wanted = set(FINGERPRINT_KEYS)
+    animate = {diffusers: original for original, diffusers in ANIMATE_FINGERPRINT_KEYS.items()}
     weights = {}
     for name, tensor in model.state_dict(keep_vars=True).items():
-        original = diffusers_key_to_original(name)
-        if original in wanted:
+        original = animate.get(name) or diffusers_key_to_original(name)
+        if original in wanted or name in animate:
             weights[original] = tensor
     return weights_fingerprint(weights.get)

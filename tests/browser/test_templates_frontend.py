@@ -377,3 +377,15 @@ def test_the_a14b_templates_load_as_shipped(ui, tmp_path, key):
         assert sorted(map(tuple, loaded)) == expected
         ui.close_dialogs()
     assert not [e for e in ui.page_errors if "ipa" in e.lower()], ui.page_errors
+def test_animate_character_template_opens_with_its_models_named(ui, tmp_path):
+    """IPA 7 (Wan2.2-Animate) opened from the template browser: every widget value where the file has it, and the
+    missing-model dialog (errors panel on 1.45) naming the Animate, UMT5, VAE and CLIP-vision files in their folders."""
+    with screenshot_on_failure(ui, tmp_path, "animate_character"):
+        dialogs, workflow = _open(ui, "ipa_animate_character")
+        assert len(dialogs) == 1 and "Missing Models" in dialogs[0], dialogs
+        for folder, name in (("diffusion_models", "wan2.2_animate_14B_bf16.safetensors"), ("text_encoders", "umt5_xxl_fp8_e4m3fn_scaled.safetensors"),
+                             ("vae", "wan_2.1_vae.safetensors"), ("clip_vision", "clip_vision_h.safetensors")):
+            assert f"{folder} / {name}" in dialogs[0], dialogs[0]
+        assert ui.js("() => window.__ipa.widget('IPALoRALoader', 'lora_name')") == "ipa/ipa_animate_hands.safetensors"
+        assert ui.js("() => window.__ipa.widget('WanAnimateToVideo', 'length')") == 77
+    assert not _unknown_messages(ui) and not [e for e in ui.page_errors if "ipa" in e.lower()], ui.page_errors

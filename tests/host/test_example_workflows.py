@@ -104,6 +104,20 @@ def test_the_a14b_templates_wire_both_experts():
         assert _sources(animate, sampler)["positive"][0]["type"] == "WanVaceToVideo"
     assert _sources(animate, second)["latent_image"] == (first, "LATENT")
     assert _sources(animate, next(n for n in animate["nodes"] if n["type"] == "TrimVideoLatent"))["samples"] == (second, "LATENT")
+def test_the_animate_character_template_runs_native_wan_animate_with_the_lora():
+    """Wan2.2-Animate's native graph: the DWPose pose video, the driving frames as the face video, CLIP vision of the
+    character, the LoRA through IPA LoRA Loader; the notes say how to collect and train on Animate."""
+    workflow = _load("ipa_animate_character")
+    into = _links_into(workflow, "WanAnimateToVideo")
+    assert into["pose_video"] == ("IPADWPoseEstimator", "pose_video") and into["face_video"] == ("GetVideoComponents", "images")
+    assert into["clip_vision_output"] == ("CLIPVisionEncode", "CLIP_VISION_OUTPUT") and into["reference_image"] == ("LoadImage", "IMAGE")
+    assert _links_into(workflow, "ModelSamplingSD3")["model"] == ("IPALoRALoader", "model")
+    assert _links_into(workflow, "KSampler")["positive"] == ("WanAnimateToVideo", "positive")
+    assert _links_into(workflow, "TrimVideoLatent")["trim_amount"] == ("WanAnimateToVideo", "trim_latent")
+    unet = next(node for node in workflow["nodes"] if node["type"] == "UNETLoader")
+    assert unet["widgets_values"][0] == "wan2.2_animate_14B_bf16.safetensors"
+    notes = next(node["widgets_values"][0] for node in workflow["nodes"] if node["type"] == "MarkdownNote")
+    assert "IPA Animate Sampler" in notes and "IPA Mark Preferred" in notes and "models/clip_vision/clip_vision_h.safetensors" in notes
 
 
 def test_template_browser_metadata():
@@ -151,7 +165,8 @@ def test_template_browser_metadata():
         for name, entry in listed.items():
             repository = "Wan_2.2_ComfyUI_Repackaged" if name.startswith("wan2.2_") else "Wan_2.1_ComfyUI_repackaged"
             assert entry["url"].startswith(f"https://huggingface.co/Comfy-Org/{repository}/resolve/main/split_files/")
-            assert entry["url"].endswith("/" + name) and entry["directory"] in ("diffusion_models", "text_encoders", "vae")
+            assert entry["url"].endswith(f"/{entry['directory']}/{name}")
+            assert entry["directory"] in ("diffusion_models", "text_encoders", "vae", "clip_vision")
     notes = next(n["widgets_values"][0] for n in _load("ipa_curate")["nodes"] if n["type"] == "MarkdownNote")
     assert "https://huggingface.co/yzd-v/DWPose/resolve/main/yolox_l.onnx" in notes
 
