@@ -96,6 +96,8 @@ def test_trainer_velocity_equals_comfyui_with_the_lora(animate):
     x_t = _noisy(latent)
     for side, conditioning in (("cond", positive), ("uncond", negative)):
         captured = comfy_animate_capture(model, conditioning, x_t, SIGMAS)
+        if side == "cond":
+            captured_cond = captured
         for sigma, x, seen in zip(SIGMAS, x_t, captured):
             assert seen["c_concat"].shape == (1, 20, 3, H // 8, W // 8) and seen["pose_latents"].shape == (1, 16, 2, H // 8, W // 8)
             assert seen["face_pixel_values"].shape == (1, 3, FACE_FRAMES, 512, 512) and seen["clip_fea"].shape == (1, 257, 1280)
@@ -107,6 +109,11 @@ def test_trainer_velocity_equals_comfyui_with_the_lora(animate):
             error = ((prediction - expected).abs().max() / scale).item()
             print(f"animate parity {side} sigma {sigma}: relative max error {error:.2e}")
             assert error < 1e-4, f"{side} sigma {sigma}: relative max error {error:.2e}"
+    # the face video matters: the same conditional call with the face all -1 moves the velocity
+    first = captured_cond[-1]
+    faceless = dict(first, face_pixel_values=torch.full_like(first["face_pixel_values"], -1.0))
+    moved = _trainer_velocity(animate.trainer_model, x_t[-1], SIGMAS[-1], faceless) - first["velocity"]
+    assert moved.abs().max() / first["velocity"].abs().max() > 1e-3
     # the LoRA matters: the trainer's reference (adapter off) is far from ComfyUI's LoRA-patched velocity
     from ipa_train.training import lora as lora_setup
 
@@ -132,7 +139,7 @@ def test_the_trainer_lora_loads_natively_and_through_ipa_lora_loader_as_trained(
 
     loader = importlib.import_module(f"{animate.pack.__name__}.nodes.lora_loader").IPALoRALoader
     native = nodes.LoraLoaderModelOnly().load_lora_model_only(animate.load_model(), animate.lora_name, 1.0)[0]
-    ipa, report = loader.execute(animate.load_model(), animate.lora_name, 1.0).args
+    ipa, report = loader.execute(animate.load_model(), animate.lora_name, 1.0).args[:2]
     assert "15" in report  # 5 blocks x q, k, v applied
     native_w, ipa_w = _patched_qkv(native), _patched_qkv(ipa)
     assert len(native_w) == 15 and native_w.keys() == ipa_w.keys()

@@ -24,6 +24,10 @@ def _randomize(module: torch.nn.Module, seed: int) -> None:
         for name, param in module.named_parameters():
             if name.endswith("gamma") or "norm" in name and name.endswith("weight"):
                 param.copy_(1.0 + 0.1 * torch.randn(param.shape, generator=generator))
+            elif name.startswith("motion_encoder.") and param.dim() > 1:
+                # unit variance: its EqualConv2d / EqualLinear layers divide by sqrt(fan_in) themselves, and a second
+                # division made the encoder's output constant, so no test saw the face video
+                param.copy_(torch.randn(param.shape, generator=generator))
             else:
                 fan_in = param[0].numel() if param.dim() > 1 else param.numel()
                 param.copy_(torch.randn(param.shape, generator=generator) / max(fan_in, 1) ** 0.5)
