@@ -22,8 +22,10 @@ HAS_HAND_MASK_NODE = (REPO_ROOT / "nodes" / "hand_mask.py").exists()
 
 def _comfy_on_cpu() -> None:
     path = str(comfyui_path())
-    if path not in sys.path:
-        sys.path.insert(0, path)
+    if path in sys.path:
+        sys.path.remove(path)
+    # first: an earlier test's nodes.py import put comfy/ first, where "utils" is comfy/utils.py, not ComfyUI's package
+    sys.path.insert(0, path)
     import comfy.cli_args
     import utils.extra_config  # noqa: F401  (as main.py: ComfyUI's utils package before nodes.py puts comfy/ first on sys.path, where server's "utils" would resolve to comfy/utils.py)
 
