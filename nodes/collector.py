@@ -11,7 +11,7 @@ import logging
 import torch
 from comfy_api.v0_0_2 import io, ui
 
-from ..ipa_train.data.collect import Candidate, store_candidates
+from ..ipa_train.data.collect import Candidate, pixel_frames_for, store_candidates
 from ..ipa_train.data.layout import DatasetError, validate_dataset_name
 from .host import prompt_server
 from .paths import dataset_root
@@ -120,7 +120,7 @@ class IPAMarkPreferred(io.ComfyNode):
         frames = first.frames
         latent_h, latent_w = int(first.latent.shape[-2]), int(first.latent.shape[-1])
         height, width = (int(frames.shape[1]), int(frames.shape[2])) if frames is not None else (latent_h * 8, latent_w * 8)
-        video_frames = (first.video_latent_frames - 1) * 4 + 1
+        video_frames = pixel_frames_for(first.video_latent_frames)
         pixel_masks, boxes, driving = None, None, None
         if pose_keypoint is not None:
             pixel_masks, boxes, driving = _hands_from_pose(pose_keypoint, width, height, video_frames, first)

@@ -27,12 +27,12 @@ from typing import Any, Optional
 import torch
 
 from ..wan.latents import normalize_latent, text_length
-from .hand_masks import latent_mask_from_pixels
+from .hand_masks import SampledFrames, latent_mask_from_pixels
 from .tensors import FACE_PIXELS_DTYPE, MODEL_TYPE_ANIMATE, AnimateTensors, SampleTensors
 
 
 @dataclass
-class AnimateCandidate:
+class AnimateCandidate(SampledFrames):
     """One video sampled by ComfyUI's Wan2.2-Animate model, with its inputs as the diffusion model had them."""
 
     latent: torch.Tensor  # [1, 16, F, h, w] raw sampler output, before TrimVideoLatent
@@ -50,14 +50,6 @@ class AnimateCandidate:
     settings: dict[str, Any] = field(default_factory=dict)
     source: str = "ipa_animate_sampler"
     model_type: str = MODEL_TYPE_ANIMATE
-
-    @property
-    def latent_frames(self) -> int:
-        return int(self.latent.shape[2])
-
-    @property
-    def video_latent_frames(self) -> int:
-        return self.latent_frames - int(self.trim_latent)
 
 
 def animate_pose_frames(pose_keypoint: Any, offset: int, length: int) -> list:

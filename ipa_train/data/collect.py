@@ -29,7 +29,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ..wan.latents import normalize_latent, text_length, vace_context_from_conditioning
-from .hand_masks import fit_pixel_masks, latent_mask_from_pixels, pixel_frames_for  # noqa: F401 (re-exported)
+from .hand_masks import SampledFrames, fit_pixel_masks, latent_mask_from_pixels, pixel_frames_for  # noqa: F401 (re-exported)
 from .manifest import read_manifest
 from .marks import count_statuses
 from .previews import animated_webp, boxes_from_masks, hand_closeup_webp, preview_scale, scale_boxes
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Candidate:
+class Candidate(SampledFrames):
     """One generated (or encoded) video, as ComfyUI's native graph had it."""
 
     latent: torch.Tensor  # [1, 16, F, h, w] raw sampler output, before TrimVideoLatent
@@ -54,14 +54,6 @@ class Candidate:
     sigmas: Optional[list[float]] = None
     settings: dict[str, Any] = field(default_factory=dict)
     source: str = "ipa_vace_sampler"
-
-    @property
-    def latent_frames(self) -> int:
-        return int(self.latent.shape[2])
-
-    @property
-    def video_latent_frames(self) -> int:
-        return self.latent_frames - int(self.trim_latent)
 
 
 POSE_PARTS = ("pose_keypoints_2d", "hand_left_keypoints_2d", "hand_right_keypoints_2d")  # face points are not kept

@@ -30,6 +30,22 @@ def pixel_frames_for(latent_frames: int) -> int:
     return (latent_frames - 1) * 4 + 1
 
 
+class SampledFrames:
+    """Frame counts of a sampled candidate (VACE or Animate): ``latent`` [1, 16, F, h, w] untrimmed, with
+    ``trim_latent`` reference frames in front."""
+
+    latent: torch.Tensor
+    trim_latent: int
+
+    @property
+    def latent_frames(self) -> int:
+        return int(self.latent.shape[2])
+
+    @property
+    def video_latent_frames(self) -> int:
+        return self.latent_frames - int(self.trim_latent)
+
+
 def latent_mask_from_pixels(pixel_masks: torch.Tensor, latent_frames: int, latent_h: int, latent_w: int) -> torch.Tensor:
     """Pixel hand masks of the video frames -> ``[1, latent_frames, h, w]`` via ``hands.latent_hand_mask``."""
     from ..pose.hands import latent_hand_mask
