@@ -56,20 +56,10 @@ def write_tiny_animate(path: Path, seed: int = 0) -> Path:
 
 def write_tiny_animate_lora(path: Path, seed: int = 0, rank: int = 4, alpha: float = 2.0) -> Path:
     """A LoRA on the tiny model's main-block self-attention q, k and v, in ComfyUI's native layout, non-zero."""
-    from safetensors.torch import save_file
+    from support.comfy_tiny import write_tiny_lora
 
-    generator = torch.Generator().manual_seed(seed)
-    dim = TINY_ANIMATE_DIT["dim"]
-    state = {}
-    for block in range(TINY_ANIMATE_DIT["num_layers"]):
-        for proj in ("q", "k", "v"):
-            base = f"diffusion_model.blocks.{block}.self_attn.{proj}"
-            state[f"{base}.lora_A.weight"] = torch.randn(rank, dim, generator=generator) * 0.2
-            state[f"{base}.lora_B.weight"] = torch.randn(dim, rank, generator=generator) * 0.2
-            state[f"{base}.alpha"] = torch.tensor(alpha)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path))
-    return path
+    return write_tiny_lora(path, seed, rank, alpha, blocks=TINY_ANIMATE_DIT["num_layers"], dim=TINY_ANIMATE_DIT["dim"],
+                           projections=("q", "k", "v"))
 
 
 class TinyAnimateComfy:

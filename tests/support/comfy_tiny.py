@@ -229,15 +229,16 @@ def load_pack_cpu():
     return load_pack()
 
 
-def write_tiny_lora(path: Path, seed: int = 0, rank: int = 4, alpha: float = 2.0, blocks: int = 2) -> Path:
-    """A LoRA on the tiny model's self-attention q and v, in ComfyUI's native layout, with non-zero up weights."""
+def write_tiny_lora(path: Path, seed: int = 0, rank: int = 4, alpha: float = 2.0, blocks: int = 2, dim: int = TINY_DIT["dim"],
+                    projections: tuple = ("q", "v")) -> Path:
+    """A LoRA on a tiny model's main-block self-attention ``projections`` (default the tiny VACE model's q and v), in
+    ComfyUI's native layout, with non-zero up weights."""
     from safetensors.torch import save_file
 
     generator = torch.Generator().manual_seed(seed)
-    dim = TINY_DIT["dim"]
     state = {}
     for block in range(blocks):
-        for proj in ("q", "v"):
+        for proj in projections:
             base = f"diffusion_model.blocks.{block}.self_attn.{proj}"
             state[f"{base}.lora_A.weight"] = torch.randn(rank, dim, generator=generator) * 0.2
             state[f"{base}.lora_B.weight"] = torch.randn(dim, rank, generator=generator) * 0.2
